@@ -1,0 +1,1 @@
+//! tether-firmware (filled by its own issue).

@@ -1,0 +1,1 @@
+//! tether-server (filled by its own issue).

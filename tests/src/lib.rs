@@ -1,0 +1,1 @@
+//! tether-tests (filled by its own issue).
