@@ -1,0 +1,333 @@
+//! Django password hashes (`auth_user.password`) as SCRAM verifiers.
+//!
+//! `pbkdf2_sha256$<iterations>$<salt>$<base64 hash>` stores
+//! `PBKDF2-HMAC-SHA256(password, salt_string_bytes, iterations, 32)`, which
+//! is exactly SCRAM-SHA-256's SaltedPassword; `pbkdf2_sha1$...` likewise for
+//! SCRAM-SHA-1. Every other form Django writes is recognised and reported
+//! as unsupported, never guessed at.
+//!
+//! ```
+//! use tether_core::django::{self, HashAlgorithm, DjangoHashError};
+//! let creds = django::credentials(
+//!     "pbkdf2_sha256$4096$c2FsdHNhbHQ$ZGVhZGJlZWZkZWFkYmVlZmRlYWRiZWVmZGVhZGJlZWY=").unwrap();
+//! assert_eq!(creds.iterations, 4096);
+//! assert_eq!(creds.salt.as_slice(), b"c2FsdHNhbHQ");
+//! assert_eq!(
+//!     django::credentials("argon2$argon2id$v=19$m=102400,t=2,p=8$c2FsdA$aGFzaA").unwrap_err(),
+//!     DjangoHashError::Unsupported(HashAlgorithm::Argon2));
+//! ```
+
+use core::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use crate::scram::{Key, Mechanism, ServerCredentials};
+
+/// The algorithm of a Django password hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HashAlgorithm {
+    /// `pbkdf2_sha256` (Django's default): SCRAM-SHA-256.
+    Pbkdf2Sha256,
+    /// `pbkdf2_sha1`: SCRAM-SHA-1.
+    Pbkdf2Sha1,
+    /// `argon2`.
+    Argon2,
+    /// `bcrypt_sha256`.
+    BcryptSha256,
+    /// `bcrypt`.
+    Bcrypt,
+    /// `scrypt`.
+    Scrypt,
+    /// `md5` (salted).
+    Md5,
+    /// `unsalted_md5` (also bare 32 hex digits or `md5$$...`).
+    UnsaltedMd5,
+    /// `unsalted_sha1` (`sha1$$...`).
+    UnsaltedSha1,
+    /// `sha1` (salted).
+    Sha1,
+    /// `crypt`.
+    Crypt,
+    /// An unusable password (`set_unusable_password()`: starts with `!`, or
+    /// empty).
+    Unusable,
+    /// Something Django does not write by default (a custom hasher).
+    Unknown,
+}
+
+impl HashAlgorithm {
+    /// Identifies the algorithm of an encoded hash as Django's
+    /// `identify_hasher` does.
+    pub fn identify(encoded: &str) -> Self {
+        if encoded.is_empty() || encoded.starts_with('!') {
+            return Self::Unusable;
+        }
+        if (encoded.len() == 32 && !encoded.contains('$'))
+            || (encoded.len() == 37 && encoded.starts_with("md5$$"))
+        {
+            return Self::UnsaltedMd5;
+        }
+        if encoded.len() == 46 && encoded.starts_with("sha1$$") {
+            return Self::UnsaltedSha1;
+        }
+        match encoded.split('$').next().unwrap_or("") {
+            "pbkdf2_sha256" => Self::Pbkdf2Sha256,
+            "pbkdf2_sha1" => Self::Pbkdf2Sha1,
+            "argon2" => Self::Argon2,
+            "bcrypt_sha256" => Self::BcryptSha256,
+            "bcrypt" => Self::Bcrypt,
+            "scrypt" => Self::Scrypt,
+            "md5" => Self::Md5,
+            "unsalted_md5" => Self::UnsaltedMd5,
+            "unsalted_sha1" => Self::UnsaltedSha1,
+            "sha1" => Self::Sha1,
+            "crypt" => Self::Crypt,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// Django's name for the algorithm.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Pbkdf2Sha256 => "pbkdf2_sha256",
+            Self::Pbkdf2Sha1 => "pbkdf2_sha1",
+            Self::Argon2 => "argon2",
+            Self::BcryptSha256 => "bcrypt_sha256",
+            Self::Bcrypt => "bcrypt",
+            Self::Scrypt => "scrypt",
+            Self::Md5 => "md5",
+            Self::UnsaltedMd5 => "unsalted_md5",
+            Self::UnsaltedSha1 => "unsalted_sha1",
+            Self::Sha1 => "sha1",
+            Self::Crypt => "crypt",
+            Self::Unusable => "unusable",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    /// The SCRAM mechanism for this algorithm, if it has one.
+    pub const fn mechanism(self) -> Option<Mechanism> {
+        match self {
+            Self::Pbkdf2Sha256 => Some(Mechanism::ScramSha256),
+            Self::Pbkdf2Sha1 => Some(Mechanism::ScramSha1),
+            _ => None,
+        }
+    }
+
+    /// What an operator can do about an account with this algorithm.
+    pub const fn advice(self) -> &'static str {
+        match self {
+            Self::Pbkdf2Sha256 | Self::Pbkdf2Sha1 => "supported",
+            Self::Unusable => "the account has no usable password; set one in Django",
+            _ => {
+                "challenge-response needs a PBKDF2 hash: put \
+                 django.contrib.auth.hashers.PBKDF2PasswordHasher first in PASSWORD_HASHERS \
+                 and have the user log in to the Django site once (Django re-hashes on login), \
+                 or set the password again"
+            }
+        }
+    }
+}
+
+impl fmt::Display for HashAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a Django hash cannot be used for a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DjangoHashError {
+    /// A real Django algorithm that cannot do challenge-response (including
+    /// unusable passwords).
+    Unsupported(HashAlgorithm),
+    /// A `pbkdf2_*` hash that is not well-formed; the detail says which part.
+    Malformed(&'static str),
+}
+
+impl fmt::Display for DjangoHashError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unsupported(a) => write!(
+                f,
+                "{a} hashes cannot be used for challenge-response: {}",
+                a.advice()
+            ),
+            Self::Malformed(what) => write!(f, "malformed pbkdf2 hash: {what}"),
+        }
+    }
+}
+
+impl core::error::Error for DjangoHashError {}
+
+/// The parts of a Django PBKDF2 hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pbkdf2Hash<'a> {
+    /// The SCRAM mechanism it serves.
+    pub mechanism: Mechanism,
+    /// PBKDF2 iteration count.
+    pub iterations: u32,
+    /// The salt string (its UTF-8 bytes are the PBKDF2 salt).
+    pub salt: &'a str,
+    /// SaltedPassword.
+    pub salted_password: Key,
+}
+
+/// Splits a Django PBKDF2 hash into its parts.
+pub fn parse(encoded: &str) -> Result<Pbkdf2Hash<'_>, DjangoHashError> {
+    let algorithm = HashAlgorithm::identify(encoded);
+    let mechanism = algorithm
+        .mechanism()
+        .ok_or(DjangoHashError::Unsupported(algorithm))?;
+    let mut parts = encoded.split('$');
+    let _name = parts.next();
+    let iterations = parts
+        .next()
+        .ok_or(DjangoHashError::Malformed("missing iterations"))?;
+    let salt = parts
+        .next()
+        .ok_or(DjangoHashError::Malformed("missing salt"))?;
+    let hash = parts
+        .next()
+        .ok_or(DjangoHashError::Malformed("missing hash"))?;
+    if parts.next().is_some() {
+        return Err(DjangoHashError::Malformed("too many fields"));
+    }
+    let iterations = if !iterations.is_empty()
+        && iterations.len() <= 10
+        && iterations.bytes().all(|b| b.is_ascii_digit())
+    {
+        iterations.parse::<u32>().ok().filter(|&i| i > 0)
+    } else {
+        None
+    }
+    .ok_or(DjangoHashError::Malformed("iterations"))?;
+    if salt.is_empty() {
+        return Err(DjangoHashError::Malformed("empty salt"));
+    }
+    if salt.len() > crate::scram::MAX_SALT_LEN {
+        return Err(DjangoHashError::Malformed("salt longer than 64 bytes"));
+    }
+    let mut raw = [0u8; 48];
+    let n = B64
+        .decode_slice(hash.as_bytes(), &mut raw)
+        .map_err(|_| DjangoHashError::Malformed("hash is not base64"))?;
+    if n != mechanism.key_len() {
+        return Err(DjangoHashError::Malformed(
+            "hash length does not match its algorithm",
+        ));
+    }
+    Ok(Pbkdf2Hash {
+        mechanism,
+        iterations,
+        salt,
+        salted_password: Key::from_slice(&raw[..n]).ok_or(DjangoHashError::Malformed("hash"))?,
+    })
+}
+
+/// The SCRAM verifier for a Django hash: two HMACs and one hash, no PBKDF2.
+pub fn credentials(encoded: &str) -> Result<ServerCredentials, DjangoHashError> {
+    let h = parse(encoded)?;
+    ServerCredentials::from_salted_password(
+        h.mechanism,
+        &h.salted_password,
+        h.salt.as_bytes(),
+        h.iterations,
+    )
+    .map_err(|_| DjangoHashError::Malformed("salt"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_django_form_is_identified() {
+        let cases = [
+            (
+                "argon2$argon2id$v=19$m=102400,t=2,p=8$c2FsdA$aGFzaA",
+                HashAlgorithm::Argon2,
+            ),
+            (
+                "bcrypt_sha256$$2b$12$abcdefghijklmnopqrstuu",
+                HashAlgorithm::BcryptSha256,
+            ),
+            (
+                "bcrypt$$2b$12$abcdefghijklmnopqrstuu",
+                HashAlgorithm::Bcrypt,
+            ),
+            ("scrypt$salt$16384$8$1$aGFzaA==", HashAlgorithm::Scrypt),
+            (
+                "md5$salt$0123456789abcdef0123456789abcdef",
+                HashAlgorithm::Md5,
+            ),
+            (
+                "0123456789abcdef0123456789abcdef",
+                HashAlgorithm::UnsaltedMd5,
+            ),
+            (
+                "md5$$0123456789abcdef0123456789abcdef",
+                HashAlgorithm::UnsaltedMd5,
+            ),
+            (
+                "sha1$$0123456789abcdef0123456789abcdef01234567",
+                HashAlgorithm::UnsaltedSha1,
+            ),
+            (
+                "sha1$salt$0123456789abcdef0123456789abcdef01234567",
+                HashAlgorithm::Sha1,
+            ),
+            ("crypt$$abN/qM.L/H8EQ", HashAlgorithm::Crypt),
+            (
+                "!Zx1unusablerandomstring0123456789abcdefgh",
+                HashAlgorithm::Unusable,
+            ),
+            ("", HashAlgorithm::Unusable),
+            ("whatever$1$2", HashAlgorithm::Unknown),
+        ];
+        for (encoded, algorithm) in cases {
+            assert_eq!(HashAlgorithm::identify(encoded), algorithm, "{encoded}");
+            assert_eq!(
+                credentials(encoded).unwrap_err(),
+                DjangoHashError::Unsupported(algorithm)
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_pbkdf2_rows_are_errors() {
+        let good_hash = "ZGVhZGJlZWZkZWFkYmVlZmRlYWRiZWVmZGVhZGJlZWY=";
+        let cases = [
+            ("pbkdf2_sha256".into(), "missing iterations"),
+            ("pbkdf2_sha256$1000".into(), "missing salt"),
+            ("pbkdf2_sha256$1000$salt".into(), "missing hash"),
+            (
+                format!("pbkdf2_sha256$1000$salt${good_hash}$x"),
+                "too many fields",
+            ),
+            (format!("pbkdf2_sha256$0$salt${good_hash}"), "iterations"),
+            (format!("pbkdf2_sha256$-1$salt${good_hash}"), "iterations"),
+            (
+                format!("pbkdf2_sha256$99999999999$salt${good_hash}"),
+                "iterations",
+            ),
+            (format!("pbkdf2_sha256$1000$${good_hash}"), "empty salt"),
+            (
+                "pbkdf2_sha256$1000$salt$not*base64".into(),
+                "hash is not base64",
+            ),
+            (
+                format!("pbkdf2_sha1$1000$salt${good_hash}"),
+                "hash length does not match its algorithm",
+            ),
+        ];
+        for (encoded, what) in cases {
+            assert_eq!(
+                credentials(&encoded).unwrap_err(),
+                DjangoHashError::Malformed(what),
+                "{encoded}"
+            );
+        }
+    }
+}

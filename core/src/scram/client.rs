@@ -1,0 +1,253 @@
+//! The client side: what a device runs.
+
+use rand_core::CryptoRng;
+
+use super::{
+    AuthMessageMacs, CachedKeys, Key, MAX_NONCE_LEN, Mechanism, Mechanisms, NONCE_BYTES,
+    ScramError, attr, decode_b64, hash, is_printable, push, push_b64, push_escaped, xor,
+};
+use crate::session::SessionKeys;
+
+/// GS2 header: no channel binding, no authorization identity.
+const GS2_HEADER: &str = "n,,";
+/// base64("n,,"), the `c=` value of the client-final-message.
+const GS2_HEADER_B64: &str = "biws";
+
+/// Client settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// Fewest iterations the client accepts from a server (default 4096).
+    pub min_iterations: u32,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            min_iterations: super::DEFAULT_MIN_ITERATIONS,
+        }
+    }
+}
+
+/// How the client proves itself.
+#[derive(Clone, Copy)]
+pub enum ClientCredentials<'a> {
+    /// The password (raw UTF-8, no SASLprep). Costs one PBKDF2 run.
+    Password(&'a str),
+    /// Keys from an earlier password login (see [`ClientSuccess::keys`]).
+    Keys(&'a CachedKeys),
+}
+
+impl core::fmt::Debug for ClientCredentials<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Password(_) => f.write_str("Password(<redacted>)"),
+            Self::Keys(k) => f.debug_tuple("Keys").field(k).finish(),
+        }
+    }
+}
+
+/// A client login, first state: holds the client-first-message to send.
+///
+/// `N` bounds the client-first-message (`n,,n=<escaped user>,r=<nonce>`);
+/// the default 256 leaves room for a 200-byte username.
+pub struct ClientLogin<'a, const N: usize = 256> {
+    config: ClientConfig,
+    credentials: ClientCredentials<'a>,
+    /// `n,,` + client-first-message-bare.
+    first: heapless::String<N>,
+    /// Offset of the nonce in `first`.
+    nonce_at: usize,
+}
+
+impl<'a, const N: usize> ClientLogin<'a, N> {
+    /// Starts a login for `username` with a fresh nonce from `rng`.
+    pub fn new<R: CryptoRng + ?Sized>(
+        username: &str,
+        credentials: ClientCredentials<'a>,
+        config: ClientConfig,
+        rng: &mut R,
+    ) -> Result<Self, ScramError> {
+        let mut raw = [0u8; NONCE_BYTES];
+        rng.fill_bytes(&mut raw);
+        let mut nonce = heapless::String::<32>::new();
+        push_b64(&mut nonce, &raw)?;
+        Self::with_nonce(username, credentials, config, &nonce)
+    }
+
+    /// Starts a login with a given nonce: for test vectors and interop
+    /// tests only; a real login must use a fresh random nonce ([`Self::new`]).
+    pub fn with_nonce(
+        username: &str,
+        credentials: ClientCredentials<'a>,
+        config: ClientConfig,
+        nonce: &str,
+    ) -> Result<Self, ScramError> {
+        if !is_printable(nonce) || nonce.len() > MAX_NONCE_LEN / 2 {
+            return Err(ScramError::Malformed("client nonce"));
+        }
+        if username.is_empty() {
+            return Err(ScramError::Malformed("empty username"));
+        }
+        let mut first = heapless::String::new();
+        push(&mut first, &[GS2_HEADER, "n="])?;
+        push_escaped(&mut first, username)?;
+        push(&mut first, &[",r="])?;
+        let nonce_at = first.len();
+        push(&mut first, &[nonce])?;
+        Ok(Self {
+            config,
+            credentials,
+            first,
+            nonce_at,
+        })
+    }
+
+    /// The RFC 5802 client-first-message to send in the hello.
+    pub fn client_first(&self) -> &str {
+        &self.first
+    }
+
+    /// The mechanisms these credentials can complete: both with a password,
+    /// the keys' own with cached keys.
+    pub fn mechanisms(&self) -> Mechanisms {
+        match self.credentials {
+            ClientCredentials::Password(_) => Mechanisms::ALL,
+            ClientCredentials::Keys(k) => Mechanisms::only(k.mechanism),
+        }
+    }
+
+    /// Takes the server-first-message (and the mechanism the server chose),
+    /// checks nonce and iteration floor, derives or checks the keys, and
+    /// computes the proof. With a password this runs PBKDF2 once.
+    pub fn handle_challenge(
+        self,
+        mechanism: Mechanism,
+        server_first: &str,
+    ) -> Result<ClientProofSent, ScramError> {
+        if !self.mechanisms().contains(mechanism) {
+            return Err(ScramError::MechanismNotOffered);
+        }
+        let mut rest = server_first;
+        if rest.starts_with("m=") {
+            return Err(ScramError::ExtensionUnsupported);
+        }
+        let nonce = attr(&mut rest, b'r', "server nonce")?;
+        let salt_b64 = attr(&mut rest, b's', "salt")?;
+        let iterations = attr(&mut rest, b'i', "iteration count")?;
+        // Anything after i= is an extension we ignore (RFC 5802 section 7).
+        let client_nonce = &self.first[self.nonce_at..];
+        if !is_printable(nonce)
+            || nonce.len() > MAX_NONCE_LEN
+            || nonce.len() <= client_nonce.len()
+            || !nonce.starts_with(client_nonce)
+        {
+            return Err(ScramError::NonceMismatch);
+        }
+        let iterations: u32 = parse_iterations(iterations)?;
+        if iterations < self.config.min_iterations {
+            return Err(ScramError::IterationsTooLow {
+                offered: iterations,
+                minimum: self.config.min_iterations,
+            });
+        }
+        let mut salt = [0u8; 96];
+        let salt_len = decode_b64(salt_b64, &mut salt, "salt")?;
+        let salt = &salt[..salt_len];
+
+        let (keys, derived) = match self.credentials {
+            ClientCredentials::Keys(k) => {
+                if !k.matches(mechanism, salt, iterations) {
+                    return Err(ScramError::CachedKeysMismatch);
+                }
+                (k.clone(), false)
+            }
+            ClientCredentials::Password(pw) => {
+                (CachedKeys::derive(mechanism, pw, salt, iterations)?, true)
+            }
+        };
+
+        let mut client_final = heapless::String::<256>::new();
+        push(&mut client_final, &["c=", GS2_HEADER_B64, ",r=", nonce])?;
+        let stored_key = hash(mechanism, keys.client_key.as_bytes());
+        let mut macs = AuthMessageMacs::new(
+            mechanism,
+            &stored_key,
+            &keys.server_key,
+            Some(&keys.client_key),
+        );
+        macs.feed(&self.first[GS2_HEADER.len()..], server_first, &client_final);
+        let (client_signature, server_signature, session) = macs.finish();
+        let proof: Key = xor(&keys.client_key, &client_signature);
+        push(&mut client_final, &[",p="])?;
+        push_b64(&mut client_final, proof.as_bytes())?;
+        Ok(ClientProofSent {
+            client_final,
+            server_signature,
+            session: SessionKeys::from_master(&session.expect("client knows ClientKey")),
+            keys,
+            derived,
+        })
+    }
+}
+
+pub(super) fn parse_iterations(text: &str) -> Result<u32, ScramError> {
+    if text.is_empty()
+        || text.len() > 10
+        || !text.bytes().all(|b| b.is_ascii_digit())
+        || text.starts_with('0')
+    {
+        return Err(ScramError::Malformed("iteration count"));
+    }
+    text.parse()
+        .map_err(|_| ScramError::Malformed("iteration count"))
+}
+
+/// Second client state: the proof is computed; waiting for the server's
+/// signature.
+pub struct ClientProofSent {
+    client_final: heapless::String<256>,
+    server_signature: Key,
+    session: SessionKeys,
+    keys: CachedKeys,
+    derived: bool,
+}
+
+impl ClientProofSent {
+    /// The RFC 5802 client-final-message to send.
+    pub fn client_final(&self) -> &str {
+        &self.client_final
+    }
+
+    /// Verifies the server-final-message. Only a server holding the
+    /// account's verifier can produce it: on success the session is
+    /// mutually authenticated.
+    pub fn handle_server_final(self, server_final: &str) -> Result<ClientSuccess, ScramError> {
+        if server_final.starts_with("e=") {
+            return Err(ScramError::ServerError);
+        }
+        let mut rest = server_final;
+        let v = attr(&mut rest, b'v', "server signature")?;
+        let mut sig = [0u8; 48];
+        let n = decode_b64(v, &mut sig, "server signature")?;
+        let got = Key::from_slice(&sig[..n]).ok_or(ScramError::Malformed("server signature"))?;
+        if !got.ct_eq(&self.server_signature) {
+            return Err(ScramError::InvalidServerSignature);
+        }
+        Ok(ClientSuccess {
+            keys: self.keys,
+            session: self.session,
+            derived: self.derived,
+        })
+    }
+}
+
+/// A finished, mutually authenticated client login.
+pub struct ClientSuccess {
+    /// The keys to cache for the next login (skips PBKDF2).
+    pub keys: CachedKeys,
+    /// Keys for the session's frame tags.
+    pub session: SessionKeys,
+    /// True when PBKDF2 ran (a password login): `keys` are new and worth
+    /// persisting.
+    pub derived: bool,
+}

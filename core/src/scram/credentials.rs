@@ -1,0 +1,159 @@
+//! The keys each side holds: the client's cached keys (so a device runs
+//! PBKDF2 once) and the server's verifier for an account.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Key, Mechanism, ScramError, hash, hmac};
+
+/// Longest salt accepted, in bytes. Django's salts are 22 characters (12 in
+/// releases before 3.1).
+pub const MAX_SALT_LEN: usize = 64;
+
+/// A salt: the raw bytes fed to PBKDF2 (for a Django row, the bytes of its
+/// salt string; SCRAM carries them base64-encoded).
+pub type Salt = heapless::Vec<u8, MAX_SALT_LEN>;
+
+/// Keys a client derived from its password for one salt and iteration
+/// count (RFC 5802 section 5.1 allows caching them). Logging in with them
+/// skips PBKDF2. They are password-equivalent for this protocol: store them
+/// as carefully as the password. `Serialize`/`Deserialize` (postcard, about
+/// 140 bytes) let a device keep them in flash.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedKeys {
+    /// The mechanism the keys belong to.
+    pub mechanism: Mechanism,
+    /// The iteration count they were derived with.
+    pub iterations: u32,
+    /// The salt they were derived with.
+    pub salt: Salt,
+    /// ClientKey = HMAC(SaltedPassword, "Client Key").
+    pub client_key: Key,
+    /// ServerKey = HMAC(SaltedPassword, "Server Key").
+    pub server_key: Key,
+}
+
+impl core::fmt::Debug for CachedKeys {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("CachedKeys")
+            .field("mechanism", &self.mechanism)
+            .field("iterations", &self.iterations)
+            .field("salt_len", &self.salt.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedKeys {
+    /// Derives the keys from a password: runs PBKDF2 with `iterations`,
+    /// which is slow by design (seconds on a microcontroller).
+    pub fn derive(
+        mechanism: Mechanism,
+        password: &str,
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<Self, ScramError> {
+        let salted = super::salted_password(mechanism, password.as_bytes(), salt, iterations);
+        Self::from_salted_password(mechanism, &salted, salt, iterations)
+    }
+
+    /// The keys from a known SaltedPassword.
+    pub fn from_salted_password(
+        mechanism: Mechanism,
+        salted: &Key,
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<Self, ScramError> {
+        Ok(Self {
+            mechanism,
+            iterations,
+            salt: Salt::from_slice(salt).map_err(|_| ScramError::SaltTooLong)?,
+            client_key: hmac(mechanism, salted.as_bytes(), b"Client Key"),
+            server_key: hmac(mechanism, salted.as_bytes(), b"Server Key"),
+        })
+    }
+
+    /// Whether these keys fit a server's challenge.
+    pub fn matches(&self, mechanism: Mechanism, salt: &[u8], iterations: u32) -> bool {
+        self.mechanism == mechanism && self.iterations == iterations && self.salt.as_slice() == salt
+    }
+}
+
+/// What a server needs to verify an account: StoredKey and ServerKey with
+/// the salt and iteration count (RFC 5802's verifier; RFC 5803 stores the
+/// same). Never the password, and no PBKDF2 to verify a login.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ServerCredentials {
+    /// The mechanism the verifier belongs to.
+    pub mechanism: Mechanism,
+    /// Iteration count announced to the client.
+    pub iterations: u32,
+    /// Salt announced to the client.
+    pub salt: Salt,
+    /// StoredKey = H(ClientKey).
+    pub stored_key: Key,
+    /// ServerKey = HMAC(SaltedPassword, "Server Key").
+    pub server_key: Key,
+}
+
+impl core::fmt::Debug for ServerCredentials {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ServerCredentials")
+            .field("mechanism", &self.mechanism)
+            .field("iterations", &self.iterations)
+            .field("salt_len", &self.salt.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The characters of Django's salts (`get_random_string`'s default).
+const SALT_ALPHABET: &[u8; 62] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+
+impl ServerCredentials {
+    /// The verifier from a SaltedPassword (what a Django pbkdf2 row stores).
+    pub fn from_salted_password(
+        mechanism: Mechanism,
+        salted: &Key,
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<Self, ScramError> {
+        let client_key = hmac(mechanism, salted.as_bytes(), b"Client Key");
+        Ok(Self {
+            mechanism,
+            iterations,
+            salt: Salt::from_slice(salt).map_err(|_| ScramError::SaltTooLong)?,
+            stored_key: hash(mechanism, client_key.as_bytes()),
+            server_key: hmac(mechanism, salted.as_bytes(), b"Server Key"),
+        })
+    }
+
+    /// A stand-in verifier for a username that does not exist (or may not
+    /// log in), so that its challenge looks like a real account's: a
+    /// Django-style 22-character salt and keys derived from `secret` and the
+    /// username (stable across attempts, unguessable without the secret), at
+    /// the server's default iteration count. No proof can match it.
+    pub fn decoy(mechanism: Mechanism, secret: &[u8], username: &str, iterations: u32) -> Self {
+        let derive = |label: &[u8]| {
+            let mut h = super::sha256_mac(secret);
+            hmac::Mac::update(&mut h, b"tether/1 decoy ");
+            hmac::Mac::update(&mut h, label);
+            hmac::Mac::update(&mut h, &[0]);
+            hmac::Mac::update(&mut h, username.as_bytes());
+            let out: [u8; 32] = hmac::Mac::finalize(h).into_bytes().into();
+            out
+        };
+        let mut salt = Salt::new();
+        for b in derive(b"salt").iter().take(22) {
+            // 256 % 62 bias is irrelevant: the salt only has to look plausible.
+            let _ = salt.push(SALT_ALPHABET[*b as usize % SALT_ALPHABET.len()]);
+        }
+        let len = mechanism.key_len();
+        let stored = derive(b"stored");
+        let server = derive(b"server");
+        Self {
+            mechanism,
+            iterations,
+            salt,
+            stored_key: Key::from_slice(&stored[..len]).expect("key_len <= 32"),
+            server_key: Key::from_slice(&server[..len]).expect("key_len <= 32"),
+        }
+    }
+}

@@ -1,0 +1,459 @@
+//! SCRAM-SHA-256 (RFC 7677) and SCRAM-SHA-1 (RFC 5802), client and server,
+//! as typed state machines over the RFC's text messages.
+//!
+//! No SASLprep: passwords are raw UTF-8 bytes, as Django hashes them. The
+//! client nonce comes from the caller's RNG. Comparisons of secrets are
+//! constant-time. Neither side ever stores the whole AuthMessage: each part
+//! is fed to the MACs as it becomes known.
+//!
+//! Client: [`ClientLogin`] -> [`ClientProofSent`] -> [`ClientSuccess`].
+//! Server: [`ServerLogin`] -> [`ServerChallengeSent`] -> [`ServerSuccess`].
+
+mod client;
+mod credentials;
+mod server;
+
+use core::fmt;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+
+pub use client::{ClientConfig, ClientCredentials, ClientLogin, ClientProofSent, ClientSuccess};
+pub use credentials::{CachedKeys, MAX_SALT_LEN, Salt, ServerCredentials};
+pub use server::{ServerChallengeSent, ServerLogin, ServerSuccess};
+
+/// The iteration floor a client enforces unless configured otherwise (RFC
+/// 7677's minimum); a server offering fewer is refused, so an impostor
+/// cannot make a device do cheap work that would expose its password.
+pub const DEFAULT_MIN_ITERATIONS: u32 = 4096;
+
+/// Bytes of randomness in a nonce (24 base64 characters).
+pub const NONCE_BYTES: usize = 18;
+
+/// Longest combined nonce accepted (client + server part).
+pub const MAX_NONCE_LEN: usize = 128;
+
+/// A SCRAM mechanism.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Mechanism {
+    /// SCRAM-SHA-256 (RFC 7677), for Django's `pbkdf2_sha256` rows.
+    ScramSha256,
+    /// SCRAM-SHA-1 (RFC 5802), for Django's legacy `pbkdf2_sha1` rows.
+    ScramSha1,
+}
+
+impl Mechanism {
+    /// The IANA mechanism name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha1 => "SCRAM-SHA-1",
+        }
+    }
+
+    /// Length of the hash output and so of every key and proof.
+    pub const fn key_len(self) -> usize {
+        match self {
+            Self::ScramSha256 => 32,
+            Self::ScramSha1 => 20,
+        }
+    }
+
+    const fn bit(self) -> u8 {
+        match self {
+            Self::ScramSha256 => 1,
+            Self::ScramSha1 => 2,
+        }
+    }
+}
+
+impl fmt::Display for Mechanism {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of mechanisms, as offered in the client's hello (one byte on the
+/// wire: bit 0 SCRAM-SHA-256, bit 1 SCRAM-SHA-1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Mechanisms(u8);
+
+impl Mechanisms {
+    /// Both mechanisms.
+    pub const ALL: Self = Self(3);
+
+    /// Exactly one mechanism.
+    pub const fn only(m: Mechanism) -> Self {
+        Self(m.bit())
+    }
+
+    /// Whether `m` is in the set.
+    pub const fn contains(self, m: Mechanism) -> bool {
+        self.0 & m.bit() != 0
+    }
+
+    /// The raw bit set.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set from raw bits (unknown bits are kept and ignored).
+    pub const fn from_bits(bits: u8) -> Self {
+        Self(bits)
+    }
+}
+
+/// A SCRAM key, proof or signature: 32 bytes for SHA-256, 20 for SHA-1.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    bytes: [u8; 32],
+    len: u8,
+}
+
+impl Key {
+    /// A key from bytes (at most 32).
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        bytes.get_mut(..b.len())?.copy_from_slice(b);
+        Some(Self {
+            bytes,
+            len: b.len() as u8,
+        })
+    }
+
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+
+    /// Constant-time equality.
+    pub fn ct_eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.as_bytes().ct_eq(other.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for Key {
+    // Keys are secrets: never print them.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key(<{} bytes redacted>)", self.len)
+    }
+}
+
+/// What went wrong in a SCRAM exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScramError {
+    /// A message did not follow RFC 5802's syntax; the detail says which part.
+    Malformed(&'static str),
+    /// The client asked for channel binding (`p=`), which Tether does not do.
+    ChannelBindingUnsupported,
+    /// The client sent an authorization identity (`a=`), which Tether does
+    /// not do.
+    AuthzidUnsupported,
+    /// A mandatory extension (`m=`) that nobody supports.
+    ExtensionUnsupported,
+    /// The server's nonce does not extend the client's, or the client-final
+    /// nonce differs from the combined one.
+    NonceMismatch,
+    /// The channel-binding echo (`c=`) differs from the GS2 header sent.
+    ChannelBindingMismatch,
+    /// The server asked for fewer iterations than the client's floor.
+    IterationsTooLow {
+        /// Offered by the server.
+        offered: u32,
+        /// The client's floor.
+        minimum: u32,
+    },
+    /// The salt is longer than [`MAX_SALT_LEN`] bytes.
+    SaltTooLong,
+    /// Cached keys were made for another mechanism, salt or iteration count
+    /// (the password or its hash changed): log in with the password again.
+    CachedKeysMismatch,
+    /// The server chose a mechanism the client did not offer.
+    MechanismNotOffered,
+    /// The client's proof is wrong: wrong password, or unknown user.
+    InvalidProof,
+    /// The server's signature is wrong: the server does not hold the
+    /// account's verifier (an impostor or a changed password).
+    InvalidServerSignature,
+    /// The server answered with a SCRAM `e=` error.
+    ServerError,
+    /// A message does not fit the state machine's fixed buffer.
+    TooLong,
+}
+
+impl fmt::Display for ScramError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Malformed(what) => write!(f, "malformed SCRAM message: {what}"),
+            Self::ChannelBindingUnsupported => f.write_str("channel binding is not supported"),
+            Self::AuthzidUnsupported => f.write_str("authorization identity is not supported"),
+            Self::ExtensionUnsupported => f.write_str("mandatory SCRAM extension not supported"),
+            Self::NonceMismatch => f.write_str("nonce mismatch"),
+            Self::ChannelBindingMismatch => f.write_str("channel binding data mismatch"),
+            Self::IterationsTooLow { offered, minimum } => {
+                write!(
+                    f,
+                    "server offered {offered} iterations, below the floor of {minimum}"
+                )
+            }
+            Self::SaltTooLong => write!(f, "salt longer than {MAX_SALT_LEN} bytes"),
+            Self::CachedKeysMismatch => {
+                f.write_str("cached keys do not match the server's salt, iterations or mechanism")
+            }
+            Self::MechanismNotOffered => {
+                f.write_str("server chose a mechanism the client did not offer")
+            }
+            Self::InvalidProof => f.write_str("invalid client proof"),
+            Self::InvalidServerSignature => f.write_str("invalid server signature"),
+            Self::ServerError => f.write_str("server reported a SCRAM error"),
+            Self::TooLong => f.write_str("SCRAM message too long for the buffer"),
+        }
+    }
+}
+
+impl core::error::Error for ScramError {}
+
+// ---- crypto primitives, dispatched on the mechanism ----
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+type HmacSha1 = hmac::Hmac<sha1::Sha1>;
+
+/// An HMAC being computed with either hash.
+#[derive(Clone)]
+pub(crate) enum Hmac {
+    Sha256(HmacSha256),
+    Sha1(HmacSha1),
+}
+
+impl Hmac {
+    pub(crate) fn new(m: Mechanism, key: &[u8]) -> Self {
+        match m {
+            Mechanism::ScramSha256 => Self::Sha256(sha256_mac(key)),
+            Mechanism::ScramSha1 => Self::Sha1(
+                <HmacSha1 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length"),
+            ),
+        }
+    }
+
+    pub(crate) fn update(&mut self, data: &[u8]) {
+        match self {
+            Self::Sha256(h) => h.update(data),
+            Self::Sha1(h) => h.update(data),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Key {
+        match self {
+            Self::Sha256(h) => key_from(&h.finalize().into_bytes()),
+            Self::Sha1(h) => key_from(&h.finalize().into_bytes()),
+        }
+    }
+}
+
+pub(crate) fn sha256_mac(key: &[u8]) -> HmacSha256 {
+    <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+fn key_from(b: &[u8]) -> Key {
+    Key::from_slice(b).expect("digests are at most 32 bytes")
+}
+
+pub(crate) fn hmac(m: Mechanism, key: &[u8], data: &[u8]) -> Key {
+    let mut h = Hmac::new(m, key);
+    h.update(data);
+    h.finish()
+}
+
+pub(crate) fn hash(m: Mechanism, data: &[u8]) -> Key {
+    use sha2::Digest;
+    match m {
+        Mechanism::ScramSha256 => key_from(&sha2::Sha256::digest(data)),
+        Mechanism::ScramSha1 => key_from(&sha1::Sha1::digest(data)),
+    }
+}
+
+/// SaltedPassword := Hi(password, salt, i): the one expensive step, run by a
+/// client logging in with its password and never by the server.
+pub(crate) fn salted_password(m: Mechanism, password: &[u8], salt: &[u8], iterations: u32) -> Key {
+    let mut out = [0u8; 32];
+    let out = &mut out[..m.key_len()];
+    match m {
+        Mechanism::ScramSha256 => {
+            pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, out)
+        }
+        Mechanism::ScramSha1 => pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, out),
+    }
+    key_from(out)
+}
+
+fn xor(a: &Key, b: &Key) -> Key {
+    let mut out = *a;
+    for (o, x) in out.bytes.iter_mut().zip(b.bytes.iter()) {
+        *o ^= x;
+    }
+    out
+}
+
+/// Derives the session master key `K` from ClientKey and the AuthMessage
+/// fed in parts; see [`crate::session`].
+pub(crate) struct SessionMac(HmacSha256);
+
+impl SessionMac {
+    pub(crate) fn new(client_key: &Key) -> Self {
+        let mut h = sha256_mac(client_key.as_bytes());
+        h.update(crate::session::SESSION_LABEL);
+        h.update(&[0]);
+        Self(h)
+    }
+}
+
+/// The three MACs computed over the AuthMessage, fed part by part so that
+/// it is never held whole: ClientSignature, ServerSignature and the session
+/// key.
+pub(crate) struct AuthMessageMacs {
+    client_signature: Hmac,
+    server_signature: Hmac,
+    /// Only the client knows ClientKey before the proof is checked.
+    session: Option<SessionMac>,
+}
+
+impl AuthMessageMacs {
+    pub(crate) fn new(
+        m: Mechanism,
+        stored_key: &Key,
+        server_key: &Key,
+        client_key: Option<&Key>,
+    ) -> Self {
+        Self {
+            client_signature: Hmac::new(m, stored_key.as_bytes()),
+            server_signature: Hmac::new(m, server_key.as_bytes()),
+            session: client_key.map(SessionMac::new),
+        }
+    }
+
+    /// Feeds `client_first_bare "," server_first "," client_final_without_proof`.
+    pub(crate) fn feed(
+        &mut self,
+        client_first_bare: &str,
+        server_first: &str,
+        without_proof: &str,
+    ) {
+        for part in [client_first_bare, ",", server_first, ",", without_proof] {
+            self.client_signature.update(part.as_bytes());
+            self.server_signature.update(part.as_bytes());
+            if let Some(s) = &mut self.session {
+                s.0.update(part.as_bytes());
+            }
+        }
+    }
+
+    /// (ClientSignature, ServerSignature, session key K)
+    pub(crate) fn finish(self) -> (Key, Key, Option<[u8; 32]>) {
+        (
+            self.client_signature.finish(),
+            self.server_signature.finish(),
+            self.session.map(|s| s.0.finalize().into_bytes().into()),
+        )
+    }
+}
+
+/// The session key computed on the server, which learns ClientKey only
+/// after the signatures: feeds the AuthMessage again (a few hundred bytes).
+pub(crate) fn session_key(
+    client_key: &Key,
+    client_first_bare: &str,
+    server_first: &str,
+    without_proof: &str,
+) -> [u8; 32] {
+    let mut h = SessionMac::new(client_key).0;
+    for part in [client_first_bare, ",", server_first, ",", without_proof] {
+        h.update(part.as_bytes());
+    }
+    h.finalize().into_bytes().into()
+}
+
+// ---- text helpers ----
+
+/// Appends base64 of `data` (at most 64 bytes) to `s`.
+fn push_b64<const N: usize>(s: &mut heapless::String<N>, data: &[u8]) -> Result<(), ScramError> {
+    let mut buf = [0u8; 88];
+    let n = B64
+        .encode_slice(data, &mut buf)
+        .map_err(|_| ScramError::TooLong)?;
+    let text = core::str::from_utf8(&buf[..n]).map_err(|_| ScramError::TooLong)?;
+    s.push_str(text).map_err(|_| ScramError::TooLong)
+}
+
+/// Decodes base64 into `out`, returning the decoded length.
+fn decode_b64(text: &str, out: &mut [u8], what: &'static str) -> Result<usize, ScramError> {
+    B64.decode_slice(text.as_bytes(), out)
+        .map_err(|_| ScramError::Malformed(what))
+}
+
+fn push<const N: usize>(s: &mut heapless::String<N>, parts: &[&str]) -> Result<(), ScramError> {
+    for p in parts {
+        s.push_str(p).map_err(|_| ScramError::TooLong)?;
+    }
+    Ok(())
+}
+
+/// RFC 5802 `printable`: %x21-2B / %x2D-7E (no comma).
+fn is_printable(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| (0x21..=0x7e).contains(&b) && b != b',')
+}
+
+/// Splits off the next `x=value` attribute with the expected letter.
+fn attr<'a>(rest: &mut &'a str, letter: u8, what: &'static str) -> Result<&'a str, ScramError> {
+    let s = *rest;
+    let (field, tail) = match s.find(',') {
+        Some(i) => (&s[..i], &s[i + 1..]),
+        None => (s, ""),
+    };
+    let b = field.as_bytes();
+    if b.len() < 2 || b[0] != letter || b[1] != b'=' {
+        return Err(ScramError::Malformed(what));
+    }
+    *rest = tail;
+    Ok(&field[2..])
+}
+
+/// Escapes a username for `n=`: `=` -> `=3D`, `,` -> `=2C`.
+fn push_escaped<const N: usize>(
+    s: &mut heapless::String<N>,
+    username: &str,
+) -> Result<(), ScramError> {
+    for c in username.chars() {
+        let r = match c {
+            '=' => s.push_str("=3D"),
+            ',' => s.push_str("=2C"),
+            c => s.push(c),
+        };
+        r.map_err(|_| ScramError::TooLong)?;
+    }
+    Ok(())
+}
+
+/// Reverses [`push_escaped`]; any other `=` sequence is malformed.
+fn unescape<const N: usize>(
+    escaped: &str,
+    out: &mut heapless::String<N>,
+) -> Result<(), ScramError> {
+    let mut rest = escaped;
+    while let Some(i) = rest.find('=') {
+        out.push_str(&rest[..i]).map_err(|_| ScramError::TooLong)?;
+        let c = match rest.get(i + 1..i + 3) {
+            Some("3D") => '=',
+            Some("2C") => ',',
+            _ => return Err(ScramError::Malformed("bad escape in username")),
+        };
+        out.push(c).map_err(|_| ScramError::TooLong)?;
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest).map_err(|_| ScramError::TooLong)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,427 @@
+use super::*;
+use crate::django;
+
+/// The RFC 5802 section 5 example (SCRAM-SHA-1), byte for byte.
+#[test]
+fn rfc5802_sha1_example() {
+    exchange_vector(
+        Mechanism::ScramSha1,
+        "fyko+d2lbbFgONRv9qkxdawL",
+        "3rfcNHYJY1ZVvWVs7j",
+        "QSXCR+Q6sek8bf92",
+        "n,,n=user,r=fyko+d2lbbFgONRv9qkxdawL",
+        "r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,s=QSXCR+Q6sek8bf92,i=4096",
+        "c=biws,r=fyko+d2lbbFgONRv9qkxdawL3rfcNHYJY1ZVvWVs7j,p=v0X8v3Bz2T0CJGbJQyF0X+HI4Ts=",
+        "v=rmF9pqV8S7suAoZWja4dJRkFsKQ=",
+    );
+}
+
+/// The RFC 7677 section 3 example (SCRAM-SHA-256), byte for byte.
+#[test]
+fn rfc7677_sha256_example() {
+    exchange_vector(
+        Mechanism::ScramSha256,
+        "rOprNGfwEbeRWgbNEkqO",
+        "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0",
+        "W22ZaJ0SNY7soEsUEjb6gQ==",
+        "n,,n=user,r=rOprNGfwEbeRWgbNEkqO",
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096",
+        "c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
+        "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=",
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn exchange_vector(
+    m: Mechanism,
+    cnonce: &str,
+    snonce: &str,
+    salt_b64: &str,
+    client_first: &str,
+    server_first: &str,
+    client_final: &str,
+    server_final: &str,
+) {
+    let mut salt = [0u8; 64];
+    let n = B64.decode_slice(salt_b64, &mut salt).unwrap();
+    let salted = salted_password(m, b"pencil", &salt[..n], 4096);
+    let creds = ServerCredentials::from_salted_password(m, &salted, &salt[..n], 4096).unwrap();
+
+    let client = ClientLogin::<256>::with_nonce(
+        "user",
+        ClientCredentials::Password("pencil"),
+        ClientConfig::default(),
+        cnonce,
+    )
+    .unwrap();
+    assert_eq!(client.client_first(), client_first);
+    let server = ServerLogin::<512>::new(client_first).unwrap();
+    assert_eq!(server.username(), "user");
+    let server = server.challenge_with_nonce(&creds, snonce).unwrap();
+    assert_eq!(server.server_first(), server_first);
+    let client = client.handle_challenge(m, server_first).unwrap();
+    assert_eq!(client.client_final(), client_final);
+    let done = server.verify(client_final).unwrap();
+    assert_eq!(done.server_final(), server_final);
+    let ok = client.handle_server_final(server_final).unwrap();
+    assert!(ok.derived);
+
+    // The same exchange with the cached keys: no password, same bytes.
+    let client = ClientLogin::<256>::with_nonce(
+        "user",
+        ClientCredentials::Keys(&ok.keys),
+        ClientConfig::default(),
+        cnonce,
+    )
+    .unwrap()
+    .handle_challenge(m, server_first)
+    .unwrap();
+    assert_eq!(client.client_final(), client_final);
+    assert!(!client.handle_server_final(server_final).unwrap().derived);
+}
+
+/// A deterministic RNG for tests.
+pub(crate) struct TestRng(pub u64);
+impl rand_core::TryRng for TestRng {
+    type Error = core::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.try_next_u64()? as u32)
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        // splitmix64
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        Ok(z ^ (z >> 31))
+    }
+    fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in d.chunks_mut(8) {
+            let v = self.try_next_u64()?.to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+impl rand_core::TryCryptoRng for TestRng {}
+
+/// A genuine Django 5.2 hash (made with `make_password("correct horse")`
+/// in Django 5.2.19, pbkdf2_sha256 at its default 1,000,000 iterations).
+pub(crate) const DJANGO_52_HASH: &str =
+    "pbkdf2_sha256$1000000$56ryAKpSnLAXlMYo5d2L5x$hPjabwIwfFzX6LEaxIt5cCa4001RIC/45BitWAzM4dA=";
+pub(crate) const DJANGO_52_PASSWORD: &str = "correct horse";
+
+/// Runs a whole login; returns the client's or the server's error.
+fn login(
+    row: &str,
+    user: &str,
+    creds: ClientCredentials<'_>,
+    config: ClientConfig,
+) -> Result<ClientSuccess, ScramError> {
+    let mut rng = TestRng(1);
+    let server_creds = django::credentials(row).unwrap();
+    let client = ClientLogin::<256>::new(user, creds, config, &mut rng)?;
+    let server = ServerLogin::<512>::new(client.client_first())?;
+    assert_eq!(server.username(), user);
+    let server = server.challenge(&server_creds, &mut rng)?;
+    let client = client.handle_challenge(server_creds.mechanism, server.server_first())?;
+    let done = server.verify(client.client_final())?;
+    client.handle_server_final(done.server_final())
+}
+
+#[test]
+fn django_52_hash_logs_in_with_its_password_only() {
+    let ok = login(
+        DJANGO_52_HASH,
+        "alice",
+        ClientCredentials::Password(DJANGO_52_PASSWORD),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(ok.keys.iterations, 1_000_000);
+    assert_eq!(
+        login(
+            DJANGO_52_HASH,
+            "alice",
+            ClientCredentials::Password("Correct horse"),
+            ClientConfig::default()
+        )
+        .err(),
+        Some(ScramError::InvalidProof)
+    );
+    // Cached keys log in without the password.
+    login(
+        DJANGO_52_HASH,
+        "alice",
+        ClientCredentials::Keys(&ok.keys),
+        ClientConfig::default(),
+    )
+    .unwrap();
+}
+
+fn row(m: &str, pw: &str, salt: &str, iterations: u32) -> std::string::String {
+    let mech = if m == "pbkdf2_sha1" {
+        Mechanism::ScramSha1
+    } else {
+        Mechanism::ScramSha256
+    };
+    let sp = salted_password(mech, pw.as_bytes(), salt.as_bytes(), iterations);
+    let mut b = [0u8; 64];
+    let n = B64.encode_slice(sp.as_bytes(), &mut b).unwrap();
+    format!(
+        "{m}${iterations}${salt}${}",
+        core::str::from_utf8(&b[..n]).unwrap()
+    )
+}
+
+#[test]
+fn sha1_rows_and_escaped_non_ascii_names() {
+    let r = row("pbkdf2_sha1", "pässwörd", "abcdefghijkl", 4096);
+    login(
+        &r,
+        "o,dd=näme",
+        ClientCredentials::Password("pässwörd"),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    let client = ClientLogin::<256>::with_nonce(
+        "o,dd=näme",
+        ClientCredentials::Password("x"),
+        ClientConfig::default(),
+        "abc",
+    )
+    .unwrap();
+    assert_eq!(client.client_first(), "n,,n=o=2Cdd=3Dnäme,r=abc");
+}
+
+#[test]
+fn iteration_floor_is_enforced() {
+    let r = row("pbkdf2_sha256", "pw", "saltsaltsalt", 1000);
+    assert_eq!(
+        login(
+            &r,
+            "u",
+            ClientCredentials::Password("pw"),
+            ClientConfig::default()
+        )
+        .err(),
+        Some(ScramError::IterationsTooLow {
+            offered: 1000,
+            minimum: 4096
+        })
+    );
+    login(
+        &r,
+        "u",
+        ClientCredentials::Password("pw"),
+        ClientConfig {
+            min_iterations: 1000,
+        },
+    )
+    .unwrap();
+}
+
+#[test]
+fn cached_keys_for_another_salt_are_refused() {
+    let a = row("pbkdf2_sha256", "pw", "saltA", 4096);
+    let b = row("pbkdf2_sha256", "pw", "saltB", 4096);
+    let ok = login(
+        &a,
+        "u",
+        ClientCredentials::Password("pw"),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        login(
+            &b,
+            "u",
+            ClientCredentials::Keys(&ok.keys),
+            ClientConfig::default()
+        )
+        .err(),
+        Some(ScramError::CachedKeysMismatch)
+    );
+}
+
+#[test]
+fn impostor_server_is_detected() {
+    // A server that knows StoredKey but not ServerKey (or a wrong verifier)
+    // cannot produce the signature.
+    let mut rng = TestRng(9);
+    let good = django::credentials(&row("pbkdf2_sha256", "pw", "salty", 4096)).unwrap();
+    let client = ClientLogin::<256>::new(
+        "u",
+        ClientCredentials::Password("pw"),
+        ClientConfig::default(),
+        &mut rng,
+    )
+    .unwrap();
+    let server = ServerLogin::<512>::new(client.client_first())
+        .unwrap()
+        .challenge(&good, &mut rng)
+        .unwrap();
+    let client = client
+        .handle_challenge(Mechanism::ScramSha256, server.server_first())
+        .unwrap();
+    let fake = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
+    assert_eq!(
+        client.handle_server_final(fake).err(),
+        Some(ScramError::InvalidServerSignature)
+    );
+}
+
+#[test]
+fn decoy_is_stable_plausible_and_unpassable() {
+    let a = ServerCredentials::decoy(Mechanism::ScramSha256, b"secret", "ghost", 1_000_000);
+    let b = ServerCredentials::decoy(Mechanism::ScramSha256, b"secret", "ghost", 1_000_000);
+    let c = ServerCredentials::decoy(Mechanism::ScramSha256, b"secret", "ghost2", 1_000_000);
+    assert_eq!(a, b);
+    assert_ne!(a.salt, c.salt);
+    assert_eq!(a.salt.len(), 22);
+    assert!(a.salt.iter().all(u8::is_ascii_alphanumeric));
+    let mut rng = TestRng(3);
+    let client = ClientLogin::<256>::new(
+        "ghost",
+        ClientCredentials::Password("guess"),
+        ClientConfig { min_iterations: 1 },
+        &mut rng,
+    )
+    .unwrap();
+    // Use a cheap decoy for speed: same code path.
+    let cheap = ServerCredentials::decoy(Mechanism::ScramSha256, b"secret", "ghost", 4096);
+    let server = ServerLogin::<512>::new(client.client_first())
+        .unwrap()
+        .challenge(&cheap, &mut rng)
+        .unwrap();
+    let client = client
+        .handle_challenge(Mechanism::ScramSha256, server.server_first())
+        .unwrap();
+    assert_eq!(
+        server.verify(client.client_final()).err(),
+        Some(ScramError::InvalidProof)
+    );
+}
+
+#[test]
+fn malformed_and_hostile_messages_are_typed_errors() {
+    type S = ServerLogin<512>;
+    assert_eq!(
+        S::new("p=tls-unique,,n=u,r=abc").err(),
+        Some(ScramError::ChannelBindingUnsupported)
+    );
+    assert_eq!(
+        S::new("n,a=admin,n=u,r=abc").err(),
+        Some(ScramError::AuthzidUnsupported)
+    );
+    assert_eq!(
+        S::new("n,,m=ext,n=u,r=abc").err(),
+        Some(ScramError::ExtensionUnsupported)
+    );
+    assert_eq!(
+        S::new("x,,n=u,r=abc").err(),
+        Some(ScramError::Malformed("GS2 header"))
+    );
+    assert_eq!(
+        S::new("n,,n=,r=abc").err(),
+        Some(ScramError::Malformed("empty username"))
+    );
+    assert_eq!(
+        S::new("n,,n=a=2Xb,r=abc").err(),
+        Some(ScramError::Malformed("bad escape in username"))
+    );
+    assert_eq!(S::new("n,,n=u,r=a,bc").err(), None); // r=a then an extension "bc": allowed
+    assert_eq!(
+        S::new("n,,n=u").err(),
+        Some(ScramError::Malformed("client nonce"))
+    );
+    assert_eq!(
+        S::new("n,,n=u,r=").err(),
+        Some(ScramError::Malformed("client nonce"))
+    );
+    let long = format!("n,,n={},r=abc", "x".repeat(600));
+    assert_eq!(S::new(&long).err(), Some(ScramError::TooLong));
+
+    let creds = django::credentials(&row("pbkdf2_sha256", "pw", "salty", 4096)).unwrap();
+    let server = || {
+        S::new("n,,n=u,r=abc")
+            .unwrap()
+            .challenge_with_nonce(&creds, "XYZ")
+            .unwrap()
+    };
+    assert_eq!(server().server_first(), "r=abcXYZ,s=c2FsdHk=,i=4096");
+    assert_eq!(
+        server().verify("c=biws,r=abcXYZ").err(),
+        Some(ScramError::Malformed("client proof"))
+    );
+    assert_eq!(
+        server().verify("c=eSws,r=abcXYZ,p=AAAA").err(),
+        Some(ScramError::ChannelBindingMismatch)
+    );
+    assert_eq!(
+        server().verify("c=biws,r=abcXYQ,p=AAAA").err(),
+        Some(ScramError::NonceMismatch)
+    );
+    assert_eq!(
+        server().verify("c=biws,r=abcXYZ,p=!!!").err(),
+        Some(ScramError::Malformed("client proof"))
+    );
+    assert_eq!(
+        server().verify("c=biws,r=abcXYZ,p=AAAA").err(),
+        Some(ScramError::Malformed("client proof length"))
+    );
+    let zero_proof = "c=biws,r=abcXYZ,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    assert_eq!(
+        server().verify(zero_proof).err(),
+        Some(ScramError::InvalidProof)
+    );
+
+    let client = || {
+        ClientLogin::<256>::with_nonce(
+            "u",
+            ClientCredentials::Password("pw"),
+            ClientConfig::default(),
+            "abc",
+        )
+        .unwrap()
+    };
+    let m = Mechanism::ScramSha256;
+    assert_eq!(
+        client()
+            .handle_challenge(m, "r=abc,s=c2FsdHk=,i=4096")
+            .err(),
+        Some(ScramError::NonceMismatch)
+    );
+    assert_eq!(
+        client()
+            .handle_challenge(m, "r=xyzabc,s=c2FsdHk=,i=4096")
+            .err(),
+        Some(ScramError::NonceMismatch)
+    );
+    assert_eq!(
+        client()
+            .handle_challenge(m, "r=abcX,s=c2FsdHk=,i=04096")
+            .err(),
+        Some(ScramError::Malformed("iteration count"))
+    );
+    assert_eq!(
+        client()
+            .handle_challenge(m, "r=abcX,s=c2FsdHk=,i=99999999999")
+            .err(),
+        Some(ScramError::Malformed("iteration count"))
+    );
+    assert_eq!(
+        client().handle_challenge(m, "r=abcX,s=***,i=4096").err(),
+        Some(ScramError::Malformed("salt"))
+    );
+    assert_eq!(
+        client()
+            .handle_challenge(m, "m=x,r=abcX,s=c2FsdHk=,i=4096")
+            .err(),
+        Some(ScramError::ExtensionUnsupported)
+    );
+    assert_eq!(
+        client().handle_challenge(m, "r=abcX,i=4096").err(),
+        Some(ScramError::Malformed("salt"))
+    );
+}

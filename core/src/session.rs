@@ -1,0 +1,272 @@
+//! Authenticated session frames after login.
+//!
+//! Both sides derive, from ClientKey and the SCRAM AuthMessage:
+//!
+//! ```text
+//! K     = HMAC-SHA256(ClientKey, "tether/1 session" || 0x00 || AuthMessage)
+//! K_c2s = HMAC-SHA256(K, "c2s")        K_s2c = HMAC-SHA256(K, "s2c")
+//! ```
+//!
+//! A post-login frame body is `seq (u64 BE) || postcard(Message) || tag`,
+//! with `tag = HMAC-SHA256(K_dir, seq || postcard(Message))[..16]` and `seq`
+//! counting from 0 in each direction. The receiver checks the tag first (in
+//! constant time), then that `seq` is exactly the next one. So a forged,
+//! altered, truncated or other-direction frame fails the tag, and an authentic
+//! frame played again or out of order fails the sequence. This gives
+//! integrity and replay protection, not secrecy.
+
+use core::fmt;
+
+use hmac::Mac as _;
+
+use crate::frame::{FrameError, HEADER_LEN, finish_frame};
+use crate::message::{DecodeError, Message};
+use crate::scram::sha256_mac;
+
+pub(crate) const SESSION_LABEL: &[u8] = b"tether/1 session";
+
+/// Bytes of the sequence number at the start of each session frame body.
+pub const SEQ_LEN: usize = 8;
+/// Bytes of the tag at the end of each session frame body.
+pub const TAG_LEN: usize = 16;
+/// Bytes a session frame body carries besides the message.
+pub const OVERHEAD: usize = SEQ_LEN + TAG_LEN;
+
+/// Which end of the session this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The device side (sends with K_c2s).
+    Client,
+    /// The server side (sends with K_s2c).
+    Server,
+}
+
+/// The two directional keys of a session.
+#[derive(Clone)]
+pub struct SessionKeys {
+    c2s: [u8; 32],
+    s2c: [u8; 32],
+}
+
+impl fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionKeys(<redacted>)")
+    }
+}
+
+impl SessionKeys {
+    pub(crate) fn from_master(k: &[u8; 32]) -> Self {
+        let derive = |label: &[u8]| {
+            let mut h = sha256_mac(k);
+            h.update(label);
+            let out: [u8; 32] = h.finalize().into_bytes().into();
+            out
+        };
+        Self {
+            c2s: derive(b"c2s"),
+            s2c: derive(b"s2c"),
+        }
+    }
+
+    /// The sending and receiving halves for `role`; they can live in
+    /// different tasks.
+    pub fn into_halves(self, role: Role) -> (Sealer, Opener) {
+        let (send, recv) = match role {
+            Role::Client => (&self.c2s, &self.s2c),
+            Role::Server => (&self.s2c, &self.c2s),
+        };
+        (
+            Sealer {
+                mac: sha256_mac(send),
+                seq: 0,
+            },
+            Opener {
+                mac: sha256_mac(recv),
+                next: 0,
+            },
+        )
+    }
+}
+
+/// What went wrong with a session frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionError {
+    /// The body is too short to hold a sequence number, a message and a tag.
+    TooShort {
+        /// The body's length.
+        len: usize,
+    },
+    /// The tag does not authenticate the frame: forged, altered, truncated,
+    /// or sent in the other direction.
+    BadTag,
+    /// An authentic frame whose sequence number was already received.
+    Replayed {
+        /// The frame's sequence number.
+        seq: u64,
+        /// The one expected.
+        expected: u64,
+    },
+    /// An authentic frame from further ahead: frames were dropped or
+    /// reordered.
+    OutOfOrder {
+        /// The frame's sequence number.
+        seq: u64,
+        /// The one expected.
+        expected: u64,
+    },
+    /// An authentic frame whose message does not decode.
+    Decode(DecodeError),
+    /// The frame could not be written.
+    Frame(FrameError),
+    /// 2^64 frames were sent: the session must end.
+    SequenceExhausted,
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooShort { len } => write!(f, "session frame of {len} bytes is too short"),
+            Self::BadTag => f.write_str("session frame failed authentication"),
+            Self::Replayed { seq, expected } => {
+                write!(f, "replayed session frame (seq {seq}, expected {expected})")
+            }
+            Self::OutOfOrder { seq, expected } => {
+                write!(
+                    f,
+                    "session frame out of order (seq {seq}, expected {expected})"
+                )
+            }
+            Self::Decode(e) => write!(f, "session message: {e}"),
+            Self::Frame(e) => write!(f, "session frame: {e}"),
+            Self::SequenceExhausted => f.write_str("sequence numbers exhausted"),
+        }
+    }
+}
+
+impl core::error::Error for SessionError {}
+
+impl From<FrameError> for SessionError {
+    fn from(e: FrameError) -> Self {
+        Self::Frame(e)
+    }
+}
+
+/// Seals outgoing session messages.
+#[derive(Clone)]
+pub struct Sealer {
+    mac: hmac::Hmac<sha2::Sha256>,
+    seq: u64,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sealer")
+            .field("seq", &self.seq)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealer {
+    /// Writes `msg` as a whole authenticated frame (length prefix included)
+    /// at the start of `out` and returns it. `max` is the peer's maximum body
+    /// length. The sequence number advances only on success.
+    pub fn seal<'o>(
+        &mut self,
+        msg: &Message<'_>,
+        out: &'o mut [u8],
+        max: usize,
+    ) -> Result<&'o [u8], SessionError> {
+        let available = out.len();
+        let room = available.saturating_sub(HEADER_LEN + OVERHEAD);
+        if room == 0 {
+            return Err(FrameError::BufferTooSmall {
+                needed: HEADER_LEN + OVERHEAD + 1,
+                available,
+            }
+            .into());
+        }
+        let start = HEADER_LEN + SEQ_LEN;
+        let n = postcard::to_slice(msg, &mut out[start..start + room])
+            .map_err(|e| match e {
+                postcard::Error::SerializeBufferFull => FrameError::BufferTooSmall {
+                    needed: available + 1,
+                    available,
+                },
+                _ => FrameError::Encode,
+            })?
+            .len();
+        let body_len = SEQ_LEN + n + TAG_LEN;
+        if body_len > max {
+            return Err(FrameError::TooLong { len: body_len, max }.into());
+        }
+        out[HEADER_LEN..start].copy_from_slice(&self.seq.to_be_bytes());
+        let mut mac = self.mac.clone();
+        mac.update(&out[HEADER_LEN..start + n]);
+        let tag = mac.finalize().into_bytes();
+        out[start + n..start + n + TAG_LEN].copy_from_slice(&tag[..TAG_LEN]);
+        self.seq = self
+            .seq
+            .checked_add(1)
+            .ok_or(SessionError::SequenceExhausted)?;
+        Ok(finish_frame(out, body_len, max)?)
+    }
+
+    /// The sequence number of the next frame.
+    pub fn next_seq(&self) -> u64 {
+        self.seq
+    }
+}
+
+/// Checks and decodes incoming session frames.
+#[derive(Clone)]
+pub struct Opener {
+    mac: hmac::Hmac<sha2::Sha256>,
+    next: u64,
+}
+
+impl fmt::Debug for Opener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Opener")
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Opener {
+    /// Authenticates a frame body and decodes its message, which borrows
+    /// from `body`. Any error means the session must close.
+    pub fn open<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
+        if body.len() < OVERHEAD + 1 {
+            return Err(SessionError::TooShort { len: body.len() });
+        }
+        let (signed, tag) = body.split_at(body.len() - TAG_LEN);
+        let mut mac = self.mac.clone();
+        mac.update(signed);
+        mac.verify_truncated_left(tag)
+            .map_err(|_| SessionError::BadTag)?;
+        let seq = u64::from_be_bytes(signed[..SEQ_LEN].try_into().expect("8 bytes"));
+        if seq < self.next {
+            return Err(SessionError::Replayed {
+                seq,
+                expected: self.next,
+            });
+        }
+        if seq > self.next {
+            return Err(SessionError::OutOfOrder {
+                seq,
+                expected: self.next,
+            });
+        }
+        let msg = crate::message::decode(&signed[SEQ_LEN..]).map_err(SessionError::Decode)?;
+        self.next = self
+            .next
+            .checked_add(1)
+            .ok_or(SessionError::SequenceExhausted)?;
+        Ok(msg)
+    }
+
+    /// The sequence number expected next.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+}
