@@ -1,0 +1,136 @@
+//! Session frames: whatever an attacker does to a frame, it is rejected.
+mod common;
+
+use tether_core::frame::HEADER_LEN;
+use tether_core::message::{GoodbyeReason, Message};
+use tether_core::session::{Role, SessionError};
+
+fn frames() -> (
+    tether_core::session::Sealer,
+    tether_core::session::Opener,
+    tether_core::session::Sealer,
+    tether_core::session::Opener,
+) {
+    let (c, s) = common::logged_in_pair(7);
+    let (ctx, crx) = c.into_halves(Role::Client);
+    let (stx, srx) = s.into_halves(Role::Server);
+    (ctx, srx, stx, crx)
+}
+
+#[test]
+fn frames_flow_both_ways_in_order() {
+    let (mut ctx, mut srx, mut stx, mut crx) = frames();
+    let mut buf = [0u8; 512];
+    for id in 0..5u32 {
+        let call = Message::Call {
+            id,
+            method: "echo",
+            args: b"\x02hi",
+        };
+        let f = ctx.seal(&call, &mut buf, 512).unwrap().to_vec();
+        assert_eq!(srx.open(&f[HEADER_LEN..]).unwrap(), call);
+        let reply = Message::Reply {
+            id,
+            result: b"\x02hi",
+        };
+        let f = stx.seal(&reply, &mut buf, 512).unwrap().to_vec();
+        assert_eq!(crx.open(&f[HEADER_LEN..]).unwrap(), reply);
+    }
+    assert_eq!(ctx.next_seq(), 5);
+    assert_eq!(srx.next_seq(), 5);
+}
+
+#[test]
+fn replayed_reordered_and_cross_direction_frames_are_rejected() {
+    let (mut ctx, mut srx, _stx, mut crx) = frames();
+    let mut buf = [0u8; 512];
+    let f0 = ctx
+        .seal(&Message::Ping { nonce: 0 }, &mut buf, 512)
+        .unwrap()[HEADER_LEN..]
+        .to_vec();
+    let f1 = ctx
+        .seal(&Message::Ping { nonce: 1 }, &mut buf, 512)
+        .unwrap()[HEADER_LEN..]
+        .to_vec();
+    let f2 = ctx
+        .seal(&Message::Ping { nonce: 2 }, &mut buf, 512)
+        .unwrap()[HEADER_LEN..]
+        .to_vec();
+    // Reordered: frame 1 before frame 0.
+    assert_eq!(
+        srx.open(&f1),
+        Err(SessionError::OutOfOrder {
+            seq: 1,
+            expected: 0
+        })
+    );
+    assert_eq!(srx.open(&f0), Ok(Message::Ping { nonce: 0 }));
+    // Replayed.
+    assert_eq!(
+        srx.open(&f0),
+        Err(SessionError::Replayed {
+            seq: 0,
+            expected: 1
+        })
+    );
+    // Sent back to its sender (cross-direction).
+    assert_eq!(crx.open(&f1), Err(SessionError::BadTag));
+    // Truncated.
+    assert_eq!(srx.open(&f1[..f1.len() - 1]), Err(SessionError::BadTag));
+    assert_eq!(srx.open(&f1[..10]), Err(SessionError::TooShort { len: 10 }));
+    // Failures did not advance the receiver.
+    assert_eq!(srx.open(&f1), Ok(Message::Ping { nonce: 1 }));
+    assert_eq!(srx.open(&f2), Ok(Message::Ping { nonce: 2 }));
+}
+
+#[test]
+fn another_sessions_frames_are_rejected() {
+    let (mut ctx, _, _, _) = frames();
+    let (_, mut other_srx, _, _) = {
+        let (c, s) = common::logged_in_pair(8);
+        let (ctx, crx) = c.into_halves(Role::Client);
+        let (stx, srx) = s.into_halves(Role::Server);
+        (ctx, srx, stx, crx)
+    };
+    let mut buf = [0u8; 64];
+    let f = ctx
+        .seal(
+            &Message::Goodbye {
+                reason: GoodbyeReason::Normal,
+            },
+            &mut buf,
+            512,
+        )
+        .unwrap();
+    assert_eq!(other_srx.open(&f[HEADER_LEN..]), Err(SessionError::BadTag));
+}
+
+#[test]
+fn seal_respects_the_peers_maximum_and_the_buffer() {
+    let (mut ctx, _, _, _) = frames();
+    let big = [7u8; 600];
+    let mut buf = [0u8; 1024];
+    let call = Message::Call {
+        id: 1,
+        method: "m",
+        args: &big,
+    };
+    assert!(matches!(
+        ctx.seal(&call, &mut buf, 512),
+        Err(SessionError::Frame(
+            tether_core::frame::FrameError::TooLong { max: 512, .. }
+        ))
+    ));
+    let mut small = [0u8; 100];
+    assert!(matches!(
+        ctx.seal(&call, &mut small, 512),
+        Err(SessionError::Frame(
+            tether_core::frame::FrameError::BufferTooSmall { .. }
+        ))
+    ));
+    assert_eq!(
+        ctx.next_seq(),
+        0,
+        "a failed seal does not use a sequence number"
+    );
+}
