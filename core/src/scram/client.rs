@@ -18,12 +18,17 @@ const GS2_HEADER_B64: &str = "biws";
 pub struct ClientConfig {
     /// Fewest iterations the client accepts from a server (default 4096).
     pub min_iterations: u32,
+    /// Most iterations the client accepts (default 100,000,000, a hundred
+    /// times Django 5.2's default): an impostor must not be able to keep a
+    /// device busy in PBKDF2 for hours.
+    pub max_iterations: u32,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
         Self {
             min_iterations: super::DEFAULT_MIN_ITERATIONS,
+            max_iterations: super::DEFAULT_MAX_ITERATIONS,
         }
     }
 }
@@ -148,6 +153,12 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
             return Err(ScramError::IterationsTooLow {
                 offered: iterations,
                 minimum: self.config.min_iterations,
+            });
+        }
+        if iterations > self.config.max_iterations {
+            return Err(ScramError::IterationsTooHigh {
+                offered: iterations,
+                maximum: self.config.max_iterations,
             });
         }
         let mut salt = [0u8; 96];

@@ -29,6 +29,9 @@ pub use server::{ServerChallengeSent, ServerLogin, ServerSuccess};
 /// cannot make a device do cheap work that would expose its password.
 pub const DEFAULT_MIN_ITERATIONS: u32 = 4096;
 
+/// The iteration ceiling a client enforces unless configured otherwise.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 100_000_000;
+
 /// Bytes of randomness in a nonce (24 base64 characters).
 pub const NONCE_BYTES: usize = 18;
 
@@ -166,6 +169,13 @@ pub enum ScramError {
         /// The client's floor.
         minimum: u32,
     },
+    /// The server asked for more iterations than the client's ceiling.
+    IterationsTooHigh {
+        /// Offered by the server.
+        offered: u32,
+        /// The client's ceiling.
+        maximum: u32,
+    },
     /// The salt is longer than [`MAX_SALT_LEN`] bytes.
     SaltTooLong,
     /// Cached keys were made for another mechanism, salt or iteration count
@@ -197,6 +207,12 @@ impl fmt::Display for ScramError {
                 write!(
                     f,
                     "server offered {offered} iterations, below the floor of {minimum}"
+                )
+            }
+            Self::IterationsTooHigh { offered, maximum } => {
+                write!(
+                    f,
+                    "server offered {offered} iterations, above the ceiling of {maximum}"
                 )
             }
             Self::SaltTooLong => write!(f, "salt longer than {MAX_SALT_LEN} bytes"),

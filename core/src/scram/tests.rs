@@ -210,15 +210,22 @@ fn iteration_floor_is_enforced() {
             minimum: 4096
         })
     );
-    login(
-        &r,
-        "u",
-        ClientCredentials::Password("pw"),
-        ClientConfig {
-            min_iterations: 1000,
-        },
-    )
-    .unwrap();
+    let low = ClientConfig {
+        min_iterations: 1000,
+        ..ClientConfig::default()
+    };
+    login(&r, "u", ClientCredentials::Password("pw"), low).unwrap();
+    let capped = ClientConfig {
+        max_iterations: 999,
+        min_iterations: 1,
+    };
+    assert_eq!(
+        login(&r, "u", ClientCredentials::Password("pw"), capped).err(),
+        Some(ScramError::IterationsTooHigh {
+            offered: 1000,
+            maximum: 999
+        })
+    );
 }
 
 #[test]
@@ -284,7 +291,10 @@ fn decoy_is_stable_plausible_and_unpassable() {
     let client = ClientLogin::<256>::new(
         "ghost",
         ClientCredentials::Password("guess"),
-        ClientConfig { min_iterations: 1 },
+        ClientConfig {
+            min_iterations: 1,
+            ..ClientConfig::default()
+        },
         &mut rng,
     )
     .unwrap();
