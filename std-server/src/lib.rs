@@ -1,1 +1,50 @@
-//! tether-server (filled by its own issue).
+//! # tether-server
+//!
+//! The Django side of Tether: devices log in with the accounts a Django site
+//! manages (its own `auth_user` table, read with one indexed query per
+//! login), then call methods on the server while the server calls methods on
+//! them. All protocol logic (framing, SCRAM, session tags, messages) is
+//! tether-core's; this crate moves bytes, reads the database and runs the
+//! sessions on tokio.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB), permission and group gates, `last_login`, TTL cache |
+//! | [`throttle`] | failed-login backoff per username and per address |
+//! | [`secret`] | the server secret behind decoy challenges |
+//! | [`realm`] | [`Realm`], [`Avatar`], [`Mind`]: the seed's roles |
+//! | [`default_realm`] | the binary's realm and its [`Registry`] of live sessions |
+//! | [`server`] | listener, limits, graceful shutdown |
+//! | [`session`] | per-connection session task (calls both ways, heartbeat) |
+//! | [`wire`] | frames over a byte stream |
+//! | [`demo`] | `tether demo`: Django schema, demo user |
+//! | [`cli`] | the `tether` command line |
+//!
+//! The login itself (`login`, private) follows `docs/CONNECTION.md` step by
+//! step.
+//!
+//! Caveat: a Django `pbkdf2_*` row is password-equivalent for this protocol
+//! (whoever holds a copy of the table can log a device in as that user,
+//! though not learn the password). Protect the database accordingly.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod default_realm;
+pub mod demo;
+mod login;
+pub mod realm;
+pub mod secret;
+pub mod server;
+pub mod session;
+pub mod store;
+pub mod throttle;
+pub mod wire;
+
+pub use default_realm::{DefaultRealm, Registry};
+pub use realm::{Avatar, CallError, CallResult, IncomingCall, Mind, Realm, RemoteError, SessionEnd, SessionInfo, User};
+pub use secret::ServerSecret;
+pub use server::{Server, ServerConfig, ServerHandle};
+pub use session::SessionConfig;
+pub use store::{Store, StoreConfig, StoreError};
+pub use throttle::ThrottleConfig;

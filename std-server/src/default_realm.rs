@@ -1,0 +1,250 @@
+//! The `tether` binary's realm: logs `alice connected` / `alice
+//! disconnected` (with session id and peer), answers the built-in methods
+//! ([`Echo`], [`WhoAmI`], [`ServerTime`]) and keeps a [`Registry`] of live
+//! sessions through which server code can reach any device.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tether_core::message::RefusalCode;
+use tether_core::method::Method;
+use tether_core::method::builtin::{DeviceInfo, Echo, Identity, ServerTime, WhoAmI};
+use tracing::{info, warn};
+
+use crate::realm::{
+    Avatar, CallResult, IncomingCall, Mind, Realm, SessionEnd, SessionInfo, lock, reply,
+};
+
+/// A live session as the registry lists it.
+#[derive(Debug, Clone)]
+pub struct SessionEntry {
+    /// What the realm was told at login.
+    pub info: SessionInfo,
+    /// The handle to call the device.
+    pub mind: Mind,
+}
+
+/// The live sessions, by session id. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    sessions: Arc<Mutex<BTreeMap<u64, SessionEntry>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        lock(&self.sessions).len()
+    }
+
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// All live sessions, by id.
+    pub fn list(&self) -> Vec<SessionEntry> {
+        lock(&self.sessions).values().cloned().collect()
+    }
+
+    /// The mind of a session.
+    pub fn mind(&self, session_id: u64) -> Option<Mind> {
+        lock(&self.sessions).get(&session_id).map(|e| e.mind.clone())
+    }
+
+    /// The minds of every session of a user.
+    pub fn minds_of(&self, username: &str) -> Vec<Mind> {
+        lock(&self.sessions)
+            .values()
+            .filter(|e| e.info.user.username == username)
+            .map(|e| e.mind.clone())
+            .collect()
+    }
+
+    fn insert(&self, entry: SessionEntry) {
+        lock(&self.sessions).insert(entry.info.id, entry);
+    }
+
+    fn remove(&self, session_id: u64) {
+        lock(&self.sessions).remove(&session_id);
+    }
+}
+
+/// What the default realm reports, for programs that embed it (the demo
+/// prints these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RealmEvent {
+    /// A device logged in.
+    Connected {
+        /// Session id.
+        session: u64,
+        /// Username.
+        username: String,
+        /// Peer address.
+        peer: SocketAddr,
+    },
+    /// The device answered `device_info`.
+    DeviceInfo {
+        /// Session id.
+        session: u64,
+        /// The firmware it reported.
+        firmware: String,
+        /// Its uptime.
+        uptime_secs: u64,
+    },
+    /// A device's session ended.
+    Disconnected {
+        /// Session id.
+        session: u64,
+        /// Username.
+        username: String,
+        /// Why.
+        end: SessionEnd,
+    },
+}
+
+/// The binary's realm.
+#[derive(Debug, Clone, Default)]
+pub struct DefaultRealm {
+    registry: Registry,
+    ask_device_info: bool,
+    events: Option<tokio::sync::mpsc::UnboundedSender<RealmEvent>>,
+}
+
+impl DefaultRealm {
+    /// A realm with an empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Also calls [`DeviceInfo`] on each device once it is attached, and
+    /// logs the answer.
+    pub fn ask_device_info(mut self, yes: bool) -> Self {
+        self.ask_device_info = yes;
+        self
+    }
+
+    /// Sends [`RealmEvent`]s to a channel.
+    pub fn with_events(mut self, tx: tokio::sync::mpsc::UnboundedSender<RealmEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+
+    /// The registry of live sessions.
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+}
+
+/// The default realm's avatar for one session.
+#[derive(Debug)]
+pub struct DefaultAvatar {
+    info: SessionInfo,
+    mind: Mind,
+    registry: Registry,
+    ask_device_info: bool,
+    events: Option<tokio::sync::mpsc::UnboundedSender<RealmEvent>>,
+}
+
+impl Realm for DefaultRealm {
+    type Avatar = DefaultAvatar;
+
+    async fn avatar(&self, session: &SessionInfo, mind: Mind) -> Result<DefaultAvatar, RefusalCode> {
+        Ok(DefaultAvatar {
+            info: session.clone(),
+            mind,
+            registry: self.registry.clone(),
+            ask_device_info: self.ask_device_info,
+            events: self.events.clone(),
+        })
+    }
+}
+
+impl DefaultAvatar {
+    fn emit(&self, event: RealmEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(event);
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Avatar for DefaultAvatar {
+    async fn call(&self, call: IncomingCall) -> CallResult {
+        match call.method() {
+            Echo::NAME => reply::<Echo>(&call.args::<Echo>()?),
+            WhoAmI::NAME => {
+                call.args::<WhoAmI>()?;
+                reply::<WhoAmI>(&Identity {
+                    user_id: self.info.user.id,
+                    username: &self.info.user.username,
+                    session_id: self.info.id,
+                    is_superuser: self.info.user.is_superuser,
+                })
+            }
+            ServerTime::NAME => {
+                call.args::<ServerTime>()?;
+                reply::<ServerTime>(&unix_millis(SystemTime::now()))
+            }
+            _ => Err(call.unknown_method()),
+        }
+    }
+
+    async fn attached(&self) {
+        let info = &self.info;
+        info!(session = info.id, peer = %info.peer, "{} connected", info.user.username);
+        self.registry.insert(SessionEntry {
+            info: info.clone(),
+            mind: self.mind.clone(),
+        });
+        self.emit(RealmEvent::Connected {
+            session: info.id,
+            username: info.user.username.clone(),
+            peer: info.peer,
+        });
+        if self.ask_device_info {
+            match self
+                .mind
+                .call_timeout::<DeviceInfo>(&(), Duration::from_secs(10))
+                .await
+            {
+                Ok(reply) => match reply.decode() {
+                    Ok(status) => {
+                        info!(session = info.id, firmware = status.firmware, uptime_secs = status.uptime_secs,
+                            "{}'s device answered device_info", info.user.username);
+                        self.emit(RealmEvent::DeviceInfo {
+                            session: info.id,
+                            firmware: status.firmware.to_string(),
+                            uptime_secs: status.uptime_secs,
+                        });
+                    }
+                    Err(e) => warn!(session = info.id, error = %e, "bad device_info reply"),
+                },
+                Err(e) => warn!(session = info.id, error = %e, "device_info failed"),
+            }
+        }
+    }
+
+    async fn detached(&self, end: SessionEnd) {
+        let info = &self.info;
+        self.registry.remove(info.id);
+        info!(session = info.id, peer = %info.peer, reason = %end, "{} disconnected", info.user.username);
+        self.emit(RealmEvent::Disconnected {
+            session: info.id,
+            username: info.user.username.clone(),
+            end,
+        });
+    }
+}

@@ -1,0 +1,403 @@
+//! The login handshake, exactly as `docs/CONNECTION.md` orders it.
+//!
+//! 1. Read the hello (frames of at most 512 bytes until the welcome).
+//! 2. Refuse, in this order: `version` (other protocol version), `protocol`
+//!    (undecodable or unexpected frame, bad client-first-message),
+//!    `throttled` (the username or address is blocked), `busy` (too many
+//!    handshakes or sessions), `unavailable` (the lookup failed or timed
+//!    out), `unsupported` (the row's hash cannot do SCRAM, or needs a
+//!    mechanism the client did not offer).
+//! 3. Unknown, inactive or unauthorised users get a decoy challenge from the
+//!    server secret; their proof fails like a wrong password.
+//! 4. Verify the proof: failure is `unauthorized` and counts towards the
+//!    throttle; success makes the avatar, then sends the welcome.
+//!
+//! Every refusal is the last frame; the connection then closes. Refusals are
+//! logged with the peer address and username; never a password, proof, key
+//! or hash.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use tether_core::django::{self, DjangoHashError};
+use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_message};
+use tether_core::message::{
+    self, Challenge, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome,
+};
+use tether_core::scram::{Mechanism, ScramError, ServerCredentials, ServerLogin};
+use tether_core::session::Role;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::realm::{Mind, Realm, SessionInfo, User};
+use crate::server::Shared;
+use crate::session::Established;
+use crate::wire::{FrameReader, ReadError};
+
+/// How a handshake ended without a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LoginEnd {
+    /// Refused with this code (already sent and logged).
+    Refused(RefusalCode),
+    /// The peer went away or the socket failed.
+    Closed,
+}
+
+struct Conn {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    async fn send(&mut self, msg: &Handshake<'_>) -> Result<(), LoginEnd> {
+        let mut buf = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
+        let frame = encode_message(msg, &mut buf, MIN_MAX_FRAME as usize).map_err(|e| {
+            warn!(peer = %self.peer, error = %e, "handshake message does not fit a frame");
+            LoginEnd::Closed
+        })?;
+        self.writer
+            .write_all(frame)
+            .await
+            .map_err(|_| LoginEnd::Closed)
+    }
+
+    /// Sends the refusal, closes our side and lets the peer read it.
+    async fn refuse(
+        mut self,
+        code: RefusalCode,
+        retry_after: Duration,
+        username: Option<&str>,
+        detail: &str,
+    ) -> LoginEnd {
+        let retry_after_secs = if code.is_transient() {
+            retry_after.as_secs_f64().ceil().clamp(0.0, u16::MAX as f64) as u16
+        } else {
+            0
+        };
+        let user = username.unwrap_or("-");
+        match code {
+            RefusalCode::Unavailable | RefusalCode::Unsupported => {
+                warn!(peer = %self.peer, user, code = %code, detail, "login refused")
+            }
+            _ => info!(peer = %self.peer, user, code = %code, detail, "login refused"),
+        }
+        let refusal = Handshake::Refused(Refusal {
+            code,
+            retry_after_secs,
+        });
+        if self.send(&refusal).await.is_ok() {
+            let _ = self.writer.shutdown().await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), self.reader.drain(64 * 1024))
+                .await;
+        }
+        LoginEnd::Refused(code)
+    }
+
+    /// The next handshake frame, or the refusal to send.
+    async fn next(&mut self) -> Result<&[u8], Result<String, LoginEnd>> {
+        match self.reader.next().await {
+            Ok(body) => Ok(body),
+            Err(ReadError::Frame(e)) => Err(Ok(format!("bad frame: {e}"))),
+            Err(ReadError::Closed) => {
+                debug!(peer = %self.peer, "closed during the handshake");
+                Err(Err(LoginEnd::Closed))
+            }
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "handshake read failed");
+                Err(Err(LoginEnd::Closed))
+            }
+        }
+    }
+}
+
+fn scram_detail(e: ScramError) -> String {
+    format!("SCRAM: {e}")
+}
+
+/// Runs one login. `handshake_permit` is `None` when the server already
+/// has too many handshakes in flight (the login is then refused `busy`).
+pub(crate) async fn handshake<R: Realm>(
+    shared: &Arc<Shared<R>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    handshake_permit: Option<OwnedSemaphorePermit>,
+) -> Result<(Established<R::Avatar>, OwnedSemaphorePermit), LoginEnd> {
+    let config = &shared.config;
+    let (reader, writer) = stream.into_split();
+    let capacity = (config.max_frame as usize).max(MIN_MAX_FRAME as usize);
+    let mut reader = FrameReader::new(reader, capacity);
+    reader.set_max(MIN_MAX_FRAME as usize);
+    let mut conn = Conn {
+        reader,
+        writer,
+        peer,
+    };
+    let zero = Duration::ZERO;
+
+    // 1. Hello.
+    let body = match conn.next().await {
+        Ok(body) => body,
+        Err(Ok(detail)) => {
+            return Err(conn.refuse(RefusalCode::Protocol, zero, None, &detail).await);
+        }
+        Err(Err(end)) => return Err(end),
+    };
+    let hello = match message::decode::<Handshake>(body) {
+        Ok(Handshake::Hello(hello)) => hello,
+        Ok(_) => {
+            return Err(conn
+                .refuse(RefusalCode::Protocol, zero, None, "expected a hello")
+                .await);
+        }
+        Err(e) => {
+            let detail = format!("undecodable hello: {e}");
+            return Err(conn.refuse(RefusalCode::Protocol, zero, None, &detail).await);
+        }
+    };
+    if hello.version != PROTOCOL_VERSION {
+        let detail = format!("client speaks protocol version {}", hello.version);
+        return Err(conn.refuse(RefusalCode::Version, zero, None, &detail).await);
+    }
+    if hello.max_frame < MIN_MAX_FRAME {
+        let detail = format!("client max frame {} below 512", hello.max_frame);
+        return Err(conn.refuse(RefusalCode::Protocol, zero, None, &detail).await);
+    }
+    let client_max_frame = hello.max_frame as usize;
+    let offered = hello.mechanisms;
+    let login = match ServerLogin::<512>::new(hello.client_first) {
+        Ok(login) => login,
+        Err(e) => {
+            let detail = scram_detail(e);
+            return Err(conn.refuse(RefusalCode::Protocol, zero, None, &detail).await);
+        }
+    };
+    let typed = login.username().to_string();
+    let user = Some(typed.as_str());
+    let decoy_mechanism = if offered.contains(Mechanism::ScramSha256) {
+        Mechanism::ScramSha256
+    } else if offered.contains(Mechanism::ScramSha1) {
+        Mechanism::ScramSha1
+    } else {
+        return Err(conn
+            .refuse(RefusalCode::Protocol, zero, user, "no known mechanism offered")
+            .await);
+    };
+
+    // 2. Throttle, limits, lookup.
+    if let Some(wait) = shared.throttle.check(&typed, peer.ip()) {
+        return Err(conn
+            .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
+            .await);
+    }
+    let Some(_handshake_permit) = handshake_permit else {
+        return Err(conn
+            .refuse(RefusalCode::Busy, Duration::from_secs(1), user, "too many handshakes")
+            .await);
+    };
+    let Ok(session_permit) = shared.sessions.clone().try_acquire_owned() else {
+        return Err(conn
+            .refuse(RefusalCode::Busy, Duration::from_secs(5), user, "too many sessions")
+            .await);
+    };
+    let row = match shared.store.lookup(&typed).await {
+        Ok(row) => row,
+        Err(e) => {
+            let detail = e.to_string();
+            return Err(conn
+                .refuse(RefusalCode::Unavailable, Duration::from_secs(5), user, &detail)
+                .await);
+        }
+    };
+    if let Some(row) = &row
+        && row.username != typed
+        && let Some(wait) = shared.throttle.check_user(&row.username)
+    {
+        return Err(conn
+            .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
+            .await);
+    }
+    // On MySQL's case-insensitive collations the row may be `alice` for a
+    // typed `ALICE`: failures count for both names.
+    let stored_name = row
+        .as_ref()
+        .map(|r| r.username.clone())
+        .filter(|name| *name != typed);
+    let decoy = || {
+        ServerCredentials::decoy(
+            decoy_mechanism,
+            shared.secret.as_bytes(),
+            &typed,
+            config.decoy_iterations,
+        )
+    };
+    let (credentials, account) = match row {
+        Some(row) if row.is_authorised() => match django::credentials(&row.password) {
+            Ok(c) if offered.contains(c.mechanism) => (c, Some(row)),
+            Ok(c) => {
+                let detail = format!(
+                    "the account's hash needs {}, which the client did not offer",
+                    c.mechanism
+                );
+                return Err(conn
+                    .refuse(RefusalCode::Unsupported, zero, user, &detail)
+                    .await);
+            }
+            Err(DjangoHashError::Unsupported(algorithm)) => {
+                let detail = format!(
+                    "the account's password hash is {algorithm}: {}",
+                    algorithm.advice()
+                );
+                return Err(conn
+                    .refuse(RefusalCode::Unsupported, zero, user, &detail)
+                    .await);
+            }
+            Err(e @ DjangoHashError::Malformed(_)) => {
+                let detail = format!("{e}: set the password again in Django");
+                return Err(conn
+                    .refuse(RefusalCode::Unsupported, zero, user, &detail)
+                    .await);
+            }
+        },
+        Some(row) => {
+            let why = if !row.is_active {
+                "inactive user"
+            } else {
+                "user lacks the required permission or group"
+            };
+            debug!(%peer, user = %typed, why, "decoy challenge");
+            (decoy(), None)
+        }
+        None => {
+            debug!(%peer, user = %typed, "unknown user: decoy challenge");
+            (decoy(), None)
+        }
+    };
+
+    // 3. Challenge.
+    let challenge = login.challenge(&credentials, &mut rand::rng());
+    let challenge = match challenge {
+        Ok(c) => c,
+        Err(e) => {
+            let detail = scram_detail(e);
+            return Err(conn.refuse(RefusalCode::Protocol, zero, user, &detail).await);
+        }
+    };
+    let msg = Handshake::Challenge(Challenge {
+        mechanism: credentials.mechanism,
+        server_first: challenge.server_first(),
+    });
+    conn.send(&msg).await?;
+
+    // 4. Proof.
+    let body = match conn.next().await {
+        Ok(body) => body,
+        Err(Ok(detail)) => {
+            return Err(conn.refuse(RefusalCode::Protocol, zero, user, &detail).await);
+        }
+        Err(Err(end)) => return Err(end),
+    };
+    let proof = match message::decode::<Handshake>(body) {
+        Ok(Handshake::Proof(proof)) => proof,
+        Ok(_) => {
+            return Err(conn
+                .refuse(RefusalCode::Protocol, zero, user, "expected a proof")
+                .await);
+        }
+        Err(e) => {
+            let detail = format!("undecodable proof: {e}");
+            return Err(conn.refuse(RefusalCode::Protocol, zero, user, &detail).await);
+        }
+    };
+    let verified = challenge.verify(proof.client_final);
+    let (success, account) = match (verified, account) {
+        (Ok(success), Some(account)) => (success, account),
+        (Ok(_), None) | (Err(ScramError::InvalidProof), _) => {
+            shared.throttle.failure(&typed, peer.ip());
+            if let Some(stored) = &stored_name {
+                shared.throttle.user_failure(stored);
+            }
+            return Err(conn
+                .refuse(RefusalCode::Unauthorized, zero, user, "invalid proof")
+                .await);
+        }
+        (Err(e), _) => {
+            let detail = scram_detail(e);
+            return Err(conn.refuse(RefusalCode::Protocol, zero, user, &detail).await);
+        }
+    };
+    shared.throttle.success(&typed);
+    shared.throttle.success(&account.username);
+
+    // 5. Session: avatar, welcome.
+    let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
+    let info = SessionInfo {
+        id: session_id,
+        peer,
+        user: User {
+            id: account.id,
+            username: account.username.clone(),
+            is_superuser: account.is_superuser,
+            permission: shared.store.config().require_perm.as_ref().map(|p| p.to_string()),
+            group: shared.store.config().require_group.clone(),
+        },
+        mechanism: credentials.mechanism,
+        started: SystemTime::now(),
+    };
+    let (tx, rx) = mpsc::channel(config.session.outbound_queue.max(4));
+    let mind = Mind::new(
+        session_id,
+        peer,
+        account.username.clone(),
+        tx,
+        config.session.call_timeout,
+        client_max_frame,
+    );
+    let avatar = match shared.realm.avatar(&info, mind.clone()).await {
+        Ok(avatar) => Arc::new(avatar),
+        Err(code) => {
+            return Err(conn.refuse(code, zero, user, "refused by the realm").await);
+        }
+    };
+    let welcome = Handshake::Welcome(Welcome {
+        server_final: success.server_final(),
+        session_id,
+        max_frame: config.max_frame,
+        heartbeat_secs: config.session.heartbeat_secs(),
+    });
+    conn.send(&welcome).await?;
+    info!(%peer, user = %account.username, session = session_id, mechanism = %credentials.mechanism, "login");
+    if shared.store.config().update_last_login {
+        let store = shared.store.clone();
+        let user_id = account.id;
+        shared.tracker.spawn(async move {
+            if let Err(e) = store.record_login(user_id).await {
+                warn!(user_id, error = %e, "could not write last_login");
+            }
+        });
+    }
+    let Conn {
+        mut reader, writer, ..
+    } = conn;
+    reader.set_max(config.max_frame as usize);
+    let (sealer, opener) = success.session.into_halves(Role::Server);
+    Ok((
+        Established {
+            reader,
+            writer,
+            sealer,
+            opener,
+            info,
+            avatar,
+            mind,
+            rx,
+            peer_max_frame: client_max_frame,
+        },
+        session_permit,
+    ))
+}

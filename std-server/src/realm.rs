@@ -1,0 +1,574 @@
+//! The seed's realm, avatar and mind.
+//!
+//! - A [`Realm`] turns an authenticated Django user into an [`Avatar`]: the
+//!   device's view of the server.
+//! - The avatar answers the device's calls (async; several in flight per
+//!   session) and hears about attachment and detachment.
+//! - A [`Mind`] is the server's handle on the device: any task can call the
+//!   device's methods through it and await the reply, with a timeout.
+//!
+//! Calls are typed through [`tether_core::method::Method`]: one definition
+//! names the method and its argument and reply types for both ends.
+//!
+//! ```no_run
+//! use tether_core::method::{Method, builtin::{Echo, DeviceInfo}};
+//! use tether_server::realm::{Avatar, CallResult, IncomingCall, Mind, Realm, SessionInfo, reply};
+//!
+//! struct MyRealm;
+//! struct MyAvatar { mind: Mind }
+//!
+//! impl Realm for MyRealm {
+//!     type Avatar = MyAvatar;
+//!     async fn avatar(&self, _session: &SessionInfo, mind: Mind) -> Result<MyAvatar, tether_core::message::RefusalCode> {
+//!         Ok(MyAvatar { mind })
+//!     }
+//! }
+//!
+//! impl Avatar for MyAvatar {
+//!     async fn call(&self, call: IncomingCall) -> CallResult {
+//!         match call.method() {
+//!             Echo::NAME => reply::<Echo>(&call.args::<Echo>()?),
+//!             _ => Err(call.unknown_method()),
+//!         }
+//!     }
+//!     async fn attached(&self) {
+//!         if let Ok(status) = self.mind.call::<DeviceInfo>(&()).await {
+//!             println!("device runs {}", status.decode().unwrap().firmware);
+//!         }
+//!     }
+//! }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tether_core::message::{DecodeError, ErrorCode, GoodbyeReason, RefusalCode};
+use tether_core::method::{self, Method};
+use tether_core::scram::Mechanism;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::session::Outbound;
+
+/// The authenticated Django user of a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    /// The user's primary key.
+    pub id: i64,
+    /// The username as stored in the database (`USERNAME_FIELD`).
+    pub username: String,
+    /// Whether the user is a Django superuser.
+    pub is_superuser: bool,
+    /// The permission the server requires, which this user holds.
+    pub permission: Option<String>,
+    /// The group the server requires, of which this user is a member.
+    pub group: Option<String>,
+}
+
+/// What a realm knows about a new session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// The server's id for the session (also sent to the device).
+    pub id: u64,
+    /// The device's address.
+    pub peer: SocketAddr,
+    /// Who logged in.
+    pub user: User,
+    /// The SCRAM mechanism of the login.
+    pub mechanism: Mechanism,
+    /// When the login completed.
+    pub started: SystemTime,
+}
+
+/// A failed call, as the peer sees it: an [`ErrorCode`] and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// Human-readable detail (sent to the peer: no secrets).
+    pub message: String,
+}
+
+impl RemoteError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// `FAILED` with a message.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::FAILED, message)
+    }
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for RemoteError {}
+
+/// The outcome of a call: the postcard-encoded reply, or an error.
+pub type CallResult = Result<Vec<u8>, RemoteError>;
+
+/// Encodes a method's reply as a [`CallResult`].
+pub fn reply<M: Method>(value: &M::Reply<'_>) -> CallResult {
+    let mut size = 256;
+    loop {
+        let mut buf = vec![0u8; size];
+        match method::encode_reply::<M>(value, &mut buf) {
+            Ok(out) => return Ok(out.to_vec()),
+            Err(tether_core::message::EncodeError::BufferFull) if size < 1 << 16 => size *= 4,
+            Err(e) => return Err(RemoteError::failed(format!("reply cannot be encoded: {e}"))),
+        }
+    }
+}
+
+/// Encodes a method's arguments.
+pub fn encode_args<M: Method>(args: &M::Args<'_>) -> Result<Vec<u8>, CallError> {
+    let mut size = 256;
+    loop {
+        let mut buf = vec![0u8; size];
+        match method::encode_args::<M>(args, &mut buf) {
+            Ok(out) => return Ok(out.to_vec()),
+            Err(tether_core::message::EncodeError::BufferFull) if size < 1 << 16 => size *= 4,
+            Err(_) => return Err(CallError::TooLarge),
+        }
+    }
+}
+
+/// A call from the device, owned by the task that answers it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct IncomingCall {
+    /// The device's call id.
+    pub id: u32,
+    /// The method name.
+    pub method: String,
+    /// The postcard-encoded arguments.
+    pub args: Vec<u8>,
+}
+
+impl fmt::Debug for IncomingCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IncomingCall")
+            .field("id", &self.id)
+            .field("method", &self.method)
+            .field("args_len", &self.args.len())
+            .finish()
+    }
+}
+
+impl IncomingCall {
+    /// The method name.
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+
+    /// Whether this is a call of `M`.
+    pub fn is<M: Method>(&self) -> bool {
+        self.method == M::NAME
+    }
+
+    /// The arguments decoded as `M`'s; `BAD_ARGUMENTS` when they do not
+    /// decode.
+    pub fn args<M: Method>(&self) -> Result<M::Args<'_>, RemoteError> {
+        method::decode_args::<M>(&self.args).map_err(|e| {
+            RemoteError::new(
+                ErrorCode::BAD_ARGUMENTS,
+                format!("arguments of {} do not decode: {e}", self.method),
+            )
+        })
+    }
+
+    /// The `UNKNOWN_METHOD` error for this call.
+    pub fn unknown_method(&self) -> RemoteError {
+        RemoteError::new(
+            ErrorCode::UNKNOWN_METHOD,
+            format!("no method {:?}", self.method),
+        )
+    }
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The device said goodbye.
+    Goodbye(GoodbyeReason),
+    /// The connection closed without a goodbye.
+    Closed,
+    /// The device sent nothing for three heartbeat intervals.
+    IdleTimeout,
+    /// The server is shutting down.
+    Shutdown,
+    /// Server code closed the session ([`Mind::close`]).
+    Kicked(GoodbyeReason),
+    /// The device broke the protocol (bad frame, bad tag, unknown reply id).
+    ProtocolError(String),
+    /// Reading or writing the socket failed.
+    Io(String),
+}
+
+impl fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Goodbye(r) => write!(f, "device said goodbye ({r})"),
+            Self::Closed => f.write_str("connection closed"),
+            Self::IdleTimeout => f.write_str("idle timeout"),
+            Self::Shutdown => f.write_str("server shutdown"),
+            Self::Kicked(r) => write!(f, "closed by the server ({r})"),
+            Self::ProtocolError(e) => write!(f, "protocol error: {e}"),
+            Self::Io(e) => write!(f, "i/o error: {e}"),
+        }
+    }
+}
+
+/// Turns an authenticated user into an avatar (Twisted's `IRealm`).
+pub trait Realm: Send + Sync + 'static {
+    /// The avatar type of this realm.
+    type Avatar: Avatar;
+
+    /// Makes the avatar for a new session, before the welcome is sent.
+    /// `mind` reaches the device once the session runs (calls made before
+    /// then wait until it does). An error refuses the login with that code.
+    fn avatar(
+        &self,
+        session: &SessionInfo,
+        mind: Mind,
+    ) -> impl Future<Output = Result<Self::Avatar, RefusalCode>> + Send;
+}
+
+/// The device's view of the server: answers its calls.
+pub trait Avatar: Send + Sync + 'static {
+    /// Answers a call from the device. Runs in its own task: several calls
+    /// of a session may run at once.
+    fn call(&self, call: IncomingCall) -> impl Future<Output = CallResult> + Send;
+
+    /// Handles a one-way notification from the device (default: ignore).
+    fn notify(&self, method: String, args: Vec<u8>) -> impl Future<Output = ()> + Send {
+        let _ = (method, args);
+        async {}
+    }
+
+    /// The session is running (after the welcome). Runs alongside the
+    /// session, so it may call the device through its mind.
+    fn attached(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// The session has ended; the mind no longer reaches the device.
+    fn detached(&self, end: SessionEnd) -> impl Future<Output = ()> + Send {
+        let _ = end;
+        async {}
+    }
+}
+
+/// Why a call to the device failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The device answered with an error.
+    #[error("device answered {0}")]
+    Remote(RemoteError),
+    /// No answer within the timeout.
+    #[error("no answer within the timeout")]
+    Timeout,
+    /// The session is closed (or closing).
+    #[error("session closed")]
+    Closed,
+    /// The call does not fit in the device's largest frame.
+    #[error("call too large for the device's max frame")]
+    TooLarge,
+    /// The reply does not decode as the method's reply type.
+    #[error("reply does not decode: {0}")]
+    BadReply(DecodeError),
+}
+
+/// A reply from the device to a typed call, decoded on demand (the reply
+/// type may borrow from its bytes).
+pub struct Reply<M> {
+    bytes: Vec<u8>,
+    _method: PhantomData<fn() -> M>,
+}
+
+impl<M: Method> Reply<M> {
+    /// The decoded reply.
+    pub fn decode(&self) -> Result<M::Reply<'_>, DecodeError> {
+        method::decode_reply::<M>(&self.bytes)
+    }
+
+    /// The raw postcard bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl<M> fmt::Debug for Reply<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reply({} bytes)", self.bytes.len())
+    }
+}
+
+type PendingReply = Option<oneshot::Sender<Result<Vec<u8>, RemoteError>>>;
+
+pub(crate) struct Pending {
+    /// Calls in flight; `None` marks a call whose caller gave up (its late
+    /// answer is dropped, not a protocol error).
+    calls: HashMap<u32, PendingReply>,
+    next_id: u32,
+}
+
+pub(crate) struct MindShared {
+    pub(crate) session_id: u64,
+    pub(crate) peer: SocketAddr,
+    pub(crate) username: String,
+    pub(crate) tx: mpsc::Sender<Outbound>,
+    pub(crate) pending: Mutex<Pending>,
+    /// Signalled when no call is in flight any more.
+    pub(crate) idle: Notify,
+    pub(crate) closed: AtomicBool,
+    pub(crate) close: CancellationToken,
+    pub(crate) close_reason: Mutex<Option<GoodbyeReason>>,
+    pub(crate) default_timeout: Duration,
+    /// Largest frame body the device accepts.
+    pub(crate) peer_max_frame: usize,
+}
+
+/// The server's handle on a device (Twisted's mind): calls its methods and
+/// awaits their replies. Clone it freely and send it to any task; it stops
+/// working (with [`CallError::Closed`]) when the session ends.
+#[derive(Clone)]
+pub struct Mind {
+    pub(crate) shared: Arc<MindShared>,
+}
+
+impl fmt::Debug for Mind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mind")
+            .field("session_id", &self.shared.session_id)
+            .field("peer", &self.shared.peer)
+            .field("username", &self.shared.username)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mind {
+    pub(crate) fn new(
+        session_id: u64,
+        peer: SocketAddr,
+        username: String,
+        tx: mpsc::Sender<Outbound>,
+        default_timeout: Duration,
+        peer_max_frame: usize,
+    ) -> Self {
+        Self {
+            shared: Arc::new(MindShared {
+                session_id,
+                peer,
+                username,
+                tx,
+                pending: Mutex::new(Pending {
+                    calls: HashMap::new(),
+                    next_id: 1,
+                }),
+                idle: Notify::new(),
+                closed: AtomicBool::new(false),
+                close: CancellationToken::new(),
+                close_reason: Mutex::new(None),
+                default_timeout,
+                peer_max_frame,
+            }),
+        }
+    }
+
+    /// The session's id.
+    pub fn session_id(&self) -> u64 {
+        self.shared.session_id
+    }
+
+    /// The device's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// The logged-in username.
+    pub fn username(&self) -> &str {
+        &self.shared.username
+    }
+
+    /// Whether the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Ends the session: the server sends `Goodbye { reason }` and closes.
+    pub fn close(&self, reason: GoodbyeReason) {
+        *lock(&self.shared.close_reason) = Some(reason);
+        self.shared.close.cancel();
+    }
+
+    /// Calls `M` on the device with the session's default timeout.
+    pub async fn call<M: Method>(&self, args: &M::Args<'_>) -> Result<Reply<M>, CallError> {
+        self.call_timeout::<M>(args, self.shared.default_timeout)
+            .await
+    }
+
+    /// Calls `M` on the device and waits at most `timeout` for the reply,
+    /// which is checked to decode as `M::Reply`.
+    pub async fn call_timeout<M: Method>(
+        &self,
+        args: &M::Args<'_>,
+        timeout: Duration,
+    ) -> Result<Reply<M>, CallError> {
+        let args = encode_args::<M>(args)?;
+        let bytes = self.call_raw(M::NAME, args, timeout).await?;
+        method::decode_reply::<M>(&bytes).map_err(CallError::BadReply)?;
+        Ok(Reply {
+            bytes,
+            _method: PhantomData,
+        })
+    }
+
+    /// Calls a method by name with postcard-encoded arguments.
+    pub async fn call_raw(
+        &self,
+        method: &str,
+        args: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
+        if self.is_closed() {
+            return Err(CallError::Closed);
+        }
+        // Message::Call: variant, id, method and args with their lengths.
+        if method.len() + args.len() + 16 + tether_core::session::OVERHEAD
+            > self.shared.peer_max_frame
+        {
+            return Err(CallError::TooLarge);
+        }
+        let (tx, rx) = oneshot::channel();
+        let id = {
+            let mut pending = lock(&self.shared.pending);
+            let mut id = pending.next_id;
+            while id == 0 || pending.calls.contains_key(&id) {
+                id = id.wrapping_add(1);
+            }
+            pending.next_id = id.wrapping_add(1);
+            pending.calls.insert(id, Some(tx));
+            id
+        };
+        let sent = self
+            .shared
+            .tx
+            .send(Outbound::Call {
+                id,
+                method: method.to_string(),
+                args,
+            })
+            .await;
+        if sent.is_err() {
+            self.forget(id);
+            return Err(CallError::Closed);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(Ok(bytes))) => Ok(bytes),
+            Ok(Ok(Err(remote))) => Err(CallError::Remote(remote)),
+            Ok(Err(_)) => Err(CallError::Closed),
+            Err(_) => {
+                // Keep the id reserved: a late answer is expected, not an error.
+                if let Some(slot) = lock(&self.shared.pending).calls.get_mut(&id) {
+                    *slot = None;
+                }
+                self.shared.idle.notify_waiters();
+                Err(CallError::Timeout)
+            }
+        }
+    }
+
+    /// Sends a one-way notification `M` to the device.
+    pub async fn notify<M: Method>(&self, args: &M::Args<'_>) -> Result<(), CallError> {
+        if self.is_closed() {
+            return Err(CallError::Closed);
+        }
+        let args = encode_args::<M>(args)?;
+        if M::NAME.len() + args.len() + 16 + tether_core::session::OVERHEAD
+            > self.shared.peer_max_frame
+        {
+            return Err(CallError::TooLarge);
+        }
+        self.shared
+            .tx
+            .send(Outbound::Notify {
+                method: M::NAME.to_string(),
+                args,
+            })
+            .await
+            .map_err(|_| CallError::Closed)
+    }
+
+    fn forget(&self, id: u32) {
+        let mut pending = lock(&self.shared.pending);
+        pending.calls.remove(&id);
+        self.shared.idle.notify_waiters();
+    }
+
+    /// Delivers a reply from the device. `false`: no call with that id is
+    /// in flight (a protocol error).
+    pub(crate) fn resolve(&self, id: u32, result: Result<Vec<u8>, RemoteError>) -> bool {
+        let mut pending = lock(&self.shared.pending);
+        match pending.calls.remove(&id) {
+            Some(slot) => {
+                if let Some(tx) = slot {
+                    let _ = tx.send(result);
+                }
+                self.shared.idle.notify_waiters();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Number of calls to the device still awaiting an answer (abandoned
+    /// ones excluded).
+    pub fn calls_in_flight(&self) -> usize {
+        lock(&self.shared.pending)
+            .calls
+            .values()
+            .filter(|s| s.is_some())
+            .count()
+    }
+
+    /// Waits until no call to the device is awaiting an answer.
+    pub(crate) async fn wait_idle(&self) {
+        loop {
+            let notified = self.shared.idle.notified();
+            if self.calls_in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks the session closed and fails every call in flight.
+    pub(crate) fn shut(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+        let mut pending = lock(&self.shared.pending);
+        pending.calls.clear(); // dropping the senders fails the waiters with Closed
+        self.shared.idle.notify_waiters();
+    }
+
+    pub(crate) fn close_reason(&self) -> Option<GoodbyeReason> {
+        *lock(&self.shared.close_reason)
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

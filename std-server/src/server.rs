@@ -1,0 +1,262 @@
+//! The listener (Twisted's portal): accepts connections, runs each login
+//! and session in its own task, enforces the limits, shuts down gracefully.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use tether_server::{DefaultRealm, Server, ServerConfig, ServerSecret, Store, StoreConfig};
+//! let store = Arc::new(Store::open(StoreConfig::new("sqlite://db.sqlite3"))?);
+//! let server = Server::bind("127.0.0.1:7420", ServerConfig::default(), store,
+//!     DefaultRealm::new(), ServerSecret::random()).await?;
+//! let handle = server.handle();
+//! tokio::spawn(async move { tether_server::server::shutdown_signal().await; handle.shutdown() });
+//! server.run().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::login::{self, LoginEnd};
+use crate::realm::Realm;
+use crate::secret::ServerSecret;
+use crate::session::{self, SessionConfig};
+use crate::store::Store;
+use crate::throttle::{Throttle, ThrottleConfig};
+
+/// Server limits and timers.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerConfig {
+    /// Longest a login may take from connect to welcome (default 10 s).
+    pub handshake_timeout: Duration,
+    /// Logins in progress at once; more are refused `busy` (default 64).
+    pub max_handshakes: usize,
+    /// Connections waiting beyond `max_handshakes` just to be told `busy`;
+    /// beyond this they are closed at once (default 256).
+    pub max_pending: usize,
+    /// Live sessions at once; more logins are refused `busy` (default 10,000).
+    pub max_sessions: usize,
+    /// Largest frame body the server accepts after login (default 16,384;
+    /// at least 512).
+    pub max_frame: u16,
+    /// Iterations announced in decoy challenges (default 1,000,000, Django
+    /// 5.2's default; set it to what your real rows use).
+    pub decoy_iterations: u32,
+    /// Session timers and limits.
+    pub session: SessionConfig,
+    /// Failed-login throttle.
+    pub throttle: ThrottleConfig,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 64,
+            max_pending: 256,
+            max_sessions: 10_000,
+            max_frame: 16_384,
+            decoy_iterations: 1_000_000,
+            session: SessionConfig::default(),
+            throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+/// State shared by all connections.
+pub(crate) struct Shared<R> {
+    pub config: ServerConfig,
+    pub store: Arc<Store>,
+    pub throttle: Throttle,
+    pub secret: ServerSecret,
+    pub realm: R,
+    pub next_session_id: AtomicU64,
+    pub handshakes: Arc<Semaphore>,
+    pub pending: Arc<Semaphore>,
+    pub sessions: Arc<Semaphore>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// A bound server, ready to run.
+pub struct Server<R: Realm> {
+    listener: TcpListener,
+    shared: Arc<Shared<R>>,
+}
+
+/// Stops a running server from any task.
+#[derive(Debug, Clone)]
+pub struct ServerHandle {
+    shutdown: CancellationToken,
+    addr: SocketAddr,
+}
+
+impl ServerHandle {
+    /// Starts the graceful shutdown: stop accepting, let in-flight calls
+    /// finish within the deadline, say goodbye, close.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Whether shutdown has started.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// The listening address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl<R: Realm> Server<R> {
+    /// Binds the listener.
+    pub async fn bind(
+        addr: impl ToSocketAddrs,
+        mut config: ServerConfig,
+        store: Arc<Store>,
+        realm: R,
+        secret: ServerSecret,
+    ) -> std::io::Result<Self> {
+        config.max_frame = config.max_frame.max(tether_core::frame::MIN_MAX_FRAME);
+        let listener = TcpListener::bind(addr).await?;
+        Ok(Self {
+            listener,
+            shared: Arc::new(Shared {
+                throttle: Throttle::new(config.throttle),
+                handshakes: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
+                pending: Arc::new(Semaphore::new(config.max_pending.max(1))),
+                sessions: Arc::new(Semaphore::new(config.max_sessions.max(1))),
+                config,
+                store,
+                secret,
+                realm,
+                next_session_id: AtomicU64::new(1),
+                shutdown: CancellationToken::new(),
+                tracker: TaskTracker::new(),
+            }),
+        })
+    }
+
+    /// The listening address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// A handle to stop the server.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shutdown: self.shared.shutdown.clone(),
+            addr: self.local_addr(),
+        }
+    }
+
+    /// Serves until [`ServerHandle::shutdown`], then shuts down gracefully:
+    /// returns when every session has said goodbye (each within the
+    /// session's shutdown deadline).
+    pub async fn run(self) {
+        let Self { listener, shared } = self;
+        info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => accept(&shared, stream, peer),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off briefly.
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        info!("shutting down: no new connections; waiting for sessions to finish");
+        shared.tracker.close();
+        let deadline = shared.config.session.shutdown_deadline + Duration::from_secs(5);
+        if tokio::time::timeout(deadline, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not close in time");
+        }
+        shared.store.close().await;
+        info!("shut down");
+    }
+}
+
+fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let handshake_permit = shared.handshakes.clone().try_acquire_owned().ok();
+    let pending_permit = if handshake_permit.is_none() {
+        match shared.pending.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                warn!(%peer, "too many connections waiting; closed without a reply");
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    let task_shared = shared.clone();
+    shared.tracker.spawn(async move {
+        let shared = task_shared;
+        let login = login::handshake(&shared, stream, peer, handshake_permit);
+        let timeout = shared.config.handshake_timeout;
+        let result = tokio::select! {
+            r = tokio::time::timeout(timeout, login) => r,
+            _ = shared.shutdown.cancelled() => {
+                debug!(%peer, "handshake abandoned: shutting down");
+                return;
+            }
+        };
+        drop(pending_permit);
+        let (established, session_permit) = match result {
+            Err(_) => {
+                info!(%peer, "login timed out; connection closed");
+                return;
+            }
+            Ok(Err(LoginEnd::Refused(_) | LoginEnd::Closed)) => return,
+            Ok(Ok(ok)) => ok,
+        };
+        session::run(established, shared.config.session, shared.shutdown.clone()).await;
+        drop(session_permit);
+    });
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
