@@ -1,1 +1,190 @@
-//! tether-firmware (filled by its own issue).
+//! # tether-firmware
+//!
+//! The Tether client for devices: `no_std`, no allocator, no unsafe, async
+//! over any [`embedded_io_async::Read`] + [`Write`](embedded_io_async::Write)
+//! transport. A device logs in to a Tether server against the server's
+//! Django user database (SCRAM: the password never crosses the wire, and the
+//! server proves it holds the account's verifier), then calls the server and
+//! answers the server's calls over authenticated frames. Every byte of
+//! protocol (SCRAM, framing, messages, tags) comes from [`tether_core`]; this
+//! crate moves bytes and keeps time.
+//!
+//! | piece | what |
+//! |---|---|
+//! | [`Session::login`] | password or cached-keys login; returns the keys to persist |
+//! | [`Session::call`], [`Session::send_call`] + [`Session::next_reply`] | typed calls ([`Method`](tether_core::method::Method)) with timeouts, several in flight |
+//! | [`Session::notify`], [`Handler::on_notify`] | notifications both ways |
+//! | [`Handler`] | the mind: answers the server's calls, served while idle and while the device waits for its own replies |
+//! | [`Session::serve`], [`serve_for`](Session::serve_for), [`serve_until`](Session::serve_until) | stay reachable while idle; heartbeats |
+//! | [`Session::close`] | clean goodbye |
+//! | [`Error`], [`CallError`] | what happened: refused with which code, server closed, tag mismatch, timeout, transport |
+//! | [`Clock`] | time from the runtime: [`EmbassyClock`] (`embassy-time`), [`TokioClock`] (`std`) |
+//! | `host` (feature `std`) | `connect(addr, ...)` over a tokio `TcpStream` |
+//!
+//! ## The whole thing
+//!
+//! ```no_run
+//! use core::time::Duration;
+//! use embedded_io_async::{Read, Write};
+//! use tether_core::method::builtin::{DeviceInfo, DeviceStatus, Echo, WhoAmI};
+//! use tether_core::method::Method;
+//! use tether_core::rand_core::CryptoRng;
+//! use tether_core::scram::{CachedKeys, ClientCredentials};
+//! use tether_firmware::{
+//!     Buffers, CallError, Clock, Config, Error, Handler, Request, Responded, Responder, Session,
+//! };
+//!
+//! /// A method of this application: the device reports a temperature.
+//! struct Temperature;
+//! impl Method for Temperature {
+//!     const NAME: &'static str = "temperature";
+//!     type Args<'a> = f32;
+//!     type Reply<'a> = ();
+//! }
+//!
+//! /// The mind: how the device answers the server.
+//! struct Mind;
+//! impl Handler for Mind {
+//!     async fn on_call(&mut self, req: Request<'_>, reply: Responder<'_>) -> Responded {
+//!         if req.is::<DeviceInfo>() {
+//!             reply.ok::<DeviceInfo>(&DeviceStatus { firmware: "sensor 1.0", uptime_secs: 7 })
+//!         } else if req.is::<Echo>() {
+//!             match req.args::<Echo>() {
+//!                 Ok(text) => reply.ok::<Echo>(&text),
+//!                 Err(_) => reply.bad_arguments(),
+//!             }
+//!         } else {
+//!             reply.unknown_method()
+//!         }
+//!     }
+//!     async fn on_notify(&mut self, method: &str, _args: &[u8]) {
+//!         let _ = method; // e.g. "config_changed"
+//!     }
+//! }
+//!
+//! /// One connection's life: `io` is a connected TCP socket (embassy-net's
+//! /// `TcpSocket`, or a tokio stream through embedded-io-adapters).
+//! async fn run<T: Read + Write, C: Clock>(
+//!     io: T,
+//!     clock: C,
+//!     rng: &mut impl CryptoRng,
+//!     saved_keys: Option<&CachedKeys>,
+//! ) -> Result<(), Error<T::Error>> {
+//!     // 512 + 512 + 256 bytes, caller-owned (a static or the task's state).
+//!     let (mut rx, mut tx, mut scratch) = ([0u8; 512], [0u8; 512], [0u8; 256]);
+//!     let buffers = Buffers { rx: &mut rx, tx: &mut tx, scratch: &mut scratch };
+//!     // Cached keys skip PBKDF2; the password is needed once.
+//!     let credentials = match saved_keys {
+//!         Some(keys) => ClientCredentials::Keys(keys),
+//!         None => ClientCredentials::Password("wonderland"),
+//!     };
+//!     let config = Config::default().with_min_iterations(600_000);
+//!     let login = match Session::login(io, buffers, clock, "sensor-7", credentials, rng, &config).await {
+//!         Ok(login) => login,
+//!         // Wrong password, unknown or inactive user: do not retry.
+//!         Err(e @ Error::Refused { .. }) if !e.is_transient() => return Err(e),
+//!         Err(e) => return Err(e),
+//!     };
+//!     if login.derived {
+//!         let _persist_me: &CachedKeys = &login.keys; // write to flash
+//!     }
+//!     let mut session = login.session;
+//!     let mut mind = Mind;
+//!
+//!     // A typed call; the server may call the device meanwhile (Mind answers).
+//!     let me = session.call::<WhoAmI, _>(&(), &mut mind).await.map_err(session_error)?;
+//!     let _ = me.username;
+//!
+//!     // Several calls in flight, replies in any order.
+//!     let a = session.send_call::<Echo>(&"a", Duration::from_secs(5)).await.map_err(session_error)?;
+//!     let b = session.send_call::<Echo>(&"b", Duration::from_secs(5)).await.map_err(session_error)?;
+//!     for _ in 0..2 {
+//!         let reply = session.next_reply(&mut mind).await?;
+//!         if let Some(echoed) = a.take(&reply) { assert_eq!(echoed, Ok("a")) }
+//!         if let Some(echoed) = b.take(&reply) { assert_eq!(echoed, Ok("b")) }
+//!     }
+//!
+//!     // Report every minute; stay reachable (calls, pings, heartbeats) in between.
+//!     for _ in 0..3 {
+//!         session.notify::<Temperature>(&21.5).await.map_err(session_error)?;
+//!         session.serve_for(&mut mind, Duration::from_secs(60)).await?;
+//!     }
+//!     session.close().await?; // goodbye
+//!     Ok(())
+//! }
+//!
+//! /// Call failures that leave the session up are only logged here.
+//! fn session_error<E>(e: CallError<'_, E>) -> Error<E> {
+//!     match e {
+//!         CallError::Session(e) => e,
+//!         _ => Error::Ended,
+//!     }
+//! }
+//! ```
+//!
+//! ## Time
+//!
+//! Timeouts and heartbeats need a clock that works under embassy and under
+//! tokio alike, so the session takes a [`Clock`]: milliseconds and a sleep.
+//! [`EmbassyClock`] (feature `embassy-time`) and [`TokioClock`] (feature
+//! `std`) are provided; anything else is four lines. Nothing runs in the
+//! background: the session's methods read, answer pings, send heartbeats and
+//! run the handler while they wait, so an idle device calls
+//! [`Session::serve`] (or [`serve_for`](Session::serve_for),
+//! [`serve_until`](Session::serve_until)).
+//!
+//! ## RAM
+//!
+//! Caller-provided [`Buffers`] (or a const-generic [`BufferStore`]): `rx` (at
+//! least 512, the largest frame the device accepts), `tx` (one outgoing
+//! frame) and `scratch` (encoded arguments and replies), plus the
+//! [`Session`] itself (about 700 bytes: two HMAC-SHA-256 states for the
+//! frame tags, the call table, the timers) and the transient login state
+//! inside the `login` future (about 1.3 KiB, gone after login).
+//!
+//! ## Features
+//!
+//! `std` (host adapter over tokio, [`TokioClock`]), `embassy-time`
+//! ([`EmbassyClock`]), `embassy-net` (the reconnecting TcpSocket helper),
+//! `defmt` / `log` (logging; silent without them).
+//!
+//! ## Caveat
+//!
+//! A first login with a password runs PBKDF2 at the account's iteration
+//! count (Django 5.2: 1,000,000), which takes tens of seconds on a
+//! Cortex-M4 and blocks its executor meanwhile, possibly longer than the
+//! server's handshake timeout. Provision such devices with keys derived on a
+//! host ([`CachedKeys`](tether_core::scram::CachedKeys) serialize with
+//! postcard) or log in once over a fast link.
+#![no_std]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+#[cfg(feature = "std")]
+extern crate std;
+
+#[macro_use]
+mod fmt;
+
+mod clock;
+mod error;
+mod handler;
+mod session;
+
+#[cfg(feature = "std")]
+pub mod host;
+
+pub use clock::Clock;
+#[cfg(feature = "embassy-time")]
+pub use clock::EmbassyClock;
+#[cfg(feature = "std")]
+pub use clock::TokioClock;
+pub use error::{CallError, Error, Failure, TimeoutKind};
+pub use handler::{Handler, Request, Responded, Responder};
+pub use session::{
+    BufferStore, Buffers, Config, Established, LOGIN_MESSAGE_LEN, MAX_CALLS_IN_FLIGHT, Pending,
+    Reply, Session,
+};
+
+pub use embedded_io_async;
+pub use tether_core;

@@ -1,0 +1,279 @@
+//! What can go wrong, said precisely.
+//!
+//! [`Error`] ends the session (or the login); [`CallError`] and [`Failure`]
+//! are about one call, after which the session goes on unless the error is
+//! [`CallError::Session`].
+
+use core::fmt;
+
+use tether_core::frame::FrameError;
+use tether_core::message::{DecodeError, EncodeError, ErrorCode, GoodbyeReason, RefusalCode};
+use tether_core::scram::ScramError;
+use tether_core::session::SessionError;
+
+/// What the client was waiting for when time ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TimeoutKind {
+    /// The server's next handshake message ([`Config::handshake_timeout`](crate::Config::handshake_timeout)).
+    Handshake,
+    /// A frame could not be written ([`Config::write_timeout`](crate::Config::write_timeout));
+    /// the stream is now out of sync.
+    Write,
+    /// Nothing arrived from the server for three heartbeat intervals,
+    /// pings included: the connection is dead.
+    Heartbeat,
+}
+
+/// An error that ends the login or the session. `E` is the transport's
+/// error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Error<E> {
+    /// The server refused the login. `Unauthorized` (wrong password, unknown
+    /// or inactive user), `Unsupported` (the account's hash cannot do SCRAM)
+    /// and `Version` will not change by retrying; `Throttled`, `Unavailable`
+    /// and `Busy` may, after `retry_after_secs` (0: unknown).
+    Refused {
+        /// Why.
+        code: RefusalCode,
+        /// Seconds to wait before trying again (0 when not given).
+        retry_after_secs: u16,
+    },
+    /// The client's own SCRAM checks failed, and it sent nothing more:
+    /// [`ScramError::InvalidServerSignature`] means the server could not
+    /// prove it holds the account's verifier (an impostor), and
+    /// [`ScramError::IterationsTooLow`] / [`ScramError::IterationsTooHigh`]
+    /// that it asked for a PBKDF2 iteration count outside
+    /// [`Config::scram`](crate::Config::scram)'s bounds.
+    /// [`ScramError::CachedKeysMismatch`]: the cached keys are for another
+    /// salt or iteration count (the password was changed or re-hashed), so
+    /// log in with the password again.
+    Login(ScramError),
+    /// The server ended the session with a goodbye.
+    Closed(GoodbyeReason),
+    /// The connection ended (EOF) without a goodbye.
+    Disconnected,
+    /// A session frame failed authentication: [`SessionError::BadTag`] (tag
+    /// mismatch: forged, altered or corrupted), a replayed or reordered
+    /// frame, or an authentic message that does not decode.
+    Session(SessionError),
+    /// Framing failed: a length of 0 or above our maximum, or the
+    /// connection ended inside a frame.
+    Frame(FrameError),
+    /// A handshake message did not decode.
+    Decode(DecodeError),
+    /// The server broke the protocol (the detail says how); the client said
+    /// goodbye with `ProtocolError` where the contract asks for it.
+    Protocol(&'static str),
+    /// Time ran out.
+    Timeout(TimeoutKind),
+    /// The transport failed.
+    Transport(E),
+    /// A buffer passed to the client cannot do its job (the detail says
+    /// which and why).
+    Buffer(&'static str),
+    /// [`Session::next_reply`](crate::Session::next_reply) was called with
+    /// no call in flight. The session goes on.
+    NoCallInFlight,
+    /// The session already ended (an earlier error or goodbye); log in again.
+    Ended,
+}
+
+impl<E> Error<E> {
+    /// Whether reconnecting later can succeed without anyone changing the
+    /// account, the server or the firmware: everything but the refusals
+    /// `Unauthorized`, `Unsupported`, `Version` and `Protocol`, and cached
+    /// keys that no longer fit.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Refused { code, .. } => code.is_transient(),
+            Self::Login(ScramError::CachedKeysMismatch) => false,
+            Self::Buffer(_) => false,
+            _ => true,
+        }
+    }
+
+    /// The delay the server asked for, in seconds (refusals only).
+    pub fn retry_after_secs(&self) -> Option<u16> {
+        match self {
+            Self::Refused {
+                retry_after_secs, ..
+            } if *retry_after_secs > 0 => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// The same error with the transport error mapped by `f`.
+    pub fn map_transport<F, G: FnOnce(E) -> F>(self, f: G) -> Error<F> {
+        match self {
+            Self::Refused {
+                code,
+                retry_after_secs,
+            } => Error::Refused {
+                code,
+                retry_after_secs,
+            },
+            Self::Login(e) => Error::Login(e),
+            Self::Closed(r) => Error::Closed(r),
+            Self::Disconnected => Error::Disconnected,
+            Self::Session(e) => Error::Session(e),
+            Self::Frame(e) => Error::Frame(e),
+            Self::Decode(e) => Error::Decode(e),
+            Self::Protocol(d) => Error::Protocol(d),
+            Self::Timeout(k) => Error::Timeout(k),
+            Self::Transport(e) => Error::Transport(f(e)),
+            Self::Buffer(d) => Error::Buffer(d),
+            Self::NoCallInFlight => Error::NoCallInFlight,
+            Self::Ended => Error::Ended,
+        }
+    }
+}
+
+impl<E> From<FrameError> for Error<E> {
+    fn from(e: FrameError) -> Self {
+        Self::Frame(e)
+    }
+}
+
+impl<E: fmt::Debug> fmt::Display for Error<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Refused {
+                code,
+                retry_after_secs: 0,
+            } => write!(f, "login refused: {code}"),
+            Self::Refused {
+                code,
+                retry_after_secs,
+            } => write!(
+                f,
+                "login refused: {code} (retry after {retry_after_secs} s)"
+            ),
+            Self::Login(ScramError::InvalidServerSignature) => f.write_str(
+                "login aborted: the server could not prove it holds the account's verifier",
+            ),
+            Self::Login(e) => write!(f, "login aborted: {e}"),
+            Self::Closed(reason) => write!(f, "server closed the session: {reason}"),
+            Self::Disconnected => f.write_str("connection closed without a goodbye"),
+            Self::Session(SessionError::BadTag) => {
+                f.write_str("session frame tag mismatch (forged or corrupted frame)")
+            }
+            Self::Session(e) => write!(f, "session frame rejected: {e}"),
+            Self::Frame(e) => write!(f, "framing: {e}"),
+            Self::Decode(e) => write!(f, "handshake message: {e}"),
+            Self::Protocol(what) => write!(f, "server broke the protocol: {what}"),
+            Self::Timeout(TimeoutKind::Handshake) => {
+                f.write_str("timed out waiting for the server's handshake")
+            }
+            Self::Timeout(TimeoutKind::Write) => f.write_str("timed out writing a frame"),
+            Self::Timeout(TimeoutKind::Heartbeat) => {
+                f.write_str("server silent for three heartbeat intervals")
+            }
+            Self::Transport(e) => write!(f, "transport error: {e:?}"),
+            Self::Buffer(what) => write!(f, "buffer: {what}"),
+            Self::NoCallInFlight => f.write_str("no call in flight"),
+            Self::Ended => f.write_str("the session has ended"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> core::error::Error for Error<E> {}
+
+/// How one call failed, with the session still up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure<'a> {
+    /// The server answered with an error.
+    Remote {
+        /// Its code (`ErrorCode::UNKNOWN_METHOD`, `BAD_ARGUMENTS`, ... or an
+        /// application code).
+        code: ErrorCode,
+        /// Its human-readable detail.
+        message: &'a str,
+    },
+    /// No answer within the call's timeout. A late answer is ignored.
+    Timeout,
+    /// The answer does not decode as the method's reply type.
+    BadReply(DecodeError),
+}
+
+impl fmt::Display for Failure<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Remote { code, message } => write!(f, "remote error {code}: {message}"),
+            Self::Timeout => f.write_str("call timed out"),
+            Self::BadReply(e) => write!(f, "reply does not decode: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for Failure<'_> {}
+
+/// Why a call (or notification) did not produce a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallError<'a, E> {
+    /// The server answered with an error.
+    Remote {
+        /// Its code.
+        code: ErrorCode,
+        /// Its human-readable detail.
+        message: &'a str,
+    },
+    /// No answer within the timeout; the session goes on.
+    Timeout,
+    /// The answer does not decode as the method's reply type.
+    BadReply(DecodeError),
+    /// The arguments do not fit the scratch buffer (or cannot be encoded).
+    Encode(EncodeError),
+    /// The frame would exceed the server's maximum or the transmit buffer.
+    TooLarge(FrameError),
+    /// [`MAX_CALLS_IN_FLIGHT`](crate::MAX_CALLS_IN_FLIGHT) calls are already
+    /// waiting for replies.
+    TooManyCalls,
+    /// [`Session::call`](crate::Session::call) needs every earlier
+    /// [`Session::send_call`](crate::Session::send_call) to be answered
+    /// first (collect them with [`Session::next_reply`](crate::Session::next_reply)).
+    CallsPending,
+    /// The session ended.
+    Session(Error<E>),
+}
+
+impl<E> CallError<'_, E> {
+    /// Whether the session is over (reconnect); otherwise only this call
+    /// failed.
+    pub fn ends_session(&self) -> bool {
+        matches!(self, Self::Session(_))
+    }
+}
+
+impl<E> From<Error<E>> for CallError<'_, E> {
+    fn from(e: Error<E>) -> Self {
+        Self::Session(e)
+    }
+}
+
+impl<'a, E> From<Failure<'a>> for CallError<'a, E> {
+    fn from(f: Failure<'a>) -> Self {
+        match f {
+            Failure::Remote { code, message } => Self::Remote { code, message },
+            Failure::Timeout => Self::Timeout,
+            Failure::BadReply(e) => Self::BadReply(e),
+        }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Display for CallError<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Remote { code, message } => write!(f, "remote error {code}: {message}"),
+            Self::Timeout => f.write_str("call timed out"),
+            Self::BadReply(e) => write!(f, "reply does not decode: {e}"),
+            Self::Encode(e) => write!(f, "arguments: {e}"),
+            Self::TooLarge(e) => write!(f, "call too large: {e}"),
+            Self::TooManyCalls => f.write_str("too many calls in flight"),
+            Self::CallsPending => f.write_str("earlier calls still pending"),
+            Self::Session(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> core::error::Error for CallError<'_, E> {}

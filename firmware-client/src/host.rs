@@ -1,0 +1,73 @@
+//! Host adapter (feature `std`): the same client over a tokio `TcpStream`,
+//! through embedded-io-adapters. This is what `tether call` and the device
+//! of `tether demo` use.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use tether_core::method::builtin::WhoAmI;
+//! use tether_core::scram::ClientCredentials;
+//! use tether_firmware::{BufferStore, Config, host};
+//! # struct Rng;
+//! # impl tether_core::rand_core::TryRng for Rng {
+//! #     type Error = core::convert::Infallible;
+//! #     fn try_next_u32(&mut self) -> Result<u32, Self::Error> { Ok(4) }
+//! #     fn try_next_u64(&mut self) -> Result<u64, Self::Error> { Ok(4) }
+//! #     fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), Self::Error> { d.fill(4); Ok(()) }
+//! # }
+//! # impl tether_core::rand_core::TryCryptoRng for Rng {}
+//! # let mut rng = Rng; // use a real CSPRNG (getrandom's SysRng, rand's ThreadRng)
+//!
+//! let mut store: BufferStore = BufferStore::new();
+//! let mut login = host::connect("127.0.0.1:7420", store.buffers(), "alice",
+//!     ClientCredentials::Password("wonderland"), &mut rng, &Config::default()).await?;
+//! let me = login.session.call::<WhoAmI, _>(&(), &mut ()).await.map_err(|e| e.to_string())?;
+//! println!("logged in as {} (session {})", me.username, me.session_id);
+//! login.session.close().await?;
+//! # Ok(()) }
+//! ```
+
+use embedded_io_adapters::tokio_1::FromTokio;
+use tether_core::rand_core::CryptoRng;
+use tether_core::scram::ClientCredentials;
+use tokio::net::{TcpStream, ToSocketAddrs};
+
+use crate::clock::TokioClock;
+use crate::error::Error;
+use crate::session::{Buffers, Config, Established, Session};
+
+/// The transport of a host session: a tokio `TcpStream` as
+/// `embedded_io_async::{Read, Write}`.
+pub type TcpTransport = FromTokio<TcpStream>;
+
+/// A host session.
+pub type HostSession<'b> = Session<'b, TcpTransport, TokioClock>;
+
+/// Wraps a connected tokio stream for [`Session::login`] (sets `TCP_NODELAY`:
+/// frames are small and each is written whole).
+pub fn transport(stream: TcpStream) -> TcpTransport {
+    let _ = stream.set_nodelay(true);
+    FromTokio::new(stream)
+}
+
+/// Connects to `addr` (default port 7420, [`tether_core::frame::DEFAULT_PORT`])
+/// and logs in. Connection errors are [`Error::Transport`].
+pub async fn connect<'b, A: ToSocketAddrs, R: CryptoRng + ?Sized>(
+    addr: A,
+    buffers: Buffers<'b>,
+    username: &str,
+    credentials: ClientCredentials<'_>,
+    rng: &mut R,
+    config: &Config,
+) -> Result<Established<'b, TcpTransport, TokioClock>, Error<std::io::Error>> {
+    let stream = TcpStream::connect(addr).await.map_err(Error::Transport)?;
+    Session::login(
+        transport(stream),
+        buffers,
+        TokioClock::new(),
+        username,
+        credentials,
+        rng,
+        config,
+    )
+    .await
+}

@@ -1,0 +1,899 @@
+//! The client over std sockets (tokio + embedded-io-adapters) against a
+//! tether-core-based test server.
+
+mod common;
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use common::*;
+use tether_core::message::{ErrorCode, GoodbyeReason, Message, Refusal, RefusalCode};
+use tether_core::method::Method;
+use tether_core::method::builtin::{DeviceInfo, DeviceStatus, Echo, Identity, WhoAmI};
+use tether_core::scram::{CachedKeys, ClientCredentials, ScramError};
+use tether_core::session::SessionError;
+use tether_firmware::{
+    BufferStore, CallError, Config, Error, Failure, Handler, Request, Responded, Responder,
+    TimeoutKind, host,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The device's mind in these tests: echo, device_info, counts
+/// notifications.
+#[derive(Default)]
+struct Mind {
+    calls: RefCell<Vec<String>>,
+    notes: Vec<(String, Vec<u8>)>,
+}
+
+impl Handler for Mind {
+    async fn on_call(&mut self, req: Request<'_>, reply: Responder<'_>) -> Responded {
+        self.calls.borrow_mut().push(req.method().to_string());
+        if req.is::<Echo>() {
+            match req.args::<Echo>() {
+                Ok(text) => reply.ok::<Echo>(&text),
+                Err(_) => reply.bad_arguments(),
+            }
+        } else if req.is::<DeviceInfo>() {
+            reply.ok::<DeviceInfo>(&DeviceStatus {
+                firmware: "test 1.0",
+                uptime_secs: 5,
+            })
+        } else {
+            reply.unknown_method()
+        }
+    }
+
+    async fn on_notify(&mut self, method: &str, args: &[u8]) {
+        self.notes.push((method.to_string(), args.to_vec()));
+    }
+}
+
+fn config() -> Config {
+    Config::default()
+}
+
+fn identity(session_id: u64) -> Vec<u8> {
+    enc(&Identity {
+        user_id: 1,
+        username: "alice",
+        session_id,
+        is_superuser: false,
+    })
+}
+
+/// Spawns a server that logs alice in and then runs `script`.
+fn serve<F, Fut>(
+    listener: tokio::net::TcpListener,
+    mode: Mode,
+    params: Params,
+    script: F,
+) -> tokio::task::JoinHandle<Result<(), RefusalCode>>
+where
+    F: FnOnce(Peer) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        let peer = server_login(stream, "alice", ALICE_ROW, mode, params).await?;
+        script(peer).await;
+        Ok(())
+    })
+}
+
+async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(TIMEOUT, f)
+        .await
+        .expect("test timed out")
+}
+
+#[tokio::test]
+async fn password_login_returns_keys_and_keys_log_in_without_password() {
+    let (l, addr) = listen().await;
+    let server = tokio::spawn(async move {
+        for _ in 0..2 {
+            let (s, _) = l.accept().await.unwrap();
+            let mut peer = server_login(s, "alice", ALICE_ROW, Mode::Honest, Params::default())
+                .await
+                .unwrap();
+            assert_eq!(
+                peer.recv().await,
+                Some(Msg::Goodbye {
+                    reason: GoodbyeReason::Normal
+                })
+            );
+            assert!(peer.eof_within(Duration::from_secs(5)).await);
+        }
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let mut rng = TestRng(1);
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut rng,
+        &config(),
+    ))
+    .await
+    .unwrap();
+    assert!(login.derived);
+    assert_eq!(login.session.session_id(), 77);
+    assert_eq!(login.session.heartbeat_secs(), 30);
+    assert_eq!(login.session.peer_max_frame(), 512);
+    let keys: CachedKeys = login.keys.clone();
+    assert_eq!(keys.iterations, 4096);
+    drop(login.session.close().await.unwrap());
+
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Keys(&keys),
+        &mut rng,
+        &config(),
+    ))
+    .await
+    .unwrap();
+    assert!(!login.derived);
+    assert!(login.keys == keys);
+    drop(login.session.close().await.unwrap());
+    with_timeout(server).await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_password_is_refused_unauthorized() {
+    let (l, addr) = listen().await;
+    let server = serve(l, Mode::Honest, Params::default(), |_| async {});
+    let mut store: BufferStore = BufferStore::new();
+    let err = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password("Wonderland"),
+        &mut TestRng(2),
+        &config(),
+    ))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Refused {
+                code: RefusalCode::Unauthorized,
+                retry_after_secs: 0
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(err.to_string(), "login refused: unauthorized");
+    assert_eq!(
+        with_timeout(server).await.unwrap().unwrap_err(),
+        RefusalCode::Unauthorized
+    );
+}
+
+#[tokio::test]
+async fn unknown_user_is_refused_like_a_wrong_password() {
+    let (l, addr) = listen().await;
+    let server = serve(l, Mode::Honest, Params::default(), |_| async {});
+    let mut store: BufferStore = BufferStore::new();
+    let err = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "mallory",
+        ClientCredentials::Password("x"),
+        &mut TestRng(2),
+        &config(),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Refused {
+            code: RefusalCode::Unauthorized,
+            ..
+        }
+    ));
+    let _ = server.await;
+}
+
+#[tokio::test]
+async fn transient_refusal_carries_retry_after() {
+    let (l, addr) = listen().await;
+    let refusal = Refusal {
+        code: RefusalCode::Throttled,
+        retry_after_secs: 30,
+    };
+    let server = serve(l, Mode::Refuse(refusal), Params::default(), |_| async {});
+    let mut store: BufferStore = BufferStore::new();
+    let err = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(3),
+        &config(),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(
+        err,
+        Error::Refused {
+            code: RefusalCode::Throttled,
+            retry_after_secs: 30
+        }
+    ));
+    assert!(err.is_transient());
+    assert_eq!(err.retry_after_secs(), Some(30));
+    let _ = server.await;
+}
+
+#[tokio::test]
+async fn impostor_server_is_refused_and_hears_nothing_more() {
+    let (l, addr) = listen().await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let server = serve(
+        l,
+        Mode::Impostor,
+        Params::default(),
+        |mut peer| async move {
+            // The client must close without another byte.
+            tx.send(peer.eof_within(Duration::from_secs(5)).await)
+                .unwrap();
+        },
+    );
+    let mut store: BufferStore = BufferStore::new();
+    let result = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(4),
+        &config(),
+    ))
+    .await;
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, Error::Login(ScramError::InvalidServerSignature)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("could not prove"));
+    assert!(with_timeout(rx).await.unwrap());
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn iteration_floor_and_ceiling_are_enforced() {
+    for (cfg, expect_low) in [
+        (config().with_min_iterations(10_000), true),
+        (
+            {
+                let mut c = config();
+                c.scram.max_iterations = 1000;
+                c.scram.min_iterations = 1;
+                c
+            },
+            false,
+        ),
+    ] {
+        let (l, addr) = listen().await;
+        let server = serve(l, Mode::Honest, Params::default(), |_| async {});
+        let mut store: BufferStore = BufferStore::new();
+        let err = with_timeout(host::connect(
+            &addr,
+            store.buffers(),
+            "alice",
+            ClientCredentials::Password(ALICE_PASSWORD),
+            &mut TestRng(5),
+            &cfg,
+        ))
+        .await
+        .unwrap_err();
+        if expect_low {
+            assert!(matches!(
+                err,
+                Error::Login(ScramError::IterationsTooLow {
+                    offered: 4096,
+                    minimum: 10_000
+                })
+            ));
+        } else {
+            assert!(matches!(
+                err,
+                Error::Login(ScramError::IterationsTooHigh { offered: 4096, .. })
+            ));
+        }
+        // The client sent no proof.
+        assert_eq!(server.await.unwrap().unwrap_err(), RefusalCode::Protocol);
+    }
+}
+
+#[tokio::test]
+async fn calls_both_ways_with_several_in_flight() {
+    let (l, addr) = listen().await;
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        // Three device calls arrive before any reply.
+        let mut ids = vec![];
+        for _ in 0..3 {
+            match peer.recv().await.unwrap() {
+                Msg::Call { id, method, args } => {
+                    assert_eq!(method, "echo");
+                    ids.push((id, args));
+                }
+                m => panic!("unexpected {m:?}"),
+            }
+        }
+        // The server calls the device twice (both in flight) before
+        // answering, then answers in reverse order, one as an error.
+        peer.send(&Message::Call {
+            id: 100,
+            method: Echo::NAME,
+            args: &enc(&"ping from server"),
+        })
+        .await;
+        peer.send(&Message::Call {
+            id: 101,
+            method: DeviceInfo::NAME,
+            args: &enc(&()),
+        })
+        .await;
+        let (id2, args2) = ids.pop().unwrap();
+        peer.send(&Message::Reply {
+            id: id2,
+            result: &args2,
+        })
+        .await;
+        let (id1, _) = ids.pop().unwrap();
+        peer.send(&Message::Error {
+            id: id1,
+            code: ErrorCode::FORBIDDEN,
+            message: "not you",
+        })
+        .await;
+        let (id0, args0) = ids.pop().unwrap();
+        peer.send(&Message::Reply {
+            id: id0,
+            result: &args0,
+        })
+        .await;
+        // The device's answers to the server's calls.
+        let mut answers = vec![peer.recv().await.unwrap(), peer.recv().await.unwrap()];
+        answers.sort_by_key(|m| match m {
+            Msg::Reply { id, .. } => *id,
+            _ => 0,
+        });
+        assert_eq!(
+            answers,
+            vec![
+                Msg::Reply {
+                    id: 100,
+                    result: enc(&"ping from server")
+                },
+                Msg::Reply {
+                    id: 101,
+                    result: enc(&DeviceStatus {
+                        firmware: "test 1.0",
+                        uptime_secs: 5
+                    })
+                },
+            ]
+        );
+        assert_eq!(
+            peer.recv().await,
+            Some(Msg::Goodbye {
+                reason: GoodbyeReason::Normal
+            })
+        );
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(6),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let mut mind = Mind::default();
+    let t = Duration::from_secs(10);
+    let a = session.send_call::<Echo>(&"a", t).await.unwrap();
+    let b = session.send_call::<Echo>(&"b", t).await.unwrap();
+    let c = session.send_call::<Echo>(&"c", t).await.unwrap();
+    assert_eq!(session.calls_in_flight(), 3);
+    assert!(matches!(
+        session.call::<Echo, _>(&"d", &mut mind).await,
+        Err(CallError::CallsPending)
+    ));
+    let mut order = vec![];
+    for _ in 0..3 {
+        let reply = with_timeout(session.next_reply(&mut mind)).await.unwrap();
+        if let Some(r) = a.take(&reply) {
+            assert_eq!(r, Ok("a"));
+            order.push('a');
+        }
+        if let Some(r) = b.take(&reply) {
+            assert_eq!(
+                r,
+                Err(Failure::Remote {
+                    code: ErrorCode::FORBIDDEN,
+                    message: "not you"
+                })
+            );
+            order.push('b');
+        }
+        if let Some(r) = c.take(&reply) {
+            assert_eq!(r, Ok("c"));
+            order.push('c');
+        }
+    }
+    assert_eq!(order, vec!['c', 'b', 'a']);
+    assert_eq!(session.calls_in_flight(), 0);
+    assert_eq!(*mind.calls.borrow(), vec!["echo", "device_info"]);
+    assert!(matches!(
+        session.next_reply(&mut mind).await,
+        Err(Error::NoCallInFlight)
+    ));
+    drop(session.close().await.unwrap());
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn server_calls_the_device_while_it_waits_for_its_reply() {
+    let (l, addr) = listen().await;
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        let Some(Msg::Call { id, method, .. }) = peer.recv().await else {
+            panic!()
+        };
+        assert_eq!(method, "whoami");
+        // Before answering, ask the device something and notify it.
+        peer.send(&Message::Call {
+            id: 1,
+            method: DeviceInfo::NAME,
+            args: &enc(&()),
+        })
+        .await;
+        let Some(Msg::Reply { id: 1, result }) = peer.recv().await else {
+            panic!()
+        };
+        let status: DeviceStatus = tether_core::message::decode(&result).unwrap();
+        assert_eq!(status.firmware, "test 1.0");
+        peer.send(&Message::Notify {
+            method: "config_changed",
+            args: &enc(&7u32),
+        })
+        .await;
+        peer.send(&Message::Call {
+            id: 2,
+            method: "no_such_method",
+            args: &[],
+        })
+        .await;
+        let Some(Msg::Error { id: 2, code, .. }) = peer.recv().await else {
+            panic!()
+        };
+        assert_eq!(code, ErrorCode::UNKNOWN_METHOD);
+        peer.send(&Message::Reply {
+            id,
+            result: &identity(77),
+        })
+        .await;
+        // A second device call gets a remote error.
+        let Some(Msg::Call { id, .. }) = peer.recv().await else {
+            panic!()
+        };
+        peer.send(&Message::Error {
+            id,
+            code: ErrorCode::UNKNOWN_METHOD,
+            message: "no such method",
+        })
+        .await;
+        assert_eq!(
+            peer.recv().await,
+            Some(Msg::Goodbye {
+                reason: GoodbyeReason::Normal
+            })
+        );
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(7),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let mut mind = Mind::default();
+    let me = with_timeout(session.call::<WhoAmI, _>(&(), &mut mind))
+        .await
+        .unwrap();
+    assert_eq!(me.username, "alice");
+    assert_eq!(me.session_id, 77);
+    assert_eq!(*mind.calls.borrow(), vec!["device_info", "no_such_method"]);
+    assert_eq!(mind.notes, vec![("config_changed".to_string(), enc(&7u32))]);
+    struct Missing;
+    impl Method for Missing {
+        const NAME: &'static str = "missing";
+        type Args<'a> = ();
+        type Reply<'a> = ();
+    }
+    match with_timeout(session.call::<Missing, _>(&(), &mut mind)).await {
+        Err(CallError::Remote { code, message }) => {
+            assert_eq!(code, ErrorCode::UNKNOWN_METHOD);
+            assert_eq!(message, "no such method");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(session.close().await.unwrap());
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn serving_while_idle_and_notifications_to_the_server() {
+    let (l, addr) = listen().await;
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        let Some(Msg::Notify { method, args }) = peer.recv().await else {
+            panic!()
+        };
+        assert_eq!((method.as_str(), args), ("temperature", enc(&21.5f32)));
+        for id in 1..=3 {
+            peer.send(&Message::Call {
+                id,
+                method: Echo::NAME,
+                args: &enc(&"idle?"),
+            })
+            .await;
+        }
+        for id in 1..=3 {
+            assert_eq!(
+                peer.recv().await,
+                Some(Msg::Reply {
+                    id,
+                    result: enc(&"idle?")
+                })
+            );
+        }
+        peer.send(&Message::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        })
+        .await;
+    });
+    struct Temperature;
+    impl Method for Temperature {
+        const NAME: &'static str = "temperature";
+        type Args<'a> = f32;
+        type Reply<'a> = ();
+    }
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(8),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let mut mind = Mind::default();
+    session.notify::<Temperature>(&21.5).await.unwrap();
+    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
+        "{err:?}"
+    );
+    assert_eq!(mind.calls.borrow().len(), 3);
+    assert!(session.is_ended());
+    assert!(matches!(
+        session.call::<Echo, _>(&"x", &mut mind).await,
+        Err(CallError::Session(Error::Ended))
+    ));
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn serve_until_returns_the_applications_event() {
+    let (l, addr) = listen().await;
+    let (go_tx, go_rx) = tokio::sync::oneshot::channel::<u32>();
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        peer.send(&Message::Call {
+            id: 9,
+            method: Echo::NAME,
+            args: &enc(&"x"),
+        })
+        .await;
+        assert!(matches!(peer.recv().await, Some(Msg::Reply { id: 9, .. })));
+        go_tx.send(42).unwrap();
+        assert!(matches!(peer.recv().await, Some(Msg::Goodbye { .. })));
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(9),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let mut mind = Mind::default();
+    let got = with_timeout(session.serve_until(&mut mind, go_rx))
+        .await
+        .unwrap();
+    assert_eq!(got, Ok(42));
+    drop(session.close().await.unwrap());
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn heartbeat_pings_when_idle_and_answers_pings() {
+    let (l, addr) = listen().await;
+    let params = Params {
+        heartbeat_secs: 1,
+        ..Params::default()
+    };
+    let server = serve(l, Mode::Honest, params, |mut peer| async move {
+        // Idle device: a ping about every second.
+        let start = tokio::time::Instant::now();
+        let Some(Msg::Ping { nonce }) = peer.recv().await else {
+            panic!()
+        };
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(800) && waited < Duration::from_millis(2500),
+            "{waited:?}"
+        );
+        peer.send(&Message::Pong { nonce }).await;
+        // The server pings; the device answers.
+        peer.send(&Message::Ping { nonce: 4242 }).await;
+        loop {
+            match peer.recv().await.unwrap() {
+                Msg::Pong { nonce: 4242 } => break,
+                Msg::Ping { nonce } => peer.send(&Message::Pong { nonce }).await,
+                m => panic!("{m:?}"),
+            }
+        }
+        peer.send(&Message::Goodbye {
+            reason: GoodbyeReason::Kicked,
+        })
+        .await;
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(10),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let err = with_timeout(session.serve(&mut ())).await.unwrap_err();
+    assert!(matches!(err, Error::Closed(GoodbyeReason::Kicked)));
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_server_is_detected_after_three_heartbeats() {
+    let (l, addr) = listen().await;
+    let params = Params {
+        heartbeat_secs: 1,
+        ..Params::default()
+    };
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = serve(l, Mode::Honest, params, |mut peer| async move {
+        // Read (and ignore) everything until the client goes away.
+        let mut pings = 0;
+        while let Some(m) = peer.recv().await {
+            assert!(matches!(m, Msg::Ping { .. }));
+            pings += 1;
+        }
+        assert!(pings >= 2, "{pings} pings");
+        let _ = done_rx.await;
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(11),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let start = tokio::time::Instant::now();
+    let err = with_timeout(session.serve(&mut ())).await.unwrap_err();
+    let waited = start.elapsed();
+    assert!(
+        matches!(err, Error::Timeout(TimeoutKind::Heartbeat)),
+        "{err:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(2900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    drop(session);
+    done_tx.send(()).unwrap();
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn call_timeout_leaves_the_session_usable_and_late_replies_are_dropped() {
+    let (l, addr) = listen().await;
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        let Some(Msg::Call { id: late, .. }) = peer.recv().await else {
+            panic!()
+        };
+        // Too late: the device gave up after 200 ms.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let Some(Msg::Call { id, args, .. }) = peer.recv().await else {
+            panic!()
+        };
+        peer.send(&Message::Reply {
+            id: late,
+            result: &enc(&"late"),
+        })
+        .await;
+        peer.send(&Message::Reply { id, result: &args }).await;
+        assert!(matches!(peer.recv().await, Some(Msg::Goodbye { .. })));
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(12),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let start = tokio::time::Instant::now();
+    let r = session
+        .call_with_timeout::<Echo, _>(&"first", &mut (), Duration::from_millis(200))
+        .await;
+    assert!(matches!(r, Err(CallError::Timeout)), "{r:?}");
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(2));
+    assert_eq!(session.calls_in_flight(), 0);
+    let r = with_timeout(session.call::<Echo, _>(&"second", &mut ())).await;
+    assert_eq!(r.unwrap(), "second");
+    drop(session.close().await.unwrap());
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_forged_frame_ends_the_session_with_a_tag_mismatch() {
+    let (l, addr) = listen().await;
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        let mut frame = peer.seal_frame(&Message::Ping { nonce: 1 });
+        let last = frame.len() - 1;
+        frame[last] ^= 1;
+        peer.send_raw(&frame).await;
+        assert!(peer.eof_within(Duration::from_secs(5)).await);
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(13),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let err = with_timeout(session.serve(&mut ())).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Session(SessionError::BadTag)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("tag mismatch"));
+    drop(session);
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_reply_to_no_call_is_a_protocol_error() {
+    let (l, addr) = listen().await;
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        peer.send(&Message::Reply {
+            id: 999,
+            result: &[0],
+        })
+        .await;
+        assert_eq!(
+            peer.recv().await,
+            Some(Msg::Goodbye {
+                reason: GoodbyeReason::ProtocolError
+            })
+        );
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(14),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let err = with_timeout(session.serve(&mut ())).await.unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+    drop(session);
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn server_disconnect_and_oversized_calls_are_reported() {
+    let (l, addr) = listen().await;
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        // The 600-byte call never arrives (too large for max_frame 512);
+        // the next one does, then the server vanishes.
+        let Some(Msg::Call { args, .. }) = peer.recv().await else {
+            panic!()
+        };
+        assert_eq!(args, enc(&"small"));
+    });
+    let mut store: BufferStore<512, 1024, 1024> = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(15),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let big = "x".repeat(600);
+    let r = session.call::<Echo, _>(&big.as_str(), &mut ()).await;
+    assert!(matches!(r, Err(CallError::TooLarge(_))), "{r:?}");
+    let r = session
+        .send_call::<Echo>(&"small", Duration::from_secs(5))
+        .await;
+    assert!(r.is_ok());
+    let err = with_timeout(session.next_reply(&mut ())).await.unwrap_err();
+    assert!(matches!(err, Error::Disconnected), "{err:?}");
+    with_timeout(server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_too_small_receive_buffer_is_rejected() {
+    let (l, addr) = listen().await;
+    let _server = tokio::spawn(async move { l.accept().await });
+    let mut store: BufferStore<256, 512, 64> = BufferStore::new();
+    let err = host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(16),
+        &config(),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Buffer(_)));
+}
