@@ -18,8 +18,9 @@
 //! | [`Session::serve`], [`serve_for`](Session::serve_for), [`serve_until`](Session::serve_until) | stay reachable while idle; heartbeats |
 //! | [`Session::close`] | clean goodbye |
 //! | [`Error`], [`CallError`] | what happened: refused with which code, server closed, tag mismatch, timeout, transport |
-//! | [`Clock`] | time from the runtime: [`EmbassyClock`] (`embassy-time`), [`TokioClock`] (`std`) |
+//! | [`Clock`] | time from the runtime: `EmbassyClock` (`embassy-time`), `TokioClock` (`std`) |
 //! | `host` (feature `std`) | `connect(addr, ...)` over a tokio `TcpStream` |
+//! | `embassy` (feature `embassy-net`) | TcpSocket connect, login, keep the session: reconnect with [`Backoff`] (exponential, jitter), cached keys |
 //!
 //! ## The whole thing
 //!
@@ -126,7 +127,7 @@
 //!
 //! Timeouts and heartbeats need a clock that works under embassy and under
 //! tokio alike, so the session takes a [`Clock`]: milliseconds and a sleep.
-//! [`EmbassyClock`] (feature `embassy-time`) and [`TokioClock`] (feature
+//! `EmbassyClock` (feature `embassy-time`) and `TokioClock` (feature
 //! `std`) are provided; anything else is four lines. Nothing runs in the
 //! background: the session's methods read, answer pings, send heartbeats and
 //! run the handler while they wait, so an idle device calls
@@ -144,8 +145,8 @@
 //!
 //! ## Features
 //!
-//! `std` (host adapter over tokio, [`TokioClock`]), `embassy-time`
-//! ([`EmbassyClock`]), `embassy-net` (the reconnecting TcpSocket helper),
+//! `std` (host adapter over tokio, `TokioClock`), `embassy-time`
+//! (`EmbassyClock`), `embassy-net` (the reconnecting TcpSocket helper),
 //! `defmt` / `log` (logging; silent without them).
 //!
 //! ## Caveat
@@ -166,14 +167,18 @@ extern crate std;
 #[macro_use]
 mod fmt;
 
+mod backoff;
 mod clock;
 mod error;
 mod handler;
 mod session;
 
+#[cfg(feature = "embassy-net")]
+pub mod embassy;
 #[cfg(feature = "std")]
 pub mod host;
 
+pub use backoff::{Backoff, Retry};
 pub use clock::Clock;
 #[cfg(feature = "embassy-time")]
 pub use clock::EmbassyClock;

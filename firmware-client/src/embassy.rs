@@ -1,0 +1,249 @@
+//! embassy-net helper (feature `embassy-net`): connect a `TcpSocket` to the
+//! server, log in, and keep the session, reconnecting with exponential
+//! backoff and jitter and logging in again with the cached keys.
+//!
+//! Policy ([`Error::retry`]): `unauthorized`, `unsupported`, `version` and
+//! `protocol` refusals stop retrying ([`Link::run`] returns the error);
+//! `throttled`, `unavailable` and `busy` retry after the backoff delay, and
+//! no sooner than the server's `retry_after_secs`; connection failures,
+//! timeouts, lost sessions and impostor servers retry after the backoff
+//! delay. Cached keys that no longer fit (the account's password was changed
+//! or re-hashed) are dropped and the password is used, if the application
+//! gave one.
+//!
+//! ```no_run
+//! use core::ops::ControlFlow;
+//! use embassy_net::{IpEndpoint, Ipv4Address, Stack};
+//! use tether_firmware::embassy::{Account, Link};
+//! use tether_firmware::{Backoff, BufferStore, Config, Handler};
+//!
+//! async fn device(stack: Stack<'static>, mind: &mut impl Handler,
+//!                 rng: &mut impl tether_core::rand_core::CryptoRng) {
+//!     let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
+//!     let mut store: BufferStore = BufferStore::new();
+//!     let server = IpEndpoint::new(Ipv4Address::new(10, 0, 0, 1).into(), 7420);
+//!     let account = Account { username: "sensor-7", password: Some("wonderland"), keys: None };
+//!     let mut link = Link::new(stack, server, &mut sock_rx, &mut sock_tx, store.buffers(),
+//!         account, Config::default(), Backoff::default());
+//!     let fatal = link
+//!         .run(rng, async |connected| {
+//!             if let Some(keys) = connected.new_keys {
+//!                 let _ = keys; // persist to flash: later boots skip PBKDF2
+//!             }
+//!             // Serve until the session is lost; `run` then reconnects.
+//!             match connected.session.serve(&mut *mind).await {
+//!                 Ok(never) => match never {},
+//!                 Err(lost) => ControlFlow::<(), _>::Continue(lost),
+//!             }
+//!         })
+//!         .await;
+//!     let _ = fatal; // e.g. Err(Refused { code: Unauthorized, .. }): needs a human
+//! }
+//! ```
+
+use core::ops::ControlFlow;
+use core::time::Duration;
+
+use embassy_futures::select::{Either, select};
+use embassy_net::tcp::TcpSocket;
+use embassy_net::{IpEndpoint, Stack};
+use embassy_time::Timer;
+use tether_core::rand_core::CryptoRng;
+use tether_core::scram::{CachedKeys, ClientCredentials, ScramError};
+
+use crate::backoff::{Backoff, Retry};
+use crate::clock::EmbassyClock;
+use crate::error::Error;
+use crate::session::{Buffers, Config, Session};
+
+/// The transport error of an embassy-net session.
+pub type TcpError = embassy_net::tcp::Error;
+
+/// A session over an embassy-net `TcpSocket`.
+pub type TcpSession<'s> = Session<'s, TcpSocket<'s>, EmbassyClock>;
+
+/// Who logs in, and with what.
+#[derive(Debug, Clone)]
+pub struct Account<'a> {
+    /// The Django username.
+    pub username: &'a str,
+    /// The password, if the device has it: needed for the first login, and
+    /// again when the cached keys stop fitting. `None` once keys are
+    /// provisioned keeps it out of the firmware.
+    pub password: Option<&'a str>,
+    /// Keys from an earlier password login (loaded from flash): no PBKDF2.
+    pub keys: Option<CachedKeys>,
+}
+
+/// A logged-in session handed to [`Link::run`]'s closure.
+pub struct Connected<'s> {
+    /// The session.
+    pub session: TcpSession<'s>,
+    /// `Some` after a password login: the keys to persist so that later
+    /// boots log in without PBKDF2.
+    pub new_keys: Option<&'s CachedKeys>,
+}
+
+/// Connects, logs in and reconnects: one server, one account.
+///
+/// RAM: the socket buffers (`TcpSocket`'s, caller-sized) and the session
+/// [`Buffers`], plus the cached keys (~140 bytes) and the backoff state.
+pub struct Link<'a> {
+    stack: Stack<'a>,
+    remote: IpEndpoint,
+    socket_rx: &'a mut [u8],
+    socket_tx: &'a mut [u8],
+    buffers: Buffers<'a>,
+    account: Account<'a>,
+    config: Config,
+    backoff: Backoff,
+    connect_timeout: Duration,
+}
+
+impl<'a> Link<'a> {
+    /// A link to `remote` through `stack`. `socket_rx`/`socket_tx` are the
+    /// `TcpSocket`'s buffers (1 KiB each is plenty for 512-byte frames).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        stack: Stack<'a>,
+        remote: IpEndpoint,
+        socket_rx: &'a mut [u8],
+        socket_tx: &'a mut [u8],
+        buffers: Buffers<'a>,
+        account: Account<'a>,
+        config: Config,
+        backoff: Backoff,
+    ) -> Self {
+        Self {
+            stack,
+            remote,
+            socket_rx,
+            socket_tx,
+            buffers,
+            account,
+            connect_timeout: config.handshake_timeout,
+            config,
+            backoff,
+        }
+    }
+
+    /// The cached keys (after a password login, the derived ones).
+    pub fn keys(&self) -> Option<&CachedKeys> {
+        self.account.keys.as_ref()
+    }
+
+    /// Keeps a session up: connects, logs in (backing off between failed
+    /// attempts) and hands each session to `on_session`. When the closure
+    /// returns `Continue(error)` (normally the error that ended the
+    /// session) the link reconnects; `Break(value)` says goodbye, closes the
+    /// socket and returns `Ok(value)`. Returns `Err` only for what retrying
+    /// cannot fix ([`Retry::Never`]).
+    pub async fn run<R, B, F>(
+        &mut self,
+        rng: &mut R,
+        mut on_session: F,
+    ) -> Result<B, Error<TcpError>>
+    where
+        R: CryptoRng + ?Sized,
+        F: AsyncFnMut(&mut Connected<'_>) -> ControlFlow<B, Error<TcpError>>,
+    {
+        let mut delay = Duration::ZERO;
+        loop {
+            if delay > Duration::ZERO {
+                info!("tether: reconnecting in {} ms", delay.as_millis() as u64);
+                Timer::after_millis(delay.as_millis() as u64).await;
+            }
+            let Self {
+                stack,
+                remote,
+                socket_rx,
+                socket_tx,
+                buffers,
+                account,
+                config,
+                backoff,
+                connect_timeout,
+            } = self;
+            let mut socket = TcpSocket::new(*stack, socket_rx, socket_tx);
+            let connect = select(
+                socket.connect(*remote),
+                Timer::after_millis(connect_timeout.as_millis() as u64),
+            )
+            .await;
+            match connect {
+                Either::First(Ok(())) => {}
+                Either::First(Err(_)) | Either::Second(()) => {
+                    warn!("tether: cannot connect to the server");
+                    socket.abort();
+                    delay = backoff.next_delay(rng, Duration::ZERO);
+                    continue;
+                }
+            }
+            let credentials = match (&account.keys, account.password) {
+                (Some(keys), _) => ClientCredentials::Keys(keys),
+                (None, Some(password)) => ClientCredentials::Password(password),
+                (None, None) => return Err(Error::Login(ScramError::CachedKeysMismatch)),
+            };
+            let session_buffers = Buffers {
+                rx: &mut *buffers.rx,
+                tx: &mut *buffers.tx,
+                scratch: &mut *buffers.scratch,
+            };
+            let login = Session::login(
+                socket,
+                session_buffers,
+                EmbassyClock,
+                account.username,
+                credentials,
+                rng,
+                config,
+            )
+            .await;
+            let login = match login {
+                Ok(login) => login,
+                Err(Error::Login(ScramError::CachedKeysMismatch))
+                    if account.keys.is_some() && account.password.is_some() =>
+                {
+                    warn!("tether: cached keys no longer fit; logging in with the password");
+                    account.keys = None;
+                    delay = Duration::ZERO;
+                    continue;
+                }
+                Err(e) => match e.retry() {
+                    Retry::Never => return Err(e),
+                    Retry::Later(floor) => {
+                        delay = backoff.next_delay(rng, floor);
+                        continue;
+                    }
+                },
+            };
+            backoff.reset();
+            if login.derived {
+                account.keys = Some(login.keys);
+            }
+            let mut connected = Connected {
+                session: login.session,
+                new_keys: if login.derived {
+                    account.keys.as_ref()
+                } else {
+                    None
+                },
+            };
+            match on_session(&mut connected).await {
+                ControlFlow::Break(value) => {
+                    if let Ok(mut socket) = connected.session.close().await {
+                        socket.close();
+                        let _ = select(socket.flush(), Timer::after_secs(2)).await;
+                    }
+                    return Ok(value);
+                }
+                ControlFlow::Continue(_lost) => {
+                    let mut socket = connected.session.into_inner();
+                    socket.abort();
+                    let _ = select(socket.flush(), Timer::after_secs(2)).await;
+                    delay = backoff.next_delay(rng, Duration::ZERO);
+                }
+            }
+        }
+    }
+}
