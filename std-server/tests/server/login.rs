@@ -1,0 +1,319 @@
+//! Logins against the Django-made fixture databases: every refusal code.
+
+use std::time::Duration;
+
+use tether_core::message::{Handshake, Hello, RefusalCode};
+use tether_core::method::builtin::{Identity, ServerTime, WhoAmI};
+use tether_core::scram::{Mechanism, Mechanisms};
+
+use crate::common::*;
+
+const DB: &str = "default.sqlite3";
+
+fn whoami(bytes: &[u8]) -> Identity<'_> {
+    tether_core::method::decode_reply::<WhoAmI>(bytes).unwrap()
+}
+
+#[tokio::test]
+async fn alice_logs_in_and_calls_the_builtins() {
+    let db = Db::copy(DB);
+    let server = start(&db).await;
+    let mut s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    assert_eq!(s.heartbeat_secs, 30);
+    assert_eq!(s.echo("hello").await, "hello");
+    let me = s.call::<WhoAmI>(&()).await.unwrap();
+    let me = whoami(&me);
+    assert_eq!((me.user_id, me.username, me.is_superuser), (1, "alice", false));
+    assert_eq!(me.session_id, s.session_id);
+    let t = s.call::<ServerTime>(&()).await.unwrap();
+    let t = tether_core::method::decode_reply::<ServerTime>(&t).unwrap();
+    let now = tether_server::default_realm::unix_millis(std::time::SystemTime::now());
+    assert!(t <= now && now - t < 5_000);
+    assert_eq!(server.realm.registry().len(), 1);
+    s.send(&tether_core::message::Message::Goodbye {
+        reason: tether_core::message::GoodbyeReason::Normal,
+    })
+    .await;
+    assert_eq!(s.expect_close().await, None);
+    eventually(Duration::from_secs(2), || server.realm.registry().is_empty()).await;
+}
+
+#[tokio::test]
+async fn every_pbkdf2_user_logs_in_with_its_own_mechanism_and_iterations() {
+    let db = Db::copy(DB);
+    let server = start(&db).await;
+    for (name, mechanism, iterations) in [
+        ("bob", Mechanism::ScramSha1, 1_000_000),
+        ("henry", Mechanism::ScramSha256, 260_000),
+        ("root", Mechanism::ScramSha256, 1_000_000),
+        ("o,dd=name", Mechanism::ScramSha256, 1_000_000),
+        ("zoë", Mechanism::ScramSha256, 1_000_000),
+        ("saslprep", Mechanism::ScramSha256, 1_000_000),
+    ] {
+        let mut hs = Handshaking::hello(server.addr, name, Mechanisms::ALL).await;
+        let c = hs.challenge().await.unwrap();
+        assert_eq!((c.mechanism, c.iterations), (mechanism, iterations), "{name}");
+        assert_eq!(c.salt, user(DB, name)["salt"].as_str().unwrap().as_bytes());
+        let mut s = hs.prove(password(DB, name)).await.unwrap();
+        let me = s.call::<WhoAmI>(&()).await.unwrap();
+        let me = whoami(&me);
+        assert_eq!(me.username, name);
+        assert_eq!(me.user_id, user(DB, name)["id"].as_i64().unwrap());
+        assert_eq!(me.is_superuser, name == "root");
+    }
+}
+
+#[tokio::test]
+async fn other_django_versions_log_in_at_their_default_iterations() {
+    for (fixture, iterations) in [("django-4.2.sqlite3", 600_000), ("django-latest.sqlite3", 1_500_000)] {
+        let db = Db::copy(fixture);
+        let server = start(&db).await;
+        let mut hs = Handshaking::hello(server.addr, "alice", Mechanisms::ALL).await;
+        assert_eq!(hs.challenge().await.unwrap().iterations, iterations);
+        hs.prove(password(fixture, "alice")).await.unwrap();
+        login(server.addr, "bob", password(fixture, "bob")).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn refusal_codes() {
+    let db = Db::copy(DB);
+    let server = start(&db).await;
+    let addr = server.addr;
+    let code = |r: Result<Session, LoginError>| r.err().and_then(|e| e.code());
+
+    // unauthorized: wrong password, unknown user, inactive user (right password).
+    assert_eq!(code(login(addr, "alice", "wrong").await), Some(RefusalCode::Unauthorized));
+    assert_eq!(code(login(addr, "nobody", "x").await), Some(RefusalCode::Unauthorized));
+    assert_eq!(code(login(addr, "eve", password(DB, "eve")).await), Some(RefusalCode::Unauthorized));
+
+    // unsupported: non-PBKDF2 hashes and unusable passwords, refused before the challenge.
+    for name in ["carol", "dave", "erin", "mallory", "frank"] {
+        let mut hs = Handshaking::hello(addr, name, Mechanisms::ALL).await;
+        let refusal = match hs.challenge().await {
+            Err(LoginError::Refused(r)) => r,
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(refusal.code, RefusalCode::Unsupported, "{name}");
+        assert_eq!(refusal.retry_after_secs, 0);
+    }
+    // unsupported: bob's row needs SCRAM-SHA-1, the client offers only SHA-256.
+    let mut hs = Handshaking::hello(addr, "bob", Mechanisms::only(Mechanism::ScramSha256)).await;
+    assert_eq!(hs.challenge().await.unwrap_err().code(), Some(RefusalCode::Unsupported));
+
+    // version.
+    let (mut r, mut w) = connect(addr).await;
+    send_handshake(
+        &mut w,
+        &Handshake::Hello(Hello {
+            version: 2,
+            mechanisms: Mechanisms::ALL,
+            max_frame: 512,
+            client_first: "n,,n=alice,r=abcdefgh",
+        }),
+    )
+    .await;
+    assert_eq!(
+        read_handshake(&mut r).await,
+        Some(OwnedHandshake::Refused(tether_core::message::Refusal {
+            code: RefusalCode::Version,
+            retry_after_secs: 0
+        }))
+    );
+
+    // protocol: garbage, a bad client-first-message, a proof instead of a hello,
+    // a frame above 512 bytes, a max_frame below 512.
+    let bad_hellos: Vec<Vec<u8>> = vec![
+        vec![0xff, 0x00, 0x13],
+        encode(&Handshake::Hello(Hello {
+            version: 1,
+            mechanisms: Mechanisms::ALL,
+            max_frame: 512,
+            client_first: "x,,n=alice,r=abc",
+        })),
+        encode(&Handshake::Proof(tether_core::message::Proof {
+            client_final: "c=biws,r=abc,p=AAAA",
+        })),
+        encode(&Handshake::Hello(Hello {
+            version: 1,
+            mechanisms: Mechanisms::ALL,
+            max_frame: 100,
+            client_first: "n,,n=alice,r=abcdefgh",
+        })),
+        encode(&Handshake::Hello(Hello {
+            version: 1,
+            mechanisms: Mechanisms::from_bits(0),
+            max_frame: 512,
+            client_first: "n,,n=alice,r=abcdefgh",
+        })),
+    ];
+    for body in bad_hellos {
+        let (mut r, mut w) = connect(addr).await;
+        send_raw_frame(&mut w, &body).await;
+        match read_handshake(&mut r).await {
+            Some(OwnedHandshake::Refused(refusal)) => {
+                assert_eq!(refusal.code, RefusalCode::Protocol, "{body:?}")
+            }
+            other => panic!("{body:?}: {other:?}"),
+        }
+    }
+    let (mut r, mut w) = connect(addr).await;
+    use tokio::io::AsyncWriteExt;
+    w.write_all(&[0x02, 0x01]).await.unwrap(); // 513 bytes announced
+    match read_handshake(&mut r).await {
+        Some(OwnedHandshake::Refused(refusal)) => assert_eq!(refusal.code, RefusalCode::Protocol),
+        other => panic!("{other:?}"),
+    }
+    // A broken proof after a real challenge.
+    let mut hs = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
+    hs.challenge().await.unwrap();
+    send_raw_frame(&mut hs.writer, &[9, 9, 9]).await;
+    match read_handshake(&mut hs.reader).await {
+        Some(OwnedHandshake::Refused(refusal)) => assert_eq!(refusal.code, RefusalCode::Protocol),
+        other => panic!("{other:?}"),
+    }
+
+    // The server still serves.
+    login(addr, "alice", password(DB, "alice")).await.unwrap();
+}
+
+fn encode(msg: &Handshake<'_>) -> Vec<u8> {
+    let mut buf = [0u8; 600];
+    tether_core::message::encode(msg, &mut buf).unwrap().to_vec()
+}
+
+#[tokio::test]
+async fn unknown_user_and_wrong_password_look_the_same() {
+    let db = Db::copy(DB);
+    let server = start(&db).await;
+    let addr = server.addr;
+    // A real user's challenge and an unknown user's have the same shape.
+    let mut real = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
+    let real_c = real.challenge().await.unwrap();
+    let mut fake = Handshaking::hello(addr, "nobody", Mechanisms::ALL).await;
+    let fake_c = fake.challenge().await.unwrap();
+    assert_eq!(fake_c.mechanism, real_c.mechanism);
+    assert_eq!(fake_c.iterations, 1_000_000); // Django 5.2's default, like alice's
+    assert_eq!(fake_c.salt.len(), real_c.salt.len());
+    assert!(fake_c.salt.iter().all(u8::is_ascii_alphanumeric));
+    // The decoy salt is stable per username (like a real row's) and differs between names.
+    let mut again = Handshaking::hello(addr, "nobody", Mechanisms::ALL).await;
+    assert_eq!(again.challenge().await.unwrap().salt, fake_c.salt);
+    let mut other = Handshaking::hello(addr, "nobody2", Mechanisms::ALL).await;
+    assert_ne!(other.challenge().await.unwrap().salt, fake_c.salt);
+    // Inactive and unauthorised users get decoys too (not their real salt).
+    let mut eve = Handshaking::hello(addr, "eve", Mechanisms::ALL).await;
+    let eve_c = eve.challenge().await.unwrap();
+    assert_ne!(eve_c.salt, user(DB, "eve")["salt"].as_str().unwrap().as_bytes());
+    // Both end with the same refusal, same retry hint.
+    let a = real.prove("wrong password").await.unwrap_err();
+    let b = fake.prove("wrong password").await.unwrap_err();
+    let c = eve.prove(password(DB, "eve")).await.unwrap_err();
+    match (a, b, c) {
+        (LoginError::Refused(a), LoginError::Refused(b), LoginError::Refused(c)) => {
+            assert_eq!(a, b);
+            assert_eq!(b, c);
+            assert_eq!(a.code, RefusalCode::Unauthorized);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A client offering only SCRAM-SHA-1 gets a SHA-1 decoy.
+    let mut sha1 = Handshaking::hello(addr, "nobody", Mechanisms::only(Mechanism::ScramSha1)).await;
+    assert_eq!(sha1.challenge().await.unwrap().mechanism, Mechanism::ScramSha1);
+}
+
+#[tokio::test]
+async fn throttle_per_username_and_address() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.throttle = tether_server::ThrottleConfig {
+        user_free_failures: 2,
+        addr_free_failures: 5,
+        base_delay: Duration::from_millis(1500),
+        max_delay: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let server = start_with(
+        tether_server::StoreConfig::new(db.url()),
+        config,
+        tether_server::DefaultRealm::new(),
+    )
+    .await;
+    let addr = server.addr;
+    for _ in 0..3 {
+        let e = login(addr, "alice", "wrong").await.unwrap_err();
+        assert_eq!(e.code(), Some(RefusalCode::Unauthorized));
+    }
+    // Blocked now, even with the right password, and under another spelling.
+    for name in ["alice", "ALICE"] {
+        let mut hs = Handshaking::hello(addr, name, Mechanisms::ALL).await;
+        match hs.challenge().await {
+            Err(LoginError::Refused(r)) => {
+                assert_eq!(r.code, RefusalCode::Throttled);
+                assert!((1..=2).contains(&r.retry_after_secs), "{r:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Other users are not blocked (the address has 3 of its 5 free failures).
+    login(addr, "bob", password(DB, "bob")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    login(addr, "alice", password(DB, "alice")).await.unwrap();
+    // The address: failures over several usernames.
+    for name in ["x1", "x2", "x3"] {
+        login(addr, name, "wrong").await.unwrap_err();
+    }
+    let e = login(addr, "henry", password(DB, "henry")).await.unwrap_err();
+    assert_eq!(e.code(), Some(RefusalCode::Throttled));
+}
+
+#[tokio::test]
+async fn busy_when_sessions_or_handshakes_are_at_their_limit() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.max_sessions = 1;
+    config.max_handshakes = 1;
+    let server = start_with(
+        tether_server::StoreConfig::new(db.url()),
+        config,
+        tether_server::DefaultRealm::new(),
+    )
+    .await;
+    let addr = server.addr;
+    let mut first = login(addr, "alice", password(DB, "alice")).await.unwrap();
+    let e = login(addr, "bob", password(DB, "bob")).await.unwrap_err();
+    assert_eq!(e.code(), Some(RefusalCode::Busy));
+    first
+        .send(&tether_core::message::Message::Goodbye {
+            reason: tether_core::message::GoodbyeReason::Normal,
+        })
+        .await;
+    first.expect_close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A connection holding the only handshake slot makes the next one busy.
+    let (_r, _w) = connect(addr).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut hs = Handshaking::hello(addr, "bob", Mechanisms::ALL).await;
+    assert_eq!(hs.challenge().await.unwrap_err().code(), Some(RefusalCode::Busy));
+    drop((_r, _w));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    login(addr, "bob", password(DB, "bob")).await.unwrap();
+}
+
+#[tokio::test]
+async fn handshake_timeout_closes_silent_connections() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.handshake_timeout = Duration::from_millis(300);
+    let server = start_with(
+        tether_server::StoreConfig::new(db.url()),
+        config,
+        tether_server::DefaultRealm::new(),
+    )
+    .await;
+    let (mut r, _w) = connect(server.addr).await;
+    let started = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(3), r.next()).await.unwrap();
+    assert!(end.is_err());
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}

@@ -1,0 +1,6 @@
+//! tether-server integration tests against the Django-made fixture databases.
+
+mod common;
+mod login;
+mod session;
+mod store;

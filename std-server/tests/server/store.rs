@@ -1,0 +1,250 @@
+//! Django semantics of the credential store: permission and group gates,
+//! custom user model, last_login, the cache TTL bound, database down and back.
+
+use std::time::{Duration, Instant};
+
+use tether_core::message::RefusalCode;
+use tether_core::method::builtin::WhoAmI;
+use tether_server::{DefaultRealm, StoreConfig};
+
+use crate::common::*;
+
+const DB: &str = "default.sqlite3";
+
+async fn outcome(addr: std::net::SocketAddr, db: &str, name: &str) -> Result<(), RefusalCode> {
+    match login(addr, name, password(db, name)).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.code().unwrap_or_else(|| panic!("{name}: {e:?}"))),
+    }
+}
+
+#[tokio::test]
+async fn permission_gate_matches_djangos_has_perm() {
+    let db = Db::copy(DB);
+    let mut store = StoreConfig::new(db.url());
+    store.require_perm = Some("devices.connect".parse().unwrap());
+    let server = start_with(store, test_config(), DefaultRealm::new()).await;
+    // Every PBKDF2 user with a usable password: the outcome is Django's has_perm.
+    for name in ["alice", "bob", "eve", "root", "henry", "nogroup", "zoë"] {
+        let expected = user(DB, name)["has_connect_perm"].as_bool().unwrap();
+        let got = outcome(server.addr, DB, name).await;
+        if expected {
+            assert_eq!(got, Ok(()), "{name}");
+        } else {
+            assert_eq!(got, Err(RefusalCode::Unauthorized), "{name}");
+        }
+    }
+    // The lookup answers the gate in the same single query.
+    let sql = server.store.lookup_sql();
+    assert_eq!(sql.matches("SELECT").count(), 3, "{sql}"); // the row + 2 EXISTS
+    assert!(!sql.contains(';'));
+    // Identity carries the permission.
+    let mut s = login(server.addr, "bob", password(DB, "bob")).await.unwrap();
+    s.call::<WhoAmI>(&()).await.unwrap();
+    let entry = &server.realm.registry().list()[0];
+    assert_eq!(entry.info.user.permission.as_deref(), Some("devices.connect"));
+}
+
+#[tokio::test]
+async fn unknown_permission_lets_only_superusers_in() {
+    let db = Db::copy(DB);
+    let mut store = StoreConfig::new(db.url());
+    store.require_perm = Some("devices.launch_missiles".parse().unwrap());
+    let server = start_with(store, test_config(), DefaultRealm::new()).await;
+    assert_eq!(outcome(server.addr, DB, "alice").await, Err(RefusalCode::Unauthorized));
+    assert_eq!(outcome(server.addr, DB, "root").await, Ok(()));
+}
+
+#[tokio::test]
+async fn group_gate() {
+    let db = Db::copy(DB);
+    let mut store = StoreConfig::new(db.url());
+    store.require_group = Some("devices".into());
+    let server = start_with(store, test_config(), DefaultRealm::new()).await;
+    assert_eq!(outcome(server.addr, DB, "alice").await, Ok(()));
+    assert_eq!(outcome(server.addr, DB, "henry").await, Ok(()));
+    // bob has the permission directly but is in no group; root is a superuser in no group.
+    assert_eq!(outcome(server.addr, DB, "bob").await, Err(RefusalCode::Unauthorized));
+    assert_eq!(outcome(server.addr, DB, "root").await, Err(RefusalCode::Unauthorized));
+    assert_eq!(outcome(server.addr, DB, "eve").await, Err(RefusalCode::Unauthorized));
+}
+
+#[tokio::test]
+async fn custom_user_model_with_email_username_field() {
+    const C: &str = "custom_user.sqlite3";
+    let db = Db::copy(C);
+    let mut store = StoreConfig::new(db.url());
+    store.user_table = "accounts_emailuser".into();
+    store.username_column = "email".into();
+    store.require_perm = Some("devices.connect".parse().unwrap());
+    store.require_group = Some("devices".into());
+    let server = start_with(store, test_config(), DefaultRealm::new()).await;
+    let mut s = login(server.addr, "alice@example.com", password(C, "alice@example.com"))
+        .await
+        .unwrap();
+    let me = s.call::<WhoAmI>(&()).await.unwrap();
+    let me = tether_core::method::decode_reply::<WhoAmI>(&me).unwrap();
+    assert_eq!((me.user_id, me.username), (1, "alice@example.com"));
+    assert_eq!(
+        outcome(server.addr, C, "inactive@example.com").await,
+        Err(RefusalCode::Unauthorized)
+    );
+    eventually(Duration::from_secs(3), || {
+        !db.sql("SELECT last_login FROM accounts_emailuser WHERE id = 1").is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn last_login_is_written_like_update_last_login() {
+    let db = Db::copy(DB);
+    let server = start(&db).await;
+    let before = db.sql("SELECT id, password, is_active, date_joined FROM auth_user ORDER BY id");
+    login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    login(server.addr, "bob", "wrong").await.unwrap_err();
+    eventually(Duration::from_secs(3), || {
+        !db.sql("SELECT last_login FROM auth_user WHERE username = 'alice'").is_empty()
+    })
+    .await;
+    let stamp = db.sql("SELECT last_login FROM auth_user WHERE username = 'alice'");
+    // Django's SQLite format: 'YYYY-MM-DD HH:MM:SS.ffffff', UTC.
+    assert_eq!(stamp.len(), 26, "{stamp}");
+    assert_eq!(&stamp[10..11], " ");
+    let year: i32 = stamp[..4].parse().unwrap();
+    assert!(year >= 2026);
+    // Nothing else changed; failed logins write nothing.
+    assert_eq!(db.sql("SELECT count(*) FROM auth_user WHERE last_login IS NOT NULL"), "1");
+    assert_eq!(
+        db.sql("SELECT id, password, is_active, date_joined FROM auth_user ORDER BY id"),
+        before
+    );
+}
+
+#[tokio::test]
+async fn last_login_is_left_alone_with_the_flag() {
+    let db = Db::copy(DB);
+    let mut store = StoreConfig::new(db.url());
+    store.update_last_login = false;
+    let server = start_with(store, test_config(), DefaultRealm::new()).await;
+    login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(db.sql("SELECT count(*) FROM auth_user WHERE last_login IS NOT NULL"), "0");
+}
+
+#[tokio::test]
+async fn cache_never_outlives_its_ttl() {
+    let db = Db::copy(DB);
+    let mut store = StoreConfig::new(db.url());
+    store.cache_ttl = Duration::from_millis(800);
+    let server = start_with(store, test_config(), DefaultRealm::new()).await;
+    let addr = server.addr;
+    login(addr, "alice", password(DB, "alice")).await.unwrap();
+    let cached_at = Instant::now();
+    // Deactivate alice and change bob's password behind the server's back.
+    db.sql("UPDATE auth_user SET is_active = 0 WHERE username = 'alice'");
+    login(addr, "bob", password(DB, "bob")).await.unwrap();
+    let alice_hash = user(DB, "alice")["password_hash"].as_str().unwrap();
+    // bob's row gets a SHA-256 hash of alice's password.
+    db.sql(&format!("UPDATE auth_user SET password = '{alice_hash}' WHERE username = 'bob'"));
+    // Within the TTL the cache may still answer...
+    let _ = login(addr, "alice", password(DB, "alice")).await;
+    // ...but never after it.
+    let wait = Duration::from_millis(850).saturating_sub(cached_at.elapsed());
+    tokio::time::sleep(wait).await;
+    assert_eq!(
+        login(addr, "alice", password(DB, "alice")).await.unwrap_err().code(),
+        Some(RefusalCode::Unauthorized)
+    );
+    let e = login(addr, "bob", password(DB, "bob")).await.unwrap_err();
+    assert_eq!(e.code(), Some(RefusalCode::Unauthorized));
+    login(addr, "bob", password(DB, "alice")).await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_server_holds_no_lock() {
+    let db = Db::copy(DB);
+    let mut store = StoreConfig::new(db.url());
+    store.update_last_login = false;
+    let server = start_with(store, test_config(), DefaultRealm::new()).await;
+    let _s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    login(server.addr, "nobody", "x").await.unwrap_err();
+    // Django must be able to write at once (no busy wait).
+    let out = std::process::Command::new("sqlite3")
+        .arg(&db.path)
+        .arg("BEGIN EXCLUSIVE; UPDATE auth_user SET first_name = 'y' WHERE id = 2; COMMIT;")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn cache_is_off_by_default() {
+    let db = Db::copy(DB);
+    let server = start(&db).await;
+    login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    db.sql("UPDATE auth_user SET is_active = 0 WHERE username = 'alice'");
+    let e = login(server.addr, "alice", password(DB, "alice")).await.unwrap_err();
+    assert_eq!(e.code(), Some(RefusalCode::Unauthorized));
+}
+
+#[tokio::test]
+async fn database_missing_then_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db.sqlite3");
+    let mut store = StoreConfig::new(format!("sqlite://{}", path.display()));
+    store.lookup_timeout = Duration::from_millis(500);
+    let server = start_with(store, test_config(), DefaultRealm::new()).await;
+    let started = Instant::now();
+    let e = login(server.addr, "alice", password(DB, "alice")).await.unwrap_err();
+    match e {
+        LoginError::Refused(r) => {
+            assert_eq!(r.code, RefusalCode::Unavailable);
+            assert!(r.retry_after_secs > 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(2));
+    std::fs::copy(fixtures_dir().join(DB), &path).unwrap();
+    login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+}
+
+#[tokio::test]
+async fn database_locked_then_back_while_sessions_live_on() {
+    let db = Db::copy(DB);
+    let mut store = StoreConfig::new(db.url());
+    store.lookup_timeout = Duration::from_millis(500);
+    let server = start_with(store, test_config(), DefaultRealm::new()).await;
+    let mut live = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    // Another process takes an exclusive lock (a migration, a long write).
+    let mut locker = std::process::Command::new("sqlite3")
+        .args(["-cmd", ".timeout 5000"])
+        .arg(&db.path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let stdin = locker.stdin.as_mut().unwrap();
+        writeln!(stdin, "BEGIN EXCLUSIVE; UPDATE auth_user SET first_name = 'x' WHERE id = 1;").unwrap();
+        writeln!(stdin, "SELECT 1;").unwrap();
+        stdin.flush().unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let e = login(server.addr, "bob", password(DB, "bob")).await.unwrap_err();
+    assert_eq!(e.code(), Some(RefusalCode::Unavailable), "{e:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    // The live session does not need the database.
+    assert_eq!(live.echo("still here").await, "still here");
+    // The lock goes away: logins resume by themselves.
+    {
+        use std::io::Write;
+        let stdin = locker.stdin.as_mut().unwrap();
+        writeln!(stdin, "ROLLBACK;").unwrap();
+    }
+    drop(locker.stdin.take());
+    locker.wait().unwrap();
+    login(server.addr, "bob", password(DB, "bob")).await.unwrap();
+    assert_eq!(live.echo("and now").await, "and now");
+}
