@@ -55,7 +55,9 @@ impl Registry {
 
     /// The mind of a session.
     pub fn mind(&self, session_id: u64) -> Option<Mind> {
-        lock(&self.sessions).get(&session_id).map(|e| e.mind.clone())
+        lock(&self.sessions)
+            .get(&session_id)
+            .map(|e| e.mind.clone())
     }
 
     /// The minds of every session of a user.
@@ -155,7 +157,11 @@ pub struct DefaultAvatar {
 impl Realm for DefaultRealm {
     type Avatar = DefaultAvatar;
 
-    async fn avatar(&self, session: &SessionInfo, mind: Mind) -> Result<DefaultAvatar, RefusalCode> {
+    async fn avatar(
+        &self,
+        session: &SessionInfo,
+        mind: Mind,
+    ) -> Result<DefaultAvatar, RefusalCode> {
         Ok(DefaultAvatar {
             info: session.clone(),
             mind,
@@ -222,8 +228,13 @@ impl Avatar for DefaultAvatar {
             {
                 Ok(reply) => match reply.decode() {
                     Ok(status) => {
-                        info!(session = info.id, firmware = status.firmware, uptime_secs = status.uptime_secs,
-                            "{}'s device answered device_info", info.user.username);
+                        info!(
+                            session = info.id,
+                            firmware = status.firmware,
+                            uptime_secs = status.uptime_secs,
+                            "{}'s device answered device_info",
+                            info.user.username
+                        );
                         self.emit(RealmEvent::DeviceInfo {
                             session: info.id,
                             firmware: status.firmware.to_string(),

@@ -42,7 +42,10 @@ pub mod throttle;
 pub mod wire;
 
 pub use default_realm::{DefaultRealm, Registry};
-pub use realm::{Avatar, CallError, CallResult, IncomingCall, Mind, Realm, RemoteError, SessionEnd, SessionInfo, User};
+pub use realm::{
+    Avatar, CallError, CallResult, IncomingCall, Mind, Realm, RemoteError, SessionEnd, SessionInfo,
+    User,
+};
 pub use secret::ServerSecret;
 pub use server::{Server, ServerConfig, ServerHandle};
 pub use session::SessionConfig;

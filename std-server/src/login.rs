@@ -144,7 +144,9 @@ pub(crate) async fn handshake<R: Realm>(
     let body = match conn.next().await {
         Ok(body) => body,
         Err(Ok(detail)) => {
-            return Err(conn.refuse(RefusalCode::Protocol, zero, None, &detail).await);
+            return Err(conn
+                .refuse(RefusalCode::Protocol, zero, None, &detail)
+                .await);
         }
         Err(Err(end)) => return Err(end),
     };
@@ -157,7 +159,9 @@ pub(crate) async fn handshake<R: Realm>(
         }
         Err(e) => {
             let detail = format!("undecodable hello: {e}");
-            return Err(conn.refuse(RefusalCode::Protocol, zero, None, &detail).await);
+            return Err(conn
+                .refuse(RefusalCode::Protocol, zero, None, &detail)
+                .await);
         }
     };
     if hello.version != PROTOCOL_VERSION {
@@ -166,7 +170,9 @@ pub(crate) async fn handshake<R: Realm>(
     }
     if hello.max_frame < MIN_MAX_FRAME {
         let detail = format!("client max frame {} below 512", hello.max_frame);
-        return Err(conn.refuse(RefusalCode::Protocol, zero, None, &detail).await);
+        return Err(conn
+            .refuse(RefusalCode::Protocol, zero, None, &detail)
+            .await);
     }
     let client_max_frame = hello.max_frame as usize;
     let offered = hello.mechanisms;
@@ -174,7 +180,9 @@ pub(crate) async fn handshake<R: Realm>(
         Ok(login) => login,
         Err(e) => {
             let detail = scram_detail(e);
-            return Err(conn.refuse(RefusalCode::Protocol, zero, None, &detail).await);
+            return Err(conn
+                .refuse(RefusalCode::Protocol, zero, None, &detail)
+                .await);
         }
     };
     let typed = login.username().to_string();
@@ -185,7 +193,12 @@ pub(crate) async fn handshake<R: Realm>(
         Mechanism::ScramSha1
     } else {
         return Err(conn
-            .refuse(RefusalCode::Protocol, zero, user, "no known mechanism offered")
+            .refuse(
+                RefusalCode::Protocol,
+                zero,
+                user,
+                "no known mechanism offered",
+            )
             .await);
     };
 
@@ -197,12 +210,22 @@ pub(crate) async fn handshake<R: Realm>(
     }
     let Some(_handshake_permit) = handshake_permit else {
         return Err(conn
-            .refuse(RefusalCode::Busy, Duration::from_secs(1), user, "too many handshakes")
+            .refuse(
+                RefusalCode::Busy,
+                Duration::from_secs(1),
+                user,
+                "too many handshakes",
+            )
             .await);
     };
     let Ok(session_permit) = shared.sessions.clone().try_acquire_owned() else {
         return Err(conn
-            .refuse(RefusalCode::Busy, Duration::from_secs(5), user, "too many sessions")
+            .refuse(
+                RefusalCode::Busy,
+                Duration::from_secs(5),
+                user,
+                "too many sessions",
+            )
             .await);
     };
     let row = match shared.store.lookup(&typed).await {
@@ -210,7 +233,12 @@ pub(crate) async fn handshake<R: Realm>(
         Err(e) => {
             let detail = e.to_string();
             return Err(conn
-                .refuse(RefusalCode::Unavailable, Duration::from_secs(5), user, &detail)
+                .refuse(
+                    RefusalCode::Unavailable,
+                    Duration::from_secs(5),
+                    user,
+                    &detail,
+                )
                 .await);
         }
     };
@@ -285,7 +313,9 @@ pub(crate) async fn handshake<R: Realm>(
         Ok(c) => c,
         Err(e) => {
             let detail = scram_detail(e);
-            return Err(conn.refuse(RefusalCode::Protocol, zero, user, &detail).await);
+            return Err(conn
+                .refuse(RefusalCode::Protocol, zero, user, &detail)
+                .await);
         }
     };
     let msg = Handshake::Challenge(Challenge {
@@ -298,7 +328,9 @@ pub(crate) async fn handshake<R: Realm>(
     let body = match conn.next().await {
         Ok(body) => body,
         Err(Ok(detail)) => {
-            return Err(conn.refuse(RefusalCode::Protocol, zero, user, &detail).await);
+            return Err(conn
+                .refuse(RefusalCode::Protocol, zero, user, &detail)
+                .await);
         }
         Err(Err(end)) => return Err(end),
     };
@@ -311,7 +343,9 @@ pub(crate) async fn handshake<R: Realm>(
         }
         Err(e) => {
             let detail = format!("undecodable proof: {e}");
-            return Err(conn.refuse(RefusalCode::Protocol, zero, user, &detail).await);
+            return Err(conn
+                .refuse(RefusalCode::Protocol, zero, user, &detail)
+                .await);
         }
     };
     let verified = challenge.verify(proof.client_final);
@@ -328,7 +362,9 @@ pub(crate) async fn handshake<R: Realm>(
         }
         (Err(e), _) => {
             let detail = scram_detail(e);
-            return Err(conn.refuse(RefusalCode::Protocol, zero, user, &detail).await);
+            return Err(conn
+                .refuse(RefusalCode::Protocol, zero, user, &detail)
+                .await);
         }
     };
     shared.throttle.success(&typed);
@@ -343,7 +379,12 @@ pub(crate) async fn handshake<R: Realm>(
             id: account.id,
             username: account.username.clone(),
             is_superuser: account.is_superuser,
-            permission: shared.store.config().require_perm.as_ref().map(|p| p.to_string()),
+            permission: shared
+                .store
+                .config()
+                .require_perm
+                .as_ref()
+                .map(|p| p.to_string()),
             group: shared.store.config().require_group.clone(),
         },
         mechanism: credentials.mechanism,

@@ -146,9 +146,8 @@ pub(crate) async fn run<A: Avatar>(
     } = est;
     let peer = info.peer;
     let span = tracing::info_span!("session", id = info.id, user = %info.user.username, %peer);
-    let writer_task = tokio::spawn(
-        write_loop(writer, sealer, rx, peer_max_frame, peer).instrument(span.clone()),
-    );
+    let writer_task =
+        tokio::spawn(write_loop(writer, sealer, rx, peer_max_frame, peer).instrument(span.clone()));
     let calls = TaskTracker::new();
     let cancel_calls = CancellationToken::new();
     let shutting_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -434,7 +433,9 @@ async fn write_loop(
         };
         let frame = match sealer.seal(&msg, &mut buf, peer_max) {
             Ok(frame) => frame,
-            Err(SessionError::Frame(FrameError::TooLong { .. } | FrameError::BufferTooSmall { .. })) => {
+            Err(SessionError::Frame(
+                FrameError::TooLong { .. } | FrameError::BufferTooSmall { .. },
+            )) => {
                 let Message::Reply { id, .. } = msg else {
                     warn!(%peer, "message too large for the device's max frame; dropped");
                     continue;

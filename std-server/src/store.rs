@@ -479,7 +479,9 @@ impl Store {
                     if conn.backend_name().eq_ignore_ascii_case("sqlite") {
                         // Wait for a writer's lock at most as long as a lookup may take.
                         let pragma = format!("PRAGMA busy_timeout = {}", timeout.as_millis());
-                        sqlx::query(AssertSqlSafe(pragma)).execute(&mut *conn).await?;
+                        sqlx::query(AssertSqlSafe(pragma))
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -548,15 +550,16 @@ impl Store {
             query = query.bind(value.as_str());
         }
         query = query.bind(username);
-        let row = tokio::time::timeout(self.config.lookup_timeout, query.fetch_optional(&self.pool))
-            .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!(
-                    "no answer within {} ms",
-                    self.config.lookup_timeout.as_millis()
-                ))
-            })?
-            .map_err(StoreError::from_sqlx)?;
+        let row =
+            tokio::time::timeout(self.config.lookup_timeout, query.fetch_optional(&self.pool))
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "no answer within {} ms",
+                        self.config.lookup_timeout.as_millis()
+                    ))
+                })?
+                .map_err(StoreError::from_sqlx)?;
         let Some(row) = row else { return Ok(None) };
         let get_flag = |i: usize| -> Result<Option<bool>, StoreError> {
             let v: Option<i64> = row
@@ -589,7 +592,9 @@ impl Store {
             return Ok(());
         }
         let now = django_timestamp(SystemTime::now(), self.backend);
-        let query = sqlx::query(AssertSqlSafe(self.last_login_sql.clone())).bind(now).bind(user_id);
+        let query = sqlx::query(AssertSqlSafe(self.last_login_sql.clone()))
+            .bind(now)
+            .bind(user_id);
         tokio::time::timeout(self.config.lookup_timeout * 2, query.execute(&self.pool))
             .await
             .map_err(|_| StoreError::Unavailable("last_login update timed out".into()))?

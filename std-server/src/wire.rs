@@ -125,7 +125,12 @@ mod tests {
         let mut r = FrameReader::new(b, 512);
         tokio::spawn(async move {
             use tokio::io::AsyncWriteExt;
-            for chunk in [&[0u8, 3, b'a'][..], b"bc", &[0, 1, b'x', 0], &[2, b'y', b'z']] {
+            for chunk in [
+                &[0u8, 3, b'a'][..],
+                b"bc",
+                &[0, 1, b'x', 0],
+                &[2, b'y', b'z'],
+            ] {
                 a.write_all(chunk).await.unwrap();
                 tokio::task::yield_now().await;
             }

@@ -23,15 +23,17 @@ use tether_core::session::{Opener, Role, Sealer};
 use tether_server::realm::{Avatar, CallResult, IncomingCall, Mind, Realm, SessionInfo, reply};
 use tether_server::wire::{FrameReader, ReadError};
 use tether_server::{
-    DefaultRealm, Server, ServerConfig, ServerHandle, ServerSecret, SessionEnd, Store,
-    StoreConfig,
+    DefaultRealm, Server, ServerConfig, ServerHandle, ServerSecret, SessionEnd, Store, StoreConfig,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn fixtures_dir() -> PathBuf {
@@ -141,7 +143,12 @@ pub async fn start_with<R: Realm + Clone>(
 }
 
 pub async fn start(db: &Db) -> TestServer<DefaultRealm> {
-    start_with(StoreConfig::new(db.url()), test_config(), DefaultRealm::new()).await
+    start_with(
+        StoreConfig::new(db.url()),
+        test_config(),
+        DefaultRealm::new(),
+    )
+    .await
 }
 
 /// PBKDF2 results, computed once per process.
@@ -149,7 +156,12 @@ fn keys_for(mechanism: Mechanism, password: &str, salt: &[u8], iterations: u32) 
     type K = (Mechanism, String, Vec<u8>, u32);
     static CACHE: OnceLock<Mutex<HashMap<K, CachedKeys>>> = OnceLock::new();
     let key = (mechanism, password.to_string(), salt.to_vec(), iterations);
-    if let Some(k) = CACHE.get_or_init(Default::default).lock().unwrap().get(&key) {
+    if let Some(k) = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .get(&key)
+    {
         return k.clone();
     }
     let k = CachedKeys::derive(mechanism, password, salt, iterations).unwrap();
@@ -361,7 +373,11 @@ impl Handshaking {
 }
 
 /// Logs in with both mechanisms offered.
-pub async fn login(addr: SocketAddr, username: &str, password: &str) -> Result<Session, LoginError> {
+pub async fn login(
+    addr: SocketAddr,
+    username: &str,
+    password: &str,
+) -> Result<Session, LoginError> {
     login_with(addr, username, password, Mechanisms::ALL).await
 }
 
@@ -379,13 +395,33 @@ pub async fn login_with(
 /// An owned session message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Msg {
-    Call { id: u32, method: String, args: Vec<u8> },
-    Reply { id: u32, result: Vec<u8> },
-    Error { id: u32, code: ErrorCode, message: String },
-    Notify { method: String, args: Vec<u8> },
-    Ping { nonce: u32 },
-    Pong { nonce: u32 },
-    Goodbye { reason: GoodbyeReason },
+    Call {
+        id: u32,
+        method: String,
+        args: Vec<u8>,
+    },
+    Reply {
+        id: u32,
+        result: Vec<u8>,
+    },
+    Error {
+        id: u32,
+        code: ErrorCode,
+        message: String,
+    },
+    Notify {
+        method: String,
+        args: Vec<u8>,
+    },
+    Ping {
+        nonce: u32,
+    },
+    Pong {
+        nonce: u32,
+    },
+    Goodbye {
+        reason: GoodbyeReason,
+    },
 }
 
 impl From<Message<'_>> for Msg {
@@ -455,7 +491,12 @@ impl Session {
             Err(ReadError::Closed) => return None,
             Err(e) => panic!("read: {e}"),
         };
-        Some(self.opener.open(body).expect("server frame authenticates").into())
+        Some(
+            self.opener
+                .open(body)
+                .expect("server frame authenticates")
+                .into(),
+        )
     }
 
     pub async fn recv_timeout(&mut self, t: Duration) -> Option<Msg> {
@@ -483,15 +524,24 @@ impl Session {
 
     /// Calls and waits for the answer (answering pings and device_info on
     /// the way).
-    pub async fn call<M: Method>(&mut self, args: &M::Args<'_>) -> Result<Vec<u8>, (ErrorCode, String)> {
+    pub async fn call<M: Method>(
+        &mut self,
+        args: &M::Args<'_>,
+    ) -> Result<Vec<u8>, (ErrorCode, String)> {
         let id = self.start_call::<M>(args).await;
         loop {
             match self.recv_timeout(Duration::from_secs(10)).await {
                 Some(Msg::Reply { id: rid, result }) if rid == id => return Ok(result),
-                Some(Msg::Error { id: rid, code, message }) if rid == id => {
+                Some(Msg::Error {
+                    id: rid,
+                    code,
+                    message,
+                }) if rid == id => {
                     return Err((code, message));
                 }
-                Some(Msg::Call { id: cid, method, .. }) if method == DeviceInfo::NAME => {
+                Some(Msg::Call {
+                    id: cid, method, ..
+                }) if method == DeviceInfo::NAME => {
                     self.answer_device_info(cid).await;
                 }
                 Some(other) => panic!("unexpected {other:?}"),
@@ -509,7 +559,11 @@ impl Session {
         let result = tether_core::method::encode_reply::<DeviceInfo>(&status, &mut buf)
             .unwrap()
             .to_vec();
-        self.send(&Message::Reply { id, result: &result }).await;
+        self.send(&Message::Reply {
+            id,
+            result: &result,
+        })
+        .await;
     }
 
     pub async fn echo(&mut self, text: &str) -> String {
@@ -575,11 +629,7 @@ pub struct TestAvatar {
 
 impl Realm for TestRealm {
     type Avatar = TestAvatar;
-    async fn avatar(
-        &self,
-        session: &SessionInfo,
-        mind: Mind,
-    ) -> Result<TestAvatar, RefusalCode> {
+    async fn avatar(&self, session: &SessionInfo, mind: Mind) -> Result<TestAvatar, RefusalCode> {
         self.minds.lock().unwrap().push(mind.clone());
         Ok(TestAvatar {
             inner: self.inner.avatar(session, mind.clone()).await?,

@@ -18,12 +18,17 @@ fn whoami(bytes: &[u8]) -> Identity<'_> {
 async fn alice_logs_in_and_calls_the_builtins() {
     let db = Db::copy(DB);
     let server = start(&db).await;
-    let mut s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     assert_eq!(s.heartbeat_secs, 30);
     assert_eq!(s.echo("hello").await, "hello");
     let me = s.call::<WhoAmI>(&()).await.unwrap();
     let me = whoami(&me);
-    assert_eq!((me.user_id, me.username, me.is_superuser), (1, "alice", false));
+    assert_eq!(
+        (me.user_id, me.username, me.is_superuser),
+        (1, "alice", false)
+    );
     assert_eq!(me.session_id, s.session_id);
     let t = s.call::<ServerTime>(&()).await.unwrap();
     let t = tether_core::method::decode_reply::<ServerTime>(&t).unwrap();
@@ -35,7 +40,10 @@ async fn alice_logs_in_and_calls_the_builtins() {
     })
     .await;
     assert_eq!(s.expect_close().await, None);
-    eventually(Duration::from_secs(2), || server.realm.registry().is_empty()).await;
+    eventually(Duration::from_secs(2), || {
+        server.realm.registry().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -52,7 +60,11 @@ async fn every_pbkdf2_user_logs_in_with_its_own_mechanism_and_iterations() {
     ] {
         let mut hs = Handshaking::hello(server.addr, name, Mechanisms::ALL).await;
         let c = hs.challenge().await.unwrap();
-        assert_eq!((c.mechanism, c.iterations), (mechanism, iterations), "{name}");
+        assert_eq!(
+            (c.mechanism, c.iterations),
+            (mechanism, iterations),
+            "{name}"
+        );
         assert_eq!(c.salt, user(DB, name)["salt"].as_str().unwrap().as_bytes());
         let mut s = hs.prove(password(DB, name)).await.unwrap();
         let me = s.call::<WhoAmI>(&()).await.unwrap();
@@ -65,13 +77,18 @@ async fn every_pbkdf2_user_logs_in_with_its_own_mechanism_and_iterations() {
 
 #[tokio::test]
 async fn other_django_versions_log_in_at_their_default_iterations() {
-    for (fixture, iterations) in [("django-4.2.sqlite3", 600_000), ("django-latest.sqlite3", 1_500_000)] {
+    for (fixture, iterations) in [
+        ("django-4.2.sqlite3", 600_000),
+        ("django-latest.sqlite3", 1_500_000),
+    ] {
         let db = Db::copy(fixture);
         let server = start(&db).await;
         let mut hs = Handshaking::hello(server.addr, "alice", Mechanisms::ALL).await;
         assert_eq!(hs.challenge().await.unwrap().iterations, iterations);
         hs.prove(password(fixture, "alice")).await.unwrap();
-        login(server.addr, "bob", password(fixture, "bob")).await.unwrap();
+        login(server.addr, "bob", password(fixture, "bob"))
+            .await
+            .unwrap();
     }
 }
 
@@ -83,9 +100,18 @@ async fn refusal_codes() {
     let code = |r: Result<Session, LoginError>| r.err().and_then(|e| e.code());
 
     // unauthorized: wrong password, unknown user, inactive user (right password).
-    assert_eq!(code(login(addr, "alice", "wrong").await), Some(RefusalCode::Unauthorized));
-    assert_eq!(code(login(addr, "nobody", "x").await), Some(RefusalCode::Unauthorized));
-    assert_eq!(code(login(addr, "eve", password(DB, "eve")).await), Some(RefusalCode::Unauthorized));
+    assert_eq!(
+        code(login(addr, "alice", "wrong").await),
+        Some(RefusalCode::Unauthorized)
+    );
+    assert_eq!(
+        code(login(addr, "nobody", "x").await),
+        Some(RefusalCode::Unauthorized)
+    );
+    assert_eq!(
+        code(login(addr, "eve", password(DB, "eve")).await),
+        Some(RefusalCode::Unauthorized)
+    );
 
     // unsupported: non-PBKDF2 hashes and unusable passwords, refused before the challenge.
     for name in ["carol", "dave", "erin", "mallory", "frank"] {
@@ -99,7 +125,10 @@ async fn refusal_codes() {
     }
     // unsupported: bob's row needs SCRAM-SHA-1, the client offers only SHA-256.
     let mut hs = Handshaking::hello(addr, "bob", Mechanisms::only(Mechanism::ScramSha256)).await;
-    assert_eq!(hs.challenge().await.unwrap_err().code(), Some(RefusalCode::Unsupported));
+    assert_eq!(
+        hs.challenge().await.unwrap_err().code(),
+        Some(RefusalCode::Unsupported)
+    );
 
     // version.
     let (mut r, mut w) = connect(addr).await;
@@ -179,7 +208,9 @@ async fn refusal_codes() {
 
 fn encode(msg: &Handshake<'_>) -> Vec<u8> {
     let mut buf = [0u8; 600];
-    tether_core::message::encode(msg, &mut buf).unwrap().to_vec()
+    tether_core::message::encode(msg, &mut buf)
+        .unwrap()
+        .to_vec()
 }
 
 #[tokio::test]
@@ -204,7 +235,10 @@ async fn unknown_user_and_wrong_password_look_the_same() {
     // Inactive and unauthorised users get decoys too (not their real salt).
     let mut eve = Handshaking::hello(addr, "eve", Mechanisms::ALL).await;
     let eve_c = eve.challenge().await.unwrap();
-    assert_ne!(eve_c.salt, user(DB, "eve")["salt"].as_str().unwrap().as_bytes());
+    assert_ne!(
+        eve_c.salt,
+        user(DB, "eve")["salt"].as_str().unwrap().as_bytes()
+    );
     // Both end with the same refusal, same retry hint.
     let a = real.prove("wrong password").await.unwrap_err();
     let b = fake.prove("wrong password").await.unwrap_err();
@@ -219,7 +253,10 @@ async fn unknown_user_and_wrong_password_look_the_same() {
     }
     // A client offering only SCRAM-SHA-1 gets a SHA-1 decoy.
     let mut sha1 = Handshaking::hello(addr, "nobody", Mechanisms::only(Mechanism::ScramSha1)).await;
-    assert_eq!(sha1.challenge().await.unwrap().mechanism, Mechanism::ScramSha1);
+    assert_eq!(
+        sha1.challenge().await.unwrap().mechanism,
+        Mechanism::ScramSha1
+    );
 }
 
 #[tokio::test]
@@ -263,7 +300,9 @@ async fn throttle_per_username_and_address() {
     for name in ["x1", "x2", "x3"] {
         login(addr, name, "wrong").await.unwrap_err();
     }
-    let e = login(addr, "henry", password(DB, "henry")).await.unwrap_err();
+    let e = login(addr, "henry", password(DB, "henry"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(RefusalCode::Throttled));
 }
 
@@ -294,7 +333,10 @@ async fn busy_when_sessions_or_handshakes_are_at_their_limit() {
     let (_r, _w) = connect(addr).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut hs = Handshaking::hello(addr, "bob", Mechanisms::ALL).await;
-    assert_eq!(hs.challenge().await.unwrap_err().code(), Some(RefusalCode::Busy));
+    assert_eq!(
+        hs.challenge().await.unwrap_err().code(),
+        Some(RefusalCode::Busy)
+    );
     drop((_r, _w));
     tokio::time::sleep(Duration::from_millis(100)).await;
     login(addr, "bob", password(DB, "bob")).await.unwrap();
@@ -313,7 +355,9 @@ async fn handshake_timeout_closes_silent_connections() {
     .await;
     let (mut r, _w) = connect(server.addr).await;
     let started = std::time::Instant::now();
-    let end = tokio::time::timeout(Duration::from_secs(3), r.next()).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(3), r.next())
+        .await
+        .unwrap();
     assert!(end.is_err());
     assert!(started.elapsed() >= Duration::from_millis(250));
 }

@@ -12,7 +12,10 @@ use crate::common::*;
 
 const DB: &str = "default.sqlite3";
 
-async fn test_server(db: &Db, f: impl FnOnce(&mut tether_server::ServerConfig)) -> TestServer<TestRealm> {
+async fn test_server(
+    db: &Db,
+    f: impl FnOnce(&mut tether_server::ServerConfig),
+) -> TestServer<TestRealm> {
     let mut config = test_config();
     f(&mut config);
     start_with(StoreConfig::new(db.url()), config, TestRealm::default()).await
@@ -22,7 +25,9 @@ async fn test_server(db: &Db, f: impl FnOnce(&mut tether_server::ServerConfig)) 
 async fn calls_run_concurrently_and_errors_are_typed() {
     let db = Db::copy(DB);
     let server = test_server(&db, |_| {}).await;
-    let mut s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     let slow = s.start_call::<Slow>(&400).await;
     let fast = s.start_call::<Echo>(&"fast").await;
     let started = Instant::now();
@@ -37,13 +42,25 @@ async fn calls_run_concurrently_and_errors_are_typed() {
     assert!(started.elapsed() >= Duration::from_millis(350));
     // Unknown method, bad arguments.
     let mut buf = [0u8; 16];
-    s.send(&Message::Call { id: 50, method: "nope", args: &[] }).await;
+    s.send(&Message::Call {
+        id: 50,
+        method: "nope",
+        args: &[],
+    })
+    .await;
     match s.recv().await.unwrap() {
         Msg::Error { id: 50, code, .. } => assert_eq!(code, ErrorCode::UNKNOWN_METHOD),
         other => panic!("{other:?}"),
     }
-    let args = tether_core::message::encode(&(1u8, 2u8, 3u8), &mut buf).unwrap().to_vec();
-    s.send(&Message::Call { id: 51, method: "echo", args: &args }).await;
+    let args = tether_core::message::encode(&(1u8, 2u8, 3u8), &mut buf)
+        .unwrap()
+        .to_vec();
+    s.send(&Message::Call {
+        id: 51,
+        method: "echo",
+        args: &args,
+    })
+    .await;
     match s.recv().await.unwrap() {
         Msg::Error { id: 51, code, .. } => assert_eq!(code, ErrorCode::BAD_ARGUMENTS),
         other => panic!("{other:?}"),
@@ -57,7 +74,9 @@ async fn calls_run_concurrently_and_errors_are_typed() {
 async fn too_many_calls_in_flight_are_busy() {
     let db = Db::copy(DB);
     let server = test_server(&db, |c| c.session.max_calls_in_flight = 2).await;
-    let mut s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     s.start_call::<Slow>(&300).await;
     s.start_call::<Slow>(&300).await;
     let third = s.start_call::<Slow>(&1).await;
@@ -77,7 +96,9 @@ async fn the_server_calls_the_device_through_its_mind() {
         ..Default::default()
     };
     let server = start_with(StoreConfig::new(db.url()), config, realm).await;
-    let mut s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     // The attached hook calls device_info; the device answers.
     match s.recv_timeout(Duration::from_secs(2)).await.unwrap() {
         Msg::Call { id, method, args } => {
@@ -87,8 +108,14 @@ async fn the_server_calls_the_device_through_its_mind() {
         }
         other => panic!("{other:?}"),
     }
-    eventually(Duration::from_secs(2), || !server.realm.device_info.lock().unwrap().is_empty()).await;
-    assert_eq!(server.realm.device_info.lock().unwrap()[0], "test-device 1.0");
+    eventually(Duration::from_secs(2), || {
+        !server.realm.device_info.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        server.realm.device_info.lock().unwrap()[0],
+        "test-device 1.0"
+    );
 
     // Any task can call through the mind; several calls in flight; errors and timeouts.
     let mind = server.realm.minds.lock().unwrap()[0].clone();
@@ -107,7 +134,11 @@ async fn the_server_calls_the_device_through_its_mind() {
     }
     // Answer in reverse order.
     for (id, args) in calls.iter().rev() {
-        s.send(&Message::Reply { id: *id, result: args }).await;
+        s.send(&Message::Reply {
+            id: *id,
+            result: args,
+        })
+        .await;
     }
     let a = a.await.unwrap().unwrap();
     let b = b.await.unwrap().unwrap();
@@ -116,25 +147,49 @@ async fn the_server_calls_the_device_through_its_mind() {
 
     let m = mind.clone();
     let c = tokio::spawn(async move { m.call::<Echo>(&"x").await });
-    let Msg::Call { id, .. } = s.recv().await.unwrap() else { panic!() };
-    s.send(&Message::Error { id, code: ErrorCode(1001), message: "nope" }).await;
+    let Msg::Call { id, .. } = s.recv().await.unwrap() else {
+        panic!()
+    };
+    s.send(&Message::Error {
+        id,
+        code: ErrorCode(1001),
+        message: "nope",
+    })
+    .await;
     match c.await.unwrap() {
-        Err(CallError::Remote(e)) => assert_eq!((e.code, e.message.as_str()), (ErrorCode(1001), "nope")),
+        Err(CallError::Remote(e)) => {
+            assert_eq!((e.code, e.message.as_str()), (ErrorCode(1001), "nope"))
+        }
         other => panic!("{other:?}"),
     }
     // No answer: timeout. A late answer is then ignored, not a protocol error.
     let m = mind.clone();
     let d = tokio::spawn(async move { m.call::<Echo>(&"late").await });
-    let Msg::Call { id, args, .. } = s.recv().await.unwrap() else { panic!() };
+    let Msg::Call { id, args, .. } = s.recv().await.unwrap() else {
+        panic!()
+    };
     assert_eq!(d.await.unwrap().unwrap_err(), CallError::Timeout);
     s.send(&Message::Reply { id, result: &args }).await;
     assert_eq!(s.echo("alive").await, "alive");
     // An answer to a call never made is a protocol error.
-    s.send(&Message::Reply { id: 9999, result: &[] }).await;
+    s.send(&Message::Reply {
+        id: 9999,
+        result: &[],
+    })
+    .await;
     assert_eq!(s.expect_close().await, Some(GoodbyeReason::ProtocolError));
-    assert_eq!(mind.call::<DeviceInfo>(&()).await.unwrap_err(), CallError::Closed);
-    eventually(Duration::from_secs(2), || !server.realm.ends.lock().unwrap().is_empty()).await;
-    assert!(matches!(server.realm.ends.lock().unwrap()[0], SessionEnd::ProtocolError(_)));
+    assert_eq!(
+        mind.call::<DeviceInfo>(&()).await.unwrap_err(),
+        CallError::Closed
+    );
+    eventually(Duration::from_secs(2), || {
+        !server.realm.ends.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(matches!(
+        server.realm.ends.lock().unwrap()[0],
+        SessionEnd::ProtocolError(_)
+    ));
 }
 
 #[tokio::test]
@@ -203,7 +258,9 @@ impl ShutdownForTest for tokio::net::tcp::OwnedWriteHalf {
 async fn idle_sessions_are_closed_after_three_heartbeats() {
     let db = Db::copy(DB);
     let server = test_server(&db, |c| c.session.heartbeat = Duration::from_millis(200)).await;
-    let mut s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     assert_eq!(s.heartbeat_secs, 1);
     // Pings keep it alive.
     for nonce in 0..5 {
@@ -224,21 +281,28 @@ async fn idle_sessions_are_closed_after_three_heartbeats() {
 async fn mind_close_kicks_the_device() {
     let db = Db::copy(DB);
     let server = test_server(&db, |_| {}).await;
-    let mut s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     s.echo("x").await;
     let mind = server.realm.minds.lock().unwrap()[0].clone();
     mind.close(GoodbyeReason::Kicked);
     assert_eq!(s.expect_close().await, Some(GoodbyeReason::Kicked));
-    assert!(mind.is_closed() || {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        mind.is_closed()
-    });
+    assert!(
+        mind.is_closed() || {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            mind.is_closed()
+        }
+    );
 }
 
 #[tokio::test]
 async fn graceful_shutdown_lets_calls_finish_then_says_goodbye() {
     let db = Db::copy(DB);
-    let server = test_server(&db, |c| c.session.shutdown_deadline = Duration::from_secs(5)).await;
+    let server = test_server(&db, |c| {
+        c.session.shutdown_deadline = Duration::from_secs(5)
+    })
+    .await;
     let addr = server.addr;
     let mut s = login(addr, "alice", password(DB, "alice")).await.unwrap();
     let mut idle = login(addr, "bob", password(DB, "bob")).await.unwrap();
@@ -273,7 +337,10 @@ async fn graceful_shutdown_lets_calls_finish_then_says_goodbye() {
     assert_eq!(got, vec!["refused", "reply", "goodbye"]);
     assert!(started.elapsed() >= Duration::from_millis(350));
     assert_eq!(idle.expect_close().await, Some(GoodbyeReason::Shutdown));
-    tokio::time::timeout(Duration::from_secs(5), server.join).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.join)
+        .await
+        .unwrap()
+        .unwrap();
     let ends = server.realm.ends.lock().unwrap().clone();
     assert_eq!(ends, vec![SessionEnd::Shutdown, SessionEnd::Shutdown]);
 }
@@ -281,14 +348,21 @@ async fn graceful_shutdown_lets_calls_finish_then_says_goodbye() {
 #[tokio::test]
 async fn shutdown_deadline_cuts_calls_that_take_too_long() {
     let db = Db::copy(DB);
-    let server =
-        test_server(&db, |c| c.session.shutdown_deadline = Duration::from_millis(300)).await;
-    let mut s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    let server = test_server(&db, |c| {
+        c.session.shutdown_deadline = Duration::from_millis(300)
+    })
+    .await;
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     s.start_call::<Slow>(&10_000).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     server.handle.shutdown();
     assert_eq!(s.expect_close().await, Some(GoodbyeReason::Shutdown));
     assert!(started.elapsed() < Duration::from_secs(3));
-    tokio::time::timeout(Duration::from_secs(5), server.join).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.join)
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -39,10 +39,15 @@ async fn permission_gate_matches_djangos_has_perm() {
     assert_eq!(sql.matches("SELECT").count(), 3, "{sql}"); // the row + 2 EXISTS
     assert!(!sql.contains(';'));
     // Identity carries the permission.
-    let mut s = login(server.addr, "bob", password(DB, "bob")).await.unwrap();
+    let mut s = login(server.addr, "bob", password(DB, "bob"))
+        .await
+        .unwrap();
     s.call::<WhoAmI>(&()).await.unwrap();
     let entry = &server.realm.registry().list()[0];
-    assert_eq!(entry.info.user.permission.as_deref(), Some("devices.connect"));
+    assert_eq!(
+        entry.info.user.permission.as_deref(),
+        Some("devices.connect")
+    );
 }
 
 #[tokio::test]
@@ -51,7 +56,10 @@ async fn unknown_permission_lets_only_superusers_in() {
     let mut store = StoreConfig::new(db.url());
     store.require_perm = Some("devices.launch_missiles".parse().unwrap());
     let server = start_with(store, test_config(), DefaultRealm::new()).await;
-    assert_eq!(outcome(server.addr, DB, "alice").await, Err(RefusalCode::Unauthorized));
+    assert_eq!(
+        outcome(server.addr, DB, "alice").await,
+        Err(RefusalCode::Unauthorized)
+    );
     assert_eq!(outcome(server.addr, DB, "root").await, Ok(()));
 }
 
@@ -64,9 +72,18 @@ async fn group_gate() {
     assert_eq!(outcome(server.addr, DB, "alice").await, Ok(()));
     assert_eq!(outcome(server.addr, DB, "henry").await, Ok(()));
     // bob has the permission directly but is in no group; root is a superuser in no group.
-    assert_eq!(outcome(server.addr, DB, "bob").await, Err(RefusalCode::Unauthorized));
-    assert_eq!(outcome(server.addr, DB, "root").await, Err(RefusalCode::Unauthorized));
-    assert_eq!(outcome(server.addr, DB, "eve").await, Err(RefusalCode::Unauthorized));
+    assert_eq!(
+        outcome(server.addr, DB, "bob").await,
+        Err(RefusalCode::Unauthorized)
+    );
+    assert_eq!(
+        outcome(server.addr, DB, "root").await,
+        Err(RefusalCode::Unauthorized)
+    );
+    assert_eq!(
+        outcome(server.addr, DB, "eve").await,
+        Err(RefusalCode::Unauthorized)
+    );
 }
 
 #[tokio::test]
@@ -79,9 +96,13 @@ async fn custom_user_model_with_email_username_field() {
     store.require_perm = Some("devices.connect".parse().unwrap());
     store.require_group = Some("devices".into());
     let server = start_with(store, test_config(), DefaultRealm::new()).await;
-    let mut s = login(server.addr, "alice@example.com", password(C, "alice@example.com"))
-        .await
-        .unwrap();
+    let mut s = login(
+        server.addr,
+        "alice@example.com",
+        password(C, "alice@example.com"),
+    )
+    .await
+    .unwrap();
     let me = s.call::<WhoAmI>(&()).await.unwrap();
     let me = tether_core::method::decode_reply::<WhoAmI>(&me).unwrap();
     assert_eq!((me.user_id, me.username), (1, "alice@example.com"));
@@ -90,7 +111,8 @@ async fn custom_user_model_with_email_username_field() {
         Err(RefusalCode::Unauthorized)
     );
     eventually(Duration::from_secs(3), || {
-        !db.sql("SELECT last_login FROM accounts_emailuser WHERE id = 1").is_empty()
+        !db.sql("SELECT last_login FROM accounts_emailuser WHERE id = 1")
+            .is_empty()
     })
     .await;
 }
@@ -100,10 +122,13 @@ async fn last_login_is_written_like_update_last_login() {
     let db = Db::copy(DB);
     let server = start(&db).await;
     let before = db.sql("SELECT id, password, is_active, date_joined FROM auth_user ORDER BY id");
-    login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     login(server.addr, "bob", "wrong").await.unwrap_err();
     eventually(Duration::from_secs(3), || {
-        !db.sql("SELECT last_login FROM auth_user WHERE username = 'alice'").is_empty()
+        !db.sql("SELECT last_login FROM auth_user WHERE username = 'alice'")
+            .is_empty()
     })
     .await;
     let stamp = db.sql("SELECT last_login FROM auth_user WHERE username = 'alice'");
@@ -113,7 +138,10 @@ async fn last_login_is_written_like_update_last_login() {
     let year: i32 = stamp[..4].parse().unwrap();
     assert!(year >= 2026);
     // Nothing else changed; failed logins write nothing.
-    assert_eq!(db.sql("SELECT count(*) FROM auth_user WHERE last_login IS NOT NULL"), "1");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM auth_user WHERE last_login IS NOT NULL"),
+        "1"
+    );
     assert_eq!(
         db.sql("SELECT id, password, is_active, date_joined FROM auth_user ORDER BY id"),
         before
@@ -126,9 +154,14 @@ async fn last_login_is_left_alone_with_the_flag() {
     let mut store = StoreConfig::new(db.url());
     store.update_last_login = false;
     let server = start_with(store, test_config(), DefaultRealm::new()).await;
-    login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(db.sql("SELECT count(*) FROM auth_user WHERE last_login IS NOT NULL"), "0");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM auth_user WHERE last_login IS NOT NULL"),
+        "0"
+    );
 }
 
 #[tokio::test]
@@ -145,14 +178,19 @@ async fn cache_never_outlives_its_ttl() {
     login(addr, "bob", password(DB, "bob")).await.unwrap();
     let alice_hash = user(DB, "alice")["password_hash"].as_str().unwrap();
     // bob's row gets a SHA-256 hash of alice's password.
-    db.sql(&format!("UPDATE auth_user SET password = '{alice_hash}' WHERE username = 'bob'"));
+    db.sql(&format!(
+        "UPDATE auth_user SET password = '{alice_hash}' WHERE username = 'bob'"
+    ));
     // Within the TTL the cache may still answer...
     let _ = login(addr, "alice", password(DB, "alice")).await;
     // ...but never after it.
     let wait = Duration::from_millis(850).saturating_sub(cached_at.elapsed());
     tokio::time::sleep(wait).await;
     assert_eq!(
-        login(addr, "alice", password(DB, "alice")).await.unwrap_err().code(),
+        login(addr, "alice", password(DB, "alice"))
+            .await
+            .unwrap_err()
+            .code(),
         Some(RefusalCode::Unauthorized)
     );
     let e = login(addr, "bob", password(DB, "bob")).await.unwrap_err();
@@ -166,7 +204,9 @@ async fn idle_server_holds_no_lock() {
     let mut store = StoreConfig::new(db.url());
     store.update_last_login = false;
     let server = start_with(store, test_config(), DefaultRealm::new()).await;
-    let _s = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    let _s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     login(server.addr, "nobody", "x").await.unwrap_err();
     // Django must be able to write at once (no busy wait).
     let out = std::process::Command::new("sqlite3")
@@ -174,16 +214,24 @@ async fn idle_server_holds_no_lock() {
         .arg("BEGIN EXCLUSIVE; UPDATE auth_user SET first_name = 'y' WHERE id = 2; COMMIT;")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]
 async fn cache_is_off_by_default() {
     let db = Db::copy(DB);
     let server = start(&db).await;
-    login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     db.sql("UPDATE auth_user SET is_active = 0 WHERE username = 'alice'");
-    let e = login(server.addr, "alice", password(DB, "alice")).await.unwrap_err();
+    let e = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(RefusalCode::Unauthorized));
 }
 
@@ -195,7 +243,9 @@ async fn database_missing_then_back() {
     store.lookup_timeout = Duration::from_millis(500);
     let server = start_with(store, test_config(), DefaultRealm::new()).await;
     let started = Instant::now();
-    let e = login(server.addr, "alice", password(DB, "alice")).await.unwrap_err();
+    let e = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap_err();
     match e {
         LoginError::Refused(r) => {
             assert_eq!(r.code, RefusalCode::Unavailable);
@@ -205,7 +255,9 @@ async fn database_missing_then_back() {
     }
     assert!(started.elapsed() < Duration::from_secs(2));
     std::fs::copy(fixtures_dir().join(DB), &path).unwrap();
-    login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -214,7 +266,9 @@ async fn database_locked_then_back_while_sessions_live_on() {
     let mut store = StoreConfig::new(db.url());
     store.lookup_timeout = Duration::from_millis(500);
     let server = start_with(store, test_config(), DefaultRealm::new()).await;
-    let mut live = login(server.addr, "alice", password(DB, "alice")).await.unwrap();
+    let mut live = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
     // Another process takes an exclusive lock (a migration, a long write).
     let mut locker = std::process::Command::new("sqlite3")
         .args(["-cmd", ".timeout 5000"])
@@ -226,15 +280,25 @@ async fn database_locked_then_back_while_sessions_live_on() {
     {
         use std::io::Write;
         let stdin = locker.stdin.as_mut().unwrap();
-        writeln!(stdin, "BEGIN EXCLUSIVE; UPDATE auth_user SET first_name = 'x' WHERE id = 1;").unwrap();
+        writeln!(
+            stdin,
+            "BEGIN EXCLUSIVE; UPDATE auth_user SET first_name = 'x' WHERE id = 1;"
+        )
+        .unwrap();
         writeln!(stdin, "SELECT 1;").unwrap();
         stdin.flush().unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
-    let e = login(server.addr, "bob", password(DB, "bob")).await.unwrap_err();
+    let e = login(server.addr, "bob", password(DB, "bob"))
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(RefusalCode::Unavailable), "{e:?}");
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     // The live session does not need the database.
     assert_eq!(live.echo("still here").await, "still here");
     // The lock goes away: logins resume by themselves.
@@ -245,6 +309,8 @@ async fn database_locked_then_back_while_sessions_live_on() {
     }
     drop(locker.stdin.take());
     locker.wait().unwrap();
-    login(server.addr, "bob", password(DB, "bob")).await.unwrap();
+    login(server.addr, "bob", password(DB, "bob"))
+        .await
+        .unwrap();
     assert_eq!(live.echo("and now").await, "and now");
 }
