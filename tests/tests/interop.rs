@@ -578,3 +578,243 @@ fn core_client_detects_an_impostor_scramp_server() {
         other => panic!("expected InvalidServerSignature, got {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------
+// Python client (docs/PROTOCOL.md + scramp) -> tether-server
+
+/// tether-server (the library, as `tether serve` runs it) on 127.0.0.1 with
+/// an ephemeral port, against a private copy of the Django 5.2 fixture
+/// database, requiring `devices.connect` like a real deployment; throttle
+/// off so that refusals stay `unauthorized`.
+struct TetherServer {
+    port: u16,
+    handle: tether_server::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _db: tempfile::TempDir,
+}
+
+impl TetherServer {
+    fn start() -> Self {
+        let db = tempfile::tempdir().expect("tempdir");
+        let path = db.path().join("default.sqlite3");
+        std::fs::copy(repo().join("fixtures/django/default.sqlite3"), &path).expect("copy db");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            rt.block_on(async move {
+                let mut store =
+                    tether_server::StoreConfig::new(format!("sqlite://{}", path.display()));
+                store.require_perm = Some("devices.connect".parse().expect("permission"));
+                let store = std::sync::Arc::new(tether_server::Store::open(store).expect("store"));
+                let mut config = tether_server::ServerConfig::default();
+                config.throttle = tether_server::ThrottleConfig::disabled();
+                let server = tether_server::Server::bind(
+                    "127.0.0.1:0",
+                    config,
+                    store,
+                    tether_server::DefaultRealm::new(),
+                    tether_server::ServerSecret::random(),
+                )
+                .await
+                .expect("bind");
+                tx.send((server.local_addr().port(), server.handle()))
+                    .expect("send port");
+                server.run().await;
+            });
+        });
+        let (port, handle) = rx.recv().expect("tether-server started");
+        Self {
+            port,
+            handle,
+            thread: Some(thread),
+            _db: db,
+        }
+    }
+}
+
+impl Drop for TetherServer {
+    fn drop(&mut self) {
+        self.handle.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Runs tests/interop/client.py; returns its exit status and JSON report.
+fn client_py(port: u16, user: &str, password: &str, extra: &[&str]) -> (i32, Value) {
+    let out = Command::new(python())
+        .arg(interop_dir().join("client.py"))
+        .args([
+            "--port",
+            &port.to_string(),
+            "--user",
+            user,
+            "--password",
+            password,
+        ])
+        .args(extra)
+        .stderr(log_sink())
+        .output()
+        .expect("run tests/interop/client.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("client.py printed no JSON ({e}): {stdout}"));
+    (out.status.code().unwrap_or(-1), report)
+}
+
+fn varint(bytes: &[u8]) -> u64 {
+    let mut v = 0u64;
+    for (i, b) in bytes.iter().enumerate() {
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            assert_eq!(i + 1, bytes.len(), "trailing bytes after the varint");
+            return v;
+        }
+    }
+    panic!("truncated varint")
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[test]
+#[ignore = "needs Python with scramp (tests/interop/setup)"]
+fn python_client_logs_in_to_tether_server_and_calls() {
+    let server = TetherServer::start();
+    let text = "héllo from an independent client ✓";
+    for (user, mechanism) in [
+        ("alice", "SCRAM-SHA-256"),
+        ("bob", "SCRAM-SHA-1"),
+        ("o,dd=name", "SCRAM-SHA-256"),
+        ("root", "SCRAM-SHA-256"),
+    ] {
+        let row = fixture_user(user);
+        let password = row["password"].as_str().unwrap();
+        let (status, r) = client_py(
+            server.port,
+            user,
+            password,
+            &[
+                "--echo",
+                text,
+                "--whoami",
+                "--ping",
+                "--call",
+                "server_time",
+                "--call",
+                "no_such_method",
+            ],
+        );
+        assert_eq!(status, 0, "{user}: {r}");
+        assert_eq!(r["outcome"], "welcome", "{user}: {r}");
+        assert_eq!(r["server_signature_verified"], true);
+        assert_eq!(r["challenge"]["mechanism"], mechanism, "{user}");
+        assert_eq!(r["challenge"]["iterations"], row["iterations"], "{user}");
+        assert_eq!(r["pong"], true);
+        let calls = r["calls"].as_array().unwrap();
+        assert_eq!(calls[0]["result"], text);
+        let who = &calls[1]["result"];
+        assert_eq!(who["username"], user);
+        assert_eq!(who["user_id"], row["id"]);
+        assert_eq!(who["is_superuser"], row["is_superuser"]);
+        assert_eq!(who["session_id"], r["welcome"]["session_id"]);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let server_ms = varint(&hex_bytes(
+            calls[2]["result_hex"].as_str().expect("server_time"),
+        ));
+        assert!(
+            now_ms.abs_diff(server_ms) < 60_000,
+            "server_time {server_ms} vs {now_ms}"
+        );
+        assert_eq!(calls[3]["error"]["code"], 1, "unknown_method: {}", calls[3]);
+    }
+}
+
+#[test]
+#[ignore = "needs Python with scramp (tests/interop/setup)"]
+fn python_client_sees_identical_refusals_for_unknown_user_and_wrong_password() {
+    let server = TetherServer::start();
+    let alice = password_of("alice");
+    let cases = [
+        ("wrong password", "alice", "not-alices-password", &[][..]),
+        ("unknown user", "nobody-here", "alice-password", &[][..]),
+        ("inactive user", "eve", &*password_of("eve"), &[][..]),
+        (
+            "no permission",
+            "nogroup",
+            &*password_of("nogroup"),
+            &[][..],
+        ),
+        (
+            "corrupted proof",
+            "alice",
+            &*alice,
+            &["--corrupt-proof"][..],
+        ),
+    ];
+    let mut seen: Vec<(&str, Value)> = Vec::new();
+    for (what, user, password, extra) in cases {
+        let (status, r) = client_py(server.port, user, password, extra);
+        assert_eq!(status, 0, "{what}: {r}");
+        assert_eq!(r["outcome"], "refused", "{what}: {r}");
+        assert_eq!(
+            r["refused"]["after"], "proof",
+            "{what}: refused only after the proof"
+        );
+        assert_eq!(r["refused"]["code"], "unauthorized", "{what}");
+        assert_eq!(r["closed_after_refusal"], true, "{what}");
+        seen.push((what, r));
+    }
+    // Byte for byte, from the client's side: the same refusal frame, and
+    // challenges of the same shape (mechanism, iterations, salt length,
+    // nonce length, frame length).
+    let (first, reference) = &seen[0];
+    for (what, r) in &seen[1..] {
+        assert_eq!(
+            r["refused_frame_hex"], reference["refused_frame_hex"],
+            "{what} vs {first}"
+        );
+        assert_eq!(r["challenge"], reference["challenge"], "{what} vs {first}");
+    }
+    assert_eq!(reference["refused_frame_hex"], "0003040000");
+}
+
+#[test]
+#[ignore = "needs Python with scramp (tests/interop/setup)"]
+fn python_client_other_refusals_and_bad_tag() {
+    let server = TetherServer::start();
+    // Argon2 row: refused `unsupported` at the hello, before any proof.
+    let (status, r) = client_py(server.port, "carol", &password_of("carol"), &[]);
+    assert_eq!((status, &r["outcome"]), (0, &Value::from("refused")), "{r}");
+    assert_eq!(r["refused"]["after"], "hello");
+    assert_eq!(r["refused"]["code"], "unsupported");
+    // bob's row needs SCRAM-SHA-1; a client offering only SHA-256.
+    let (_, r) = client_py(
+        server.port,
+        "bob",
+        &password_of("bob"),
+        &["--mechanisms", "1"],
+    );
+    assert_eq!(r["refused"]["code"], "unsupported", "{r}");
+    // Protocol version 2.
+    let (_, r) = client_py(server.port, "alice", "x", &["--version", "2"]);
+    assert_eq!(r["refused"]["code"], "version", "{r}");
+    assert_eq!(r["refused_frame_hex"], "0003040400");
+    // A session frame with a wrong tag ends the session.
+    let (status, r) = client_py(server.port, "alice", &password_of("alice"), &["--bad-tag"]);
+    assert_eq!(status, 0, "{r}");
+    assert_eq!(r["outcome"], "welcome");
+    assert_eq!(r["closed_after_bad_tag"], true, "{r}");
+}
