@@ -1,0 +1,285 @@
+//! tether-firmware's client, unmodified, over std sockets (tokio through
+//! embedded-io-adapters, `tether_firmware::host`) against the real
+//! tether-server reading the Django-made fixture database
+//! fixtures/django/default.sqlite3: logins (password, cached keys, SHA-1,
+//! refusals), calls both ways, notifications, kick and shutdown.
+
+mod firmware_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use firmware_support::*;
+use tether_core::message::{GoodbyeReason, RefusalCode};
+use tether_core::method::Method;
+use tether_core::method::builtin::{DeviceInfo, Echo, ServerTime, WhoAmI};
+use tether_core::scram::{ClientCredentials, Mechanism, ScramError};
+use tether_firmware::{BufferStore, CallError, Config, Error, host};
+use tether_server::SessionEnd;
+use tether_server::default_realm::RealmEvent;
+
+const DB: &str = "default.sqlite3";
+
+/// A device -> server notification type.
+struct Reading;
+impl Method for Reading {
+    const NAME: &'static str = "reading";
+    type Args<'a> = (f32, &'a str);
+    type Reply<'a> = ();
+}
+
+fn config() -> Config {
+    // Django 5.2 rows use 1,000,000 iterations; henry's old row 260,000.
+    Config::default().with_min_iterations(200_000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_logs_in_to_tether_server_and_calls_both_ways() {
+    let db = Db::copy(DB);
+    let mut server = start_server(&db, "127.0.0.1:0", Duration::from_secs(30)).await;
+    let addr = server.addr;
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let log = events.clone();
+    let mut mind = DeviceMind {
+        report: move |e| log.lock().unwrap().push(e),
+    };
+    let mut store: BufferStore = BufferStore::new();
+    let login = host::connect(
+        addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(password(DB, "alice")),
+        &mut TestRng(1),
+        &config(),
+    )
+    .await
+    .unwrap();
+    assert!(login.derived);
+    assert_eq!(login.keys.iterations, 1_000_000);
+    assert_eq!(login.keys.mechanism, Mechanism::ScramSha256);
+    let keys = login.keys.clone();
+    let mut session = login.session;
+    let id = session.session_id();
+    assert!(
+        matches!(server.event().await, RealmEvent::Connected { session, ref username, .. }
+        if session == id && username == "alice")
+    );
+
+    // Device -> server.
+    let me = session.call::<WhoAmI, _>(&(), &mut mind).await.unwrap();
+    assert_eq!((me.username, me.session_id), ("alice", id));
+    assert!(!me.is_superuser);
+    assert_eq!(
+        session
+            .call::<Echo, _>(&"hello tether", &mut mind)
+            .await
+            .unwrap(),
+        "hello tether"
+    );
+    let t = session.call::<ServerTime, _>(&(), &mut mind).await.unwrap();
+    assert!(t > 1_700_000_000_000);
+    match session.call::<Reading, _>(&(1.0, "x"), &mut mind).await {
+        Err(CallError::Remote { code, .. }) => {
+            assert_eq!(code, tether_core::message::ErrorCode::UNKNOWN_METHOD)
+        }
+        other => panic!("{other:?}"),
+    }
+    // The realm asked device_info at attach; the mind answered while the
+    // device was busy with its own calls.
+    assert!(
+        matches!(server.event().await, RealmEvent::DeviceInfo { session, ref firmware, .. }
+        if session == id && firmware == "tether-firmware e2e")
+    );
+
+    // Several device calls in flight.
+    let t5 = Duration::from_secs(5);
+    let a = session.send_call::<Echo>(&"one", t5).await.unwrap();
+    let b = session.send_call::<WhoAmI>(&(), t5).await.unwrap();
+    let c = session.send_call::<Echo>(&"three", t5).await.unwrap();
+    let mut seen = 0;
+    for _ in 0..3 {
+        let reply = session.next_reply(&mut mind).await.unwrap();
+        if let Some(r) = a.take(&reply) {
+            assert_eq!(r, Ok("one"));
+            seen |= 1;
+        }
+        if let Some(r) = b.take(&reply) {
+            assert_eq!(r.unwrap().username, "alice");
+            seen |= 2;
+        }
+        if let Some(r) = c.take(&reply) {
+            assert_eq!(r, Ok("three"));
+            seen |= 4;
+        }
+    }
+    assert_eq!(seen, 7);
+
+    // Server -> device, several in flight, while the device serves.
+    let device = server.registry.mind(id).expect("mind of the session");
+    let server_side = tokio::spawn(async move {
+        let calls = (0..3).map(|i| {
+            let d = device.clone();
+            async move {
+                let text = format!("from server {i}");
+                let r = d.call::<Echo>(&text.as_str()).await.unwrap();
+                assert_eq!(r.decode().unwrap(), text);
+            }
+        });
+        let all: Vec<_> = calls.map(tokio::spawn).collect();
+        for h in all {
+            h.await.unwrap();
+        }
+        let info = device.call::<DeviceInfo>(&()).await.unwrap();
+        assert_eq!(info.decode().unwrap().uptime_secs, 3);
+        device.notify::<Echo>(&"heads up").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        device.close(GoodbyeReason::Kicked);
+    });
+    session.notify::<Reading>(&(21.5, "celsius")).await.unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(30), session.serve(&mut mind))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(end, Error::Closed(GoodbyeReason::Kicked)),
+        "{end:?}"
+    );
+    server_side.await.unwrap();
+    let seen = events.lock().unwrap().clone();
+    assert_eq!(
+        seen.iter()
+            .filter(|e| **e == DeviceEvent::Called("echo".into()))
+            .count(),
+        3
+    );
+    assert!(seen.contains(&DeviceEvent::Notified(
+        "echo".into(),
+        vec![8, b'h', b'e', b'a', b'd', b's', b' ', b'u', b'p']
+    )));
+    assert!(
+        matches!(server.event().await, RealmEvent::Disconnected { session, .. } if session == id)
+    );
+
+    // Cached keys: no PBKDF2, same account. Then a clean goodbye.
+    let login = host::connect(
+        addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Keys(&keys),
+        &mut TestRng(2),
+        &config(),
+    )
+    .await
+    .unwrap();
+    assert!(!login.derived);
+    let mut session = login.session;
+    let id2 = session.session_id();
+    assert_ne!(id, id2);
+    assert_eq!(
+        session.call::<Echo, _>(&"again", &mut mind).await.unwrap(),
+        "again"
+    );
+    drop(session.close().await.unwrap());
+    loop {
+        if let RealmEvent::Disconnected { session, end, .. } = server.event().await {
+            assert_eq!(session, id2);
+            assert_eq!(end, SessionEnd::Goodbye(GoodbyeReason::Normal));
+            break;
+        }
+    }
+
+    // Graceful shutdown reaches a serving device as Goodbye(Shutdown).
+    let login = host::connect(
+        addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Keys(&keys),
+        &mut TestRng(3),
+        &config(),
+    )
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let handle = server.handle.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        handle.shutdown();
+    });
+    let end = tokio::time::timeout(Duration::from_secs(30), session.serve(&mut mind))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(end, Error::Closed(GoodbyeReason::Shutdown)),
+        "{end:?}"
+    );
+    server.join.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn django_accounts_log_in_or_are_refused_with_the_right_code() {
+    let db = Db::copy(DB);
+    let server = start_server(&db, "127.0.0.1:0", Duration::from_secs(30)).await;
+    let addr = server.addr;
+    let mut store: BufferStore = BufferStore::new();
+    let mut rng = TestRng(10);
+    let mut login = async |user: &str, pw: &str, cfg: Config| {
+        host::connect(
+            addr,
+            store.buffers(),
+            user,
+            ClientCredentials::Password(pw),
+            &mut rng,
+            &cfg,
+        )
+        .await
+        .map(|l| (l.keys.mechanism, l.session.session_id()))
+    };
+    // bob's row is pbkdf2_sha1: SCRAM-SHA-1.
+    let (mech, _) = login("bob", password(DB, "bob"), config()).await.unwrap();
+    assert_eq!(mech, Mechanism::ScramSha1);
+    let refused = |r: Result<_, Error<std::io::Error>>| match r {
+        Err(Error::Refused { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert_eq!(
+        refused(login("alice", "not-her-password", config()).await),
+        RefusalCode::Unauthorized
+    );
+    assert_eq!(
+        refused(login("nobody", "whatever", config()).await),
+        RefusalCode::Unauthorized
+    );
+    // Inactive, and active without the devices.connect permission.
+    assert_eq!(
+        refused(login("eve", password(DB, "eve"), config()).await),
+        RefusalCode::Unauthorized
+    );
+    assert_eq!(
+        refused(login("nogroup", password(DB, "nogroup"), config()).await),
+        RefusalCode::Unauthorized
+    );
+    // argon2 cannot do SCRAM.
+    assert_eq!(
+        refused(login("carol", password(DB, "carol"), config()).await),
+        RefusalCode::Unsupported
+    );
+    // henry's row predates Django 4.2 (260,000 iterations): a device whose
+    // floor is Django 5.2's refuses it before sending a proof.
+    match login(
+        "henry",
+        password(DB, "henry"),
+        Config::default().with_min_iterations(1_000_000),
+    )
+    .await
+    {
+        Err(Error::Login(ScramError::IterationsTooLow {
+            offered: 260_000, ..
+        })) => {}
+        other => panic!("{other:?}"),
+    }
+    login("henry", password(DB, "henry"), config())
+        .await
+        .unwrap();
+    server.handle.shutdown();
+}

@@ -1,0 +1,180 @@
+//! Shared by the tether-firmware end-to-end tests (firmware_std.rs,
+//! embassy_tap.rs): fixtures, the real tether-server, a device mind.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tether_core::method::builtin::{DeviceInfo, DeviceStatus, Echo};
+use tether_core::rand_core::{TryCryptoRng, TryRng};
+use tether_firmware::{Handler, Request, Responded, Responder};
+use tether_server::default_realm::RealmEvent;
+use tether_server::store::Permission;
+use tether_server::{
+    DefaultRealm, Registry, Server, ServerConfig, ServerHandle, ServerSecret, Store, StoreConfig,
+    ThrottleConfig,
+};
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("fixtures/django")
+}
+
+/// The password of `username` in fixtures/django/users.json (`db` is the
+/// database file, e.g. `default.sqlite3`). Read, never copied: salts and
+/// hashes change on every regeneration.
+pub fn password(db: &str, username: &str) -> &'static str {
+    static MANIFEST: OnceLock<serde_json::Value> = OnceLock::new();
+    let m = MANIFEST.get_or_init(|| {
+        let text = std::fs::read_to_string(fixtures().join("users.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    });
+    m["databases"][db]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == username)
+        .unwrap_or_else(|| panic!("{username} not in {db}"))["password"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{username} has no password"))
+}
+
+/// A private copy of a fixture database (the server writes `last_login`).
+pub struct Db {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Db {
+    pub fn copy(fixture: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(fixture);
+        std::fs::copy(fixtures().join(fixture), &path).unwrap();
+        Self { _dir: dir, path }
+    }
+
+    pub fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+}
+
+/// The real tether-server with the binary's realm.
+pub struct RealServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    pub registry: Registry,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<RealmEvent>,
+    pub join: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start_server(db: &Db, bind: &str, heartbeat: Duration) -> RealServer {
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let realm = DefaultRealm::new().ask_device_info(true).with_events(tx);
+    let registry = realm.registry();
+    let mut config = ServerConfig {
+        throttle: ThrottleConfig::disabled(),
+        ..ServerConfig::default()
+    };
+    config.session.heartbeat = heartbeat;
+    config.session.shutdown_deadline = Duration::from_secs(2);
+    let mut store = StoreConfig::new(db.url());
+    // Only users Django says may connect (`user.has_perm("devices.connect")`).
+    store.require_perm = Some(Permission {
+        app_label: "devices".into(),
+        codename: "connect".into(),
+    });
+    let store = Arc::new(Store::open(store).unwrap());
+    let server = Server::bind(
+        bind,
+        config,
+        store,
+        realm,
+        ServerSecret::from_value("firmware end-to-end test secret").unwrap(),
+    )
+    .await
+    .unwrap();
+    let addr = server.local_addr();
+    let handle = server.handle();
+    let join = tokio::spawn(server.run());
+    RealServer {
+        addr,
+        handle,
+        registry,
+        events,
+        join,
+    }
+}
+
+impl RealServer {
+    /// The next realm event, within 30 s.
+    pub async fn event(&mut self) -> RealmEvent {
+        tokio::time::timeout(Duration::from_secs(30), self.events.recv())
+            .await
+            .expect("no realm event within 30 s")
+            .expect("realm gone")
+    }
+}
+
+/// What the device tells the test.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeviceEvent {
+    Called(String),
+    Notified(String, Vec<u8>),
+}
+
+/// The device's mind: echo and device_info; reports every call and
+/// notification.
+pub struct DeviceMind<F: FnMut(DeviceEvent)> {
+    pub report: F,
+}
+
+impl<F: FnMut(DeviceEvent)> Handler for DeviceMind<F> {
+    async fn on_call(&mut self, req: Request<'_>, reply: Responder<'_>) -> Responded {
+        (self.report)(DeviceEvent::Called(req.method().to_string()));
+        if req.is::<Echo>() {
+            match req.args::<Echo>() {
+                Ok(text) => reply.ok::<Echo>(&text),
+                Err(_) => reply.bad_arguments(),
+            }
+        } else if req.is::<DeviceInfo>() {
+            reply.ok::<DeviceInfo>(&DeviceStatus {
+                firmware: "tether-firmware e2e",
+                uptime_secs: 3,
+            })
+        } else {
+            reply.unknown_method()
+        }
+    }
+
+    async fn on_notify(&mut self, method: &str, args: &[u8]) {
+        (self.report)(DeviceEvent::Notified(method.to_string(), args.to_vec()));
+    }
+}
+
+/// A deterministic RNG (splitmix64); a device would use its TRNG.
+pub struct TestRng(pub u64);
+impl TryRng for TestRng {
+    type Error = core::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        Ok(self.try_next_u64()? as u32)
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+        Ok(z ^ (z >> 31))
+    }
+    fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), Self::Error> {
+        for chunk in d.chunks_mut(8) {
+            let v = self.try_next_u64()?.to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        Ok(())
+    }
+}
+impl TryCryptoRng for TestRng {}
