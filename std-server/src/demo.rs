@@ -398,7 +398,7 @@ async fn run_device(addr: SocketAddr) -> Result<(), String> {
         .serve_for(&mut mind, Duration::from_millis(100))
         .await
         .map_err(|e| format!("device: {e}"))?;
-    session.close().await.map_err(|e| format!("device: {e}"))?;
     say("device: goodbye");
+    session.close().await.map_err(|e| format!("device: {e}"))?;
     Ok(())
 }

@@ -101,10 +101,11 @@ impl Db {
 
 /// Test defaults: no throttle unless asked, fast decoys.
 pub fn test_config() -> ServerConfig {
-    let mut c = ServerConfig::default();
-    c.throttle = tether_server::ThrottleConfig::disabled();
-    c.handshake_timeout = Duration::from_secs(5);
-    c
+    ServerConfig {
+        throttle: tether_server::ThrottleConfig::disabled(),
+        handshake_timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
 }
 
 pub struct TestServer<R: Realm> {

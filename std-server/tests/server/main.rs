@@ -1,5 +1,6 @@
 //! tether-server integration tests against the Django-made fixture databases.
 
+mod cli;
 mod common;
 mod login;
 mod session;

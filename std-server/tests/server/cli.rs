@@ -1,0 +1,301 @@
+//! The `tether` binary, run as a process.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tether_core::message::GoodbyeReason;
+use tether_core::scram::{CachedKeys, Mechanism};
+
+use crate::common::*;
+
+const TETHER: &str = env!("CARGO_BIN_EXE_tether");
+const DB: &str = "default.sqlite3";
+
+fn tether(args: &[&str]) -> Command {
+    let mut c = Command::new(TETHER);
+    c.args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("TETHER_PASSWORD")
+        .env_remove("TETHER_SECRET")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn demo_runs_end_to_end_and_reuses_its_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("demo.sqlite3").display());
+    let out = tether(&["demo", "--listen", "127.0.0.1:0", "--database", &url])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let expected = [
+        "demo: created",
+        "demo: credentials: username alice, password wonderland",
+        "server: listening on 127.0.0.1:",
+        "device: connecting",
+        "device: logged in, server verified",
+        "device: echo(\"hello from the device\") -> \"hello from the device\"",
+        "device: whoami() -> user alice (id 1)",
+        "device: goodbye",
+        "server: alice disconnected",
+        "demo: done",
+    ];
+    let mut at = 0;
+    for line in expected {
+        let found = stdout[at..]
+            .find(line)
+            .unwrap_or_else(|| panic!("missing or out of order: {line:?}\n{stdout}"));
+        at += found + line.len();
+    }
+    for line in [
+        "server: alice connected (session 1",
+        "device: the server called device_info",
+        "server: session 1's device runs \"tether-demo-device",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?}\n{stdout}");
+    }
+    // The hash is a genuine Django pbkdf2_sha256 at Django 5.2's default iterations.
+    let db = Db {
+        path: dir.path().join("demo.sqlite3"),
+        dir,
+    };
+    let hash = db.sql("SELECT password FROM auth_user WHERE username = 'alice'");
+    let parsed = tether_core::django::parse(&hash).unwrap();
+    assert_eq!(parsed.mechanism, Mechanism::ScramSha256);
+    assert_eq!(parsed.iterations, 1_000_000);
+    assert_eq!(parsed.salt.len(), 22);
+    let keys = CachedKeys::derive(
+        Mechanism::ScramSha256,
+        "wonderland",
+        parsed.salt.as_bytes(),
+        parsed.iterations,
+    )
+    .unwrap();
+    let creds = tether_core::django::credentials(&hash).unwrap();
+    assert!(keys.server_key.ct_eq(&creds.server_key));
+    // Django's schema and migration records for auth and contenttypes.
+    assert_eq!(
+        db.sql("SELECT count(*) FROM django_migrations WHERE app = 'auth'"),
+        "12"
+    );
+    assert_eq!(db.sql("SELECT count(*) FROM auth_permission"), "16");
+    let schema = db.sql("SELECT sql FROM sqlite_master WHERE name = 'auth_user'");
+    let fixture = Db::copy(DB).sql("SELECT sql FROM sqlite_master WHERE name = 'auth_user'");
+    assert_eq!(schema, fixture);
+    assert!(!db.sql("SELECT last_login FROM auth_user").is_empty());
+
+    // A second run uses the existing database.
+    let out = tether(&["demo", "--listen", "127.0.0.1:0", "--database", &url])
+        .current_dir(db.dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("demo: using"), "{stdout}");
+    assert!(stdout.contains("device: goodbye"), "{stdout}");
+}
+
+#[test]
+fn demo_refuses_a_foreign_database() {
+    let db = Db::copy("custom_user.sqlite3");
+    let out = tether(&["demo", "--listen", "127.0.0.1:0", "--database", &db.url()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not a Django database") || stderr.contains("without the demo user"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_reports_tables_and_algorithms() {
+    let db = Db::copy(DB);
+    let out = tether(&[
+        "check",
+        "--database",
+        &db.url(),
+        "--require-perm",
+        "devices.connect",
+    ])
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("ok      auth_user"), "{stdout}");
+    assert!(
+        stdout.contains("permission devices.connect exists"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("active users who can log in by challenge-response: 8"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("argon2"), "{stdout}");
+    // The wrong table: a clear failure.
+    let db = Db::copy("custom_user.sqlite3");
+    let out = tether(&["check", "--database", &db.url()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("MISSING auth_user"));
+}
+
+#[test]
+fn keys_match_the_row_and_the_core_derivation() {
+    let db = Db::copy(DB);
+    let u = user(DB, "alice");
+    let salt = u["salt"].as_str().unwrap();
+    let out = tether(&[
+        "keys",
+        "--user",
+        "alice",
+        "--salt",
+        salt,
+        "--iterations",
+        "1000000",
+        "--format",
+        "postcard",
+    ])
+    .env("TETHER_PASSWORD", password(DB, "alice"))
+    .output()
+    .unwrap();
+    assert!(out.status.success());
+    let hex = String::from_utf8(out.stdout).unwrap();
+    let bytes = tether_server::secret::from_hex(hex.trim()).unwrap();
+    let keys: CachedKeys = tether_core::message::decode(&bytes).unwrap();
+    let expected = CachedKeys::derive(
+        Mechanism::ScramSha256,
+        password(DB, "alice"),
+        salt.as_bytes(),
+        1_000_000,
+    )
+    .unwrap();
+    assert!(keys == expected);
+    // With --database: salt, iterations and mechanism from the row; password checked.
+    let out = tether(&["keys", "--user", "bob", "--database", &db.url()])
+        .env("TETHER_PASSWORD", password(DB, "bob"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("mechanism: SCRAM-SHA-1"), "{stdout}");
+    assert!(stdout.contains("checked: the password matches"), "{stdout}");
+    let out = tether(&["keys", "--user", "bob", "--database", &db.url()])
+        .env("TETHER_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_prints_replies_and_refusals() {
+    let db = Db::copy(DB);
+    let server = start(&db).await;
+    let addr = server.addr.to_string();
+    let run = |args: Vec<String>, password: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            tether(&args)
+                .env("TETHER_PASSWORD", password)
+                .output()
+                .unwrap()
+        })
+    };
+    let args = |m: &[&str]| {
+        let mut v = vec![
+            "call".to_string(),
+            "--server".into(),
+            addr.clone(),
+            "--user".into(),
+        ];
+        v.extend(m.iter().map(|s| s.to_string()));
+        v
+    };
+    let out = run(args(&["alice", "echo", "hi there"]), "alice-password")
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n");
+    let out = run(args(&["bob", "whoami"]), "bob-password").await.unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("user bob (id 2)"));
+    let out = run(args(&["alice", "whoami"]), "wrong").await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("login refused: unauthorized"), "{stderr}");
+    let out = run(args(&["carol", "whoami"]), "carol-password")
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_shuts_down_gracefully_on_sigterm() {
+    let db = Db::copy(DB);
+    let mut child = tether(&["serve", "--listen", "127.0.0.1:0", "--database", &db.url()])
+        .current_dir(db.dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("serve logs its address");
+        log.push(line.clone());
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+    let addr = addr.parse().unwrap();
+    let mut s = login(addr, "alice", password(DB, "alice")).await.unwrap();
+    assert_eq!(s.echo("before").await, "before");
+    // The secret file was generated, private.
+    assert!(db.dir.path().join(".tether-secret").exists());
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(s.expect_close().await, Some(GoodbyeReason::Shutdown));
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success());
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+        log.push(line);
+    }
+    let log = log.join("\n");
+    assert!(log.contains("alice connected"), "{log}");
+    assert!(log.contains("alice disconnected"), "{log}");
+    assert!(log.contains("shut down"), "{log}");
+    // Never a password, proof, key or hash in the log.
+    for secret in [
+        password(DB, "alice"),
+        user(DB, "alice")["password_hash"].as_str().unwrap(),
+    ] {
+        assert!(!log.contains(secret));
+    }
+    assert!(!log.contains("p="));
+}
