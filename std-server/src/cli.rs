@@ -72,13 +72,13 @@ pub struct StoreArgs {
     /// The USERNAME_FIELD column (e.g. email).
     #[arg(long, default_value = "username")]
     pub username_column: String,
-    /// The user's column in the m2m tables [default: <model>_id, e.g. user_id].
+    /// The user's column in the m2m tables [default: MODEL_id, e.g. user_id for auth_user].
     #[arg(long)]
     pub user_fk_column: Option<String>,
-    /// The user-groups table [default: <user-table>_groups].
+    /// The user-groups table [default: USER_TABLE_groups].
     #[arg(long)]
     pub user_groups_table: Option<String>,
-    /// The user-permissions table [default: <user-table>_user_permissions].
+    /// The user-permissions table [default: USER_TABLE_user_permissions].
     #[arg(long)]
     pub user_permissions_table: Option<String>,
     /// Only users with this permission (app_label.codename) may log in,

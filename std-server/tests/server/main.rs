@@ -2,6 +2,7 @@
 
 mod cli;
 mod common;
+mod databases;
 mod login;
 mod session;
 mod store;
