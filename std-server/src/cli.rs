@@ -825,14 +825,23 @@ async fn check_inner(args: CheckArgs) -> Result<bool, String> {
         rows.len(),
         inactive
     );
+    let mut advice = Vec::new();
     for (algorithm, (alg, yes, no)) in &by_algorithm {
         if *no == 0 {
             println!("  {algorithm:<14} {yes:>6} can log in by challenge-response");
         } else if *yes == 0 {
-            println!("  {algorithm:<14} {no:>6} cannot: {}", alg.advice());
+            println!("  {algorithm:<14} {no:>6} cannot log in by challenge-response");
+            if !advice.contains(&alg.advice()) {
+                advice.push(alg.advice());
+            }
         } else {
-            println!("  {algorithm:<14} {yes:>6} can, {no} cannot (malformed hash)");
+            println!(
+                "  {algorithm:<14} {yes:>6} can, {no} cannot (malformed hash: set the password again)"
+            );
         }
+    }
+    for text in advice {
+        println!("  what to do: {text}");
     }
     println!("active users who can log in by challenge-response: {can}");
     if let Some((&common, _)) = iterations.iter().max_by_key(|(_, n)| **n) {

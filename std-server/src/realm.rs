@@ -317,6 +317,9 @@ impl<M> fmt::Debug for Reply<M> {
     }
 }
 
+/// Most calls to a device kept reserved after their caller timed out.
+const MAX_ABANDONED: usize = 1024;
+
 type PendingReply = Option<oneshot::Sender<Result<Vec<u8>, RemoteError>>>;
 
 pub(crate) struct Pending {
@@ -483,9 +486,16 @@ impl Mind {
             Ok(Err(_)) => Err(CallError::Closed),
             Err(_) => {
                 // Keep the id reserved: a late answer is expected, not an error.
-                if let Some(slot) = lock(&self.shared.pending).calls.get_mut(&id) {
+                // A device that leaves this many calls unanswered is far
+                // behind: forget them (their answers then end the session).
+                let mut pending = lock(&self.shared.pending);
+                if let Some(slot) = pending.calls.get_mut(&id) {
                     *slot = None;
                 }
+                if pending.calls.len() > MAX_ABANDONED {
+                    pending.calls.retain(|_, slot| slot.is_some());
+                }
+                drop(pending);
                 self.shared.idle.notify_waiters();
                 Err(CallError::Timeout)
             }

@@ -537,9 +537,12 @@ impl Store {
         {
             return Ok(hit);
         }
+        // The entry ages from before the query: a row read late in a slow
+        // query is never trusted for longer than the TTL after it was read.
+        let asked = Instant::now();
         let result = self.query_user(username).await?;
         if let Some(cache) = &self.cache {
-            cache.put(username, result.clone());
+            cache.put(username, result.clone(), asked);
         }
         Ok(result)
     }
@@ -628,7 +631,7 @@ impl Cache {
         }
     }
 
-    fn put(&self, username: &str, record: Option<UserRecord>) {
+    fn put(&self, username: &str, record: Option<UserRecord>, asked: Instant) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if entries.len() >= self.capacity {
             entries.retain(|_, (at, _)| at.elapsed() < self.ttl);
@@ -636,7 +639,7 @@ impl Cache {
                 entries.clear();
             }
         }
-        entries.insert(username.to_string(), (Instant::now(), record));
+        entries.insert(username.to_string(), (asked, record));
     }
 }
 
