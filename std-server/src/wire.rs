@@ -24,7 +24,9 @@ pub enum ReadError {
 }
 
 /// Reads whole frames from a stream. [`FrameReader::next`] is cancel-safe:
-/// no byte is lost if its future is dropped before it completes.
+/// no byte is lost if its future is dropped before it completes. The buffer
+/// starts small and grows to the largest frame actually received (at most
+/// the capacity), so idle connections cost about 1 KiB.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
@@ -32,7 +34,11 @@ pub struct FrameReader<R> {
     start: usize,
     end: usize,
     max: usize,
+    capacity: usize,
 }
+
+/// Initial buffer size: the handshake's 512-byte frames plus room to read ahead.
+const INITIAL_BUFFER: usize = 1024;
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader whose frames may be up to `capacity` bytes of body; the
@@ -40,16 +46,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R, capacity: usize) -> Self {
         Self {
             inner,
-            buf: vec![0; HEADER_LEN + capacity + 4096],
+            buf: vec![0; INITIAL_BUFFER.min(HEADER_LEN + capacity)],
             start: 0,
             end: 0,
             max: capacity,
+            capacity,
         }
     }
 
     /// Changes the largest accepted body (capped by the capacity).
     pub fn set_max(&mut self, max: usize) {
-        self.max = max.min(self.buf.len() - HEADER_LEN - 4096);
+        self.max = max.min(self.capacity);
     }
 
     /// The largest accepted body.
@@ -67,6 +74,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub async fn next(&mut self) -> Result<&[u8], ReadError> {
         loop {
             let avail = self.end - self.start;
+            let mut needed = HEADER_LEN;
             if avail >= HEADER_LEN {
                 let header = [self.buf[self.start], self.buf[self.start + 1]];
                 let len = parse_header(header, self.max).map_err(ReadError::Frame)?;
@@ -75,6 +83,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     self.start = body.end;
                     return Ok(&self.buf[body]);
                 }
+                needed = HEADER_LEN + len;
             }
             if self.start == self.end {
                 self.start = 0;
@@ -83,6 +92,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
+            }
+            if self.buf.len() < needed {
+                self.buf.resize(needed, 0);
             }
             let n = self.inner.read(&mut self.buf[self.end..]).await?;
             if n == 0 {
@@ -139,6 +151,22 @@ mod tests {
         assert_eq!(r.next().await.unwrap(), b"x");
         assert_eq!(r.next().await.unwrap(), b"yz");
         assert!(matches!(r.next().await, Err(ReadError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn the_buffer_grows_to_large_frames_only() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = FrameReader::new(b, 8192);
+        assert!(r.buf.len() <= INITIAL_BUFFER);
+        let body: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut frame = vec![0u8; body.len() + 2];
+        tether_core::frame::write_frame(&body, &mut frame).unwrap();
+        use tokio::io::AsyncWriteExt;
+        a.write_all(&frame).await.unwrap();
+        a.write_all(&[0, 1, 7]).await.unwrap();
+        assert_eq!(r.next().await.unwrap(), &body[..]);
+        assert_eq!(r.next().await.unwrap(), &[7]);
+        assert!(r.buf.len() < 5000 + 16);
     }
 
     #[tokio::test]
