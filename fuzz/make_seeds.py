@@ -142,8 +142,69 @@ def session():
     }
 
 
+def server_connection():
+    def varint(n):
+        out = bytearray()
+        while True:
+            b, n = n & 0x7F, n >> 7
+            out.append(b | (0x80 if n else 0))
+            if not n:
+                return bytes(out)
+
+    def string(b):
+        b = t(b) if isinstance(b, str) else b
+        return varint(len(b)) + b
+
+    def frame(b):
+        return len(b).to_bytes(2, "big") + b
+
+    def hello(client_first, version=1, mechanisms=3, max_frame=4096):
+        return frame(b"\x00" + bytes([version, mechanisms]) + varint(max_frame) + string(client_first))
+
+    def rec(op, payload):
+        return bytes([op, len(payload)]) + payload
+
+    call = lambda i, m, a: b"\x00" + varint(i) + string(m) + string(a)
+    f = FRAMES
+    raw = {
+        "raw_doc_hello": f["hello"],
+        "raw_doc_hello_proof": f["hello"] + f["proof"],
+        "raw_alice_hello": hello("n,,n=alice,r=fuzzfuzzfuzzfuzzfuzzfuzz"),
+        "raw_alice_hello_proof": hello("n,,n=alice,r=abc") + frame(b"\x02" + string("c=biws,r=abcdef,p=AAAA")),
+        "raw_version_2": hello("n,,n=alice,r=abc", version=2),
+        "raw_small_max": hello("n,,n=alice,r=abc", max_frame=100),
+        "raw_sha1_only_for_alice": hello("n,,n=alice,r=abc", mechanisms=2),
+        "raw_escaped": hello("n,,n=o=2Cdd=3Dname,r=abc"),
+        "raw_channel_binding": hello("p=tls-unique,,n=alice,r=abc"),
+        "raw_zero_len": b"\x00\x00",
+        "raw_too_long": b"\x02\x01" + b"A" * 32,
+        "raw_truncated": f["hello"][:20],
+        "raw_session_frame_first": f["c2s0"],
+    }
+    seeds = {name: b"\x00" + data for name, data in raw.items()}
+    session_seeds = {
+        "session_calls": rec(0, call(1, "echo", b"\x02hi")) + rec(0, call(2, "whoami", b""))
+        + rec(0, call(3, "server_time", b"")) + rec(2, b""),
+        "session_ping_unknown": rec(0, b"\x04\x2a") + rec(0, call(9, "no_such_method", b"")) + rec(2, b""),
+        "session_device_info": rec(2, b"") + rec(3, b"\x04fuzz\x07") + rec(7, b"") + rec(0, call(4, "echo", b"\x01x")),
+        "session_bad_args": rec(0, call(5, "echo", b"\xff\xff")) + rec(0, call(6, "whoami", b"\x00")) + rec(2, b""),
+        "session_unknown_reply": rec(0, b"\x01\x63\x00") + rec(2, b""),
+        "session_notify_goodbye": rec(0, b"\x03" + string("news") + string(b"\x00")) + rec(0, b"\x06\x00"),
+        "session_bogus_tag": rec(0, b"\xff" * 30) + rec(2, b""),
+        "session_raw_garbage": rec(1, b"\x00\x05hello") + rec(2, b""),
+        "session_many_calls": b"".join(rec(0, call(i, "echo", b"\x01a")) for i in range(40)) + rec(2, b""),
+    }
+    seeds.update({name: b"\x01" + data for name, data in session_seeds.items()})
+    return seeds
+
+
 def main():
-    for target, seeds in [("frame_decoder", frame_decoder()), ("handshake", handshake()), ("session", session())]:
+    for target, seeds in [
+        ("frame_decoder", frame_decoder()),
+        ("handshake", handshake()),
+        ("session", session()),
+        ("server_connection", server_connection()),
+    ]:
         d = SEEDS / target
         if d.exists():
             shutil.rmtree(d)
