@@ -339,9 +339,19 @@ async fn read_loop<A: Avatar>(
                 ctx.calls.spawn(
                     async move {
                         let method = call.method.clone();
+                        // Its own task, so that a panicking handler answers
+                        // FAILED instead of leaving the call unanswered.
+                        let mut handler =
+                            tokio::spawn(async move { avatar.call(call).await }.in_current_span());
                         let result = tokio::select! {
-                            r = avatar.call(call) => r,
-                            _ = cancel.cancelled() => return,
+                            r = &mut handler => r.unwrap_or_else(|e| {
+                                warn!(id, %method, error = %e, "call handler failed");
+                                Err(RemoteError::failed("internal error"))
+                            }),
+                            _ = cancel.cancelled() => {
+                                handler.abort();
+                                return;
+                            }
                         };
                         lock(&in_flight).remove(&id);
                         let out = match result {

@@ -642,6 +642,9 @@ impl Realm for TestRealm {
 
 impl Avatar for TestAvatar {
     async fn call(&self, call: IncomingCall) -> CallResult {
+        if call.method() == "panic" {
+            panic!("test handler panics");
+        }
         if call.is::<Slow>() {
             let ms = call.args::<Slow>()?;
             tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -65,6 +65,17 @@ async fn calls_run_concurrently_and_errors_are_typed() {
         Msg::Error { id: 51, code, .. } => assert_eq!(code, ErrorCode::BAD_ARGUMENTS),
         other => panic!("{other:?}"),
     }
+    // A handler that panics answers FAILED; the session goes on.
+    s.send(&Message::Call {
+        id: 52,
+        method: "panic",
+        args: &[],
+    })
+    .await;
+    match s.recv().await.unwrap() {
+        Msg::Error { id: 52, code, .. } => assert_eq!(code, ErrorCode::FAILED),
+        other => panic!("{other:?}"),
+    }
     // Ping -> pong.
     s.send(&Message::Ping { nonce: 77 }).await;
     assert_eq!(s.recv().await.unwrap(), Msg::Pong { nonce: 77 });
