@@ -226,6 +226,47 @@ pub fn parse(encoded: &str) -> Result<Pbkdf2Hash<'_>, DjangoHashError> {
     })
 }
 
+/// Longest hash [`make_password`] writes.
+pub const MAX_ENCODED_LEN: usize = 160;
+
+/// Makes a Django `pbkdf2_sha256` / `pbkdf2_sha1` hash exactly as Django's
+/// `make_password` with that hasher does (runs PBKDF2: slow by design). For
+/// provisioning and demos; Django itself remains the normal way to set
+/// passwords. `salt` must not contain `$` (Django's salts are alphanumeric).
+pub fn make_password(
+    mechanism: Mechanism,
+    password: &str,
+    salt: &str,
+    iterations: u32,
+) -> Result<heapless::String<MAX_ENCODED_LEN>, DjangoHashError> {
+    use core::fmt::Write as _;
+    if salt.is_empty() || salt.contains('$') || salt.len() > crate::scram::MAX_SALT_LEN {
+        return Err(DjangoHashError::Malformed("salt"));
+    }
+    if iterations == 0 {
+        return Err(DjangoHashError::Malformed("iterations"));
+    }
+    let salted =
+        crate::scram::salted_password(mechanism, password.as_bytes(), salt.as_bytes(), iterations);
+    let name = match mechanism {
+        Mechanism::ScramSha256 => HashAlgorithm::Pbkdf2Sha256,
+        Mechanism::ScramSha1 => HashAlgorithm::Pbkdf2Sha1,
+    };
+    let mut b64 = [0u8; 44];
+    let n = B64
+        .encode_slice(salted.as_bytes(), &mut b64)
+        .map_err(|_| DjangoHashError::Malformed("hash"))?;
+    let mut out = heapless::String::new();
+    write!(
+        out,
+        "{}${iterations}${salt}${}",
+        name.name(),
+        core::str::from_utf8(&b64[..n]).map_err(|_| DjangoHashError::Malformed("hash"))?
+    )
+    .map_err(|_| DjangoHashError::Malformed("too long"))?;
+    Ok(out)
+}
+
 /// The SCRAM verifier for a Django hash: two HMACs and one hash, no PBKDF2.
 pub fn credentials(encoded: &str) -> Result<ServerCredentials, DjangoHashError> {
     let h = parse(encoded)?;
@@ -293,6 +334,28 @@ mod tests {
                 DjangoHashError::Unsupported(algorithm)
             );
         }
+    }
+
+    #[test]
+    fn make_password_matches_django() {
+        // Django 5.2.19: make_password("correct horse", "56ryAKpSnLAXlMYo5d2L5x")
+        assert_eq!(
+            make_password(
+                Mechanism::ScramSha256,
+                "correct horse",
+                "56ryAKpSnLAXlMYo5d2L5x",
+                1_000_000
+            )
+            .unwrap()
+            .as_str(),
+            crate::scram::tests::DJANGO_52_HASH
+        );
+        assert_eq!(
+            make_password(Mechanism::ScramSha1, "pw", "a$b", 1),
+            Err(DjangoHashError::Malformed("salt"))
+        );
+        let sha1 = make_password(Mechanism::ScramSha1, "pw", "salt", 10).unwrap();
+        assert_eq!(credentials(&sha1).unwrap().mechanism, Mechanism::ScramSha1);
     }
 
     #[test]

@@ -472,4 +472,4 @@ fn unescape<const N: usize>(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
