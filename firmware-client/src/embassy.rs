@@ -54,7 +54,7 @@ use tether_core::scram::{CachedKeys, ClientCredentials, ScramError};
 use crate::backoff::{Backoff, Retry};
 use crate::clock::EmbassyClock;
 use crate::error::Error;
-use crate::session::{Buffers, Config, Session};
+use crate::session::{Buffers, Config, Established, Session};
 
 /// The transport error of an embassy-net session.
 pub type TcpError = embassy_net::tcp::Error;
@@ -189,61 +189,74 @@ impl<'a> Link<'a> {
                 tx: &mut *buffers.tx,
                 scratch: &mut *buffers.scratch,
             };
-            let login = Session::login(
-                socket,
-                session_buffers,
-                EmbassyClock,
-                account.username,
-                credentials,
-                rng,
-                config,
-            )
-            .await;
-            let login = match login {
-                Ok(login) => login,
-                Err(Error::Login(ScramError::CachedKeysMismatch))
-                    if account.keys.is_some() && account.password.is_some() =>
-                {
-                    warn!("tether: cached keys no longer fit; logging in with the password");
-                    account.keys = None;
-                    delay = Duration::ZERO;
-                    continue;
-                }
-                Err(e) => match e.retry() {
-                    Retry::Never => return Err(e),
-                    Retry::Later(floor) => {
-                        delay = backoff.next_delay(rng, floor);
+            // Each block ends its values' storage before the next await: the
+            // future (static RAM) holds the largest step, not their sum.
+            let Established {
+                session,
+                keys,
+                derived,
+            } = {
+                let login = Session::login(
+                    socket,
+                    session_buffers,
+                    EmbassyClock,
+                    account.username,
+                    credentials,
+                    rng,
+                    config,
+                )
+                .await;
+                // Move every part out at once: nothing of the login result stays
+                // alive (and in the future's state) during the session.
+                match login {
+                    Ok(login) => login,
+                    Err(Error::Login(ScramError::CachedKeysMismatch))
+                        if account.keys.is_some() && account.password.is_some() =>
+                    {
+                        warn!("tether: cached keys no longer fit; logging in with the password");
+                        account.keys = None;
+                        delay = Duration::ZERO;
                         continue;
                     }
-                },
+                    Err(e) => match e.retry() {
+                        Retry::Never => return Err(e),
+                        Retry::Later(floor) => {
+                            delay = backoff.next_delay(rng, floor);
+                            continue;
+                        }
+                    },
+                }
             };
             backoff.reset();
-            if login.derived {
-                account.keys = Some(login.keys);
+            if derived {
+                account.keys = Some(keys);
+            } else {
+                drop(keys);
             }
-            let mut connected = Connected {
-                session: login.session,
-                new_keys: if login.derived {
-                    account.keys.as_ref()
-                } else {
-                    None
-                },
+            let (session, flow) = {
+                let mut connected = Connected {
+                    session,
+                    new_keys: if derived { account.keys.as_ref() } else { None },
+                };
+                let flow = on_session(&mut connected).await;
+                (connected.session, flow)
             };
-            match on_session(&mut connected).await {
-                ControlFlow::Break(value) => {
-                    if let Ok(mut socket) = connected.session.close().await {
-                        socket.close();
-                        let _ = select(socket.flush(), Timer::after_secs(2)).await;
-                    }
-                    return Ok(value);
-                }
-                ControlFlow::Continue(_lost) => {
-                    let mut socket = connected.session.into_inner();
-                    socket.abort();
-                    let _ = select(socket.flush(), Timer::after_secs(2)).await;
-                    delay = backoff.next_delay(rng, Duration::ZERO);
-                }
+            // Goodbye and FIN after Break, RST after a lost session.
+            let (mut socket, closed) = {
+                let mut session = session;
+                let closed = flow.is_break() && session.close().await.is_ok();
+                (session.into_inner(), closed)
+            };
+            if closed {
+                socket.close();
+            } else {
+                socket.abort();
             }
+            let _ = select(socket.flush(), Timer::after_secs(2)).await;
+            if let ControlFlow::Break(value) = flow {
+                return Ok(value);
+            }
+            delay = backoff.next_delay(rng, Duration::ZERO);
         }
     }
 }

@@ -16,7 +16,9 @@ use tether_core::message::{
 };
 use tether_core::method::{self, Method};
 use tether_core::rand_core::CryptoRng;
-use tether_core::scram::{CachedKeys, ClientConfig, ClientCredentials, ClientLogin};
+use tether_core::scram::{
+    CachedKeys, ClientConfig, ClientCredentials, ClientLogin, ClientProofSent,
+};
 use tether_core::session::{Opener, Role, Sealer, SessionError};
 
 use crate::clock::Clock;
@@ -267,13 +269,27 @@ async fn write_frame<T: Write, C: Clock>(
     }
 }
 
-/// Reads one handshake frame, waiting at most until `deadline`.
-async fn read_handshake<T: Read, C: Clock>(
-    rx: &mut Rx<'_>,
+/// The client's SCRAM state during the handshake.
+#[allow(clippy::large_enum_variant)] // one slot for both states is the point
+enum Scram<'a> {
+    /// Hello to send, challenge to come.
+    First(ClientLogin<'a, LOGIN_MESSAGE_LEN>),
+    /// Proof to send, welcome to come.
+    Final(ClientProofSent),
+}
+
+/// Sends one handshake frame and reads the answer (waiting at most
+/// `timeout_ms` for it); returns the answer's length in `rx`.
+async fn round_trip<T: Read + Write, C: Clock>(
     io: &mut T,
+    rx: &mut Rx<'_>,
     clock: &C,
-    deadline: u64,
+    frame: &[u8],
+    write_ms: u64,
+    timeout_ms: u64,
 ) -> Result<usize, Error<T::Error>> {
+    write_frame(io, clock, frame, write_ms).await?;
+    let deadline = clock.now_ms().saturating_add(timeout_ms);
     match select(rx.read_frame(io), clock.sleep_until_ms(deadline)).await {
         Either::First(r) => r,
         Either::Second(()) => Err(Error::Timeout(TimeoutKind::Handshake)),
@@ -477,40 +493,51 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
         let handshake_ms = ms(config.handshake_timeout);
         let write_ms = ms(config.write_timeout);
 
-        let login = ClientLogin::<LOGIN_MESSAGE_LEN>::new(username, credentials, config.scram, rng)
-            .map_err(Error::Login)?;
-        let hello = Handshake::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            mechanisms: login.mechanisms(),
-            max_frame: max_frame as u16,
-            client_first: login.client_first(),
-        });
-        let frame = frame::encode_message(&hello, tx, min)?;
-        write_frame(&mut io, &clock, frame, write_ms).await?;
-        debug!("tether: hello sent");
-
-        let deadline = clock.now_ms().saturating_add(handshake_ms);
-        let len = read_handshake(&mut rx, &mut io, &clock, deadline).await?;
-        let challenge = match message::decode::<Handshake>(&rx.buf[..len]).map_err(Error::Decode)? {
-            Handshake::Challenge(c) => c,
-            Handshake::Refused(r) => return Err(refused(r)),
-            _ => return Err(Error::Protocol("expected a challenge or a refusal")),
+        // One slot for the SCRAM state across both round trips: the future
+        // (static RAM on a device) holds the larger state, not both.
+        let mut scram = Scram::First(
+            ClientLogin::<LOGIN_MESSAGE_LEN>::new(username, credentials, config.scram, rng)
+                .map_err(Error::Login)?,
+        );
+        let mut len = 0;
+        for _ in 0..2 {
+            let frame = match &scram {
+                Scram::First(login) => frame::encode_message(
+                    &Handshake::Hello(Hello {
+                        version: PROTOCOL_VERSION,
+                        mechanisms: login.mechanisms(),
+                        max_frame: max_frame as u16,
+                        client_first: login.client_first(),
+                    }),
+                    tx,
+                    min,
+                )?,
+                Scram::Final(proof) => frame::encode_message(
+                    &Handshake::Proof(Proof {
+                        client_final: proof.client_final(),
+                    }),
+                    tx,
+                    min,
+                )?,
+            };
+            len = round_trip(&mut io, &mut rx, &clock, frame, write_ms, handshake_ms).await?;
+            if let Scram::First(login) = scram {
+                let challenge =
+                    match message::decode::<Handshake>(&rx.buf[..len]).map_err(Error::Decode)? {
+                        Handshake::Challenge(c) => c,
+                        Handshake::Refused(r) => return Err(refused(r)),
+                        _ => return Err(Error::Protocol("expected a challenge or a refusal")),
+                    };
+                scram = Scram::Final(
+                    login
+                        .handle_challenge(challenge.mechanism, challenge.server_first)
+                        .map_err(Error::Login)?,
+                );
+            }
+        }
+        let Scram::Final(proof) = scram else {
+            return Err(Error::Protocol("handshake incomplete"));
         };
-        let proof = login
-            .handle_challenge(challenge.mechanism, challenge.server_first)
-            .map_err(Error::Login)?;
-        let frame = frame::encode_message(
-            &Handshake::Proof(Proof {
-                client_final: proof.client_final(),
-            }),
-            tx,
-            min,
-        )?;
-        write_frame(&mut io, &clock, frame, write_ms).await?;
-        debug!("tether: proof sent");
-
-        let deadline = clock.now_ms().saturating_add(handshake_ms);
-        let len = read_handshake(&mut rx, &mut io, &clock, deadline).await?;
         let welcome = match message::decode::<Handshake>(&rx.buf[..len]).map_err(Error::Decode)? {
             Handshake::Welcome(w) => w,
             Handshake::Refused(r) => return Err(refused(r)),
@@ -801,27 +828,25 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
         }
     }
 
-    /// Says goodbye (`Normal`) and gives the transport back, for the
-    /// application to close (dropping a tokio stream closes it; call
-    /// `close()` on an embassy-net socket).
-    pub async fn close(mut self) -> Result<T, Error<T::Error>> {
+    /// Says goodbye (`Normal`); the session has ended afterwards. Then
+    /// close the transport: drop a tokio stream, or take it back with
+    /// [`into_inner`](Self::into_inner) and call `close()` on an embassy-net
+    /// socket.
+    pub async fn close(&mut self) -> Result<(), Error<T::Error>> {
         if self.ended {
             return Err(Error::Ended);
         }
         let goodbye = Message::Goodbye {
             reason: GoodbyeReason::Normal,
         };
-        match self.link.send(&goodbye).await {
-            Ok(()) => {
-                info!("tether: goodbye sent");
-                Ok(self.link.io)
-            }
-            Err(SendError::TooLarge(e)) => Err(Error::Frame(e)),
-            Err(SendError::Fatal(e)) => Err(e),
-        }
+        let sent = self.send_fatal(&goodbye).await;
+        self.ended = true;
+        info!("tether: goodbye sent");
+        sent
     }
 
-    /// Gives the transport back without a goodbye.
+    /// Gives the transport back (after [`close`](Self::close), or to drop
+    /// the connection without a goodbye).
     pub fn into_inner(self) -> T {
         self.link.io
     }

@@ -124,7 +124,9 @@ async fn password_login_returns_keys_and_keys_log_in_without_password() {
     assert_eq!(login.session.peer_max_frame(), 512);
     let keys: CachedKeys = login.keys.clone();
     assert_eq!(keys.iterations, 4096);
-    drop(login.session.close().await.unwrap());
+    let mut session = login.session;
+    session.close().await.unwrap();
+    drop(session);
 
     let login = with_timeout(host::connect(
         &addr,
@@ -138,7 +140,9 @@ async fn password_login_returns_keys_and_keys_log_in_without_password() {
     .unwrap();
     assert!(!login.derived);
     assert!(login.keys == keys);
-    drop(login.session.close().await.unwrap());
+    let mut session = login.session;
+    session.close().await.unwrap();
+    drop(session);
     with_timeout(server).await.unwrap();
 }
 
@@ -439,7 +443,8 @@ async fn calls_both_ways_with_several_in_flight() {
         session.next_reply(&mut mind).await,
         Err(Error::NoCallInFlight)
     ));
-    drop(session.close().await.unwrap());
+    session.close().await.unwrap();
+    drop(session);
     with_timeout(server).await.unwrap().unwrap();
 }
 
@@ -533,7 +538,8 @@ async fn server_calls_the_device_while_it_waits_for_its_reply() {
         }
         other => panic!("{other:?}"),
     }
-    drop(session.close().await.unwrap());
+    session.close().await.unwrap();
+    drop(session);
     with_timeout(server).await.unwrap().unwrap();
 }
 
@@ -633,7 +639,8 @@ async fn serve_until_returns_the_applications_event() {
         .await
         .unwrap();
     assert_eq!(got, Ok(42));
-    drop(session.close().await.unwrap());
+    session.close().await.unwrap();
+    drop(session);
     with_timeout(server).await.unwrap().unwrap();
 }
 
@@ -775,7 +782,8 @@ async fn call_timeout_leaves_the_session_usable_and_late_replies_are_dropped() {
     assert_eq!(session.calls_in_flight(), 0);
     let r = with_timeout(session.call::<Echo, _>(&"second", &mut ())).await;
     assert_eq!(r.unwrap(), "second");
-    drop(session.close().await.unwrap());
+    session.close().await.unwrap();
+    drop(session);
     with_timeout(server).await.unwrap().unwrap();
 }
 

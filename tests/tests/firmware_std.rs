@@ -179,7 +179,8 @@ async fn device_logs_in_to_tether_server_and_calls_both_ways() {
         session.call::<Echo, _>(&"again", &mut mind).await.unwrap(),
         "again"
     );
-    drop(session.close().await.unwrap());
+    session.close().await.unwrap();
+    drop(session);
     loop {
         if let RealmEvent::Disconnected { session, end, .. } = server.event().await {
             assert_eq!(session, id2);
