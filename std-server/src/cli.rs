@@ -21,6 +21,7 @@ use tether_firmware::{
 };
 use tracing::{info, warn};
 
+use crate::admin::{Admin, AdminConfig, AdminToken};
 use crate::default_realm::DefaultRealm;
 use crate::secret::{DEFAULT_SECRET_FILE, SecretOrigin, ServerSecret, to_hex};
 use crate::server::{Server, ServerConfig, shutdown_signal};
@@ -178,6 +179,17 @@ pub struct ServeArgs {
     /// Longest throttle block.
     #[arg(long, default_value_t = 300.0, value_name = "SECS")]
     pub throttle_max_delay: f64,
+    /// Serve the admin HTTP API (sessions, calls to devices, kick, health,
+    /// Prometheus metrics) on this address, e.g. 127.0.0.1:7421. Off by
+    /// default. Requests need `Authorization: Bearer $TETHER_ADMIN_TOKEN`
+    /// when that variable is set (16+ characters); without it only a
+    /// loopback address is accepted.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
+    /// How long an admin API call waits for the device's reply (a request
+    /// may ask for another with `?timeout=SECS`).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub admin_call_timeout: f64,
 }
 
 /// `tether demo`.
@@ -342,6 +354,21 @@ fn init_tracing(verbose: u8, quiet_by_default: bool) {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
+    // The admin API's settings are checked before anything starts.
+    let admin_config = match &args.admin {
+        None => None,
+        Some(_) => match AdminToken::from_env() {
+            Ok(token) => Some(AdminConfig {
+                token,
+                call_timeout: secs(args.admin_call_timeout).max(Duration::from_millis(1)),
+                ..AdminConfig::default()
+            }),
+            Err(e) => {
+                eprintln!("tether serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let store_config = args.store.config();
     let url = redact_url(&store_config.url);
     let store = match Store::open(store_config) {
@@ -422,12 +449,30 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let handle = server.handle();
+    let admin = match (&args.admin, admin_config) {
+        (Some(addr), Some(config)) => match Admin::new(&server, config).bind(addr).await {
+            Ok(admin) => {
+                let handle = handle.clone();
+                Some(tokio::spawn(
+                    admin.run(async move { handle.shutting_down().await }),
+                ))
+            }
+            Err(e) => {
+                eprintln!("tether serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
     tokio::spawn(async move {
         shutdown_signal().await;
         info!("signal received: shutting down gracefully");
         handle.shutdown();
     });
     server.run().await;
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
+    }
     ExitCode::SUCCESS
 }
 

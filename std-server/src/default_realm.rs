@@ -69,11 +69,11 @@ impl Registry {
             .collect()
     }
 
-    fn insert(&self, entry: SessionEntry) {
+    pub(crate) fn insert(&self, entry: SessionEntry) {
         lock(&self.sessions).insert(entry.info.id, entry);
     }
 
-    fn remove(&self, session_id: u64) {
+    pub(crate) fn remove(&self, session_id: u64) {
         lock(&self.sessions).remove(&session_id);
     }
 }

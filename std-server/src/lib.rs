@@ -9,6 +9,8 @@
 //!
 //! | module | owns |
 //! |---|---|
+//! | [`admin`] | the admin HTTP API (axum): sessions, calls to devices, kick, health, metrics |
+//! | [`metrics`] | Prometheus metrics (logins, sessions, calls, database, throttle, frames) |
 //! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB), permission and group gates, `last_login`, TTL cache |
 //! | [`throttle`] | failed-login backoff per username and per address |
 //! | [`secret`] | the server secret behind decoy challenges |
@@ -29,10 +31,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cli;
 pub mod default_realm;
 pub mod demo;
 mod login;
+pub mod metrics;
 pub mod realm;
 pub mod secret;
 pub mod server;
@@ -41,7 +45,9 @@ pub mod store;
 pub mod throttle;
 pub mod wire;
 
+pub use admin::{Admin, AdminConfig, AdminToken};
 pub use default_realm::{DefaultRealm, Registry};
+pub use metrics::Metrics;
 pub use realm::{
     Avatar, CallError, CallResult, IncomingCall, Mind, Realm, RemoteError, SessionEnd, SessionInfo,
     User,

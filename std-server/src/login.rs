@@ -34,6 +34,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
+use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Mind, Realm, SessionInfo, User};
 use crate::server::Shared;
 use crate::session::Established;
@@ -52,6 +53,7 @@ struct Conn {
     reader: FrameReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     peer: SocketAddr,
+    metrics: Metrics,
 }
 
 impl Conn {
@@ -103,7 +105,10 @@ impl Conn {
     async fn next(&mut self) -> Result<&[u8], Result<String, LoginEnd>> {
         match self.reader.next().await {
             Ok(body) => Ok(body),
-            Err(ReadError::Frame(e)) => Err(Ok(format!("bad frame: {e}"))),
+            Err(ReadError::Frame(e)) => {
+                self.metrics.rejected(Rejection::HandshakeBadFrame);
+                Err(Ok(format!("bad frame: {e}")))
+            }
             Err(ReadError::Closed) => {
                 debug!(peer = %self.peer, "closed during the handshake");
                 Err(Err(LoginEnd::Closed))
@@ -137,6 +142,7 @@ pub(crate) async fn handshake<R: Realm>(
         reader,
         writer,
         peer,
+        metrics: shared.metrics.clone(),
     };
     let zero = Duration::ZERO;
 
@@ -153,11 +159,13 @@ pub(crate) async fn handshake<R: Realm>(
     let hello = match message::decode::<Handshake>(body) {
         Ok(Handshake::Hello(hello)) => hello,
         Ok(_) => {
+            conn.metrics.rejected(Rejection::HandshakeUnexpected);
             return Err(conn
                 .refuse(RefusalCode::Protocol, zero, None, "expected a hello")
                 .await);
         }
         Err(e) => {
+            conn.metrics.rejected(Rejection::HandshakeUndecodable);
             let detail = format!("undecodable hello: {e}");
             return Err(conn
                 .refuse(RefusalCode::Protocol, zero, None, &detail)
@@ -337,11 +345,13 @@ pub(crate) async fn handshake<R: Realm>(
     let proof = match message::decode::<Handshake>(body) {
         Ok(Handshake::Proof(proof)) => proof,
         Ok(_) => {
+            conn.metrics.rejected(Rejection::HandshakeUnexpected);
             return Err(conn
                 .refuse(RefusalCode::Protocol, zero, user, "expected a proof")
                 .await);
         }
         Err(e) => {
+            conn.metrics.rejected(Rejection::HandshakeUndecodable);
             let detail = format!("undecodable proof: {e}");
             return Err(conn
                 .refuse(RefusalCode::Protocol, zero, user, &detail)
@@ -398,6 +408,7 @@ pub(crate) async fn handshake<R: Realm>(
         tx,
         config.session.call_timeout,
         client_max_frame,
+        shared.metrics.calls(Direction::ToDevice),
     );
     let avatar = match shared.realm.avatar(&info, mind.clone()).await {
         Ok(avatar) => Arc::new(avatar),
@@ -438,6 +449,7 @@ pub(crate) async fn handshake<R: Realm>(
             mind,
             rx,
             peer_max_frame: client_max_frame,
+            metrics: shared.metrics.clone(),
         },
         session_permit,
     ))

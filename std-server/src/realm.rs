@@ -44,9 +44,9 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tether_core::message::{DecodeError, ErrorCode, GoodbyeReason, RefusalCode};
 use tether_core::method::{self, Method};
@@ -54,6 +54,7 @@ use tether_core::scram::Mechanism;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{CallMetrics, CallOutcome};
 use crate::session::Outbound;
 
 /// The authenticated Django user of a session.
@@ -343,6 +344,11 @@ pub(crate) struct MindShared {
     pub(crate) default_timeout: Duration,
     /// Largest frame body the device accepts.
     pub(crate) peer_max_frame: usize,
+    /// Calls the device made to the server.
+    pub(crate) calls_in: AtomicU64,
+    /// Calls the server made to the device.
+    pub(crate) calls_out: AtomicU64,
+    pub(crate) metrics: CallMetrics,
 }
 
 /// The server's handle on a device (Twisted's mind): calls its methods and
@@ -371,6 +377,7 @@ impl Mind {
         tx: mpsc::Sender<Outbound>,
         default_timeout: Duration,
         peer_max_frame: usize,
+        metrics: CallMetrics,
     ) -> Self {
         Self {
             shared: Arc::new(MindShared {
@@ -388,6 +395,9 @@ impl Mind {
                 close_reason: Mutex::new(None),
                 default_timeout,
                 peer_max_frame,
+                calls_in: AtomicU64::new(0),
+                calls_out: AtomicU64::new(0),
+                metrics,
             }),
         }
     }
@@ -405,6 +415,21 @@ impl Mind {
     /// The logged-in username.
     pub fn username(&self) -> &str {
         &self.shared.username
+    }
+
+    /// How many calls the device has made to the server in this session.
+    pub fn calls_in(&self) -> u64 {
+        self.shared.calls_in.load(Ordering::Relaxed)
+    }
+
+    /// How many calls the server has made to the device in this session.
+    pub fn calls_out(&self) -> u64 {
+        self.shared.calls_out.load(Ordering::Relaxed)
+    }
+
+    /// The default timeout of [`Mind::call`].
+    pub fn default_timeout(&self) -> Duration {
+        self.shared.default_timeout
     }
 
     /// Whether the session has ended.
@@ -447,6 +472,25 @@ impl Mind {
         args: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>, CallError> {
+        let started = Instant::now();
+        let result = self.call_raw_inner(method, args, timeout).await;
+        let outcome = match &result {
+            Ok(_) => CallOutcome::Ok,
+            Err(CallError::Remote(_) | CallError::BadReply(_)) => CallOutcome::Error,
+            Err(CallError::Timeout) => CallOutcome::Timeout,
+            Err(CallError::Closed) => CallOutcome::Closed,
+            Err(CallError::TooLarge) => CallOutcome::Rejected,
+        };
+        self.shared.metrics.record(outcome, started.elapsed());
+        result
+    }
+
+    async fn call_raw_inner(
+        &self,
+        method: &str,
+        args: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, CallError> {
         if self.is_closed() {
             return Err(CallError::Closed);
         }
@@ -480,6 +524,7 @@ impl Mind {
             self.forget(id);
             return Err(CallError::Closed);
         }
+        self.shared.calls_out.fetch_add(1, Ordering::Relaxed);
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(bytes))) => Ok(bytes),
             Ok(Ok(Err(remote))) => Err(CallError::Remote(remote)),

@@ -17,7 +17,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
 use tokio::sync::Semaphore;
@@ -25,7 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::default_realm::{Registry, SessionEntry};
 use crate::login::{self, LoginEnd};
+use crate::metrics::{LoginOutcome, Metrics};
 use crate::realm::Realm;
 use crate::secret::ServerSecret;
 use crate::session::{self, SessionConfig};
@@ -75,7 +77,10 @@ impl Default for ServerConfig {
 pub(crate) struct Shared<R> {
     pub config: ServerConfig,
     pub store: Arc<Store>,
-    pub throttle: Throttle,
+    pub throttle: Arc<Throttle>,
+    pub metrics: Metrics,
+    /// Every live session, whatever the realm.
+    pub live: Registry,
     pub secret: ServerSecret,
     pub realm: R,
     pub next_session_id: AtomicU64,
@@ -111,6 +116,11 @@ impl ServerHandle {
         self.shutdown.is_cancelled()
     }
 
+    /// Resolves when shutdown starts.
+    pub async fn shutting_down(&self) {
+        self.shutdown.cancelled().await
+    }
+
     /// The listening address.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -128,10 +138,15 @@ impl<R: Realm> Server<R> {
     ) -> std::io::Result<Self> {
         config.max_frame = config.max_frame.max(tether_core::frame::MIN_MAX_FRAME);
         let listener = TcpListener::bind(addr).await?;
+        let metrics = store.metrics().clone();
+        let throttle = Arc::new(Throttle::with_metrics(config.throttle, metrics.throttle()));
+        metrics.watch_throttle(&throttle);
         Ok(Self {
             listener,
             shared: Arc::new(Shared {
-                throttle: Throttle::new(config.throttle),
+                throttle,
+                metrics,
+                live: Registry::new(),
                 handshakes: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
                 pending: Arc::new(Semaphore::new(config.max_pending.max(1))),
                 sessions: Arc::new(Semaphore::new(config.max_sessions.max(1))),
@@ -151,6 +166,23 @@ impl<R: Realm> Server<R> {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// The metrics the server records into (its store's,
+    /// [`Store::metrics`]).
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    /// Every live session of this server, whatever the realm: listed from
+    /// the welcome until the session has ended. The admin API reads it.
+    pub fn sessions(&self) -> Registry {
+        self.shared.live.clone()
+    }
+
+    /// The credential store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.shared.store
     }
 
     /// A handle to stop the server.
@@ -197,40 +229,66 @@ impl<R: Realm> Server<R> {
 
 fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let started = Instant::now();
     let handshake_permit = shared.handshakes.clone().try_acquire_owned().ok();
     let pending_permit = if handshake_permit.is_none() {
         match shared.pending.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
                 warn!(%peer, "too many connections waiting; closed without a reply");
+                shared
+                    .metrics
+                    .login(LoginOutcome::Dropped, None, started.elapsed());
                 return;
             }
         }
     } else {
         None
     };
+    let in_handshake = shared.metrics.handshake_started();
     let task_shared = shared.clone();
     shared.tracker.spawn(async move {
         let shared = task_shared;
+        let metrics = &shared.metrics;
         let login = login::handshake(&shared, stream, peer, handshake_permit);
         let timeout = shared.config.handshake_timeout;
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, login) => r,
             _ = shared.shutdown.cancelled() => {
                 debug!(%peer, "handshake abandoned: shutting down");
+                metrics.login(LoginOutcome::Closed, None, started.elapsed());
                 return;
             }
         };
         drop(pending_permit);
+        drop(in_handshake);
         let (established, session_permit) = match result {
             Err(_) => {
                 info!(%peer, "login timed out; connection closed");
+                metrics.login(LoginOutcome::Timeout, None, started.elapsed());
                 return;
             }
-            Ok(Err(LoginEnd::Refused(_) | LoginEnd::Closed)) => return,
+            Ok(Err(LoginEnd::Refused(code))) => {
+                metrics.login(LoginOutcome::Refused, Some(code), started.elapsed());
+                return;
+            }
+            Ok(Err(LoginEnd::Closed)) => {
+                metrics.login(LoginOutcome::Closed, None, started.elapsed());
+                return;
+            }
             Ok(Ok(ok)) => ok,
         };
-        session::run(established, shared.config.session, shared.shutdown.clone()).await;
+        metrics.login(LoginOutcome::Success, None, started.elapsed());
+        let live = metrics.session_started();
+        let session_id = established.info.id;
+        shared.live.insert(SessionEntry {
+            info: established.info.clone(),
+            mind: established.mind.clone(),
+        });
+        let end = session::run(established, shared.config.session, shared.shutdown.clone()).await;
+        shared.live.remove(session_id);
+        live.ended(&end);
+        drop(live);
         drop(session_permit);
     });
 }

@@ -18,7 +18,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tether_core::frame::{FrameError, HEADER_LEN};
 use tether_core::message::{ErrorCode, GoodbyeReason, Message};
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, debug, warn};
 
+use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{Avatar, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo, lock};
 use crate::wire::{FrameReader, ReadError};
 
@@ -114,6 +115,7 @@ pub(crate) struct Established<A> {
     pub rx: mpsc::Receiver<Outbound>,
     /// Largest frame body the device accepts.
     pub peer_max_frame: usize,
+    pub metrics: Metrics,
 }
 
 struct Ending {
@@ -143,6 +145,7 @@ pub(crate) async fn run<A: Avatar>(
         mind,
         rx,
         peer_max_frame,
+        metrics,
     } = est;
     let peer = info.peer;
     let span = tracing::info_span!("session", id = info.id, user = %info.user.username, %peer);
@@ -167,6 +170,8 @@ pub(crate) async fn run<A: Avatar>(
             shutting_down: &shutting_down,
             in_flight: &in_flight,
             config: &config,
+            metrics: &metrics,
+            from_device: metrics.calls(Direction::FromDevice),
         };
         let reading = read_loop(&mut reader, &mut opener, &ctx);
         tokio::pin!(reading);
@@ -247,6 +252,8 @@ struct ReadCtx<'a, A> {
     shutting_down: &'a Arc<std::sync::atomic::AtomicBool>,
     in_flight: &'a Arc<Mutex<HashSet<u32>>>,
     config: &'a SessionConfig,
+    metrics: &'a Metrics,
+    from_device: CallMetrics,
 }
 
 async fn read_loop<A: Avatar>(
@@ -262,6 +269,7 @@ async fn read_loop<A: Avatar>(
             }
             Ok(Err(ReadError::Closed)) => return Ending::new(SessionEnd::Closed, None),
             Ok(Err(ReadError::Frame(e))) => {
+                ctx.metrics.rejected(Rejection::BadFrame);
                 return Ending::new(
                     SessionEnd::ProtocolError(format!("bad frame: {e}")),
                     Some(GoodbyeReason::ProtocolError),
@@ -275,6 +283,13 @@ async fn read_loop<A: Avatar>(
         let msg = match opener.open(body) {
             Ok(msg) => msg,
             Err(e) => {
+                ctx.metrics.rejected(match e {
+                    SessionError::BadTag => Rejection::BadTag,
+                    SessionError::Replayed { .. } => Rejection::Replayed,
+                    SessionError::OutOfOrder { .. } => Rejection::OutOfOrder,
+                    SessionError::TooShort { .. } => Rejection::TooShort,
+                    _ => Rejection::Undecodable,
+                });
                 let reason = match e {
                     SessionError::BadTag
                     | SessionError::Replayed { .. }
@@ -287,7 +302,12 @@ async fn read_loop<A: Avatar>(
         };
         match msg {
             Message::Call { id, method, args } => {
+                ctx.mind
+                    .shared
+                    .calls_in
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if ctx.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
+                    ctx.from_device.record(CallOutcome::Rejected, Duration::ZERO);
                     let _ = tx
                         .send(Outbound::Error {
                             id,
@@ -310,12 +330,14 @@ async fn read_loop<A: Avatar>(
                 };
                 match admitted {
                     None => {
+                        ctx.metrics.rejected(Rejection::DuplicateCall);
                         return Ending::new(
                             SessionEnd::ProtocolError(format!("call id {id} already in flight")),
                             Some(GoodbyeReason::ProtocolError),
                         );
                     }
                     Some(false) => {
+                        ctx.from_device.record(CallOutcome::Rejected, Duration::ZERO);
                         let _ = tx
                             .send(Outbound::Error {
                                 id,
@@ -336,8 +358,10 @@ async fn read_loop<A: Avatar>(
                 let in_flight = ctx.in_flight.clone();
                 let cancel = ctx.cancel_calls.clone();
                 let tx = tx.clone();
+                let recorded = ctx.from_device.clone();
                 ctx.calls.spawn(
                     async move {
+                        let started = Instant::now();
                         let method = call.method.clone();
                         // Its own task, so that a panicking handler answers
                         // FAILED instead of leaving the call unanswered.
@@ -350,9 +374,14 @@ async fn read_loop<A: Avatar>(
                             }),
                             _ = cancel.cancelled() => {
                                 handler.abort();
+                                recorded.record(CallOutcome::Closed, started.elapsed());
                                 return;
                             }
                         };
+                        recorded.record(
+                            if result.is_ok() { CallOutcome::Ok } else { CallOutcome::Error },
+                            started.elapsed(),
+                        );
                         lock(&in_flight).remove(&id);
                         let out = match result {
                             Ok(result) => Outbound::Reply { id, result },
@@ -368,6 +397,7 @@ async fn read_loop<A: Avatar>(
             }
             Message::Reply { id, result } => {
                 if !ctx.mind.resolve(id, Ok(result.to_vec())) {
+                    ctx.metrics.rejected(Rejection::UnknownReply);
                     return Ending::new(
                         SessionEnd::ProtocolError(format!("reply to call {id}, not in flight")),
                         Some(GoodbyeReason::ProtocolError),
@@ -377,6 +407,7 @@ async fn read_loop<A: Avatar>(
             Message::Error { id, code, message } => {
                 let err = RemoteError::new(code, message);
                 if !ctx.mind.resolve(id, Err(err)) {
+                    ctx.metrics.rejected(Rejection::UnknownReply);
                     return Ending::new(
                         SessionEnd::ProtocolError(format!("error for call {id}, not in flight")),
                         Some(GoodbyeReason::ProtocolError),

@@ -30,6 +30,8 @@ use std::time::{Duration, Instant, SystemTime};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, AssertSqlSafe, Row as _};
 
+use crate::metrics::{Metrics, StoreMetrics};
+
 /// Which SQL dialect a database URL speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -340,6 +342,8 @@ pub struct Store {
     lookup_binds: Vec<String>,
     last_login_sql: Arc<str>,
     cache: Option<Cache>,
+    metrics: Metrics,
+    recorded: StoreMetrics,
 }
 
 impl fmt::Debug for Store {
@@ -493,6 +497,7 @@ impl Store {
             capacity: config.cache_capacity.max(1),
             entries: Mutex::new(HashMap::new()),
         });
+        let metrics = Metrics::new();
         Ok(Self {
             config,
             backend,
@@ -501,7 +506,23 @@ impl Store {
             lookup_binds,
             last_login_sql: last_login_sql.into(),
             cache,
+            recorded: metrics.store(),
+            metrics,
         })
+    }
+
+    /// Records into `metrics` (shared with other stores) instead of this
+    /// store's own registry. A [`Server`](crate::Server) records into its
+    /// store's metrics.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.recorded = metrics.store();
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this store, and the servers bound on it, record into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The configuration the store was opened with.
@@ -535,12 +556,28 @@ impl Store {
         if let Some(cache) = &self.cache
             && let Some(hit) = cache.get(username)
         {
+            self.recorded.cache_hits.inc();
             return Ok(hit);
         }
         // The entry ages from before the query: a row read late in a slow
         // query is never trusted for longer than the TTL after it was read.
         let asked = Instant::now();
-        let result = self.query_user(username).await?;
+        let result = self.query_user(username).await;
+        self.recorded
+            .lookup_duration
+            .observe(asked.elapsed().as_secs_f64());
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                match &e {
+                    StoreError::Query(_) => self.recorded.query_errors.inc(),
+                    StoreError::Unavailable(_) | StoreError::Config(_) => {
+                        self.recorded.unavailable.inc()
+                    }
+                };
+                return Err(e);
+            }
+        };
         if let Some(cache) = &self.cache {
             cache.put(username, result.clone(), asked);
         }
@@ -665,7 +702,7 @@ pub fn django_timestamp(t: SystemTime, backend: Backend) -> String {
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

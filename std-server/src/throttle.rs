@@ -31,6 +31,8 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::metrics::ThrottleMetrics;
+
 /// Throttle settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ThrottleConfig {
@@ -102,7 +104,8 @@ impl<K: Hash + Eq + Clone> Table<K> {
             .filter(|d| !d.is_zero())
     }
 
-    fn fail(&mut self, key: K, free: u32, now: Instant, cfg: &ThrottleConfig) {
+    /// Counts a failure; `true` when it (re)starts a block.
+    fn fail(&mut self, key: K, free: u32, now: Instant, cfg: &ThrottleConfig) -> bool {
         if self.entries.len() >= cfg.max_entries && !self.entries.contains_key(&key) {
             self.entries
                 .retain(|_, e| now.saturating_duration_since(e.last) < cfg.forget_after);
@@ -140,7 +143,17 @@ impl<K: Hash + Eq + Clone> Table<K> {
                 .unwrap_or(cfg.max_delay)
                 .min(cfg.max_delay);
             entry.blocked_until = Some(now + delay);
+            return true;
         }
+        false
+    }
+
+    /// Keys blocked at `now`.
+    fn blocked_count(&self, now: Instant) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.blocked_until.is_some_and(|until| until > now))
+            .count()
     }
 }
 
@@ -149,6 +162,7 @@ pub struct Throttle {
     config: ThrottleConfig,
     users: Mutex<Table<String>>,
     addrs: Mutex<Table<IpAddr>>,
+    metrics: ThrottleMetrics,
 }
 
 impl std::fmt::Debug for Throttle {
@@ -183,11 +197,25 @@ fn user_key(username: &str) -> String {
 impl Throttle {
     /// A throttle with these settings.
     pub fn new(config: ThrottleConfig) -> Self {
+        Self::with_metrics(config, ThrottleMetrics::default())
+    }
+
+    pub(crate) fn with_metrics(config: ThrottleConfig, metrics: ThrottleMetrics) -> Self {
         Self {
             config,
             users: Mutex::new(Table::new()),
             addrs: Mutex::new(Table::new()),
+            metrics,
         }
+    }
+
+    /// How many usernames and how many addresses are blocked now (a scan
+    /// of the tables: for metrics scrapes, not for the login path).
+    pub fn blocked_counts(&self) -> (usize, usize) {
+        let now = Instant::now();
+        let users = lock(&self.users).blocked_count(now);
+        let addrs = lock(&self.addrs).blocked_count(now);
+        (users, addrs)
     }
 
     /// The settings.
@@ -212,8 +240,12 @@ impl Throttle {
     pub fn failure(&self, username: &str, addr: IpAddr) {
         let now = Instant::now();
         let cfg = &self.config;
-        lock(&self.users).fail(user_key(username), cfg.user_free_failures, now, cfg);
-        lock(&self.addrs).fail(address_key(addr), cfg.addr_free_failures, now, cfg);
+        if lock(&self.users).fail(user_key(username), cfg.user_free_failures, now, cfg) {
+            self.metrics.user_blocks.inc();
+        }
+        if lock(&self.addrs).fail(address_key(addr), cfg.addr_free_failures, now, cfg) {
+            self.metrics.address_blocks.inc();
+        }
     }
 
     /// Records a failure for a username only (e.g. the stored username when
@@ -221,7 +253,9 @@ impl Throttle {
     pub fn user_failure(&self, username: &str) {
         let now = Instant::now();
         let cfg = &self.config;
-        lock(&self.users).fail(user_key(username), cfg.user_free_failures, now, cfg);
+        if lock(&self.users).fail(user_key(username), cfg.user_free_failures, now, cfg) {
+            self.metrics.user_blocks.inc();
+        }
     }
 
     /// Records a successful login: the username starts over.
@@ -265,6 +299,7 @@ mod tests {
             assert!(d > Duration::from_millis(expected * 1000 - 100));
             last = d;
         }
+        assert_eq!(t.blocked_counts(), (1, 1));
         t.success("alice");
         assert_eq!(t.check_user("alice"), None);
     }
