@@ -299,7 +299,9 @@ impl Admin {
             .await
             .map_err(bind_error)?;
         if self.state.config.token.is_none() {
-            warn!("admin API without a token: anyone who can connect to the loopback address may use it");
+            warn!(
+                "admin API without a token: anyone who can connect to the loopback address may use it"
+            );
         }
         Ok(AdminServer {
             listener,
@@ -424,9 +426,9 @@ async fn log_request(request: Request, next: Next) -> Response {
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let route = route.as_deref().unwrap_or("-");
     if status == 401 || status >= 500 {
-        warn!(%method, path, route, status, latency_ms, peer, "admin request");
+        warn!(%method, %path, %route, status, latency_ms, %peer, "admin request");
     } else {
-        info!(%method, path, route, status, latency_ms, peer, "admin request");
+        info!(%method, %path, %route, status, latency_ms, %peer, "admin request");
     }
     response
 }
@@ -492,7 +494,11 @@ async fn list_sessions(State(state): St, Query(q): Query<ListQuery>) -> Response
         .list()
         .iter()
         .filter(|e| !e.mind.is_closed())
-        .filter(|e| q.username.as_ref().is_none_or(|u| *u == e.info.user.username))
+        .filter(|e| {
+            q.username
+                .as_ref()
+                .is_none_or(|u| *u == e.info.user.username)
+        })
         .map(view)
         .collect();
     Json(json!({ "sessions": sessions })).into_response()
@@ -686,7 +692,11 @@ struct KickQuery {
     session: Option<u64>,
 }
 
-async fn kick(State(state): St, Path(username): Path<String>, Query(q): Query<KickQuery>) -> Response {
+async fn kick(
+    State(state): St,
+    Path(username): Path<String>,
+    Query(q): Query<KickQuery>,
+) -> Response {
     let minds = sessions_of(&state, &username, q.session);
     if minds.is_empty() {
         return not_connected(&username, q.session);

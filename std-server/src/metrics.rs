@@ -323,11 +323,7 @@ impl Metrics {
         let mut registry = Registry::with_prefix("tether");
 
         let logins = Family::<Labels1, Counter>::default();
-        registry.register(
-            "logins",
-            "Handshakes by how they ended",
-            logins.clone(),
-        );
+        registry.register("logins", "Handshakes by how they ended", logins.clone());
         let logins =
             LoginOutcome::ALL.map(|o| logins.get_or_create_owned(&[("outcome", o.name())]));
 
@@ -341,10 +337,9 @@ impl Metrics {
             "Connections between accept and welcome or refusal",
             handshakes_in_progress.clone(),
         );
-        let handshake_duration =
-            Family::<Labels1, Histogram, _>::new_with_constructor(seconds_histogram(
-                HANDSHAKE_BUCKETS,
-            ));
+        let handshake_duration = Family::<Labels1, Histogram, _>::new_with_constructor(
+            seconds_histogram(HANDSHAKE_BUCKETS),
+        );
         registry.register(
             "handshake_duration_seconds",
             "Time from accept to welcome or refusal",
@@ -379,12 +374,9 @@ impl Metrics {
         let sessions_active = Gauge::default();
         registry.register("sessions_active", "Live sessions", sessions_active.clone());
         let ends = Family::<Labels1, Counter>::default();
-        registry.register(
-            "session_ends",
-            "Sessions ended, by reason",
-            ends.clone(),
-        );
-        let session_ends = EndReason::ALL.map(|r| ends.get_or_create_owned(&[("reason", r.name())]));
+        registry.register("session_ends", "Sessions ended, by reason", ends.clone());
+        let session_ends =
+            EndReason::ALL.map(|r| ends.get_or_create_owned(&[("reason", r.name())]));
 
         let calls = Family::<Labels2, Counter>::default();
         registry.register("calls", "Calls by direction and outcome", calls.clone());
@@ -475,7 +467,8 @@ impl Metrics {
         self.inner.throttled_addresses.set(addresses as i64);
         let mut out = String::with_capacity(8 * 1024);
         // Writing to a String cannot fail.
-        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.inner.registry);
+        let _ =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.inner.registry);
         out
     }
 
@@ -604,7 +597,10 @@ mod tests {
             "tether_handshake_duration_seconds_count{outcome=\"refused\"} 1",
             "# TYPE tether_db_lookup_duration_seconds histogram",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         let guard = m.handshake_started();
         assert!(m.render().contains("tether_handshakes_in_progress 1\n"));

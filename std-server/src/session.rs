@@ -307,7 +307,8 @@ async fn read_loop<A: Avatar>(
                     .calls_in
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if ctx.shutting_down.load(std::sync::atomic::Ordering::Acquire) {
-                    ctx.from_device.record(CallOutcome::Rejected, Duration::ZERO);
+                    ctx.from_device
+                        .record(CallOutcome::Rejected, Duration::ZERO);
                     let _ = tx
                         .send(Outbound::Error {
                             id,
@@ -337,7 +338,8 @@ async fn read_loop<A: Avatar>(
                         );
                     }
                     Some(false) => {
-                        ctx.from_device.record(CallOutcome::Rejected, Duration::ZERO);
+                        ctx.from_device
+                            .record(CallOutcome::Rejected, Duration::ZERO);
                         let _ = tx
                             .send(Outbound::Error {
                                 id,
@@ -379,7 +381,11 @@ async fn read_loop<A: Avatar>(
                             }
                         };
                         recorded.record(
-                            if result.is_ok() { CallOutcome::Ok } else { CallOutcome::Error },
+                            if result.is_ok() {
+                                CallOutcome::Ok
+                            } else {
+                                CallOutcome::Error
+                            },
                             started.elapsed(),
                         );
                         lock(&in_flight).remove(&id);

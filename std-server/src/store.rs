@@ -265,9 +265,11 @@ impl StoreError {
     fn from_sqlx(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::Database(db) => {
-                // A locked SQLite database is a transient condition.
+                // A locked or missing SQLite database is a transient
+                // condition (a migration, a file being restored).
                 let msg = db.message().to_string();
-                if msg.contains("locked") || msg.contains("busy") {
+                if msg.contains("locked") || msg.contains("busy") || msg.contains("unable to open")
+                {
                     Self::Unavailable(msg)
                 } else {
                     Self::Query(msg)

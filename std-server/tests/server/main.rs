@@ -1,5 +1,6 @@
 //! tether-server integration tests against the Django-made fixture databases.
 
+mod admin;
 mod cli;
 mod common;
 mod databases;

@@ -172,9 +172,10 @@ async fn cache_never_outlives_its_ttl() {
     let server = start_with(store, test_config(), DefaultRealm::new()).await;
     let addr = server.addr;
     login(addr, "alice", password(DB, "alice")).await.unwrap();
-    let cached_at = Instant::now();
     // Deactivate alice and change bob's password behind the server's back.
     db.sql("UPDATE auth_user SET is_active = 0 WHERE username = 'alice'");
+    // Both entries are at least as old as this instant (bob's is the newer).
+    let cached_at = Instant::now();
     login(addr, "bob", password(DB, "bob")).await.unwrap();
     let alice_hash = user(DB, "alice")["password_hash"].as_str().unwrap();
     // bob's row gets a SHA-256 hash of alice's password.
