@@ -16,14 +16,16 @@
 //!   sequence); if it does not decode, sent as a body with a bogus tag;
 //!   op % 4 == 1: payload written raw to the socket;
 //!   op % 4 == 2: wait for the answers owed (calls and pings sent so far);
-//!   op % 4 == 3: answer the server's pending calls (`device_info`) with
-//!   the payload as result, or an error when op & 4.
+//!   op % 4 == 3: answer the server's pending calls (`device_info`, which
+//!   the realm asks at attach) with the payload as result, or an error
+//!   when op & 4.
 //!
 //! Checked beyond "no panic anywhere in the server" (a panic in any tokio
 //! task aborts the process under libFuzzer): every frame the server sends
 //! fits our announced maximum, decodes (as `Handshake` before login),
-//! opens with the session keys in sequence after login, and the server
-//! closes the connection within 8 s of our end of stream.
+//! opens with the session keys in sequence after login, the server
+//! closes the connection within 8 s of our end of stream, and the realm's
+//! registry of live sessions is empty again soon after.
 #![no_main]
 
 use std::io::{ErrorKind, Read, Write};
@@ -49,6 +51,8 @@ const USER: &str = "alice";
 struct Fixture {
     port: u16,
     keys: CachedKeys,
+    /// The realm's live sessions: empty again after each input.
+    registry: tether_server::Registry,
 }
 
 /// Counter "randomness": nonces only need to be printable and fresh.
@@ -102,6 +106,8 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
         .expect("alice's password")
         .to_owned();
 
+    let realm = tether_server::DefaultRealm::new().ask_device_info(true);
+    let registry = realm.registry();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -122,7 +128,7 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
                 "127.0.0.1:0",
                 config,
                 store,
-                tether_server::DefaultRealm::new(),
+                realm,
                 tether_server::ServerSecret::from_value("fuzzing secret, 16+ bytes")
                     .expect("secret"),
             )
@@ -137,9 +143,12 @@ static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let session = conn
         .login(ClientCredentials::Password(&password))
         .expect("alice logs in with her password");
+    drop(conn);
+    wait_for_no_sessions(&registry);
     Fixture {
         port,
         keys: session.keys,
+        registry,
     }
 });
 
@@ -237,8 +246,10 @@ impl Conn {
             client_first: login.client_first(),
         });
         self.write(encode_message(&hello, &mut out, 512).expect("hello"));
-        let Got::Frame(body) = self.recv(512, Duration::from_secs(5)) else {
-            panic!("no answer to a genuine hello");
+        let body = match self.recv(512, Duration::from_secs(5)) {
+            Got::Frame(body) => body,
+            Got::Closed => panic!("server closed without answering a genuine hello"),
+            Got::Timeout => panic!("no answer to a genuine hello within 5 s"),
         };
         let Ok(Handshake::Challenge(c)) = message::decode::<Handshake>(&body) else {
             panic!("genuine hello not challenged: {body:02x?}");
@@ -250,8 +261,10 @@ impl Conn {
             client_final: proof.client_final(),
         });
         self.write(encode_message(&msg, &mut out, 512).expect("proof"));
-        let Got::Frame(body) = self.recv(512, Duration::from_secs(5)) else {
-            panic!("no answer to a genuine proof");
+        let body = match self.recv(512, Duration::from_secs(5)) {
+            Got::Frame(body) => body,
+            Got::Closed => panic!("server closed without answering a genuine proof"),
+            Got::Timeout => panic!("no answer to a genuine proof within 5 s"),
         };
         let Ok(Handshake::Welcome(w)) = message::decode::<Handshake>(&body) else {
             panic!("genuine proof not welcomed: {body:02x?}");
@@ -378,6 +391,19 @@ fn session_records(conn: &mut Conn, s: &mut Session, mut rest: &[u8]) {
     }
 }
 
+/// The server forgets a session soon after its connection closed.
+fn wait_for_no_sessions(registry: &tether_server::Registry) {
+    let start = std::time::Instant::now();
+    while !registry.is_empty() {
+        assert!(
+            start.elapsed() < CLOSE_WITHIN,
+            "{} session(s) still registered {CLOSE_WITHIN:?} after their connection closed",
+            registry.len()
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// Say goodbye on every other sequence number, so both endings are covered.
 fn data_wants_goodbye(s: &Session) -> bool {
     s.tx.next_seq() % 2 == 0
@@ -422,5 +448,6 @@ fuzz_target!(|data: &[u8]| {
             .expect("login with cached keys");
         assert!(!s.keys.salt.is_empty());
         session_records(&mut conn, &mut s, rest);
+        wait_for_no_sessions(&fx.registry);
     }
 });
