@@ -487,14 +487,14 @@ async fn call_errors_map_to_statuses() {
 
     // 504: the device takes longer than the timeout...
     let mut buf = [0u8; 16];
-    let args = tether_core::method::encode_args::<Sleep>(&800, &mut buf).unwrap();
+    let args = tether_core::method::encode_args::<Sleep>(&1500, &mut buf).unwrap();
     let started = std::time::Instant::now();
     let r = call_raw(s.admin, "/sessions/alice/call/sleep?timeout=0.2", args).await;
     assert_eq!(r.status, 504, "{}", r.text());
     assert_eq!(r.json()["error"], "timeout");
-    assert!(started.elapsed() < Duration::from_millis(750));
+    assert!(started.elapsed() < Duration::from_millis(1400));
     // ...and the session goes on: its late answer is dropped quietly.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let r = call_json(s.admin, "/sessions/alice/call/echo", &json!("still here")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["reply"], "still here");
@@ -1006,6 +1006,7 @@ async fn the_django_snippet_calls_a_device() {
 
     // As a module, the way a Django view uses it.
     let code = r#"
+import time
 import django_call_device as t
 assert t.call_device("alice", "device_info")["firmware"] == "snippet-firmware 2.0"
 assert t.call_device("alice", "reverse", raw=b"\x01\x02\x03") == b"\x03\x02\x01"
@@ -1015,10 +1016,11 @@ try:
 except t.DeviceError as e:
     assert (e.status, e.code, e.code_name, e.message) == (502, 3, "failed", "sensor on fire"), e
 try:
-    t.call_device("alice", "sleep", raw=b"\xe8\x07", timeout=0.2)
+    t.call_device("alice", "sleep", raw=b"\x90\x03", timeout=0.1)  # 400 ms
     raise SystemExit("no timeout")
 except t.DeviceTimeout as e:
     assert e.status == 504
+time.sleep(0.5)  # the late answer has come and gone
 try:
     t.call_device("nobody", "device_info")
     raise SystemExit("connected?")
