@@ -1,0 +1,280 @@
+//! A client built directly on tether-core, for what tether-firmware's client
+//! cannot do by design: 64 calls in flight on one session (the device client
+//! keeps at most `MAX_CALLS_IN_FLIGHT` = 4, in a fixed table). Same
+//! protocol, same SCRAM login with cached keys, same session tags; it only
+//! writes several calls per syscall when several slots are free.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_message, parse_header};
+use tether_core::message::{self, Handshake, Hello, Message, PROTOCOL_VERSION, Proof};
+use tether_core::method::{self, builtin::Echo};
+use tether_core::scram::{CachedKeys, ClientConfig, ClientCredentials, ClientLogin};
+use tether_core::session::{Opener, Role, Sealer};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+use crate::common::{Summary, Window, rng};
+use crate::load::{ARG, Throughput};
+
+/// The largest frame this client accepts.
+const MAX_FRAME: u16 = 4096;
+
+pub struct RawSession {
+    stream: TcpStream,
+    sealer: Sealer,
+    opener: Opener,
+    peer_max: usize,
+}
+
+async fn read_frame(s: &mut TcpStream, buf: &mut [u8]) -> Result<usize, String> {
+    let mut header = [0u8; HEADER_LEN];
+    s.read_exact(&mut header)
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    let len = parse_header(header, buf.len()).map_err(|e| format!("frame: {e}"))?;
+    s.read_exact(&mut buf[..len])
+        .await
+        .map_err(|e| format!("read: {e}"))?;
+    Ok(len)
+}
+
+async fn send_handshake(s: &mut TcpStream, msg: &Handshake<'_>) -> Result<(), String> {
+    let mut buf = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
+    let frame = encode_message(msg, &mut buf, MIN_MAX_FRAME as usize)
+        .map_err(|e| format!("encode: {e}"))?;
+    s.write_all(frame).await.map_err(|e| format!("write: {e}"))
+}
+
+/// Logs in with cached keys (tether-core's SCRAM client).
+pub async fn login(addr: SocketAddr, user: &str, keys: &CachedKeys) -> Result<RawSession, String> {
+    let mut s = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut rng = rng();
+    let login = ClientLogin::<256>::new(
+        user,
+        ClientCredentials::Keys(keys),
+        ClientConfig::default(),
+        &mut rng,
+    )
+    .map_err(|e| format!("scram: {e}"))?;
+    let hello = Handshake::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        mechanisms: login.mechanisms(),
+        max_frame: MAX_FRAME,
+        client_first: login.client_first(),
+    });
+    send_handshake(&mut s, &hello).await?;
+    let mut buf = vec![0u8; MIN_MAX_FRAME as usize];
+    let n = read_frame(&mut s, &mut buf).await?;
+    let proof = match message::decode::<Handshake>(&buf[..n]).map_err(|e| e.to_string())? {
+        Handshake::Challenge(c) => login
+            .handle_challenge(c.mechanism, c.server_first)
+            .map_err(|e| format!("scram: {e}"))?,
+        other => return Err(format!("expected a challenge, got {other:?}")),
+    };
+    send_handshake(
+        &mut s,
+        &Handshake::Proof(Proof {
+            client_final: proof.client_final(),
+        }),
+    )
+    .await?;
+    let n = read_frame(&mut s, &mut buf).await?;
+    let welcome = match message::decode::<Handshake>(&buf[..n]).map_err(|e| e.to_string())? {
+        Handshake::Welcome(w) => w,
+        other => return Err(format!("expected a welcome, got {other:?}")),
+    };
+    let done = proof
+        .handle_server_final(welcome.server_final)
+        .map_err(|e| format!("scram: {e}"))?;
+    let (sealer, opener) = done.session.into_halves(Role::Client);
+    Ok(RawSession {
+        stream: s,
+        sealer,
+        opener,
+        peer_max: welcome.max_frame as usize,
+    })
+}
+
+/// `echo` calls with `in_flight` always outstanding until the window
+/// closes; then waits for the last replies and says goodbye.
+pub async fn pipelined(
+    session: RawSession,
+    in_flight: usize,
+    window: Window,
+) -> Result<Throughput, String> {
+    let RawSession {
+        stream,
+        mut sealer,
+        mut opener,
+        peer_max,
+    } = session;
+    let (mut rd, mut wr) = stream.into_split();
+    let slots = Arc::new(Semaphore::new(in_flight));
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut args = [0u8; 64];
+    let args_len = method::encode_args::<Echo>(&ARG, &mut args)
+        .map_err(|e| e.to_string())?
+        .len();
+
+    let writer = {
+        let slots = slots.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::with_capacity(64 * 128);
+            let mut frame = vec![0u8; HEADER_LEN + peer_max];
+            let mut id: u32 = 0;
+            let mut sent = 0u64;
+            loop {
+                let Ok(first) = slots.acquire().await else {
+                    break;
+                };
+                first.forget();
+                let mut n = 1;
+                while let Ok(p) = slots.try_acquire() {
+                    p.forget();
+                    n += 1;
+                }
+                if Instant::now() >= window.stop {
+                    break;
+                }
+                out.clear();
+                for _ in 0..n {
+                    id = id.wrapping_add(1).max(1);
+                    let call = Message::Call {
+                        id,
+                        method: "echo",
+                        args: &args[..args_len],
+                    };
+                    let f = sealer
+                        .seal(&call, &mut frame, peer_max)
+                        .map_err(|e| format!("seal: {e}"))?;
+                    out.extend_from_slice(f);
+                }
+                wr.write_all(&out)
+                    .await
+                    .map_err(|e| format!("write: {e}"))?;
+                sent += n as u64;
+            }
+            let _ = stop_tx.send(true);
+            Ok::<_, String>((sent, wr, sealer))
+        })
+    };
+
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut start, mut end) = (0usize, 0usize);
+    let mut received = 0u64;
+    let mut counted = 0usize;
+    let mut errors = 0usize;
+    let mut first_error = None;
+    let deadline = window.stop + Duration::from_secs(30);
+    loop {
+        // Parse every whole frame in the buffer.
+        let mut freed = 0;
+        loop {
+            if end - start < HEADER_LEN {
+                break;
+            }
+            let len = parse_header([buf[start], buf[start + 1]], MAX_FRAME as usize)
+                .map_err(|e| format!("frame: {e}"))?;
+            if end - start < HEADER_LEN + len {
+                break;
+            }
+            let body = &buf[start + HEADER_LEN..start + HEADER_LEN + len];
+            match opener.open(body).map_err(|e| format!("open: {e}"))? {
+                Message::Reply { .. } => {}
+                Message::Error { code, message, .. } => {
+                    errors += 1;
+                    first_error.get_or_insert(format!("server answered {code}: {message}"));
+                }
+                Message::Ping { .. } | Message::Pong { .. } => {
+                    start += HEADER_LEN + len;
+                    continue;
+                }
+                other => return Err(format!("unexpected {other:?}")),
+            }
+            start += HEADER_LEN + len;
+            freed += 1;
+        }
+        if freed > 0 {
+            received += freed as u64;
+            let now = Instant::now();
+            if now >= window.start && now <= window.stop {
+                counted += freed;
+            }
+            slots.add_permits(freed);
+        }
+        if *stop_rx.borrow() {
+            break;
+        }
+        if start == end {
+            start = 0;
+            end = 0;
+        } else if start > buf.len() / 2 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline.into(), rd.read(&mut buf[end..])) => r,
+            changed = stop_rx.changed() => {
+                if changed.is_err() {
+                    break; // the writer failed: its error is reported below
+                }
+                continue;
+            }
+        };
+        match read {
+            Err(_) => return Err("replies stopped coming".into()),
+            Ok(Ok(0)) => return Err("server closed the session".into()),
+            Ok(Ok(n)) => end += n,
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+        }
+    }
+    let (sent, mut wr, mut sealer) = writer.await.map_err(|e| format!("writer: {e}"))??;
+    // Collect the replies still in flight, then say goodbye.
+    while received < sent {
+        if end - start >= HEADER_LEN {
+            let len = parse_header([buf[start], buf[start + 1]], MAX_FRAME as usize)
+                .map_err(|e| format!("frame: {e}"))?;
+            if end - start >= HEADER_LEN + len {
+                let body = &buf[start + HEADER_LEN..start + HEADER_LEN + len];
+                if let Message::Reply { .. } | Message::Error { .. } =
+                    opener.open(body).map_err(|e| format!("open: {e}"))?
+                {
+                    received += 1;
+                }
+                start += HEADER_LEN + len;
+                continue;
+            }
+        }
+        buf.copy_within(start..end, 0);
+        end -= start;
+        start = 0;
+        match tokio::time::timeout_at(deadline.into(), rd.read(&mut buf[end..])).await {
+            Ok(Ok(n)) if n > 0 => end += n,
+            _ => return Err("last replies did not come".into()),
+        }
+    }
+    let mut frame = vec![0u8; HEADER_LEN + peer_max];
+    let bye = Message::Goodbye {
+        reason: tether_core::message::GoodbyeReason::Normal,
+    };
+    if let Ok(f) = sealer.seal(&bye, &mut frame, peer_max) {
+        let _ = wr.write_all(f).await;
+    }
+    Ok(Throughput {
+        rate: counted as f64 / window.secs(),
+        lat: Summary {
+            n: counted,
+            ..Default::default()
+        },
+        errors,
+        first_error,
+    })
+}

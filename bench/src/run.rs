@@ -1,0 +1,832 @@
+//! `tether-bench run`: every measurement of issue 6 in one run, one table.
+
+use std::fmt::Write as _;
+use std::io::BufRead as _;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::common::{Manifest, Users, Window, cpu_time, fmt_dur, fmt_rate, loadavg, rss};
+use crate::idle::Clients;
+use crate::load::{self, Throughput};
+use crate::{libserver, raw};
+
+/// What `run` needs (see `tether-bench run --help`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The release-built `tether` binary.
+    #[arg(long)]
+    pub tether: PathBuf,
+    /// The Django-made SQLite database.
+    #[arg(long)]
+    pub database: PathBuf,
+    /// Its manifest (bench/django_users.py).
+    #[arg(long)]
+    pub manifest: PathBuf,
+    /// Python of the Django virtualenv.
+    #[arg(long)]
+    pub python: PathBuf,
+    /// bench/django_check.py.
+    #[arg(long)]
+    pub django_check: PathBuf,
+    /// Firmware sizes: lines `label<TAB>flash bytes<TAB>static RAM bytes<TAB>note`.
+    #[arg(long)]
+    pub firmware: Option<PathBuf>,
+    /// Scratch directory for server logs.
+    #[arg(long)]
+    pub workdir: PathBuf,
+    /// Short durations and few sessions (CI).
+    #[arg(long)]
+    pub quick: bool,
+    /// Idle sessions to hold (default: 19,000 capped by `ulimit -Hn`; quick: 200).
+    #[arg(long)]
+    pub idle_sessions: Option<usize>,
+    /// Heartbeat of the idle-session server, seconds (default 30, the server's; quick: 1).
+    #[arg(long)]
+    pub idle_heartbeat: Option<u16>,
+    /// Write the table (Markdown) here too.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Only these stages (comma-separated: floor,login,calls,s2d,idle,django); default all.
+    #[arg(long)]
+    pub only: Option<String>,
+}
+
+struct Plan {
+    login: (Duration, Duration),
+    floor_conn: (Duration, Duration),
+    floor_echo: (Duration, Duration),
+    calls: (Duration, Duration),
+    django: Duration,
+    idle_sessions: usize,
+    idle_procs: usize,
+    idle_heartbeat: u16,
+    idle_window_heartbeats: u32,
+}
+
+impl Plan {
+    fn new(a: &RunArgs) -> Self {
+        let s = Duration::from_secs_f64;
+        if a.quick {
+            Self {
+                login: (s(0.2), s(1.0)),
+                floor_conn: (s(0.2), s(1.0)),
+                floor_echo: (s(0.1), s(0.5)),
+                calls: (s(0.1), s(0.5)),
+                django: s(2.0),
+                idle_sessions: a.idle_sessions.unwrap_or(200),
+                idle_procs: 2,
+                idle_heartbeat: a.idle_heartbeat.unwrap_or(1),
+                idle_window_heartbeats: 2,
+            }
+        } else {
+            // One process may open `ulimit -Hn` descriptors: leave the
+            // server room for its listener, database and runtime.
+            let hard = fd_hard_limit().unwrap_or(20_000);
+            Self {
+                login: (s(1.0), s(8.0)),
+                floor_conn: (s(1.0), s(5.0)),
+                floor_echo: (s(0.5), s(3.0)),
+                calls: (s(1.0), s(3.0)),
+                django: s(10.0),
+                idle_sessions: a
+                    .idle_sessions
+                    .unwrap_or_else(|| 19_000.min(hard.saturating_sub(1_000))),
+                idle_procs: 4,
+                idle_heartbeat: a.idle_heartbeat.unwrap_or(30),
+                idle_window_heartbeats: 2,
+            }
+        }
+    }
+}
+
+fn fd_hard_limit() -> Option<usize> {
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -Hn"])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+fn fd_soft_limit() -> Option<usize> {
+    let out = Command::new("sh")
+        .args(["-c", "ulimit -Sn"])
+        .output()
+        .ok()?;
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
+}
+
+fn say(msg: &str) {
+    eprintln!("bench: [{}] {msg}   (load {})", clock(), loadavg());
+}
+
+fn clock() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    format!("{:02}:{:02}:{:02}", t / 3600 % 24, t / 60 % 60, t % 60)
+}
+
+fn free_port() -> Result<u16, String> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+/// A server process of the benchmark; SIGTERM and reaped on drop.
+pub struct Proc {
+    child: Child,
+    name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(format!("{} exited: {status}", self.name)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `addr` accepts connections.
+async fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        proc.check_alive()?;
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} does not listen on {addr}", proc.name));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Starts `tether serve` on a free loopback port.
+async fn tether_serve(
+    a: &RunArgs,
+    log: &str,
+    extra: &[&str],
+) -> Result<(Proc, SocketAddr), String> {
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let db = std::fs::canonicalize(&a.database).map_err(|e| format!("database: {e}"))?;
+    let log_path = a.workdir.join(log);
+    let log_file = std::fs::File::create(&log_path).map_err(|e| format!("{log_path:?}: {e}"))?;
+    let child = Command::new(&a.tether)
+        .arg("serve")
+        .args(["--database", &format!("sqlite://{}", db.display())])
+        .args(["--listen", &addr.to_string()])
+        // A fixed decoy secret: nothing written to the working directory.
+        .args(["--secret", "tether-bench-decoy-secret"])
+        .args(extra)
+        .current_dir(&a.workdir)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", a.tether.display()))?;
+    let mut proc = Proc {
+        child,
+        name: format!("tether serve (log {})", log_path.display()),
+    };
+    wait_listening(&mut proc, addr).await?;
+    Ok((proc, addr))
+}
+
+/// Starts this binary as a helper server that prints `listening PORT`.
+async fn helper_server(args: &[&str], name: &str) -> Result<(Proc, SocketAddr), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn {name}: {e}"))?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut proc = Proc {
+        child,
+        name: name.into(),
+    };
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        line
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let port: u16 = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("{name} did not start: {line:?}"))?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    wait_listening(&mut proc, addr).await?;
+    Ok((proc, addr))
+}
+
+#[derive(Debug, Default)]
+struct Django {
+    rate: f64,
+    procs: usize,
+    checks: u64,
+    per_check: Duration,
+    version: String,
+}
+
+fn django_check(a: &RunArgs, secs: f64) -> Result<Django, String> {
+    let out = Command::new(&a.python)
+        .arg(&a.django_check)
+        .arg("--database")
+        .arg(&a.database)
+        .arg("--manifest")
+        .arg(&a.manifest)
+        .args(["--seconds", &secs.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("django_check: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("django_check.py failed: {}", out.status));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("django_check.py output: {e}"))?;
+    let rate = v["rate"].as_f64().unwrap_or(0.0);
+    if rate <= 0.0 {
+        return Err(format!("django_check.py measured nothing: {v}"));
+    }
+    Ok(Django {
+        rate,
+        procs: v["procs"].as_u64().unwrap_or(0) as usize,
+        checks: v["checks"].as_u64().unwrap_or(0),
+        per_check: Duration::from_secs_f64(v["seconds_per_check"].as_f64().unwrap_or(0.0)),
+        version: v["django"].as_str().unwrap_or("?").to_string(),
+    })
+}
+
+#[derive(Debug, Default)]
+struct Idle {
+    sessions: usize,
+    login_time: Duration,
+    rss_before: u64,
+    rss_after: u64,
+    heartbeat: u16,
+    window: Duration,
+    cpu: Duration,
+}
+
+async fn idle(a: &RunArgs, plan: &Plan) -> Result<Idle, String> {
+    let sessions = plan.idle_sessions;
+    let soft = fd_soft_limit().unwrap_or(1024);
+    if sessions + 100 > soft {
+        return Err(format!(
+            "{sessions} idle sessions need `ulimit -n` above {} (now {soft}); bench/run raises it to `ulimit -Hn`",
+            sessions + 100
+        ));
+    }
+    let max_sessions = (sessions + 64).to_string();
+    let heartbeat = plan.idle_heartbeat.to_string();
+    let (server, addr) = tether_serve(
+        a,
+        "serve-idle.log",
+        &[
+            "--max-sessions",
+            &max_sessions,
+            "--max-handshakes",
+            "256",
+            "--heartbeat",
+            &heartbeat,
+            "--no-last-login",
+        ],
+    )
+    .await?;
+    // Warm the server (runtime threads, database pool) with one session.
+    let users = Arc::new(Users::derive(&Manifest::load(&a.manifest)?)?);
+    load::tether_login(addr, &users, 0).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_before = rss(server.pid())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let manifest = a.manifest.clone();
+    let procs = plan.idle_procs;
+    let (mut clients, login_time) = tokio::task::spawn_blocking(move || {
+        Clients::start(
+            &exe,
+            addr,
+            &manifest,
+            sessions,
+            procs,
+            Duration::from_secs(600),
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    // Let the logins' transient allocations settle, then measure a whole
+    // number of heartbeat intervals.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let window = Duration::from_secs(
+        u64::from(plan.idle_heartbeat) * u64::from(plan.idle_window_heartbeats),
+    );
+    let cpu0 = cpu_time(server.pid())?;
+    let t0 = Instant::now();
+    tokio::time::sleep(window).await;
+    let cpu1 = cpu_time(server.pid())?;
+    let window = t0.elapsed();
+    let rss_after = rss(server.pid())?;
+    clients.alive()?;
+    drop(clients);
+    drop(server);
+    Ok(Idle {
+        sessions,
+        login_time,
+        rss_before,
+        rss_after,
+        heartbeat: plan.idle_heartbeat,
+        window,
+        cpu: cpu1.saturating_sub(cpu0),
+    })
+}
+
+#[derive(Default)]
+struct Results {
+    floor_conn: Option<Throughput>,
+    floor_echo: Option<Throughput>,
+    logins: Vec<(usize, Throughput)>,
+    login_no_last: Option<Throughput>,
+    seq: Option<Throughput>,
+    pipe_fw: Option<Throughput>,
+    pipe_raw: Option<Throughput>,
+    s2d_seq: Option<Throughput>,
+    s2d_pipe: Option<Throughput>,
+    idle: Option<Idle>,
+    django: Option<Django>,
+}
+
+pub async fn run(a: RunArgs) -> Result<(), String> {
+    let plan = Plan::new(&a);
+    let only: Option<Vec<String>> = a
+        .only
+        .as_ref()
+        .map(|s| s.split(',').map(|x| x.trim().to_string()).collect());
+    let want = |stage: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == stage));
+    let load_start = loadavg();
+    let started = Instant::now();
+    let manifest = Manifest::load(&a.manifest)?;
+    say(&format!(
+        "deriving the devices' keys ({} distinct passwords, {} iterations)",
+        manifest.passwords.len(),
+        manifest.iterations()
+    ));
+    let users = Arc::new(Users::derive(&manifest)?);
+    let mut r = Results::default();
+
+    if want("floor") {
+        say("floor: bare tokio server on loopback");
+        let (server, addr) = helper_server(&["bare-server"], "bare server").await?;
+        let w = Window::new(plan.floor_conn.0, plan.floor_conn.1);
+        let t = load::drive(64, w, move |_| load::bare_connection(addr)).await;
+        t.check("bare connection + 2 round trips, 64 clients")?;
+        say(&format!(
+            "  bare connection + 2x120 B, 64 clients: {}/s",
+            fmt_rate(t.rate)
+        ));
+        r.floor_conn = Some(t);
+        let w = Window::new(plan.floor_echo.0, plan.floor_echo.1);
+        let t = load::bare_echo(addr, w).await?;
+        t.check("bare echo")?;
+        say(&format!("  bare 64 B echo: p50 {}", fmt_dur(t.lat.p50)));
+        r.floor_echo = Some(t);
+        drop(server);
+    }
+
+    if want("login") || want("calls") {
+        let (server, addr) = tether_serve(
+            &a,
+            "serve.log",
+            &["--max-handshakes", "1024", "--max-calls-in-flight", "64"],
+        )
+        .await?;
+        if want("login") {
+            for clients in [1usize, 64, 512] {
+                say(&format!("logins: {clients} concurrent clients"));
+                let w = Window::new(plan.login.0, plan.login.1);
+                let u = users.clone();
+                let t = load::drive(clients, w, move |i| {
+                    let u = u.clone();
+                    async move { load::tether_login(addr, &u, i).await }
+                })
+                .await;
+                t.check(&format!("logins at {clients} clients"))?;
+                say(&format!(
+                    "  {}/s, p50 {}, p99 {}",
+                    fmt_rate(t.rate),
+                    fmt_dur(t.lat.p50),
+                    fmt_dur(t.lat.p99)
+                ));
+                r.logins.push((clients, t));
+            }
+        }
+        if want("calls") {
+            let w = Window::new(plan.calls.0, plan.calls.1);
+            say("calls: sequential");
+            r.seq = Some(load::calls_sequential(addr, &users, w).await?);
+            let w = Window::new(plan.calls.0, plan.calls.1);
+            say("calls: pipelined, tether-firmware");
+            r.pipe_fw = Some(load::calls_pipelined_firmware(addr, &users, w).await?);
+            say("calls: pipelined, 64 in flight");
+            let (name, keys) = users.get(0);
+            let session = raw::login(addr, name, keys).await?;
+            let w = Window::new(plan.calls.0, plan.calls.1);
+            let t = raw::pipelined(session, 64, w).await?;
+            t.check("pipelined calls")?;
+            r.pipe_raw = Some(t);
+        }
+        drop(server);
+    }
+
+    if want("login") {
+        // What the default costs: the same at 64 clients without the
+        // last_login UPDATE (a diagnostic, not a target).
+        let (server, addr) = tether_serve(
+            &a,
+            "serve-no-last-login.log",
+            &["--max-handshakes", "1024", "--no-last-login"],
+        )
+        .await?;
+        say("logins: 64 clients, --no-last-login");
+        let w = Window::new(plan.login.0, plan.login.1);
+        let u = users.clone();
+        let t = load::drive(64, w, move |i| {
+            let u = u.clone();
+            async move { load::tether_login(addr, &u, i).await }
+        })
+        .await;
+        t.check("logins without last_login")?;
+        r.login_no_last = Some(t);
+        drop(server);
+    }
+
+    if want("s2d") {
+        say("server-to-device calls (tether-server library, Mind::call)");
+        let db = std::fs::canonicalize(&a.database).map_err(|e| e.to_string())?;
+        let url = format!("sqlite://{}", db.display());
+        let (server, addr) = helper_server(
+            &[
+                "lib-server",
+                "--database",
+                &url,
+                "--max-calls-in-flight",
+                "64",
+            ],
+            "library server",
+        )
+        .await?;
+        let (w, m) = plan.calls;
+        r.s2d_seq = Some(libserver::server_to_device(addr, &users, 1, w, m).await?);
+        r.s2d_pipe = Some(libserver::server_to_device(addr, &users, 64, w, m).await?);
+        drop(server);
+    }
+
+    if want("idle") {
+        say(&format!(
+            "idle: {} sessions over {} client processes",
+            plan.idle_sessions, plan.idle_procs
+        ));
+        let i = idle(&a, &plan).await?;
+        say(&format!(
+            "  RSS {} -> {} MiB",
+            i.rss_before >> 20,
+            i.rss_after >> 20
+        ));
+        r.idle = Some(i);
+    }
+
+    if want("django") {
+        say("Django check_password on the same rows");
+        let secs = plan.django.as_secs_f64();
+        let a2 = a.clone();
+        r.django = Some(
+            tokio::task::spawn_blocking(move || django_check(&a2, secs))
+                .await
+                .map_err(|e| e.to_string())??,
+        );
+    }
+
+    let table = render(&a, &plan, &manifest, &r, &load_start, started.elapsed());
+    print!("{table}");
+    if let Some(out) = &a.out {
+        std::fs::write(out, &table).map_err(|e| format!("{}: {e}", out.display()))?;
+    }
+    Ok(())
+}
+
+fn mark(ok: bool) -> &'static str {
+    if ok { "yes" } else { "**NO**" }
+}
+
+fn lat(t: &Throughput) -> String {
+    format!("p50 {} / p99 {}", fmt_dur(t.lat.p50), fmt_dur(t.lat.p99))
+}
+
+fn render(
+    a: &RunArgs,
+    plan: &Plan,
+    manifest: &Manifest,
+    r: &Results,
+    load_start: &str,
+    took: Duration,
+) -> String {
+    let mut rows: Vec<[String; 5]> = Vec::new();
+    let mut row = |m: &str, t: String, reference: String, ratio: String, target: String| {
+        rows.push([m.to_string(), t, reference, ratio, target]);
+    };
+    let django = r.django.as_ref();
+    let django_ref = |d: &Django| format!("Django check_password: {}/s", fmt_rate(d.rate));
+    for (clients, t) in &r.logins {
+        let (reference, ratio, target) = match django {
+            Some(d) => {
+                let x = t.rate / d.rate;
+                let target = if *clients == 64 {
+                    format!(">= 1,000x: {}", mark(x >= 1000.0))
+                } else {
+                    String::new()
+                };
+                (django_ref(d), format!("{}x", fmt_rate(x)), target)
+            }
+            None => Default::default(),
+        };
+        row(
+            &format!("login, {clients} concurrent ({})", lat(t)),
+            format!("{}/s", fmt_rate(t.rate)),
+            reference,
+            ratio,
+            target,
+        );
+        if *clients == 64
+            && let Some(f) = &r.floor_conn
+        {
+            let x = t.rate / f.rate;
+            row(
+                "login, 64 concurrent, vs the bare floor",
+                format!("{}/s", fmt_rate(t.rate)),
+                format!(
+                    "bare connect + 2x120 B round trips, 64 clients: {}/s",
+                    fmt_rate(f.rate)
+                ),
+                format!("{:.2}", x),
+                format!(">= 0.70: {}", mark(x >= 0.70)),
+            );
+        }
+    }
+    if let Some(t) = &r.login_no_last {
+        let reference = r
+            .floor_conn
+            .as_ref()
+            .map(|f| {
+                (
+                    format!("bare floor {}/s", fmt_rate(f.rate)),
+                    format!("{:.2}", t.rate / f.rate),
+                )
+            })
+            .unwrap_or_default();
+        row(
+            &format!("login, 64 concurrent, `--no-last-login` ({})", lat(t)),
+            format!("{}/s", fmt_rate(t.rate)),
+            reference.0,
+            reference.1,
+            "diagnostic".into(),
+        );
+    }
+    let echo = r.floor_echo.as_ref();
+    if let Some(t) = &r.seq {
+        let (reference, ratio, target) = match echo {
+            Some(e) => {
+                let x = t.lat.p50.as_secs_f64() / e.lat.p50.as_secs_f64();
+                (
+                    format!("bare 64 B echo: {}, {}/s", lat(e), fmt_rate(e.rate)),
+                    format!("{x:.2}x (p50)"),
+                    format!("<= 1.3x: {}", mark(x <= 1.3)),
+                )
+            }
+            None => Default::default(),
+        };
+        row(
+            "call device->server, sequential",
+            format!("{}, {}/s", lat(t), fmt_rate(t.rate)),
+            reference,
+            ratio,
+            target,
+        );
+    }
+    if let Some(t) = &r.pipe_fw {
+        row(
+            &format!(
+                "call device->server, pipelined {} in flight (tether-firmware's maximum)",
+                tether_firmware::MAX_CALLS_IN_FLIGHT
+            ),
+            format!("{}/s", fmt_rate(t.rate)),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+    }
+    if let Some(t) = &r.pipe_raw {
+        row(
+            "call device->server, pipelined 64 in flight (tether-core client)",
+            format!("{}/s", fmt_rate(t.rate)),
+            String::new(),
+            String::new(),
+            format!(">= 300,000/s: {}", mark(t.rate >= 300_000.0)),
+        );
+    }
+    if let Some(t) = &r.s2d_seq {
+        let (reference, ratio) = match echo {
+            Some(e) => (
+                format!("bare 64 B echo p50 {}", fmt_dur(e.lat.p50)),
+                format!(
+                    "{:.2}x (p50)",
+                    t.lat.p50.as_secs_f64() / e.lat.p50.as_secs_f64()
+                ),
+            ),
+            None => Default::default(),
+        };
+        row(
+            "call server->device (Mind::call), sequential",
+            format!("{}, {}/s", lat(t), fmt_rate(t.rate)),
+            reference,
+            ratio,
+            String::new(),
+        );
+    }
+    if let Some(t) = &r.s2d_pipe {
+        row(
+            "call server->device, pipelined 64 in flight",
+            format!("{}/s", fmt_rate(t.rate)),
+            String::new(),
+            String::new(),
+            format!(">= 300,000/s: {}", mark(t.rate >= 300_000.0)),
+        );
+    }
+    if let Some(i) = &r.idle {
+        let per = i.rss_after.saturating_sub(i.rss_before) as f64 / i.sessions as f64;
+        row(
+            &format!(
+                "idle sessions: {} held ({} client processes, logged in in {:.1} s)",
+                fmt_rate(i.sessions as f64),
+                plan.idle_procs,
+                i.login_time.as_secs_f64()
+            ),
+            format!("{:.1} KiB RSS per session", per / 1024.0),
+            format!(
+                "server RSS {:.1} -> {:.1} MiB",
+                i.rss_before as f64 / 1048576.0,
+                i.rss_after as f64 / 1048576.0
+            ),
+            String::new(),
+            format!("<= 16 KiB: {}", mark(per <= 16.0 * 1024.0)),
+        );
+        let beats = i.sessions as f64 * i.window.as_secs_f64() / f64::from(i.heartbeat);
+        let pct = i.cpu.as_secs_f64() / i.window.as_secs_f64() * 100.0;
+        row(
+            &format!("idle sessions: heartbeat CPU (every {} s)", i.heartbeat),
+            format!("{pct:.2}% of one core"),
+            format!(
+                "{:.1} s CPU in {:.0} s, ~{:.0} ping/pong pairs",
+                i.cpu.as_secs_f64(),
+                i.window.as_secs_f64(),
+                beats
+            ),
+            format!(
+                "{:.1} µs per heartbeat",
+                i.cpu.as_secs_f64() * 1e6 / beats.max(1.0)
+            ),
+            String::new(),
+        );
+    }
+    if let Some(path) = &a.firmware {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                    let f: Vec<&str> = line.split('\t').collect();
+                    let label = f.first().copied().unwrap_or("?");
+                    match (f.get(1), f.get(2)) {
+                        (Some(flash), Some(ram)) if !flash.is_empty() => row(
+                            &format!("firmware: {label}"),
+                            format!("flash {flash} B, static RAM {ram} B"),
+                            f.get(3).copied().unwrap_or("").to_string(),
+                            String::new(),
+                            String::new(),
+                        ),
+                        _ => row(
+                            &format!("firmware: {label}"),
+                            "not built".into(),
+                            f.get(3).copied().unwrap_or("").to_string(),
+                            String::new(),
+                            String::new(),
+                        ),
+                    }
+                }
+            }
+            Err(e) => row(
+                "firmware",
+                format!("unreadable: {e}"),
+                String::new(),
+                String::new(),
+                String::new(),
+            ),
+        }
+    }
+    if let Some(d) = django {
+        row(
+            &format!(
+                "Django {} check_password ({} processes, {} iterations)",
+                d.version,
+                d.procs,
+                fmt_rate(manifest.iterations() as f64)
+            ),
+            format!("{}/s", fmt_rate(d.rate)),
+            format!(
+                "{} checks, {:.0} ms each",
+                d.checks,
+                d.per_check.as_secs_f64() * 1e3
+            ),
+            String::new(),
+            String::new(),
+        );
+    }
+
+    let header = [
+        "measurement",
+        "Tether",
+        "reference (same run)",
+        "ratio",
+        "target",
+    ];
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{} on {} cores; load average {} at the start, {} at the end; {} users ({} distinct passwords, {}), run took {:.0} s.\n",
+        if a.quick {
+            "bench/run --quick"
+        } else {
+            "bench/run"
+        },
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_start,
+        loadavg(),
+        fmt_rate(manifest.users as f64),
+        manifest.passwords.len(),
+        format_args!(
+            "Django {} pbkdf2_sha256 at {} iterations",
+            manifest.django,
+            fmt_rate(manifest.iterations() as f64)
+        ),
+        took.as_secs_f64()
+    );
+    let mut widths = header.map(|h| h.chars().count());
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: &[String; 5]| {
+        let mut s = String::from("|");
+        for (c, w) in cells.iter().zip(widths) {
+            let _ = write!(s, " {c}{} |", " ".repeat(w - c.chars().count()));
+        }
+        s
+    };
+    let _ = writeln!(out, "{}", line(&header.map(String::from)));
+    let _ = writeln!(
+        out,
+        "|{}",
+        widths.map(|w| format!("{}|", "-".repeat(w + 2))).concat()
+    );
+    for r in &rows {
+        let _ = writeln!(out, "{}", line(r));
+    }
+    out
+}
