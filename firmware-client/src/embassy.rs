@@ -196,7 +196,7 @@ impl<'a> Link<'a> {
                 keys,
                 derived,
             } = {
-                let login = Session::login(
+                let login = outlined!(Session::login(
                     socket,
                     session_buffers,
                     EmbassyClock,
@@ -204,8 +204,7 @@ impl<'a> Link<'a> {
                     credentials,
                     rng,
                     config,
-                )
-                .await;
+                ));
                 // Move every part out at once: nothing of the login result stays
                 // alive (and in the future's state) during the session.
                 match login {
@@ -238,13 +237,13 @@ impl<'a> Link<'a> {
                     session,
                     new_keys: if derived { account.keys.as_ref() } else { None },
                 };
-                let flow = on_session(&mut connected).await;
+                let flow = outlined!(on_session(&mut connected));
                 (connected.session, flow)
             };
             // Goodbye and FIN after Break, RST after a lost session.
             let (mut socket, closed) = {
                 let mut session = session;
-                let closed = flow.is_break() && session.close().await.is_ok();
+                let closed = flow.is_break() && outlined!(session.close()).is_ok();
                 (session.into_inner(), closed)
             };
             if closed {

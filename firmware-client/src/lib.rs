@@ -171,6 +171,8 @@ mod backoff;
 mod clock;
 mod error;
 mod handler;
+#[macro_use]
+mod outline;
 mod session;
 
 #[cfg(feature = "embassy-net")]

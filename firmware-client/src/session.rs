@@ -520,7 +520,14 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
                     min,
                 )?,
             };
-            len = round_trip(&mut io, &mut rx, &clock, frame, write_ms, handshake_ms).await?;
+            len = outlined!(round_trip(
+                &mut io,
+                &mut rx,
+                &clock,
+                frame,
+                write_ms,
+                handshake_ms
+            ))?;
             if let Scram::First(login) = scram {
                 let challenge =
                     match message::decode::<Handshake>(&rx.buf[..len]).map_err(Error::Decode)? {
@@ -820,7 +827,7 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
     ) -> Result<F::Output, Error<T::Error>> {
         let mut until = pin!(until);
         loop {
-            match self.step(handler, u64::MAX, until.as_mut()).await? {
+            match outlined!(self.step(handler, u64::MAX, until.as_mut()))? {
                 Step::User(out) => return Ok(out),
                 Step::Reply(done) => dropped_reply(&done),
                 Step::Continue | Step::Deadline => {}
@@ -921,7 +928,7 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
             }
         };
         match select3(self.rx.read_frame(&mut self.link.io), sleep, user).await {
-            Either3::First(Ok(len)) => self.on_frame(len, handler).await,
+            Either3::First(Ok(len)) => outlined!(self.on_frame(len, handler)),
             Either3::First(Err(e)) => Err(self.fail(e)),
             Either3::Second(()) => Ok(Step::Continue),
             Either3::Third(out) => Ok(Step::User(out)),
@@ -949,14 +956,10 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
             Message::Call { id, method, args } => {
                 trace!("tether: server calls {} ({})", method, id);
                 let req = Request { id, method, args };
-                let responded = handler
-                    .on_call(
-                        req,
-                        Responder {
-                            out: &mut *self.scratch,
-                        },
-                    )
-                    .await;
+                let reply = Responder {
+                    out: &mut *self.scratch,
+                };
+                let responded = outlined!(handler.on_call(req, reply));
                 let reply = match responded.0 {
                     Outcome::Ok(n) => Message::Reply {
                         id,
@@ -968,7 +971,7 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
                         message: core::str::from_utf8(&self.scratch[..n]).unwrap_or(""),
                     },
                 };
-                match self.link.send(&reply).await {
+                match outlined!(self.link.send(&reply)) {
                     Ok(()) => Ok(Step::Continue),
                     Err(SendError::TooLarge(_)) => {
                         let failed = Message::Error {
@@ -983,11 +986,11 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
             }
             Message::Reply { id, result } => {
                 let range = self.rx.range_of(result);
-                self.complete(id, DoneOutcome::Ok(range)).await
+                outlined!(self.complete(id, DoneOutcome::Ok(range)))
             }
             Message::Error { id, code, message } => {
                 let range = self.rx.range_of(message.as_bytes());
-                self.complete(id, DoneOutcome::Err(code, range)).await
+                outlined!(self.complete(id, DoneOutcome::Err(code, range)))
             }
             Message::Notify { method, args } => {
                 trace!("tether: notification {}", method);
