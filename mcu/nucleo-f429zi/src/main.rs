@@ -1,0 +1,375 @@
+//! A Tether device on a NUCLEO-F429ZI: the STM32F429ZI's Ethernet MAC (RMII,
+//! LAN8742A PHY on the board) under embassy-net, and tether-firmware's
+//! `embassy::Link` logging in to a Tether server and keeping the session:
+//!
+//! - answers the server's calls: `device_info` (firmware, uptime), `echo`,
+//!   and `set_led` (switches LD1, PB0);
+//! - notifies the server `button` when the blue user button (PC13) is
+//!   pressed, staying reachable while it waits (`serve_until`);
+//! - reconnects with exponential backoff and jitter, logging in again with
+//!   the keys derived by the first (password) login.
+//!
+//! The server address, the account and the device's static IPv4 address are
+//! the constants below. Keys would be persisted to flash in a product (see
+//! `Connected::new_keys`); here they live in RAM until reset.
+//!
+//! With the `baseline` feature the Tether session is replaced by a plain TCP
+//! exchange on the same socket, so that the size difference between the two
+//! builds is exactly what tether-firmware and tether-core cost (./size).
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+use core::convert::Infallible;
+
+use embassy_executor::Spawner;
+use embassy_net::{Ipv4Address, Ipv4Cidr, Stack, StackResources, StaticConfigV4};
+use embassy_stm32::eth::{Ethernet, GenericPhy, PacketQueue, Sma};
+use embassy_stm32::exti::ExtiInput;
+use embassy_stm32::gpio::{Level, Output, Pull, Speed};
+use embassy_stm32::mode::Async;
+use embassy_stm32::peripherals::{ETH, ETH_SMA, RNG};
+use embassy_stm32::rng::Rng;
+use embassy_stm32::time::Hertz;
+use embassy_stm32::{Config, bind_interrupts, eth, exti, interrupt, peripherals, rng};
+use static_cell::StaticCell;
+
+bind_interrupts!(struct Irqs {
+    ETH => eth::InterruptHandler;
+    HASH_RNG => rng::InterruptHandler<peripherals::RNG>;
+    EXTI15_10 => exti::InterruptHandler<interrupt::typelevel::EXTI15_10>;
+});
+
+/// The Tether server.
+const SERVER: ([u8; 4], u16) = ([192, 168, 1, 10], tether_core::frame::DEFAULT_PORT);
+/// This device's address (no DHCP, to keep the example small).
+const DEVICE_IP: [u8; 4] = [192, 168, 1, 50];
+/// The Django account of this device.
+#[cfg_attr(feature = "baseline", allow(dead_code))]
+const USERNAME: &str = "sensor-7";
+#[cfg_attr(feature = "baseline", allow(dead_code))]
+const PASSWORD: &str = "change me";
+const MAC_ADDR: [u8; 6] = [0x02, 0x00, 0x54, 0x45, 0x54, 0x48];
+
+type Device = Ethernet<'static, ETH, GenericPhy<Sma<'static, ETH_SMA>>>;
+
+/// The STM32's TRNG as tether-core's `CryptoRng` (rand_core 0.10).
+struct Trng(Rng<'static, RNG>);
+
+impl tether_core::rand_core::TryRng for Trng {
+    type Error = Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Infallible> {
+        Ok(self.0.next_u32())
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Infallible> {
+        Ok(self.0.next_u64())
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), Infallible> {
+        self.0.fill_bytes(dest);
+        Ok(())
+    }
+}
+impl tether_core::rand_core::TryCryptoRng for Trng {}
+
+#[embassy_executor::task]
+async fn net_task(mut runner: embassy_net::Runner<'static, Device>) -> ! {
+    runner.run().await
+}
+
+#[embassy_executor::main]
+async fn main(spawner: Spawner) -> ! {
+    let mut config = Config::default();
+    {
+        use embassy_stm32::rcc::*;
+        // 8 MHz from the ST-LINK's MCO; 168 MHz core, 48 MHz for the RNG.
+        config.rcc.hse = Some(Hse {
+            freq: Hertz(8_000_000),
+            mode: HseMode::Bypass,
+        });
+        config.rcc.pll_src = PllSource::HSE;
+        config.rcc.pll = Some(Pll {
+            prediv: PllPreDiv::DIV4,
+            mul: PllMul::MUL168,
+            divp: Some(PllPDiv::DIV2),
+            divq: Some(PllQDiv::DIV7),
+            divr: None,
+        });
+        config.rcc.ahb_pre = AHBPrescaler::DIV1;
+        config.rcc.apb1_pre = APBPrescaler::DIV4;
+        config.rcc.apb2_pre = APBPrescaler::DIV2;
+        config.rcc.sys = Sysclk::PLL1_P;
+    }
+    let p = embassy_stm32::init(config);
+
+    let mut rng = Trng(Rng::new(p.RNG, Irqs));
+    let seed = rng.0.next_u64();
+
+    static PACKETS: StaticCell<PacketQueue<4, 4>> = StaticCell::new();
+    // NUCLEO-F429ZI RMII wiring (UM1974).
+    let device = Ethernet::new(
+        PACKETS.init(PacketQueue::new()),
+        p.ETH,
+        Irqs,
+        p.PA1,  // REF_CLK
+        p.PA7,  // CRS_DV
+        p.PC4,  // RXD0
+        p.PC5,  // RXD1
+        p.PG13, // TXD0
+        p.PB13, // TXD1
+        p.PG11, // TX_EN
+        MAC_ADDR,
+        p.ETH_SMA,
+        p.PA2, // MDIO
+        p.PC1, // MDC
+    );
+    let net_config = embassy_net::Config::ipv4_static(StaticConfigV4 {
+        address: Ipv4Cidr::new(Ipv4Address::from(DEVICE_IP), 24),
+        gateway: None,
+        dns_servers: Default::default(),
+    });
+    static RESOURCES: StaticCell<StackResources<2>> = StaticCell::new();
+    let (stack, runner) = embassy_net::new(
+        device,
+        net_config,
+        RESOURCES.init(StackResources::new()),
+        seed,
+    );
+    spawner.spawn(net_task(runner).unwrap());
+
+    let led = Output::new(p.PB0, Level::Low, Speed::Low);
+    let button = ExtiInput::new(p.PC13, p.EXTI13, Pull::Down, Irqs);
+    device_main(stack, rng, led, button).await
+}
+
+#[cfg(not(feature = "baseline"))]
+mod app {
+    use core::ops::ControlFlow;
+
+    use embassy_time::Instant;
+    use serde::{Deserialize, Serialize};
+    use tether_core::method::Method;
+    use tether_core::method::builtin::{DeviceInfo, DeviceStatus, Echo};
+    use tether_firmware::embassy::{Account, Link};
+    use tether_firmware::{Backoff, BufferStore, Config, Handler, Request, Responded, Responder};
+
+    use super::*;
+
+    /// Server -> device: switch LD1.
+    pub struct SetLed;
+    impl Method for SetLed {
+        const NAME: &'static str = "set_led";
+        type Args<'a> = bool;
+        type Reply<'a> = ();
+    }
+
+    /// Device -> server notification: the user button was pressed.
+    pub struct Button;
+    #[derive(Serialize, Deserialize)]
+    pub struct Press {
+        /// How many presses since boot.
+        pub count: u32,
+    }
+    impl Method for Button {
+        const NAME: &'static str = "button";
+        type Args<'a> = Press;
+        type Reply<'a> = ();
+    }
+
+    /// The mind: what the server can ask of this board.
+    struct Mind {
+        led: Output<'static>,
+    }
+
+    impl Handler for Mind {
+        async fn on_call(&mut self, req: Request<'_>, reply: Responder<'_>) -> Responded {
+            if req.is::<DeviceInfo>() {
+                reply.ok::<DeviceInfo>(&DeviceStatus {
+                    firmware: concat!("nucleo-f429zi-tether ", env!("CARGO_PKG_VERSION")),
+                    uptime_secs: Instant::now().as_secs(),
+                })
+            } else if req.is::<Echo>() {
+                match req.args::<Echo>() {
+                    Ok(text) => reply.ok::<Echo>(&text),
+                    Err(_) => reply.bad_arguments(),
+                }
+            } else if req.is::<SetLed>() {
+                match req.args::<SetLed>() {
+                    Ok(on) => {
+                        self.led
+                            .set_level(if on { Level::High } else { Level::Low });
+                        reply.ok::<SetLed>(&())
+                    }
+                    Err(_) => reply.bad_arguments(),
+                }
+            } else {
+                reply.unknown_method()
+            }
+        }
+    }
+
+    pub async fn device_main(
+        stack: Stack<'static>,
+        mut rng: Trng,
+        led: Output<'static>,
+        mut button: ExtiInput<'static, Async>,
+    ) -> ! {
+        stack.wait_config_up().await;
+        // 1 KiB each way for the TCP socket (network stack), and the
+        // client's 512-byte frame buffers + 256 bytes of scratch.
+        let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
+        let mut store: BufferStore<512, 512, 256> = BufferStore::new();
+        let server = (Ipv4Address::from(SERVER.0), SERVER.1).into();
+        let account = Account {
+            username: USERNAME,
+            password: Some(PASSWORD),
+            keys: None,
+        };
+        let mut link = Link::new(
+            stack,
+            server,
+            &mut sock_rx,
+            &mut sock_tx,
+            store.buffers(),
+            account,
+            Config::default().with_min_iterations(600_000),
+            Backoff::default(),
+        );
+        let mut mind = Mind { led };
+        let mut presses = 0u32;
+        let fatal = link
+            .run(&mut rng, async |connected| {
+                let session = &mut connected.session;
+                loop {
+                    // Serve the server until the button is pressed.
+                    match session
+                        .serve_until(&mut mind, button.wait_for_rising_edge())
+                        .await
+                    {
+                        Ok(()) => {
+                            presses += 1;
+                            if let Err(e) =
+                                session.notify::<Button>(&Press { count: presses }).await
+                                && let tether_firmware::CallError::Session(lost) = e
+                            {
+                                return ControlFlow::<Infallible, _>::Continue(lost);
+                            }
+                        }
+                        Err(lost) => return ControlFlow::Continue(lost),
+                    }
+                }
+            })
+            .await;
+        // Only an account problem (unauthorized, unsupported hash, keys
+        // without a password) ends up here: blink until someone fixes it.
+        let _ = fatal;
+        loop {
+            mind.led.toggle();
+            embassy_time::Timer::after_millis(200).await;
+        }
+    }
+}
+
+#[cfg(feature = "baseline")]
+mod app {
+    use embassy_net::tcp::TcpSocket;
+    use embedded_io_async::Write;
+
+    use super::*;
+
+    /// The same board without Tether: connect, send, read, repeat.
+    pub async fn device_main(
+        stack: Stack<'static>,
+        mut rng: Trng,
+        mut led: Output<'static>,
+        mut button: ExtiInput<'static, Async>,
+    ) -> ! {
+        stack.wait_config_up().await;
+        let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
+        let server = (Ipv4Address::from(SERVER.0), SERVER.1);
+        loop {
+            let mut socket = TcpSocket::new(stack, &mut sock_rx, &mut sock_tx);
+            if socket.connect(server).await.is_ok() {
+                let mut buf = [0u8; 64];
+                let _ = socket.write_all(&rng.0.next_u32().to_le_bytes()).await;
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    led.toggle();
+                    #[cfg(feature = "core-only")]
+                    core_only::exercise(&mut rng, &buf[..n]);
+                    button.wait_for_rising_edge().await;
+                    let _ = socket.write_all(&buf[..n]).await;
+                }
+            }
+            socket.abort();
+            embassy_time::Timer::after_secs(1).await;
+        }
+    }
+}
+
+/// tether-core's client API used directly, as tether-firmware uses it, on
+/// bytes from the network (so that nothing is optimised away): the size of
+/// this variant minus the baseline is tether-core's part of the share.
+#[cfg(feature = "core-only")]
+mod core_only {
+    use tether_core::frame::encode_message;
+    use tether_core::message::{self, Handshake, Hello, Message, Proof};
+    use tether_core::scram::{ClientConfig, ClientCredentials, ClientLogin};
+    use tether_core::session::Role;
+
+    use super::*;
+
+    pub fn exercise(rng: &mut Trng, input: &[u8]) -> Option<()> {
+        let mut wire = [0u8; 512];
+        let login = ClientLogin::<256>::new(
+            USERNAME,
+            ClientCredentials::Password(PASSWORD),
+            ClientConfig::default(),
+            rng,
+        )
+        .ok()?;
+        let hello = Handshake::Hello(Hello {
+            version: 1,
+            mechanisms: login.mechanisms(),
+            max_frame: 512,
+            client_first: login.client_first(),
+        });
+        encode_message(&hello, &mut wire, 512).ok()?;
+        let Handshake::Challenge(c) = message::decode::<Handshake>(input).ok()? else {
+            return None;
+        };
+        let proof = login.handle_challenge(c.mechanism, c.server_first).ok()?;
+        encode_message(
+            &Handshake::Proof(Proof {
+                client_final: proof.client_final(),
+            }),
+            &mut wire,
+            512,
+        )
+        .ok()?;
+        let Handshake::Welcome(w) = message::decode::<Handshake>(input).ok()? else {
+            return None;
+        };
+        let done = proof.handle_server_final(w.server_final).ok()?;
+        let (mut sealer, mut opener) = done.session.into_halves(Role::Client);
+        let mut body = [0u8; 512];
+        let n = input.len().min(512);
+        body[..n].copy_from_slice(&input[..n]);
+        let reply = match opener.open(&body[..n]).ok()? {
+            Message::Call { id, args, .. } => Message::Reply { id, result: args },
+            Message::Ping { nonce } => Message::Pong { nonce },
+            other => other,
+        };
+        sealer.seal(&reply, &mut wire, 512).ok()?;
+        core::hint::black_box((&wire, &done.keys));
+        Some(())
+    }
+}
+
+use app::device_main;
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    cortex_m::peripheral::SCB::sys_reset()
+}
