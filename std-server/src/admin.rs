@@ -45,6 +45,22 @@
 //!
 //! Every request is logged (target `tether_server::admin`) with its method,
 //! path, status, latency and peer; never a header, so never the token.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use tether_server::{Admin, AdminConfig, AdminToken, DefaultRealm, Server, ServerConfig,
+//!     ServerSecret, Store, StoreConfig};
+//! let store = Arc::new(Store::open(StoreConfig::new("sqlite://db.sqlite3"))?);
+//! let server = Server::bind("0.0.0.0:7420", ServerConfig::default(), store,
+//!     DefaultRealm::new(), ServerSecret::random()).await?;
+//! let config = AdminConfig { token: AdminToken::from_env()?, ..AdminConfig::default() };
+//! let admin = Admin::new(&server, config).bind("127.0.0.1:7421").await?;
+//! let handle = server.handle();
+//! tokio::spawn(admin.run(async move { handle.shutting_down().await }));
+//! server.run().await;
+//! # Ok(()) }
+//! ```
 
 use std::collections::HashMap;
 use std::fmt;
@@ -720,7 +736,7 @@ async fn healthz(State(state): St) -> Response {
         Ok(()) => Json(json!({
             "status": "ok",
             "database": "ok",
-            "sessions": state.sessions.len(),
+            "sessions": state.sessions.list().iter().filter(|e| !e.mind.is_closed()).count(),
         }))
         .into_response(),
         Err(e) => (
