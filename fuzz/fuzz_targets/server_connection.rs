@@ -168,10 +168,13 @@ struct Conn {
     buf: Vec<u8>,
     /// The connection reached its end (EOF or reset).
     closed: bool,
+    /// It ended with a reset rather than an orderly close.
+    reset: bool,
 }
 
 enum Got {
     Frame(Vec<u8>),
+    /// End of stream (or reset, see `Conn::reset`).
     Closed,
     Timeout,
 }
@@ -185,6 +188,7 @@ impl Conn {
             pending: Vec::new(),
             buf: vec![0; CLIENT_MAX],
             closed: false,
+            reset: false,
         }
     }
 
@@ -229,8 +233,9 @@ impl Conn {
                     return Got::Timeout;
                 }
                 Err(_) => {
-                    // Reset by the server: its right after a protocol error.
+                    // Reset: the server's right after a protocol error.
                     self.closed = true;
+                    self.reset = true;
                     self.pending.clear();
                     return Got::Closed;
                 }
@@ -238,9 +243,12 @@ impl Conn {
         }
     }
 
+    /// A genuine login; `None` only when the connection was reset before
+    /// the server answered the hello.
     fn login(&mut self, creds: ClientCredentials<'_>) -> Option<Session> {
         let mut rng = Counter(std::process::id() as u64);
-        let login = ClientLogin::<256>::new(USER, creds, ClientConfig::default(), &mut rng).ok()?;
+        let login = ClientLogin::<256>::new(USER, creds, ClientConfig::default(), &mut rng)
+            .expect("client-first");
         let mut out = [0u8; 512];
         let hello = Handshake::Hello(Hello {
             version: message::PROTOCOL_VERSION,
@@ -251,6 +259,7 @@ impl Conn {
         self.write(encode_message(&hello, &mut out, 512).expect("hello"));
         let body = match self.recv(512, ANSWER_WITHIN) {
             Got::Frame(body) => body,
+            Got::Closed if self.reset => return None,
             Got::Closed => panic!("server closed without answering a genuine hello"),
             Got::Timeout => panic!("no answer to a genuine hello within {ANSWER_WITHIN:?}"),
         };
@@ -446,9 +455,21 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     } else {
-        let mut s = conn
-            .login(ClientCredentials::Keys(&fx.keys))
-            .expect("login with cached keys");
+        // Loopback with thousands of connections a second: a connection
+        // reset before the server said anything (a recycled port) is the
+        // kernel's doing, not the server's; try again, then give up loudly.
+        let mut attempt = 1;
+        let mut s = loop {
+            match conn.login(ClientCredentials::Keys(&fx.keys)) {
+                Some(s) => break s,
+                None if attempt < 3 => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                    conn = Conn::connect(fx.port);
+                }
+                None => panic!("genuine hello reset {attempt} times in a row"),
+            }
+        };
         assert!(!s.keys.salt.is_empty());
         session_records(&mut conn, &mut s, rest);
         wait_for_no_sessions(&fx.registry);
