@@ -610,8 +610,10 @@ impl TetherServer {
                     tether_server::StoreConfig::new(format!("sqlite://{}", path.display()));
                 store.require_perm = Some("devices.connect".parse().expect("permission"));
                 let store = std::sync::Arc::new(tether_server::Store::open(store).expect("store"));
-                let mut config = tether_server::ServerConfig::default();
-                config.throttle = tether_server::ThrottleConfig::disabled();
+                let config = tether_server::ServerConfig {
+                    throttle: tether_server::ThrottleConfig::disabled(),
+                    ..Default::default()
+                };
                 let server = tether_server::Server::bind(
                     "127.0.0.1:0",
                     config,
