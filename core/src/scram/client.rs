@@ -116,7 +116,7 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
     /// the keys' own with cached keys.
     pub fn mechanisms(&self) -> Mechanisms {
         match self.credentials {
-            ClientCredentials::Password(_) => Mechanisms::ALL,
+            ClientCredentials::Password(_) => Mechanisms::ENABLED,
             ClientCredentials::Keys(k) => Mechanisms::only(k.mechanism),
         }
     }
@@ -129,6 +129,9 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         mechanism: Mechanism,
         server_first: &str,
     ) -> Result<ClientProofSent, ScramError> {
+        if !mechanism.is_enabled() {
+            return Err(ScramError::MechanismDisabled);
+        }
         if !self.mechanisms().contains(mechanism) {
             return Err(ScramError::MechanismNotOffered);
         }
@@ -227,6 +230,19 @@ impl ClientProofSent {
     /// The RFC 5802 client-final-message to send.
     pub fn client_final(&self) -> &str {
         &self.client_final
+    }
+
+    /// The keys the proof was made with. After a password login they are
+    /// new (see [`Self::derived`]): a device may persist them now, before
+    /// the server answers, so that a first login whose PBKDF2 outlasted the
+    /// server's handshake timeout can be retried with the keys at once.
+    pub fn keys(&self) -> &CachedKeys {
+        &self.keys
+    }
+
+    /// True when this login ran PBKDF2 (password credentials).
+    pub fn derived(&self) -> bool {
+        self.derived
     }
 
     /// Verifies the server-final-message. Only a server holding the

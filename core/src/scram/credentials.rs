@@ -51,6 +51,9 @@ impl CachedKeys {
         salt: &[u8],
         iterations: u32,
     ) -> Result<Self, ScramError> {
+        if !mechanism.is_enabled() {
+            return Err(ScramError::MechanismDisabled);
+        }
         let salted = super::salted_password(mechanism, password.as_bytes(), salt, iterations);
         Self::from_salted_password(mechanism, &salted, salt, iterations)
     }
@@ -62,6 +65,9 @@ impl CachedKeys {
         salt: &[u8],
         iterations: u32,
     ) -> Result<Self, ScramError> {
+        if !mechanism.is_enabled() {
+            return Err(ScramError::MechanismDisabled);
+        }
         Ok(Self {
             mechanism,
             iterations,
@@ -115,6 +121,9 @@ impl ServerCredentials {
         salt: &[u8],
         iterations: u32,
     ) -> Result<Self, ScramError> {
+        if !mechanism.is_enabled() {
+            return Err(ScramError::MechanismDisabled);
+        }
         let client_key = hmac(mechanism, salted.as_bytes(), b"Client Key");
         Ok(Self {
             mechanism,

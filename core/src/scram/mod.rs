@@ -15,8 +15,7 @@ mod server;
 
 use core::fmt;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
+use base64ct::{Base64, Encoding as _};
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
@@ -64,6 +63,15 @@ impl Mechanism {
         }
     }
 
+    /// Whether this build can run the mechanism (SCRAM-SHA-1 needs the
+    /// `sha1` feature).
+    pub const fn is_enabled(self) -> bool {
+        match self {
+            Self::ScramSha256 => true,
+            Self::ScramSha1 => cfg!(feature = "sha1"),
+        }
+    }
+
     const fn bit(self) -> u8 {
         match self {
             Self::ScramSha256 => 1,
@@ -86,6 +94,14 @@ pub struct Mechanisms(u8);
 impl Mechanisms {
     /// Both mechanisms.
     pub const ALL: Self = Self(3);
+
+    /// Every mechanism this build can run (without the `sha1` feature, only
+    /// SCRAM-SHA-256).
+    pub const ENABLED: Self = if cfg!(feature = "sha1") {
+        Self::ALL
+    } else {
+        Self::only(Mechanism::ScramSha256)
+    };
 
     /// Exactly one mechanism.
     pub const fn only(m: Mechanism) -> Self {
@@ -183,6 +199,9 @@ pub enum ScramError {
     CachedKeysMismatch,
     /// The server chose a mechanism the client did not offer.
     MechanismNotOffered,
+    /// The mechanism is not compiled in (SCRAM-SHA-1 without the `sha1`
+    /// feature).
+    MechanismDisabled,
     /// The client's proof is wrong: wrong password, or unknown user.
     InvalidProof,
     /// The server's signature is wrong: the server does not hold the
@@ -219,6 +238,7 @@ impl fmt::Display for ScramError {
             Self::CachedKeysMismatch => {
                 f.write_str("cached keys do not match the server's salt, iterations or mechanism")
             }
+            Self::MechanismDisabled => f.write_str("mechanism not enabled in this build"),
             Self::MechanismNotOffered => {
                 f.write_str("server chose a mechanism the client did not offer")
             }
@@ -235,12 +255,19 @@ impl core::error::Error for ScramError {}
 // ---- crypto primitives, dispatched on the mechanism ----
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+#[cfg(feature = "sha1")]
 type HmacSha1 = hmac::Hmac<sha1::Sha1>;
+
+// Every public entry point refuses a disabled mechanism with
+// `ScramError::MechanismDisabled` before any of the primitives below runs.
+#[cfg(not(feature = "sha1"))]
+const SHA1_DISABLED: &str = "SCRAM-SHA-1 disabled: entry points refuse it before any crypto runs";
 
 /// An HMAC being computed with either hash.
 #[derive(Clone)]
 pub(crate) enum Hmac {
     Sha256(HmacSha256),
+    #[cfg(feature = "sha1")]
     Sha1(HmacSha1),
 }
 
@@ -248,15 +275,19 @@ impl Hmac {
     pub(crate) fn new(m: Mechanism, key: &[u8]) -> Self {
         match m {
             Mechanism::ScramSha256 => Self::Sha256(sha256_mac(key)),
+            #[cfg(feature = "sha1")]
             Mechanism::ScramSha1 => Self::Sha1(
                 <HmacSha1 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length"),
             ),
+            #[cfg(not(feature = "sha1"))]
+            Mechanism::ScramSha1 => unreachable!("{}", SHA1_DISABLED),
         }
     }
 
     pub(crate) fn update(&mut self, data: &[u8]) {
         match self {
             Self::Sha256(h) => h.update(data),
+            #[cfg(feature = "sha1")]
             Self::Sha1(h) => h.update(data),
         }
     }
@@ -264,6 +295,7 @@ impl Hmac {
     pub(crate) fn finish(self) -> Key {
         match self {
             Self::Sha256(h) => key_from(&h.finalize().into_bytes()),
+            #[cfg(feature = "sha1")]
             Self::Sha1(h) => key_from(&h.finalize().into_bytes()),
         }
     }
@@ -287,7 +319,10 @@ pub(crate) fn hash(m: Mechanism, data: &[u8]) -> Key {
     use sha2::Digest;
     match m {
         Mechanism::ScramSha256 => key_from(&sha2::Sha256::digest(data)),
+        #[cfg(feature = "sha1")]
         Mechanism::ScramSha1 => key_from(&sha1::Sha1::digest(data)),
+        #[cfg(not(feature = "sha1"))]
+        Mechanism::ScramSha1 => unreachable!("{}", SHA1_DISABLED),
     }
 }
 
@@ -300,7 +335,10 @@ pub(crate) fn salted_password(m: Mechanism, password: &[u8], salt: &[u8], iterat
         Mechanism::ScramSha256 => {
             pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, out)
         }
+        #[cfg(feature = "sha1")]
         Mechanism::ScramSha1 => pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, out),
+        #[cfg(not(feature = "sha1"))]
+        Mechanism::ScramSha1 => unreachable!("{}", SHA1_DISABLED),
     }
     key_from(out)
 }
@@ -396,16 +434,15 @@ pub(crate) fn session_key(
 /// Appends base64 of `data` (at most 64 bytes) to `s`.
 fn push_b64<const N: usize>(s: &mut heapless::String<N>, data: &[u8]) -> Result<(), ScramError> {
     let mut buf = [0u8; 88];
-    let n = B64
-        .encode_slice(data, &mut buf)
-        .map_err(|_| ScramError::TooLong)?;
-    let text = core::str::from_utf8(&buf[..n]).map_err(|_| ScramError::TooLong)?;
+    let text = Base64::encode(data, &mut buf).map_err(|_| ScramError::TooLong)?;
     s.push_str(text).map_err(|_| ScramError::TooLong)
 }
 
-/// Decodes base64 into `out`, returning the decoded length.
+/// Decodes base64 into `out`, returning the decoded length. Non-canonical
+/// encodings (stray bits, missing padding) are malformed.
 fn decode_b64(text: &str, out: &mut [u8], what: &'static str) -> Result<usize, ScramError> {
-    B64.decode_slice(text.as_bytes(), out)
+    Base64::decode(text, out)
+        .map(|d| d.len())
         .map_err(|_| ScramError::Malformed(what))
 }
 

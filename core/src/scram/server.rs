@@ -95,6 +95,9 @@ impl<const N: usize> ServerLogin<N> {
         credentials: &ServerCredentials,
         server_nonce: &str,
     ) -> Result<ServerChallengeSent<N>, ScramError> {
+        if !credentials.mechanism.is_enabled() {
+            return Err(ScramError::MechanismDisabled);
+        }
         if !is_printable(server_nonce) || server_nonce.len() > MAX_NONCE_LEN / 2 {
             return Err(ScramError::Malformed("server nonce"));
         }

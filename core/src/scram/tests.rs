@@ -2,6 +2,7 @@ use super::*;
 use crate::django;
 
 /// The RFC 5802 section 5 example (SCRAM-SHA-1), byte for byte.
+#[cfg(feature = "sha1")]
 #[test]
 fn rfc5802_sha1_example() {
     exchange_vector(
@@ -43,7 +44,7 @@ fn exchange_vector(
     server_final: &str,
 ) {
     let mut salt = [0u8; 64];
-    let n = B64.decode_slice(salt_b64, &mut salt).unwrap();
+    let n = Base64::decode(salt_b64, &mut salt).unwrap().len();
     let salted = salted_password(m, b"pencil", &salt[..n], 4096);
     let creds = ServerCredentials::from_salted_password(m, &salted, &salt[..n], 4096).unwrap();
 
@@ -167,13 +168,14 @@ fn row(m: &str, pw: &str, salt: &str, iterations: u32) -> std::string::String {
     };
     let sp = salted_password(mech, pw.as_bytes(), salt.as_bytes(), iterations);
     let mut b = [0u8; 64];
-    let n = B64.encode_slice(sp.as_bytes(), &mut b).unwrap();
+    let n = Base64::encode(sp.as_bytes(), &mut b).unwrap().len();
     format!(
         "{m}${iterations}${salt}${}",
         core::str::from_utf8(&b[..n]).unwrap()
     )
 }
 
+#[cfg(feature = "sha1")]
 #[test]
 fn sha1_rows_and_escaped_non_ascii_names() {
     let r = row("pbkdf2_sha1", "pässwörd", "abcdefghijkl", 4096);
@@ -433,5 +435,44 @@ fn malformed_and_hostile_messages_are_typed_errors() {
     assert_eq!(
         client().handle_challenge(m, "r=abcX,i=4096").err(),
         Some(ScramError::Malformed("salt"))
+    );
+}
+
+#[cfg(not(feature = "sha1"))]
+#[test]
+fn without_the_sha1_feature_sha1_is_refused_cleanly() {
+    let row = "pbkdf2_sha1$4096$salt$ZGVhZGJlZWZkZWFkYmVlZmRlYWRiZWU=";
+    assert_eq!(
+        django::credentials(row).unwrap_err(),
+        django::DjangoHashError::Unsupported(django::HashAlgorithm::Pbkdf2Sha1)
+    );
+    assert_eq!(
+        CachedKeys::derive(Mechanism::ScramSha1, "pw", b"salt", 4096).err(),
+        Some(ScramError::MechanismDisabled)
+    );
+    let client = ClientLogin::<256>::with_nonce(
+        "u",
+        ClientCredentials::Password("pw"),
+        ClientConfig::default(),
+        "abc",
+    )
+    .unwrap();
+    assert_eq!(
+        client.mechanisms(),
+        Mechanisms::only(Mechanism::ScramSha256)
+    );
+    assert_eq!(
+        client
+            .handle_challenge(Mechanism::ScramSha1, "r=abcX,s=c2FsdHk=,i=4096")
+            .err(),
+        Some(ScramError::MechanismDisabled)
+    );
+    let decoy = ServerCredentials::decoy(Mechanism::ScramSha1, b"k", "u", 4096);
+    assert_eq!(
+        ServerLogin::<512>::new("n,,n=u,r=abc")
+            .unwrap()
+            .challenge_with_nonce(&decoy, "X")
+            .err(),
+        Some(ScramError::MechanismDisabled)
     );
 }
