@@ -205,13 +205,8 @@ pub async fn server_to_device(
     if stats.errors > 0 {
         return Err(format!("{} server-to-device calls failed", stats.errors));
     }
-    Ok(Throughput {
-        rate: stats.calls as f64 / stats.secs,
-        lat: crate::common::Summary {
-            n: stats.calls as usize,
-            p50: Duration::from_nanos(stats.p50_ns),
-            p99: Duration::from_nanos(stats.p99_ns),
-        },
-        ..Default::default()
-    })
+    let mut out = Throughput::from_count(stats.calls as usize, stats.secs);
+    out.lat.p50 = Duration::from_nanos(stats.p50_ns);
+    out.lat.p99 = Duration::from_nanos(stats.p99_ns);
+    Ok(out)
 }

@@ -26,13 +26,69 @@ pub struct Throughput {
     pub rate: f64,
     /// Latency of the operations completed in the window.
     pub lat: Summary,
-    /// Failed operations (any failure fails the benchmark).
+    /// Failed operations, refusals excluded (any fails the benchmark).
     pub errors: usize,
     /// The first failure.
     pub first_error: Option<String>,
+    /// Logins the server refused (`unavailable`, `busy`...): the server's
+    /// behaviour under load, reported in the table, not a harness failure.
+    pub refused: usize,
+    /// The first refusal.
+    pub first_refusal: Option<String>,
+    /// Operations completed in the window(s).
+    pub count: usize,
+    /// Length of the window(s), seconds.
+    pub secs: f64,
+    /// The latencies (empty for pipelined runs).
+    pub samples: Samples,
 }
 
 impl Throughput {
+    /// From latency samples taken over `secs`.
+    pub fn from_samples(samples: Samples, secs: f64) -> Self {
+        let count = samples.0.len();
+        Self {
+            rate: count as f64 / secs,
+            lat: samples.clone().summary(),
+            count,
+            secs,
+            samples,
+            ..Default::default()
+        }
+    }
+
+    /// From a count of operations over `secs` (no latencies).
+    pub fn from_count(count: usize, secs: f64) -> Self {
+        Self {
+            rate: count as f64 / secs,
+            lat: Summary {
+                n: count,
+                ..Default::default()
+            },
+            count,
+            secs,
+            ..Default::default()
+        }
+    }
+
+    /// Two runs of the same measurement as one (interleaved rounds).
+    pub fn merge(self, other: Self) -> Self {
+        let mut samples = self.samples;
+        samples.merge(other.samples);
+        let secs = self.secs + other.secs;
+        let count = self.count + other.count;
+        let mut out = if samples.0.is_empty() {
+            Self::from_count(count, secs)
+        } else {
+            Self::from_samples(samples, secs)
+        };
+        out.errors = self.errors + other.errors;
+        out.first_error = self.first_error.or(other.first_error);
+        out.refused = self.refused + other.refused;
+        out.first_refusal = self.first_refusal.or(other.first_refusal);
+        out
+    }
+
     pub fn check(&self, what: &str) -> Result<(), String> {
         if self.errors > 0 {
             return Err(format!(
@@ -48,11 +104,27 @@ impl Throughput {
     }
 }
 
+/// Why an operation failed.
+#[derive(Debug)]
+pub enum OpError {
+    /// The server refused the login with this code.
+    Refused(String),
+    /// Anything else: the benchmark fails.
+    Failed(String),
+}
+
+impl From<String> for OpError {
+    fn from(s: String) -> Self {
+        Self::Failed(s)
+    }
+}
+
 /// Runs `clients` concurrent loops of `op` until the window closes.
-pub async fn drive<F, Fut>(clients: usize, window: Window, op: F) -> Throughput
+pub async fn drive<F, Fut, E>(clients: usize, window: Window, op: F) -> Throughput
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Into<OpError>,
 {
     let op = Arc::new(op);
     let next = Arc::new(AtomicUsize::new(0));
@@ -62,46 +134,59 @@ where
         tasks.push(tokio::spawn(async move {
             let mut samples = Samples::default();
             let (mut errors, mut first_error) = (0usize, None);
+            let (mut refused, mut first_refusal) = (0usize, None);
             loop {
                 let began = Instant::now();
                 if began >= window.stop {
                     break;
                 }
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let result = op(i).await;
+                let result = op(i).await.map_err(Into::into);
                 let now = Instant::now();
                 match result {
                     Ok(()) if window.counts(began, now) => samples.push(now - began),
                     Ok(()) => {}
-                    Err(e) => {
+                    Err(OpError::Refused(e)) => {
+                        refused += 1;
+                        first_refusal.get_or_insert(e);
+                    }
+                    Err(OpError::Failed(e)) => {
                         errors += 1;
                         first_error.get_or_insert(e);
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
                 }
             }
-            (samples, errors, first_error)
+            (samples, errors, first_error, refused, first_refusal)
         }));
     }
     let mut all = Samples::default();
-    let mut out = Throughput::default();
+    let (mut errors, mut first_error) = (0, None);
+    let (mut refused, mut first_refusal) = (0, None);
     for t in tasks {
         match t.await {
-            Ok((samples, errors, first)) => {
+            Ok((samples, e, first, r, first_r)) => {
                 all.merge(samples);
-                out.errors += errors;
-                if out.first_error.is_none() {
-                    out.first_error = first;
+                errors += e;
+                if first_error.is_none() {
+                    first_error = first;
+                }
+                refused += r;
+                if first_refusal.is_none() {
+                    first_refusal = first_r;
                 }
             }
             Err(e) => {
-                out.errors += 1;
-                out.first_error.get_or_insert(format!("client task: {e}"));
+                errors += 1;
+                first_error.get_or_insert(format!("client task: {e}"));
             }
         }
     }
-    out.rate = all.0.len() as f64 / window.secs();
-    out.lat = all.summary();
+    let mut out = Throughput::from_samples(all, window.secs());
+    out.errors = errors;
+    out.first_error = first_error;
+    out.refused = refused;
+    out.first_refusal = first_refusal;
     out
 }
 
@@ -125,7 +210,7 @@ pub async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Resul
 
 /// One login as issue 6 defines it: new TCP connection, full SCRAM login
 /// (with the device's cached keys), one `echo` call, goodbye.
-pub async fn tether_login(addr: SocketAddr, users: &Users, i: usize) -> Result<(), String> {
+pub async fn tether_login(addr: SocketAddr, users: &Users, i: usize) -> Result<(), OpError> {
     let (name, keys) = users.get(i);
     let mut store: BufferStore = BufferStore::new();
     let mut rng = rng();
@@ -138,7 +223,12 @@ pub async fn tether_login(addr: SocketAddr, users: &Users, i: usize) -> Result<(
         &device_config(),
     )
     .await
-    .map_err(|e| format!("login as {name}: {e}"))?;
+    .map_err(|e| match e {
+        tether_firmware::Error::Refused { code, .. } => {
+            OpError::Refused(format!("refused: {}", code.as_str()))
+        }
+        e => OpError::Failed(format!("login as {name}: {e}")),
+    })?;
     let mut session = login.session;
     let ok = session
         .call::<Echo, _>(&ARG, &mut ())
@@ -146,13 +236,13 @@ pub async fn tether_login(addr: SocketAddr, users: &Users, i: usize) -> Result<(
         .map(|r| r == ARG)
         .map_err(|e| format!("echo: {e:?}"))?;
     if !ok {
-        return Err("echo: wrong reply".into());
+        return Err(OpError::Failed("echo: wrong reply".into()));
     }
     session
         .close()
         .await
         .map(|_| ())
-        .map_err(|e| format!("goodbye: {e}"))
+        .map_err(|e| OpError::Failed(format!("goodbye: {e}")))
 }
 
 /// The bare floor of a login: new TCP connection and two 120-byte round
@@ -193,11 +283,7 @@ pub async fn bare_echo(addr: SocketAddr, window: Window) -> Result<Throughput, S
             samples.push(now - began);
         }
     }
-    Ok(Throughput {
-        rate: samples.0.len() as f64 / window.secs(),
-        lat: samples.summary(),
-        ..Default::default()
-    })
+    Ok(Throughput::from_samples(samples, window.secs()))
 }
 
 /// A bare tokio echo server (the other half of the floor).
@@ -249,10 +335,11 @@ async fn session_for<'b>(
 pub async fn calls_sequential(
     addr: SocketAddr,
     users: &Users,
-    window: Window,
+    (warmup, measure): (Duration, Duration),
 ) -> Result<Throughput, String> {
     let mut store: BufferStore = BufferStore::new();
     let mut session = session_for(addr, users, &mut store).await?;
+    let window = Window::new(warmup, measure);
     let mut samples = Samples::default();
     loop {
         let began = Instant::now();
@@ -273,11 +360,7 @@ pub async fn calls_sequential(
         }
     }
     let _ = session.close().await;
-    Ok(Throughput {
-        rate: samples.0.len() as f64 / window.secs(),
-        lat: samples.summary(),
-        ..Default::default()
-    })
+    Ok(Throughput::from_samples(samples, window.secs()))
 }
 
 /// Pipelined `echo` calls on one session with tether-firmware's
@@ -286,10 +369,11 @@ pub async fn calls_sequential(
 pub async fn calls_pipelined_firmware(
     addr: SocketAddr,
     users: &Users,
-    window: Window,
+    (warmup, measure): (Duration, Duration),
 ) -> Result<Throughput, String> {
     let mut store: BufferStore = BufferStore::new();
     let mut session = session_for(addr, users, &mut store).await?;
+    let window = Window::new(warmup, measure);
     let timeout = Duration::from_secs(30);
     let mut done = 0usize;
     let mut in_flight = 0usize;
@@ -320,12 +404,5 @@ pub async fn calls_pipelined_firmware(
         }
     }
     let _ = session.close().await;
-    Ok(Throughput {
-        rate: done as f64 / window.secs(),
-        lat: Summary {
-            n: done,
-            ..Default::default()
-        },
-        ..Default::default()
-    })
+    Ok(Throughput::from_count(done, window.secs()))
 }

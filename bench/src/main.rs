@@ -86,6 +86,8 @@ enum Workload {
     Seq,
     /// 64 echo calls in flight on one session
     Pipe64,
+    /// tether-firmware's pipelining (MAX_CALLS_IN_FLIGHT) on one session
+    PipeFirmware,
     /// bare connection + two 120-byte round trips (against `bare-server`)
     BareConn,
     /// bare sequential 64-byte echo (against `bare-server`)
@@ -158,7 +160,8 @@ async fn load_one(
     secs: f64,
 ) -> Result<(), String> {
     let users = Arc::new(Users::derive(&Manifest::load(manifest)?)?);
-    let w = Window::new(Duration::from_millis(200), Duration::from_secs_f64(secs));
+    let (warmup, measure) = (Duration::from_millis(200), Duration::from_secs_f64(secs));
+    let w = Window::new(warmup, measure);
     let t = match what {
         Workload::Login => {
             let u = users.clone();
@@ -168,10 +171,13 @@ async fn load_one(
             })
             .await
         }
-        Workload::Seq => load::calls_sequential(addr, &users, w).await?,
+        Workload::Seq => load::calls_sequential(addr, &users, (warmup, measure)).await?,
         Workload::Pipe64 => {
             let (name, keys) = users.get(0);
             raw::pipelined(raw::login(addr, name, keys).await?, 64, w).await?
+        }
+        Workload::PipeFirmware => {
+            load::calls_pipelined_firmware(addr, &users, (warmup, measure)).await?
         }
         Workload::BareConn => load::drive(clients, w, move |_| load::bare_connection(addr)).await,
         Workload::BareEcho => load::bare_echo(addr, w).await?,

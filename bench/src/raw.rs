@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::common::{Summary, Window, rng};
+use crate::common::{Window, rng};
 use crate::load::{ARG, Throughput};
 
 /// The largest frame this client accepts.
@@ -268,13 +268,8 @@ pub async fn pipelined(
     if let Ok(f) = sealer.seal(&bye, &mut frame, peer_max) {
         let _ = wr.write_all(f).await;
     }
-    Ok(Throughput {
-        rate: counted as f64 / window.secs(),
-        lat: Summary {
-            n: counted,
-            ..Default::default()
-        },
-        errors,
-        first_error,
-    })
+    let mut out = Throughput::from_count(counted, window.secs());
+    out.errors = errors;
+    out.first_error = first_error;
+    Ok(out)
 }

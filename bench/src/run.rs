@@ -55,9 +55,11 @@ pub struct RunArgs {
 }
 
 struct Plan {
+    /// Alternating rounds of floor and Tether measurements.
+    rounds: u32,
+    round_login: (Duration, Duration),
+    round_calls: (Duration, Duration),
     login: (Duration, Duration),
-    floor_conn: (Duration, Duration),
-    floor_echo: (Duration, Duration),
     calls: (Duration, Duration),
     django: Duration,
     idle_sessions: usize,
@@ -71,10 +73,11 @@ impl Plan {
         let s = Duration::from_secs_f64;
         if a.quick {
             Self {
-                login: (s(0.2), s(1.0)),
-                floor_conn: (s(0.2), s(1.0)),
-                floor_echo: (s(0.1), s(0.5)),
-                calls: (s(0.1), s(0.5)),
+                rounds: 1,
+                round_login: (s(0.2), s(0.8)),
+                round_calls: (s(0.1), s(0.4)),
+                login: (s(0.2), s(0.8)),
+                calls: (s(0.1), s(0.4)),
                 django: s(2.0),
                 idle_sessions: a.idle_sessions.unwrap_or(200),
                 idle_procs: 2,
@@ -86,10 +89,11 @@ impl Plan {
             // server room for its listener, database and runtime.
             let hard = fd_hard_limit().unwrap_or(20_000);
             Self {
-                login: (s(1.0), s(8.0)),
-                floor_conn: (s(1.0), s(5.0)),
-                floor_echo: (s(0.5), s(3.0)),
-                calls: (s(1.0), s(3.0)),
+                rounds: 4,
+                round_login: (s(0.5), s(2.0)),
+                round_calls: (s(0.3), s(1.0)),
+                login: (s(1.0), s(5.0)),
+                calls: (s(1.0), s(4.0)),
                 django: s(10.0),
                 idle_sessions: a
                     .idle_sessions
@@ -186,26 +190,43 @@ async fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> Result<(), String>
     }
 }
 
-/// Starts `tether serve` on a free loopback port.
+/// Starts `tether serve` on a free loopback port, with its default logging.
 async fn tether_serve(
     a: &RunArgs,
     log: &str,
     extra: &[&str],
+) -> Result<(Proc, SocketAddr), String> {
+    tether_serve_env(a, log, extra, false).await
+}
+
+/// Starts `tether serve`; `quiet`: `RUST_LOG=warn` (no line per login).
+async fn tether_serve_env(
+    a: &RunArgs,
+    log: &str,
+    extra: &[&str],
+    quiet: bool,
 ) -> Result<(Proc, SocketAddr), String> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let db = std::fs::canonicalize(&a.database).map_err(|e| format!("database: {e}"))?;
     let log_path = a.workdir.join(log);
     let log_file = std::fs::File::create(&log_path).map_err(|e| format!("{log_path:?}: {e}"))?;
-    let child = Command::new(&a.tether)
-        .arg("serve")
-        .args(["--database", &format!("sqlite://{}", db.display())])
+    let mut cmd = Command::new(&a.tether);
+    cmd.arg("serve");
+    if !extra.contains(&"--database") {
+        cmd.args(["--database", &format!("sqlite://{}", db.display())]);
+    }
+    if quiet {
+        cmd.env("RUST_LOG", "warn");
+    } else {
+        cmd.env_remove("RUST_LOG");
+    }
+    let child = cmd
         .args(["--listen", &addr.to_string()])
         // A fixed decoy secret: nothing written to the working directory.
         .args(["--secret", "tether-bench-decoy-secret"])
         .args(extra)
         .current_dir(&a.workdir)
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
@@ -326,7 +347,9 @@ async fn idle(a: &RunArgs, plan: &Plan) -> Result<Idle, String> {
     .await?;
     // Warm the server (runtime threads, database pool) with one session.
     let users = Arc::new(Users::derive(&Manifest::load(&a.manifest)?)?);
-    load::tether_login(addr, &users, 0).await?;
+    load::tether_login(addr, &users, 0)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_before = rss(server.pid())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -370,12 +393,28 @@ async fn idle(a: &RunArgs, plan: &Plan) -> Result<Idle, String> {
     })
 }
 
+fn merge(a: Option<Throughput>, b: Throughput) -> Throughput {
+    match a {
+        Some(a) => a.merge(b),
+        None => b,
+    }
+}
+
+async fn logins(addr: SocketAddr, users: &Arc<Users>, clients: usize, w: Window) -> Throughput {
+    let u = users.clone();
+    load::drive(clients, w, move |i| {
+        let u = u.clone();
+        async move { load::tether_login(addr, &u, i).await }
+    })
+    .await
+}
+
 #[derive(Default)]
 struct Results {
     floor_conn: Option<Throughput>,
     floor_echo: Option<Throughput>,
     logins: Vec<(usize, Throughput)>,
-    login_no_last: Option<Throughput>,
+    login_variants: Vec<(String, Throughput)>,
     seq: Option<Throughput>,
     pipe_fw: Option<Throughput>,
     pipe_raw: Option<Throughput>,
@@ -403,42 +442,77 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
     let users = Arc::new(Users::derive(&manifest)?);
     let mut r = Results::default();
 
-    if want("floor") {
-        say("floor: bare tokio server on loopback");
-        let (server, addr) = helper_server(&["bare-server"], "bare server").await?;
-        let w = Window::new(plan.floor_conn.0, plan.floor_conn.1);
-        let t = load::drive(64, w, move |_| load::bare_connection(addr)).await;
-        t.check("bare connection + 2 round trips, 64 clients")?;
-        say(&format!(
-            "  bare connection + 2x120 B, 64 clients: {}/s",
-            fmt_rate(t.rate)
-        ));
-        r.floor_conn = Some(t);
-        let w = Window::new(plan.floor_echo.0, plan.floor_echo.1);
-        let t = load::bare_echo(addr, w).await?;
-        t.check("bare echo")?;
-        say(&format!("  bare 64 B echo: p50 {}", fmt_dur(t.lat.p50)));
-        r.floor_echo = Some(t);
-        drop(server);
-    }
-
-    if want("login") || want("calls") {
+    // Tether and its floor side by side: both servers up, measured in
+    // alternating rounds so that the load of the machine (shared with
+    // other builds) weighs on both alike.
+    if want("login") || want("calls") || want("floor") {
+        let (bare, bare_addr) = helper_server(&["bare-server"], "bare server").await?;
         let (server, addr) = tether_serve(
             &a,
             "serve.log",
             &["--max-handshakes", "1024", "--max-calls-in-flight", "64"],
         )
         .await?;
+        let mut login64 = None::<Throughput>;
+        for round in 1..=plan.rounds {
+            say(&format!(
+                "round {round}/{}: bare connections, logins (64 clients), bare echo, sequential calls",
+                plan.rounds
+            ));
+            if want("login") {
+                let w = Window::new(plan.round_login.0, plan.round_login.1);
+                let t = load::drive(64, w, move |_| load::bare_connection(bare_addr)).await;
+                t.check("bare connection + 2 round trips, 64 clients")?;
+                r.floor_conn = Some(merge(r.floor_conn.take(), t));
+                let w = Window::new(plan.round_login.0, plan.round_login.1);
+                let t = logins(addr, &users, 64, w).await;
+                t.check("logins at 64 clients")?;
+                login64 = Some(merge(login64.take(), t));
+            }
+            if want("calls") {
+                let w = Window::new(plan.round_calls.0, plan.round_calls.1);
+                let t = load::bare_echo(bare_addr, w).await?;
+                t.check("bare echo")?;
+                r.floor_echo = Some(merge(r.floor_echo.take(), t));
+                let t = load::calls_sequential(addr, &users, plan.round_calls).await?;
+                t.check("sequential calls")?;
+                r.seq = Some(merge(r.seq.take(), t));
+            }
+        }
+        if let (Some(f), Some(l)) = (&r.floor_conn, &login64) {
+            say(&format!(
+                "  bare connections {}/s, logins {}/s; bare echo p50 {}, call p50 {}",
+                fmt_rate(f.rate),
+                fmt_rate(l.rate),
+                r.floor_echo
+                    .as_ref()
+                    .map_or("-".into(), |e| fmt_dur(e.lat.p50)),
+                r.seq.as_ref().map_or("-".into(), |e| fmt_dur(e.lat.p50)),
+            ));
+        }
+        drop(bare);
+        if want("calls") {
+            say("calls: pipelined, tether-firmware");
+            let t = load::calls_pipelined_firmware(addr, &users, plan.calls).await?;
+            t.check("pipelined calls (tether-firmware)")?;
+            r.pipe_fw = Some(t);
+            say("calls: pipelined, 64 in flight");
+            let (name, keys) = users.get(0);
+            let session = raw::login(addr, name, keys).await?;
+            let w = Window::new(plan.calls.0, plan.calls.1);
+            let t = raw::pipelined(session, 64, w).await?;
+            t.check("pipelined calls")?;
+            r.pipe_raw = Some(t);
+        }
         if want("login") {
             for clients in [1usize, 64, 512] {
+                if clients == 64 {
+                    r.logins.push((64, login64.take().expect("measured")));
+                    continue;
+                }
                 say(&format!("logins: {clients} concurrent clients"));
                 let w = Window::new(plan.login.0, plan.login.1);
-                let u = users.clone();
-                let t = load::drive(clients, w, move |i| {
-                    let u = u.clone();
-                    async move { load::tether_login(addr, &u, i).await }
-                })
-                .await;
+                let t = logins(addr, &users, clients, w).await;
                 t.check(&format!("logins at {clients} clients"))?;
                 say(&format!(
                     "  {}/s, p50 {}, p99 {}",
@@ -449,44 +523,56 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
                 r.logins.push((clients, t));
             }
         }
-        if want("calls") {
-            let w = Window::new(plan.calls.0, plan.calls.1);
-            say("calls: sequential");
-            r.seq = Some(load::calls_sequential(addr, &users, w).await?);
-            let w = Window::new(plan.calls.0, plan.calls.1);
-            say("calls: pipelined, tether-firmware");
-            r.pipe_fw = Some(load::calls_pipelined_firmware(addr, &users, w).await?);
-            say("calls: pipelined, 64 in flight");
-            let (name, keys) = users.get(0);
-            let session = raw::login(addr, name, keys).await?;
-            let w = Window::new(plan.calls.0, plan.calls.1);
-            let t = raw::pipelined(session, 64, w).await?;
-            t.check("pipelined calls")?;
-            r.pipe_raw = Some(t);
-        }
         drop(server);
     }
 
     if want("login") {
-        // What the default costs: the same at 64 clients without the
-        // last_login UPDATE (a diagnostic, not a target).
-        let (server, addr) = tether_serve(
-            &a,
-            "serve-no-last-login.log",
-            &["--max-handshakes", "1024", "--no-last-login"],
-        )
-        .await?;
-        say("logins: 64 clients, --no-last-login");
-        let w = Window::new(plan.login.0, plan.login.1);
-        let u = users.clone();
-        let t = load::drive(64, w, move |i| {
-            let u = u.clone();
-            async move { load::tether_login(addr, &u, i).await }
-        })
-        .await;
-        t.check("logins without last_login")?;
-        r.login_no_last = Some(t);
-        drop(server);
+        // Where the time of a login goes: the same 64 clients against the
+        // same server with parts of the default turned off or changed.
+        let wal = a.workdir.join("wal.sqlite3");
+        std::fs::copy(&a.database, &wal).map_err(|e| format!("copy database: {e}"))?;
+        let mode = Command::new(&a.python)
+            .args([
+                "-c",
+                "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('pragma journal_mode=wal').fetchone()[0])",
+            ])
+            .arg(&wal)
+            .output()
+            .map_err(|e| format!("python: {e}"))?;
+        if String::from_utf8_lossy(&mode.stdout).trim() != "wal" {
+            return Err("cannot switch the database copy to WAL".into());
+        }
+        let wal_url = format!(
+            "sqlite://{}",
+            std::fs::canonicalize(&wal)
+                .map_err(|e| e.to_string())?
+                .display()
+        );
+        let variants: [(&str, Vec<&str>, bool); 3] = [
+            (
+                "database in WAL mode (`PRAGMA journal_mode=WAL`), defaults otherwise",
+                vec!["--database", &wal_url],
+                false,
+            ),
+            ("`--no-last-login`", vec!["--no-last-login"], false),
+            (
+                "`--no-last-login --cache-ttl 600`, `RUST_LOG=warn`: no database, no log line",
+                vec!["--no-last-login", "--cache-ttl", "600"],
+                true,
+            ),
+        ];
+        for (label, flags, quiet) in variants {
+            say(&format!("logins, 64 clients: {label}"));
+            let mut extra = vec!["--max-handshakes", "1024"];
+            extra.extend(flags);
+            let (server, addr) = tether_serve_env(&a, "serve-variant.log", &extra, quiet).await?;
+            let w = Window::new(plan.login.0, plan.login.1);
+            let t = logins(addr, &users, 64, w).await;
+            t.check(&format!("logins ({label})"))?;
+            say(&format!("  {}/s", fmt_rate(t.rate)));
+            r.login_variants.push((label.to_string(), t));
+            drop(server);
+        }
     }
 
     if want("s2d") {
@@ -551,6 +637,20 @@ fn lat(t: &Throughput) -> String {
     format!("p50 {} / p99 {}", fmt_dur(t.lat.p50), fmt_dur(t.lat.p99))
 }
 
+/// A login rate, with the refusals if there were any.
+fn logins_cell(t: &Throughput) -> String {
+    if t.refused == 0 {
+        format!("{}/s", fmt_rate(t.rate))
+    } else {
+        format!(
+            "{}/s, **{} refused** ({})",
+            fmt_rate(t.rate),
+            t.refused,
+            t.first_refusal.as_deref().unwrap_or("?")
+        )
+    }
+}
+
 fn render(
     a: &RunArgs,
     plan: &Plan,
@@ -580,7 +680,7 @@ fn render(
         };
         row(
             &format!("login, {clients} concurrent ({})", lat(t)),
-            format!("{}/s", fmt_rate(t.rate)),
+            logins_cell(t),
             reference,
             ratio,
             target,
@@ -591,7 +691,7 @@ fn render(
             let x = t.rate / f.rate;
             row(
                 "login, 64 concurrent, vs the bare floor",
-                format!("{}/s", fmt_rate(t.rate)),
+                logins_cell(t),
                 format!(
                     "bare connect + 2x120 B round trips, 64 clients: {}/s",
                     fmt_rate(f.rate)
@@ -601,7 +701,7 @@ fn render(
             );
         }
     }
-    if let Some(t) = &r.login_no_last {
+    for (label, t) in &r.login_variants {
         let reference = r
             .floor_conn
             .as_ref()
@@ -613,8 +713,8 @@ fn render(
             })
             .unwrap_or_default();
         row(
-            &format!("login, 64 concurrent, `--no-last-login` ({})", lat(t)),
-            format!("{}/s", fmt_rate(t.rate)),
+            &format!("login, 64 concurrent, {label} ({})", lat(t)),
+            logins_cell(t),
             reference.0,
             reference.1,
             "diagnostic".into(),
