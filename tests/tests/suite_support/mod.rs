@@ -45,6 +45,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::firmware_support::{DeviceMind, TestRng};
+#[allow(unused_imports)] // each test file uses some
 pub use common::{
     Db, Handshaking, LoginError, Msg, OwnedHandshake, connect, password, send_raw_frame, user,
 };
