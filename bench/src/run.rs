@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// Write the table (Markdown) here too.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only these stages (comma-separated: floor,login,calls,s2d,idle,django); default all.
+    /// Only these stages (comma-separated: login,variants,calls,s2d,idle,django); default all.
     #[arg(long)]
     pub only: Option<String>,
 }
@@ -444,89 +444,100 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
 
     // Tether and its floor side by side: both servers up, measured in
     // alternating rounds so that the load of the machine (shared with
-    // other builds) weighs on both alike.
-    if want("login") || want("calls") || want("floor") {
+    // other builds) weighs on both alike. Logins and calls get their own
+    // `tether serve` each, so that the logins' database writes, which go on
+    // after the logins, do not land in the call measurements.
+    if want("login") {
         let (bare, bare_addr) = helper_server(&["bare-server"], "bare server").await?;
-        let (server, addr) = tether_serve(
-            &a,
-            "serve.log",
-            &["--max-handshakes", "1024", "--max-calls-in-flight", "64"],
-        )
-        .await?;
+        let (server, addr) =
+            tether_serve(&a, "serve-logins.log", &["--max-handshakes", "1024"]).await?;
         let mut login64 = None::<Throughput>;
         for round in 1..=plan.rounds {
             say(&format!(
-                "round {round}/{}: bare connections, logins (64 clients), bare echo, sequential calls",
+                "round {round}/{}: bare connections vs logins, 64 clients",
                 plan.rounds
             ));
-            if want("login") {
-                let w = Window::new(plan.round_login.0, plan.round_login.1);
-                let t = load::drive(64, w, move |_| load::bare_connection(bare_addr)).await;
-                t.check("bare connection + 2 round trips, 64 clients")?;
-                r.floor_conn = Some(merge(r.floor_conn.take(), t));
-                let w = Window::new(plan.round_login.0, plan.round_login.1);
-                let t = logins(addr, &users, 64, w).await;
-                t.check("logins at 64 clients")?;
-                login64 = Some(merge(login64.take(), t));
-            }
-            if want("calls") {
-                let w = Window::new(plan.round_calls.0, plan.round_calls.1);
-                let t = load::bare_echo(bare_addr, w).await?;
-                t.check("bare echo")?;
-                r.floor_echo = Some(merge(r.floor_echo.take(), t));
-                let t = load::calls_sequential(addr, &users, plan.round_calls).await?;
-                t.check("sequential calls")?;
-                r.seq = Some(merge(r.seq.take(), t));
-            }
+            let w = Window::new(plan.round_login.0, plan.round_login.1);
+            let t = load::drive(64, w, move |_| load::bare_connection(bare_addr)).await;
+            t.check("bare connection + 2 round trips, 64 clients")?;
+            r.floor_conn = Some(merge(r.floor_conn.take(), t));
+            let w = Window::new(plan.round_login.0, plan.round_login.1);
+            let t = logins(addr, &users, 64, w).await;
+            t.check("logins at 64 clients")?;
+            login64 = Some(merge(login64.take(), t));
         }
         if let (Some(f), Some(l)) = (&r.floor_conn, &login64) {
             say(&format!(
-                "  bare connections {}/s, logins {}/s; bare echo p50 {}, call p50 {}",
+                "  bare connections {}/s, logins {}/s",
                 fmt_rate(f.rate),
-                fmt_rate(l.rate),
-                r.floor_echo
-                    .as_ref()
-                    .map_or("-".into(), |e| fmt_dur(e.lat.p50)),
-                r.seq.as_ref().map_or("-".into(), |e| fmt_dur(e.lat.p50)),
+                fmt_rate(l.rate)
             ));
         }
         drop(bare);
-        if want("calls") {
-            say("calls: pipelined, tether-firmware");
-            let t = load::calls_pipelined_firmware(addr, &users, plan.calls).await?;
-            t.check("pipelined calls (tether-firmware)")?;
-            r.pipe_fw = Some(t);
-            say("calls: pipelined, 64 in flight");
-            let (name, keys) = users.get(0);
-            let session = raw::login(addr, name, keys).await?;
-            let w = Window::new(plan.calls.0, plan.calls.1);
-            let t = raw::pipelined(session, 64, w).await?;
-            t.check("pipelined calls")?;
-            r.pipe_raw = Some(t);
-        }
-        if want("login") {
-            for clients in [1usize, 64, 512] {
-                if clients == 64 {
-                    r.logins.push((64, login64.take().expect("measured")));
-                    continue;
-                }
-                say(&format!("logins: {clients} concurrent clients"));
-                let w = Window::new(plan.login.0, plan.login.1);
-                let t = logins(addr, &users, clients, w).await;
-                t.check(&format!("logins at {clients} clients"))?;
-                say(&format!(
-                    "  {}/s, p50 {}, p99 {}",
-                    fmt_rate(t.rate),
-                    fmt_dur(t.lat.p50),
-                    fmt_dur(t.lat.p99)
-                ));
-                r.logins.push((clients, t));
+        for clients in [1usize, 64, 512] {
+            if clients == 64 {
+                r.logins.push((64, login64.take().expect("measured")));
+                continue;
             }
+            say(&format!("logins: {clients} concurrent clients"));
+            let w = Window::new(plan.login.0, plan.login.1);
+            let t = logins(addr, &users, clients, w).await;
+            t.check(&format!("logins at {clients} clients"))?;
+            say(&format!(
+                "  {}/s, p50 {}, p99 {}",
+                fmt_rate(t.rate),
+                fmt_dur(t.lat.p50),
+                fmt_dur(t.lat.p99)
+            ));
+            r.logins.push((clients, t));
         }
         drop(server);
     }
 
-    if want("login") {
+    if want("calls") {
+        let (bare, bare_addr) = helper_server(&["bare-server"], "bare server").await?;
+        let (server, addr) = tether_serve(
+            &a,
+            "serve-calls.log",
+            &["--max-handshakes", "1024", "--max-calls-in-flight", "64"],
+        )
+        .await?;
+        for round in 1..=plan.rounds {
+            say(&format!(
+                "round {round}/{}: bare 64 B echo vs sequential calls",
+                plan.rounds
+            ));
+            let w = Window::new(plan.round_calls.0, plan.round_calls.1);
+            let t = load::bare_echo(bare_addr, w).await?;
+            t.check("bare echo")?;
+            r.floor_echo = Some(merge(r.floor_echo.take(), t));
+            let t = load::calls_sequential(addr, &users, plan.round_calls).await?;
+            t.check("sequential calls")?;
+            r.seq = Some(merge(r.seq.take(), t));
+        }
+        if let (Some(e), Some(s)) = (&r.floor_echo, &r.seq) {
+            say(&format!(
+                "  bare echo p50 {}, call p50 {}",
+                fmt_dur(e.lat.p50),
+                fmt_dur(s.lat.p50)
+            ));
+        }
+        drop(bare);
+        say("calls: pipelined, tether-firmware");
+        let t = load::calls_pipelined_firmware(addr, &users, plan.calls).await?;
+        t.check("pipelined calls (tether-firmware)")?;
+        r.pipe_fw = Some(t);
+        say("calls: pipelined, 64 in flight");
+        let (name, keys) = users.get(0);
+        let session = raw::login(addr, name, keys).await?;
+        let w = Window::new(plan.calls.0, plan.calls.1);
+        let t = raw::pipelined(session, 64, w).await?;
+        t.check("pipelined calls")?;
+        r.pipe_raw = Some(t);
+        drop(server);
+    }
+
+    if want("variants") {
         // Where the time of a login goes: the same 64 clients against the
         // same server with parts of the default turned off or changed.
         let wal = a.workdir.join("wal.sqlite3");
