@@ -88,6 +88,10 @@ enum Workload {
     Pipe64,
     /// tether-firmware's pipelining (MAX_CALLS_IN_FLIGHT) on one session
     PipeFirmware,
+    /// server->device calls, one at a time (against `lib-server`)
+    S2dSeq,
+    /// server->device calls, 64 in flight (against `lib-server`)
+    S2dPipe64,
     /// bare connection + two 120-byte round trips (against `bare-server`)
     BareConn,
     /// bare sequential 64-byte echo (against `bare-server`)
@@ -178,6 +182,10 @@ async fn load_one(
         }
         Workload::PipeFirmware => {
             load::calls_pipelined_firmware(addr, &users, (warmup, measure)).await?
+        }
+        Workload::S2dSeq => libserver::server_to_device(addr, &users, 1, warmup, measure).await?,
+        Workload::S2dPipe64 => {
+            libserver::server_to_device(addr, &users, 64, warmup, measure).await?
         }
         Workload::BareConn => load::drive(clients, w, move |_| load::bare_connection(addr)).await,
         Workload::BareEcho => load::bare_echo(addr, w).await?,

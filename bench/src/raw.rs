@@ -5,7 +5,6 @@
 //! writes several calls per syscall when several slots are free.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_message, parse_header};
@@ -15,7 +14,6 @@ use tether_core::scram::{CachedKeys, ClientConfig, ClientCredentials, ClientLogi
 use tether_core::session::{Opener, Role, Sealer};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 
 use crate::common::{Window, rng};
 use crate::load::{ARG, Throughput};
@@ -103,113 +101,56 @@ pub async fn login(addr: SocketAddr, user: &str, keys: &CachedKeys) -> Result<Ra
 }
 
 /// `echo` calls with `in_flight` always outstanding until the window
-/// closes; then waits for the last replies and says goodbye.
+/// closes; then waits for the last replies and says goodbye. One task:
+/// whenever replies free slots, the next calls are sealed into one buffer
+/// and written with one syscall.
 pub async fn pipelined(
     session: RawSession,
     in_flight: usize,
     window: Window,
 ) -> Result<Throughput, String> {
     let RawSession {
-        stream,
+        mut stream,
         mut sealer,
         mut opener,
         peer_max,
     } = session;
-    let (mut rd, mut wr) = stream.into_split();
-    let slots = Arc::new(Semaphore::new(in_flight));
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut args = [0u8; 64];
     let args_len = method::encode_args::<Echo>(&ARG, &mut args)
         .map_err(|e| e.to_string())?
         .len();
-
-    let writer = {
-        let slots = slots.clone();
-        tokio::spawn(async move {
-            let mut out = Vec::with_capacity(64 * 128);
-            let mut frame = vec![0u8; HEADER_LEN + peer_max];
-            let mut id: u32 = 0;
-            let mut sent = 0u64;
-            loop {
-                let Ok(first) = slots.acquire().await else {
-                    break;
-                };
-                first.forget();
-                let mut n = 1;
-                while let Ok(p) = slots.try_acquire() {
-                    p.forget();
-                    n += 1;
-                }
-                if Instant::now() >= window.stop {
-                    break;
-                }
-                out.clear();
-                for _ in 0..n {
-                    id = id.wrapping_add(1).max(1);
-                    let call = Message::Call {
-                        id,
-                        method: "echo",
-                        args: &args[..args_len],
-                    };
-                    let f = sealer
-                        .seal(&call, &mut frame, peer_max)
-                        .map_err(|e| format!("seal: {e}"))?;
-                    out.extend_from_slice(f);
-                }
-                wr.write_all(&out)
-                    .await
-                    .map_err(|e| format!("write: {e}"))?;
-                sent += n as u64;
-            }
-            let _ = stop_tx.send(true);
-            Ok::<_, String>((sent, wr, sealer))
-        })
-    };
-
+    let mut out = Vec::with_capacity(in_flight * 128);
+    let mut frame = vec![0u8; HEADER_LEN + peer_max];
     let mut buf = vec![0u8; 256 * 1024];
     let (mut start, mut end) = (0usize, 0usize);
-    let mut received = 0u64;
+    let mut id: u32 = 0;
+    let mut outstanding = 0usize;
     let mut counted = 0usize;
     let mut errors = 0usize;
     let mut first_error = None;
     let deadline = window.stop + Duration::from_secs(30);
     loop {
-        // Parse every whole frame in the buffer.
-        let mut freed = 0;
-        loop {
-            if end - start < HEADER_LEN {
-                break;
+        if outstanding < in_flight && Instant::now() < window.stop {
+            out.clear();
+            while outstanding < in_flight {
+                id = id.wrapping_add(1).max(1);
+                let call = Message::Call {
+                    id,
+                    method: "echo",
+                    args: &args[..args_len],
+                };
+                let f = sealer
+                    .seal(&call, &mut frame, peer_max)
+                    .map_err(|e| format!("seal: {e}"))?;
+                out.extend_from_slice(f);
+                outstanding += 1;
             }
-            let len = parse_header([buf[start], buf[start + 1]], MAX_FRAME as usize)
-                .map_err(|e| format!("frame: {e}"))?;
-            if end - start < HEADER_LEN + len {
-                break;
-            }
-            let body = &buf[start + HEADER_LEN..start + HEADER_LEN + len];
-            match opener.open(body).map_err(|e| format!("open: {e}"))? {
-                Message::Reply { .. } => {}
-                Message::Error { code, message, .. } => {
-                    errors += 1;
-                    first_error.get_or_insert(format!("server answered {code}: {message}"));
-                }
-                Message::Ping { .. } | Message::Pong { .. } => {
-                    start += HEADER_LEN + len;
-                    continue;
-                }
-                other => return Err(format!("unexpected {other:?}")),
-            }
-            start += HEADER_LEN + len;
-            freed += 1;
+            stream
+                .write_all(&out)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
         }
-        if freed > 0 {
-            received += freed as u64;
-            let now = Instant::now();
-            if now >= window.start && now <= window.stop {
-                counted += freed;
-            }
-            slots.add_permits(freed);
-        }
-        if *stop_rx.borrow() {
+        if outstanding == 0 {
             break;
         }
         if start == end {
@@ -220,53 +161,43 @@ pub async fn pipelined(
             end -= start;
             start = 0;
         }
-        let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline.into(), rd.read(&mut buf[end..])) => r,
-            changed = stop_rx.changed() => {
-                if changed.is_err() {
-                    break; // the writer failed: its error is reported below
-                }
-                continue;
-            }
-        };
-        match read {
+        match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf[end..])).await {
             Err(_) => return Err("replies stopped coming".into()),
             Ok(Ok(0)) => return Err("server closed the session".into()),
             Ok(Ok(n)) => end += n,
             Ok(Err(e)) => return Err(format!("read: {e}")),
         }
-    }
-    let (sent, mut wr, mut sealer) = writer.await.map_err(|e| format!("writer: {e}"))??;
-    // Collect the replies still in flight, then say goodbye.
-    while received < sent {
-        if end - start >= HEADER_LEN {
+        let mut done = 0;
+        while end - start >= HEADER_LEN {
             let len = parse_header([buf[start], buf[start + 1]], MAX_FRAME as usize)
                 .map_err(|e| format!("frame: {e}"))?;
-            if end - start >= HEADER_LEN + len {
-                let body = &buf[start + HEADER_LEN..start + HEADER_LEN + len];
-                if let Message::Reply { .. } | Message::Error { .. } =
-                    opener.open(body).map_err(|e| format!("open: {e}"))?
-                {
-                    received += 1;
-                }
-                start += HEADER_LEN + len;
-                continue;
+            if end - start < HEADER_LEN + len {
+                break;
             }
+            let body = &buf[start + HEADER_LEN..start + HEADER_LEN + len];
+            match opener.open(body).map_err(|e| format!("open: {e}"))? {
+                Message::Reply { .. } => done += 1,
+                Message::Error { code, message, .. } => {
+                    done += 1;
+                    errors += 1;
+                    first_error.get_or_insert(format!("server answered {code}: {message}"));
+                }
+                Message::Ping { .. } | Message::Pong { .. } => {}
+                other => return Err(format!("unexpected {other:?}")),
+            }
+            start += HEADER_LEN + len;
         }
-        buf.copy_within(start..end, 0);
-        end -= start;
-        start = 0;
-        match tokio::time::timeout_at(deadline.into(), rd.read(&mut buf[end..])).await {
-            Ok(Ok(n)) if n > 0 => end += n,
-            _ => return Err("last replies did not come".into()),
+        outstanding -= done;
+        let now = Instant::now();
+        if now >= window.start && now <= window.stop {
+            counted += done;
         }
     }
-    let mut frame = vec![0u8; HEADER_LEN + peer_max];
     let bye = Message::Goodbye {
         reason: tether_core::message::GoodbyeReason::Normal,
     };
     if let Ok(f) = sealer.seal(&bye, &mut frame, peer_max) {
-        let _ = wr.write_all(f).await;
+        let _ = stream.write_all(f).await;
     }
     let mut out = Throughput::from_count(counted, window.secs());
     out.errors = errors;
