@@ -88,6 +88,8 @@ enum Workload {
     Pipe64,
     /// tether-firmware's pipelining (MAX_CALLS_IN_FLIGHT) on one session
     PipeFirmware,
+    /// sequential echo calls with the tether-core client (one write, one read per call)
+    SeqCore,
     /// server->device calls, one at a time (against `lib-server`)
     S2dSeq,
     /// server->device calls, 64 in flight (against `lib-server`)
@@ -179,6 +181,10 @@ async fn load_one(
         Workload::Pipe64 => {
             let (name, keys) = users.get(0);
             raw::pipelined(raw::login(addr, name, keys).await?, 64, w).await?
+        }
+        Workload::SeqCore => {
+            let (name, keys) = users.get(0);
+            raw::pipelined(raw::login(addr, name, keys).await?, 1, w).await?
         }
         Workload::PipeFirmware => {
             load::calls_pipelined_firmware(addr, &users, (warmup, measure)).await?

@@ -129,8 +129,12 @@ pub async fn pipelined(
     let mut errors = 0usize;
     let mut first_error = None;
     let deadline = window.stop + Duration::from_secs(30);
+    // With one call in flight, the latency of each.
+    let mut samples = crate::common::Samples::default();
+    let mut sent_at = Instant::now();
     loop {
         if outstanding < in_flight && Instant::now() < window.stop {
+            sent_at = Instant::now();
             out.clear();
             while outstanding < in_flight {
                 id = id.wrapping_add(1).max(1);
@@ -191,6 +195,9 @@ pub async fn pipelined(
         let now = Instant::now();
         if now >= window.start && now <= window.stop {
             counted += done;
+            if in_flight == 1 && done == 1 {
+                samples.push(now - sent_at);
+            }
         }
     }
     let bye = Message::Goodbye {
@@ -199,7 +206,11 @@ pub async fn pipelined(
     if let Ok(f) = sealer.seal(&bye, &mut frame, peer_max) {
         let _ = stream.write_all(f).await;
     }
-    let mut out = Throughput::from_count(counted, window.secs());
+    let mut out = if samples.0.is_empty() {
+        Throughput::from_count(counted, window.secs())
+    } else {
+        Throughput::from_samples(samples, window.secs())
+    };
     out.errors = errors;
     out.first_error = first_error;
     Ok(out)
