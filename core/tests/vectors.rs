@@ -101,14 +101,7 @@ fn session_frames_from_the_rfc7677_exchange() {
     .handle_challenge(Mechanism::ScramSha256, SERVER_FIRST)
     .unwrap();
     assert_eq!(client.client_final(), CLIENT_FINAL);
-    let creds = ServerCredentials {
-        mechanism: Mechanism::ScramSha256,
-        iterations: 4096,
-        salt: tether_core::scram::Salt::from_slice(&salt).unwrap(),
-        stored_key: tether_core::scram::Key::from_slice(&sha256(keys.client_key.as_bytes()))
-            .unwrap(),
-        server_key: keys.server_key,
-    };
+    let creds = ServerCredentials::from_cached_keys(&keys).unwrap();
     let server = ServerLogin::<512>::new(CLIENT_FIRST)
         .unwrap()
         .challenge_with_nonce(&creds, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
@@ -152,9 +145,4 @@ fn session_frames_from_the_rfc7677_exchange() {
         hex(ctx.seal(&bye, &mut out, 512).unwrap()),
         "001a00000000000000010600d5ddd423291ef30cbbb2f7db95384d0f"
     );
-}
-
-fn sha256(b: &[u8]) -> [u8; 32] {
-    use sha2::Digest;
-    sha2::Sha256::digest(b).into()
 }

@@ -121,16 +121,23 @@ impl ServerCredentials {
         salt: &[u8],
         iterations: u32,
     ) -> Result<Self, ScramError> {
-        if !mechanism.is_enabled() {
+        Self::from_cached_keys(&CachedKeys::from_salted_password(
+            mechanism, salted, salt, iterations,
+        )?)
+    }
+
+    /// The verifier matching a client's keys (StoredKey = H(ClientKey)): what
+    /// a server must hold for a device provisioned with these keys.
+    pub fn from_cached_keys(keys: &CachedKeys) -> Result<Self, ScramError> {
+        if !keys.mechanism.is_enabled() {
             return Err(ScramError::MechanismDisabled);
         }
-        let client_key = hmac(mechanism, salted.as_bytes(), b"Client Key");
         Ok(Self {
-            mechanism,
-            iterations,
-            salt: Salt::from_slice(salt).map_err(|_| ScramError::SaltTooLong)?,
-            stored_key: hash(mechanism, client_key.as_bytes()),
-            server_key: hmac(mechanism, salted.as_bytes(), b"Server Key"),
+            mechanism: keys.mechanism,
+            iterations: keys.iterations,
+            salt: keys.salt.clone(),
+            stored_key: hash(keys.mechanism, keys.client_key.as_bytes()),
+            server_key: keys.server_key,
         })
     }
 
