@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use hmac::{KeyInit, Mac};
 use tether_core::scram::{
-    CachedKeys, ClientConfig, ClientCredentials, ClientLogin, Key, Mechanism, ServerCredentials,
+    CachedKeys, ClientConfig, ClientCredentials, ClientLogin, Mechanism, ServerCredentials,
     ServerLogin,
 };
 use tether_core::session::SessionKeys;
@@ -57,16 +57,7 @@ pub static CLIENT_KEYS: LazyLock<CachedKeys> = LazyLock::new(|| {
 
 /// The server's verifier for the same account.
 pub static SERVER_CREDENTIALS: LazyLock<ServerCredentials> = LazyLock::new(|| {
-    use sha2::Digest;
-    let keys = &*CLIENT_KEYS;
-    let stored = sha2::Sha256::digest(keys.client_key.as_bytes());
-    ServerCredentials {
-        mechanism: Mechanism::ScramSha256,
-        iterations: ITERATIONS,
-        salt: keys.salt.clone(),
-        stored_key: Key::from_slice(&stored).expect("32 bytes"),
-        server_key: keys.server_key,
-    }
+    ServerCredentials::from_cached_keys(&CLIENT_KEYS).expect("SCRAM-SHA-256 is always enabled")
 });
 
 /// Client and server session keys of a real exchange with the vectors'
