@@ -302,7 +302,8 @@ pub struct CheckArgs {
 /// Runs the command line; the process's exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose, !matches!(cli.command, Command::Serve(_)));
+    // Held to the end: dropping it writes out the log lines still queued.
+    let _log_writer = init_tracing(cli.verbose, !matches!(cli.command, Command::Serve(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -339,18 +340,30 @@ pub fn main() -> ExitCode {
 
 /// Logs to stderr. Default level: `info` (`warn` for `demo`, `call`, `keys`
 /// and `check`, whose output is their stdout); each `-v` one level more.
-fn init_tracing(verbose: u8, quiet_by_default: bool) {
+/// Lines are formatted where they happen and written by a thread of their
+/// own (a runtime worker writing to a slow stderr stalls every session on
+/// it); when that thread falls behind, loggers wait instead of dropping
+/// lines.
+fn init_tracing(
+    verbose: u8,
+    quiet_by_default: bool,
+) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
     let levels = ["warn", "info", "debug", "trace"];
     let base = if quiet_by_default { 0 } else { 1 };
     let default = levels[(base + verbose as usize).min(levels.len() - 1)];
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("tether-log")
+        .finish(std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal())
         .try_init();
+    guard
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {

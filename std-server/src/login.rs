@@ -424,15 +424,7 @@ pub(crate) async fn handshake<R: Realm>(
     });
     conn.send(&welcome).await?;
     info!(%peer, user = %account.username, session = session_id, mechanism = %credentials.mechanism, "login");
-    if shared.store.config().update_last_login {
-        let store = shared.store.clone();
-        let user_id = account.id;
-        shared.tracker.spawn(async move {
-            if let Err(e) = store.record_login(user_id).await {
-                warn!(user_id, error = %e, "could not write last_login");
-            }
-        });
-    }
+    shared.store.record_login(account.id);
     let Conn {
         mut reader, writer, ..
     } = conn;

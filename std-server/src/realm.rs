@@ -250,8 +250,11 @@ pub trait Realm: Send + Sync + 'static {
 
 /// The device's view of the server: answers its calls.
 pub trait Avatar: Send + Sync + 'static {
-    /// Answers a call from the device. Runs in its own task: several calls
-    /// of a session may run at once.
+    /// Answers a call from the device. Its first poll runs on the session's
+    /// own task, so a handler that answers at once costs no task switch;
+    /// one that has to wait goes on in a task of its own, so several calls
+    /// of a session may run at once. Do not block the thread: until the
+    /// handler first returns `Pending`, the session reads nothing else.
     fn call(&self, call: IncomingCall) -> impl Future<Output = CallResult> + Send;
 
     /// Handles a one-way notification from the device (default: ignore).

@@ -250,7 +250,10 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
     shared.tracker.spawn(async move {
         let shared = task_shared;
         let metrics = &shared.metrics;
-        let login = login::handshake(&shared, stream, peer, handshake_permit);
+        // Boxed, so that the login's state (SCRAM, handshake buffers) is
+        // freed when the login ends instead of living in this task's
+        // future for the whole session.
+        let login = Box::pin(login::handshake(&shared, stream, peer, handshake_permit));
         let timeout = shared.config.handshake_timeout;
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, login) => r,

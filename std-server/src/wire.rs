@@ -64,6 +64,22 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.max
     }
 
+    /// Whether a whole frame (or a bad length prefix) is already buffered,
+    /// so that the next [`Self::next`] returns without reading. The session
+    /// answers every such frame before it writes, so that the replies to a
+    /// burst of calls leave in one write.
+    pub fn has_frame(&self) -> bool {
+        let avail = self.end - self.start;
+        if avail < HEADER_LEN {
+            return false;
+        }
+        let header = [self.buf[self.start], self.buf[self.start + 1]];
+        match parse_header(header, self.max) {
+            Ok(len) => avail >= HEADER_LEN + len,
+            Err(_) => true,
+        }
+    }
+
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.end - self.start
@@ -151,6 +167,25 @@ mod tests {
         assert_eq!(r.next().await.unwrap(), b"x");
         assert_eq!(r.next().await.unwrap(), b"yz");
         assert!(matches!(r.next().await, Err(ReadError::Closed)));
+    }
+
+    #[tokio::test]
+    async fn has_frame_says_whether_next_needs_the_socket() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut r = FrameReader::new(b, 512);
+        assert!(!r.has_frame());
+        use tokio::io::AsyncWriteExt;
+        // One whole frame and the first byte of the next one's body.
+        a.write_all(&[0, 1, b'x', 0, 2, b'y']).await.unwrap();
+        assert_eq!(r.next().await.unwrap(), b"x");
+        assert!(!r.has_frame(), "half a frame is not a frame");
+        a.write_all(b"z").await.unwrap();
+        assert_eq!(r.next().await.unwrap(), b"yz");
+        assert!(!r.has_frame());
+        // A bad length is reported by next() without reading: it counts.
+        a.write_all(&[0, 0]).await.unwrap();
+        assert!(matches!(r.next().await, Err(ReadError::Frame(_))));
+        assert!(r.has_frame());
     }
 
     #[tokio::test]

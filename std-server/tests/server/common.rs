@@ -612,6 +612,10 @@ pub struct TestRealm {
     pub minds: Arc<Mutex<Vec<Mind>>>,
     pub ends: Arc<Mutex<Vec<SessionEnd>>>,
     pub device_info: Arc<Mutex<Vec<String>>>,
+    /// `attached` never returns by itself.
+    pub hang_in_attached: bool,
+    /// "attached ended" and "detached", in the order they happened.
+    pub hooks: Arc<Mutex<Vec<&'static str>>>,
 }
 
 /// `slow(ms) -> ms`.
@@ -654,7 +658,17 @@ impl Avatar for TestAvatar {
     }
 
     async fn attached(&self) {
+        struct Ended(Arc<Mutex<Vec<&'static str>>>);
+        impl Drop for Ended {
+            fn drop(&mut self) {
+                self.0.lock().unwrap().push("attached ended");
+            }
+        }
+        let _ended = Ended(self.realm.hooks.clone());
         self.inner.attached().await;
+        if self.realm.hang_in_attached {
+            std::future::pending::<()>().await;
+        }
         if self.realm.ask_device_info {
             let r = self.mind.call::<DeviceInfo>(&()).await;
             let text = match r {
@@ -666,6 +680,7 @@ impl Avatar for TestAvatar {
     }
 
     async fn detached(&self, end: SessionEnd) {
+        self.realm.hooks.lock().unwrap().push("detached");
         self.realm.ends.lock().unwrap().push(end.clone());
         self.inner.detached(end).await;
     }

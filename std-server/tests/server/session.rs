@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use tether_core::message::{ErrorCode, GoodbyeReason, Message};
+use tether_core::method::Method as _;
 use tether_core::method::builtin::{DeviceInfo, Echo};
 use tether_server::realm::CallError;
 use tether_server::{SessionEnd, StoreConfig};
@@ -79,6 +80,110 @@ async fn calls_run_concurrently_and_errors_are_typed() {
     // Ping -> pong.
     s.send(&Message::Ping { nonce: 77 }).await;
     assert_eq!(s.recv().await.unwrap(), Msg::Pong { nonce: 77 });
+}
+
+fn encoded_args<M: tether_core::method::Method>(args: &M::Args<'_>) -> Vec<u8> {
+    let mut buf = [0u8; 64];
+    tether_core::method::encode_args::<M>(args, &mut buf)
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test]
+async fn a_burst_of_frames_is_answered_as_each_answer_is_ready() {
+    let db = Db::copy(DB);
+    let server = test_server(&db, |_| {}).await;
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    // One write: handlers that answer at once are answered in frame order,
+    // around the pong; the waiting ones when they are done.
+    let slow400 = encoded_args::<Slow>(&400);
+    let slow100 = encoded_args::<Slow>(&100);
+    let echo = encoded_args::<Echo>(&"e");
+    let call = |id, method, args: &[u8]| (id, method, args.to_vec());
+    let burst = [
+        call(1, Slow::NAME, &slow400),
+        call(2, Echo::NAME, &echo),
+        call(3, Echo::NAME, &echo),
+        call(4, "nope", &[]),
+        call(5, Slow::NAME, &slow100),
+        call(6, Echo::NAME, &echo),
+    ];
+    let mut bytes = Vec::new();
+    for (i, (id, method, args)) in burst.iter().enumerate() {
+        bytes.extend(s.seal(&Message::Call {
+            id: *id,
+            method,
+            args,
+        }));
+        if i == 1 {
+            bytes.extend(s.seal(&Message::Ping { nonce: 9 }));
+        }
+    }
+    s.send_raw(&bytes).await;
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        seen.push(
+            match s.recv_timeout(Duration::from_secs(5)).await.unwrap() {
+                Msg::Reply { id, result } => {
+                    eprintln!(
+                        "reply {id} {:?} at {:?}",
+                        result,
+                        std::time::SystemTime::now()
+                    );
+                    format!("reply {id}")
+                }
+                Msg::Error { id, code, .. } => format!("error {id} {code}"),
+                Msg::Pong { nonce } => format!("pong {nonce}"),
+                other => panic!("{other:?}"),
+            },
+        );
+    }
+    let unknown = ErrorCode::UNKNOWN_METHOD;
+    assert_eq!(
+        seen,
+        [
+            "reply 2".to_string(),
+            "pong 9".into(),
+            "reply 3".into(),
+            format!("error 4 {unknown}"),
+            "reply 6".into(),
+            "reply 5".into(),
+            "reply 1".into(),
+        ]
+    );
+    // The session goes on.
+    assert_eq!(s.echo("after").await, "after");
+}
+
+#[tokio::test]
+async fn attached_is_stopped_before_detached_runs() {
+    let db = Db::copy(DB);
+    let realm = TestRealm {
+        hang_in_attached: true,
+        ..TestRealm::default()
+    };
+    let server = start_with(StoreConfig::new(db.url()), test_config(), realm).await;
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    s.echo("x").await;
+    s.send(&Message::Goodbye {
+        reason: GoodbyeReason::Normal,
+    })
+    .await;
+    let ended = Instant::now();
+    eventually(Duration::from_secs(5), || {
+        server.realm.hooks.lock().unwrap().len() == 2
+    })
+    .await;
+    // It had its grace of a second to return by itself, then was stopped.
+    assert!(ended.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        *server.realm.hooks.lock().unwrap(),
+        ["attached ended", "detached"]
+    );
 }
 
 #[tokio::test]

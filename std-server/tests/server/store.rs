@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tether_core::message::RefusalCode;
 use tether_core::method::builtin::WhoAmI;
-use tether_server::{DefaultRealm, StoreConfig};
+use tether_server::{DefaultRealm, Store, StoreConfig};
 
 use crate::common::*;
 
@@ -314,4 +314,80 @@ async fn database_locked_then_back_while_sessions_live_on() {
         .await
         .unwrap();
     assert_eq!(live.echo("and now").await, "and now");
+}
+
+#[tokio::test]
+async fn queued_last_logins_are_written_by_close() {
+    let db = Db::copy(DB);
+    let store = Store::open(StoreConfig::new(db.url())).unwrap();
+    let ids: Vec<i64> = db
+        .sql("SELECT id FROM auth_user ORDER BY id")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert!(ids.len() >= 3);
+    for &id in &ids {
+        store.record_login(id);
+    }
+    // Sooner than the writer's own round (100 ms).
+    store.close().await;
+    assert_eq!(
+        db.sql("SELECT count(*) FROM auth_user WHERE last_login IS NOT NULL"),
+        ids.len().to_string()
+    );
+}
+
+#[tokio::test]
+async fn last_logins_wait_out_a_locked_database() {
+    let db = Db::copy(DB);
+    let mut config = StoreConfig::new(db.url());
+    config.lookup_timeout = Duration::from_millis(100);
+    let store = Store::open(config).unwrap();
+    let alice = db_id(&db, "alice");
+    let mut locker = std::process::Command::new("sqlite3")
+        .arg(&db.path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = locker.stdin.as_mut().unwrap();
+    {
+        use std::io::{BufRead as _, Write as _};
+        writeln!(stdin, "BEGIN EXCLUSIVE; SELECT 'locked';").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(locker.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "locked");
+    }
+    store.record_login(alice);
+    // Several rounds fail while the lock is held (each within 200 ms).
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(store.flush_last_logins().await.is_err());
+    {
+        use std::io::Write as _;
+        writeln!(locker.stdin.as_mut().unwrap(), "ROLLBACK;").unwrap();
+    }
+    drop(locker.stdin.take());
+    locker.wait().unwrap();
+    eventually(Duration::from_secs(3), || {
+        db.sql("SELECT count(*) FROM auth_user WHERE last_login IS NOT NULL") == "1"
+    })
+    .await;
+    assert!(
+        !db.sql(&format!(
+            "SELECT last_login FROM auth_user WHERE id = {alice}"
+        ))
+        .is_empty()
+    );
+    store.close().await;
+}
+
+fn db_id(db: &Db, username: &str) -> i64 {
+    db.sql(&format!(
+        "SELECT id FROM auth_user WHERE username = '{username}'"
+    ))
+    .parse()
+    .unwrap()
 }

@@ -3,9 +3,12 @@
 //!
 //! The store reads `auth_user` (or a custom `AUTH_USER_MODEL` table) through
 //! sqlx's runtime-generic driver, so one binary serves SQLite (Django's
-//! default `db.sqlite3`), PostgreSQL and MySQL/MariaDB, chosen by the URL.
+//! default `db.sqlite3`), PostgreSQL and MySQL/MariaDB, chosen by the URL;
+//! lookups in a SQLite file are answered by dedicated reader threads
+//! instead ([`sqlite_reader`]: sqlx's hand-offs were half of a login's CPU).
 //! The only statement it ever writes is Django's `update_last_login`
-//! (`UPDATE <table> SET last_login = now WHERE id = ?`), and only when
+//! (`UPDATE <table> SET last_login = now WHERE id IN (...)`), batched by
+//! one background task ([`last_login`]), and only when
 //! [`StoreConfig::update_last_login`] is on.
 //!
 //! Each login costs one `SELECT` on the username column (unique, so
@@ -31,6 +34,12 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, AssertSqlSafe, Row as _};
 
 use crate::metrics::{Metrics, StoreMetrics};
+
+pub mod last_login;
+pub mod sqlite_reader;
+
+use last_login::LastLoginWriter;
+use sqlite_reader::SqliteReader;
 
 /// Which SQL dialect a database URL speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,7 +351,9 @@ pub struct Store {
     // Built once from validated identifiers; values are always bound.
     lookup_sql: Arc<str>,
     lookup_binds: Vec<String>,
-    last_login_sql: Arc<str>,
+    /// SQLite files: lookups on dedicated threads instead of the pool.
+    reader: Option<SqliteReader>,
+    last_login: LastLoginWriter,
     cache: Option<Cache>,
     metrics: Metrics,
     recorded: StoreMetrics,
@@ -462,17 +473,6 @@ impl Store {
         );
         let mut lookup_binds = b.binds;
         lookup_binds.pop(); // the username, bound per lookup
-        let last_login_value = match backend {
-            Backend::Postgres => "CAST($1 AS TIMESTAMPTZ)".to_string(),
-            _ => backend.placeholder(1),
-        };
-        let last_login_sql = format!(
-            "UPDATE {table} SET {col} = {last_login_value} WHERE {id} = {p2}",
-            table = q(&config.user_table),
-            col = q("last_login"),
-            id = q("id"),
-            p2 = backend.placeholder(2),
-        );
         let timeout = config.lookup_timeout;
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections.max(1))
@@ -500,13 +500,24 @@ impl Store {
             entries: Mutex::new(HashMap::new()),
         });
         let metrics = Metrics::new();
+        let lookup_sql: Arc<str> = lookup_sql.into();
+        let reader = match SqliteReader::file_of(&url) {
+            Some(path) if backend == Backend::Sqlite => Some(
+                SqliteReader::start(path, lookup_sql.clone(), lookup_binds.clone(), timeout)
+                    .map_err(|e| StoreError::Config(format!("cannot start lookup threads: {e}")))?,
+            ),
+            _ => None,
+        };
+        let last_login =
+            LastLoginWriter::new(pool.clone(), backend, &config.user_table, timeout * 2);
         Ok(Self {
             config,
             backend,
             pool,
-            lookup_sql: lookup_sql.into(),
+            lookup_sql,
             lookup_binds,
-            last_login_sql: last_login_sql.into(),
+            reader,
+            last_login,
             cache,
             recorded: metrics.store(),
             metrics,
@@ -587,6 +598,18 @@ impl Store {
     }
 
     async fn query_user(&self, username: &str) -> Result<Option<UserRecord>, StoreError> {
+        let no_answer = || {
+            StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                self.config.lookup_timeout.as_millis()
+            ))
+        };
+        if let Some(reader) = &self.reader {
+            return tokio::time::timeout(self.config.lookup_timeout, reader.lookup(username))
+                .await
+                .map_err(|_| no_answer())?
+                .map_err(|_| StoreError::Unavailable("lookup threads stopped".into()))?;
+        }
         let mut query = sqlx::query(AssertSqlSafe(self.lookup_sql.clone()));
         for value in &self.lookup_binds {
             query = query.bind(value.as_str());
@@ -595,12 +618,7 @@ impl Store {
         let row =
             tokio::time::timeout(self.config.lookup_timeout, query.fetch_optional(&self.pool))
                 .await
-                .map_err(|_| {
-                    StoreError::Unavailable(format!(
-                        "no answer within {} ms",
-                        self.config.lookup_timeout.as_millis()
-                    ))
-                })?
+                .map_err(|_| no_answer())?
                 .map_err(StoreError::from_sqlx)?;
         let Some(row) = row else { return Ok(None) };
         let get_flag = |i: usize| -> Result<Option<bool>, StoreError> {
@@ -626,26 +644,32 @@ impl Store {
         }))
     }
 
-    /// Writes `last_login = now` for a user, as Django's `update_last_login`
-    /// does (UTC; the format Django's backend writes). Does nothing when
-    /// [`StoreConfig::update_last_login`] is off.
-    pub async fn record_login(&self, user_id: i64) -> Result<(), StoreError> {
-        if !self.config.update_last_login {
-            return Ok(());
+    /// Records a successful login as Django's `update_last_login` does
+    /// (`last_login = now`, UTC, in the format Django's backend writes),
+    /// written within [`last_login::FLUSH_INTERVAL`] by the store's
+    /// background writer. Does nothing when
+    /// [`StoreConfig::update_last_login`] is off. Call within a tokio
+    /// runtime.
+    pub fn record_login(&self, user_id: i64) {
+        if self.config.update_last_login {
+            self.last_login.queue(user_id);
         }
-        let now = django_timestamp(SystemTime::now(), self.backend);
-        let query = sqlx::query(AssertSqlSafe(self.last_login_sql.clone()))
-            .bind(now)
-            .bind(user_id);
-        tokio::time::timeout(self.config.lookup_timeout * 2, query.execute(&self.pool))
-            .await
-            .map_err(|_| StoreError::Unavailable("last_login update timed out".into()))?
-            .map_err(StoreError::from_sqlx)?;
-        Ok(())
     }
 
-    /// Closes the pool's connections.
+    /// Writes the `last_login`s queued so far now.
+    pub async fn flush_last_logins(&self) -> Result<(), StoreError> {
+        self.last_login.flush().await
+    }
+
+    /// Writes the queued `last_login`s, stops the lookup threads and closes
+    /// the pool's connections.
     pub async fn close(&self) {
+        if let Err(e) = self.last_login.close().await {
+            tracing::warn!(error = %e, "could not write the last logins before closing");
+        }
+        if let Some(reader) = &self.reader {
+            reader.close();
+        }
         self.pool.close().await;
     }
 }
