@@ -912,6 +912,19 @@ async fn check_inner(args: CheckArgs) -> Result<bool, String> {
             "hint: serve with --decoy-iterations {common} so unknown users look like real ones"
         );
     }
+    if store.backend() == Backend::Sqlite
+        && let Ok(row) = sqlx::query("PRAGMA journal_mode")
+            .fetch_one(store.pool())
+            .await
+        && let Ok(mode) = row.try_get::<String, _>(0)
+    {
+        println!("sqlite journal mode: {mode}");
+        if !mode.eq_ignore_ascii_case("wal") {
+            println!(
+                "hint: WAL mode lets logins read while Django writes: sqlite3 DB 'PRAGMA journal_mode=WAL' (kept in the file)"
+            );
+        }
+    }
     store.close().await;
     Ok(true)
 }

@@ -139,6 +139,16 @@ fn check_reports_tables_and_algorithms() {
         "{stdout}"
     );
     assert!(stdout.contains("argon2"), "{stdout}");
+    // Django's default journal: the hint; after switching to WAL: none.
+    assert!(stdout.contains("sqlite journal mode: delete"), "{stdout}");
+    assert!(stdout.contains("hint: WAL mode"), "{stdout}");
+    db.sql("PRAGMA journal_mode=WAL");
+    let out = tether(&["check", "--database", &db.url()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sqlite journal mode: wal"), "{stdout}");
+    assert!(!stdout.contains("hint: WAL mode"), "{stdout}");
     // The wrong table: a clear failure.
     let db = Db::copy("custom_user.sqlite3");
     let out = tether(&["check", "--database", &db.url()])
