@@ -19,8 +19,6 @@
 
 use core::fmt;
 
-use base64ct::{Base64, Encoding as _};
-
 use crate::scram::{Key, Mechanism, ServerCredentials};
 
 /// The algorithm of a Django password hash.
@@ -210,9 +208,8 @@ pub fn parse(encoded: &str) -> Result<Pbkdf2Hash<'_>, DjangoHashError> {
         return Err(DjangoHashError::Malformed("salt longer than 64 bytes"));
     }
     let mut raw = [0u8; 48];
-    let n = Base64::decode(hash, &mut raw)
-        .map_err(|_| DjangoHashError::Malformed("hash is not base64"))?
-        .len();
+    let n = crate::b64::decode(hash, &mut raw)
+        .ok_or(DjangoHashError::Malformed("hash is not base64"))?;
     if n != mechanism.key_len() {
         return Err(DjangoHashError::Malformed(
             "hash length does not match its algorithm",
@@ -256,8 +253,8 @@ pub fn make_password(
         Mechanism::ScramSha1 => HashAlgorithm::Pbkdf2Sha1,
     };
     let mut b64 = [0u8; 44];
-    let encoded = Base64::encode(salted.as_bytes(), &mut b64)
-        .map_err(|_| DjangoHashError::Malformed("hash"))?;
+    let encoded = crate::b64::encode(salted.as_bytes(), &mut b64)
+        .ok_or(DjangoHashError::Malformed("hash"))?;
     let mut out = heapless::String::new();
     write!(out, "{}${iterations}${salt}${}", name.name(), encoded)
         .map_err(|_| DjangoHashError::Malformed("too long"))?;

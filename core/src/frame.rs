@@ -12,6 +12,8 @@ use core::fmt;
 
 use serde::Serialize;
 
+use crate::message::{EncodeError, Handshake};
+
 /// Bytes taken by the length prefix.
 pub const HEADER_LEN: usize = 2;
 
@@ -115,6 +117,28 @@ pub fn encode_message<'o, T: Serialize + ?Sized>(
     out: &'o mut [u8],
     max: usize,
 ) -> Result<&'o [u8], FrameError> {
+    encode_frame(out, max, |body| {
+        crate::message::encode(msg, body).map(|b| b.len())
+    })
+}
+
+/// [`encode_message`] for a handshake message, through its hand-written
+/// encoder ([`Handshake::encode`]): the same bytes with less code, for
+/// devices.
+pub fn encode_handshake<'o>(
+    msg: &Handshake<'_>,
+    out: &'o mut [u8],
+    max: usize,
+) -> Result<&'o [u8], FrameError> {
+    encode_frame(out, max, |body| msg.encode(body).map(|b| b.len()))
+}
+
+/// Runs `encode` on the body part of `out` and finishes the frame.
+fn encode_frame(
+    out: &mut [u8],
+    max: usize,
+    encode: impl FnOnce(&mut [u8]) -> Result<usize, EncodeError>,
+) -> Result<&[u8], FrameError> {
     let available = out.len();
     let body_room = available
         .checked_sub(HEADER_LEN)
@@ -122,15 +146,13 @@ pub fn encode_message<'o, T: Serialize + ?Sized>(
             needed: HEADER_LEN + 1,
             available,
         })?;
-    let len = postcard::to_slice(msg, &mut out[HEADER_LEN..])
-        .map_err(|e| match e {
-            postcard::Error::SerializeBufferFull => FrameError::BufferTooSmall {
-                needed: available + 1,
-                available: body_room,
-            },
-            _ => FrameError::Encode,
-        })?
-        .len();
+    let len = encode(&mut out[HEADER_LEN..]).map_err(|e| match e {
+        EncodeError::BufferFull => FrameError::BufferTooSmall {
+            needed: available + 1,
+            available: body_room,
+        },
+        EncodeError::Unencodable => FrameError::Encode,
+    })?;
     finish_frame(out, len, max)
 }
 

@@ -87,6 +87,8 @@
 #[macro_use]
 extern crate std;
 
+mod b64;
+mod codec;
 pub mod django;
 pub mod frame;
 pub mod message;

@@ -20,7 +20,7 @@ use core::fmt;
 use hmac::Mac as _;
 
 use crate::frame::{FrameError, HEADER_LEN, finish_frame};
-use crate::message::{DecodeError, Message};
+use crate::message::{DecodeError, EncodeError, Message};
 use crate::scram::sha256_mac;
 
 pub(crate) const SESSION_LABEL: &[u8] = b"tether/1 session";
@@ -186,13 +186,14 @@ impl Sealer {
             .into());
         }
         let start = HEADER_LEN + SEQ_LEN;
-        let n = postcard::to_slice(msg, &mut out[start..start + room])
+        let n = msg
+            .encode(&mut out[start..start + room])
             .map_err(|e| match e {
-                postcard::Error::SerializeBufferFull => FrameError::BufferTooSmall {
+                EncodeError::BufferFull => FrameError::BufferTooSmall {
                     needed: available + 1,
                     available,
                 },
-                _ => FrameError::Encode,
+                EncodeError::Unencodable => FrameError::Encode,
             })?
             .len();
         let body_len = SEQ_LEN + n + TAG_LEN;
@@ -257,7 +258,7 @@ impl Opener {
                 expected: self.next,
             });
         }
-        let msg = crate::message::decode(&signed[SEQ_LEN..]).map_err(SessionError::Decode)?;
+        let msg = Message::decode(&signed[SEQ_LEN..]).map_err(SessionError::Decode)?;
         self.next = self
             .next
             .checked_add(1)

@@ -205,15 +205,17 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
 }
 
 pub(super) fn parse_iterations(text: &str) -> Result<u32, ScramError> {
-    if text.is_empty()
-        || text.len() > 10
-        || !text.bytes().all(|b| b.is_ascii_digit())
-        || text.starts_with('0')
-    {
-        return Err(ScramError::Malformed("iteration count"));
-    }
-    text.parse()
-        .map_err(|_| ScramError::Malformed("iteration count"))
+    // Decimal digits without a leading zero, fitting a u32 (by hand: the
+    // generic `str::parse` costs a device a few hundred bytes).
+    let value = if text.is_empty() || text.len() > 10 || text.starts_with('0') {
+        None
+    } else {
+        text.bytes().try_fold(0u32, |n, b| {
+            let digit = b.is_ascii_digit().then(|| u32::from(b - b'0'))?;
+            n.checked_mul(10)?.checked_add(digit)
+        })
+    };
+    value.ok_or(ScramError::Malformed("iteration count"))
 }
 
 /// Second client state: the proof is computed; waiting for the server's

@@ -15,7 +15,6 @@ mod server;
 
 use core::fmt;
 
-use base64ct::{Base64, Encoding as _};
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
@@ -434,16 +433,14 @@ pub(crate) fn session_key(
 /// Appends base64 of `data` (at most 64 bytes) to `s`.
 fn push_b64<const N: usize>(s: &mut heapless::String<N>, data: &[u8]) -> Result<(), ScramError> {
     let mut buf = [0u8; 88];
-    let text = Base64::encode(data, &mut buf).map_err(|_| ScramError::TooLong)?;
+    let text = crate::b64::encode(data, &mut buf).ok_or(ScramError::TooLong)?;
     s.push_str(text).map_err(|_| ScramError::TooLong)
 }
 
 /// Decodes base64 into `out`, returning the decoded length. Non-canonical
 /// encodings (stray bits, missing padding) are malformed.
 fn decode_b64(text: &str, out: &mut [u8], what: &'static str) -> Result<usize, ScramError> {
-    Base64::decode(text, out)
-        .map(|d| d.len())
-        .map_err(|_| ScramError::Malformed(what))
+    crate::b64::decode(text, out).ok_or(ScramError::Malformed(what))
 }
 
 fn push<const N: usize>(s: &mut heapless::String<N>, parts: &[&str]) -> Result<(), ScramError> {

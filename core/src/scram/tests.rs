@@ -1,3 +1,5 @@
+use base64::Engine as _;
+
 use super::*;
 use crate::django;
 
@@ -44,7 +46,9 @@ fn exchange_vector(
     server_final: &str,
 ) {
     let mut salt = [0u8; 64];
-    let n = Base64::decode(salt_b64, &mut salt).unwrap().len();
+    let n = base64::engine::general_purpose::STANDARD
+        .decode_slice(salt_b64, &mut salt)
+        .unwrap();
     let salted = salted_password(m, b"pencil", &salt[..n], 4096);
     let creds = ServerCredentials::from_salted_password(m, &salted, &salt[..n], 4096).unwrap();
 
@@ -167,11 +171,9 @@ fn row(m: &str, pw: &str, salt: &str, iterations: u32) -> std::string::String {
         Mechanism::ScramSha256
     };
     let sp = salted_password(mech, pw.as_bytes(), salt.as_bytes(), iterations);
-    let mut b = [0u8; 64];
-    let n = Base64::encode(sp.as_bytes(), &mut b).unwrap().len();
     format!(
         "{m}${iterations}${salt}${}",
-        core::str::from_utf8(&b[..n]).unwrap()
+        base64::engine::general_purpose::STANDARD.encode(sp.as_bytes())
     )
 }
 
@@ -475,4 +477,30 @@ fn without_the_sha1_feature_sha1_is_refused_cleanly() {
             .err(),
         Some(ScramError::MechanismDisabled)
     );
+}
+
+#[test]
+fn iteration_counts_parse_strictly() {
+    use super::client::parse_iterations;
+    assert_eq!(parse_iterations("4096"), Ok(4096));
+    assert_eq!(parse_iterations("1"), Ok(1));
+    assert_eq!(parse_iterations("4294967295"), Ok(u32::MAX));
+    for bad in [
+        "",
+        "0",
+        "01",
+        "4294967296",
+        "99999999999",
+        "12a",
+        "+1",
+        "-1",
+        " 1",
+        "1 ",
+    ] {
+        assert_eq!(
+            parse_iterations(bad),
+            Err(ScramError::Malformed("iteration count")),
+            "{bad}"
+        );
+    }
 }

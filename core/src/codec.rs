@@ -1,0 +1,425 @@
+//! Hand-written postcard encoding of the protocol's own messages
+//! ([`Handshake`], [`Message`]): the same bytes and the same errors as
+//! postcard through their serde derives, without serde's generic visitor
+//! code, which costs a device several hundred bytes of flash per message
+//! type. The serde derives stay for applications and tools; the tests check
+//! both ways against postcard.
+//!
+//! postcard's rules used here: enum variants and integers above `u8` are
+//! LEB128 varints (at most `ceil(bits / 7)` bytes, the last one holding only
+//! the remaining bits), `u8` is one raw byte, byte strings and strings are a
+//! varint length and the bytes.
+
+use crate::message::{Challenge, Hello, Proof, Welcome};
+use crate::message::{
+    DecodeError, EncodeError, ErrorCode, GoodbyeReason, Handshake, Message, Refusal, RefusalCode,
+};
+use crate::scram::{Mechanism, Mechanisms};
+
+/// Reads postcard values from the front of a slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn byte(&mut self) -> Result<u8, DecodeError> {
+        let (&b, rest) = self.0.split_first().ok_or(DecodeError::Truncated)?;
+        self.0 = rest;
+        Ok(b)
+    }
+
+    /// A varint of an integer type with `bits` bits.
+    fn varint(&mut self, bits: u32) -> Result<u64, DecodeError> {
+        let max_len = bits.div_ceil(7);
+        let mut value = 0u64;
+        for i in 0..max_len {
+            let b = self.byte()?;
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                if i == max_len - 1 && u32::from(b) >> (bits - 7 * i) != 0 {
+                    break;
+                }
+                return Ok(value);
+            }
+        }
+        Err(DecodeError::Malformed)
+    }
+
+    fn u16(&mut self) -> Result<u16, DecodeError> {
+        Ok(self.varint(16)? as u16)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(self.varint(32)? as u32)
+    }
+
+    /// An enum's variant from the list of all variants in wire order.
+    fn variant<T: Copy>(&mut self, all: &[T]) -> Result<T, DecodeError> {
+        let i = self.u32()?;
+        all.get(i as usize)
+            .copied()
+            .ok_or(DecodeError::UnknownVariant)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let len = self.varint(usize::BITS)?;
+        if len > self.0.len() as u64 {
+            return Err(DecodeError::Truncated);
+        }
+        let (bytes, rest) = self.0.split_at(len as usize);
+        self.0 = rest;
+        Ok(bytes)
+    }
+
+    fn str(&mut self) -> Result<&'a str, DecodeError> {
+        core::str::from_utf8(self.bytes()?).map_err(|_| DecodeError::InvalidUtf8)
+    }
+
+    /// `value` if nothing follows it.
+    fn end<T>(self, value: T) -> Result<T, DecodeError> {
+        match self.0.len() {
+            0 => Ok(value),
+            extra => Err(DecodeError::TrailingBytes { extra }),
+        }
+    }
+}
+
+/// Writes postcard values into a slice.
+struct Writer<'o> {
+    out: &'o mut [u8],
+    len: usize,
+}
+
+impl<'o> Writer<'o> {
+    fn byte(&mut self, b: u8) -> Result<(), EncodeError> {
+        *self.out.get_mut(self.len).ok_or(EncodeError::BufferFull)? = b;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn varint(&mut self, mut v: u64) -> Result<(), EncodeError> {
+        while v >= 0x80 {
+            self.byte(v as u8 | 0x80)?;
+            v >>= 7;
+        }
+        self.byte(v as u8)
+    }
+
+    fn bytes(&mut self, b: &[u8]) -> Result<(), EncodeError> {
+        self.varint(b.len() as u64)?;
+        let end = self.len + b.len();
+        self.out
+            .get_mut(self.len..end)
+            .ok_or(EncodeError::BufferFull)?
+            .copy_from_slice(b);
+        self.len = end;
+        Ok(())
+    }
+
+    fn finish(self) -> &'o mut [u8] {
+        &mut self.out[..self.len]
+    }
+}
+
+const MECHANISMS: [Mechanism; 2] = [Mechanism::ScramSha256, Mechanism::ScramSha1];
+
+const REFUSAL_CODES: [RefusalCode; 7] = [
+    RefusalCode::Unauthorized,
+    RefusalCode::Unsupported,
+    RefusalCode::Throttled,
+    RefusalCode::Unavailable,
+    RefusalCode::Version,
+    RefusalCode::Protocol,
+    RefusalCode::Busy,
+];
+
+const GOODBYE_REASONS: [GoodbyeReason; 7] = [
+    GoodbyeReason::Normal,
+    GoodbyeReason::Shutdown,
+    GoodbyeReason::IdleTimeout,
+    GoodbyeReason::Kicked,
+    GoodbyeReason::ProtocolError,
+    GoodbyeReason::BadTag,
+    GoodbyeReason::Replaced,
+];
+
+impl<'a> Handshake<'a> {
+    /// Encodes the message into the start of `out` (exactly postcard's
+    /// bytes) and returns the used part.
+    pub fn encode<'o>(&self, out: &'o mut [u8]) -> Result<&'o mut [u8], EncodeError> {
+        let mut w = Writer { out, len: 0 };
+        match *self {
+            Self::Hello(h) => {
+                w.byte(0)?;
+                w.byte(h.version)?;
+                w.byte(h.mechanisms.bits())?;
+                w.varint(h.max_frame.into())?;
+                w.bytes(h.client_first.as_bytes())?;
+            }
+            Self::Challenge(c) => {
+                w.byte(1)?;
+                w.byte(c.mechanism as u8)?;
+                w.bytes(c.server_first.as_bytes())?;
+            }
+            Self::Proof(p) => {
+                w.byte(2)?;
+                w.bytes(p.client_final.as_bytes())?;
+            }
+            Self::Welcome(v) => {
+                w.byte(3)?;
+                w.bytes(v.server_final.as_bytes())?;
+                w.varint(v.session_id)?;
+                w.varint(v.max_frame.into())?;
+                w.varint(v.heartbeat_secs.into())?;
+            }
+            Self::Refused(r) => {
+                w.byte(4)?;
+                w.byte(r.code as u8)?;
+                w.varint(r.retry_after_secs.into())?;
+            }
+        }
+        Ok(w.finish())
+    }
+
+    /// Decodes exactly one message filling all of `bytes` (the same result
+    /// as [`decode`](crate::message::decode) through serde).
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(bytes);
+        let msg = match r.u32()? {
+            0 => Self::Hello(Hello {
+                version: r.byte()?,
+                mechanisms: Mechanisms::from_bits(r.byte()?),
+                max_frame: r.u16()?,
+                client_first: r.str()?,
+            }),
+            1 => Self::Challenge(Challenge {
+                mechanism: r.variant(&MECHANISMS)?,
+                server_first: r.str()?,
+            }),
+            2 => Self::Proof(Proof {
+                client_final: r.str()?,
+            }),
+            3 => Self::Welcome(Welcome {
+                server_final: r.str()?,
+                session_id: r.varint(64)?,
+                max_frame: r.u16()?,
+                heartbeat_secs: r.u16()?,
+            }),
+            4 => Self::Refused(Refusal {
+                code: r.variant(&REFUSAL_CODES)?,
+                retry_after_secs: r.u16()?,
+            }),
+            _ => return Err(DecodeError::UnknownVariant),
+        };
+        r.end(msg)
+    }
+}
+
+impl<'a> Message<'a> {
+    /// Encodes the message into the start of `out` (exactly postcard's
+    /// bytes) and returns the used part.
+    pub fn encode<'o>(&self, out: &'o mut [u8]) -> Result<&'o mut [u8], EncodeError> {
+        let mut w = Writer { out, len: 0 };
+        match *self {
+            Self::Call { id, method, args } => {
+                w.byte(0)?;
+                w.varint(id.into())?;
+                w.bytes(method.as_bytes())?;
+                w.bytes(args)?;
+            }
+            Self::Reply { id, result } => {
+                w.byte(1)?;
+                w.varint(id.into())?;
+                w.bytes(result)?;
+            }
+            Self::Error { id, code, message } => {
+                w.byte(2)?;
+                w.varint(id.into())?;
+                w.varint(code.0.into())?;
+                w.bytes(message.as_bytes())?;
+            }
+            Self::Notify { method, args } => {
+                w.byte(3)?;
+                w.bytes(method.as_bytes())?;
+                w.bytes(args)?;
+            }
+            Self::Ping { nonce } => {
+                w.byte(4)?;
+                w.varint(nonce.into())?;
+            }
+            Self::Pong { nonce } => {
+                w.byte(5)?;
+                w.varint(nonce.into())?;
+            }
+            Self::Goodbye { reason } => {
+                w.byte(6)?;
+                w.byte(reason as u8)?;
+            }
+        }
+        Ok(w.finish())
+    }
+
+    /// Decodes exactly one message filling all of `bytes` (the same result
+    /// as [`decode`](crate::message::decode) through serde).
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(bytes);
+        let msg = match r.u32()? {
+            0 => Self::Call {
+                id: r.u32()?,
+                method: r.str()?,
+                args: r.bytes()?,
+            },
+            1 => Self::Reply {
+                id: r.u32()?,
+                result: r.bytes()?,
+            },
+            2 => Self::Error {
+                id: r.u32()?,
+                code: ErrorCode(r.u16()?),
+                message: r.str()?,
+            },
+            3 => Self::Notify {
+                method: r.str()?,
+                args: r.bytes()?,
+            },
+            4 => Self::Ping { nonce: r.u32()? },
+            5 => Self::Pong { nonce: r.u32()? },
+            6 => Self::Goodbye {
+                reason: r.variant(&GOODBYE_REASONS)?,
+            },
+            _ => return Err(DecodeError::UnknownVariant),
+        };
+        r.end(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use std::string::String;
+    use std::vec::Vec;
+
+    use super::*;
+    use crate::message::{decode, encode};
+
+    fn text() -> impl Strategy<Value = String> {
+        "\\PC{0,12}"
+    }
+
+    fn bytes() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), 0..12)
+    }
+
+    fn check_message(m: Message<'_>) -> Result<(), TestCaseError> {
+        let (mut a, mut b) = ([0u8; 64], [0u8; 64]);
+        let ours = m.encode(&mut a).map(|s| s.to_vec());
+        let theirs = encode(&m, &mut b).map(|s| s.to_vec());
+        prop_assert_eq!(&ours, &theirs);
+        if let Ok(bytes) = &ours {
+            prop_assert_eq!(Message::decode(bytes), Ok(m));
+            // Every shorter buffer fails the same way as postcard.
+            for n in 0..bytes.len() {
+                prop_assert_eq!(
+                    m.encode(&mut a[..n]).map(|s| s.to_vec()),
+                    encode(&m, &mut b[..n]).map(|s| s.to_vec())
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn check_handshake(h: Handshake<'_>) -> Result<(), TestCaseError> {
+        let (mut a, mut b) = ([0u8; 80], [0u8; 80]);
+        let ours = h.encode(&mut a).map(|s| s.to_vec());
+        let theirs = encode(&h, &mut b).map(|s| s.to_vec());
+        prop_assert_eq!(&ours, &theirs);
+        if let Ok(bytes) = &ours {
+            prop_assert_eq!(Handshake::decode(bytes), Ok(h));
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #[test]
+        fn messages_encode_like_postcard(
+            kind in 0..7u8, id: u32, code: u16, s in text(), t in bytes(), reason in 0..7usize,
+        ) {
+            let m = match kind {
+                0 => Message::Call { id, method: &s, args: &t },
+                1 => Message::Reply { id, result: &t },
+                2 => Message::Error { id, code: ErrorCode(code), message: &s },
+                3 => Message::Notify { method: &s, args: &t },
+                4 => Message::Ping { nonce: id },
+                5 => Message::Pong { nonce: id },
+                _ => Message::Goodbye { reason: GOODBYE_REASONS[reason] },
+            };
+            check_message(m)?;
+        }
+
+        #[test]
+        fn handshakes_encode_like_postcard(
+            kind in 0..5u8, a: u8, b: u8, c: u16, d: u16, e: u64, s in text(), i in 0..7usize,
+        ) {
+            let h = match kind {
+                0 => Handshake::Hello(Hello {
+                    version: a, mechanisms: Mechanisms::from_bits(b), max_frame: c, client_first: &s,
+                }),
+                1 => Handshake::Challenge(Challenge { mechanism: MECHANISMS[i % 2], server_first: &s }),
+                2 => Handshake::Proof(Proof { client_final: &s }),
+                3 => Handshake::Welcome(Welcome {
+                    server_final: &s, session_id: e, max_frame: c, heartbeat_secs: d,
+                }),
+                _ => Handshake::Refused(Refusal { code: REFUSAL_CODES[i], retry_after_secs: d }),
+            };
+            check_handshake(h)?;
+        }
+
+        #[test]
+        fn arbitrary_bytes_decode_like_postcard(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
+            prop_assert_eq!(Message::decode(&bytes), decode::<Message>(&bytes));
+            prop_assert_eq!(Handshake::decode(&bytes), decode::<Handshake>(&bytes));
+        }
+
+        #[test]
+        fn near_valid_bytes_decode_like_postcard(
+            prefix in proptest::collection::vec(prop_oneof![0..8u8, Just(0x80u8), Just(0xffu8), any::<u8>()], 0..16),
+        ) {
+            prop_assert_eq!(Message::decode(&prefix), decode::<Message>(&prefix));
+            prop_assert_eq!(Handshake::decode(&prefix), decode::<Handshake>(&prefix));
+        }
+    }
+
+    #[test]
+    fn varint_limits_match_postcard() {
+        for bytes in [
+            &[4, 0xff, 0xff, 0xff, 0xff, 0x0f][..],
+            &[4, 0xff, 0xff, 0xff, 0xff, 0x10],
+            &[4, 0x80, 0x80, 0x80, 0x80, 0x80, 0x00],
+            &[2, 0x80, 0x00, 0x03, 0x80, 0x80, 0x03, 0x00],
+            &[2, 0x00, 0xff, 0xff, 0x04, 0x00],
+            &[
+                3, 0x01, 0x41, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ],
+            &[0x80, 0x80, 0x80, 0x80, 0x10],
+            &[6, 7],
+            &[6, 0x86, 0x00],
+        ] {
+            assert_eq!(
+                Message::decode(bytes),
+                decode::<Message>(bytes),
+                "{bytes:?}"
+            );
+            assert_eq!(
+                Handshake::decode(bytes),
+                decode::<Handshake>(bytes),
+                "{bytes:?}"
+            );
+        }
+        let welcome = [
+            3, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x80, 0x04, 0,
+        ];
+        assert_eq!(Handshake::decode(&welcome), decode::<Handshake>(&welcome));
+        let welcome = [
+            3, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02, 0, 0,
+        ];
+        assert_eq!(Handshake::decode(&welcome), decode::<Handshake>(&welcome));
+    }
+}
