@@ -7,6 +7,7 @@ use core::time::Duration;
 use tether_core::rand_core::Rng;
 
 use crate::error::Error;
+use crate::session::ms;
 
 /// Exponential backoff with "equal jitter": the n-th consecutive failure
 /// waits a random time in `[d/2, d]` with `d = min(initial * 2^(n-1), max)`,
@@ -29,10 +30,10 @@ impl Default for Backoff {
 impl Backoff {
     /// Backoff from `initial` doubling up to `max`.
     pub fn new(initial: Duration, max: Duration) -> Self {
-        let initial_ms = (initial.as_millis() as u64).max(1);
+        let initial_ms = ms(initial).max(1);
         Self {
             initial_ms,
-            max_ms: (max.as_millis() as u64).max(initial_ms),
+            max_ms: ms(max).max(initial_ms),
             current_ms: initial_ms,
         }
     }

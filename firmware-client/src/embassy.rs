@@ -54,7 +54,7 @@ use tether_core::scram::{CachedKeys, ClientCredentials, ScramError};
 use crate::backoff::{Backoff, Retry};
 use crate::clock::EmbassyClock;
 use crate::error::Error;
-use crate::session::{Buffers, Config, Established, Session};
+use crate::session::{Buffers, Config, Established, Session, ms};
 
 /// The transport error of an embassy-net session.
 pub type TcpError = embassy_net::tcp::Error;
@@ -150,8 +150,8 @@ impl<'a> Link<'a> {
         let mut delay = Duration::ZERO;
         loop {
             if delay > Duration::ZERO {
-                info!("tether: reconnecting in {} ms", delay.as_millis() as u64);
-                Timer::after_millis(delay.as_millis() as u64).await;
+                info!("tether: reconnecting in {} ms", ms(delay));
+                Timer::after_millis(ms(delay)).await;
             }
             let Self {
                 stack,
@@ -167,7 +167,7 @@ impl<'a> Link<'a> {
             let mut socket = TcpSocket::new(*stack, socket_rx, socket_tx);
             let connect = select(
                 socket.connect(*remote),
-                Timer::after_millis(connect_timeout.as_millis() as u64),
+                Timer::after_millis(ms(*connect_timeout)),
             )
             .await;
             match connect {

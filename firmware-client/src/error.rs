@@ -129,6 +129,13 @@ impl<E> Error<E> {
     }
 }
 
+impl Error<core::convert::Infallible> {
+    /// The same error as one of a session over any transport.
+    pub(crate) fn widen<E>(self) -> Error<E> {
+        self.map_transport(|never| match never {})
+    }
+}
+
 impl<E> From<FrameError> for Error<E> {
     fn from(e: FrameError) -> Self {
         Self::Frame(e)

@@ -12,12 +12,12 @@ use embassy_futures::select::{Either, Either3, select, select3};
 use embedded_io_async::{Read, Write};
 use tether_core::frame::{self, FrameError, HEADER_LEN, MIN_MAX_FRAME};
 use tether_core::message::{
-    self, ErrorCode, GoodbyeReason, Handshake, Hello, Message, PROTOCOL_VERSION, Proof, Refusal,
+    ErrorCode, GoodbyeReason, Handshake, Hello, Message, PROTOCOL_VERSION, Proof, Refusal,
 };
 use tether_core::method::{self, Method};
 use tether_core::rand_core::CryptoRng;
 use tether_core::scram::{
-    CachedKeys, ClientConfig, ClientCredentials, ClientLogin, ClientProofSent,
+    CachedKeys, ClientConfig, ClientCredentials, ClientLogin, ClientProofSent, ClientSuccess,
 };
 use tether_core::session::{Opener, Role, Sealer, SessionError};
 
@@ -188,8 +188,11 @@ impl<T, C> core::fmt::Debug for Established<'_, T, C> {
     }
 }
 
-fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+/// Whole milliseconds of `d`, saturating (no 128-bit arithmetic).
+pub(crate) fn ms(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_millis()))
 }
 
 /// Incremental, cancel-safe frame reader: reads the length prefix, then
@@ -270,12 +273,78 @@ async fn write_frame<T: Write, C: Clock>(
 }
 
 /// The client's SCRAM state during the handshake.
-#[allow(clippy::large_enum_variant)] // one slot for both states is the point
+#[allow(clippy::large_enum_variant)] // one slot for all states is the point
 enum Scram<'a> {
     /// Hello to send, challenge to come.
     First(ClientLogin<'a, LOGIN_MESSAGE_LEN>),
     /// Proof to send, welcome to come.
     Final(ClientProofSent),
+    /// Logged in.
+    Done(ClientSuccess),
+    /// Failed.
+    Failed,
+}
+
+/// An error of the handshake's transport-independent part.
+type LoginError = Error<Infallible>;
+
+/// Session parameters from the welcome: id, heartbeat, the server's max frame.
+type WelcomeParams = (u64, u16, usize);
+
+// The handshake's synchronous steps are plain functions over byte slices,
+// outside the async state machine and independent of the transport and
+// clock types: one copy of the SCRAM and message code.
+impl Scram<'_> {
+    /// Writes the next handshake frame into `tx`.
+    #[inline(never)]
+    fn next_frame<'t>(&self, tx: &'t mut [u8], max_frame: u16) -> Result<&'t [u8], FrameError> {
+        let msg = match self {
+            Scram::First(login) => Handshake::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                mechanisms: login.mechanisms(),
+                max_frame,
+                client_first: login.client_first(),
+            }),
+            Scram::Final(proof) => Handshake::Proof(Proof {
+                client_final: proof.client_final(),
+            }),
+            Scram::Done(_) | Scram::Failed => return Err(FrameError::Encode),
+        };
+        frame::encode_handshake(&msg, tx, MIN_MAX_FRAME as usize)
+    }
+
+    /// Takes the server's answer: the challenge (runs SCRAM, and PBKDF2 with
+    /// a password) or the welcome (checks the server's signature).
+    #[inline(never)]
+    fn on_answer(&mut self, answer: &[u8]) -> Result<Option<WelcomeParams>, LoginError> {
+        let msg = Handshake::decode(answer).map_err(Error::Decode)?;
+        if let Handshake::Refused(r) = msg {
+            *self = Scram::Failed;
+            return Err(refused(r));
+        }
+        match (core::mem::replace(self, Scram::Failed), msg) {
+            (Scram::First(login), Handshake::Challenge(c)) => {
+                let proof = login
+                    .handle_challenge(c.mechanism, c.server_first)
+                    .map_err(Error::Login)?;
+                *self = Scram::Final(proof);
+                Ok(None)
+            }
+            (Scram::Final(proof), Handshake::Welcome(w)) => {
+                let done = proof.handle_server_final(w.server_final).map_err(|e| {
+                    warn!("tether: the server could not prove itself; login aborted");
+                    Error::Login(e)
+                })?;
+                if w.max_frame < MIN_MAX_FRAME {
+                    return Err(Error::Protocol("server's max_frame below 512"));
+                }
+                *self = Scram::Done(done);
+                Ok(Some((w.session_id, w.heartbeat_secs, w.max_frame as usize)))
+            }
+            (Scram::First(_), _) => Err(Error::Protocol("expected a challenge or a refusal")),
+            _ => Err(Error::Protocol("expected a welcome or a refusal")),
+        }
+    }
 }
 
 /// Sends one handshake frame and reads the answer (waiting at most
@@ -296,7 +365,7 @@ async fn round_trip<T: Read + Write, C: Clock>(
     }
 }
 
-fn refused<E>(r: Refusal) -> Error<E> {
+fn refused(r: Refusal) -> LoginError {
     warn!(
         "tether: login refused: {} (retry after {} s)",
         r.code.as_str(),
@@ -499,28 +568,9 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
             ClientLogin::<LOGIN_MESSAGE_LEN>::new(username, credentials, config.scram, rng)
                 .map_err(Error::Login)?,
         );
-        let mut len = 0;
-        for _ in 0..2 {
-            let frame = match &scram {
-                Scram::First(login) => frame::encode_message(
-                    &Handshake::Hello(Hello {
-                        version: PROTOCOL_VERSION,
-                        mechanisms: login.mechanisms(),
-                        max_frame: max_frame as u16,
-                        client_first: login.client_first(),
-                    }),
-                    tx,
-                    min,
-                )?,
-                Scram::Final(proof) => frame::encode_message(
-                    &Handshake::Proof(Proof {
-                        client_final: proof.client_final(),
-                    }),
-                    tx,
-                    min,
-                )?,
-            };
-            len = outlined!(round_trip(
+        let welcome = loop {
+            let frame = scram.next_frame(tx, max_frame as u16)?;
+            let len = outlined!(round_trip(
                 &mut io,
                 &mut rx,
                 &clock,
@@ -528,42 +578,16 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
                 write_ms,
                 handshake_ms
             ))?;
-            if let Scram::First(login) = scram {
-                let challenge =
-                    match message::decode::<Handshake>(&rx.buf[..len]).map_err(Error::Decode)? {
-                        Handshake::Challenge(c) => c,
-                        Handshake::Refused(r) => return Err(refused(r)),
-                        _ => return Err(Error::Protocol("expected a challenge or a refusal")),
-                    };
-                scram = Scram::Final(
-                    login
-                        .handle_challenge(challenge.mechanism, challenge.server_first)
-                        .map_err(Error::Login)?,
-                );
+            match scram.on_answer(&rx.buf[..len]) {
+                Ok(None) => {}
+                Ok(Some(welcome)) => break welcome,
+                Err(e) => return Err(e.widen()),
             }
-        }
-        let Scram::Final(proof) = scram else {
+        };
+        let Scram::Done(done) = scram else {
             return Err(Error::Protocol("handshake incomplete"));
         };
-        let welcome = match message::decode::<Handshake>(&rx.buf[..len]).map_err(Error::Decode)? {
-            Handshake::Welcome(w) => w,
-            Handshake::Refused(r) => return Err(refused(r)),
-            _ => return Err(Error::Protocol("expected a welcome or a refusal")),
-        };
-        let done = proof
-            .handle_server_final(welcome.server_final)
-            .map_err(|e| {
-                warn!("tether: the server could not prove itself; login aborted");
-                Error::Login(e)
-            })?;
-        if welcome.max_frame < MIN_MAX_FRAME {
-            return Err(Error::Protocol("server's max_frame below 512"));
-        }
-        let (session_id, heartbeat_secs, peer_max) = (
-            welcome.session_id,
-            welcome.heartbeat_secs,
-            welcome.max_frame as usize,
-        );
+        let (session_id, heartbeat_secs, peer_max) = welcome;
         let (sealer, opener) = done.session.into_halves(Role::Client);
         rx.max = max_frame;
         let now = clock.now_ms();
