@@ -147,9 +147,10 @@
 //! 512 + 512 + 256-byte buffers): 2.5 KiB of static RAM in all, buffers,
 //! cached keys and the task's futures included.
 //!
-//! Flash on the same board: 28.0 KiB for tether-firmware + tether-core
-//! together (of which about 8 KiB this crate and the example's handler, the
-//! rest tether-core with SHA-1, SHA-256, base64 and postcard); see
+//! Flash on the same board: 19.6 KiB (20,060 bytes) for tether-firmware +
+//! tether-core together, without SCRAM-SHA-1 (of which about 8.7 KiB this
+//! crate and the example's handler, the rest tether-core with SHA-256,
+//! HMAC, PBKDF2 and postcard for the application's types); see
 //! `mcu/nucleo-f429zi/size`.
 //!
 //! ## Features

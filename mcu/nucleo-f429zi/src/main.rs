@@ -313,8 +313,8 @@ mod app {
 /// this variant minus the baseline is tether-core's part of the share.
 #[cfg(feature = "core-only")]
 mod core_only {
-    use tether_core::frame::encode_message;
-    use tether_core::message::{self, Handshake, Hello, Message, Proof};
+    use tether_core::frame::encode_handshake;
+    use tether_core::message::{Handshake, Hello, Message, Proof};
     use tether_core::scram::{ClientConfig, ClientCredentials, ClientLogin};
     use tether_core::session::Role;
 
@@ -335,12 +335,12 @@ mod core_only {
             max_frame: 512,
             client_first: login.client_first(),
         });
-        encode_message(&hello, &mut wire, 512).ok()?;
-        let Handshake::Challenge(c) = message::decode::<Handshake>(input).ok()? else {
+        encode_handshake(&hello, &mut wire, 512).ok()?;
+        let Handshake::Challenge(c) = Handshake::decode(input).ok()? else {
             return None;
         };
         let proof = login.handle_challenge(c.mechanism, c.server_first).ok()?;
-        encode_message(
+        encode_handshake(
             &Handshake::Proof(Proof {
                 client_final: proof.client_final(),
             }),
@@ -348,7 +348,7 @@ mod core_only {
             512,
         )
         .ok()?;
-        let Handshake::Welcome(w) = message::decode::<Handshake>(input).ok()? else {
+        let Handshake::Welcome(w) = Handshake::decode(input).ok()? else {
             return None;
         };
         let done = proof.handle_server_final(w.server_final).ok()?;
