@@ -1,8 +1,9 @@
 //! # tether-firmware
 //!
 //! The Tether client for devices: `no_std`, no allocator, no unsafe, async
-//! over any [`embedded_io_async::Read`] + [`Write`](embedded_io_async::Write)
-//! transport. A device logs in to a Tether server against the server's
+//! over any transport with [`embedded_io_async::Read`],
+//! [`Write`](embedded_io_async::Write) and
+//! [`ReadReady`](embedded_io_async::ReadReady). A device logs in to a Tether server against the server's
 //! Django user database (SCRAM: the password never crosses the wire, and the
 //! server proves it holds the account's verifier), then calls the server and
 //! answers the server's calls over authenticated frames. Every byte of
@@ -26,7 +27,7 @@
 //!
 //! ```no_run
 //! use core::time::Duration;
-//! use embedded_io_async::{Read, Write};
+//! use embedded_io_async::{Read, ReadReady, Write};
 //! use tether_core::method::builtin::{DeviceInfo, DeviceStatus, Echo, WhoAmI};
 //! use tether_core::method::Method;
 //! use tether_core::rand_core::CryptoRng;
@@ -64,8 +65,10 @@
 //! }
 //!
 //! /// One connection's life: `io` is a connected TCP socket (embassy-net's
-//! /// `TcpSocket`, or a tokio stream through embedded-io-adapters).
-//! async fn run<T: Read + Write, C: Clock>(
+//! /// `TcpSocket`, or `host::transport` over a tokio stream). `ReadReady`
+//! /// lets the session flush once per burst of frames; a transport that
+//! /// cannot tell answers `Ok(false)` (a flush per frame).
+//! async fn run<T: Read + Write + ReadReady, C: Clock>(
 //!     io: T,
 //!     clock: C,
 //!     rng: &mut impl CryptoRng,

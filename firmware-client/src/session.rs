@@ -9,7 +9,7 @@ use core::pin::{Pin, pin};
 use core::time::Duration;
 
 use embassy_futures::select::{Either, Either3, select, select3};
-use embedded_io_async::{Read, Write};
+use embedded_io_async::{Read, ReadReady, Write};
 use tether_core::frame::{self, FrameError, HEADER_LEN, MIN_MAX_FRAME};
 use tether_core::message::{
     ErrorCode, GoodbyeReason, Handshake, Hello, Message, PROTOCOL_VERSION, Proof, Refusal,
@@ -248,11 +248,12 @@ impl<'b> Rx<'b> {
     }
 }
 
-/// Writes one whole frame and flushes, within `timeout_ms`.
+/// Writes one whole frame, and flushes if `flush`, within `timeout_ms`.
 async fn write_frame<T: Write, C: Clock>(
     io: &mut T,
     clock: &C,
     mut frame: &[u8],
+    flush: bool,
     timeout_ms: u64,
 ) -> Result<(), Error<T::Error>> {
     let deadline = clock.now_ms().saturating_add(timeout_ms);
@@ -264,7 +265,10 @@ async fn write_frame<T: Write, C: Clock>(
                 Err(e) => return Err(Error::Transport(e)),
             }
         }
-        io.flush().await.map_err(Error::Transport)
+        if flush {
+            io.flush().await.map_err(Error::Transport)?;
+        }
+        Ok(())
     };
     match select(write, clock.sleep_until_ms(deadline)).await {
         Either::First(r) => r,
@@ -357,7 +361,7 @@ async fn round_trip<T: Read + Write, C: Clock>(
     write_ms: u64,
     timeout_ms: u64,
 ) -> Result<usize, Error<T::Error>> {
-    write_frame(io, clock, frame, write_ms).await?;
+    write_frame(io, clock, frame, true, write_ms).await?;
     let deadline = clock.now_ms().saturating_add(timeout_ms);
     match select(rx.read_frame(io), clock.sleep_until_ms(deadline)).await {
         Either::First(r) => r,
@@ -394,19 +398,42 @@ struct Link<'b, T, C> {
     peer_max: usize,
     write_timeout_ms: u64,
     last_sent: u64,
+    /// Written but not flushed (see [`Link::send`]).
+    unflushed: bool,
 }
 
-impl<T: Write, C: Clock> Link<'_, T, C> {
+impl<T: Write + ReadReady, C: Clock> Link<'_, T, C> {
+    /// Seals and writes a message. The flush waits while more input is
+    /// already received: the answers to a burst of server frames leave
+    /// together (on a host, one system call instead of one per frame), and
+    /// [`Session::step`] flushes before it waits for input again.
     async fn send(&mut self, msg: &Message<'_>) -> Result<(), SendError<T::Error>> {
         let frame = match self.sealer.seal(msg, self.tx, self.peer_max) {
             Ok(frame) => frame,
             Err(SessionError::Frame(e)) => return Err(SendError::TooLarge(e)),
             Err(e) => return Err(SendError::Fatal(Error::Session(e))),
         };
-        write_frame(&mut self.io, &self.clock, frame, self.write_timeout_ms)
-            .await
-            .map_err(SendError::Fatal)?;
+        let flush = !self.io.read_ready().unwrap_or(false);
+        write_frame(
+            &mut self.io,
+            &self.clock,
+            frame,
+            flush,
+            self.write_timeout_ms,
+        )
+        .await
+        .map_err(SendError::Fatal)?;
+        self.unflushed = !flush;
         self.last_sent = self.clock.now_ms();
+        Ok(())
+    }
+
+    /// Flushes what [`Self::send`] left unflushed.
+    async fn flush(&mut self) -> Result<(), Error<T::Error>> {
+        if self.unflushed {
+            write_frame(&mut self.io, &self.clock, &[], true, self.write_timeout_ms).await?;
+            self.unflushed = false;
+        }
         Ok(())
     }
 }
@@ -494,8 +521,8 @@ impl<'a> Reply<'a> {
 /// [`serve`](Self::serve), [`serve_for`](Self::serve_for) or
 /// [`serve_until`](Self::serve_until) when idle.
 ///
-/// The transport's `read` must be cancel-safe (tokio streams through
-/// embedded-io-adapters and embassy-net's `TcpSocket` are): timers and
+/// The transport's `read` must be cancel-safe (tether-firmware's
+/// [`host::TcpTransport`](crate::host) and embassy-net's `TcpSocket` are): timers and
 /// [`serve_until`](Self::serve_until) interrupt it between frames.
 pub struct Session<'b, T, C> {
     link: Link<'b, T, C>,
@@ -526,7 +553,7 @@ impl<T, C> core::fmt::Debug for Session<'_, T, C> {
     }
 }
 
-impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
+impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// Logs in over `io` (a connected transport) as `username`.
     ///
     /// Follows docs/CONNECTION.md: hello, challenge (nonce, iteration floor
@@ -605,6 +632,7 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
                     peer_max,
                     write_timeout_ms: write_ms,
                     last_sent: now,
+                    unflushed: false,
                 },
                 rx,
                 opener,
@@ -870,7 +898,10 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
         let goodbye = Message::Goodbye {
             reason: GoodbyeReason::Normal,
         };
-        let sent = self.send_fatal(&goodbye).await;
+        let mut sent = self.send_fatal(&goodbye).await;
+        if sent.is_ok() {
+            sent = self.link.flush().await;
+        }
         self.ended = true;
         info!("tether: goodbye sent");
         sent
@@ -936,6 +967,14 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
             trace!("tether: ping {}", nonce);
             self.send_fatal(&Message::Ping { nonce }).await?;
             self.ping_outstanding = true;
+        }
+        // Answers held back while a burst was being read go out before
+        // waiting for more (a frame already received is handled first).
+        if self.link.unflushed
+            && !self.link.io.read_ready().unwrap_or(false)
+            && let Err(e) = self.link.flush().await
+        {
+            return Err(self.fail(e));
         }
         if now >= deadline {
             return Ok(Step::Deadline);
@@ -1059,7 +1098,9 @@ impl<'b, T: Read + Write, C: Clock> Session<'b, T, C> {
         let bye = Message::Goodbye {
             reason: GoodbyeReason::ProtocolError,
         };
-        let _ = self.link.send(&bye).await;
+        if self.link.send(&bye).await.is_ok() {
+            let _ = self.link.flush().await;
+        }
         Err(self.fail(Error::Protocol("reply to a call that is not in flight")))
     }
 }

@@ -1,4 +1,4 @@
-//! The client over std sockets (tokio + embedded-io-adapters) against a
+//! The client over std sockets (`tether_firmware::host`) against a
 //! tether-core-based test server.
 
 mod common;
@@ -904,4 +904,121 @@ async fn a_too_small_receive_buffer_is_rejected() {
     .await
     .unwrap_err();
     assert!(matches!(err, Error::Buffer(_)));
+}
+
+/// `host::TcpTransport`, counting flushes.
+struct CountingFlushes {
+    inner: host::TcpTransport,
+    flushes: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl embedded_io_async::ErrorType for CountingFlushes {
+    type Error = std::io::Error;
+}
+
+impl embedded_io_async::Read for CountingFlushes {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        self.inner.read(buf).await
+    }
+}
+
+impl embedded_io_async::ReadReady for CountingFlushes {
+    fn read_ready(&mut self) -> Result<bool, Self::Error> {
+        self.inner.read_ready()
+    }
+}
+
+impl embedded_io_async::Write for CountingFlushes {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        self.inner.write(buf).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        self.flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inner.flush().await
+    }
+}
+
+#[tokio::test]
+async fn a_burst_of_server_frames_is_answered_with_one_flush() {
+    let (l, addr) = listen().await;
+    let (burst_answered, answered) = tokio::sync::oneshot::channel::<()>();
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        // Eight calls and a ping in one write.
+        let mut burst = Vec::new();
+        for id in 1..=8 {
+            burst.extend(peer.seal_frame(&Message::Call {
+                id,
+                method: Echo::NAME,
+                args: &enc(&"burst"),
+            }));
+        }
+        burst.extend(peer.seal_frame(&Message::Ping { nonce: 5 }));
+        peer.send_raw(&burst).await;
+        for id in 1..=8 {
+            assert_eq!(
+                peer.recv().await,
+                Some(Msg::Reply {
+                    id,
+                    result: enc(&"burst")
+                })
+            );
+        }
+        assert_eq!(peer.recv().await, Some(Msg::Pong { nonce: 5 }));
+        let _ = burst_answered.send(());
+        // A lone call afterwards is answered at once (nothing held back).
+        peer.send(&Message::Call {
+            id: 9,
+            method: Echo::NAME,
+            args: &enc(&"alone"),
+        })
+        .await;
+        assert_eq!(
+            peer.recv().await,
+            Some(Msg::Reply {
+                id: 9,
+                result: enc(&"alone")
+            })
+        );
+        peer.send(&Message::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        })
+        .await;
+    });
+    let flushes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let transport = CountingFlushes {
+        inner: host::transport(stream),
+        flushes: flushes.clone(),
+    };
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(tether_firmware::Session::login(
+        transport,
+        store.buffers(),
+        tether_firmware::TokioClock::new(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(11),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let after_login = flushes.load(std::sync::atomic::Ordering::Relaxed);
+    let mut mind = Mind::default();
+    let served = with_timeout(session.serve_until(&mut mind, answered))
+        .await
+        .unwrap();
+    assert!(served.is_ok());
+    let burst_flushes = flushes.load(std::sync::atomic::Ordering::Relaxed) - after_login;
+    // One burst, one flush (two if TCP split it; nine without batching).
+    assert!((1..=2).contains(&burst_flushes), "{burst_flushes} flushes");
+    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
+        "{err:?}"
+    );
+    assert_eq!(mind.calls.borrow().len(), 9);
+    with_timeout(server).await.unwrap().unwrap();
 }

@@ -1,5 +1,5 @@
-//! tether-firmware's client, unmodified, over std sockets (tokio through
-//! embedded-io-adapters, `tether_firmware::host`) against the real
+//! tether-firmware's client, unmodified, over std sockets (tokio,
+//! `tether_firmware::host`) against the real
 //! tether-server reading the Django-made fixture database
 //! fixtures/django/default.sqlite3: logins (password, cached keys, SHA-1,
 //! refusals), calls both ways, notifications, kick and shutdown.
