@@ -519,16 +519,9 @@ impl<A: Avatar> Calls<A> {
         out: &mut Out,
         metrics: &Metrics,
     ) -> Option<Ending> {
-        if self.shutting_down.load(Ordering::Acquire) {
-            self.recorded.record(CallOutcome::Rejected, Duration::ZERO);
-            out.push_message(&Message::Error {
-                id,
-                code: ErrorCode::SHUTTING_DOWN,
-                message: "server is shutting down",
-            });
-            return None;
-        }
-        {
+        let refused = if self.shutting_down.load(Ordering::Acquire) {
+            Some((ErrorCode::SHUTTING_DOWN, "server is shutting down"))
+        } else {
             let mut set = lock(&self.in_flight);
             if set.contains(&id) {
                 drop(set);
@@ -539,16 +532,16 @@ impl<A: Avatar> Calls<A> {
                 ));
             }
             if set.len() >= self.max {
-                drop(set);
-                self.recorded.record(CallOutcome::Rejected, Duration::ZERO);
-                out.push_message(&Message::Error {
-                    id,
-                    code: ErrorCode::BUSY,
-                    message: "too many calls in flight",
-                });
-                return None;
+                Some((ErrorCode::BUSY, "too many calls in flight"))
+            } else {
+                set.insert(id);
+                None
             }
-            set.insert(id);
+        };
+        if let Some((code, message)) = refused {
+            self.recorded.record(CallOutcome::Rejected, Duration::ZERO);
+            out.push_message(&Message::Error { id, code, message });
+            return None;
         }
         let call = IncomingCall {
             id,

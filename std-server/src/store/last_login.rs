@@ -23,6 +23,8 @@ use std::time::{Duration, SystemTime};
 use sqlx::{AnyPool, AssertSqlSafe};
 use tracing::warn;
 
+use crate::realm::lock;
+
 use super::{Backend, StoreError, django_timestamp};
 
 /// How often queued logins are written.
@@ -219,10 +221,6 @@ fn batch_len(logins: &[(i64, SystemTime)]) -> usize {
         .take(BATCH_ROWS)
         .take_while(|&&(_, at)| at.duration_since(first).unwrap_or_default() <= BATCH_SPAN)
         .count()
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

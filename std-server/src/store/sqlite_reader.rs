@@ -24,6 +24,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 use tracing::debug;
 
+use crate::realm::lock;
+
 use super::{StoreError, UserRecord};
 
 /// Threads answering lookups.
@@ -254,10 +256,6 @@ fn classify(e: rusqlite::Error) -> StoreError {
         }
         _ => StoreError::Query(e.to_string()),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
