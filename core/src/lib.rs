@@ -95,5 +95,6 @@ pub mod message;
 pub mod method;
 pub mod scram;
 pub mod session;
+mod sha256;
 
 pub use rand_core;

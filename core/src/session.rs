@@ -17,11 +17,11 @@
 
 use core::fmt;
 
-use hmac::Mac as _;
+use subtle::ConstantTimeEq as _;
 
 use crate::frame::{FrameError, HEADER_LEN, finish_frame};
 use crate::message::{DecodeError, EncodeError, Message};
-use crate::scram::sha256_mac;
+use crate::sha256::{HmacSha256, hmac_sha256};
 
 pub(crate) const SESSION_LABEL: &[u8] = b"tether/1 session";
 
@@ -56,15 +56,9 @@ impl fmt::Debug for SessionKeys {
 
 impl SessionKeys {
     pub(crate) fn from_master(k: &[u8; 32]) -> Self {
-        let derive = |label: &[u8]| {
-            let mut h = sha256_mac(k);
-            h.update(label);
-            let out: [u8; 32] = h.finalize().into_bytes().into();
-            out
-        };
         Self {
-            c2s: derive(b"c2s"),
-            s2c: derive(b"s2c"),
+            c2s: hmac_sha256(k, &[b"c2s"]),
+            s2c: hmac_sha256(k, &[b"s2c"]),
         }
     }
 
@@ -77,11 +71,11 @@ impl SessionKeys {
         };
         (
             Sealer {
-                mac: sha256_mac(send),
+                mac: HmacSha256::new(send),
                 seq: 0,
             },
             Opener {
-                mac: sha256_mac(recv),
+                mac: HmacSha256::new(recv),
                 next: 0,
             },
         )
@@ -154,7 +148,7 @@ impl From<FrameError> for SessionError {
 /// Seals outgoing session messages.
 #[derive(Clone)]
 pub struct Sealer {
-    mac: hmac::Hmac<sha2::Sha256>,
+    mac: HmacSha256,
     seq: u64,
 }
 
@@ -203,7 +197,7 @@ impl Sealer {
         out[HEADER_LEN..start].copy_from_slice(&self.seq.to_be_bytes());
         let mut mac = self.mac.clone();
         mac.update(&out[HEADER_LEN..start + n]);
-        let tag = mac.finalize().into_bytes();
+        let tag = mac.finish();
         out[start + n..start + n + TAG_LEN].copy_from_slice(&tag[..TAG_LEN]);
         self.seq = self
             .seq
@@ -221,7 +215,7 @@ impl Sealer {
 /// Checks and decodes incoming session frames.
 #[derive(Clone)]
 pub struct Opener {
-    mac: hmac::Hmac<sha2::Sha256>,
+    mac: HmacSha256,
     next: u64,
 }
 
@@ -243,8 +237,9 @@ impl Opener {
         let (signed, tag) = body.split_at(body.len() - TAG_LEN);
         let mut mac = self.mac.clone();
         mac.update(signed);
-        mac.verify_truncated_left(tag)
-            .map_err(|_| SessionError::BadTag)?;
+        if !bool::from(mac.finish()[..TAG_LEN].ct_eq(tag)) {
+            return Err(SessionError::BadTag);
+        }
         let seq = u64::from_be_bytes(signed[..SEQ_LEN].try_into().expect("8 bytes"));
         if seq < self.next {
             return Err(SessionError::Replayed {

@@ -148,13 +148,10 @@ impl ServerCredentials {
     /// the server's default iteration count. No proof can match it.
     pub fn decoy(mechanism: Mechanism, secret: &[u8], username: &str, iterations: u32) -> Self {
         let derive = |label: &[u8]| {
-            let mut h = super::sha256_mac(secret);
-            hmac::Mac::update(&mut h, b"tether/1 decoy ");
-            hmac::Mac::update(&mut h, label);
-            hmac::Mac::update(&mut h, &[0]);
-            hmac::Mac::update(&mut h, username.as_bytes());
-            let out: [u8; 32] = hmac::Mac::finalize(h).into_bytes().into();
-            out
+            crate::sha256::hmac_sha256(
+                secret,
+                &[b"tether/1 decoy ", label, &[0], username.as_bytes()],
+            )
         };
         let mut salt = Salt::new();
         for b in derive(b"salt").iter().take(22) {

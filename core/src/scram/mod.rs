@@ -15,6 +15,7 @@ mod server;
 
 use core::fmt;
 
+#[cfg(feature = "sha1")]
 use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
@@ -253,7 +254,8 @@ impl core::error::Error for ScramError {}
 
 // ---- crypto primitives, dispatched on the mechanism ----
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+use crate::sha256::HmacSha256;
+
 #[cfg(feature = "sha1")]
 type HmacSha1 = hmac::Hmac<sha1::Sha1>;
 
@@ -273,7 +275,7 @@ pub(crate) enum Hmac {
 impl Hmac {
     pub(crate) fn new(m: Mechanism, key: &[u8]) -> Self {
         match m {
-            Mechanism::ScramSha256 => Self::Sha256(sha256_mac(key)),
+            Mechanism::ScramSha256 => Self::Sha256(HmacSha256::new(key)),
             #[cfg(feature = "sha1")]
             Mechanism::ScramSha1 => Self::Sha1(
                 <HmacSha1 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length"),
@@ -293,15 +295,11 @@ impl Hmac {
 
     pub(crate) fn finish(self) -> Key {
         match self {
-            Self::Sha256(h) => key_from(&h.finalize().into_bytes()),
+            Self::Sha256(h) => key_from(&h.finish()),
             #[cfg(feature = "sha1")]
             Self::Sha1(h) => key_from(&h.finalize().into_bytes()),
         }
     }
-}
-
-pub(crate) fn sha256_mac(key: &[u8]) -> HmacSha256 {
-    <HmacSha256 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length")
 }
 
 fn key_from(b: &[u8]) -> Key {
@@ -315,11 +313,13 @@ pub(crate) fn hmac(m: Mechanism, key: &[u8], data: &[u8]) -> Key {
 }
 
 pub(crate) fn hash(m: Mechanism, data: &[u8]) -> Key {
-    use sha2::Digest;
     match m {
-        Mechanism::ScramSha256 => key_from(&sha2::Sha256::digest(data)),
+        Mechanism::ScramSha256 => key_from(&crate::sha256::sha256(&[data])),
         #[cfg(feature = "sha1")]
-        Mechanism::ScramSha1 => key_from(&sha1::Sha1::digest(data)),
+        Mechanism::ScramSha1 => {
+            use sha1::Digest;
+            key_from(&sha1::Sha1::digest(data))
+        }
         #[cfg(not(feature = "sha1"))]
         Mechanism::ScramSha1 => unreachable!("{}", SHA1_DISABLED),
     }
@@ -328,18 +328,19 @@ pub(crate) fn hash(m: Mechanism, data: &[u8]) -> Key {
 /// SaltedPassword := Hi(password, salt, i): the one expensive step, run by a
 /// client logging in with its password and never by the server.
 pub(crate) fn salted_password(m: Mechanism, password: &[u8], salt: &[u8], iterations: u32) -> Key {
-    let mut out = [0u8; 32];
-    let out = &mut out[..m.key_len()];
     match m {
         Mechanism::ScramSha256 => {
-            pbkdf2::pbkdf2_hmac::<sha2::Sha256>(password, salt, iterations, out)
+            key_from(&crate::sha256::pbkdf2_sha256(password, salt, iterations))
         }
         #[cfg(feature = "sha1")]
-        Mechanism::ScramSha1 => pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, out),
+        Mechanism::ScramSha1 => {
+            let mut out = [0u8; 20];
+            pbkdf2::pbkdf2_hmac::<sha1::Sha1>(password, salt, iterations, &mut out);
+            key_from(&out)
+        }
         #[cfg(not(feature = "sha1"))]
         Mechanism::ScramSha1 => unreachable!("{}", SHA1_DISABLED),
     }
-    key_from(out)
 }
 
 fn xor(a: &Key, b: &Key) -> Key {
@@ -356,7 +357,7 @@ pub(crate) struct SessionMac(HmacSha256);
 
 impl SessionMac {
     pub(crate) fn new(client_key: &Key) -> Self {
-        let mut h = sha256_mac(client_key.as_bytes());
+        let mut h = HmacSha256::new(client_key.as_bytes());
         h.update(crate::session::SESSION_LABEL);
         h.update(&[0]);
         Self(h)
@@ -408,7 +409,7 @@ impl AuthMessageMacs {
         (
             self.client_signature.finish(),
             self.server_signature.finish(),
-            self.session.map(|s| s.0.finalize().into_bytes().into()),
+            self.session.map(|s| s.0.finish()),
         )
     }
 }
@@ -425,7 +426,7 @@ pub(crate) fn session_key(
     for part in [client_first_bare, ",", server_first, ",", without_proof] {
         h.update(part.as_bytes());
     }
-    h.finalize().into_bytes().into()
+    h.finish()
 }
 
 // ---- text helpers ----
