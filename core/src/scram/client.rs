@@ -143,7 +143,7 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         let salt_b64 = attr(&mut rest, b's', "salt")?;
         let iterations = attr(&mut rest, b'i', "iteration count")?;
         // Anything after i= is an extension we ignore (RFC 5802 section 7).
-        let client_nonce = &self.first[self.nonce_at..];
+        let client_nonce = self.first.get(self.nonce_at..).unwrap_or_default();
         if !is_printable(nonce)
             || nonce.len() > MAX_NONCE_LEN
             || nonce.len() <= client_nonce.len()
@@ -189,7 +189,8 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
             &keys.server_key,
             Some(&keys.client_key),
         );
-        macs.feed(&self.first[GS2_HEADER.len()..], server_first, &client_final);
+        let bare = self.first.strip_prefix(GS2_HEADER).unwrap_or_default();
+        macs.feed(bare, server_first, &client_final);
         let (client_signature, server_signature, session) = macs.finish();
         let proof: Key = xor(&keys.client_key, &client_signature);
         push(&mut client_final, &[",p="])?;

@@ -458,17 +458,14 @@ fn is_printable(s: &str) -> bool {
 
 /// Splits off the next `x=value` attribute with the expected letter.
 fn attr<'a>(rest: &mut &'a str, letter: u8, what: &'static str) -> Result<&'a str, ScramError> {
-    let s = *rest;
-    let (field, tail) = match s.find(',') {
-        Some(i) => (&s[..i], &s[i + 1..]),
-        None => (s, ""),
-    };
-    let b = field.as_bytes();
-    if b.len() < 2 || b[0] != letter || b[1] != b'=' {
-        return Err(ScramError::Malformed(what));
-    }
+    // No str indexing: its char-boundary panic path costs a device flash.
+    let (field, tail) = rest.split_once(',').unwrap_or((rest, ""));
+    let value = field
+        .strip_prefix(char::from(letter))
+        .and_then(|v| v.strip_prefix('='))
+        .ok_or(ScramError::Malformed(what))?;
     *rest = tail;
-    Ok(&field[2..])
+    Ok(value)
 }
 
 /// Escapes a username for `n=`: `=` -> `=3D`, `,` -> `=2C`.
@@ -476,15 +473,18 @@ fn push_escaped<const N: usize>(
     s: &mut heapless::String<N>,
     username: &str,
 ) -> Result<(), ScramError> {
-    for c in username.chars() {
-        let r = match c {
-            '=' => s.push_str("=3D"),
-            ',' => s.push_str("=2C"),
-            c => s.push(c),
+    let mut rest = username;
+    while let Some((head, tail)) = rest.split_once(['=', ',']) {
+        // The separator is the byte after `head`.
+        let escaped = if rest.as_bytes().get(head.len()) == Some(&b'=') {
+            "=3D"
+        } else {
+            "=2C"
         };
-        r.map_err(|_| ScramError::TooLong)?;
+        push(s, &[head, escaped])?;
+        rest = tail;
     }
-    Ok(())
+    push(s, &[rest])
 }
 
 /// Reverses [`push_escaped`]; any other `=` sequence is malformed.
