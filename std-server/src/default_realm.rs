@@ -162,6 +162,12 @@ impl Realm for DefaultRealm {
         session: &SessionInfo,
         mind: Mind,
     ) -> Result<DefaultAvatar, RefusalCode> {
+        // Listed before the welcome is sent (the server calls `detached`
+        // even when the welcome cannot be sent, which unlists it).
+        self.registry.insert(SessionEntry {
+            info: session.clone(),
+            mind: mind.clone(),
+        });
         Ok(DefaultAvatar {
             info: session.clone(),
             mind,
@@ -211,10 +217,6 @@ impl Avatar for DefaultAvatar {
     async fn attached(&self) {
         let info = &self.info;
         info!(session = info.id, peer = %info.peer, "{} connected", info.user.username);
-        self.registry.insert(SessionEntry {
-            info: info.clone(),
-            mind: self.mind.clone(),
-        });
         self.emit(RealmEvent::Connected {
             session: info.id,
             username: info.user.username.clone(),

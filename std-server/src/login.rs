@@ -34,8 +34,9 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
+use crate::default_realm::SessionEntry;
 use crate::metrics::{Direction, Metrics, Rejection};
-use crate::realm::{Mind, Realm, SessionInfo, User};
+use crate::realm::{Avatar as _, Mind, Realm, SessionEnd, SessionInfo, User};
 use crate::server::Shared;
 use crate::session::Established;
 use crate::wire::{FrameReader, ReadError};
@@ -422,7 +423,19 @@ pub(crate) async fn handshake<R: Realm>(
         max_frame: config.max_frame,
         heartbeat_secs: config.session.heartbeat_secs(),
     });
-    conn.send(&welcome).await?;
+    // Listed before the welcome leaves: a device that is logged in can be
+    // found (admin API, `Registry::mind`) from that moment on.
+    shared.live.insert(SessionEntry {
+        info: info.clone(),
+        mind: mind.clone(),
+    });
+    if let Err(end) = conn.send(&welcome).await {
+        shared.live.remove(session_id);
+        mind.shut();
+        // The avatar exists: its life ends with `detached` all the same.
+        avatar.detached(SessionEnd::Closed).await;
+        return Err(end);
+    }
     info!(%peer, user = %account.username, session = session_id, mechanism = %credentials.mechanism, "login");
     shared.store.record_login(account.id);
     let Conn {

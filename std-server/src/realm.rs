@@ -241,6 +241,8 @@ pub trait Realm: Send + Sync + 'static {
     /// Makes the avatar for a new session, before the welcome is sent.
     /// `mind` reaches the device once the session runs (calls made before
     /// then wait until it does). An error refuses the login with that code.
+    /// Once an avatar is made, its [`Avatar::detached`] is always called,
+    /// also when the welcome cannot be sent.
     fn avatar(
         &self,
         session: &SessionInfo,

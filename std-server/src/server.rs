@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
-use crate::default_realm::{Registry, SessionEntry};
+use crate::default_realm::Registry;
 use crate::login::{self, LoginEnd};
 use crate::metrics::{LoginOutcome, Metrics};
 use crate::realm::Realm;
@@ -174,8 +174,9 @@ impl<R: Realm> Server<R> {
         &self.shared.metrics
     }
 
-    /// Every live session of this server, whatever the realm: listed from
-    /// the welcome until the session has ended. The admin API reads it.
+    /// Every live session of this server, whatever the realm: listed
+    /// before its welcome is sent (a device that is logged in is always
+    /// found) until the session has ended. The admin API reads it.
     pub fn sessions(&self) -> Registry {
         self.shared.live.clone()
     }
@@ -284,10 +285,6 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         metrics.login(LoginOutcome::Success, None, started.elapsed());
         let live = metrics.session_started();
         let session_id = established.info.id;
-        shared.live.insert(SessionEntry {
-            info: established.info.clone(),
-            mind: established.mind.clone(),
-        });
         let end = session::run(established, shared.config.session, shared.shutdown.clone()).await;
         shared.live.remove(session_id);
         live.ended(&end);

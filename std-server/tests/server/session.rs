@@ -158,6 +158,19 @@ async fn a_burst_of_frames_is_answered_as_each_answer_is_ready() {
 }
 
 #[tokio::test]
+async fn a_session_is_listed_by_the_time_the_device_has_its_welcome() {
+    let db = Db::copy(DB);
+    let server = test_server(&db, |_| {}).await;
+    let registry = server.realm.inner.registry();
+    for _ in 0..20 {
+        let s = login(server.addr, "alice", password(DB, "alice"))
+            .await
+            .unwrap();
+        assert!(registry.mind(s.session_id).is_some());
+    }
+}
+
+#[tokio::test]
 async fn attached_is_stopped_before_detached_runs() {
     let db = Db::copy(DB);
     let realm = TestRealm {
