@@ -403,36 +403,40 @@ struct Link<'b, T, C> {
 }
 
 impl<T: Write + ReadReady, C: Clock> Link<'_, T, C> {
-    /// Seals and writes a message. The flush waits while more input is
-    /// already received: the answers to a burst of server frames leave
-    /// together (on a host, one system call instead of one per frame), and
-    /// [`Session::step`] flushes before it waits for input again.
-    async fn send(&mut self, msg: &Message<'_>) -> Result<(), SendError<T::Error>> {
-        let frame = match self.sealer.seal(msg, self.tx, self.peer_max) {
-            Ok(frame) => frame,
-            Err(SessionError::Frame(e)) => return Err(SendError::TooLarge(e)),
-            Err(e) => return Err(SendError::Fatal(Error::Session(e))),
+    /// Seals and writes `msg`, if any, then flushes what is written
+    /// unless `flush` is false and more input is already received: the
+    /// answers to a burst of server frames leave together (on a host, one
+    /// system call instead of one per frame), and [`Session::step`] calls
+    /// this without a message to flush before it waits for input again.
+    /// The one write path of the session.
+    async fn send(
+        &mut self,
+        msg: Option<&Message<'_>>,
+        flush: bool,
+    ) -> Result<(), SendError<T::Error>> {
+        let frame: &[u8] = match msg {
+            None => &[],
+            Some(msg) => match self.sealer.seal(msg, self.tx, self.peer_max) {
+                Ok(frame) => frame,
+                Err(SessionError::Frame(e)) => return Err(SendError::TooLarge(e)),
+                Err(e) => return Err(SendError::Fatal(Error::Session(e))),
+            },
         };
-        let flush = !self.io.read_ready().unwrap_or(false);
-        write_frame(
-            &mut self.io,
-            &self.clock,
-            frame,
-            flush,
-            self.write_timeout_ms,
-        )
-        .await
-        .map_err(SendError::Fatal)?;
-        self.unflushed = !flush;
-        self.last_sent = self.clock.now_ms();
-        Ok(())
-    }
-
-    /// Flushes what [`Self::send`] left unflushed.
-    async fn flush(&mut self) -> Result<(), Error<T::Error>> {
-        if self.unflushed {
-            write_frame(&mut self.io, &self.clock, &[], true, self.write_timeout_ms).await?;
-            self.unflushed = false;
+        let flush = flush || !self.io.read_ready().unwrap_or(false);
+        if !frame.is_empty() || (flush && self.unflushed) {
+            write_frame(
+                &mut self.io,
+                &self.clock,
+                frame,
+                flush,
+                self.write_timeout_ms,
+            )
+            .await
+            .map_err(SendError::Fatal)?;
+            self.unflushed = !flush;
+        }
+        if msg.is_some() {
+            self.last_sent = self.clock.now_ms();
         }
         Ok(())
     }
@@ -739,7 +743,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
             method: M::NAME,
             args: &self.scratch[..n],
         };
-        match self.link.send(&msg).await {
+        match self.link.send(Some(&msg), false).await {
             Ok(()) => {}
             Err(SendError::TooLarge(e)) => return Err(CallError::TooLarge(e)),
             Err(SendError::Fatal(e)) => {
@@ -826,7 +830,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
             method: M::NAME,
             args: &self.scratch[..n],
         };
-        match self.link.send(&msg).await {
+        match self.link.send(Some(&msg), false).await {
             Ok(()) => Ok(()),
             Err(SendError::TooLarge(e)) => Err(CallError::TooLarge(e)),
             Err(SendError::Fatal(e)) => {
@@ -898,10 +902,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         let goodbye = Message::Goodbye {
             reason: GoodbyeReason::Normal,
         };
-        let mut sent = self.send_fatal(&goodbye).await;
-        if sent.is_ok() {
-            sent = self.link.flush().await;
-        }
+        let sent = self.send_fatal(Some(&goodbye), true).await;
         self.ended = true;
         info!("tether: goodbye sent");
         sent
@@ -937,8 +938,13 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         e
     }
 
-    async fn send_fatal(&mut self, msg: &Message<'_>) -> Result<(), Error<T::Error>> {
-        match self.link.send(msg).await {
+    /// [`Link::send`]; any error ends the session.
+    async fn send_fatal(
+        &mut self,
+        msg: Option<&Message<'_>>,
+        flush: bool,
+    ) -> Result<(), Error<T::Error>> {
+        match self.link.send(msg, flush).await {
             Ok(()) => Ok(()),
             Err(SendError::TooLarge(e)) => Err(self.fail(Error::Frame(e))),
             Err(SendError::Fatal(e)) => Err(self.fail(e)),
@@ -961,20 +967,17 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
             warn!("tether: server silent for three heartbeats");
             return Err(self.fail(Error::Timeout(TimeoutKind::Heartbeat)));
         }
-        if self.heartbeat_due().is_some_and(|t| now >= t) {
+        let ping = self.heartbeat_due().is_some_and(|t| now >= t).then(|| {
             let nonce = self.next_nonce;
             self.next_nonce = self.next_nonce.wrapping_add(1);
             trace!("tether: ping {}", nonce);
-            self.send_fatal(&Message::Ping { nonce }).await?;
-            self.ping_outstanding = true;
-        }
+            Message::Ping { nonce }
+        });
         // Answers held back while a burst was being read go out before
         // waiting for more (a frame already received is handled first).
-        if self.link.unflushed
-            && !self.link.io.read_ready().unwrap_or(false)
-            && let Err(e) = self.link.flush().await
-        {
-            return Err(self.fail(e));
+        if ping.is_some() || self.link.unflushed {
+            self.send_fatal(ping.as_ref(), false).await?;
+            self.ping_outstanding |= ping.is_some();
         }
         if now >= deadline {
             return Ok(Step::Deadline);
@@ -1015,7 +1018,9 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         };
         self.last_recv = self.link.clock.now_ms();
         self.ping_outstanding = false;
-        match msg {
+        // What to send, and what to return once it is sent (an error: the
+        // session ends after the message, flushed).
+        let (mut out, mut then) = match msg {
             Message::Call { id, method, args } => {
                 trace!("tether: server calls {} ({})", method, id);
                 let req = Request { id, method, args };
@@ -1034,75 +1039,92 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
                         message: core::str::from_utf8(&self.scratch[..n]).unwrap_or(""),
                     },
                 };
-                match outlined!(self.link.send(&reply)) {
-                    Ok(()) => Ok(Step::Continue),
-                    Err(SendError::TooLarge(_)) => {
-                        let failed = Message::Error {
-                            id,
-                            code: ErrorCode::FAILED,
-                            message: "reply too large",
-                        };
-                        self.send_fatal(&failed).await.map(|()| Step::Continue)
-                    }
-                    Err(SendError::Fatal(e)) => Err(self.fail(e)),
-                }
+                (reply, Ok(Step::Continue))
             }
             Message::Reply { id, result } => {
                 let range = self.rx.range_of(result);
-                outlined!(self.complete(id, DoneOutcome::Ok(range)))
+                match self.complete(id, DoneOutcome::Ok(range)) {
+                    Some(step) => return Ok(step),
+                    None => unasked(),
+                }
             }
             Message::Error { id, code, message } => {
                 let range = self.rx.range_of(message.as_bytes());
-                outlined!(self.complete(id, DoneOutcome::Err(code, range)))
+                match self.complete(id, DoneOutcome::Err(code, range)) {
+                    Some(step) => return Ok(step),
+                    None => unasked(),
+                }
             }
             Message::Notify { method, args } => {
                 trace!("tether: notification {}", method);
                 handler.on_notify(method, args).await;
-                Ok(Step::Continue)
+                return Ok(Step::Continue);
             }
-            Message::Ping { nonce } => {
-                self.send_fatal(&Message::Pong { nonce }).await?;
-                Ok(Step::Continue)
-            }
-            Message::Pong { .. } => Ok(Step::Continue),
+            Message::Ping { nonce } => (Message::Pong { nonce }, Ok(Step::Continue)),
+            Message::Pong { .. } => return Ok(Step::Continue),
             Message::Goodbye { reason } => {
                 info!("tether: server said goodbye: {}", reason.as_str());
                 self.ended = true;
-                Err(Error::Closed(reason))
+                return Err(Error::Closed(reason));
             }
+        };
+        let mut retried = false;
+        loop {
+            let sent = outlined!(self.link.send(Some(&out), then.is_err()));
+            return match (sent, then) {
+                (_, Err(e)) => Err(self.fail(e)),
+                (Ok(()), step) => step,
+                (Err(SendError::TooLarge(e)), step) => match out {
+                    // A reply that does not fit: the server gets a failure.
+                    Message::Reply { id, .. } | Message::Error { id, .. } if !retried => {
+                        retried = true;
+                        out = Message::Error {
+                            id,
+                            code: ErrorCode::FAILED,
+                            message: "reply too large",
+                        };
+                        then = step;
+                        continue;
+                    }
+                    _ => Err(self.fail(Error::Frame(e))),
+                },
+                (Err(SendError::Fatal(e)), _) => Err(self.fail(e)),
+            };
         }
     }
 
-    /// A reply or error for call `id` arrived.
-    async fn complete<U>(
-        &mut self,
-        id: u32,
-        outcome: DoneOutcome,
-    ) -> Result<Step<U>, Error<T::Error>> {
+    /// A reply or error for call `id` arrived: the step to return, or
+    /// `None` for a call that was never made.
+    fn complete<U>(&mut self, id: u32, outcome: DoneOutcome) -> Option<Step<U>> {
         if let Some(slot) = self
             .calls
             .iter_mut()
             .find(|c| c.is_some_and(|c| c.id == id))
         {
             *slot = None;
-            return Ok(Step::Reply(Done { id, outcome }));
+            return Some(Step::Reply(Done { id, outcome }));
         }
         // Ids are issued in order from 1: an older one is a late answer to a
         // call that timed out; anything else was never asked.
         let age = self.next_id.wrapping_sub(id);
         if id != 0 && (1..=1 << 31).contains(&age) {
             debug!("tether: late reply to call {} dropped", id);
-            return Ok(Step::Continue);
+            return Some(Step::Continue);
         }
         warn!("tether: reply to call {} that was never made", id);
-        let bye = Message::Goodbye {
-            reason: GoodbyeReason::ProtocolError,
-        };
-        if self.link.send(&bye).await.is_ok() {
-            let _ = self.link.flush().await;
-        }
-        Err(self.fail(Error::Protocol("reply to a call that is not in flight")))
+        None
     }
+}
+
+/// The goodbye for a reply to a call that was never made, and the error
+/// the session ends with.
+fn unasked<'m, U, E>() -> (Message<'m>, Result<Step<U>, Error<E>>) {
+    (
+        Message::Goodbye {
+            reason: GoodbyeReason::ProtocolError,
+        },
+        Err(Error::Protocol("reply to a call that is not in flight")),
+    )
 }
 
 fn dropped_reply(done: &Done) {
