@@ -389,6 +389,16 @@ enum SendError<E> {
     Fatal(Error<E>),
 }
 
+impl<E> SendError<E> {
+    /// The error that ends the session when nothing can be done about it.
+    fn into_error(self) -> Error<E> {
+        match self {
+            Self::TooLarge(e) => Error::Frame(e),
+            Self::Fatal(e) => e,
+        }
+    }
+}
+
 /// The sending half's state.
 struct Link<'b, T, C> {
     io: T,
@@ -902,10 +912,10 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         let goodbye = Message::Goodbye {
             reason: GoodbyeReason::Normal,
         };
-        let sent = self.send_fatal(Some(&goodbye), true).await;
+        let sent = self.link.send(Some(&goodbye), true).await;
         self.ended = true;
         info!("tether: goodbye sent");
-        sent
+        sent.map_err(SendError::into_error)
     }
 
     /// Gives the transport back (after [`close`](Self::close), or to drop
@@ -938,19 +948,6 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         e
     }
 
-    /// [`Link::send`]; any error ends the session.
-    async fn send_fatal(
-        &mut self,
-        msg: Option<&Message<'_>>,
-        flush: bool,
-    ) -> Result<(), Error<T::Error>> {
-        match self.link.send(msg, flush).await {
-            Ok(()) => Ok(()),
-            Err(SendError::TooLarge(e)) => Err(self.fail(Error::Frame(e))),
-            Err(SendError::Fatal(e)) => Err(self.fail(e)),
-        }
-    }
-
     /// One turn of the session: timers, then wait for a frame, a timer, the
     /// caller's deadline or the caller's future, and handle what came.
     async fn step<H: Handler + ?Sized, F: Future>(
@@ -976,7 +973,9 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         // Answers held back while a burst was being read go out before
         // waiting for more (a frame already received is handled first).
         if ping.is_some() || self.link.unflushed {
-            self.send_fatal(ping.as_ref(), false).await?;
+            if let Err(e) = self.link.send(ping.as_ref(), false).await {
+                return Err(self.fail(e.into_error()));
+            }
             self.ping_outstanding |= ping.is_some();
         }
         if now >= deadline {
@@ -1088,7 +1087,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
                     }
                     _ => Err(self.fail(Error::Frame(e))),
                 },
-                (Err(SendError::Fatal(e)), _) => Err(self.fail(e)),
+                (Err(e), _) => Err(self.fail(e.into_error())),
             };
         }
     }
