@@ -147,11 +147,13 @@ impl<'a> Link<'a> {
         R: CryptoRng + ?Sized,
         F: AsyncFnMut(&mut Connected<'_>) -> ControlFlow<B, Error<TcpError>>,
     {
-        let mut delay = Duration::ZERO;
+        // The backoff floor before the next attempt; `None`: at once.
+        let mut retry: Option<Duration> = None;
         loop {
-            if delay > Duration::ZERO {
-                info!("tether: reconnecting in {} ms", ms(delay));
-                Timer::after_millis(ms(delay)).await;
+            if let Some(floor) = retry {
+                let delay = ms(self.backoff.next_delay(rng, floor));
+                info!("tether: reconnecting in {} ms", delay);
+                Timer::after_millis(delay).await;
             }
             let Self {
                 stack,
@@ -175,7 +177,7 @@ impl<'a> Link<'a> {
                 Either::First(Err(_)) | Either::Second(()) => {
                     warn!("tether: cannot connect to the server");
                     socket.abort();
-                    delay = backoff.next_delay(rng, Duration::ZERO);
+                    retry = Some(Duration::ZERO);
                     continue;
                 }
             }
@@ -214,13 +216,13 @@ impl<'a> Link<'a> {
                     {
                         warn!("tether: cached keys no longer fit; logging in with the password");
                         account.keys = None;
-                        delay = Duration::ZERO;
+                        retry = None;
                         continue;
                     }
                     Err(e) => match e.retry() {
                         Retry::Never => return Err(e),
                         Retry::Later(floor) => {
-                            delay = backoff.next_delay(rng, floor);
+                            retry = Some(floor);
                             continue;
                         }
                     },
@@ -255,7 +257,7 @@ impl<'a> Link<'a> {
             if let ControlFlow::Break(value) = flow {
                 return Ok(value);
             }
-            delay = backoff.next_delay(rng, Duration::ZERO);
+            retry = Some(Duration::ZERO);
         }
     }
 }

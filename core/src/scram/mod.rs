@@ -473,18 +473,18 @@ fn push_escaped<const N: usize>(
     s: &mut heapless::String<N>,
     username: &str,
 ) -> Result<(), ScramError> {
-    let mut rest = username;
-    while let Some((head, tail)) = rest.split_once(['=', ',']) {
-        // The separator is the byte after `head`.
-        let escaped = if rest.as_bytes().get(head.len()) == Some(&b'=') {
-            "=3D"
-        } else {
-            "=2C"
+    // Bytes, not chars: `=` and `,` never occur inside a UTF-8 sequence.
+    let mut start = 0;
+    for (i, b) in username.bytes().enumerate() {
+        let escaped = match b {
+            b'=' => "=3D",
+            b',' => "=2C",
+            _ => continue,
         };
-        push(s, &[head, escaped])?;
-        rest = tail;
+        push(s, &[username.get(start..i).unwrap_or_default(), escaped])?;
+        start = i + 1;
     }
-    push(s, &[rest])
+    push(s, &[username.get(start..).unwrap_or_default()])
 }
 
 /// Reverses [`push_escaped`]; any other `=` sequence is malformed.
