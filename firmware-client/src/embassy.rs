@@ -245,7 +245,7 @@ impl<'a> Link<'a> {
             // Goodbye and FIN after Break, RST after a lost session.
             let (mut socket, closed) = {
                 let mut session = session;
-                let closed = flow.is_break() && outlined!(session.close()).is_ok();
+                let closed = flow.is_break() && session.close().await.is_ok();
                 (session.into_inner(), closed)
             };
             if closed {

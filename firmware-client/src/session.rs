@@ -1069,7 +1069,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         };
         let mut retried = false;
         loop {
-            let sent = outlined!(self.link.send(Some(&out), then.is_err()));
+            let sent = self.link.send(Some(&out), then.is_err()).await;
             return match (sent, then) {
                 (_, Err(e)) => Err(self.fail(e)),
                 (Ok(()), step) => step,
