@@ -458,14 +458,16 @@ fn is_printable(s: &str) -> bool {
 
 /// Splits off the next `x=value` attribute with the expected letter.
 fn attr<'a>(rest: &mut &'a str, letter: u8, what: &'static str) -> Result<&'a str, ScramError> {
-    // No str indexing: its char-boundary panic path costs a device flash.
-    let (field, tail) = rest.split_once(',').unwrap_or((rest, ""));
-    let value = field
-        .strip_prefix(char::from(letter))
-        .and_then(|v| v.strip_prefix('='))
-        .ok_or(ScramError::Malformed(what))?;
-    *rest = tail;
-    Ok(value)
+    // Byte positions and `str::get`: no str indexing (its char-boundary
+    // panic path) and no memchr, which cost a device flash; `,` and `=`
+    // never occur inside a UTF-8 sequence.
+    let s = *rest;
+    let end = s.bytes().position(|b| b == b',').unwrap_or(s.len());
+    if !s.as_bytes()[..end].starts_with(&[letter, b'=']) {
+        return Err(ScramError::Malformed(what));
+    }
+    *rest = s.get(end + 1..).unwrap_or_default();
+    s.get(2..end).ok_or(ScramError::Malformed(what))
 }
 
 /// Escapes a username for `n=`: `=` -> `=3D`, `,` -> `=2C`.
