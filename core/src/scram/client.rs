@@ -3,8 +3,9 @@
 use rand_core::CryptoRng;
 
 use super::{
-    AuthMessageMacs, CachedKeys, Key, MAX_NONCE_LEN, Mechanism, Mechanisms, NONCE_BYTES,
-    ScramError, attr, decode_b64, hash, is_printable, push, push_b64, push_escaped, xor,
+    CachedKeys, Key, MAX_NONCE_LEN, Mechanism, Mechanisms, NONCE_BYTES, ScramError, attr,
+    auth_message, decode_b64, hash, hmac, is_printable, push, push_b64, push_escaped, session_key,
+    xor,
 };
 use crate::session::SessionKeys;
 
@@ -183,22 +184,18 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         let mut client_final = heapless::String::<256>::new();
         push(&mut client_final, &["c=", GS2_HEADER_B64, ",r=", nonce])?;
         let stored_key = hash(mechanism, keys.client_key.as_bytes());
-        let mut macs = AuthMessageMacs::new(
-            mechanism,
-            &stored_key,
-            &keys.server_key,
-            Some(&keys.client_key),
-        );
         let bare = self.first.strip_prefix(GS2_HEADER).unwrap_or_default();
-        macs.feed(bare, server_first, &client_final);
-        let (client_signature, server_signature, session) = macs.finish();
+        let auth = auth_message(bare, server_first, &client_final);
+        let client_signature = hmac(mechanism, stored_key.as_bytes(), &auth);
+        let server_signature = hmac(mechanism, keys.server_key.as_bytes(), &auth);
+        let session = session_key(&keys.client_key, &auth);
         let proof: Key = xor(&keys.client_key, &client_signature);
         push(&mut client_final, &[",p="])?;
         push_b64(&mut client_final, proof.as_bytes())?;
         Ok(ClientProofSent {
             client_final,
             server_signature,
-            session: SessionKeys::from_master(&session.expect("client knows ClientKey")),
+            session: SessionKeys::from_master(&session),
             keys,
             derived,
         })

@@ -72,8 +72,8 @@ impl CachedKeys {
             mechanism,
             iterations,
             salt: Salt::from_slice(salt).map_err(|_| ScramError::SaltTooLong)?,
-            client_key: hmac(mechanism, salted.as_bytes(), b"Client Key"),
-            server_key: hmac(mechanism, salted.as_bytes(), b"Server Key"),
+            client_key: hmac(mechanism, salted.as_bytes(), &[b"Client Key"]),
+            server_key: hmac(mechanism, salted.as_bytes(), &[b"Server Key"]),
         })
     }
 

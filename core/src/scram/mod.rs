@@ -306,9 +306,12 @@ fn key_from(b: &[u8]) -> Key {
     Key::from_slice(b).expect("digests are at most 32 bytes")
 }
 
-pub(crate) fn hmac(m: Mechanism, key: &[u8], data: &[u8]) -> Key {
+/// HMAC of the concatenated `parts`.
+pub(crate) fn hmac(m: Mechanism, key: &[u8], parts: &[&[u8]]) -> Key {
     let mut h = Hmac::new(m, key);
-    h.update(data);
+    for p in parts {
+        h.update(p);
+    }
     h.finish()
 }
 
@@ -351,80 +354,30 @@ fn xor(a: &Key, b: &Key) -> Key {
     out
 }
 
-/// Derives the session master key `K` from ClientKey and the AuthMessage
-/// fed in parts; see [`crate::session`].
-pub(crate) struct SessionMac(HmacSha256);
-
-impl SessionMac {
-    pub(crate) fn new(client_key: &Key) -> Self {
-        let mut h = HmacSha256::new(client_key.as_bytes());
-        h.update(crate::session::SESSION_LABEL);
-        h.update(&[0]);
-        Self(h)
-    }
+/// The AuthMessage, `client_first_bare "," server_first ","
+/// client_final_without_proof`, in parts: it is never held whole.
+pub(crate) fn auth_message<'a>(
+    client_first_bare: &'a str,
+    server_first: &'a str,
+    without_proof: &'a str,
+) -> [&'a [u8]; 5] {
+    [
+        client_first_bare.as_bytes(),
+        b",",
+        server_first.as_bytes(),
+        b",",
+        without_proof.as_bytes(),
+    ]
 }
 
-/// The three MACs computed over the AuthMessage, fed part by part so that
-/// it is never held whole: ClientSignature, ServerSignature and the session
-/// key.
-pub(crate) struct AuthMessageMacs {
-    client_signature: Hmac,
-    server_signature: Hmac,
-    /// Only the client knows ClientKey before the proof is checked.
-    session: Option<SessionMac>,
-}
-
-impl AuthMessageMacs {
-    pub(crate) fn new(
-        m: Mechanism,
-        stored_key: &Key,
-        server_key: &Key,
-        client_key: Option<&Key>,
-    ) -> Self {
-        Self {
-            client_signature: Hmac::new(m, stored_key.as_bytes()),
-            server_signature: Hmac::new(m, server_key.as_bytes()),
-            session: client_key.map(SessionMac::new),
-        }
-    }
-
-    /// Feeds `client_first_bare "," server_first "," client_final_without_proof`.
-    pub(crate) fn feed(
-        &mut self,
-        client_first_bare: &str,
-        server_first: &str,
-        without_proof: &str,
-    ) {
-        for part in [client_first_bare, ",", server_first, ",", without_proof] {
-            self.client_signature.update(part.as_bytes());
-            self.server_signature.update(part.as_bytes());
-            if let Some(s) = &mut self.session {
-                s.0.update(part.as_bytes());
-            }
-        }
-    }
-
-    /// (ClientSignature, ServerSignature, session key K)
-    pub(crate) fn finish(self) -> (Key, Key, Option<[u8; 32]>) {
-        (
-            self.client_signature.finish(),
-            self.server_signature.finish(),
-            self.session.map(|s| s.0.finish()),
-        )
-    }
-}
-
-/// The session key computed on the server, which learns ClientKey only
-/// after the signatures: feeds the AuthMessage again (a few hundred bytes).
-pub(crate) fn session_key(
-    client_key: &Key,
-    client_first_bare: &str,
-    server_first: &str,
-    without_proof: &str,
-) -> [u8; 32] {
-    let mut h = SessionMac::new(client_key).0;
-    for part in [client_first_bare, ",", server_first, ",", without_proof] {
-        h.update(part.as_bytes());
+/// The session master key `K` from ClientKey and the AuthMessage; see
+/// [`crate::session`].
+pub(crate) fn session_key(client_key: &Key, auth_message: &[&[u8]; 5]) -> [u8; 32] {
+    let mut h = HmacSha256::new(client_key.as_bytes());
+    h.update(crate::session::SESSION_LABEL);
+    h.update(&[0]);
+    for part in auth_message {
+        h.update(part);
     }
     h.finish()
 }

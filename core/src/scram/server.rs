@@ -6,8 +6,8 @@ use core::fmt::Write as _;
 use rand_core::CryptoRng;
 
 use super::{
-    AuthMessageMacs, Key, MAX_NONCE_LEN, NONCE_BYTES, ScramError, ServerCredentials, attr,
-    decode_b64, hash, is_printable, push, push_b64, session_key, unescape, xor,
+    Key, MAX_NONCE_LEN, NONCE_BYTES, ScramError, ServerCredentials, attr, auth_message, decode_b64,
+    hash, hmac, is_printable, push, push_b64, session_key, unescape, xor,
 };
 use crate::session::SessionKeys;
 
@@ -166,14 +166,9 @@ impl<const N: usize> ServerChallengeSent<N> {
             return Err(ScramError::Malformed("client proof length"));
         }
         let proof = Key::from_slice(&proof[..n]).ok_or(ScramError::Malformed("client proof"))?;
-        let mut macs = AuthMessageMacs::new(
-            m,
-            &self.credentials.stored_key,
-            &self.credentials.server_key,
-            None,
-        );
-        macs.feed(&self.login.bare, &self.server_first, without_proof);
-        let (client_signature, server_signature, _) = macs.finish();
+        let auth = auth_message(&self.login.bare, &self.server_first, without_proof);
+        let client_signature = hmac(m, self.credentials.stored_key.as_bytes(), &auth);
+        let server_signature = hmac(m, self.credentials.server_key.as_bytes(), &auth);
         // ClientKey = ClientProof XOR ClientSignature; valid iff H(ClientKey) = StoredKey.
         let client_key = xor(&proof, &client_signature);
         if !hash(m, client_key.as_bytes()).ct_eq(&self.credentials.stored_key) {
@@ -182,12 +177,7 @@ impl<const N: usize> ServerChallengeSent<N> {
         let mut server_final = heapless::String::new();
         push(&mut server_final, &["v="])?;
         push_b64(&mut server_final, server_signature.as_bytes())?;
-        let k = session_key(
-            &client_key,
-            &self.login.bare,
-            &self.server_first,
-            without_proof,
-        );
+        let k = session_key(&client_key, &auth);
         Ok(ServerSuccess {
             server_final,
             session: SessionKeys::from_master(&k),
