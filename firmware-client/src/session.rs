@@ -322,11 +322,9 @@ impl Scram<'_> {
     #[inline(never)]
     fn on_answer(&mut self, answer: &[u8]) -> Result<Option<WelcomeParams>, LoginError> {
         let msg = Handshake::decode(answer).map_err(Error::Decode)?;
-        if let Handshake::Refused(r) = msg {
-            *self = Scram::Failed;
-            return Err(refused(r));
-        }
+        // Any error ends the login: the state is taken out for good.
         match (core::mem::replace(self, Scram::Failed), msg) {
+            (_, Handshake::Refused(r)) => Err(refused(r)),
             (Scram::First(login), Handshake::Challenge(c)) => {
                 let proof = login
                     .handle_challenge(c.mechanism, c.server_first)
