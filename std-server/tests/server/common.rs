@@ -393,65 +393,7 @@ pub async fn login_with(
     hs.prove(password).await
 }
 
-/// An owned session message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Msg {
-    Call {
-        id: u32,
-        method: String,
-        args: Vec<u8>,
-    },
-    Reply {
-        id: u32,
-        result: Vec<u8>,
-    },
-    Error {
-        id: u32,
-        code: ErrorCode,
-        message: String,
-    },
-    Notify {
-        method: String,
-        args: Vec<u8>,
-    },
-    Ping {
-        nonce: u32,
-    },
-    Pong {
-        nonce: u32,
-    },
-    Goodbye {
-        reason: GoodbyeReason,
-    },
-}
-
-impl From<Message<'_>> for Msg {
-    fn from(m: Message<'_>) -> Self {
-        match m {
-            Message::Call { id, method, args } => Self::Call {
-                id,
-                method: method.into(),
-                args: args.into(),
-            },
-            Message::Reply { id, result } => Self::Reply {
-                id,
-                result: result.into(),
-            },
-            Message::Error { id, code, message } => Self::Error {
-                id,
-                code,
-                message: message.into(),
-            },
-            Message::Notify { method, args } => Self::Notify {
-                method: method.into(),
-                args: args.into(),
-            },
-            Message::Ping { nonce } => Self::Ping { nonce },
-            Message::Pong { nonce } => Self::Pong { nonce },
-            Message::Goodbye { reason } => Self::Goodbye { reason },
-        }
-    }
-}
+pub use tether_test_support::Msg;
 
 /// A logged-in test session.
 #[derive(Debug)]
