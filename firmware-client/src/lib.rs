@@ -147,11 +147,11 @@
 //! table, the timers) while a session runs, or the `login` future (about
 //! 1 KiB, mostly tether-core's SCRAM state) while logging in, never both.
 //! Measured on a Cortex-M4 (mcu/nucleo-f429zi, `embassy::Link` with
-//! 512 + 512 + 256-byte buffers): 2.5 KiB of static RAM in all, buffers,
+//! 512 + 512 + 256-byte buffers): 2.4 KiB of static RAM in all, buffers,
 //! cached keys and the task's futures included.
 //!
-//! Flash on the same board: 19.6 KiB (20,060 bytes) for tether-firmware +
-//! tether-core together, without SCRAM-SHA-1 (of which about 8.7 KiB this
+//! Flash on the same board: 17.7 KiB (18,144 bytes) for tether-firmware +
+//! tether-core together, without SCRAM-SHA-1 (of which about 8.1 KiB this
 //! crate and the example's handler, the rest tether-core with SHA-256,
 //! HMAC, PBKDF2 and postcard for the application's types); see
 //! `mcu/nucleo-f429zi/size`.
