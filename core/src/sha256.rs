@@ -73,12 +73,13 @@ impl Sha256 {
         }
         self.block[BLOCK - 8..].copy_from_slice(&self.len.wrapping_mul(8).to_be_bytes());
         self.compress();
-        let mut out = [0u8; 32];
-        for (o, w) in out.chunks_exact_mut(4).zip(self.state) {
-            o.copy_from_slice(&w.to_be_bytes());
-        }
-        out
+        digest(&self.state)
     }
+}
+
+/// The digest of a final state.
+fn digest(state: &[u32; 8]) -> [u8; 32] {
+    core::array::from_fn(|i| (state[i / 4] >> (24 - 8 * (i % 4))) as u8)
 }
 
 /// SHA-256 of the concatenated `parts`.

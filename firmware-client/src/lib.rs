@@ -150,7 +150,7 @@
 //! 512 + 512 + 256-byte buffers): 2.4 KiB of static RAM in all, buffers,
 //! cached keys and the task's futures included.
 //!
-//! Flash on the same board: 17.7 KiB (18,144 bytes) for tether-firmware +
+//! Flash on the same board: 17.7 KiB (18,124 bytes) for tether-firmware +
 //! tether-core together, without SCRAM-SHA-1 (of which about 8.1 KiB this
 //! crate and the example's handler, the rest tether-core with SHA-256,
 //! HMAC, PBKDF2 and postcard for the application's types); see
