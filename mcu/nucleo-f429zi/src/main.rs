@@ -142,6 +142,8 @@ async fn main(spawner: Spawner) -> ! {
 }
 
 #[cfg(not(feature = "baseline"))]
+// app-minimal leaves this example's methods and notification unused.
+#[cfg_attr(feature = "app-minimal", allow(dead_code, unused_imports, unused_mut, unused_variables))]
 mod app {
     use core::ops::ControlFlow;
 
@@ -180,6 +182,7 @@ mod app {
         led: Output<'static>,
     }
 
+    #[cfg(not(feature = "app-minimal"))]
     impl Handler for Mind {
         async fn on_call(&mut self, req: Request<'_>, reply: Responder<'_>) -> Responded {
             if req.is::<DeviceInfo>() {
@@ -204,6 +207,15 @@ mod app {
             } else {
                 reply.unknown_method()
             }
+        }
+    }
+
+    /// `app-minimal` (./size): the session without this example's methods,
+    /// so that the application's own code can be told from the client's.
+    #[cfg(feature = "app-minimal")]
+    impl Handler for Mind {
+        async fn on_call(&mut self, _req: Request<'_>, reply: Responder<'_>) -> Responded {
+            reply.unknown_method()
         }
     }
 
@@ -245,6 +257,11 @@ mod app {
                         .serve_until(&mut mind, button.wait_for_rising_edge())
                         .await
                     {
+                        // app-minimal: the press only toggles LD1, as in
+                        // the baseline; no notification.
+                        #[cfg(feature = "app-minimal")]
+                        Ok(()) => mind.led.toggle(),
+                        #[cfg(not(feature = "app-minimal"))]
                         Ok(()) => {
                             presses += 1;
                             if let Err(e) =
@@ -254,7 +271,7 @@ mod app {
                                 return ControlFlow::<Infallible, _>::Continue(lost);
                             }
                         }
-                        Err(lost) => return ControlFlow::Continue(lost),
+                        Err(lost) => return ControlFlow::<Infallible, _>::Continue(lost),
                     }
                 }
             })
