@@ -190,12 +190,35 @@ impl<'a> Handshake<'a> {
                 max_frame: r.u16()?,
                 client_first: r.str()?,
             }),
+            2 => Self::Proof(Proof {
+                client_final: r.str()?,
+            }),
+            tag => Self::server_message(tag, &mut r)?.ok_or(DecodeError::UnknownVariant)?,
+        };
+        r.end(msg)
+    }
+
+    /// Decodes what a client receives: a challenge, a welcome or a refusal
+    /// filling all of `bytes`, with the same result as [`Self::decode`].
+    /// A hello or a proof (only a client sends those) is `Ok(None)`, its
+    /// body not decoded: a device needs no decoder for them.
+    pub fn decode_from_server(bytes: &'a [u8]) -> Result<Option<Self>, DecodeError> {
+        let mut r = Reader(bytes);
+        let tag = r.u32()?;
+        match Self::server_message(tag, &mut r)? {
+            Some(msg) => r.end(msg).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The body of the message `tag` when a server sends it; `None` for the
+    /// client's messages (hello, proof).
+    fn server_message(tag: u32, r: &mut Reader<'a>) -> Result<Option<Self>, DecodeError> {
+        Ok(Some(match tag {
+            0 | 2 => return Ok(None),
             1 => Self::Challenge(Challenge {
                 mechanism: r.variant(&MECHANISMS)?,
                 server_first: r.str()?,
-            }),
-            2 => Self::Proof(Proof {
-                client_final: r.str()?,
             }),
             3 => Self::Welcome(Welcome {
                 server_final: r.str()?,
@@ -208,8 +231,7 @@ impl<'a> Handshake<'a> {
                 retry_after_secs: r.u16()?,
             }),
             _ => return Err(DecodeError::UnknownVariant),
-        };
-        r.end(msg)
+        }))
     }
 }
 
@@ -326,6 +348,17 @@ mod tests {
         Ok(())
     }
 
+    /// `decode_from_server` agrees with `decode` except that hello and
+    /// proof (and any body after their tags) are `Ok(None)`.
+    fn check_from_server(bytes: &[u8]) -> Result<(), TestCaseError> {
+        let expected = match (Reader(bytes).u32(), Handshake::decode(bytes)) {
+            (Ok(0 | 2), _) => Ok(None),
+            (_, decoded) => decoded.map(Some),
+        };
+        prop_assert_eq!(Handshake::decode_from_server(bytes), expected);
+        Ok(())
+    }
+
     fn check_handshake(h: Handshake<'_>) -> Result<(), TestCaseError> {
         let (mut a, mut b) = ([0u8; 80], [0u8; 80]);
         let ours = h.encode(&mut a).map(|s| s.to_vec());
@@ -333,6 +366,7 @@ mod tests {
         prop_assert_eq!(&ours, &theirs);
         if let Ok(bytes) = &ours {
             prop_assert_eq!(Handshake::decode(bytes), Ok(h));
+            check_from_server(bytes)?;
         }
         Ok(())
     }
@@ -376,6 +410,7 @@ mod tests {
         fn arbitrary_bytes_decode_like_postcard(bytes in proptest::collection::vec(any::<u8>(), 0..24)) {
             prop_assert_eq!(Message::decode(&bytes), decode::<Message>(&bytes));
             prop_assert_eq!(Handshake::decode(&bytes), decode::<Handshake>(&bytes));
+            check_from_server(&bytes)?;
         }
 
         #[test]
@@ -384,6 +419,7 @@ mod tests {
         ) {
             prop_assert_eq!(Message::decode(&prefix), decode::<Message>(&prefix));
             prop_assert_eq!(Handshake::decode(&prefix), decode::<Handshake>(&prefix));
+            check_from_server(&prefix)?;
         }
     }
 

@@ -321,18 +321,19 @@ impl Scram<'_> {
     /// a password) or the welcome (checks the server's signature).
     #[inline(never)]
     fn on_answer(&mut self, answer: &[u8]) -> Result<Option<WelcomeParams>, LoginError> {
-        let msg = Handshake::decode(answer).map_err(Error::Decode)?;
+        // Only what a server sends is decoded (a hello or a proof is None).
+        let msg = Handshake::decode_from_server(answer).map_err(Error::Decode)?;
         // Any error ends the login: the state is taken out for good.
         match (core::mem::replace(self, Scram::Failed), msg) {
-            (_, Handshake::Refused(r)) => Err(refused(r)),
-            (Scram::First(login), Handshake::Challenge(c)) => {
+            (_, Some(Handshake::Refused(r))) => Err(refused(r)),
+            (Scram::First(login), Some(Handshake::Challenge(c))) => {
                 let proof = login
                     .handle_challenge(c.mechanism, c.server_first)
                     .map_err(Error::Login)?;
                 *self = Scram::Final(proof);
                 Ok(None)
             }
-            (Scram::Final(proof), Handshake::Welcome(w)) => {
+            (Scram::Final(proof), Some(Handshake::Welcome(w))) => {
                 let done = proof.handle_server_final(w.server_final).map_err(|e| {
                     warn!("tether: the server could not prove itself; login aborted");
                     Error::Login(e)
