@@ -150,11 +150,11 @@
 //! 512 + 512 + 256-byte buffers): 2.4 KiB of static RAM in all, buffers,
 //! cached keys and the task's futures included.
 //!
-//! Flash on the same board: 17.7 KiB (18,124 bytes) for tether-firmware +
-//! tether-core together, without SCRAM-SHA-1 (of which about 8.1 KiB this
-//! crate and the example's handler, the rest tether-core with SHA-256,
-//! HMAC, PBKDF2 and postcard for the application's types); see
-//! `mcu/nucleo-f429zi/size`.
+//! Flash on the same board: 16.3 KiB (16,652 bytes) for tether-firmware +
+//! tether-core together, without SCRAM-SHA-1 (about 6.6 KiB this crate, the
+//! rest tether-core with SHA-256, HMAC, PBKDF2 and the protocol's codec);
+//! the example's own application code (its handler and notification, 1.3
+//! KiB) comes on top. See `mcu/nucleo-f429zi/size`.
 //!
 //! ## Features
 //!
