@@ -6,9 +6,7 @@ use std::time::Duration;
 
 use tether_core::django;
 use tether_core::frame::{self, encode_message};
-use tether_core::message::{
-    self, Challenge, ErrorCode, GoodbyeReason, Handshake, Message, Refusal, RefusalCode, Welcome,
-};
+use tether_core::message::{self, Challenge, Handshake, Message, Refusal, RefusalCode, Welcome};
 use tether_core::scram::{Mechanism, ServerCredentials, ServerLogin};
 use tether_core::session::{Opener, Role, Sealer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,89 +17,10 @@ pub const ALICE_ROW: &str =
     "pbkdf2_sha256$4096$W8ZxHXvUYrZMB2ce3tJeqs$Gf7trYHHXjQXenT0TXmV2mr2SsIdi492WLVThfHnB/k=";
 pub const ALICE_PASSWORD: &str = "wonderland";
 
-/// A deterministic RNG (splitmix64) standing in for a device's TRNG.
-pub struct TestRng(pub u64);
-impl tether_core::rand_core::TryRng for TestRng {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), Self::Error> {
-        for chunk in d.chunks_mut(8) {
-            let v = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-impl tether_core::rand_core::TryCryptoRng for TestRng {}
+/// Deterministic, standing in for a device's TRNG.
+pub use tether_test_support::TestRng;
 
-/// A session message with owned fields.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Msg {
-    Call {
-        id: u32,
-        method: String,
-        args: Vec<u8>,
-    },
-    Reply {
-        id: u32,
-        result: Vec<u8>,
-    },
-    Error {
-        id: u32,
-        code: ErrorCode,
-        message: String,
-    },
-    Notify {
-        method: String,
-        args: Vec<u8>,
-    },
-    Ping {
-        nonce: u32,
-    },
-    Pong {
-        nonce: u32,
-    },
-    Goodbye {
-        reason: GoodbyeReason,
-    },
-}
-
-impl From<Message<'_>> for Msg {
-    fn from(m: Message<'_>) -> Self {
-        match m {
-            Message::Call { id, method, args } => Msg::Call {
-                id,
-                method: method.into(),
-                args: args.into(),
-            },
-            Message::Reply { id, result } => Msg::Reply {
-                id,
-                result: result.into(),
-            },
-            Message::Error { id, code, message } => Msg::Error {
-                id,
-                code,
-                message: message.into(),
-            },
-            Message::Notify { method, args } => Msg::Notify {
-                method: method.into(),
-                args: args.into(),
-            },
-            Message::Ping { nonce } => Msg::Ping { nonce },
-            Message::Pong { nonce } => Msg::Pong { nonce },
-            Message::Goodbye { reason } => Msg::Goodbye { reason },
-        }
-    }
-}
+pub use tether_test_support::Msg;
 
 /// How the test server behaves during the handshake.
 #[derive(Debug, Clone, Copy)]
