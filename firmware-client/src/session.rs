@@ -535,7 +535,7 @@ impl<'a> Reply<'a> {
 /// [`serve_until`](Self::serve_until) when idle.
 ///
 /// The transport's `read` must be cancel-safe (tether-firmware's
-/// [`host::TcpTransport`](crate::host) and embassy-net's `TcpSocket` are): timers and
+/// `host::TcpTransport` and embassy-net's `TcpSocket` are): timers and
 /// [`serve_until`](Self::serve_until) interrupt it between frames.
 pub struct Session<'b, T, C> {
     link: Link<'b, T, C>,
