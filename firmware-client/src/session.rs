@@ -283,10 +283,8 @@ enum Scram<'a> {
     First(ClientLogin<'a, LOGIN_MESSAGE_LEN>),
     /// Proof to send, welcome to come.
     Final(ClientProofSent),
-    /// Logged in.
-    Done(ClientSuccess),
-    /// Failed.
-    Failed,
+    /// Logged in, or failed.
+    Over,
 }
 
 /// An error of the handshake's transport-independent part.
@@ -312,7 +310,7 @@ impl Scram<'_> {
             Scram::Final(proof) => Handshake::Proof(Proof {
                 client_final: proof.client_final(),
             }),
-            Scram::Done(_) | Scram::Failed => return Err(FrameError::Encode),
+            Scram::Over => return Err(FrameError::Encode),
         };
         frame::encode_handshake(&msg, tx, MIN_MAX_FRAME as usize)
     }
@@ -320,11 +318,14 @@ impl Scram<'_> {
     /// Takes the server's answer: the challenge (runs SCRAM, and PBKDF2 with
     /// a password) or the welcome (checks the server's signature).
     #[inline(never)]
-    fn on_answer(&mut self, answer: &[u8]) -> Result<Option<WelcomeParams>, LoginError> {
+    fn on_answer(
+        &mut self,
+        answer: &[u8],
+    ) -> Result<Option<(WelcomeParams, ClientSuccess)>, LoginError> {
         // Only what a server sends is decoded (a hello or a proof is None).
         let msg = Handshake::decode_from_server(answer).map_err(Error::Decode)?;
         // Any error ends the login: the state is taken out for good.
-        match (core::mem::replace(self, Scram::Failed), msg) {
+        match (core::mem::replace(self, Scram::Over), msg) {
             (_, Some(Handshake::Refused(r))) => Err(refused(r)),
             (Scram::First(login), Some(Handshake::Challenge(c))) => {
                 let proof = login
@@ -341,8 +342,8 @@ impl Scram<'_> {
                 if w.max_frame < MIN_MAX_FRAME {
                     return Err(Error::Protocol("server's max_frame below 512"));
                 }
-                *self = Scram::Done(done);
-                Ok(Some((w.session_id, w.heartbeat_secs, w.max_frame as usize)))
+                let params = (w.session_id, w.heartbeat_secs, w.max_frame as usize);
+                Ok(Some((params, done)))
             }
             (Scram::First(_), _) => Err(Error::Protocol("expected a challenge or a refusal")),
             _ => Err(Error::Protocol("expected a welcome or a refusal")),
@@ -608,7 +609,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
             ClientLogin::<LOGIN_MESSAGE_LEN>::new(username, credentials, config.scram, rng)
                 .map_err(Error::Login)?,
         );
-        let welcome = loop {
+        let (welcome, done) = loop {
             let frame = scram.next_frame(tx, max_frame as u16)?;
             let len = outlined!(round_trip(
                 &mut io,
@@ -623,9 +624,6 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
                 Ok(Some(welcome)) => break welcome,
                 Err(e) => return Err(e.widen()),
             }
-        };
-        let Scram::Done(done) = scram else {
-            return Err(Error::Protocol("handshake incomplete"));
         };
         let (session_id, heartbeat_secs, peer_max) = welcome;
         let (sealer, opener) = done.session.into_halves(Role::Client);
