@@ -144,13 +144,23 @@ fn next(reports: &mpsc::Receiver<Report>) -> Report {
         .expect("no report from the device within 60 s")
 }
 
-/// The next `k` reports that are not the device answering the server.
+/// The next `k` reports that are not calls, and the realm's one
+/// `device_info` call.
 fn reports_besides_calls(reports: &mpsc::Receiver<Report>, k: usize) -> Vec<Report> {
-    let mut got = vec![];
-    while got.len() < k {
+    // The realm's device_info call races the device's own calls: it may
+    // be reported before, between or after them, but exactly once.
+    let (mut got, mut device_info) = (vec![], false);
+    while got.len() < k || !device_info {
         match next(reports) {
-            Report::Device(DeviceEvent::Called(m)) => assert_eq!(m, "device_info"),
-            r => got.push(r),
+            Report::Device(DeviceEvent::Called(m)) => {
+                assert_eq!(m, "device_info");
+                assert!(!device_info, "device_info called twice");
+                device_info = true;
+            }
+            r => {
+                assert!(got.len() < k, "unexpected {r:?} after {got:?}");
+                got.push(r);
+            }
         }
     }
     got
