@@ -254,8 +254,6 @@ impl core::error::Error for ScramError {}
 
 // ---- crypto primitives, dispatched on the mechanism ----
 
-use crate::sha256::HmacSha256;
-
 #[cfg(feature = "sha1")]
 type HmacSha1 = hmac::Hmac<sha1::Sha1>;
 
@@ -264,55 +262,26 @@ type HmacSha1 = hmac::Hmac<sha1::Sha1>;
 #[cfg(not(feature = "sha1"))]
 const SHA1_DISABLED: &str = "SCRAM-SHA-1 disabled: entry points refuse it before any crypto runs";
 
-/// An HMAC being computed with either hash.
-#[derive(Clone)]
-pub(crate) enum Hmac {
-    Sha256(HmacSha256),
-    #[cfg(feature = "sha1")]
-    Sha1(HmacSha1),
-}
-
-impl Hmac {
-    pub(crate) fn new(m: Mechanism, key: &[u8]) -> Self {
-        match m {
-            Mechanism::ScramSha256 => Self::Sha256(HmacSha256::new(key)),
-            #[cfg(feature = "sha1")]
-            Mechanism::ScramSha1 => Self::Sha1(
-                <HmacSha1 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length"),
-            ),
-            #[cfg(not(feature = "sha1"))]
-            Mechanism::ScramSha1 => unreachable!("{}", SHA1_DISABLED),
-        }
-    }
-
-    pub(crate) fn update(&mut self, data: &[u8]) {
-        match self {
-            Self::Sha256(h) => h.update(data),
-            #[cfg(feature = "sha1")]
-            Self::Sha1(h) => h.update(data),
-        }
-    }
-
-    pub(crate) fn finish(self) -> Key {
-        match self {
-            Self::Sha256(h) => key_from(&h.finish()),
-            #[cfg(feature = "sha1")]
-            Self::Sha1(h) => key_from(&h.finalize().into_bytes()),
-        }
-    }
-}
-
 fn key_from(b: &[u8]) -> Key {
     Key::from_slice(b).expect("digests are at most 32 bytes")
 }
 
 /// HMAC of the concatenated `parts`.
 pub(crate) fn hmac(m: Mechanism, key: &[u8], parts: &[&[u8]]) -> Key {
-    let mut h = Hmac::new(m, key);
-    for p in parts {
-        h.update(p);
+    match m {
+        Mechanism::ScramSha256 => key_from(&crate::sha256::hmac_sha256(key, parts)),
+        #[cfg(feature = "sha1")]
+        Mechanism::ScramSha1 => {
+            let mut h =
+                <HmacSha1 as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+            for p in parts {
+                h.update(p);
+            }
+            key_from(&h.finalize().into_bytes())
+        }
+        #[cfg(not(feature = "sha1"))]
+        Mechanism::ScramSha1 => unreachable!("{}", SHA1_DISABLED),
     }
-    h.finish()
 }
 
 pub(crate) fn hash(m: Mechanism, data: &[u8]) -> Key {
@@ -373,13 +342,9 @@ pub(crate) fn auth_message<'a>(
 /// The session master key `K` from ClientKey and the AuthMessage; see
 /// [`crate::session`].
 pub(crate) fn session_key(client_key: &Key, auth_message: &[&[u8]; 5]) -> [u8; 32] {
-    let mut h = HmacSha256::new(client_key.as_bytes());
-    h.update(crate::session::SESSION_LABEL);
-    h.update(&[0]);
-    for part in auth_message {
-        h.update(part);
-    }
-    h.finish()
+    let [a, b, c, d, e] = *auth_message;
+    let label = crate::session::SESSION_LABEL;
+    crate::sha256::hmac_sha256(client_key.as_bytes(), &[label, &[0], a, b, c, d, e])
 }
 
 // ---- text helpers ----
