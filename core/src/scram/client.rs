@@ -77,7 +77,8 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         rng.fill_bytes(&mut raw);
         let mut nonce = heapless::String::<32>::new();
         push_b64(&mut nonce, &raw)?;
-        Self::with_nonce(username, credentials, config, &nonce)
+        // Base64 of NONCE_BYTES: printable, and short enough.
+        Self::start(username, credentials, config, &nonce)
     }
 
     /// Starts a login with a given nonce: for test vectors and interop
@@ -91,6 +92,16 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         if !is_printable(nonce) || nonce.len() > MAX_NONCE_LEN / 2 {
             return Err(ScramError::Malformed("client nonce"));
         }
+        Self::start(username, credentials, config, nonce)
+    }
+
+    /// Starts a login with a checked nonce.
+    fn start(
+        username: &str,
+        credentials: ClientCredentials<'a>,
+        config: ClientConfig,
+        nonce: &str,
+    ) -> Result<Self, ScramError> {
         if username.is_empty() {
             return Err(ScramError::Malformed("empty username"));
         }

@@ -116,6 +116,19 @@ pub(crate) const DJANGO_52_HASH: &str =
     "pbkdf2_sha256$1000000$56ryAKpSnLAXlMYo5d2L5x$hPjabwIwfFzX6LEaxIt5cCa4001RIC/45BitWAzM4dA=";
 pub(crate) const DJANGO_52_PASSWORD: &str = "correct horse";
 
+#[test]
+fn fresh_nonces_pass_the_given_nonce_check() {
+    // `new` skips the check `with_nonce` makes: its nonces always pass it.
+    for seed in 0..64 {
+        let creds = ClientCredentials::Password("pw");
+        let config = ClientConfig::default();
+        let login = ClientLogin::<256>::new("u", creds, config, &mut TestRng(seed)).unwrap();
+        let nonce = login.client_first().strip_prefix("n,,n=u,r=").unwrap();
+        let again = ClientLogin::<256>::with_nonce("u", creds, config, nonce).unwrap();
+        assert_eq!(again.client_first(), login.client_first());
+    }
+}
+
 /// Runs a whole login; returns the client's or the server's error.
 fn login(
     row: &str,
