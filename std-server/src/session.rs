@@ -392,21 +392,29 @@ impl<A: Avatar> Session<A> {
     }
 
     /// Writes what is batched. A device that reads nothing for the idle
-    /// timeout, or a kick while the write waits, ends the session; the
-    /// stream is then cut in the middle of a frame and nothing more may be
-    /// written to it.
+    /// timeout, or a kick while the write is blocked, ends the session; the
+    /// stream may then be cut in the middle of a frame and nothing more may
+    /// be written to it (no goodbye). A kick never pre-empts a write that
+    /// can go through: the write is polled first.
     async fn flush(&mut self, kicked: &CancellationToken) -> Result<(), Ending> {
         let limit = self.config.idle_timeout();
         let result = tokio::select! {
+            biased;
             r = tokio::time::timeout(limit, self.out.flush()) => match r {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err(format!("device read nothing for {} s", limit.as_secs())),
+                Ok(r) => r.map_err(|e| SessionEnd::Io(e.to_string())),
+                Err(_) => Err(SessionEnd::Io(format!(
+                    "device read nothing for {} s",
+                    limit.as_secs()
+                ))),
             },
-            _ = kicked.cancelled() => Err("kicked while a write was waiting".into()),
+            _ = kicked.cancelled() => {
+                let reason = self.mind.close_reason().unwrap_or(GoodbyeReason::Kicked);
+                Err(SessionEnd::Kicked(reason))
+            }
         };
-        result.map_err(|e| {
+        result.map_err(|end| {
             self.out.broken = true;
-            Ending::new(SessionEnd::Io(e), None)
+            Ending::new(end, None)
         })
     }
 }

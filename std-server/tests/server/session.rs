@@ -426,6 +426,39 @@ async fn mind_close_kicks_the_device() {
 }
 
 #[tokio::test]
+async fn a_kick_right_after_a_notification_still_says_goodbye() {
+    let db = Db::copy(DB);
+    let server = test_server(&db, |_| {}).await;
+    for round in 0..20 {
+        let mut s = login(server.addr, "alice", password(DB, "alice"))
+            .await
+            .unwrap();
+        s.echo("x").await;
+        let mind = server.realm.minds.lock().unwrap()[round].clone();
+        // Queued and kicked at once: the write must not lose to the kick.
+        mind.notify::<Echo>(&"last words").await.unwrap();
+        mind.close(GoodbyeReason::Kicked);
+        let mut buf = [0u8; 32];
+        let note = tether_core::method::encode_args::<Echo>(&"last words", &mut buf)
+            .unwrap()
+            .to_vec();
+        assert_eq!(
+            s.recv_timeout(Duration::from_secs(5)).await,
+            Some(Msg::Notify {
+                method: "echo".into(),
+                args: note
+            }),
+            "round {round}"
+        );
+        assert_eq!(
+            s.expect_close().await,
+            Some(GoodbyeReason::Kicked),
+            "round {round}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn graceful_shutdown_lets_calls_finish_then_says_goodbye() {
     let db = Db::copy(DB);
     let server = test_server(&db, |c| {
