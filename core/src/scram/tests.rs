@@ -85,30 +85,7 @@ fn exchange_vector(
     assert!(!client.handle_server_final(server_final).unwrap().derived);
 }
 
-/// A deterministic RNG for tests.
-pub(crate) struct TestRng(pub u64);
-impl rand_core::TryRng for TestRng {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), Self::Error> {
-        for chunk in d.chunks_mut(8) {
-            let v = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-impl rand_core::TryCryptoRng for TestRng {}
+pub(crate) use tether_test_support::TestRng;
 
 /// A genuine Django 5.2 hash (made with `make_password("correct horse")`
 /// in Django 5.2.19, pbkdf2_sha256 at its default 1,000,000 iterations).

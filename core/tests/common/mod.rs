@@ -6,30 +6,7 @@ use tether_core::scram::{
 };
 use tether_core::session::SessionKeys;
 
-/// A deterministic RNG (splitmix64) for tests only.
-pub struct TestRng(pub u64);
-
-impl tether_core::rand_core::TryRng for TestRng {
-    type Error = core::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-        Ok(z ^ (z >> 31))
-    }
-    fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), Self::Error> {
-        for chunk in d.chunks_mut(8) {
-            let v = self.try_next_u64()?.to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-        Ok(())
-    }
-}
-impl tether_core::rand_core::TryCryptoRng for TestRng {}
+pub use tether_test_support::TestRng;
 
 /// A cheap verifier (4096 iterations) for password "pw".
 pub fn credentials() -> ServerCredentials {
