@@ -22,10 +22,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tether_core::django::{self, DjangoHashError};
-use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_message};
-use tether_core::message::{
-    self, Challenge, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome,
-};
+use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_handshake};
+use tether_core::message::{Challenge, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome};
 use tether_core::scram::{Mechanism, ScramError, ServerCredentials, ServerLogin};
 use tether_core::session::Role;
 use tokio::io::AsyncWriteExt as _;
@@ -60,7 +58,7 @@ struct Conn {
 impl Conn {
     async fn send(&mut self, msg: &Handshake<'_>) -> Result<(), LoginEnd> {
         let mut buf = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
-        let frame = encode_message(msg, &mut buf, MIN_MAX_FRAME as usize).map_err(|e| {
+        let frame = encode_handshake(msg, &mut buf, MIN_MAX_FRAME as usize).map_err(|e| {
             warn!(peer = %self.peer, error = %e, "handshake message does not fit a frame");
             LoginEnd::Closed
         })?;
@@ -157,7 +155,7 @@ pub(crate) async fn handshake<R: Realm>(
         }
         Err(Err(end)) => return Err(end),
     };
-    let hello = match message::decode::<Handshake>(body) {
+    let hello = match Handshake::decode(body) {
         Ok(Handshake::Hello(hello)) => hello,
         Ok(_) => {
             conn.metrics.rejected(Rejection::HandshakeUnexpected);
@@ -343,7 +341,7 @@ pub(crate) async fn handshake<R: Realm>(
         }
         Err(Err(end)) => return Err(end),
     };
-    let proof = match message::decode::<Handshake>(body) {
+    let proof = match Handshake::decode(body) {
         Ok(Handshake::Proof(proof)) => proof,
         Ok(_) => {
             conn.metrics.rejected(Rejection::HandshakeUnexpected);

@@ -359,7 +359,7 @@ impl<A: Avatar> Session<A> {
                     idle.as_mut().reset(deadline.into());
                 }
                 Event::Kicked => {
-                    let reason = self.mind.close_reason().unwrap_or(GoodbyeReason::Kicked);
+                    let reason = self.kick_reason();
                     return Ending::new(SessionEnd::Kicked(reason), Some(reason));
                 }
                 Event::ShutdownStarts => {
@@ -391,6 +391,12 @@ impl<A: Avatar> Session<A> {
         }
     }
 
+    /// Why the session was closed through its mind (`Kicked` unless the
+    /// closer said otherwise).
+    fn kick_reason(&self) -> GoodbyeReason {
+        self.mind.close_reason().unwrap_or(GoodbyeReason::Kicked)
+    }
+
     /// Writes what is batched. A device that reads nothing for the idle
     /// timeout, or a kick while the write is blocked, ends the session; the
     /// stream may then be cut in the middle of a frame and nothing more may
@@ -407,10 +413,7 @@ impl<A: Avatar> Session<A> {
                     limit.as_secs()
                 ))),
             },
-            _ = kicked.cancelled() => {
-                let reason = self.mind.close_reason().unwrap_or(GoodbyeReason::Kicked);
-                Err(SessionEnd::Kicked(reason))
-            }
+            _ = kicked.cancelled() => Err(SessionEnd::Kicked(self.kick_reason())),
         };
         result.map_err(|end| {
             self.out.broken = true;
