@@ -728,6 +728,11 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// Sends a call of `M` without waiting for its reply (collect it with
     /// [`next_reply`](Self::next_reply)); up to [`MAX_CALLS_IN_FLIGHT`] may
     /// wait at once. The reply is due within `timeout`.
+    ///
+    /// When input from the server is already waiting, the call stays in the
+    /// transport's write buffer until the session next waits
+    /// ([`next_reply`](Self::next_reply), [`serve`](Self::serve), ...), so
+    /// that calls sent back to back leave together.
     pub async fn send_call<M: Method>(
         &mut self,
         args: &M::Args<'_>,
@@ -807,6 +812,13 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
                 Step::Continue | Step::User(_) => {}
             }
         };
+        // Answers to server calls read in the same burst as this reply
+        // leave now: the application may not wait on the session again soon.
+        if self.link.unflushed
+            && let Err(e) = self.link.send(None, true).await
+        {
+            return Err(self.fail(e.into_error()));
+        }
         let buf = &*self.rx.buf;
         let outcome = match done.outcome {
             DoneOutcome::Ok(r) => Ok(&buf[r]),
@@ -837,7 +849,9 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
             method: M::NAME,
             args: &self.scratch[..n],
         };
-        match self.link.send(Some(&msg), false).await {
+        // Flushed: nothing obliges the application to wait on the session
+        // after a notification.
+        match self.link.send(Some(&msg), true).await {
             Ok(()) => Ok(()),
             Err(SendError::TooLarge(e)) => Err(CallError::TooLarge(e)),
             Err(SendError::Fatal(e)) => {

@@ -1022,3 +1022,77 @@ async fn a_burst_of_server_frames_is_answered_with_one_flush() {
     assert_eq!(mind.calls.borrow().len(), 9);
     with_timeout(server).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn answers_and_notifications_leave_before_control_returns_to_the_application() {
+    let (l, addr) = listen().await;
+    let (answer_tx, answer_seen) = tokio::sync::oneshot::channel::<()>();
+    let (note_tx, note_seen) = tokio::sync::oneshot::channel::<()>();
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        let Some(Msg::Call { id, method, args }) = peer.recv().await else {
+            panic!("the device's call")
+        };
+        assert_eq!((method.as_str(), args.clone()), (Echo::NAME, enc(&"mine")));
+        // A server call, the device's reply and a ping in one write: the
+        // device reads them in one go, so its answer to 7 waits for the
+        // burst, and the ping is still unread when the call returns.
+        let mut burst = peer.seal_frame(&Message::Call {
+            id: 7,
+            method: Echo::NAME,
+            args: &enc(&"yours"),
+        });
+        burst.extend(peer.seal_frame(&Message::Reply { id, result: &args }));
+        burst.extend(peer.seal_frame(&Message::Ping { nonce: 9 }));
+        peer.send_raw(&burst).await;
+        // The application does not wait on the session again until the end:
+        // the answer and the notification must arrive without it.
+        assert_eq!(
+            peer.recv().await,
+            Some(Msg::Reply {
+                id: 7,
+                result: enc(&"yours")
+            })
+        );
+        let _ = answer_tx.send(());
+        assert_eq!(
+            peer.recv().await,
+            Some(Msg::Notify {
+                method: Echo::NAME.into(),
+                args: enc(&"note")
+            })
+        );
+        let _ = note_tx.send(());
+        assert_eq!(peer.recv().await, Some(Msg::Pong { nonce: 9 }));
+        peer.send(&Message::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        })
+        .await;
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(17),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let mut mind = Mind::default();
+    let mine = with_timeout(session.call::<Echo, _>(&"mine", &mut mind))
+        .await
+        .unwrap();
+    assert_eq!(mine, "mine");
+    assert_eq!(*mind.calls.borrow(), ["echo"]);
+    with_timeout(answer_seen).await.unwrap();
+    session.notify::<Echo>(&"note").await.unwrap();
+    with_timeout(note_seen).await.unwrap();
+    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
+        "{err:?}"
+    );
+    with_timeout(server).await.unwrap().unwrap();
+}

@@ -84,11 +84,17 @@ async fn device_logs_in_to_tether_server_and_calls_both_ways() {
         }
         other => panic!("{other:?}"),
     }
-    // The realm asked device_info at attach; the mind answered while the
-    // device was busy with its own calls.
+    // The realm asked device_info at attach; the mind answers it while the
+    // device is busy with its own calls or, if the call came after them,
+    // while it serves here.
+    let info = session
+        .serve_until(&mut mind, server.event())
+        .await
+        .unwrap();
     assert!(
-        matches!(server.event().await, RealmEvent::DeviceInfo { session, ref firmware, .. }
-        if session == id && firmware == "tether-firmware e2e")
+        matches!(info, RealmEvent::DeviceInfo { session, ref firmware, .. }
+        if session == id && firmware == "tether-firmware e2e"),
+        "{info:?}"
     );
 
     // Several device calls in flight.
