@@ -168,9 +168,13 @@
 //! A first login with a password runs PBKDF2 at the account's iteration
 //! count (Django 5.2: 1,000,000), which takes tens of seconds on a
 //! Cortex-M4 and blocks its executor meanwhile, possibly longer than the
-//! server's handshake timeout. Provision such devices with keys derived on a
-//! host ([`CachedKeys`](tether_core::scram::CachedKeys) serialize with
-//! postcard) or log in once over a fast link.
+//! server's handshake timeout (`tether serve --handshake-timeout`, 10 s by
+//! default); the server then closes the connection and the derived keys
+//! are lost with it. Provision such devices with keys derived on a host:
+//! `tether keys --user NAME --database URL --format postcard` prints the
+//! [`CachedKeys`](tether_core::scram::CachedKeys) as postcard hex, which the
+//! firmware stores and loads with postcard. Or raise the server's handshake
+//! timeout for the first logins.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
