@@ -154,6 +154,11 @@ pub struct ServeArgs {
     /// Logins in progress at once (more are refused `busy`).
     #[arg(long, default_value_t = 64)]
     pub max_handshakes: usize,
+    /// Logins in progress at once from one address, IPv6 by /64 (more from
+    /// it are refused `busy`) [default: half of --max-handshakes]. Raise it
+    /// for fleets behind one NAT or proxy address.
+    #[arg(long, value_name = "N")]
+    pub max_handshakes_per_address: Option<usize>,
     /// Live sessions at once (more are refused `busy`).
     #[arg(long, default_value_t = 10_000)]
     pub max_sessions: usize,
@@ -429,6 +434,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     let config = ServerConfig {
         handshake_timeout: secs(args.handshake_timeout),
         max_handshakes: args.max_handshakes.max(1),
+        max_handshakes_per_address: args.max_handshakes_per_address,
         max_pending: args.max_handshakes.max(1) * 4,
         max_sessions: args.max_sessions.max(1),
         max_frame: args.max_frame,

@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 use crate::default_realm::SessionEntry;
 use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, Mind, Realm, SessionEnd, SessionInfo, User};
-use crate::server::Shared;
+use crate::server::{HandshakeSlot, Shared};
 use crate::session::Established;
 use crate::wire::{FrameReader, ReadError};
 
@@ -124,13 +124,14 @@ fn scram_detail(e: ScramError) -> String {
     format!("SCRAM: {e}")
 }
 
-/// Runs one login. `handshake_permit` is `None` when the server already
-/// has too many handshakes in flight (the login is then refused `busy`).
+/// Runs one login. `slot` is the reason to refuse it `busy` when the
+/// server, or the peer's address, already has too many handshakes in
+/// flight.
 pub(crate) async fn handshake<R: Realm>(
     shared: &Arc<Shared<R>>,
     stream: TcpStream,
     peer: SocketAddr,
-    handshake_permit: Option<OwnedSemaphorePermit>,
+    slot: Result<HandshakeSlot, &'static str>,
 ) -> Result<(Established<R::Avatar>, OwnedSemaphorePermit), LoginEnd> {
     let config = &shared.config;
     let (reader, writer) = stream.into_split();
@@ -215,15 +216,13 @@ pub(crate) async fn handshake<R: Realm>(
             .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
             .await);
     }
-    let Some(_handshake_permit) = handshake_permit else {
-        return Err(conn
-            .refuse(
-                RefusalCode::Busy,
-                Duration::from_secs(1),
-                user,
-                "too many handshakes",
-            )
-            .await);
+    let _slot = match slot {
+        Ok(slot) => slot,
+        Err(why) => {
+            return Err(conn
+                .refuse(RefusalCode::Busy, Duration::from_secs(1), user, why)
+                .await);
+        }
     };
     let Ok(session_permit) = shared.sessions.clone().try_acquire_owned() else {
         return Err(conn

@@ -14,13 +14,14 @@
 //! # Ok(()) }
 //! ```
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -41,6 +42,11 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Logins in progress at once; more are refused `busy` (default 64).
     pub max_handshakes: usize,
+    /// Logins in progress at once from one address (IPv6: one /64); more
+    /// from it are refused `busy`, so that one address cannot hold every
+    /// handshake slot. `None` (the default): half of `max_handshakes`. Raise
+    /// it for fleets behind one NAT or proxy address.
+    pub max_handshakes_per_address: Option<usize>,
     /// Connections waiting beyond `max_handshakes` just to be told `busy`;
     /// beyond this they are closed at once (default 256).
     pub max_pending: usize,
@@ -63,12 +69,78 @@ impl Default for ServerConfig {
         Self {
             handshake_timeout: Duration::from_secs(10),
             max_handshakes: 64,
+            max_handshakes_per_address: None,
             max_pending: 256,
             max_sessions: 10_000,
             max_frame: 16_384,
             decoy_iterations: 1_000_000,
             session: SessionConfig::default(),
             throttle: ThrottleConfig::default(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The effective [`max_handshakes_per_address`](Self::max_handshakes_per_address).
+    pub fn per_address_cap(&self) -> usize {
+        self.max_handshakes_per_address
+            .unwrap_or(self.max_handshakes.div_ceil(2))
+            .max(1)
+    }
+}
+
+/// Handshakes in progress per source address (IPv6 by /64, as the
+/// throttle counts them).
+pub(crate) struct PerAddress {
+    cap: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// A login's place among the handshakes in progress: the server's and its
+/// address's, held until the login ends.
+pub(crate) struct HandshakeSlot {
+    _server: OwnedSemaphorePermit,
+    _address: AddressSlot,
+}
+
+/// One handshake of an address, counted until dropped.
+pub(crate) struct AddressSlot {
+    owner: Arc<PerAddress>,
+    key: IpAddr,
+}
+
+impl PerAddress {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for `addr`, or `None` when it has `cap` handshakes already.
+    fn try_enter(self: &Arc<Self>, addr: IpAddr) -> Option<AddressSlot> {
+        let key = crate::throttle::address_key(addr);
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key).or_insert(0);
+        if *n >= self.cap {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            owner: self.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
         }
     }
 }
@@ -85,6 +157,7 @@ pub(crate) struct Shared<R> {
     pub realm: R,
     pub next_session_id: AtomicU64,
     pub handshakes: Arc<Semaphore>,
+    pub per_address: Arc<PerAddress>,
     pub pending: Arc<Semaphore>,
     pub sessions: Arc<Semaphore>,
     pub shutdown: CancellationToken,
@@ -148,6 +221,7 @@ impl<R: Realm> Server<R> {
                 metrics,
                 live: Registry::new(),
                 handshakes: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
+                per_address: Arc::new(PerAddress::new(config.per_address_cap())),
                 pending: Arc::new(Semaphore::new(config.max_pending.max(1))),
                 sessions: Arc::new(Semaphore::new(config.max_sessions.max(1))),
                 config,
@@ -231,8 +305,19 @@ impl<R: Realm> Server<R> {
 fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let started = Instant::now();
-    let handshake_permit = shared.handshakes.clone().try_acquire_owned().ok();
-    let pending_permit = if handshake_permit.is_none() {
+    // A handshake takes one of its address's slots and one of the server's;
+    // without both the connection waits for its hello to be told `busy`.
+    let slot = match shared.per_address.try_enter(peer.ip()) {
+        None => Err("too many handshakes from this address"),
+        Some(address) => match shared.handshakes.clone().try_acquire_owned() {
+            Ok(server) => Ok(HandshakeSlot {
+                _server: server,
+                _address: address,
+            }),
+            Err(_) => Err("too many handshakes"),
+        },
+    };
+    let pending_permit = if slot.is_err() {
         match shared.pending.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
@@ -254,7 +339,7 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         // Boxed, so that the login's state (SCRAM, handshake buffers) is
         // freed when the login ends instead of living in this task's
         // future for the whole session.
-        let login = Box::pin(login::handshake(&shared, stream, peer, handshake_permit));
+        let login = Box::pin(login::handshake(&shared, stream, peer, slot));
         let timeout = shared.config.handshake_timeout;
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, login) => r,

@@ -144,12 +144,12 @@ pub async fn start_with<R: Realm + Clone>(
 }
 
 pub async fn start(db: &Db) -> TestServer<DefaultRealm> {
-    start_with(
-        StoreConfig::new(db.url()),
-        test_config(),
-        DefaultRealm::new(),
-    )
-    .await
+    start_configured(db, test_config()).await
+}
+
+/// [`start`] with `config`.
+pub async fn start_configured(db: &Db, config: ServerConfig) -> TestServer<DefaultRealm> {
+    start_with(StoreConfig::new(db.url()), config, DefaultRealm::new()).await
 }
 
 /// PBKDF2 results, computed once per process.
@@ -212,7 +212,23 @@ pub struct Handshaking {
 }
 
 pub async fn connect(addr: SocketAddr) -> (FrameReader<OwnedReadHalf>, OwnedWriteHalf) {
-    let stream = TcpStream::connect(addr).await.unwrap();
+    connect_from(None, addr).await
+}
+
+/// Connects from `source` (another 127.0.0.x: another address to the
+/// server), or from the default address.
+pub async fn connect_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+) -> (FrameReader<OwnedReadHalf>, OwnedWriteHalf) {
+    let stream = match source {
+        None => TcpStream::connect(addr).await.unwrap(),
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(ip, 0)).unwrap();
+            socket.connect(addr).await.unwrap()
+        }
+    };
     let (r, w) = stream.into_split();
     (FrameReader::new(r, 65535), w)
 }
@@ -275,7 +291,17 @@ fn parse_server_first(mechanism: Mechanism, s: &str) -> ChallengeInfo {
 
 impl Handshaking {
     pub async fn hello(addr: SocketAddr, username: &str, mechanisms: Mechanisms) -> Self {
-        let (reader, mut writer) = connect(addr).await;
+        Self::hello_from(None, addr, username, mechanisms).await
+    }
+
+    /// [`hello`](Self::hello) from `source` (see [`connect_from`]).
+    pub async fn hello_from(
+        source: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        username: &str,
+        mechanisms: Mechanisms,
+    ) -> Self {
+        let (reader, mut writer) = connect_from(source, addr).await;
         let login = ClientLogin::<256>::new(
             username,
             ClientCredentials::Password("unused"),

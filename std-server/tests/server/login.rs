@@ -1,5 +1,6 @@
 //! Logins against the Django-made fixture databases: every refusal code.
 
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tether_core::message::{Handshake, Hello, RefusalCode};
@@ -270,12 +271,7 @@ async fn throttle_per_username_and_address() {
         max_delay: Duration::from_secs(10),
         ..Default::default()
     };
-    let server = start_with(
-        tether_server::StoreConfig::new(db.url()),
-        config,
-        tether_server::DefaultRealm::new(),
-    )
-    .await;
+    let server = start_configured(&db, config).await;
     let addr = server.addr;
     for _ in 0..3 {
         let e = login(addr, "alice", "wrong").await.unwrap_err();
@@ -312,12 +308,7 @@ async fn busy_when_sessions_or_handshakes_are_at_their_limit() {
     let mut config = test_config();
     config.max_sessions = 1;
     config.max_handshakes = 1;
-    let server = start_with(
-        tether_server::StoreConfig::new(db.url()),
-        config,
-        tether_server::DefaultRealm::new(),
-    )
-    .await;
+    let server = start_configured(&db, config).await;
     let addr = server.addr;
     let mut first = login(addr, "alice", password(DB, "alice")).await.unwrap();
     let e = login(addr, "bob", password(DB, "bob")).await.unwrap_err();
@@ -343,16 +334,51 @@ async fn busy_when_sessions_or_handshakes_are_at_their_limit() {
 }
 
 #[tokio::test]
+async fn one_address_cannot_hold_every_handshake_slot() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.max_handshakes = 4;
+    assert_eq!(config.per_address_cap(), 2, "half of max_handshakes");
+    let server = start_configured(&db, config).await;
+    let addr = server.addr;
+    let (one, two): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    // Two silent connections from one address take its two slots...
+    let silent = [
+        connect_from(Some(one), addr).await,
+        connect_from(Some(one), addr).await,
+    ];
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // ...so its next login is refused `busy`...
+    let mut hs = Handshaking::hello_from(Some(one), addr, "bob", Mechanisms::ALL).await;
+    match hs.challenge().await.unwrap_err() {
+        LoginError::Refused(r) => {
+            assert_eq!(r.code, RefusalCode::Busy);
+            assert_eq!(r.retry_after_secs, 1);
+        }
+        e => panic!("{e:?}"),
+    }
+    // ...while another address logs in, twice at once (the server's other
+    // two slots).
+    let mut a = Handshaking::hello_from(Some(two), addr, "alice", Mechanisms::ALL).await;
+    let mut b = Handshaking::hello_from(Some(two), addr, "bob", Mechanisms::ALL).await;
+    a.challenge().await.unwrap();
+    b.challenge().await.unwrap();
+    a.prove(password(DB, "alice")).await.unwrap();
+    b.prove(password(DB, "bob")).await.unwrap();
+    // The slots come back when the silent ones go.
+    drop(silent);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut hs = Handshaking::hello_from(Some(one), addr, "bob", Mechanisms::ALL).await;
+    hs.challenge().await.unwrap();
+    hs.prove(password(DB, "bob")).await.unwrap();
+}
+
+#[tokio::test]
 async fn handshake_timeout_closes_silent_connections() {
     let db = Db::copy(DB);
     let mut config = test_config();
     config.handshake_timeout = Duration::from_millis(300);
-    let server = start_with(
-        tether_server::StoreConfig::new(db.url()),
-        config,
-        tether_server::DefaultRealm::new(),
-    )
-    .await;
+    let server = start_configured(&db, config).await;
     let (mut r, _w) = connect(server.addr).await;
     let started = std::time::Instant::now();
     let end = tokio::time::timeout(Duration::from_secs(3), r.next())
