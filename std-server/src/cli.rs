@@ -155,8 +155,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 64)]
     pub max_handshakes: usize,
     /// Logins in progress at once from one address, IPv6 by /64 (more from
-    /// it are refused `busy`) [default: half of --max-handshakes]. Raise it
-    /// for fleets behind one NAT or proxy address.
+    /// it are refused `busy`) [default: half of --max-handshakes; 0: no
+    /// limit but --max-handshakes]. Raise it for fleets behind one NAT or
+    /// proxy address.
     #[arg(long, value_name = "N")]
     pub max_handshakes_per_address: Option<usize>,
     /// Live sessions at once (more are refused `busy`).

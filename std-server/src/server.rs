@@ -44,8 +44,9 @@ pub struct ServerConfig {
     pub max_handshakes: usize,
     /// Logins in progress at once from one address (IPv6: one /64); more
     /// from it are refused `busy`, so that one address cannot hold every
-    /// handshake slot. `None` (the default): half of `max_handshakes`. Raise
-    /// it for fleets behind one NAT or proxy address.
+    /// handshake slot. `None` (the default): half of `max_handshakes`;
+    /// `Some(0)`: no limit but `max_handshakes`. Raise it for fleets behind
+    /// one NAT or proxy address.
     pub max_handshakes_per_address: Option<usize>,
     /// Connections waiting beyond `max_handshakes` just to be told `busy`;
     /// beyond this they are closed at once (default 256).
@@ -83,9 +84,11 @@ impl Default for ServerConfig {
 impl ServerConfig {
     /// The effective [`max_handshakes_per_address`](Self::max_handshakes_per_address).
     pub fn per_address_cap(&self) -> usize {
-        self.max_handshakes_per_address
-            .unwrap_or(self.max_handshakes.div_ceil(2))
-            .max(1)
+        match self.max_handshakes_per_address {
+            None => self.max_handshakes.div_ceil(2).max(1),
+            Some(0) => self.max_handshakes.max(1),
+            Some(n) => n,
+        }
     }
 }
 

@@ -339,6 +339,11 @@ async fn one_address_cannot_hold_every_handshake_slot() {
     let mut config = test_config();
     config.max_handshakes = 4;
     assert_eq!(config.per_address_cap(), 2, "half of max_handshakes");
+    let unlimited = tether_server::ServerConfig {
+        max_handshakes_per_address: Some(0),
+        ..config
+    };
+    assert_eq!(unlimited.per_address_cap(), 4, "0: only the server's limit");
     let server = start_configured(&db, config).await;
     let addr = server.addr;
     let (one, two): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
