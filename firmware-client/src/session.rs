@@ -887,7 +887,16 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         let mut never = pin!(pending::<Infallible>());
         loop {
             match self.step(handler, deadline, never.as_mut()).await? {
-                Step::Deadline => return Ok(()),
+                Step::Deadline => {
+                    // Answers held back for a burst still being read leave
+                    // before the application gets control back.
+                    if self.link.unflushed
+                        && let Err(e) = self.link.send(None, true).await
+                    {
+                        return Err(self.fail(e.into_error()));
+                    }
+                    return Ok(());
+                }
                 Step::Reply(done) => dropped_reply(&done),
                 Step::Continue | Step::User(_) => {}
             }

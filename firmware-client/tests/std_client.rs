@@ -1096,3 +1096,97 @@ async fn answers_and_notifications_leave_before_control_returns_to_the_applicati
     );
     with_timeout(server).await.unwrap().unwrap();
 }
+
+/// A clock the test moves by hand (its sleeps only end when they are
+/// polled again after the time has passed).
+#[derive(Clone, Default)]
+struct ManualClock(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl tether_firmware::Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn sleep_until_ms(&self, deadline_ms: u64) -> impl std::future::Future<Output = ()> {
+        std::future::poll_fn(move |_| {
+            if self.now_ms() >= deadline_ms {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
+    }
+}
+
+/// Answers `echo` and moves the clock 20 s on while doing it.
+struct SlowEcho(ManualClock);
+
+impl Handler for SlowEcho {
+    async fn on_call(&mut self, req: Request<'_>, reply: Responder<'_>) -> Responded {
+        self.0
+            .0
+            .fetch_add(20_000, std::sync::atomic::Ordering::Relaxed);
+        match req.args::<Echo>() {
+            Ok(text) => reply.ok::<Echo>(&text),
+            Err(_) => reply.bad_arguments(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_for_sends_held_answers_before_it_returns_at_its_deadline() {
+    let (l, addr) = listen().await;
+    let (answer_tx, answer_seen) = tokio::sync::oneshot::channel::<()>();
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        // A call and a ping in one write: the answer to the call waits for
+        // the ping, and the deadline passes while the call is answered.
+        let mut burst = peer.seal_frame(&Message::Call {
+            id: 3,
+            method: Echo::NAME,
+            args: &enc(&"tick"),
+        });
+        burst.extend(peer.seal_frame(&Message::Ping { nonce: 4 }));
+        peer.send_raw(&burst).await;
+        assert_eq!(
+            peer.recv().await,
+            Some(Msg::Reply {
+                id: 3,
+                result: enc(&"tick")
+            })
+        );
+        let _ = answer_tx.send(());
+        assert_eq!(peer.recv().await, Some(Msg::Pong { nonce: 4 }));
+        peer.send(&Message::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        })
+        .await;
+    });
+    let clock = ManualClock::default();
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(tether_firmware::Session::login(
+        host::transport(stream),
+        store.buffers(),
+        clock.clone(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(18),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let mut mind = SlowEcho(clock);
+    with_timeout(session.serve_for(&mut mind, Duration::from_secs(10)))
+        .await
+        .unwrap();
+    // The application has the session back and does not touch it: the
+    // answer must already be on its way.
+    with_timeout(answer_seen).await.unwrap();
+    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
+        "{err:?}"
+    );
+    with_timeout(server).await.unwrap().unwrap();
+}
