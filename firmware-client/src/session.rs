@@ -814,11 +814,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         };
         // Answers to server calls read in the same burst as this reply
         // leave now: the application may not wait on the session again soon.
-        if self.link.unflushed
-            && let Err(e) = self.link.send(None, true).await
-        {
-            return Err(self.fail(e.into_error()));
-        }
+        self.flush().await?;
         let buf = &*self.rx.buf;
         let outcome = match done.outcome {
             DoneOutcome::Ok(r) => Ok(&buf[r]),
@@ -887,16 +883,9 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         let mut never = pin!(pending::<Infallible>());
         loop {
             match self.step(handler, deadline, never.as_mut()).await? {
-                Step::Deadline => {
-                    // Answers held back for a burst still being read leave
-                    // before the application gets control back.
-                    if self.link.unflushed
-                        && let Err(e) = self.link.send(None, true).await
-                    {
-                        return Err(self.fail(e.into_error()));
-                    }
-                    return Ok(());
-                }
+                // Answers held back for a burst still being read leave
+                // before the application gets control back.
+                Step::Deadline => return self.flush().await,
                 Step::Reply(done) => dropped_reply(&done),
                 Step::Continue | Step::User(_) => {}
             }
@@ -906,6 +895,12 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// Serves the server until `until` completes, and returns its output:
     /// the way to wait for something else (a button, a channel from another
     /// task, a timer) while staying reachable.
+    ///
+    /// Answers to a burst of server calls are written together once the
+    /// burst is read. If `until` completes while the burst's last frame is
+    /// still arriving, the answers so far leave with the session's next
+    /// write (any method here); call [`flush`](Self::flush) if the
+    /// application will not use the session again soon.
     pub async fn serve_until<H: Handler + ?Sized, F: Future>(
         &mut self,
         handler: &mut H,
@@ -919,6 +914,20 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
                 Step::Continue | Step::Deadline => {}
             }
         }
+    }
+
+    /// Sends what the session holds back (answers to a burst of server
+    /// calls still being read), if anything.
+    pub async fn flush(&mut self) -> Result<(), Error<T::Error>> {
+        if self.ended {
+            return Err(Error::Ended);
+        }
+        if self.link.unflushed
+            && let Err(e) = self.link.send(None, true).await
+        {
+            return Err(self.fail(e.into_error()));
+        }
+        Ok(())
     }
 
     /// Says goodbye (`Normal`); the session has ended afterwards. Then

@@ -1190,3 +1190,80 @@ async fn serve_for_sends_held_answers_before_it_returns_at_its_deadline() {
     );
     with_timeout(server).await.unwrap().unwrap();
 }
+
+/// Answers `echo`, and tells the test it did.
+struct TellingEcho(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Handler for TellingEcho {
+    async fn on_call(&mut self, req: Request<'_>, reply: Responder<'_>) -> Responded {
+        if let Some(tell) = self.0.take() {
+            let _ = tell.send(());
+        }
+        match req.args::<Echo>() {
+            Ok(text) => reply.ok::<Echo>(&text),
+            Err(_) => reply.bad_arguments(),
+        }
+    }
+}
+
+#[tokio::test]
+async fn flush_sends_answers_held_for_a_frame_still_arriving() {
+    let (l, addr) = listen().await;
+    let (answer_tx, answer_seen) = tokio::sync::oneshot::channel::<()>();
+    let (rest_tx, rest_wanted) = tokio::sync::oneshot::channel::<()>();
+    let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
+        // A call, then the first 3 bytes of a ping: the device answers the
+        // call and holds the answer for the rest of the burst.
+        let mut burst = peer.seal_frame(&Message::Call {
+            id: 5,
+            method: Echo::NAME,
+            args: &enc(&"part"),
+        });
+        let call_len = burst.len();
+        burst.extend(peer.seal_frame(&Message::Ping { nonce: 6 }));
+        peer.send_raw(&burst[..call_len + 3]).await;
+        assert_eq!(
+            peer.recv().await,
+            Some(Msg::Reply {
+                id: 5,
+                result: enc(&"part")
+            })
+        );
+        let _ = answer_tx.send(());
+        rest_wanted.await.unwrap();
+        peer.send_raw(&burst[call_len + 3..]).await;
+        assert_eq!(peer.recv().await, Some(Msg::Pong { nonce: 6 }));
+        peer.send(&Message::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        })
+        .await;
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(ALICE_PASSWORD),
+        &mut TestRng(19),
+        &config(),
+    ))
+    .await
+    .unwrap();
+    let mut session = login.session;
+    let (told, answered) = tokio::sync::oneshot::channel();
+    let mut mind = TellingEcho(Some(told));
+    // `until` completes once the call is answered, while the ping is cut.
+    with_timeout(session.serve_until(&mut mind, answered))
+        .await
+        .unwrap()
+        .unwrap();
+    with_timeout(session.flush()).await.unwrap();
+    with_timeout(answer_seen).await.unwrap();
+    rest_tx.send(()).unwrap();
+    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
+        "{err:?}"
+    );
+    with_timeout(server).await.unwrap().unwrap();
+}
