@@ -501,6 +501,7 @@ async fn sigterm_drains_a_call_in_flight_then_the_device_gets_goodbye_shutdown()
     // The device: logged in with its keys, serving the server's calls;
     // device_info takes it 1.5 s.
     let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (called_tx, called) = tokio::sync::oneshot::channel();
     let device = tokio::spawn(async move {
         let mut store: BufferStore = BufferStore::new();
         let keys = fixture_keys("alice");
@@ -523,10 +524,17 @@ async fn sigterm_drains_a_call_in_flight_then_the_device_gets_goodbye_shutdown()
             session.call::<Echo, _>(&"before", &mut mind).await.unwrap(),
             "before"
         );
+        called_tx.send(()).unwrap();
         let end = session.serve(&mut mind).await.unwrap_err();
         format!("{end:?}")
     });
     serve.wait_for("alice connected");
+    // The device's own call is answered before anything else starts (a
+    // call the server reads after SIGTERM is refused `SHUTTING_DOWN`).
+    tokio::time::timeout(Duration::from_secs(10), called)
+        .await
+        .expect("the device's first call is answered")
+        .unwrap();
 
     // The operator's call to the device through the admin API...
     let call = tokio::spawn({
