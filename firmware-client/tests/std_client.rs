@@ -31,10 +31,7 @@ impl Handler for Mind {
     async fn on_call(&mut self, req: Request<'_>, reply: Responder<'_>) -> Responded {
         self.calls.borrow_mut().push(req.method().to_string());
         if req.is::<Echo>() {
-            match req.args::<Echo>() {
-                Ok(text) => reply.ok::<Echo>(&text),
-                Err(_) => reply.bad_arguments(),
-            }
+            answer_echo(req, reply)
         } else if req.is::<DeviceInfo>() {
             reply.ok::<DeviceInfo>(&DeviceStatus {
                 firmware: "test 1.0",
@@ -86,6 +83,23 @@ async fn with_timeout<T>(f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(TIMEOUT, f)
         .await
         .expect("test timed out")
+}
+
+/// Serves until the scripted server says goodbye `Shutdown`, as most end.
+async fn serve_until_shutdown<T, C, H>(
+    session: &mut tether_firmware::Session<'_, T, C>,
+    mind: &mut H,
+) where
+    T: embedded_io_async::Read + embedded_io_async::Write + embedded_io_async::ReadReady,
+    T::Error: std::fmt::Debug,
+    C: tether_firmware::Clock,
+    H: Handler,
+{
+    let err = with_timeout(session.serve(mind)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -593,11 +607,7 @@ async fn serving_while_idle_and_notifications_to_the_server() {
     let mut session = login.session;
     let mut mind = Mind::default();
     session.notify::<Temperature>(&21.5).await.unwrap();
-    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
-    assert!(
-        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
-        "{err:?}"
-    );
+    serve_until_shutdown(&mut session, &mut mind).await;
     assert_eq!(mind.calls.borrow().len(), 3);
     assert!(session.is_ended());
     assert!(matches!(
@@ -1014,11 +1024,7 @@ async fn a_burst_of_server_frames_is_answered_with_one_flush() {
     let burst_flushes = flushes.load(std::sync::atomic::Ordering::Relaxed) - after_login;
     // One burst, one flush (two if TCP split it; nine without batching).
     assert!((1..=2).contains(&burst_flushes), "{burst_flushes} flushes");
-    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
-    assert!(
-        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
-        "{err:?}"
-    );
+    serve_until_shutdown(&mut session, &mut mind).await;
     assert_eq!(mind.calls.borrow().len(), 9);
     with_timeout(server).await.unwrap().unwrap();
 }
@@ -1089,11 +1095,7 @@ async fn answers_and_notifications_leave_before_control_returns_to_the_applicati
     with_timeout(answer_seen).await.unwrap();
     session.notify::<Echo>(&"note").await.unwrap();
     with_timeout(note_seen).await.unwrap();
-    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
-    assert!(
-        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
-        "{err:?}"
-    );
+    serve_until_shutdown(&mut session, &mut mind).await;
     with_timeout(server).await.unwrap().unwrap();
 }
 
@@ -1126,10 +1128,15 @@ impl Handler for SlowEcho {
         self.0
             .0
             .fetch_add(20_000, std::sync::atomic::Ordering::Relaxed);
-        match req.args::<Echo>() {
-            Ok(text) => reply.ok::<Echo>(&text),
-            Err(_) => reply.bad_arguments(),
-        }
+        answer_echo(req, reply)
+    }
+}
+
+/// Answers an `echo` call.
+fn answer_echo(req: Request<'_>, reply: Responder<'_>) -> Responded {
+    match req.args::<Echo>() {
+        Ok(text) => reply.ok::<Echo>(&text),
+        Err(_) => reply.bad_arguments(),
     }
 }
 
@@ -1183,11 +1190,7 @@ async fn serve_for_sends_held_answers_before_it_returns_at_its_deadline() {
     // The application has the session back and does not touch it: the
     // answer must already be on its way.
     with_timeout(answer_seen).await.unwrap();
-    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
-    assert!(
-        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
-        "{err:?}"
-    );
+    serve_until_shutdown(&mut session, &mut mind).await;
     with_timeout(server).await.unwrap().unwrap();
 }
 
@@ -1199,10 +1202,7 @@ impl Handler for TellingEcho {
         if let Some(tell) = self.0.take() {
             let _ = tell.send(());
         }
-        match req.args::<Echo>() {
-            Ok(text) => reply.ok::<Echo>(&text),
-            Err(_) => reply.bad_arguments(),
-        }
+        answer_echo(req, reply)
     }
 }
 
@@ -1260,10 +1260,6 @@ async fn flush_sends_answers_held_for_a_frame_still_arriving() {
     with_timeout(session.flush()).await.unwrap();
     with_timeout(answer_seen).await.unwrap();
     rest_tx.send(()).unwrap();
-    let err = with_timeout(session.serve(&mut mind)).await.unwrap_err();
-    assert!(
-        matches!(err, Error::Closed(GoodbyeReason::Shutdown)),
-        "{err:?}"
-    );
+    serve_until_shutdown(&mut session, &mut mind).await;
     with_timeout(server).await.unwrap().unwrap();
 }
