@@ -346,12 +346,7 @@ async fn calls_both_ways_with_several_in_flight() {
         }
         // The server calls the device twice (both in flight) before
         // answering, then answers in reverse order, one as an error.
-        peer.send(&Message::Call {
-            id: 100,
-            method: Echo::NAME,
-            args: &enc(&"ping from server"),
-        })
-        .await;
+        peer.call_echo(100, "ping from server").await;
         peer.send(&Message::Call {
             id: 101,
             method: DeviceInfo::NAME,
@@ -566,26 +561,12 @@ async fn serving_while_idle_and_notifications_to_the_server() {
         };
         assert_eq!((method.as_str(), args), ("temperature", enc(&21.5f32)));
         for id in 1..=3 {
-            peer.send(&Message::Call {
-                id,
-                method: Echo::NAME,
-                args: &enc(&"idle?"),
-            })
-            .await;
+            peer.call_echo(id, "idle?").await;
         }
         for id in 1..=3 {
-            assert_eq!(
-                peer.recv().await,
-                Some(Msg::Reply {
-                    id,
-                    result: enc(&"idle?")
-                })
-            );
+            peer.expect_echo_reply(id, "idle?").await;
         }
-        peer.send(&Message::Goodbye {
-            reason: GoodbyeReason::Shutdown,
-        })
-        .await;
+        peer.say_shutdown().await;
     });
     struct Temperature;
     impl Method for Temperature {
@@ -622,12 +603,7 @@ async fn serve_until_returns_the_applications_event() {
     let (l, addr) = listen().await;
     let (go_tx, go_rx) = tokio::sync::oneshot::channel::<u32>();
     let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
-        peer.send(&Message::Call {
-            id: 9,
-            method: Echo::NAME,
-            args: &enc(&"x"),
-        })
-        .await;
+        peer.call_echo(9, "x").await;
         assert!(matches!(peer.recv().await, Some(Msg::Reply { id: 9, .. })));
         go_tx.send(42).unwrap();
         assert!(matches!(peer.recv().await, Some(Msg::Goodbye { .. })));
@@ -958,43 +934,19 @@ async fn a_burst_of_server_frames_is_answered_with_one_flush() {
         // Eight calls and a ping in one write.
         let mut burst = Vec::new();
         for id in 1..=8 {
-            burst.extend(peer.seal_frame(&Message::Call {
-                id,
-                method: Echo::NAME,
-                args: &enc(&"burst"),
-            }));
+            burst.extend(peer.echo_call_frame(id, "burst"));
         }
         burst.extend(peer.seal_frame(&Message::Ping { nonce: 5 }));
         peer.send_raw(&burst).await;
         for id in 1..=8 {
-            assert_eq!(
-                peer.recv().await,
-                Some(Msg::Reply {
-                    id,
-                    result: enc(&"burst")
-                })
-            );
+            peer.expect_echo_reply(id, "burst").await;
         }
         assert_eq!(peer.recv().await, Some(Msg::Pong { nonce: 5 }));
         let _ = burst_answered.send(());
         // A lone call afterwards is answered at once (nothing held back).
-        peer.send(&Message::Call {
-            id: 9,
-            method: Echo::NAME,
-            args: &enc(&"alone"),
-        })
-        .await;
-        assert_eq!(
-            peer.recv().await,
-            Some(Msg::Reply {
-                id: 9,
-                result: enc(&"alone")
-            })
-        );
-        peer.send(&Message::Goodbye {
-            reason: GoodbyeReason::Shutdown,
-        })
-        .await;
+        peer.call_echo(9, "alone").await;
+        peer.expect_echo_reply(9, "alone").await;
+        peer.say_shutdown().await;
     });
     let flushes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -1042,23 +994,13 @@ async fn answers_and_notifications_leave_before_control_returns_to_the_applicati
         // A server call, the device's reply and a ping in one write: the
         // device reads them in one go, so its answer to 7 waits for the
         // burst, and the ping is still unread when the call returns.
-        let mut burst = peer.seal_frame(&Message::Call {
-            id: 7,
-            method: Echo::NAME,
-            args: &enc(&"yours"),
-        });
+        let mut burst = peer.echo_call_frame(7, "yours");
         burst.extend(peer.seal_frame(&Message::Reply { id, result: &args }));
         burst.extend(peer.seal_frame(&Message::Ping { nonce: 9 }));
         peer.send_raw(&burst).await;
         // The application does not wait on the session again until the end:
         // the answer and the notification must arrive without it.
-        assert_eq!(
-            peer.recv().await,
-            Some(Msg::Reply {
-                id: 7,
-                result: enc(&"yours")
-            })
-        );
+        peer.expect_echo_reply(7, "yours").await;
         let _ = answer_tx.send(());
         assert_eq!(
             peer.recv().await,
@@ -1069,10 +1011,7 @@ async fn answers_and_notifications_leave_before_control_returns_to_the_applicati
         );
         let _ = note_tx.send(());
         assert_eq!(peer.recv().await, Some(Msg::Pong { nonce: 9 }));
-        peer.send(&Message::Goodbye {
-            reason: GoodbyeReason::Shutdown,
-        })
-        .await;
+        peer.say_shutdown().await;
     });
     let mut store: BufferStore = BufferStore::new();
     let login = with_timeout(host::connect(
@@ -1147,26 +1086,13 @@ async fn serve_for_sends_held_answers_before_it_returns_at_its_deadline() {
     let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
         // A call and a ping in one write: the answer to the call waits for
         // the ping, and the deadline passes while the call is answered.
-        let mut burst = peer.seal_frame(&Message::Call {
-            id: 3,
-            method: Echo::NAME,
-            args: &enc(&"tick"),
-        });
+        let mut burst = peer.echo_call_frame(3, "tick");
         burst.extend(peer.seal_frame(&Message::Ping { nonce: 4 }));
         peer.send_raw(&burst).await;
-        assert_eq!(
-            peer.recv().await,
-            Some(Msg::Reply {
-                id: 3,
-                result: enc(&"tick")
-            })
-        );
+        peer.expect_echo_reply(3, "tick").await;
         let _ = answer_tx.send(());
         assert_eq!(peer.recv().await, Some(Msg::Pong { nonce: 4 }));
-        peer.send(&Message::Goodbye {
-            reason: GoodbyeReason::Shutdown,
-        })
-        .await;
+        peer.say_shutdown().await;
     });
     let clock = ManualClock::default();
     let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -1214,29 +1140,16 @@ async fn flush_sends_answers_held_for_a_frame_still_arriving() {
     let server = serve(l, Mode::Honest, Params::default(), |mut peer| async move {
         // A call, then the first 3 bytes of a ping: the device answers the
         // call and holds the answer for the rest of the burst.
-        let mut burst = peer.seal_frame(&Message::Call {
-            id: 5,
-            method: Echo::NAME,
-            args: &enc(&"part"),
-        });
+        let mut burst = peer.echo_call_frame(5, "part");
         let call_len = burst.len();
         burst.extend(peer.seal_frame(&Message::Ping { nonce: 6 }));
         peer.send_raw(&burst[..call_len + 3]).await;
-        assert_eq!(
-            peer.recv().await,
-            Some(Msg::Reply {
-                id: 5,
-                result: enc(&"part")
-            })
-        );
+        peer.expect_echo_reply(5, "part").await;
         let _ = answer_tx.send(());
         rest_wanted.await.unwrap();
         peer.send_raw(&burst[call_len + 3..]).await;
         assert_eq!(peer.recv().await, Some(Msg::Pong { nonce: 6 }));
-        peer.send(&Message::Goodbye {
-            reason: GoodbyeReason::Shutdown,
-        })
-        .await;
+        peer.say_shutdown().await;
     });
     let mut store: BufferStore = BufferStore::new();
     let login = with_timeout(host::connect(

@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use tether_core::django;
 use tether_core::frame::{self, encode_message};
-use tether_core::message::{self, Challenge, Handshake, Message, Refusal, RefusalCode, Welcome};
+use tether_core::message::{
+    self, Challenge, GoodbyeReason, Handshake, Message, Refusal, RefusalCode, Welcome,
+};
+use tether_core::method::Method as _;
+use tether_core::method::builtin::Echo;
 use tether_core::scram::{Mechanism, ServerCredentials, ServerLogin};
 use tether_core::session::{Opener, Role, Sealer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -95,6 +99,40 @@ impl Peer {
             .seal(msg, &mut self.wire, 65535)
             .expect("seal")
             .to_vec()
+    }
+
+    /// The frame of an `echo` call of `text` from the server.
+    pub fn echo_call_frame(&mut self, id: u32, text: &str) -> Vec<u8> {
+        self.seal_frame(&Message::Call {
+            id,
+            method: Echo::NAME,
+            args: &enc(&text),
+        })
+    }
+
+    /// Calls the device's `echo` with `text`.
+    pub async fn call_echo(&mut self, id: u32, text: &str) {
+        let frame = self.echo_call_frame(id, text);
+        self.send_raw(&frame).await;
+    }
+
+    /// Asserts that the next message answers `echo` call `id` with `text`.
+    pub async fn expect_echo_reply(&mut self, id: u32, text: &str) {
+        assert_eq!(
+            self.recv().await,
+            Some(Msg::Reply {
+                id,
+                result: enc(&text)
+            })
+        );
+    }
+
+    /// Says goodbye `Shutdown`, as most scripted servers end.
+    pub async fn say_shutdown(&mut self) {
+        self.send(&Message::Goodbye {
+            reason: GoodbyeReason::Shutdown,
+        })
+        .await;
     }
 
     /// The next session message, or None at EOF.
