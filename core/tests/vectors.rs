@@ -146,3 +146,51 @@ fn session_frames_from_the_rfc7677_exchange() {
         "001a00000000000000010600d5ddd423291ef30cbbb2f7db95384d0f"
     );
 }
+
+/// `scram_sha256` rows written by django-tether's `ScramSHA256PasswordHasher`
+/// (`scripts/django/scram-vectors.py`; django-tether/tests/test_hashers.py
+/// pins the same rows): tether-core reads each as the verifier it derives
+/// from the `pbkdf2_sha256` row of the same password, salt and count.
+#[test]
+fn scram_sha256_rows_from_the_python_hasher() {
+    use tether_core::django::{self, HashAlgorithm, RowKeys};
+    const ROWS: [(&str, &str); 3] = [
+        (
+            "correct horse",
+            "scram_sha256$1000000$56ryAKpSnLAXlMYo5d2L5x$Qz7srRh1n/dHwanpze9xJ3MqwbGkfriZgjvvfVomITQ=$s8RY4nf6qVfMM1VEVAyh02SMJSStJ9kEW2+XZ5ENWho=",
+        ),
+        (
+            "pencil",
+            "scram_sha256$4096$W22ZaJ0SNY7soEsUEjb6gQ$s2W9RUvVA6DVTdc8P12vkftsWh2nitRmPZ7hs6Ol04U=$uhS35yJtn6qX1zIK6qqxpccpDzKs1rtZgc49JWODj7Q=",
+        ),
+        (
+            "p\u{e4}ssw\u{f6}rd",
+            "scram_sha256$4096$zoeSaltZoeSalt12345678$mweaO7hYshKcjXFooRDWiSWcpefpkv8QAIofDehP0tI=$0ZSV1NP7T9EfeWItoiOEM6W15U8WlFPWp7jLEMTmJuo=",
+        ),
+    ];
+    // Django 5.2's own pbkdf2_sha256 row for the first (as in core's unit tests).
+    const DJANGO_52: &str =
+        "pbkdf2_sha256$1000000$56ryAKpSnLAXlMYo5d2L5x$hPjabwIwfFzX6LEaxIt5cCa4001RIC/45BitWAzM4dA=";
+    for (i, (password, row)) in ROWS.iter().enumerate() {
+        let parsed = django::parse(row).unwrap();
+        assert_eq!(parsed.algorithm, HashAlgorithm::ScramSha256);
+        assert!(!parsed.algorithm.is_password_equivalent());
+        assert!(matches!(parsed.keys, RowKeys::Verifier { .. }));
+        let pbkdf2_row = if i == 0 {
+            DJANGO_52.to_string()
+        } else {
+            django::make_password(
+                Mechanism::ScramSha256,
+                password,
+                parsed.salt,
+                parsed.iterations,
+            )
+            .unwrap()
+            .to_string()
+        };
+        let from_pbkdf2 = django::credentials(&pbkdf2_row).unwrap();
+        let from_scram = django::credentials(row).unwrap();
+        assert_eq!(from_scram, from_pbkdf2, "{row}");
+        assert_eq!(from_scram.mechanism, Mechanism::ScramSha256);
+    }
+}
