@@ -52,6 +52,13 @@ def test_saves_that_change_nothing_that_matters_revoke_nothing(fake_admin, alice
     assert revokes(fake_admin) == []
 
 
+def test_a_first_password_revokes_nothing(fake_admin, django_user_model):
+    user = django_user_model.objects.create_user("new")  # unusable password
+    user.set_password("first password")
+    user.save()
+    assert revokes(fake_admin) == []
+
+
 def test_reactivating_revokes_nothing(fake_admin, alice):
     type(alice).objects.filter(pk=alice.pk).update(is_active=False)
     alice.refresh_from_db()

@@ -13,6 +13,7 @@ the same salt and iterations) revokes nothing: the device's keys still work.
 
 import logging
 
+from django.contrib.auth.hashers import is_password_usable
 from django.db import transaction
 
 from . import client, conf
@@ -43,7 +44,8 @@ def user_pre_save(sender, instance, raw=False, using=None, update_fields=None, *
     reason = None
     if old.get("is_active", True) and not getattr(instance, "is_active", True):
         reason = "deactivated"
-    elif old["password"] != instance.password:
+    elif old["password"] != instance.password and is_password_usable(old["password"]):
+        # (No device can have logged in with an unusable password: nothing to end.)
         before, after = verifier_of(old["password"]), verifier_of(instance.password)
         if before is None or after is None or before != after:
             reason = "password changed"
