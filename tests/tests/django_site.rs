@@ -159,7 +159,7 @@ impl Site {
              from thermostats.models import DeviceEvent, Reading\n\
              User = get_user_model()\n{code}"
         );
-        self.manage(&["shell", "-c", &code])
+        self.manage(&["shell", "--verbosity", "0", "-c", &code])
     }
 
     /// The site's DeviceEvent rows: (kind, detail, session id).
@@ -182,6 +182,8 @@ impl Site {
             .args(["-m", "gunicorn", "site_config.wsgi"])
             .args(["--bind", &format!("127.0.0.1:{}", self.port)])
             .args(["--workers", "2"])
+            // Its default socket is in $HOME, shared by every gunicorn.
+            .arg("--no-control-socket")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -274,7 +276,11 @@ impl Tether {
         tether
     }
 
+    /// The first log line holding `needle`, read so far or within 30 s.
     fn wait_for(&mut self, needle: &str) -> String {
+        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -316,10 +322,13 @@ fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> impl F
     async move { task.await.unwrap() }
 }
 
-/// Polls the site's events until `want` is among them (or 30 s pass).
+/// Polls the site's events until one of `kind` for `session` (with
+/// `detail`, if given) is among them, or 30 s pass.
 fn event_arrives(
     site: &Arc<Site>,
-    want: (&'static str, String, u64),
+    kind: &'static str,
+    detail: Option<&'static str>,
+    session: u64,
 ) -> impl Future<Output = Vec<(String, String, u64)>> {
     let site = site.clone();
     blocking(move || {
@@ -328,13 +337,13 @@ fn event_arrives(
             let events = site.events();
             if events
                 .iter()
-                .any(|(k, d, s)| (k.as_str(), d, *s) == (want.0, &want.1, want.2))
+                .any(|(k, d, s)| k == kind && detail.is_none_or(|want| d == want) && *s == session)
             {
                 return events;
             }
             assert!(
                 Instant::now() < deadline,
-                "Django never stored {want:?}: {events:?}\n{}",
+                "Django never stored {kind} {detail:?} of session {session}: {events:?}\n{}",
                 site.log()
             );
             std::thread::sleep(Duration::from_millis(200));
@@ -374,10 +383,7 @@ async fn perspective_broker_round_trip_through_django_tether() {
 
     // 2. device_connected reached Django (its receiver wrote the row).
     session
-        .serve_until(
-            &mut mind,
-            event_arrives(&site, ("connected", String::new(), id)),
-        )
+        .serve_until(&mut mind, event_arrives(&site, "connected", None, id))
         .await
         .map(|_| ())
         .unwrap_or_else(|e| panic!("{e:?}"));
@@ -416,7 +422,7 @@ async fn perspective_broker_round_trip_through_django_tether() {
     }
     session.notify::<Button>(&"up").await.unwrap();
     session
-        .serve_until(&mut mind, event_arrives(&site, ("button", "up".into(), id)))
+        .serve_until(&mut mind, event_arrives(&site, "button", Some("up"), id))
         .await
         .unwrap_or_else(|e| panic!("{e:?}"));
 
@@ -468,7 +474,8 @@ async fn perspective_broker_round_trip_through_django_tether() {
         took < Duration::from_secs(15),
         "ended {took:?} after the save began"
     );
-    let events = event_arrives(&site, ("disconnected", "revoked".into(), id)).await;
+    eprintln!("django_site: Goodbye(Revoked) {took:?} after `manage.py shell` began the save");
+    let events = event_arrives(&site, "disconnected", Some("revoked"), id).await;
     assert_eq!(
         events.iter().map(|e| e.0.as_str()).collect::<Vec<_>>(),
         ["connected", "button", "disconnected"]
