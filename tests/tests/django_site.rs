@@ -9,7 +9,8 @@
 //! 3. the device calls `report_reading`, a Python method that uses
 //!    `request.user` and the ORM (postcard both ways), and a notification;
 //! 4. Django calls the device with `django_tether.call` (`manage.py
-//!    ask_device`) and gets its answer;
+//!    ask_device`) and gets its answer; `django_tether.sessions()` and the
+//!    admin's live sessions page list the session;
 //! 5. the user is deactivated through the ORM, as the Django admin does:
 //!    django-tether's post-commit `POST /revoke` ends the session at once
 //!    (`--revalidate 600`, so not the server's revalidation), Django receives
@@ -439,6 +440,35 @@ async fn perspective_broker_round_trip_through_django_tether() {
     assert_eq!(
         answer,
         serde_json::json!({"firmware": "tether-firmware e2e", "uptime_secs": 3})
+    );
+
+    // django_tether.sessions() and the admin's live sessions page list it
+    // (the page rendered by Django's test client inside the site).
+    let listing = site.clone();
+    let listed = session
+        .serve_until(
+            &mut mind,
+            blocking(move || {
+                listing.shell(
+                    "import django_tether\n\
+                     from django.test import Client\n\
+                     s, = django_tether.sessions('alice')\n\
+                     print(s.id, s.peer, s.user_id == User.objects.get(username='alice').pk, sep='\\t')\n\
+                     root = User.objects.create_superuser('root', 'root@example.com', None)\n\
+                     c = Client(HTTP_HOST='localhost')\n\
+                     c.force_login(root)\n\
+                     html = c.get('/admin/django_tether/livesession/').content.decode()\n\
+                     print(all(x in html for x in ('>alice<', s.peer, '>%d<' % s.id, 'Disconnect')))",
+                )
+            }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(
+        lines,
+        [format!("{id}\t{peer}\tTrue").as_str(), "True"],
+        "{listed}"
     );
 
     // 5. Deactivated through the ORM, as the admin does: the session ends at
