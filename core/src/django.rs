@@ -6,7 +6,7 @@
 //! SCRAM-SHA-1. Such a row is password-equivalent for SCRAM: ClientKey
 //! follows from it.
 //!
-//! `scram_sha256$<iterations>$<salt>$<base64 StoredKey>$<base64 ServerKey>`
+//! `scram_sha256$<iterations>$<salt>$<base85(StoredKey || ServerKey)>`
 //! (django-tether's `ScramSHA256PasswordHasher`, docs/DJANGO.md section 4)
 //! stores the verifier only: a copy of it does not log anyone in.
 //!
@@ -215,7 +215,9 @@ pub fn parse(encoded: &str) -> Result<DjangoHash<'_>, DjangoHashError> {
         .filter(|m| m.is_enabled())
         .ok_or(DjangoHashError::Unsupported(algorithm))?;
     let verifier = algorithm == HashAlgorithm::ScramSha256;
-    let mut parts = encoded.split('$');
+    // A scram_sha256 row has 4 fields, the last in base85, which may hold
+    // '$'; a pbkdf2 row has 4 fields and no '$' in the last.
+    let mut parts = encoded.splitn(if verifier { 4 } else { usize::MAX }, '$');
     let _name = parts.next();
     let iterations = parts
         .next()
@@ -223,20 +225,11 @@ pub fn parse(encoded: &str) -> Result<DjangoHash<'_>, DjangoHashError> {
     let salt = parts
         .next()
         .ok_or(DjangoHashError::Malformed("missing salt"))?;
-    let first = parts.next().ok_or(DjangoHashError::Malformed(if verifier {
-        "missing StoredKey"
+    let last = parts.next().ok_or(DjangoHashError::Malformed(if verifier {
+        "missing keys"
     } else {
         "missing hash"
     }))?;
-    let second = if verifier {
-        Some(
-            parts
-                .next()
-                .ok_or(DjangoHashError::Malformed("missing ServerKey"))?,
-        )
-    } else {
-        None
-    };
     if parts.next().is_some() {
         return Err(DjangoHashError::Malformed("too many fields"));
     }
@@ -255,32 +248,32 @@ pub fn parse(encoded: &str) -> Result<DjangoHash<'_>, DjangoHashError> {
     if salt.len() > crate::scram::MAX_SALT_LEN {
         return Err(DjangoHashError::Malformed("salt longer than 64 bytes"));
     }
-    let key = |text: &str, not_base64, wrong_len| {
-        let mut raw = [0u8; 48];
-        let n = crate::b64::decode(text, &mut raw).ok_or(DjangoHashError::Malformed(not_base64))?;
-        if n != mechanism.key_len() {
-            return Err(DjangoHashError::Malformed(wrong_len));
+    let keys = if verifier {
+        let mut raw = [0u8; 2 * 32];
+        if last.len() != KEYS_B85_LEN {
+            return Err(DjangoHashError::Malformed(
+                "keys are not 80 base85 characters",
+            ));
         }
-        Key::from_slice(&raw[..n]).ok_or(DjangoHashError::Malformed(wrong_len))
-    };
-    let keys = match second {
-        None => RowKeys::SaltedPassword(key(
-            first,
-            "hash is not base64",
-            "hash length does not match its algorithm",
-        )?),
-        Some(server) => RowKeys::Verifier {
-            stored_key: key(
-                first,
-                "StoredKey is not base64",
-                "StoredKey is not 32 bytes",
-            )?,
-            server_key: key(
-                server,
-                "ServerKey is not base64",
-                "ServerKey is not 32 bytes",
-            )?,
-        },
+        crate::b85::decode(last, &mut raw)
+            .ok_or(DjangoHashError::Malformed("keys are not base85"))?;
+        let (stored, server) = raw.split_at(32);
+        RowKeys::Verifier {
+            stored_key: Key::from_slice(stored).ok_or(DjangoHashError::Malformed("keys"))?,
+            server_key: Key::from_slice(server).ok_or(DjangoHashError::Malformed("keys"))?,
+        }
+    } else {
+        let mut raw = [0u8; 48];
+        let n = crate::b64::decode(last, &mut raw)
+            .ok_or(DjangoHashError::Malformed("hash is not base64"))?;
+        if n != mechanism.key_len() {
+            return Err(DjangoHashError::Malformed(
+                "hash length does not match its algorithm",
+            ));
+        }
+        RowKeys::SaltedPassword(
+            Key::from_slice(&raw[..n]).ok_or(DjangoHashError::Malformed("hash"))?,
+        )
     };
     Ok(DjangoHash {
         algorithm,
@@ -326,6 +319,51 @@ pub fn make_password(
     let mut out = heapless::String::new();
     write!(out, "{}${iterations}${salt}${}", name.name(), encoded)
         .map_err(|_| DjangoHashError::Malformed("too long"))?;
+    Ok(out)
+}
+
+/// Characters of a `scram_sha256` row's keys field (64 bytes in base85).
+const KEYS_B85_LEN: usize = 80;
+
+/// Makes a `scram_sha256` row exactly as django-tether's
+/// `ScramSHA256PasswordHasher` does (runs PBKDF2: slow by design). For
+/// provisioning, demos and tests. `salt` must not contain `$`.
+pub fn make_scram_sha256(
+    password: &str,
+    salt: &str,
+    iterations: u32,
+) -> Result<heapless::String<MAX_ENCODED_LEN>, DjangoHashError> {
+    use core::fmt::Write as _;
+    if salt.is_empty() || salt.contains('$') || salt.len() > crate::scram::MAX_SALT_LEN {
+        return Err(DjangoHashError::Malformed("salt"));
+    }
+    if iterations == 0 {
+        return Err(DjangoHashError::Malformed("iterations"));
+    }
+    let creds = ServerCredentials::from_salted_password(
+        Mechanism::ScramSha256,
+        &crate::scram::salted_password(
+            Mechanism::ScramSha256,
+            password.as_bytes(),
+            salt.as_bytes(),
+            iterations,
+        ),
+        salt.as_bytes(),
+        iterations,
+    )
+    .map_err(|_| DjangoHashError::Malformed("salt"))?;
+    let mut raw = [0u8; 64];
+    raw[..32].copy_from_slice(creds.stored_key.as_bytes());
+    raw[32..].copy_from_slice(creds.server_key.as_bytes());
+    let mut text = [0u8; KEYS_B85_LEN];
+    let keys = crate::b85::encode(&raw, &mut text).ok_or(DjangoHashError::Malformed("keys"))?;
+    let mut out = heapless::String::new();
+    write!(
+        out,
+        "{}${iterations}${salt}${keys}",
+        HashAlgorithm::ScramSha256.name()
+    )
+    .map_err(|_| DjangoHashError::Malformed("too long"))?;
     Ok(out)
 }
 
@@ -414,9 +452,9 @@ mod tests {
 
     #[test]
     fn scram_sha256_rows_are_verifiers() {
+        // django-tether's hasher; its keys hold a '$'.
         let row = "scram_sha256$4096$W22ZaJ0SNY7soEsUEjb6gQ$\
-                   s2W9RUvVA6DVTdc8P12vkftsWh2nitRmPZ7hs6Ol04U=$\
-                   uhS35yJtn6qX1zIK6qqxpccpDzKs1rtZgc49JWODj7Q=";
+                   vt_+SOVtCQ)lJttKV7ep`)pbrr;5~OJ)YsSqovb@x)itPB5j|lm)9~1>Z-A&$0-jotk%0(fzCZ8V}p;h";
         assert_eq!(HashAlgorithm::identify(row), HashAlgorithm::ScramSha256);
         assert_eq!(HashAlgorithm::ScramSha256.name(), "scram_sha256");
         assert!(!HashAlgorithm::ScramSha256.is_password_equivalent());
@@ -433,6 +471,34 @@ mod tests {
                 stored_key: creds.stored_key,
                 server_key: creds.server_key
             }
+        );
+        assert_eq!(
+            make_scram_sha256("pencil", "W22ZaJ0SNY7soEsUEjb6gQ", 4096)
+                .unwrap()
+                .as_str(),
+            row
+        );
+        assert_eq!(
+            credentials(
+                &make_password(
+                    Mechanism::ScramSha256,
+                    "pencil",
+                    "W22ZaJ0SNY7soEsUEjb6gQ",
+                    4096
+                )
+                .unwrap()
+            )
+            .unwrap(),
+            creds
+        );
+        // Django's varchar(128) column holds the row at the largest count.
+        let keys = row.rsplit("gQ$").next().unwrap();
+        let longest = format!("scram_sha256${}$W22ZaJ0SNY7soEsUEjb6gQ${keys}", u32::MAX);
+        assert_eq!(longest.len(), 127);
+        assert_eq!(parse(&longest).unwrap().iterations, u32::MAX);
+        assert_eq!(
+            make_scram_sha256("pw", "a$b", 1),
+            Err(DjangoHashError::Malformed("salt"))
         );
     }
 

@@ -88,6 +88,7 @@
 extern crate std;
 
 mod b64;
+mod b85;
 mod codec;
 pub mod django;
 pub mod frame;

@@ -46,6 +46,16 @@ def test_converts_pbkdf2_sha256_rows_keeping_the_verifier(rows, django_user_mode
     assert "converted 0" in run()
 
 
+def test_rows_that_would_not_fit_the_column_are_left(django_user_model):
+    user = django_user_model.objects.create_user("longsalt")
+    user.password = get_hasher("pbkdf2_sha256").encode("pw", "s" * 40, 1000)
+    user.save()
+    out = run()
+    assert "left 1 pbkdf2_sha256 row(s)" in out
+    user.refresh_from_db()
+    assert user.password.startswith("pbkdf2_sha256$")
+
+
 def test_dry_run_changes_nothing(rows, django_user_model):
     out = run("--dry-run")
     assert "would convert 3" in out

@@ -24,18 +24,18 @@ from django_tether.hashers import (
 VECTORS = [
     (
         "correct horse",
-        "scram_sha256$1000000$56ryAKpSnLAXlMYo5d2L5x$Qz7srRh1n/dHwanpze9xJ3MqwbGkfriZgjvvfVomITQ=$"
-        "s8RY4nf6qVfMM1VEVAyh02SMJSStJ9kEW2+XZ5ENWho=",
+        "scram_sha256$1000000$56ryAKpSnLAXlMYo5d2L5x$"
+        "Lq6=S7<HfbN5QG-&F^t1b1K2Hq<*-Wf;;bhS|%Yhv&2~9clxPU%rjL)R1BfhWQ-*wttZ(8TW^<VkqufJ",
     ),
     (
         "pencil",
-        "scram_sha256$4096$W22ZaJ0SNY7soEsUEjb6gQ$s2W9RUvVA6DVTdc8P12vkftsWh2nitRmPZ7hs6Ol04U=$"
-        "uhS35yJtn6qX1zIK6qqxpccpDzKs1rtZgc49JWODj7Q=",
+        "scram_sha256$4096$W22ZaJ0SNY7soEsUEjb6gQ$"
+        "vt_+SOVtCQ)lJttKV7ep`)pbrr;5~OJ)YsSqovb@x)itPB5j|lm)9~1>Z-A&$0-jotk%0(fzCZ8V}p;h",
     ),
     (
         "p\u00e4ssw\u00f6rd",
-        "scram_sha256$4096$zoeSaltZoeSalt12345678$mweaO7hYshKcjXFooRDWiSWcpefpkv8QAIofDehP0tI=$"
-        "0ZSV1NP7T9EfeWItoiOEM6W15U8WlFPWp7jLEMTmJuo=",
+        "scram_sha256$4096$zoeSaltZoeSalt12345678$"
+        "n+KXZxLC3hoQ-j4p%B)IC7h+_>5~5t0E!<C=ugtp(Ug_c)B8`+A9-Req9cSerM2Zx7L-%gr?|@y#O5aI",
     ),
 ]
 # Django 5.2's pbkdf2_sha256 row for the first vector (core's DJANGO_52_HASH).
@@ -48,13 +48,12 @@ def independent_row(password, salt, iterations):
     client_key = hmac.new(salted, b"Client Key", "sha256").digest()
     stored = hashlib.sha256(client_key).digest()
     server = hmac.new(salted, b"Server Key", "sha256").digest()
-    b64 = lambda b: base64.b64encode(b).decode()  # noqa: E731
-    return "scram_sha256$%d$%s$%s$%s" % (iterations, salt, b64(stored), b64(server))
+    return "scram_sha256$%d$%s$%s" % (iterations, salt, base64.b85encode(stored + server).decode())
 
 
 @pytest.mark.parametrize("password,row", VECTORS[1:])
 def test_rows_match_the_contract_and_the_pinned_vectors(password, row):
-    _, iterations, salt, _, _ = row.split("$")
+    _, iterations, salt, _ = row.split("$", 3)
     hasher = ScramSHA256PasswordHasher()
     assert hasher.encode(password, salt, int(iterations)) == row
     assert independent_row(password, salt, int(iterations)) == row
@@ -69,7 +68,7 @@ def test_the_slow_vector_is_the_django_52_row_converted():
 def test_django_verifies_its_rows(settings):
     encoded = make_password("s3cret!")
     assert encoded.startswith("scram_sha256$1000$")
-    assert re.fullmatch(r"scram_sha256\$1000\$[A-Za-z0-9]{22}\$[A-Za-z0-9+/]{43}=\$[A-Za-z0-9+/]{43}=", encoded)
+    assert re.fullmatch(r"scram_sha256\$1000\$[A-Za-z0-9]{22}\$[0-9A-Za-z!#$%&()*+\-;<=>?@^_`{|}~]{80}", encoded)
     assert identify_hasher(encoded).algorithm == "scram_sha256"
     assert is_password_usable(encoded)
     assert check_password("s3cret!", encoded)
@@ -113,6 +112,15 @@ def test_pbkdf2_rows_are_upgraded_on_login(django_user_model):
     assert user.check_password("pw")
 
 
+def test_rows_fit_djangos_password_column(django_user_model):
+    assert len(VECTORS[0][1]) == 124
+    field = django_user_model._meta.get_field("password")
+    assert field.max_length == 128
+    longest = "scram_sha256$%d$%s$%s" % (2**32 - 1, "x" * 22, KEYS)
+    assert len(longest) == 127
+    assert ScramVerifier.parse(longest).iterations == 2**32 - 1
+
+
 def test_conversion_keeps_salt_iterations_and_verifier():
     row = get_hasher("pbkdf2_sha256").encode("pw", "saltsaltsaltsalt", 1000)
     converted = scram_sha256_from_pbkdf2_sha256(row)
@@ -125,17 +133,22 @@ def test_conversion_keeps_salt_iterations_and_verifier():
             scram_sha256_from_pbkdf2_sha256(bad)
 
 
+KEYS = VECTORS[1][1].split("$", 3)[3]
+
+
 @pytest.mark.parametrize(
     "row",
     [
         "scram_sha256$1000$salt$AAAA",
-        "scram_sha256$0$salt$%s$%s" % ("A" * 43 + "=", "A" * 43 + "="),
-        "scram_sha256$01$salt$%s$%s" % ("A" * 43 + "=", "A" * 43 + "="),
-        "scram_sha256$4294967296$salt$%s$%s" % ("A" * 43 + "=", "A" * 43 + "="),
-        "scram_sha256$1000$$%s$%s" % ("A" * 43 + "=", "A" * 43 + "="),
-        "scram_sha256$1000$salt$%s$%s" % ("A" * 42 + "==", "A" * 43 + "="),
-        "scram_sha256$1000$salt$%s$%s" % ("A" * 43 + "*", "A" * 43 + "="),
-        "scram_sha256$1000$salt$%s$%s$x" % ("A" * 43 + "=", "A" * 43 + "="),
+        "scram_sha256$1000$salt",
+        "scram_sha256$0$salt$" + KEYS,
+        "scram_sha256$01$salt$" + KEYS,
+        "scram_sha256$4294967296$salt$" + KEYS,
+        "scram_sha256$1000$$" + KEYS,
+        "scram_sha256$1000$salt$" + KEYS[:75],
+        "scram_sha256$1000$salt$" + KEYS + "$",
+        "scram_sha256$1000$salt$\"" + KEYS[1:],
+        "scram_sha256$1000$salt$~~~~~" + KEYS[5:],
     ],
 )
 def test_malformed_rows_never_verify_and_never_crash_a_login(row):
@@ -156,7 +169,8 @@ def test_safe_summary_masks_everything_secret():
     assert summary["iterations"] == 4096
     for key in ("salt", "stored key", "server key"):
         assert "*" in summary[key]
-    assert "s2W9RUvVA6DVTdc8" not in str(summary)
+    assert "vt_+SOVtCQ" not in str(summary)
+    assert "s2W9RUvVA6DVTdc8" not in str(summary)  # StoredKey's base64
 
 
 def test_harden_runtime_runs_the_missing_iterations(monkeypatch):
@@ -184,8 +198,12 @@ def scram_server_accepts(stored_key, client_key_guess):
 
 def candidate_keys(row):
     """Every 32-byte value an attacker can read or cheaply derive from a row."""
-    parts = row.split("$")
-    raw = [base64.b64decode(p) for p in parts[3:] if len(p) == 44]
+    parts = row.split("$", 3)
+    if parts[0] == "scram_sha256":
+        keys = base64.b85decode(parts[3])
+        raw = [keys[:32], keys[32:]]
+    else:
+        raw = [base64.b64decode(parts[3])]
     derived = []
     for value in raw:
         derived += [

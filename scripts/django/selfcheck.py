@@ -86,9 +86,9 @@ def server_keys(row_hash):
     """The SCRAM credentials a server derives from a Django pbkdf2 row, or
     reads from a scram_sha256 row (django-tether's hasher: the verifier itself)."""
     if row_hash.startswith("scram_sha256$"):
-        _, iterations, salt, stored, server = row_hash.split("$")
-        return "SCRAM-SHA-256", (salt.encode("ascii"), base64.b64decode(stored),
-                                 base64.b64decode(server), int(iterations))
+        _, iterations, salt, keys = row_hash.split("$", 3)  # base85 may hold "$"
+        keys = base64.b85decode(keys)
+        return "SCRAM-SHA-256", (salt.encode("ascii"), keys[:32], keys[32:], int(iterations))
     algorithm, iterations, salt, b64 = row_hash.split("$", 3)
     mechanism, hf = HASHES[algorithm]
     salted_password = base64.b64decode(b64)

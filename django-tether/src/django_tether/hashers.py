@@ -5,11 +5,15 @@ of ``auth_user`` can compute ClientKey from it and log a device in to Tether.
 ``scram_sha256`` rows store only what a SCRAM server needs (RFC 5802, the same
 fields as RFC 5803):
 
-    scram_sha256$<iterations>$<salt>$<base64 StoredKey>$<base64 ServerKey>
+    scram_sha256$<iterations>$<salt>$<base85(StoredKey || ServerKey)>
 
     SaltedPassword = PBKDF2-HMAC-SHA256(password, salt, iterations, 32)
     StoredKey      = SHA-256(HMAC(SaltedPassword, "Client Key"))
     ServerKey      = HMAC(SaltedPassword, "Server Key")
+
+base85 is RFC 1924's (``base64.b85encode``, 80 characters): with base64 the
+row would not fit Django's ``varchar(128)`` password column. Its alphabet
+holds ``$``, so the row is split at its first three ``$`` only.
 
 A login needs ClientKey, and the row holds only its hash. Django verifies a
 password against the row; tether-server reads it as SCRAM credentials with no
@@ -43,6 +47,10 @@ __all__ = [
 
 ALGORITHM = "scram_sha256"
 KEY_LEN = 32
+# 64 bytes of keys in base85.
+KEYS_B85_LEN = 80
+# Django's password column (AbstractBaseUser.password).
+DJANGO_PASSWORD_MAX_LENGTH = 128
 
 
 class ScramVerifier:
@@ -76,10 +84,10 @@ class ScramVerifier:
     @classmethod
     def parse(cls, encoded):
         """Splits a ``scram_sha256`` row; raises ValueError naming the bad part."""
-        parts = encoded.split("$")
-        if len(parts) != 5 or parts[0] != ALGORITHM:
-            raise ValueError("not a scram_sha256 hash (expected 5 fields)")
-        _, iterations, salt, stored, server = parts
+        parts = encoded.split("$", 3)  # the keys' base85 may hold "$"
+        if len(parts) != 4 or parts[0] != ALGORITHM:
+            raise ValueError("not a scram_sha256 hash (expected 4 fields)")
+        _, iterations, salt, keys = parts
         if (
             not iterations.isascii()
             or not iterations.isdigit()
@@ -89,26 +97,18 @@ class ScramVerifier:
             raise ValueError("scram_sha256 hash: iterations must be a decimal in 1..=2^32-1")
         if not salt:
             raise ValueError("scram_sha256 hash: empty salt")
-        keys = []
-        for what, text in (("StoredKey", stored), ("ServerKey", server)):
-            try:
-                raw = base64.b64decode(text.encode("ascii"), validate=True)
-            except (binascii.Error, UnicodeEncodeError):
-                raise ValueError("scram_sha256 hash: %s is not base64" % what) from None
-            if len(raw) != KEY_LEN:
-                raise ValueError("scram_sha256 hash: %s is not 32 bytes" % what)
-            keys.append(raw)
-        return cls(int(iterations), salt, keys[0], keys[1])
+        if len(keys) != KEYS_B85_LEN:
+            raise ValueError("scram_sha256 hash: the keys are not %d base85 characters" % KEYS_B85_LEN)
+        try:
+            raw = base64.b85decode(keys.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            raise ValueError("scram_sha256 hash: the keys are not base85") from None
+        return cls(int(iterations), salt, raw[:KEY_LEN], raw[KEY_LEN:])
 
     def encode(self):
-        """The row: ``scram_sha256$<i>$<salt>$<b64 StoredKey>$<b64 ServerKey>``."""
-        return "%s$%d$%s$%s$%s" % (
-            ALGORITHM,
-            self.iterations,
-            self.salt,
-            base64.b64encode(self.stored_key).decode("ascii"),
-            base64.b64encode(self.server_key).decode("ascii"),
-        )
+        """The row: ``scram_sha256$<i>$<salt>$<base85(StoredKey || ServerKey)>``."""
+        keys = base64.b85encode(self.stored_key + self.server_key).decode("ascii")
+        return "%s$%d$%s$%s" % (ALGORITHM, self.iterations, self.salt, keys)
 
     def __eq__(self, other):
         if not isinstance(other, ScramVerifier):

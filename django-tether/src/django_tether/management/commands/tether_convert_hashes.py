@@ -37,7 +37,9 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1")
         model = get_user_model()
         manager = model._default_manager.using(database)
-        converted = skipped = 0
+        # Django's column is varchar(128): a longer row would not be stored.
+        max_length = model._meta.get_field("password").max_length
+        converted = skipped = too_long = 0
         last_pk = None
         while True:
             batch = manager.filter(password__startswith="pbkdf2_sha256$").order_by("pk")
@@ -53,6 +55,9 @@ class Command(BaseCommand):
                 except ValueError:
                     skipped += 1
                     continue
+                if max_length is not None and len(new) > max_length:
+                    too_long += 1
+                    continue
                 # Only if nobody changed the row meanwhile.
                 if dry_run or manager.filter(pk=pk, password=old).update(password=new):
                     converted += 1
@@ -66,6 +71,13 @@ class Command(BaseCommand):
         self.stdout.write("%s %d pbkdf2_sha256 row(s) to scram_sha256" % (verb, converted))
         if skipped:
             self.stdout.write(self.style.WARNING("skipped %d malformed pbkdf2_sha256 row(s)" % skipped))
+        if too_long:
+            self.stdout.write(
+                self.style.WARNING(
+                    "left %d pbkdf2_sha256 row(s) whose salt makes the scram_sha256 row longer than "
+                    "the password column (%d); they convert at the next login on the site" % (too_long, max_length)
+                )
+            )
         for algorithm, n in sorted(left.items()):
             if algorithm == "pbkdf2_sha256" and dry_run:
                 continue
