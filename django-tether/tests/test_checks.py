@@ -4,7 +4,7 @@ from django.core.checks import run_checks
 from django_tether import checks, registry
 
 
-def ids(settings_tether=None):
+def ids():
     return sorted(m.id for m in checks.check_settings())
 
 

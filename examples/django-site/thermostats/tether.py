@@ -60,7 +60,9 @@ def button(request, which):
 @receiver(device_connected)
 def on_connected(sender, user, username, session_id, peer, at, **kwargs):
     logger.info("%s connected from %s (session %s)", username, peer, session_id)
-    DeviceEvent.objects.create(user=user, username=username, session_id=session_id, kind="connected", detail=peer, at=at)
+    DeviceEvent.objects.create(
+        user=user, username=username, session_id=session_id, kind="connected", detail=peer, at=at
+    )
 
 
 @receiver(device_disconnected)
