@@ -317,10 +317,7 @@ impl AwaitingResponse {
     /// [`NoiseError::TooShort`], [`NoiseError::TooLong`], or
     /// [`NoiseError::Decrypt`] (altered message, a responder without the
     /// pinned key, a different prologue).
-    pub fn read_message(
-        mut self,
-        message: &mut [u8],
-    ) -> Result<(Transport, &[u8]), NoiseError> {
+    pub fn read_message(mut self, message: &mut [u8]) -> Result<(Transport, &[u8]), NoiseError> {
         let (payload, split) = self.0.read_message(message)?;
         let (c1, c2) = split.expect("message 2 is the last");
         Ok((Transport::new(c1, c2, &self.0), payload))
