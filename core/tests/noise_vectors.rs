@@ -193,3 +193,203 @@ fn published_vectors() {
     }
     println!("{ran} vectors passed");
 }
+
+// ---------------------------------------------------------------------------
+// docs/PROTOCOL.md's protocol v2 draft vectors, from tether-core (the same
+// values tests/interop/noise_vectors.py computes with Python's
+// noiseprotocol and checks against the doc).
+
+mod v2_draft {
+    use super::{Fixed, hex_str};
+    use tether_core::message::{
+        self, Challenge, Handshake, Hello, Message, PROTOCOL_VERSION, Proof, Welcome,
+    };
+    use tether_core::noise::{Initiator, Responder, StaticKeypair, TAG_LEN, Transport};
+    use tether_core::scram::{Mechanism, Mechanisms};
+
+    const SERVER_STATIC: [u8; 32] = seq32(0x00);
+    const DEVICE_EPHEMERAL: [u8; 32] = seq32(0x20);
+    const SERVER_EPHEMERAL: [u8; 32] = seq32(0x40);
+    const CLIENT_FIRST: &str = "p=tether-noise,,n=user,r=rOprNGfwEbeRWgbNEkqO";
+    const SERVER_FIRST: &str =
+        "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
+    /// SCRAM with channel binding is not in tether-core yet: these two come
+    /// from the doc (computed by noise_vectors.py with hashlib).
+    const CLIENT_FINAL: &str = "c=cD10ZXRoZXItbm9pc2UsLIOJqNIGrydOcuXPOvpeURGvo/ydh4QARWQGmzg2KP2J,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=ECFWLJ3iB7b2F+zcnhw7UBWX05A+hrx0ot0poqjO2tQ=";
+    const SERVER_FINAL: &str = "v=HZHPnr8lGZ/sRuoL9t8EoprQCQcZJPxqh+fQV3t8KMo=";
+
+    const fn seq32(start: u8) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        let mut i = 0;
+        while i < 32 {
+            out[i] = start + i as u8;
+            i += 1;
+        }
+        out
+    }
+
+    /// "tether/2" || version 2 || pattern.
+    fn prologue(pattern: u8) -> [u8; 10] {
+        let mut p = [0u8; 10];
+        p[..8].copy_from_slice(b"tether/2");
+        p[8] = 2;
+        p[9] = pattern;
+        p
+    }
+
+    fn frame(body: &[u8]) -> String {
+        hex_str(&[&(body.len() as u16).to_be_bytes()[..], body].concat())
+    }
+
+    fn postcard<T: serde::Serialize>(value: &T) -> Vec<u8> {
+        let mut buf = [0u8; 512];
+        message::encode(value, &mut buf).unwrap().to_vec()
+    }
+
+    /// A v2 session frame: seq || ciphertext || tag, nonce = seq.
+    fn transport(t: &mut Transport, plain: &[u8]) -> String {
+        let mut body = vec![0u8; 8 + plain.len() + TAG_LEN];
+        body[..8].copy_from_slice(&t.send.nonce().to_be_bytes());
+        body[8..8 + plain.len()].copy_from_slice(plain);
+        t.send
+            .encrypt_with_ad(&[], &mut body[8..], plain.len())
+            .unwrap();
+        frame(&body)
+    }
+
+    fn hello() -> Vec<u8> {
+        assert_eq!(PROTOCOL_VERSION, 1, "v2 is a draft: its Hello says 2");
+        postcard(&Handshake::Hello(Hello {
+            version: 2,
+            mechanisms: Mechanisms::from_bits(3),
+            max_frame: 512,
+            client_first: CLIENT_FIRST,
+        }))
+    }
+
+    fn c_binding(h: &[u8; 32]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .encode([b"p=tether-noise,,".as_slice(), h].concat())
+    }
+
+    #[test]
+    fn nk_login() {
+        let server_key = StaticKeypair::from_secret(SERVER_STATIC);
+        assert_eq!(
+            hex_str(server_key.public()),
+            "8f40c5adb68f25624ae5b214ea767a6ec94d829d3d7b5e1ad1ba6f3e2138285f"
+        );
+        let mut out = [0u8; 512];
+        let (device, m1) = Initiator::nk(&prologue(1), server_key.public())
+            .write_message(&hello(), &mut out, &mut Fixed(DEVICE_EPHEMERAL))
+            .unwrap();
+        let f1 = frame(&[&[2u8, 1][..], m1].concat());
+        assert_eq!(
+            f1,
+            "00650201358072d6365880d1aeea329adf9121383851ed21a28e3b75e965d0d2cd166254dd1dd0ea0faa292d0dc71d4189680d1e33bd07feeed77782a1a88983c8e48bba87a023923e080a9954a853d908a5460cd7ea37c3a74eb93097c55a8ae1b1f02962c347"
+        );
+        let mut m1 = m1.to_vec();
+        let (server, payload) = Responder::nk(&prologue(1), &server_key)
+            .read_message(&mut m1)
+            .unwrap();
+        assert_eq!(payload, hello());
+
+        let challenge = postcard(&Handshake::Challenge(Challenge {
+            mechanism: Mechanism::ScramSha256,
+            server_first: SERVER_FIRST,
+        }));
+        let (mut server, m2) = server
+            .write_message(&challenge, &mut out, &mut Fixed(SERVER_EPHEMERAL))
+            .unwrap();
+        assert_eq!(
+            frame(m2),
+            "008979a631eede1bf9c98f12032cdeadd0e7a079398fc786b88cc846ec89af85a51a041374329f4b7658aac983201250fd873475cfaba874f747cbe6f2e58fa991b6617d058a99bd74a4bdd08963a120d99d722a591f4e6b76499494b44b01b343e0c7a6f6900b030245d1cd65d2ff784fdb04e8ab45a2b239f03656a29d356c648aa7778e275431be0810"
+        );
+        let mut m2 = m2.to_vec();
+        let (mut device, payload) = device.read_message(&mut m2).unwrap();
+        assert_eq!(payload, challenge);
+        let h = *device.handshake_hash();
+        assert_eq!(&h, server.handshake_hash());
+        assert_eq!(
+            hex_str(&h),
+            "8389a8d206af274e72e5cf3afa5e5111afa3fc9d8784004564069b383628fd89"
+        );
+        let c = c_binding(&h);
+        assert_eq!(
+            c,
+            "cD10ZXRoZXItbm9pc2UsLIOJqNIGrydOcuXPOvpeURGvo/ydh4QARWQGmzg2KP2J"
+        );
+        assert!(CLIENT_FINAL.starts_with(&format!("c={c},")));
+
+        let proof = postcard(&Handshake::Proof(Proof {
+            client_final: CLIENT_FINAL,
+        }));
+        assert_eq!(
+            transport(&mut device, &proof),
+            "00c10000000000000000b25e5b27c9d4b3c81eba7404dc6f5a4518f8a313f697c891d54b3a78feb9f0b6c1390c806e0d2f101b497375bb388755b0d673196cc6c1214147947558b904548273bee12490f088e188756930c3f0002bc87c15240da77f5587a546e6b54ffdec1528194341518758dc3e9cba76f28b40b1b691df076e170ca1318aab8bdbbca318b6f269f6e308bd69989d32c727138ab958b4f8f70e39da14beb1118f35fba639c4b6fea44bcb778cfea2dbbdf093c971cd9a0d4ede5773"
+        );
+        let welcome = postcard(&Handshake::Welcome(Welcome {
+            server_final: SERVER_FINAL,
+            session_id: 1,
+            max_frame: 4096,
+            heartbeat_secs: 30,
+        }));
+        assert_eq!(
+            transport(&mut server, &welcome),
+            "004c000000000000000012a47aea09af5105ab38666f17cfc4d370db436d7c118e0e615489e3c1d7ad3acfb19ff816eb461b60a218aa82ca8250a92904b768d19821dde35759e99510671af498a6"
+        );
+        let call = postcard(&Message::Call {
+            id: 1,
+            method: "echo",
+            args: b"\x02hi",
+        });
+        assert_eq!(
+            transport(&mut device, &call),
+            "00230000000000000001b50e59f3083c75955d51e817fb8e9225f8529095fde64e9f7c69ca"
+        );
+    }
+
+    #[test]
+    fn nn_login_start() {
+        let mut out = [0u8; 512];
+        let (device, m1) = Initiator::nn(&prologue(0))
+            .write_message(b"", &mut out, &mut Fixed(DEVICE_EPHEMERAL))
+            .unwrap();
+        assert_eq!(
+            frame(&[&[2u8, 0][..], m1].concat()),
+            "00220200358072d6365880d1aeea329adf9121383851ed21a28e3b75e965d0d2cd166254"
+        );
+        let mut m1 = m1.to_vec();
+        let (server, _) = Responder::nn(&prologue(0)).read_message(&mut m1).unwrap();
+        let (mut server, m2) = server
+            .write_message(b"", &mut out, &mut Fixed(SERVER_EPHEMERAL))
+            .unwrap();
+        assert_eq!(
+            frame(m2),
+            "003079a631eede1bf9c98f12032cdeadd0e7a079398fc786b88cc846ec89af85a51a49da8080bf903935250896ba2bfc6bd6"
+        );
+        let mut m2 = m2.to_vec();
+        let (mut device, _) = device.read_message(&mut m2).unwrap();
+        assert_eq!(
+            hex_str(device.handshake_hash()),
+            "6bb0471754de82d86b8354415853df7b40d8229037899c5dcf556570d5b9a747"
+        );
+        assert_eq!(
+            c_binding(device.handshake_hash()),
+            "cD10ZXRoZXItbm9pc2UsLGuwRxdU3oLYa4NUQVhT33tA2CKQN4mcXc9VZXDVuadH"
+        );
+        assert_eq!(
+            transport(&mut device, &hello()),
+            "004b00000000000000000775f7a1bc842f4d769b2548e2e30f6d8ae4ff956ea25b1fad3b83e8c39ac8aa3f1616eb14e4fd5a016d48f7dde048a8459b75c7adf279f6cd53f33d16c1fca994992b"
+        );
+        let challenge = postcard(&Handshake::Challenge(Challenge {
+            mechanism: Mechanism::ScramSha256,
+            server_first: SERVER_FIRST,
+        }));
+        assert_eq!(
+            transport(&mut server, &challenge),
+            "00710000000000000000c26b1ae7545755041409b94fe8c3873c87a5a846b3f3a85ad6b91ce40029a8455f35298d618e20a34abe172fb91d172347fb37abe783f53b6bbf010550d8d5a6901568ae52dfc90ba82fef4666f6b0bbac61d76aa8cd6b7a2998d2ae1f7fd4d9c4e38a65bfeea7564b"
+        );
+    }
+}

@@ -371,3 +371,23 @@ fn tether_core_refuses_noiseprotocol_with_a_wrong_pinned_key() {
     let (ok, _) = report(child, &mut stdout);
     assert!(!ok, "the initiator got no message 2");
 }
+
+/// docs/PROTOCOL.md's v2 draft vectors, recomputed with noiseprotocol and
+/// hashlib (tests/interop/noise_vectors.py); core/tests/noise_vectors.rs
+/// checks tether-core against the same bytes.
+#[test]
+#[ignore = "needs Python with noiseprotocol (tests/interop/setup)"]
+fn noiseprotocol_reproduces_protocol_md_v2_vectors() {
+    let out = Command::new(python())
+        .arg(repo().join("tests/interop/noise_vectors.py"))
+        .arg("--check")
+        .arg(repo().join("docs/PROTOCOL.md"))
+        .output()
+        .expect("run noise_vectors.py");
+    assert!(
+        out.status.success(),
+        "noise_vectors.py: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
