@@ -440,3 +440,43 @@ fn public_key_is_x25519_of_the_base_point() {
 fn hex32(s: &str) -> [u8; 32] {
     core::array::from_fn(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
 }
+
+/// What a leaked server key exposes of a recorded NK session (PROTOCOL.md
+/// v2.6): message 1's payload (encrypted to the static key alone), and
+/// nothing after it: the keys from message 2 on need an ephemeral private
+/// key, and the attacker's own continuation of the handshake yields others.
+#[test]
+fn leaked_server_key_exposes_only_message_1() {
+    let server = server_key(1);
+    let (mut device, _, rec) = handshake(Pattern::Nk, 21, b"hello alice", b"challenge");
+    let recorded_frame = seal(&mut device, b"proof");
+
+    // Later, with the server's private key: message 1 opens.
+    let leaked = StaticKeypair::from_secret(*server.secret());
+    let mut msg1 = rec.msg1.clone();
+    let (attacker, payload) = Responder::nk(PROLOGUE, &leaked)
+        .read_message(&mut msg1)
+        .unwrap();
+    assert_eq!(payload, b"hello alice");
+
+    // Message 2 does not: reading it needs the device's ephemeral key; the
+    // attacker can only answer message 1 himself, and his keys open nothing
+    // that was recorded.
+    let mut out = [0u8; 128];
+    let (mut attacker, _) = attacker
+        .write_message(b"", &mut out, &mut TestRng(77))
+        .unwrap();
+    assert_eq!(
+        open(&mut attacker, &recorded_frame),
+        Err(NoiseError::Decrypt)
+    );
+    let mut msg2 = rec.msg2.clone();
+    let without_ephemeral = Initiator::nk(PROLOGUE, leaked.public())
+        .write_message(b"hello alice", &mut out, &mut TestRng(78))
+        .unwrap()
+        .0;
+    assert_eq!(
+        without_ephemeral.read_message(&mut msg2).err(),
+        Some(NoiseError::Decrypt)
+    );
+}
