@@ -12,7 +12,8 @@ use super::{NoiseError, TAG_LEN};
 ///
 /// After the handshake each side holds two, one per direction; they encrypt
 /// transport messages with zero-length associated data. The key is wiped
-/// when the state is dropped.
+/// when the state is dropped. A clone shares the key and the nonce: encrypt
+/// with only one of them.
 #[derive(Clone)]
 pub struct CipherState {
     /// `None` is the specification's `empty`: before the first `MixKey`.
@@ -55,8 +56,10 @@ impl CipherState {
     }
 
     /// `SetNonce(nonce)`: for a protocol that carries each message's
-    /// nonce explicitly (section 11.4). Its caller must reject nonces that
-    /// already decrypted a message, or replays go through.
+    /// nonce explicitly (section 11.4). On a receiving state, the caller
+    /// must reject nonces that already decrypted a message, or replays go
+    /// through; on a sending state, moving the nonce back reuses a nonce
+    /// under the same key, which breaks ChaCha20-Poly1305: never do that.
     pub fn set_nonce(&mut self, nonce: u64) {
         self.n = nonce;
     }
