@@ -1,5 +1,8 @@
 """Settings of django-tether's own test project (pytest-django)."""
 
+import os
+from urllib.parse import urlsplit
+
 SECRET_KEY = "django-tether-tests-not-a-secret"
 DEBUG = False
 ALLOWED_HOSTS = ["testserver", "127.0.0.1", "localhost"]
@@ -41,6 +44,18 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
+# scripts/django/test-package also runs the suite on PostgreSQL (its
+# transactions and column limits are not SQLite's): postgres://user@host:port/name
+if os.environ.get("DJANGO_TETHER_TEST_POSTGRES"):
+    _url = urlsplit(os.environ["DJANGO_TETHER_TEST_POSTGRES"])
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": _url.path.lstrip("/"),
+        "USER": _url.username or "",
+        "PASSWORD": _url.password or "",
+        "HOST": _url.hostname or "127.0.0.1",
+        "PORT": str(_url.port or 5432),
+    }
 
 # The real hasher first, at a test-friendly count for new rows (tests.hashers).
 PASSWORD_HASHERS = [
