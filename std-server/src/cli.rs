@@ -196,6 +196,9 @@ pub struct ServeArgs {
     /// may ask for another with `?timeout=SECS`).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub admin_call_timeout: f64,
+    /// Forwarding to the Django project.
+    #[command(flatten)]
+    pub forward: crate::forward::ForwardArgs,
 }
 
 /// `tether demo`.
@@ -397,6 +400,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let forwarder = match args.forward.forwarder(store.metrics()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("tether serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     match store.ping().await {
         Ok(()) => info!(database = %url, "credential store ready"),
         Err(e) => warn!(database = %url, error = %e,
@@ -457,7 +467,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
         args.listen.as_str(),
         config,
         store,
-        DefaultRealm::new(),
+        match &forwarder {
+            Some(f) => DefaultRealm::new().forward_to(f.clone()),
+            None => DefaultRealm::new(),
+        },
         secret,
     )
     .await
@@ -489,7 +502,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
         info!("signal received: shutting down gracefully");
         handle.shutdown();
     });
+    if let Some(f) = &forwarder {
+        crate::forward::log_start(f);
+    }
     server.run().await;
+    if let Some(f) = forwarder {
+        // The sessions' last events (`disconnected`) are queued by now.
+        f.close(crate::forward::CLOSE_GRACE).await;
+    }
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
     }

@@ -16,6 +16,7 @@
 //! | [`secret`] | the server secret behind decoy challenges |
 //! | [`realm`] | [`Realm`], [`Avatar`], [`Mind`]: the seed's roles |
 //! | [`default_realm`] | the binary's realm and its [`Registry`] of live sessions |
+//! | [`forward`] | `--forward`: device calls, notifications and session events to the Django project over HTTP (docs/DJANGO.md) |
 //! | [`server`] | listener, limits, graceful shutdown |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
 //! | [`wire`] | frames over a byte stream |
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod cli;
 pub mod default_realm;
 pub mod demo;
+pub mod forward;
 mod login;
 pub mod metrics;
 pub mod realm;

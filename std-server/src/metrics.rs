@@ -31,6 +31,8 @@
 //! | `tether_db_cache_hits_total` | counter | | lookups answered by the cache |
 //! | `tether_frames_rejected_total` | counter | `phase` = `handshake`, `session`; `reason` | frames that ended a login or session: `bad_frame` (length), `undecodable`, `unexpected`, `bad_tag`, `replayed`, `out_of_order`, `too_short`, `unknown_reply`, `duplicate_call` |
 //!
+//! | `tether_forward_*` | | | forwarding to the Django project, listed in std-server/README.md |
+//!
 //! `from_device` calls are the device's calls answered by the avatar
 //! (`rejected`: refused `busy` or `shutting_down` without running);
 //! `to_device` calls are [`Mind`](crate::Mind) calls (`rejected`: too large
@@ -278,6 +280,7 @@ struct Inner {
     to_device: CallMetrics,
     store: StoreMetrics,
     rejections: [Counter; 11],
+    forward: crate::forward::metrics::ForwardMetrics,
     /// Throttles whose blocked keys are counted at scrape time.
     throttles: Mutex<Vec<Weak<Throttle>>>,
 }
@@ -428,6 +431,9 @@ impl Metrics {
         );
         let rejections = Rejection::ALL.map(|r| rejected.get_or_create_owned(&r.labels()));
 
+        // Forwarding to Django: crate::forward::metrics.
+        let forward = crate::forward::metrics::ForwardMetrics::register(&mut registry);
+
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -445,6 +451,7 @@ impl Metrics {
                 to_device,
                 store,
                 rejections,
+                forward,
                 throttles: Mutex::new(Vec::new()),
             }),
         }
@@ -483,6 +490,10 @@ impl Metrics {
 
     pub(crate) fn store(&self) -> StoreMetrics {
         self.inner.store.clone()
+    }
+
+    pub(crate) fn forward(&self) -> crate::forward::metrics::ForwardMetrics {
+        self.inner.forward.clone()
     }
 
     pub(crate) fn calls(&self, direction: Direction) -> CallMetrics {

@@ -4,6 +4,7 @@ mod admin;
 mod cli;
 mod common;
 mod databases;
+mod forward;
 mod login;
 mod session;
 mod store;
