@@ -46,7 +46,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve devices against a Django database.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a demo database, serve it on 127.0.0.1:7420 and run a
     /// simulated device against it, printing each step.
     Demo(DemoArgs),
@@ -325,7 +325,7 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Demo(args) => {
                 let options = crate::demo::DemoOptions {
                     listen: args.listen,

@@ -463,14 +463,10 @@ impl ForwardSession {
                 &self.origin,
                 Bytes::from(args),
                 OCTET_STREAM,
+                // A 5xx body (perhaps a debug page) is never read.
                 |status, headers| {
-                    if status.is_success() {
-                        Some(limit)
-                    } else if status.is_client_error() && is_text_plain(headers) {
-                        Some(limit)
-                    } else {
-                        None
-                    }
+                    (status.is_success() || (status.is_client_error() && is_text_plain(headers)))
+                        .then_some(limit)
                 },
             )
             .await;

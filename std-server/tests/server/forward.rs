@@ -349,3 +349,247 @@ async fn calls_are_signed_and_answers_map_as_the_contract_says() {
     assert_eq!(f.metric("tether_forward_call_duration_seconds_count"), 11.0);
     f.handle.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_and_a_wrong_secret_name_their_cause() {
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let f = serve_forwarding(format!("http://127.0.0.1:{port}/app"), |_| {}).await;
+    let mut s = alice(f.addr).await;
+    let (code, message) = s.call::<Upper>(&"x").await.unwrap_err();
+    assert_eq!(code, ErrorCode::FAILED);
+    assert!(
+        message.contains(&format!("cannot reach the application at 127.0.0.1:{port}"))
+            && message.to_lowercase().contains("refused"),
+        "{message}"
+    );
+    assert_eq!(
+        f.metric("tether_forward_calls_total{outcome=\"unreachable\"}"),
+        1.0
+    );
+
+    // The application checks with another secret: 403, the device sees
+    // the application's refusal.
+    let (app, addr) = start_app("the application's own secret!!").await;
+    let f = serve_forwarding(format!("http://{addr}/app"), |_| {}).await;
+    let mut s = alice(f.addr).await;
+    assert_eq!(
+        s.call::<Upper>(&"x").await.unwrap_err(),
+        (ErrorCode::FORBIDDEN, "bad signature".into())
+    );
+    assert_eq!(app.seen().len(), 0, "a refused request is not acted on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_the_limits_get_busy_at_once() {
+    let (_app, addr) = start_app(SECRET).await;
+    let f = serve_forwarding(format!("http://{addr}/app"), |c| {
+        c.max_calls_per_session = 1;
+        c.max_calls = 2;
+    })
+    .await;
+    let mut a = alice(f.addr).await;
+    let slow = a.start_call::<Slow>(&"").await;
+    // The first is in flight (3 s); the second of this session is refused.
+    let busy = a.start_call::<Upper>(&"x").await;
+    match a.recv_timeout(Duration::from_secs(2)).await {
+        Some(Msg::Error { id, code, message }) => {
+            assert_eq!((id, code), (busy, ErrorCode::BUSY));
+            assert!(message.contains("for this session (1)"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Another session has its own slot, then the server-wide limit (2)
+    // is reached.
+    let mut b = alice(f.addr).await;
+    let slow_b = b.start_call::<Slow>(&"").await;
+    let mut c = alice(f.addr).await;
+    let (code, message) = c.call::<Upper>(&"x").await.unwrap_err();
+    assert_eq!(code, ErrorCode::BUSY);
+    assert!(message.contains("in flight (2)"), "{message}");
+    for (s, id) in [(&mut a, slow), (&mut b, slow_b)] {
+        match s.recv_timeout(Duration::from_secs(10)).await {
+            Some(Msg::Reply { id: rid, .. }) => assert_eq!(rid, id),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Slots are given back.
+    assert_eq!(text(&c.call::<Upper>(&"x").await.unwrap()), "X");
+    assert_eq!(
+        f.metric("tether_forward_calls_total{outcome=\"busy\"}"),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_builtin_handed_to_the_application_is_answered_there() {
+    let (app, addr) = start_app(SECRET).await;
+    let f = serve_forwarding(format!("http://{addr}/app"), |c| {
+        c.builtins = vec!["echo".into()];
+    })
+    .await;
+    let mut s = alice(f.addr).await;
+    assert_eq!(s.echo("overridden").await, "OVERRIDDEN");
+    assert_eq!(app.seen().pop().unwrap().route, "call/echo");
+    let bad = ForwardConfig {
+        builtins: vec!["device_info".into()],
+        ..ForwardConfig::new("http://x/", ForwardSecret::new(SECRET).unwrap())
+    };
+    let err = Forwarder::new(bad, f.store.metrics()).unwrap_err();
+    assert!(err.to_string().contains("not a built-in method"), "{err}");
+    for (url, why) in [
+        ("ftp://x/", "http:// or https://"),
+        ("http://x/?a=b", "no query"),
+        ("http://u:p@x/", "no credentials"),
+        ("x", "relative URL"),
+    ] {
+        let config = ForwardConfig::new(url, ForwardSecret::new(SECRET).unwrap());
+        let err = Forwarder::new(config, f.store.metrics()).unwrap_err();
+        assert!(err.to_string().contains(why), "{url}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notifications_and_events_arrive_in_order_at_least_once_after_the_session() {
+    let (app, addr) = start_app(SECRET).await;
+    // The first three attempts fail (503): retried with backoff.
+    app.state.lock().unwrap().fail_deliveries = 3;
+    let f = serve_forwarding(format!("http://{addr}/app"), |_| {}).await;
+    let mut s = alice(f.addr).await;
+    let session_id = s.session_id;
+    for i in 0..20u32 {
+        let mut buf = [0u8; 16];
+        let args = tether_core::method::encode_args::<Echo>(&i.to_string().as_str(), &mut buf)
+            .unwrap()
+            .to_vec();
+        s.send(&Message::Notify {
+            method: "button",
+            args: &args,
+        })
+        .await;
+    }
+    s.send(&Message::Goodbye {
+        reason: GoodbyeReason::Normal,
+    })
+    .await;
+    drop(s);
+    // Delivered after the session ended: 20 notifications and 2 events.
+    eventually(Duration::from_secs(20), || {
+        let mut delivered: Vec<String> = app
+            .deliveries()
+            .iter()
+            .map(|d| d.headers["x-tether-request-id"].clone())
+            .collect();
+        delivered.dedup();
+        delivered.len() == 22
+    })
+    .await;
+    let all = app.deliveries();
+    // The failed attempts were the first item (connected), three times,
+    // with the same request id.
+    let first_id = &all[0].headers["x-tether-request-id"];
+    assert!(
+        all[..4]
+            .iter()
+            .all(|d| &d.headers["x-tether-request-id"] == first_id)
+    );
+    let delivered = &all[3..];
+    assert_eq!(delivered.len(), 22);
+    let connected: serde_json::Value = serde_json::from_slice(&delivered[0].body).unwrap();
+    assert_eq!(delivered[0].route, "event");
+    assert_eq!(delivered[0].headers["content-type"], "application/json");
+    assert_eq!(connected["event"], "connected");
+    assert_eq!(connected["session_id"], session_id);
+    assert_eq!(connected["username"], "alice");
+    assert_eq!(connected["user_id"], user(DB, "alice")["id"]);
+    assert!(connected["at"].as_str().unwrap().ends_with('Z'));
+    for (i, d) in delivered[1..21].iter().enumerate() {
+        assert_eq!(d.route, "notify/button");
+        assert_eq!(d.headers["content-type"], "application/octet-stream");
+        let got = tether_core::method::decode_args::<Echo>(&d.body).unwrap();
+        assert_eq!(got, i.to_string(), "in order");
+    }
+    let disconnected: serde_json::Value = serde_json::from_slice(&delivered[21].body).unwrap();
+    assert_eq!(disconnected["event"], "disconnected");
+    assert_eq!(disconnected["reason"], "normal");
+    assert_eq!(
+        f.metric("tether_forward_deliveries_total{kind=\"notify\",outcome=\"delivered\"}"),
+        20.0
+    );
+    assert_eq!(
+        f.metric("tether_forward_deliveries_total{kind=\"event\",outcome=\"delivered\"}"),
+        2.0
+    );
+    assert_eq!(f.metric("tether_forward_delivery_retries_total"), 3.0);
+    assert_eq!(f.metric("tether_forward_queue_depth"), 0.0);
+    f.handle.shutdown();
+    f.forwarder.close(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_new_notifications_and_counts_them() {
+    let (app, addr) = start_app(SECRET).await;
+    // Every delivery fails until the test says otherwise.
+    app.state.lock().unwrap().fail_deliveries = usize::MAX;
+    let f = serve_forwarding(format!("http://{addr}/app"), |c| c.queue = 3).await;
+    let mut s = alice(f.addr).await;
+    for i in 0..10u8 {
+        s.send(&Message::Notify {
+            method: "n",
+            args: &[i],
+        })
+        .await;
+    }
+    // A call after them: its answer means they were all handled.
+    assert_eq!(s.echo("sync").await, "sync");
+    assert_eq!(
+        f.metric("tether_forward_deliveries_total{kind=\"notify\",outcome=\"dropped\"}"),
+        7.0
+    );
+    // connected + 3 notifications.
+    assert_eq!(f.metric("tether_forward_queue_depth"), 4.0);
+    app.state.lock().unwrap().fail_deliveries = 0;
+    eventually(Duration::from_secs(20), || {
+        app.deliveries()
+            .iter()
+            .filter(|d| d.route == "notify/n")
+            .count()
+            >= 3
+    })
+    .await;
+    let bodies: Vec<Vec<u8>> = app
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.route == "notify/n")
+        .map(|d| d.body)
+        .collect();
+    assert_eq!(
+        bodies,
+        vec![vec![0], vec![1], vec![2]],
+        "the first three, in order"
+    );
+    // Shutdown: what cannot be delivered within the grace is abandoned.
+    app.state.lock().unwrap().fail_deliveries = usize::MAX;
+    for i in 0..2u8 {
+        s.send(&Message::Notify {
+            method: "late",
+            args: &[i],
+        })
+        .await;
+    }
+    assert_eq!(s.echo("sync").await, "sync");
+    f.handle.shutdown();
+    f.forwarder.close(Duration::from_millis(200)).await;
+    // Two notifications and the disconnected event.
+    assert_eq!(
+        f.metric("tether_forward_deliveries_total{kind=\"notify\",outcome=\"abandoned\"}"),
+        2.0
+    );
+    assert_eq!(
+        f.metric("tether_forward_deliveries_total{kind=\"event\",outcome=\"abandoned\"}"),
+        1.0
+    );
+    assert_eq!(f.metric("tether_forward_queue_depth"), 0.0);
+}
