@@ -196,6 +196,12 @@ pub struct ServeArgs {
     /// may ask for another with `?timeout=SECS`).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub admin_call_timeout: f64,
+    /// Re-read the users of live sessions this often (one query for all)
+    /// and end with `Goodbye(Revoked)` the sessions of users deactivated,
+    /// deleted, whose password changed or who no longer pass
+    /// --require-perm/--require-group (0: never).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub revalidate: f64,
     /// Forwarding to the Django project.
     #[command(flatten)]
     pub forward: crate::forward::ForwardArgs,
@@ -462,6 +468,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
             max_delay: secs(args.throttle_max_delay),
             ..ThrottleConfig::default()
         },
+        revalidate: Some(secs(args.revalidate)).filter(|d| !d.is_zero()),
     };
     let server = match Server::bind(
         args.listen.as_str(),

@@ -15,6 +15,7 @@
 //! | [`throttle`] | failed-login backoff per username and per address |
 //! | [`secret`] | the server secret behind decoy challenges |
 //! | [`realm`] | [`Realm`], [`Avatar`], [`Mind`]: the seed's roles |
+//! | [`revalidate`] | revocation: sessions whose user may no longer log in end with `Goodbye(Revoked)` |
 //! | [`default_realm`] | the binary's realm and its [`Registry`] of live sessions |
 //! | [`forward`] | `--forward`: device calls, notifications and session events to the Django project over HTTP (docs/DJANGO.md) |
 //! | [`server`] | listener, limits, graceful shutdown |
@@ -40,6 +41,7 @@ pub mod forward;
 mod login;
 pub mod metrics;
 pub mod realm;
+pub mod revalidate;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -85,6 +85,27 @@ pub struct SessionInfo {
     pub mechanism: Mechanism,
     /// When the login completed.
     pub started: SystemTime,
+    /// The stored password hash the login used, as a digest: revalidation
+    /// ends the session when the row's hash changes.
+    pub(crate) credential: CredentialDigest,
+}
+
+/// SHA-256 of a stored password hash string (Django's encoded form): tells
+/// whether the hash changed without keeping it. Never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CredentialDigest([u8; 32]);
+
+impl CredentialDigest {
+    pub(crate) fn of(encoded_hash: &str) -> Self {
+        use sha2::Digest as _;
+        Self(sha2::Sha256::digest(encoded_hash.as_bytes()).into())
+    }
+}
+
+impl fmt::Debug for CredentialDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CredentialDigest(..)")
+    }
 }
 
 /// A failed call, as the peer sees it: an [`ErrorCode`] and a message.

@@ -349,6 +349,10 @@ pub struct Store {
     backend: Backend,
     pool: AnyPool,
     // Built once from validated identifiers; values are always bound.
+    /// `SELECT <what a login reads> FROM <user table> u`.
+    select_sql: String,
+    /// The permission and group gates' values, bound first.
+    gate_binds: Vec<String>,
     lookup_sql: Arc<str>,
     lookup_binds: Vec<String>,
     /// SQLite files: lookups on dedicated threads instead of the pool.
@@ -457,19 +461,26 @@ impl Store {
             }
             None => "NULL".to_string(),
         };
-        let username_bind = b.bind("");
-        let lookup_sql = format!(
+        // The columns a login reads, for one username or (revalidation)
+        // for many ids.
+        let select = format!(
             "SELECT u.{id}, u.{username}, u.{password}, \
                CASE WHEN u.{active} THEN 1 ELSE 0 END, \
                CASE WHEN u.{superuser} THEN 1 ELSE 0 END, \
                {perm_expr}, {group_expr} \
-             FROM {table} u WHERE u.{username} = {username_bind}",
+             FROM {table} u",
             id = q("id"),
             username = q(&config.username_column),
             password = q("password"),
             active = q("is_active"),
             superuser = q("is_superuser"),
             table = q(&config.user_table),
+        );
+        let gate_binds = b.binds.clone();
+        let username_bind = b.bind("");
+        let lookup_sql = format!(
+            "{select} WHERE u.{username} = {username_bind}",
+            username = q(&config.username_column),
         );
         let mut lookup_binds = b.binds;
         lookup_binds.pop(); // the username, bound per lookup
@@ -514,6 +525,8 @@ impl Store {
             config,
             backend,
             pool,
+            select_sql: select,
+            gate_binds,
             lookup_sql,
             lookup_binds,
             reader,
@@ -621,27 +634,67 @@ impl Store {
                 .map_err(|_| no_answer())?
                 .map_err(StoreError::from_sqlx)?;
         let Some(row) = row else { return Ok(None) };
-        let get_flag = |i: usize| -> Result<Option<bool>, StoreError> {
-            let v: Option<i64> = row
-                .try_get(i)
-                .map_err(|e| StoreError::Query(e.to_string()))?;
-            Ok(v.map(|v| v != 0))
-        };
-        Ok(Some(UserRecord {
-            id: row
-                .try_get(0)
-                .map_err(|e| StoreError::Query(e.to_string()))?,
-            username: row
-                .try_get(1)
-                .map_err(|e| StoreError::Query(e.to_string()))?,
-            password: row
-                .try_get(2)
-                .map_err(|e| StoreError::Query(e.to_string()))?,
-            is_active: get_flag(3)?.unwrap_or(false),
-            is_superuser: get_flag(4)?.unwrap_or(false),
-            has_perm: get_flag(5)?,
-            in_group: get_flag(6)?,
-        }))
+        record_of(&row).map(Some)
+    }
+
+    /// Re-reads the rows of users by primary key, as a login reads them
+    /// (hash, `is_active`, the permission and group gates), with one query
+    /// per [`REVALIDATE_CHUNK`] ids: the revalidation of live sessions. A
+    /// user missing from the answer was deleted.
+    pub async fn revalidate(&self, ids: &[i64]) -> Result<Vec<UserRecord>, StoreError> {
+        let mut records = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(REVALIDATE_CHUNK) {
+            let mut b = SqlBuilder {
+                backend: self.backend,
+                binds: self.gate_binds.clone(),
+            };
+            let list: Vec<String> = chunk.iter().map(|_| b.bind("")).collect();
+            let sql = format!(
+                "{} WHERE u.{} IN ({})",
+                self.select_sql,
+                self.backend.quote("id"),
+                list.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for value in &self.gate_binds {
+                query = query.bind(value.as_str());
+            }
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            let rows =
+                tokio::time::timeout(self.config.lookup_timeout * 2, query.fetch_all(&self.pool))
+                    .await
+                    .map_err(|_| {
+                        StoreError::Unavailable(format!(
+                            "no answer within {} ms",
+                            (self.config.lookup_timeout * 2).as_millis()
+                        ))
+                    })?
+                    .map_err(StoreError::from_sqlx)?;
+            for row in &rows {
+                records.push(record_of(row)?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Forgets cached lookups of this user (by id, or by the username
+    /// typed at login), so that the next login reads the database.
+    pub fn forget(&self, user_id: Option<i64>, username: Option<&str>) {
+        if let Some(cache) = &self.cache {
+            let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.retain(|typed, (_, record)| {
+                let by_name = username.is_some_and(|u| u == typed)
+                    || record
+                        .as_ref()
+                        .is_some_and(|r| username.is_some_and(|u| u == r.username));
+                let by_id = record
+                    .as_ref()
+                    .is_some_and(|r| user_id.is_some_and(|id| id == r.id));
+                !(by_name || by_id)
+            });
+        }
     }
 
     /// Records a successful login as Django's `update_last_login` does
@@ -672,6 +725,29 @@ impl Store {
         }
         self.pool.close().await;
     }
+}
+
+/// Ids per revalidation query: the default `--max-sessions` fits in one
+/// (well within SQLite's 32,766 and PostgreSQL's and MySQL's 65,535 bind
+/// parameters).
+pub const REVALIDATE_CHUNK: usize = 10_000;
+
+/// A row of the login's columns (through sqlx).
+fn record_of(row: &sqlx::any::AnyRow) -> Result<UserRecord, StoreError> {
+    let query = |e: sqlx::Error| StoreError::Query(e.to_string());
+    let get_flag = |i: usize| -> Result<Option<bool>, StoreError> {
+        let v: Option<i64> = row.try_get(i).map_err(query)?;
+        Ok(v.map(|v| v != 0))
+    };
+    Ok(UserRecord {
+        id: row.try_get(0).map_err(query)?,
+        username: row.try_get(1).map_err(query)?,
+        password: row.try_get(2).map_err(query)?,
+        is_active: get_flag(3)?.unwrap_or(false),
+        is_superuser: get_flag(4)?.unwrap_or(false),
+        has_perm: get_flag(5)?,
+        in_group: get_flag(6)?,
+    })
 }
 
 /// A bounded map of recent lookups, each valid for at most `ttl`.

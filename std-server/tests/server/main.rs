@@ -6,5 +6,6 @@ mod common;
 mod databases;
 mod forward;
 mod login;
+mod revalidate;
 mod session;
 mod store;
