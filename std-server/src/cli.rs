@@ -399,6 +399,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let store_config = args.store.config();
     let url = redact_url(&store_config.url);
+    if let Some(warning) = crate::store::missing_sqlite_file(&store_config.url) {
+        warn!("{warning}");
+    }
     let store = match Store::open(store_config) {
         Ok(s) => Arc::new(s),
         Err(e) => {

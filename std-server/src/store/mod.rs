@@ -36,9 +36,11 @@ use sqlx::{AnyPool, AssertSqlSafe, Row as _};
 use crate::metrics::{Metrics, StoreMetrics};
 
 pub mod last_login;
+mod sqlite_file;
 pub mod sqlite_reader;
 
 use last_login::LastLoginWriter;
+use sqlite_file::FileWatch;
 use sqlite_reader::SqliteReader;
 
 /// Which SQL dialect a database URL speaks.
@@ -109,6 +111,28 @@ pub fn normalize_url(url: &str) -> String {
         }
     }
     url.to_string()
+}
+
+/// For a `sqlite:` URL whose file does not exist: what `tether serve` warns
+/// at start (the server starts anyway: a file being restored comes back by
+/// itself). Explains the URL forms, the usual cause of a wrong path.
+pub fn missing_sqlite_file(url: &str) -> Option<String> {
+    if Backend::from_url(url).ok()? != Backend::Sqlite {
+        return None;
+    }
+    let path = SqliteReader::file_of(url)?;
+    if path.exists() {
+        return None;
+    }
+    let absolute = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+    Some(format!(
+        "the SQLite database file {} does not exist (from {url}); logins are refused \
+         `unavailable` until it does. sqlite://db.sqlite3 (two slashes) is relative to the \
+         working directory, sqlite:///srv/site/db.sqlite3 (three slashes) is the absolute \
+         path /srv/site/db.sqlite3 (dj-database-url reads three slashes as relative: \
+         write four, sqlite:////srv/site/db.sqlite3, for an absolute path in both)",
+        absolute.display()
+    ))
 }
 
 /// The URL with any password replaced by `***`, for logs.
@@ -485,6 +509,13 @@ impl Store {
         let mut lookup_binds = b.binds;
         lookup_binds.pop(); // the username, bound per lookup
         let timeout = config.lookup_timeout;
+        let file = match SqliteReader::file_of(&url) {
+            Some(path) if backend == Backend::Sqlite => {
+                Some((path.clone(), Arc::new(FileWatch::new(path))))
+            }
+            _ => None,
+        };
+        let watch = file.as_ref().map(|(_, w)| w.clone());
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .min_connections(0)
@@ -503,6 +534,19 @@ impl Store {
                     Ok(())
                 })
             })
+            // A connection to a SQLite file that was since replaced by
+            // rename reads the old file: take another. sqlx dates a
+            // connection once it is connected, so a replacement during the
+            // connect (under 100 ms) counts too.
+            .before_acquire(move |_conn, meta| {
+                let stale = watch.as_ref().is_some_and(|w| {
+                    let opened = Instant::now()
+                        .checked_sub(meta.age + Duration::from_millis(100))
+                        .unwrap_or_else(Instant::now);
+                    w.is_stale(opened)
+                });
+                Box::pin(async move { Ok(!stale) })
+            })
             .connect_lazy(&url)
             .map_err(|e| StoreError::Config(e.to_string()))?;
         let cache = (!config.cache_ttl.is_zero()).then(|| Cache {
@@ -512,12 +556,18 @@ impl Store {
         });
         let metrics = Metrics::new();
         let lookup_sql: Arc<str> = lookup_sql.into();
-        let reader = match SqliteReader::file_of(&url) {
-            Some(path) if backend == Backend::Sqlite => Some(
-                SqliteReader::start(path, lookup_sql.clone(), lookup_binds.clone(), timeout)
-                    .map_err(|e| StoreError::Config(format!("cannot start lookup threads: {e}")))?,
+        let reader = match file {
+            Some((path, watch)) => Some(
+                SqliteReader::start(
+                    path,
+                    watch,
+                    lookup_sql.clone(),
+                    lookup_binds.clone(),
+                    timeout,
+                )
+                .map_err(|e| StoreError::Config(format!("cannot start lookup threads: {e}")))?,
             ),
-            _ => None,
+            None => None,
         };
         let last_login =
             LastLoginWriter::new(pool.clone(), backend, &config.user_table, timeout * 2);
@@ -849,6 +899,31 @@ mod tests {
         assert_eq!(redact_url("sqlite://db.sqlite3"), "sqlite://db.sqlite3");
         assert!(Backend::from_url("oracle://x").is_err());
         assert_eq!(Backend::from_url("mariadb://x").unwrap(), Backend::MySql);
+    }
+
+    #[test]
+    fn a_missing_sqlite_file_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("db.sqlite3");
+        std::fs::write(&there, b"").unwrap();
+        assert_eq!(
+            missing_sqlite_file(&format!("sqlite://{}", there.display())),
+            None
+        );
+        let missing = dir.path().join("nope.sqlite3");
+        let warning = missing_sqlite_file(&format!("sqlite://{}", missing.display())).unwrap();
+        assert!(
+            warning.contains(&missing.display().to_string()),
+            "{warning}"
+        );
+        assert!(warning.contains("sqlite:///srv/site/db.sqlite3 (three slashes)"));
+        assert!(
+            missing_sqlite_file("sqlite://relative-nope.sqlite3")
+                .unwrap()
+                .contains("relative to the working directory")
+        );
+        assert_eq!(missing_sqlite_file("postgres://x/y"), None);
+        assert_eq!(missing_sqlite_file("sqlite::memory:"), None);
     }
 
     #[test]
