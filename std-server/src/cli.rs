@@ -972,3 +972,13 @@ fn db_message(e: &sqlx::Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        // clap's own checks (unique argument ids, ...), which otherwise only
+        // fire when a debug build parses its arguments.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+}

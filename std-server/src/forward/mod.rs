@@ -775,59 +775,55 @@ pub struct ForwardArgs {
     /// http://127.0.0.1:8000/tether (docs/DJANGO.md). Needs
     /// --forward-secret.
     #[arg(long = "forward", env = URL_ENV, value_name = "URL")]
-    pub url: Option<String>,
+    pub forward: Option<String>,
     /// The secret that signs forwarded requests (at least 16 characters;
     /// the same value in the Django settings). Never logged.
-    #[arg(long = "forward-secret", env = SECRET_ENV, hide_env_values = true,
+    #[arg(long, env = SECRET_ENV, hide_env_values = true,
           value_name = "SECRET", value_parser = ForwardSecret::new)]
-    pub secret: Option<ForwardSecret>,
+    pub forward_secret: Option<ForwardSecret>,
     /// Longest a forwarded request may take; a call then gets `timeout`, a
     /// notification or event is retried.
-    #[arg(long = "forward-timeout", default_value_t = 10.0, value_name = "SECS")]
-    pub timeout: f64,
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub forward_timeout: f64,
     /// Hand this built-in method (echo, whoami, server_time) to Django
     /// too, so that the application overrides it. Repeatable.
-    #[arg(long = "forward-builtin", value_name = "NAME")]
-    pub builtins: Vec<String>,
+    #[arg(long, value_name = "NAME")]
+    pub forward_builtin: Vec<String>,
     /// Notifications waiting per session while Django is slow or down;
     /// more are dropped (counted in /metrics, logged).
-    #[arg(long = "forward-queue", default_value_t = 256, value_name = "N")]
-    pub queue: usize,
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub forward_queue: usize,
     /// Forwarded calls in flight, all sessions together (more get `busy`).
-    #[arg(long = "forward-max-calls", default_value_t = 256, value_name = "N")]
-    pub max_calls: usize,
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    pub forward_max_calls: usize,
     /// Forwarded calls in flight per session (more get `busy`).
-    #[arg(
-        long = "forward-max-calls-per-session",
-        default_value_t = 8,
-        value_name = "N"
-    )]
-    pub max_calls_per_session: usize,
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub forward_max_calls_per_session: usize,
 }
 
 impl ForwardArgs {
     /// The forwarder these options ask for (`None` without `--forward`).
     pub fn forwarder(&self, metrics: &Metrics) -> Result<Option<Forwarder>, String> {
-        let Some(url) = &self.url else {
+        let Some(url) = &self.forward else {
             return Ok(None);
         };
-        let Some(secret) = &self.secret else {
+        let Some(secret) = &self.forward_secret else {
             return Err(format!(
                 "--forward needs --forward-secret (or {SECRET_ENV}): at least {} characters, \
                  the same value the Django project checks signatures with",
                 signing::MIN_SECRET_LEN
             ));
         };
-        let timeout = Duration::try_from_secs_f64(self.timeout)
+        let timeout = Duration::try_from_secs_f64(self.forward_timeout)
             .ok()
             .filter(|t| !t.is_zero())
             .ok_or("--forward-timeout must be a positive number of seconds")?;
         let config = ForwardConfig {
             timeout,
-            builtins: self.builtins.clone(),
-            queue: self.queue,
-            max_calls: self.max_calls,
-            max_calls_per_session: self.max_calls_per_session,
+            builtins: self.forward_builtin.clone(),
+            queue: self.forward_queue,
+            max_calls: self.forward_max_calls,
+            max_calls_per_session: self.forward_max_calls_per_session,
             ..ForwardConfig::new(url.clone(), secret.clone())
         };
         Forwarder::new(config, metrics)
