@@ -9,7 +9,8 @@
 //!   arrive in order; session events arrive;
 //! - with gunicorn stopped, calls fail at once naming the cause, and the
 //!   notifications sent meanwhile arrive once it is back;
-//! - a wrong secret gets 403: the device sees the application's refusal;
+//! - https to Django with a private CA (and a refusal without it); a wrong
+//!   secret gets 403: the device sees the application's refusal;
 //! - deactivation through the ORM, `set_password` and a removed permission
 //!   end live sessions with `Goodbye(Revoked)` (`--revalidate 1`);
 //! - a SQLite file replaced by `mv` is read by the very next login.
@@ -112,6 +113,8 @@ struct Django {
     db: PathBuf,
     port: u16,
     wal: bool,
+    /// gunicorn serves https with this certificate and key.
+    tls: Option<(PathBuf, PathBuf)>,
     gunicorn: Option<Child>,
 }
 
@@ -126,6 +129,7 @@ impl Django {
             dir,
             port: free_port(),
             wal,
+            tls: None,
             gunicorn: None,
         };
         django.manage(&["migrate", "--verbosity", "0"]);
@@ -170,13 +174,58 @@ impl Django {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Makes gunicorn serve https with a certificate for 127.0.0.1 signed by
+    /// a CA of its own (openssl); returns the CA's certificate.
+    fn use_tls(&mut self) -> PathBuf {
+        let dir = self.dir.path();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .current_dir(dir)
+                .args(args)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = "-newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2";
+        let split = |s: &'static str| s.split(' ').collect::<Vec<_>>();
+        let mut ca = split("req -x509 -subj /CN=tether-test-ca -keyout ca.key -out ca.pem");
+        ca.extend(split(key));
+        openssl(&ca);
+        let mut leaf = split("req -subj /CN=127.0.0.1 -keyout key.pem -out leaf.csr");
+        leaf.extend(split(key));
+        leaf.retain(|a| *a != "-days" && *a != "2");
+        openssl(&leaf);
+        std::fs::write(
+            dir.join("leaf.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&split(
+            "x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+             -extfile leaf.ext -out cert.pem",
+        ));
+        self.tls = Some((dir.join("cert.pem"), dir.join("key.pem")));
+        dir.join("ca.pem")
+    }
+
     /// gunicorn, two workers, on the project's port; returns once it
     /// accepts connections.
     fn start(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("gunicorn.log")).unwrap();
-        let child = self
-            .command(&self.db)
-            .args(["-m", "gunicorn", "forwardsite.wsgi"])
+        let mut command = self.command(&self.db);
+        command.args(["-m", "gunicorn", "forwardsite.wsgi"]);
+        if let Some((cert, key)) = &self.tls {
+            command
+                .arg("--certfile")
+                .arg(cert)
+                .arg("--keyfile")
+                .arg(key);
+        }
+        let child = command
             .args(["--bind", &format!("127.0.0.1:{}", self.port)])
             .args([
                 "--workers",
@@ -218,7 +267,8 @@ impl Django {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/tether", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}/tether", self.port)
     }
 
     /// What Django stored, in arrival order.
@@ -249,7 +299,17 @@ struct Tether {
 
 impl Tether {
     fn start(django: &Django, extra: &[&str], secret: &str) -> Self {
-        let mut child = Command::new(tether_bin())
+        Self::start_env(django, extra, secret, None)
+    }
+
+    /// With `SSL_CERT_FILE` (the roots https is checked against).
+    fn start_env(django: &Django, extra: &[&str], secret: &str, roots: Option<&Path>) -> Self {
+        let mut command = Command::new(tether_bin());
+        match roots {
+            Some(file) => command.env("SSL_CERT_FILE", file),
+            None => command.env_remove("SSL_CERT_FILE"),
+        };
+        let mut child = command
             .args(["serve", "--listen", "127.0.0.1:0"])
             .arg("--database")
             .arg(format!("sqlite://{}", django.db.display()))
@@ -512,35 +572,67 @@ async fn device_calls_notifications_and_events_go_through_django() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs tests/django-forward/setup (Django, gunicorn)"]
-async fn a_wrong_secret_is_refused_by_the_application() {
-    let mut django = Django::new(&["alice"], true);
-    django.start();
-    let tether = Tether::start(&django, &[], "not the secret Django checks with");
+/// One `note` call from a device logged in with `keys`.
+async fn note(
+    addr: SocketAddr,
+    keys: &CachedKeys,
+    text: &str,
+) -> Result<String, (ErrorCode, String)> {
     let mut store: BufferStore = BufferStore::new();
-    let password = "alice-password";
     let login = host::connect(
-        tether.addr,
+        addr,
         store.buffers(),
         "alice",
-        ClientCredentials::Password(password),
+        ClientCredentials::Keys(keys),
         &mut TestRng(13),
         &device_config(),
     )
     .await
     .unwrap();
     let mut session = login.session;
-    match session.call::<NoteMethod, _>(&"forged?", &mut ()).await {
-        Err(CallError::Remote { code, message }) => {
-            assert_eq!((code, message), (ErrorCode::FORBIDDEN, "bad signature"));
-        }
-        other => panic!("{other:?}"),
-    }
+    let result = match session.call::<NoteMethod, _>(&text, &mut ()).await {
+        Ok(reply) => Ok(reply.to_string()),
+        Err(CallError::Remote { code, message }) => Err((code, message.to_string())),
+        Err(other) => panic!("{other:?}"),
+    };
     session.close().await.unwrap();
-    // Nothing was written; the events were refused (403 is not retried).
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(django.deliveries(), Vec::<Value>::new());
+    result
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tests/django-forward/setup (Django, gunicorn)"]
+async fn https_to_django_and_a_wrong_secret() {
+    let mut django = Django::new(&["alice"], true);
+    let ca = django.use_tls();
+    django.start();
+    // https, with the private CA as the roots.
+    let trusting = Tether::start_env(&django, &[], SECRET, Some(&ca));
+    let keys = login_keys(trusting.addr, "alice").await.unwrap();
+    assert_eq!(
+        note(trusting.addr, &keys, "over https").await,
+        Ok("note 1: over https (1 from this user)".into())
+    );
+    // The system's roots do not know that CA: the call fails, naming why.
+    let untrusting = Tether::start_env(&django, &[], SECRET, None);
+    let (code, message) = note(untrusting.addr, &keys, "unverified")
+        .await
+        .unwrap_err();
+    assert_eq!(code, ErrorCode::FAILED);
+    assert!(
+        message.contains("cannot reach the application") && message.contains("certificate"),
+        "{message}"
+    );
+    // A wrong secret: Django answers 403; the device sees its refusal.
+    let wrong = Tether::start_env(&django, &[], "not the secret Django checks", Some(&ca));
+    assert_eq!(
+        note(wrong.addr, &keys, "forged?").await,
+        Err((ErrorCode::FORBIDDEN, "bad signature".into()))
+    );
+    // Neither wrote a note.
+    assert_eq!(
+        note(trusting.addr, &keys, "again").await,
+        Ok("note 2: again (2 from this user)".into())
+    );
 }
 
 /// Waits for the session to end; how it ended.

@@ -765,6 +765,23 @@ impl Every {
     }
 }
 
+/// `--forward-secret` as given: checked when the forwarder is built (a
+/// parse error would print it). Never printed.
+#[derive(Clone)]
+pub struct SecretArg(String);
+
+impl fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretArg(<redacted>)")
+    }
+}
+
+impl SecretArg {
+    fn parse(s: &str) -> Result<Self, std::convert::Infallible> {
+        Ok(Self(s.to_string()))
+    }
+}
+
 /// The `tether serve` options of forwarding (flattened into its
 /// arguments).
 #[derive(Debug, Clone, clap::Args)]
@@ -778,9 +795,9 @@ pub struct ForwardArgs {
     pub forward: Option<String>,
     /// The secret that signs forwarded requests (at least 16 characters;
     /// the same value in the Django settings). Never logged.
-    #[arg(long, env = SECRET_ENV, hide_env_values = true,
-          value_name = "SECRET", value_parser = ForwardSecret::new)]
-    pub forward_secret: Option<ForwardSecret>,
+    #[arg(long, env = SECRET_ENV, hide_env_values = true, value_name = "SECRET",
+          value_parser = SecretArg::parse)]
+    pub forward_secret: Option<SecretArg>,
     /// Longest a forwarded request may take; a call then gets `timeout`, a
     /// notification or event is retried.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
@@ -807,13 +824,15 @@ impl ForwardArgs {
         let Some(url) = &self.forward else {
             return Ok(None);
         };
-        let Some(secret) = &self.forward_secret else {
+        let Some(SecretArg(secret)) = &self.forward_secret else {
             return Err(format!(
                 "--forward needs --forward-secret (or {SECRET_ENV}): at least {} characters, \
                  the same value the Django project checks signatures with",
                 signing::MIN_SECRET_LEN
             ));
         };
+        // Checked here, not by clap, whose error would print the value.
+        let secret = ForwardSecret::new(secret).map_err(|e| format!("--forward-secret: {e}"))?;
         let timeout = Duration::try_from_secs_f64(self.forward_timeout)
             .ok()
             .filter(|t| !t.is_zero())
@@ -824,7 +843,7 @@ impl ForwardArgs {
             queue: self.forward_queue,
             max_calls: self.forward_max_calls,
             max_calls_per_session: self.forward_max_calls_per_session,
-            ..ForwardConfig::new(url.clone(), secret.clone())
+            ..ForwardConfig::new(url.clone(), secret)
         };
         Forwarder::new(config, metrics)
             .map(Some)
