@@ -20,7 +20,10 @@ def refused(why):
 
 
 def reply(data):
-    return HttpResponse(data, content_type="application/octet-stream")
+    response = HttpResponse(data, content_type="application/octet-stream")
+    # Without CommonMiddleware Django sets no length: gunicorn would chunk.
+    response["Content-Length"] = str(len(data))
+    return response
 
 
 def caller(request):
@@ -34,6 +37,10 @@ def call(request, method):
     if why:
         return refused(why)
     user_id, session = caller(request)
+    if method == "echo":
+        # tether serve --forward-builtin echo: the application answers the
+        # built-in (bench/run's forwarded rows: the hop, no database).
+        return reply(request.body)
     if method == "note":
         try:
             text = postcard.read_string(request.body)
