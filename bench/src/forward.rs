@@ -184,3 +184,44 @@ pub async fn wait_ready(addr: SocketAddr) -> Result<(), String> {
         }
     }
 }
+
+/// CPU time of a process and its children (gunicorn's master and workers).
+pub fn tree_cpu(pid: u32) -> Result<Duration, String> {
+    let mut total = crate::common::cpu_time(pid)?;
+    let dir = std::fs::read_dir("/proc").map_err(|e| format!("/proc: {e}"))?;
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The parent is the second field after the command name.
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(pid) {
+            total += crate::common::cpu_time(child).unwrap_or_default();
+        }
+    }
+    Ok(total)
+}
+
+/// The CPU time `pids` (each with its children) use inside `window`.
+pub async fn cpu_in(pids: Vec<u32>, window: Window) -> Result<Vec<Duration>, String> {
+    tokio::time::sleep_until(window.start.into()).await;
+    let before = pids
+        .iter()
+        .map(|p| tree_cpu(*p))
+        .collect::<Result<Vec<_>, _>>()?;
+    tokio::time::sleep_until(window.stop.into()).await;
+    pids.iter()
+        .zip(before)
+        .map(|(p, b)| Ok(tree_cpu(*p)?.saturating_sub(b)))
+        .collect()
+}

@@ -444,6 +444,9 @@ struct Forwarded {
     builtin_pipe: Throughput,
     pipe: Throughput,
     workers: usize,
+    /// CPU per forwarded call, 64 in flight: `tether serve`, gunicorn.
+    cpu_tether: Duration,
+    cpu_django: Duration,
 }
 
 /// Built-in `echo` against `echo` forwarded to Django
@@ -456,7 +459,7 @@ async fn forwarded(a: &RunArgs, plan: &Plan, users: &Arc<Users>) -> Result<Forwa
     let workers = 2;
     let port = free_port()?;
     let gaddr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let _gunicorn = forward::gunicorn(python, project, &a.workdir, port, workers)?;
+    let gunicorn = forward::gunicorn(python, project, &a.workdir, port, workers)?;
     forward::wait_ready(gaddr).await?;
     let calls = ["--max-handshakes", "1024", "--max-calls-in-flight", "64"];
     let (_builtin, baddr) = tether_serve(a, "serve-builtin.log", &calls).await?;
@@ -472,7 +475,7 @@ async fn forwarded(a: &RunArgs, plan: &Plan, users: &Arc<Users>) -> Result<Forwa
         "--forward-max-calls-per-session",
         "64",
     ]);
-    let (_forwarding, faddr) = tether_serve(a, "serve-forward.log", &flags).await?;
+    let (forwarding, faddr) = tether_serve(a, "serve-forward.log", &flags).await?;
     let (mut builtin_seq, mut seq, mut direct) = (None, None, None);
     for round in 1..=plan.rounds {
         say(&format!(
@@ -495,14 +498,20 @@ async fn forwarded(a: &RunArgs, plan: &Plan, users: &Arc<Users>) -> Result<Forwa
     let w = Window::new(plan.calls.0, plan.calls.1);
     let builtin_pipe = raw::pipelined(raw::login(baddr, name, keys).await?, 64, w).await?;
     builtin_pipe.check("built-in calls, 64 in flight")?;
+    let session = raw::login(faddr, name, keys).await?;
     let w = Window::new(plan.calls.0, plan.calls.1);
-    let pipe = raw::pipelined(raw::login(faddr, name, keys).await?, 64, w).await?;
+    let cpu = tokio::spawn(forward::cpu_in(vec![forwarding.pid(), gunicorn.pid()], w));
+    let pipe = raw::pipelined(session, 64, w).await?;
     pipe.check("forwarded calls, 64 in flight")?;
+    let cpu = cpu.await.map_err(|e| e.to_string())??;
+    let per_call = |d: Duration| d / (pipe.count.max(1) as u32);
     let r = Forwarded {
         builtin_seq: builtin_seq.expect("measured"),
         seq: seq.expect("measured"),
         direct: direct.expect("measured"),
         builtin_pipe,
+        cpu_tether: per_call(cpu[0]),
+        cpu_django: per_call(cpu[1]),
         pipe,
         workers,
     };
@@ -911,8 +920,10 @@ fn render(
             "call device->server, 64 in flight, forwarded to Django",
             format!("{}/s", fmt_rate(f.pipe.rate)),
             format!(
-                "Django directly, one connection: {}/s",
-                fmt_rate(f.direct.rate)
+                "Django directly, one connection: {}/s; CPU per call: tether serve {}, gunicorn {}",
+                fmt_rate(f.direct.rate),
+                fmt_dur(f.cpu_tether),
+                fmt_dur(f.cpu_django)
             ),
             format!("{:.2}x", f.pipe.rate / f.direct.rate),
             String::new(),
