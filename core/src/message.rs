@@ -397,6 +397,15 @@ mod tests {
             Err(DecodeError::InvalidUtf8)
         );
         assert_eq!(decode::<Message>(&[42]), Err(DecodeError::UnknownVariant));
+        // Goodbye reasons: 7 is `revoked`; a reason added later is what a
+        // device that predates it cannot decode (the session ends).
+        assert_eq!(
+            decode::<Message>(&[6, 7]),
+            Ok(Message::Goodbye {
+                reason: GoodbyeReason::Revoked
+            })
+        );
+        assert_eq!(decode::<Message>(&[6, 8]), Err(DecodeError::UnknownVariant));
         assert_eq!(decode::<Message>(&[0, 1]), Err(DecodeError::Truncated));
     }
 }
