@@ -54,6 +54,9 @@ call = varint(0) + varint(1) + string("echo") + string(b"\x02hi")
 reply = varint(1) + varint(1) + string(b"\x02hi")
 error = varint(2) + varint(2) + varint(1) + string("no such method")
 goodbye = varint(6) + varint(0)
+# Goodbye reasons: 0 normal, 1 shutdown, 2 idle_timeout, 3 kicked,
+# 4 protocol_error, 5 bad_tag, 6 replaced, 7 revoked.
+goodbye_revoked = varint(6) + varint(7)
 
 for name, value in [
     ("hello", hello), ("challenge", challenge), ("proof", proof), ("welcome", welcome),
@@ -63,5 +66,6 @@ for name, value in [
     ("s2c_reply_seq0", session_frame(k_s2c, 0, reply)),
     ("s2c_error_seq1", session_frame(k_s2c, 1, error)),
     ("c2s_goodbye_seq1", session_frame(k_c2s, 1, goodbye)),
+    ("s2c_goodbye_revoked_seq2", session_frame(k_s2c, 2, goodbye_revoked)),
 ]:
     print(f"{name}: {value.hex() if name != 'auth_message' else value.decode()}")

@@ -7,6 +7,7 @@
 //!   starts itself.
 
 mod common;
+mod forward;
 mod idle;
 mod libserver;
 mod load;

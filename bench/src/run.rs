@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::{Manifest, Users, Window, cpu_time, fmt_dur, fmt_rate, loadavg, rss};
 use crate::idle::Clients;
 use crate::load::{self, Throughput};
-use crate::{libserver, raw};
+use crate::{forward, libserver, raw};
 
 /// What `run` needs (see `tether-bench run --help`).
 #[derive(Debug, Clone, clap::Args)]
@@ -49,9 +49,15 @@ pub struct RunArgs {
     /// Write the table (Markdown) here too.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only these stages (comma-separated: login,variants,calls,s2d,idle,django); default all.
+    /// Only these stages (comma-separated: login,variants,calls,forward,s2d,idle,django); default all.
     #[arg(long)]
     pub only: Option<String>,
+    /// Python of the forwarding test project's venv (tests/django-forward/setup).
+    #[arg(long)]
+    pub forward_python: Option<PathBuf>,
+    /// tests/django-forward (served by gunicorn for the forwarded rows).
+    #[arg(long)]
+    pub forward_project: Option<PathBuf>,
 }
 
 struct Plan {
@@ -146,6 +152,11 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// A started process, named in errors.
+    pub fn new(child: Child, name: String) -> Self {
+        Self { child, name }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -418,10 +429,101 @@ struct Results {
     seq: Option<Throughput>,
     pipe_fw: Option<Throughput>,
     pipe_raw: Option<Throughput>,
+    fwd: Option<Forwarded>,
     s2d_seq: Option<Throughput>,
     s2d_pipe: Option<Throughput>,
     idle: Option<Idle>,
     django: Option<Django>,
+}
+
+/// The forwarded-call rows (the `forward` stage).
+struct Forwarded {
+    builtin_seq: Throughput,
+    seq: Throughput,
+    direct: Throughput,
+    builtin_pipe: Throughput,
+    pipe: Throughput,
+    workers: usize,
+    /// CPU per forwarded call, 64 in flight: `tether serve`, gunicorn.
+    cpu_tether: Duration,
+    cpu_django: Duration,
+}
+
+/// Built-in `echo` against `echo` forwarded to Django
+/// (`--forward-builtin echo`), and Django called directly, in alternating
+/// rounds; then 64 in flight through both servers.
+async fn forwarded(a: &RunArgs, plan: &Plan, users: &Arc<Users>) -> Result<Forwarded, String> {
+    let (Some(python), Some(project)) = (&a.forward_python, &a.forward_project) else {
+        return Err("the forward stage needs --forward-python and --forward-project".into());
+    };
+    let workers = 2;
+    let port = free_port()?;
+    let gaddr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let gunicorn = forward::gunicorn(python, project, &a.workdir, port, workers)?;
+    forward::wait_ready(gaddr).await?;
+    let calls = ["--max-handshakes", "1024", "--max-calls-in-flight", "64"];
+    let (_builtin, baddr) = tether_serve(a, "serve-builtin.log", &calls).await?;
+    let url = format!("http://127.0.0.1:{port}/tether");
+    let mut flags = calls.to_vec();
+    flags.extend([
+        "--forward",
+        &url,
+        "--forward-secret",
+        forward::SECRET,
+        "--forward-builtin",
+        "echo",
+        "--forward-max-calls-per-session",
+        "64",
+    ]);
+    let (forwarding, faddr) = tether_serve(a, "serve-forward.log", &flags).await?;
+    let (mut builtin_seq, mut seq, mut direct) = (None, None, None);
+    for round in 1..=plan.rounds {
+        say(&format!(
+            "round {round}/{}: built-in echo vs forwarded to Django vs Django directly",
+            plan.rounds
+        ));
+        let t = load::calls_sequential(baddr, users, plan.round_calls).await?;
+        t.check("built-in calls")?;
+        builtin_seq = Some(merge(builtin_seq.take(), t));
+        let t = load::calls_sequential(faddr, users, plan.round_calls).await?;
+        t.check("forwarded calls")?;
+        seq = Some(merge(seq.take(), t));
+        let w = Window::new(plan.round_calls.0, plan.round_calls.1);
+        let t = forward::direct_sequential(gaddr, w).await?;
+        t.check("Django directly")?;
+        direct = Some(merge(direct.take(), t));
+    }
+    let (name, keys) = users.get(0);
+    say("calls, 64 in flight: built-in, then forwarded");
+    let w = Window::new(plan.calls.0, plan.calls.1);
+    let builtin_pipe = raw::pipelined(raw::login(baddr, name, keys).await?, 64, w).await?;
+    builtin_pipe.check("built-in calls, 64 in flight")?;
+    let session = raw::login(faddr, name, keys).await?;
+    let w = Window::new(plan.calls.0, plan.calls.1);
+    let cpu = tokio::spawn(forward::cpu_in(vec![forwarding.pid(), gunicorn.pid()], w));
+    let pipe = raw::pipelined(session, 64, w).await?;
+    pipe.check("forwarded calls, 64 in flight")?;
+    let cpu = cpu.await.map_err(|e| e.to_string())??;
+    let per_call = |d: Duration| d / (pipe.count.max(1) as u32);
+    let r = Forwarded {
+        builtin_seq: builtin_seq.expect("measured"),
+        seq: seq.expect("measured"),
+        direct: direct.expect("measured"),
+        builtin_pipe,
+        cpu_tether: per_call(cpu[0]),
+        cpu_django: per_call(cpu[1]),
+        pipe,
+        workers,
+    };
+    say(&format!(
+        "  built-in p50 {}, forwarded p50 {}, Django directly p50 {}; 64 in flight {}/s vs {}/s",
+        fmt_dur(r.builtin_seq.lat.p50),
+        fmt_dur(r.seq.lat.p50),
+        fmt_dur(r.direct.lat.p50),
+        fmt_rate(r.builtin_pipe.rate),
+        fmt_rate(r.pipe.rate)
+    ));
+    Ok(r)
 }
 
 pub async fn run(a: RunArgs) -> Result<(), String> {
@@ -535,6 +637,10 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
         t.check("pipelined calls")?;
         r.pipe_raw = Some(t);
         drop(server);
+    }
+
+    if want("forward") {
+        r.fwd = Some(forwarded(&a, &plan, &users).await?);
     }
 
     if want("variants") {
@@ -771,6 +877,56 @@ fn render(
             String::new(),
             String::new(),
             format!(">= 300,000/s: {}", mark(t.rate >= 300_000.0)),
+        );
+    }
+    if let Some(f) = &r.fwd {
+        let p50 = |t: &Throughput| t.lat.p50.as_secs_f64();
+        row(
+            "call device->server, sequential, built-in `echo` (the server answers)",
+            format!(
+                "{}, {}/s",
+                lat(&f.builtin_seq),
+                fmt_rate(f.builtin_seq.rate)
+            ),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        row(
+            &format!(
+                "call device->server, sequential, `echo` forwarded to Django 5.2 behind gunicorn ({} gthread workers x 4 threads, `--forward-builtin echo`)",
+                f.workers
+            ),
+            format!("{}, {}/s", lat(&f.seq), fmt_rate(f.seq.rate)),
+            format!(
+                "the same view called directly (signed POST, keep-alive): {}",
+                lat(&f.direct)
+            ),
+            format!(
+                "hop +{} over Django alone; {:.0}x the built-in (p50)",
+                fmt_dur(f.seq.lat.p50.saturating_sub(f.direct.lat.p50)),
+                p50(&f.seq) / p50(&f.builtin_seq)
+            ),
+            String::new(),
+        );
+        row(
+            "call device->server, 64 in flight, built-in `echo` (tether-core client)",
+            format!("{}/s", fmt_rate(f.builtin_pipe.rate)),
+            String::new(),
+            String::new(),
+            String::new(),
+        );
+        row(
+            "call device->server, 64 in flight, forwarded to Django",
+            format!("{}/s", fmt_rate(f.pipe.rate)),
+            format!(
+                "Django directly, one connection: {}/s; CPU per call: tether serve {}, gunicorn {}",
+                fmt_rate(f.direct.rate),
+                fmt_dur(f.cpu_tether),
+                fmt_dur(f.cpu_django)
+            ),
+            format!("{:.2}x", f.pipe.rate / f.direct.rate),
+            String::new(),
         );
     }
     if let Some(t) = &r.s2d_seq {

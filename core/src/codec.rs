@@ -131,7 +131,7 @@ const REFUSAL_CODES: [RefusalCode; 7] = [
     RefusalCode::Busy,
 ];
 
-const GOODBYE_REASONS: [GoodbyeReason; 7] = [
+const GOODBYE_REASONS: [GoodbyeReason; 8] = [
     GoodbyeReason::Normal,
     GoodbyeReason::Shutdown,
     GoodbyeReason::IdleTimeout,
@@ -139,6 +139,7 @@ const GOODBYE_REASONS: [GoodbyeReason; 7] = [
     GoodbyeReason::ProtocolError,
     GoodbyeReason::BadTag,
     GoodbyeReason::Replaced,
+    GoodbyeReason::Revoked,
 ];
 
 impl<'a> Handshake<'a> {
@@ -374,7 +375,7 @@ mod tests {
     proptest! {
         #[test]
         fn messages_encode_like_postcard(
-            kind in 0..7u8, id: u32, code: u16, s in text(), t in bytes(), reason in 0..7usize,
+            kind in 0..7u8, id: u32, code: u16, s in text(), t in bytes(), reason in 0..8usize,
         ) {
             let m = match kind {
                 0 => Message::Call { id, method: &s, args: &t },

@@ -342,6 +342,13 @@ pub enum GoodbyeReason {
     BadTag,
     /// The same account logged in again elsewhere.
     Replaced,
+    /// The account may no longer log in: deactivated or deleted, its
+    /// password changed, or it lost the permission or group the server
+    /// requires (checked while the session runs), or an application
+    /// revoked it. Logging in again succeeds only if the account still may.
+    /// A device built before this reason existed cannot decode it and
+    /// treats the frame as undecodable: the session ends all the same.
+    Revoked,
 }
 
 impl GoodbyeReason {
@@ -355,6 +362,7 @@ impl GoodbyeReason {
             Self::ProtocolError => "protocol_error",
             Self::BadTag => "bad_tag",
             Self::Replaced => "replaced",
+            Self::Revoked => "revoked",
         }
     }
 }
@@ -389,6 +397,15 @@ mod tests {
             Err(DecodeError::InvalidUtf8)
         );
         assert_eq!(decode::<Message>(&[42]), Err(DecodeError::UnknownVariant));
+        // Goodbye reasons: 7 is `revoked`; a reason added later is what a
+        // device that predates it cannot decode (the session ends).
+        assert_eq!(
+            decode::<Message>(&[6, 7]),
+            Ok(Message::Goodbye {
+                reason: GoodbyeReason::Revoked
+            })
+        );
+        assert_eq!(decode::<Message>(&[6, 8]), Err(DecodeError::UnknownVariant));
         assert_eq!(decode::<Message>(&[0, 1]), Err(DecodeError::Truncated));
     }
 }

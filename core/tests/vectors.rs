@@ -145,6 +145,13 @@ fn session_frames_from_the_rfc7677_exchange() {
         hex(ctx.seal(&bye, &mut out, 512).unwrap()),
         "001a00000000000000010600d5ddd423291ef30cbbb2f7db95384d0f"
     );
+    let revoked = Message::Goodbye {
+        reason: GoodbyeReason::Revoked,
+    };
+    assert_eq!(
+        hex(stx.seal(&revoked, &mut out, 512).unwrap()),
+        "001a00000000000000020607aa1df95f68a96245c3a92ae0aaceaf6a"
+    );
 }
 
 /// `scram_sha256` rows written by django-tether's `ScramSHA256PasswordHasher`

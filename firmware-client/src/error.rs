@@ -49,7 +49,15 @@ pub enum Error<E> {
     /// salt or iteration count (the password was changed or re-hashed), so
     /// log in with the password again.
     Login(ScramError),
-    /// The server ended the session with a goodbye.
+    /// The server ended the session with a goodbye: `Shutdown`,
+    /// `IdleTimeout`, `Kicked` (an operator ended it), `Revoked` (the
+    /// account may no longer log in: deactivated or deleted in Django, its
+    /// password changed, or it lost the permission or group the server
+    /// requires) or `ProtocolError`. The session is over; the application
+    /// decides whether to log in again. After `Revoked` the next login
+    /// tells: it is refused `Unauthorized` (retrying will not help) unless
+    /// the account may still log in, and cached keys stop fitting after a
+    /// password change ([`ScramError::CachedKeysMismatch`]).
     Closed(GoodbyeReason),
     /// The connection ended (EOF) without a goodbye.
     Disconnected,

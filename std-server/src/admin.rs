@@ -6,6 +6,7 @@
 //! | `GET /sessions[?username=U]` | `200` `{"sessions": [{"id", "username", "user_id", "is_superuser", "peer", "mechanism", "connected_since", "connected_since_unix_ms", "calls_in", "calls_out", "calls_in_flight"}]}`, oldest first |
 //! | `POST /sessions/{username}/call/{method}[?session=ID][&timeout=SECS]` | calls the device and waits for its reply (see below) |
 //! | `DELETE /sessions/{username}[?session=ID]` | kicks (`Goodbye { Kicked }`): `200` `{"kicked": [ids]}`, or `404` |
+//! | `POST /revoke` `{"user_id": 42}` or `{"username": "alice"}` | ends every session of that user with `Goodbye { Revoked }` and forgets cached lookups of it: `200` `{"revoked": [ids]}` (empty when none was live) |
 //! | `GET /healthz` | `200` `{"status": "ok", "database": "ok", "sessions": N}` when the database answers the login query, else `503` `{"status": "unavailable", "database": "<error>"}` |
 //! | `GET /metrics` | `200`, Prometheus text format 0.0.4 ([`crate::metrics`]) |
 //!
@@ -290,6 +291,7 @@ impl Admin {
             .route("/sessions", get(list_sessions))
             .route("/sessions/{username}", delete(kick))
             .route("/sessions/{username}/call/{method}", post(call))
+            .route("/revoke", post(revoke))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .fallback(not_found)
@@ -729,6 +731,46 @@ async fn kick(
     }
     let kicked: Vec<u64> = minds.iter().map(Mind::session_id).collect();
     Json(json!({ "kicked": kicked })).into_response()
+}
+
+/// `POST /revoke` `{"user_id": 42}` or `{"username": "alice"}`
+/// ([`crate::revalidate::revoke`]).
+async fn revoke(State(state): St, body: Bytes) -> Response {
+    let who = match serde_json::from_slice::<Value>(&body) {
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                format!("the body is not JSON: {e}"),
+            );
+        }
+        Ok(v) => match (v.get("user_id"), v.get("username")) {
+            (Some(id), None) if id.as_i64().is_some() => {
+                crate::revalidate::Who::UserId(id.as_i64().unwrap_or_default())
+            }
+            (None, Some(name)) if name.as_str().is_some_and(|n| !n.is_empty()) => {
+                crate::revalidate::Who::Username(name.as_str().unwrap_or_default().to_string())
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_arguments",
+                    "expected {\"user_id\": <integer>} or {\"username\": \"<name>\"}",
+                );
+            }
+        },
+    };
+    let ids = crate::revalidate::revoke(&state.sessions, &state.store, &who);
+    // Answer once the sessions have ended (bounded), as DELETE does.
+    let deadline = Instant::now() + state.config.kick_wait;
+    while Instant::now() < deadline
+        && ids
+            .iter()
+            .any(|id| state.sessions.mind(*id).is_some_and(|m| !m.is_closed()))
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Json(json!({ "revoked": ids })).into_response()
 }
 
 async fn healthz(State(state): St) -> Response {

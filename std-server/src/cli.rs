@@ -46,7 +46,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve devices against a Django database.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a demo database, serve it on 127.0.0.1:7420 and run a
     /// simulated device against it, printing each step.
     Demo(DemoArgs),
@@ -196,6 +196,15 @@ pub struct ServeArgs {
     /// may ask for another with `?timeout=SECS`).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub admin_call_timeout: f64,
+    /// Re-read the users of live sessions this often (one query for all)
+    /// and end with `Goodbye(Revoked)` the sessions of users deactivated,
+    /// deleted, whose password changed or who no longer pass
+    /// --require-perm/--require-group (0: never).
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub revalidate: f64,
+    /// Forwarding to the Django project.
+    #[command(flatten)]
+    pub forward: crate::forward::ForwardArgs,
 }
 
 /// `tether demo`.
@@ -322,7 +331,7 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Demo(args) => {
                 let options = crate::demo::DemoOptions {
                     listen: args.listen,
@@ -390,8 +399,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let store_config = args.store.config();
     let url = redact_url(&store_config.url);
+    if let Some(warning) = crate::store::missing_sqlite_file(&store_config.url) {
+        warn!("{warning}");
+    }
     let store = match Store::open(store_config) {
         Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!("tether serve: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let forwarder = match args.forward.forwarder(store.metrics()) {
+        Ok(f) => f,
         Err(e) => {
             eprintln!("tether serve: {e}");
             return ExitCode::FAILURE;
@@ -452,12 +471,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
             max_delay: secs(args.throttle_max_delay),
             ..ThrottleConfig::default()
         },
+        revalidate: Some(secs(args.revalidate)).filter(|d| !d.is_zero()),
     };
     let server = match Server::bind(
         args.listen.as_str(),
         config,
         store,
-        DefaultRealm::new(),
+        match &forwarder {
+            Some(f) => DefaultRealm::new().forward_to(f.clone()),
+            None => DefaultRealm::new(),
+        },
         secret,
     )
     .await
@@ -489,7 +512,14 @@ async fn serve(args: ServeArgs) -> ExitCode {
         info!("signal received: shutting down gracefully");
         handle.shutdown();
     });
+    if let Some(f) = &forwarder {
+        crate::forward::log_start(f);
+    }
     server.run().await;
+    if let Some(f) = forwarder {
+        // The sessions' last events (`disconnected`) are queued by now.
+        f.close(crate::forward::CLOSE_GRACE).await;
+    }
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
     }
@@ -960,5 +990,15 @@ fn db_message(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(d) => d.message().to_string(),
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        // clap's own checks (unique argument ids, ...), which otherwise only
+        // fire when a debug build parses its arguments.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

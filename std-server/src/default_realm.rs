@@ -2,6 +2,12 @@
 //! disconnected` (with session id and peer), answers the built-in methods
 //! ([`Echo`], [`WhoAmI`], [`ServerTime`]) and keeps a [`Registry`] of live
 //! sessions through which server code can reach any device.
+//!
+//! With a [`Forwarder`] ([`DefaultRealm::forward_to`], `tether serve
+//! --forward`) every other call, every notification and the session's
+//! `connected` / `disconnected` events go to the Django project
+//! (docs/DJANGO.md); without one, other calls get `unknown_method` and
+//! notifications are ignored.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +19,7 @@ use tether_core::method::Method;
 use tether_core::method::builtin::{DeviceInfo, Echo, Identity, ServerTime, WhoAmI};
 use tracing::{info, warn};
 
+use crate::forward::{BUILTINS, ForwardSession, Forwarder};
 use crate::realm::{
     Avatar, CallResult, IncomingCall, Mind, Realm, SessionEnd, SessionInfo, lock, reply,
 };
@@ -117,6 +124,7 @@ pub struct DefaultRealm {
     registry: Registry,
     ask_device_info: bool,
     events: Option<tokio::sync::mpsc::UnboundedSender<RealmEvent>>,
+    forward: Option<Forwarder>,
 }
 
 impl DefaultRealm {
@@ -138,6 +146,14 @@ impl DefaultRealm {
         self
     }
 
+    /// Hands every call the realm does not answer itself (and the
+    /// built-ins the forwarder names), every notification and the session
+    /// events to the Django project.
+    pub fn forward_to(mut self, forwarder: Forwarder) -> Self {
+        self.forward = Some(forwarder);
+        self
+    }
+
     /// The registry of live sessions.
     pub fn registry(&self) -> Registry {
         self.registry.clone()
@@ -152,6 +168,7 @@ pub struct DefaultAvatar {
     registry: Registry,
     ask_device_info: bool,
     events: Option<tokio::sync::mpsc::UnboundedSender<RealmEvent>>,
+    forward: Option<(Forwarder, ForwardSession)>,
 }
 
 impl Realm for DefaultRealm {
@@ -168,12 +185,19 @@ impl Realm for DefaultRealm {
             info: session.clone(),
             mind: mind.clone(),
         });
+        // Queues `connected` now, so it is delivered before anything the
+        // device sends.
+        let forward = self
+            .forward
+            .as_ref()
+            .map(|f| (f.clone(), f.session(session, &mind)));
         Ok(DefaultAvatar {
             info: session.clone(),
             mind,
             registry: self.registry.clone(),
             ask_device_info: self.ask_device_info,
             events: self.events.clone(),
+            forward,
         })
     }
 }
@@ -195,6 +219,11 @@ pub fn unix_millis(t: SystemTime) -> u64 {
 
 impl Avatar for DefaultAvatar {
     async fn call(&self, call: IncomingCall) -> CallResult {
+        if let Some((forwarder, session)) = &self.forward
+            && (!BUILTINS.contains(&call.method()) || forwarder.forwards_builtin(call.method()))
+        {
+            return session.call(&call.method, call.args).await;
+        }
         match call.method() {
             Echo::NAME => reply::<Echo>(&call.args::<Echo>()?),
             WhoAmI::NAME => {
@@ -211,6 +240,13 @@ impl Avatar for DefaultAvatar {
                 reply::<ServerTime>(&unix_millis(SystemTime::now()))
             }
             _ => Err(call.unknown_method()),
+        }
+    }
+
+    async fn notify(&self, method: String, args: Vec<u8>) {
+        // Queued at once (the session's first poll): the order is kept.
+        if let Some((_, session)) = &self.forward {
+            session.notify(&method, args);
         }
     }
 
@@ -253,6 +289,9 @@ impl Avatar for DefaultAvatar {
     async fn detached(&self, end: SessionEnd) {
         let info = &self.info;
         self.registry.remove(info.id);
+        if let Some((_, session)) = &self.forward {
+            session.disconnected(&end);
+        }
         info!(session = info.id, peer = %info.peer, reason = %end, "{} disconnected", info.user.username);
         self.emit(RealmEvent::Disconnected {
             session: info.id,

@@ -15,7 +15,9 @@
 //! | [`throttle`] | failed-login backoff per username and per address |
 //! | [`secret`] | the server secret behind decoy challenges |
 //! | [`realm`] | [`Realm`], [`Avatar`], [`Mind`]: the seed's roles |
+//! | [`revalidate`] | revocation: sessions whose user may no longer log in end with `Goodbye(Revoked)` |
 //! | [`default_realm`] | the binary's realm and its [`Registry`] of live sessions |
+//! | [`forward`] | `--forward`: device calls, notifications and session events to the Django project over HTTP (docs/DJANGO.md) |
 //! | [`server`] | listener, limits, graceful shutdown |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
 //! | [`wire`] | frames over a byte stream |
@@ -35,9 +37,11 @@ pub mod admin;
 pub mod cli;
 pub mod default_realm;
 pub mod demo;
+pub mod forward;
 mod login;
 pub mod metrics;
 pub mod realm;
+pub mod revalidate;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -34,7 +34,7 @@ use tracing::{debug, info, warn};
 
 use crate::default_realm::SessionEntry;
 use crate::metrics::{Direction, Metrics, Rejection};
-use crate::realm::{Avatar as _, Mind, Realm, SessionEnd, SessionInfo, User};
+use crate::realm::{Avatar as _, CredentialDigest, Mind, Realm, SessionEnd, SessionInfo, User};
 use crate::server::{HandshakeSlot, Shared};
 use crate::session::Established;
 use crate::wire::{FrameReader, ReadError};
@@ -397,6 +397,7 @@ pub(crate) async fn handshake<R: Realm>(
         },
         mechanism: credentials.mechanism,
         started: SystemTime::now(),
+        credential: CredentialDigest::of(&account.password),
     };
     let (tx, rx) = mpsc::channel(config.session.outbound_queue.max(4));
     let mind = Mind::new(

@@ -31,6 +31,10 @@
 //! | `tether_db_cache_hits_total` | counter | | lookups answered by the cache |
 //! | `tether_frames_rejected_total` | counter | `phase` = `handshake`, `session`; `reason` | frames that ended a login or session: `bad_frame` (length), `undecodable`, `unexpected`, `bad_tag`, `replayed`, `out_of_order`, `too_short`, `unknown_reply`, `duplicate_call` |
 //!
+//! | `tether_forward_*` | | | forwarding to the Django project, listed in std-server/README.md |
+//! | `tether_revocations_total` | counter | `cause` = `deleted`, `inactive`, `password`, `permission`, `admin` | sessions ended with `Goodbye(Revoked)` ([`crate::revalidate`]) |
+//! | `tether_revalidations_total` | counter | `outcome` = `ok`, `error` | the periodic re-reads of the live sessions' users |
+//!
 //! `from_device` calls are the device's calls answered by the avatar
 //! (`rejected`: refused `busy` or `shutting_down` without running);
 //! `to_device` calls are [`Mind`](crate::Mind) calls (`rejected`: too large
@@ -278,6 +282,8 @@ struct Inner {
     to_device: CallMetrics,
     store: StoreMetrics,
     rejections: [Counter; 11],
+    forward: crate::forward::metrics::ForwardMetrics,
+    revocations: crate::revalidate::RevocationMetrics,
     /// Throttles whose blocked keys are counted at scrape time.
     throttles: Mutex<Vec<Weak<Throttle>>>,
 }
@@ -428,6 +434,11 @@ impl Metrics {
         );
         let rejections = Rejection::ALL.map(|r| rejected.get_or_create_owned(&r.labels()));
 
+        // Forwarding to Django: crate::forward::metrics.
+        let forward = crate::forward::metrics::ForwardMetrics::register(&mut registry);
+        // Revocations: crate::revalidate.
+        let revocations = crate::revalidate::RevocationMetrics::register(&mut registry);
+
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -445,6 +456,8 @@ impl Metrics {
                 to_device,
                 store,
                 rejections,
+                forward,
+                revocations,
                 throttles: Mutex::new(Vec::new()),
             }),
         }
@@ -483,6 +496,14 @@ impl Metrics {
 
     pub(crate) fn store(&self) -> StoreMetrics {
         self.inner.store.clone()
+    }
+
+    pub(crate) fn forward(&self) -> crate::forward::metrics::ForwardMetrics {
+        self.inner.forward.clone()
+    }
+
+    pub(crate) fn revocations(&self) -> crate::revalidate::RevocationMetrics {
+        self.inner.revocations.clone()
     }
 
     pub(crate) fn calls(&self, direction: Direction) -> CallMetrics {

@@ -85,6 +85,46 @@ pub struct SessionInfo {
     pub mechanism: Mechanism,
     /// When the login completed.
     pub started: SystemTime,
+    /// The stored password hash the login used, as a digest: revalidation
+    /// ends the session when the row's hash changes.
+    pub(crate) credential: CredentialDigest,
+}
+
+/// SHA-256 of the SCRAM verifier a stored password hash gives (of the hash
+/// string itself when it gives none): tells whether the credentials changed
+/// without keeping them. A row rewritten to another form of the same
+/// verifier (`pbkdf2_sha256` to `scram_sha256` with the same salt and
+/// iterations, docs/DJANGO.md section 3) keeps its digest. Never printed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CredentialDigest([u8; 32]);
+
+impl CredentialDigest {
+    pub(crate) fn of(encoded_hash: &str) -> Self {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        match tether_core::django::credentials(encoded_hash) {
+            Ok(c) => {
+                h.update(b"verifier\0");
+                h.update(c.mechanism.to_string().as_bytes());
+                h.update(c.iterations.to_be_bytes());
+                h.update((c.salt.len() as u32).to_be_bytes());
+                h.update(&c.salt);
+                h.update(c.stored_key.as_bytes());
+                h.update(c.server_key.as_bytes());
+            }
+            Err(_) => {
+                h.update(b"text\0");
+                h.update(encoded_hash.as_bytes());
+            }
+        }
+        Self(h.finalize().into())
+    }
+}
+
+impl fmt::Debug for CredentialDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("CredentialDigest(..)")
+    }
 }
 
 /// A failed call, as the peer sees it: an [`ErrorCode`] and a message.

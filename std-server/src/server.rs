@@ -63,6 +63,10 @@ pub struct ServerConfig {
     pub session: SessionConfig,
     /// Failed-login throttle.
     pub throttle: ThrottleConfig,
+    /// How often the users of live sessions are re-read; sessions whose
+    /// user may no longer log in end with `Goodbye(Revoked)` (default
+    /// 30 s; `None`: never). See [`crate::revalidate`].
+    pub revalidate: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +81,7 @@ impl Default for ServerConfig {
             decoy_iterations: 1_000_000,
             session: SessionConfig::default(),
             throttle: ThrottleConfig::default(),
+            revalidate: Some(Duration::from_secs(30)),
         }
     }
 }
@@ -277,6 +282,14 @@ impl<R: Realm> Server<R> {
     pub async fn run(self) {
         let Self { listener, shared } = self;
         info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        if let Some(every) = shared.config.revalidate.filter(|d| !d.is_zero()) {
+            tokio::spawn(crate::revalidate::run(
+                shared.live.clone(),
+                shared.store.clone(),
+                every,
+                shared.shutdown.clone(),
+            ));
+        }
         loop {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,

@@ -676,6 +676,19 @@ fn poll_once<F: Future>(f: &mut CatchUnwind<F>) -> Poll<Result<F::Output, Panick
     Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
 }
 
+/// The longest start of `message` (whole characters) that an `Error`
+/// frame of at most `max_body` bytes can carry.
+fn cut_to_fit(message: &str, max_body: usize) -> &str {
+    // Variant, id, code and the message's length take at most 12 bytes.
+    let mut end = max_body
+        .saturating_sub(tether_core::session::OVERHEAD + 12)
+        .min(message.len());
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
 /// The write side: messages are sealed in order into one buffer and written
 /// together by [`Out::flush`].
 struct Out {
@@ -727,9 +740,10 @@ impl Out {
     }
 
     /// Seals a message into the batch. A reply too large for the device
-    /// becomes a `FAILED` error; any other message too large is dropped
-    /// with a warning; a message that cannot be sealed at all breaks the
-    /// session (the next flush fails).
+    /// becomes a `FAILED` error, an error's message is cut to fit (every
+    /// call gets its answer); any other message too large is dropped with
+    /// a warning; a message that cannot be sealed at all breaks the session
+    /// (the next flush fails).
     fn push_message(&mut self, msg: &Message<'_>) {
         if self.broken {
             return;
@@ -740,14 +754,21 @@ impl Out {
             Err(SessionError::Frame(
                 FrameError::TooLong { .. } | FrameError::BufferTooSmall { .. },
             )) => {
-                let Message::Reply { id, .. } = *msg else {
-                    warn!(%peer, "message too large for the device's max frame; dropped");
-                    return;
-                };
-                let error = Message::Error {
-                    id,
-                    code: ErrorCode::FAILED,
-                    message: "reply larger than the device's max frame",
+                let error = match *msg {
+                    Message::Reply { id, .. } => Message::Error {
+                        id,
+                        code: ErrorCode::FAILED,
+                        message: "reply larger than the device's max frame",
+                    },
+                    Message::Error { id, code, message } => Message::Error {
+                        id,
+                        code,
+                        message: cut_to_fit(message, self.peer_max),
+                    },
+                    _ => {
+                        warn!(%peer, "message too large for the device's max frame; dropped");
+                        return;
+                    }
                 };
                 match self.sealer.seal(&error, &mut self.frame, self.peer_max) {
                     Ok(frame) => self.batch.extend_from_slice(frame),

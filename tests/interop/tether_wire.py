@@ -28,7 +28,7 @@ UNAUTHORIZED, UNSUPPORTED, THROTTLED, UNAVAILABLE, VERSION, PROTOCOL, BUSY = ran
 
 # Message enum (section 5).
 CALL, REPLY, ERROR, NOTIFY, PING, PONG, GOODBYE = range(7)
-GOODBYE_NAMES = ["normal", "shutdown", "idle_timeout", "kicked", "protocol_error", "bad_tag", "replaced"]
+GOODBYE_NAMES = ["normal", "shutdown", "idle_timeout", "kicked", "protocol_error", "bad_tag", "replaced", "revoked"]
 # Error codes.
 UNKNOWN_METHOD, BAD_ARGUMENTS, FAILED = 1, 2, 3
 

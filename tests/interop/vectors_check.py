@@ -92,6 +92,7 @@ def main():
         ("s2c seq 0", tx_s, rx_c, w.encode_reply(1, b"\x02hi"), (w.REPLY, {"id": 1, "result": b"\x02hi"})),
         ("s2c seq 1", tx_s, rx_c, w.encode_error(2, w.UNKNOWN_METHOD, "no such method"), (w.ERROR, {"id": 2, "code": 1, "message": "no such method"})),
         ("c2s seq 1", tx_c, rx_s, w.encode_goodbye(0), (w.GOODBYE, {"reason": 0, "reason_name": "normal"})),
+        ("s2c seq 2", tx_s, rx_c, w.encode_goodbye(7), (w.GOODBYE, {"reason": 7, "reason_name": "revoked"})),
     ]
     for marker, sealer, opener, message, decoded in session:
         wire = doc_hex(doc, marker)

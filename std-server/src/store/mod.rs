@@ -36,9 +36,11 @@ use sqlx::{AnyPool, AssertSqlSafe, Row as _};
 use crate::metrics::{Metrics, StoreMetrics};
 
 pub mod last_login;
+mod sqlite_file;
 pub mod sqlite_reader;
 
 use last_login::LastLoginWriter;
+use sqlite_file::FileWatch;
 use sqlite_reader::SqliteReader;
 
 /// Which SQL dialect a database URL speaks.
@@ -109,6 +111,28 @@ pub fn normalize_url(url: &str) -> String {
         }
     }
     url.to_string()
+}
+
+/// For a `sqlite:` URL whose file does not exist: what `tether serve` warns
+/// at start (the server starts anyway: a file being restored comes back by
+/// itself). Explains the URL forms, the usual cause of a wrong path.
+pub fn missing_sqlite_file(url: &str) -> Option<String> {
+    if Backend::from_url(url).ok()? != Backend::Sqlite {
+        return None;
+    }
+    let path = SqliteReader::file_of(url)?;
+    if path.exists() {
+        return None;
+    }
+    let absolute = std::path::absolute(&path).unwrap_or_else(|_| path.clone());
+    Some(format!(
+        "the SQLite database file {} does not exist (from {url}); logins are refused \
+         `unavailable` until it does. sqlite://db.sqlite3 (two slashes) is relative to the \
+         working directory, sqlite:///srv/site/db.sqlite3 (three slashes) is the absolute \
+         path /srv/site/db.sqlite3 (dj-database-url reads three slashes as relative: \
+         write four, sqlite:////srv/site/db.sqlite3, for an absolute path in both)",
+        absolute.display()
+    ))
 }
 
 /// The URL with any password replaced by `***`, for logs.
@@ -349,6 +373,10 @@ pub struct Store {
     backend: Backend,
     pool: AnyPool,
     // Built once from validated identifiers; values are always bound.
+    /// `SELECT <what a login reads> FROM <user table> u`.
+    select_sql: String,
+    /// The permission and group gates' values, bound first.
+    gate_binds: Vec<String>,
     lookup_sql: Arc<str>,
     lookup_binds: Vec<String>,
     /// SQLite files: lookups on dedicated threads instead of the pool.
@@ -457,13 +485,14 @@ impl Store {
             }
             None => "NULL".to_string(),
         };
-        let username_bind = b.bind("");
-        let lookup_sql = format!(
+        // The columns a login reads, for one username or (revalidation)
+        // for many ids.
+        let select = format!(
             "SELECT u.{id}, u.{username}, u.{password}, \
                CASE WHEN u.{active} THEN 1 ELSE 0 END, \
                CASE WHEN u.{superuser} THEN 1 ELSE 0 END, \
                {perm_expr}, {group_expr} \
-             FROM {table} u WHERE u.{username} = {username_bind}",
+             FROM {table} u",
             id = q("id"),
             username = q(&config.username_column),
             password = q("password"),
@@ -471,9 +500,22 @@ impl Store {
             superuser = q("is_superuser"),
             table = q(&config.user_table),
         );
+        let gate_binds = b.binds.clone();
+        let username_bind = b.bind("");
+        let lookup_sql = format!(
+            "{select} WHERE u.{username} = {username_bind}",
+            username = q(&config.username_column),
+        );
         let mut lookup_binds = b.binds;
         lookup_binds.pop(); // the username, bound per lookup
         let timeout = config.lookup_timeout;
+        let file = match SqliteReader::file_of(&url) {
+            Some(path) if backend == Backend::Sqlite => {
+                Some((path.clone(), Arc::new(FileWatch::new(path))))
+            }
+            _ => None,
+        };
+        let watch = file.as_ref().map(|(_, w)| w.clone());
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .min_connections(0)
@@ -492,6 +534,19 @@ impl Store {
                     Ok(())
                 })
             })
+            // A connection to a SQLite file that was since replaced by
+            // rename reads the old file: take another. sqlx dates a
+            // connection once it is connected, so a replacement during the
+            // connect (under 100 ms) counts too.
+            .before_acquire(move |_conn, meta| {
+                let stale = watch.as_ref().is_some_and(|w| {
+                    let opened = Instant::now()
+                        .checked_sub(meta.age + Duration::from_millis(100))
+                        .unwrap_or_else(Instant::now);
+                    w.is_stale(opened)
+                });
+                Box::pin(async move { Ok(!stale) })
+            })
             .connect_lazy(&url)
             .map_err(|e| StoreError::Config(e.to_string()))?;
         let cache = (!config.cache_ttl.is_zero()).then(|| Cache {
@@ -501,12 +556,18 @@ impl Store {
         });
         let metrics = Metrics::new();
         let lookup_sql: Arc<str> = lookup_sql.into();
-        let reader = match SqliteReader::file_of(&url) {
-            Some(path) if backend == Backend::Sqlite => Some(
-                SqliteReader::start(path, lookup_sql.clone(), lookup_binds.clone(), timeout)
-                    .map_err(|e| StoreError::Config(format!("cannot start lookup threads: {e}")))?,
+        let reader = match file {
+            Some((path, watch)) => Some(
+                SqliteReader::start(
+                    path,
+                    watch,
+                    lookup_sql.clone(),
+                    lookup_binds.clone(),
+                    timeout,
+                )
+                .map_err(|e| StoreError::Config(format!("cannot start lookup threads: {e}")))?,
             ),
-            _ => None,
+            None => None,
         };
         let last_login =
             LastLoginWriter::new(pool.clone(), backend, &config.user_table, timeout * 2);
@@ -514,6 +575,8 @@ impl Store {
             config,
             backend,
             pool,
+            select_sql: select,
+            gate_binds,
             lookup_sql,
             lookup_binds,
             reader,
@@ -621,27 +684,67 @@ impl Store {
                 .map_err(|_| no_answer())?
                 .map_err(StoreError::from_sqlx)?;
         let Some(row) = row else { return Ok(None) };
-        let get_flag = |i: usize| -> Result<Option<bool>, StoreError> {
-            let v: Option<i64> = row
-                .try_get(i)
-                .map_err(|e| StoreError::Query(e.to_string()))?;
-            Ok(v.map(|v| v != 0))
-        };
-        Ok(Some(UserRecord {
-            id: row
-                .try_get(0)
-                .map_err(|e| StoreError::Query(e.to_string()))?,
-            username: row
-                .try_get(1)
-                .map_err(|e| StoreError::Query(e.to_string()))?,
-            password: row
-                .try_get(2)
-                .map_err(|e| StoreError::Query(e.to_string()))?,
-            is_active: get_flag(3)?.unwrap_or(false),
-            is_superuser: get_flag(4)?.unwrap_or(false),
-            has_perm: get_flag(5)?,
-            in_group: get_flag(6)?,
-        }))
+        record_of(&row).map(Some)
+    }
+
+    /// Re-reads the rows of users by primary key, as a login reads them
+    /// (hash, `is_active`, the permission and group gates), with one query
+    /// per [`REVALIDATE_CHUNK`] ids: the revalidation of live sessions. A
+    /// user missing from the answer was deleted.
+    pub async fn revalidate(&self, ids: &[i64]) -> Result<Vec<UserRecord>, StoreError> {
+        let mut records = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(REVALIDATE_CHUNK) {
+            let mut b = SqlBuilder {
+                backend: self.backend,
+                binds: self.gate_binds.clone(),
+            };
+            let list: Vec<String> = chunk.iter().map(|_| b.bind("")).collect();
+            let sql = format!(
+                "{} WHERE u.{} IN ({})",
+                self.select_sql,
+                self.backend.quote("id"),
+                list.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for value in &self.gate_binds {
+                query = query.bind(value.as_str());
+            }
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            let rows =
+                tokio::time::timeout(self.config.lookup_timeout * 2, query.fetch_all(&self.pool))
+                    .await
+                    .map_err(|_| {
+                        StoreError::Unavailable(format!(
+                            "no answer within {} ms",
+                            (self.config.lookup_timeout * 2).as_millis()
+                        ))
+                    })?
+                    .map_err(StoreError::from_sqlx)?;
+            for row in &rows {
+                records.push(record_of(row)?);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Forgets cached lookups of this user (by id, or by the username
+    /// typed at login), so that the next login reads the database.
+    pub fn forget(&self, user_id: Option<i64>, username: Option<&str>) {
+        if let Some(cache) = &self.cache {
+            let mut entries = cache.entries.lock().unwrap_or_else(|e| e.into_inner());
+            entries.retain(|typed, (_, record)| {
+                let by_name = username.is_some_and(|u| u == typed)
+                    || record
+                        .as_ref()
+                        .is_some_and(|r| username.is_some_and(|u| u == r.username));
+                let by_id = record
+                    .as_ref()
+                    .is_some_and(|r| user_id.is_some_and(|id| id == r.id));
+                !(by_name || by_id)
+            });
+        }
     }
 
     /// Records a successful login as Django's `update_last_login` does
@@ -672,6 +775,29 @@ impl Store {
         }
         self.pool.close().await;
     }
+}
+
+/// Ids per revalidation query: the default `--max-sessions` fits in one
+/// (well within SQLite's 32,766 and PostgreSQL's and MySQL's 65,535 bind
+/// parameters).
+pub const REVALIDATE_CHUNK: usize = 10_000;
+
+/// A row of the login's columns (through sqlx).
+fn record_of(row: &sqlx::any::AnyRow) -> Result<UserRecord, StoreError> {
+    let query = |e: sqlx::Error| StoreError::Query(e.to_string());
+    let get_flag = |i: usize| -> Result<Option<bool>, StoreError> {
+        let v: Option<i64> = row.try_get(i).map_err(query)?;
+        Ok(v.map(|v| v != 0))
+    };
+    Ok(UserRecord {
+        id: row.try_get(0).map_err(query)?,
+        username: row.try_get(1).map_err(query)?,
+        password: row.try_get(2).map_err(query)?,
+        is_active: get_flag(3)?.unwrap_or(false),
+        is_superuser: get_flag(4)?.unwrap_or(false),
+        has_perm: get_flag(5)?,
+        in_group: get_flag(6)?,
+    })
 }
 
 /// A bounded map of recent lookups, each valid for at most `ttl`.
@@ -773,6 +899,31 @@ mod tests {
         assert_eq!(redact_url("sqlite://db.sqlite3"), "sqlite://db.sqlite3");
         assert!(Backend::from_url("oracle://x").is_err());
         assert_eq!(Backend::from_url("mariadb://x").unwrap(), Backend::MySql);
+    }
+
+    #[test]
+    fn a_missing_sqlite_file_is_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let there = dir.path().join("db.sqlite3");
+        std::fs::write(&there, b"").unwrap();
+        assert_eq!(
+            missing_sqlite_file(&format!("sqlite://{}", there.display())),
+            None
+        );
+        let missing = dir.path().join("nope.sqlite3");
+        let warning = missing_sqlite_file(&format!("sqlite://{}", missing.display())).unwrap();
+        assert!(
+            warning.contains(&missing.display().to_string()),
+            "{warning}"
+        );
+        assert!(warning.contains("sqlite:///srv/site/db.sqlite3 (three slashes)"));
+        assert!(
+            missing_sqlite_file("sqlite://relative-nope.sqlite3")
+                .unwrap()
+                .contains("relative to the working directory")
+        );
+        assert_eq!(missing_sqlite_file("postgres://x/y"), None);
+        assert_eq!(missing_sqlite_file("sqlite::memory:"), None);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! never locked by an idle server (Django must be able to write at any
 //! time). A connection that fails is dropped and reopened on the next
 //! lookup (a database file that is missing or being restored comes back by
-//! itself), and none is kept longer than [`MAX_LIFETIME`].
+//! itself), so is one opened before the file was replaced by rename
+//! ([`FileWatch`], checked before each batch), and none is kept longer than
+//! [`MAX_LIFETIME`].
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -26,6 +28,7 @@ use tracing::debug;
 
 use crate::realm::lock;
 
+use super::sqlite_file::FileWatch;
 use super::{StoreError, UserRecord};
 
 /// Threads answering lookups.
@@ -33,7 +36,7 @@ pub const READER_THREADS: usize = 2;
 /// Lookups one thread takes from the queue at a time.
 const TAKE: usize = 64;
 /// A connection is reopened after this long (as the sqlx pool's
-/// `max_lifetime`), so that a replaced database file is picked up.
+/// `max_lifetime`).
 pub const MAX_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
 type Reply = oneshot::Sender<Result<Option<UserRecord>, StoreError>>;
@@ -59,6 +62,7 @@ struct Shared {
 #[derive(Clone)]
 struct Lookup {
     path: PathBuf,
+    watch: Arc<FileWatch>,
     sql: Arc<str>,
     binds: Vec<String>,
     busy_timeout: Duration,
@@ -90,6 +94,7 @@ impl SqliteReader {
     /// Starts the threads. Nothing is opened until the first lookup.
     pub(super) fn start(
         path: PathBuf,
+        watch: Arc<FileWatch>,
         sql: Arc<str>,
         binds: Vec<String>,
         busy_timeout: Duration,
@@ -97,6 +102,7 @@ impl SqliteReader {
         let shared = Arc::new(Shared::default());
         let lookup = Lookup {
             path,
+            watch,
             sql,
             binds,
             busy_timeout,
@@ -162,27 +168,32 @@ fn serve(shared: &Shared, lookup: &Lookup) {
                 shared.ready.notify_one();
             }
         }
+        // A file replaced since the connection was opened: read the new one.
+        if conn.as_ref().is_some_and(|(_, opened)| {
+            opened.elapsed() > MAX_LIFETIME || lookup.watch.is_stale(*opened)
+        }) {
+            conn = None;
+        }
         for job in jobs.drain(..) {
             // The login gave up waiting (lookup timeout, client gone).
             if job.reply.is_closed() {
                 continue;
             }
-            if conn
-                .as_ref()
-                .is_some_and(|(_, opened)| opened.elapsed() > MAX_LIFETIME)
-            {
-                conn = None;
-            }
             let result = match &conn {
                 Some((c, _)) => query(c, lookup, &job.username),
-                None => match open(lookup) {
-                    Ok(c) => {
-                        let r = query(&c, lookup, &job.username);
-                        conn = Some((c, Instant::now()));
-                        r
+                None => {
+                    // Taken before opening: a replacement noticed later
+                    // always makes this connection stale.
+                    let opened = Instant::now();
+                    match open(lookup) {
+                        Ok(c) => {
+                            let r = query(&c, lookup, &job.username);
+                            conn = Some((c, opened));
+                            r
+                        }
+                        Err(e) => Err(e),
                     }
-                    Err(e) => Err(e),
-                },
+                }
             };
             let result = result.map_err(|e| {
                 debug!(error = %e, "sqlite lookup failed; the connection will be reopened");

@@ -4,6 +4,8 @@ mod admin;
 mod cli;
 mod common;
 mod databases;
+mod forward;
 mod login;
+mod revalidate;
 mod session;
 mod store;

@@ -391,3 +391,54 @@ fn db_id(db: &Db, username: &str) -> i64 {
     .parse()
     .unwrap()
 }
+
+/// `mv new.sqlite3 db.sqlite3` (a restore, an rsync): the very next login
+/// reads the new file, and revalidation (the sqlx pool) sees it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_file_replaced_by_rename_is_read_fresh() {
+    let db = Db::copy(DB);
+    let mut store = StoreConfig::new(db.url());
+    store.update_last_login = false;
+    let config = tether_server::ServerConfig {
+        revalidate: Some(Duration::from_millis(100)),
+        ..test_config()
+    };
+    let server = start_with(store, config, DefaultRealm::new()).await;
+    // Both lookup threads have the old file open.
+    for _ in 0..4 {
+        assert_eq!(outcome(server.addr, DB, "henry").await, Ok(()));
+    }
+    let mut live = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+
+    // The new file: alice deactivated, henry deleted, eve active.
+    let new = db.dir.path().join("restored.sqlite3");
+    std::fs::copy(&db.path, &new).unwrap();
+    let status = std::process::Command::new("sqlite3")
+        .arg(&new)
+        .arg(
+            "UPDATE auth_user SET is_active = 0 WHERE username = 'alice'; \
+             DELETE FROM auth_user WHERE username = 'henry'; \
+             UPDATE auth_user SET is_active = 1 WHERE username = 'eve';",
+        )
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::rename(&new, &db.path).unwrap();
+
+    assert_eq!(
+        outcome(server.addr, DB, "henry").await,
+        Err(RefusalCode::Unauthorized)
+    );
+    assert_eq!(
+        outcome(server.addr, DB, "alice").await,
+        Err(RefusalCode::Unauthorized)
+    );
+    assert_eq!(outcome(server.addr, DB, "eve").await, Ok(()));
+    assert_eq!(
+        live.expect_close().await,
+        Some(tether_core::message::GoodbyeReason::Revoked)
+    );
+    server.handle.shutdown();
+}

@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""The forwarding test project's manage.py (FORWARD_DB: the SQLite file)."""
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "forwardsite.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
