@@ -197,6 +197,8 @@ mod session;
 pub mod embassy;
 #[cfg(feature = "std")]
 pub mod host;
+#[cfg(feature = "storage")]
+pub mod storage;
 
 pub use backoff::{Backoff, Retry};
 pub use clock::Clock;
