@@ -47,14 +47,6 @@ fn board(name: &str) -> Option<Region> {
             address: 0x081C_0000,
             flash_with: "probe-rs download --chip STM32F429ZITx --binary-format bin --base-address {address} {file}",
         },
-        // The last two 4 KiB sectors of the Pico W's 2 MiB flash.
-        "pico-w" => Region {
-            write_size: 1,
-            erase_size: 4096,
-            pages: 2,
-            address: 0x101F_E000,
-            flash_with: "probe-rs download --chip RP2040 --binary-format bin --base-address {address} {file}",
-        },
         // The last two 4 KiB sectors of the ESP32-C3's 4 MiB flash (beyond
         // the partition table's app and data partitions).
         "esp32c3" => Region {
@@ -70,7 +62,7 @@ fn board(name: &str) -> Option<Region> {
 
 fn usage() -> &'static str {
     "usage: provision --user NAME --keys HEX --out FILE \
-     (--board nucleo-f429zi|pico-w|esp32c3 | --write-size N --erase-size N --pages N --address ADDR)\n\
+     (--board nucleo-f429zi|esp32c3 | --write-size N --erase-size N --pages N --address ADDR)\n\
      HEX is `tether keys --format postcard`'s output."
 }
 
