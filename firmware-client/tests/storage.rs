@@ -309,3 +309,25 @@ fn garbage_in_the_region_is_reported_not_used() {
     block_on(s.save("alice", None)).unwrap();
     assert_eq!(block_on(s.load()).unwrap(), Some(stored("alice", None)));
 }
+
+#[test]
+fn sha1_keys_and_records_with_trailing_bytes() {
+    // 20-byte SCRAM-SHA-1 keys (feature sha1, on in tests) round-trip.
+    let k = CachedKeys::derive(Mechanism::ScramSha1, "pw", b"saltsalt", 4096).unwrap();
+    let v = stored("legacy", Some(&k));
+    assert_eq!(load(&save(RamFlash::<4, 1024>::new(2), &v)), Some(v));
+
+    // A record with a byte more than its fields is refused, not truncated.
+    use sequential_storage::cache::Cache;
+    use sequential_storage::map::{MapConfig, MapStorage};
+    let mut flash = RamFlash::<4, 1024>::new(2);
+    {
+        let mut map =
+            MapStorage::<u8, _, _>::new(&mut flash, MapConfig::new(0..2048), Cache::new_uncached());
+        let mut buf = [0u8; 64];
+        let record: &[u8] = &[FORMAT, 5, b'a', b'l', b'i', b'c', b'e', 0, 0];
+        block_on(map.store_item(&mut buf, &0u8, &record)).unwrap();
+    }
+    let mut s = store(flash);
+    assert_eq!(block_on(s.load()), Err(StorageError::Invalid));
+}
