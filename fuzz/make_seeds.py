@@ -198,12 +198,37 @@ def server_connection():
     return seeds
 
 
+def noise_handshake():
+    """`[mode] message`: the v2 draft's handshake messages and sealed frame
+    (docs/PROTOCOL.md v2.8), each in the mode that reads it, and cut short."""
+    v2 = {
+        name: bytes.fromhex(m.group(1))
+        for name in ["NK frame 1", "NK frame 2", "NN frame 1", "NN frame 2", "NK s2c seq 0 Welcome"]
+        for m in [re.search(rf"^{re.escape(name)}\s+([0-9a-f]+)$", DOC, re.M)]
+    }
+    nk1, nn1 = v2["NK frame 1"][4:], v2["NN frame 1"][4:]
+    nk2, nn2 = v2["NK frame 2"][2:], v2["NN frame 2"][2:]
+    welcome = v2["NK s2c seq 0 Welcome"][2:]
+    return {
+        "nn_msg1": b"\x00" + nn1,
+        "nn_msg1_payload": b"\x00" + nn1 + b"clear payload",
+        "nk_msg1": b"\x01" + nk1,
+        "nk_msg1_short": b"\x01" + nk1[:47],
+        "nn_msg2": b"\x02" + nn2,
+        "nk_msg2": b"\x03" + nk2,
+        "nk_msg2_as_nn": b"\x02" + nk2,
+        "nk_welcome": b"\x04" + welcome,
+        "nk_welcome_seq1": b"\x04" + b"\x00" * 7 + b"\x01" + welcome[8:],
+    }
+
+
 def main():
     for target, seeds in [
         ("frame_decoder", frame_decoder()),
         ("handshake", handshake()),
         ("session", session()),
         ("server_connection", server_connection()),
+        ("noise_handshake", noise_handshake()),
     ]:
         d = SEEDS / target
         if d.exists():

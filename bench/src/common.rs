@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng as _;
 use serde::Deserialize;
 use tether_core::django;
-use tether_core::scram::{CachedKeys, Mechanism};
+use tether_core::scram::{CachedKeys, Mechanism, ServerCredentials};
 
 /// `bench/django_users.py`'s manifest of the database it made.
 #[derive(Debug, Clone, Deserialize)]
@@ -76,14 +76,11 @@ impl Users {
                         row.iterations,
                     )
                     .map_err(|e| format!("derive: {e}"))?;
-                    let from_row = CachedKeys::from_salted_password(
-                        row.mechanism,
-                        &row.salted_password,
-                        row.salt.as_bytes(),
-                        row.iterations,
-                    )
-                    .map_err(|e| format!("derive: {e}"))?;
-                    if keys != from_row || row.mechanism != Mechanism::ScramSha256 {
+                    let from_row =
+                        django::credentials(&hash).map_err(|e| format!("Django hash: {e}"))?;
+                    let from_keys = ServerCredentials::from_cached_keys(&keys)
+                        .map_err(|e| format!("derive: {e}"))?;
+                    if from_keys != from_row || row.mechanism != Mechanism::ScramSha256 {
                         return Err("a password does not match its Django hash".into());
                     }
                     Ok(keys)

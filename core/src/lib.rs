@@ -16,6 +16,7 @@
 //! | [`django`] | Django `pbkdf2_*` hashes as SCRAM verifiers |
 //! | [`session`] | per-direction keys, sequence numbers and tags |
 //! | [`method`] | typed methods shared by device and server |
+//! | `noise` | protocol v2's Noise NN and NK handshakes (feature `v2`) |
 //!
 //! The whole flow, both ends in one place (in real life each end runs on its
 //! own machine and only the frames cross the network):
@@ -88,11 +89,14 @@
 extern crate std;
 
 mod b64;
+mod b85;
 mod codec;
 pub mod django;
 pub mod frame;
 pub mod message;
 pub mod method;
+#[cfg(feature = "v2")]
+pub mod noise;
 pub mod scram;
 pub mod session;
 mod sha256;

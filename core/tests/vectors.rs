@@ -146,3 +146,60 @@ fn session_frames_from_the_rfc7677_exchange() {
         "001a00000000000000010600d5ddd423291ef30cbbb2f7db95384d0f"
     );
 }
+
+/// `scram_sha256` rows written by django-tether's `ScramSHA256PasswordHasher`
+/// (`scripts/django/scram-vectors.py`; django-tether/tests/test_hashers.py
+/// pins the same rows): tether-core reads each as the verifier it derives
+/// from the `pbkdf2_sha256` row of the same password, salt and count.
+#[test]
+fn scram_sha256_rows_from_the_python_hasher() {
+    use tether_core::django::{self, HashAlgorithm, RowKeys};
+    const ROWS: [(&str, &str); 3] = [
+        (
+            "correct horse",
+            "scram_sha256$1000000$56ryAKpSnLAXlMYo5d2L5x$Lq6=S7<HfbN5QG-&F^t1b1K2Hq<*-Wf;;bhS|%Yhv&2~9clxPU%rjL)R1BfhWQ-*wttZ(8TW^<VkqufJ",
+        ),
+        (
+            "pencil",
+            "scram_sha256$4096$W22ZaJ0SNY7soEsUEjb6gQ$vt_+SOVtCQ)lJttKV7ep`)pbrr;5~OJ)YsSqovb@x)itPB5j|lm)9~1>Z-A&$0-jotk%0(fzCZ8V}p;h",
+        ),
+        (
+            "p\u{e4}ssw\u{f6}rd",
+            "scram_sha256$4096$zoeSaltZoeSalt12345678$n+KXZxLC3hoQ-j4p%B)IC7h+_>5~5t0E!<C=ugtp(Ug_c)B8`+A9-Req9cSerM2Zx7L-%gr?|@y#O5aI",
+        ),
+    ];
+    // Django 5.2's own pbkdf2_sha256 row for the first (as in core's unit tests).
+    const DJANGO_52: &str =
+        "pbkdf2_sha256$1000000$56ryAKpSnLAXlMYo5d2L5x$hPjabwIwfFzX6LEaxIt5cCa4001RIC/45BitWAzM4dA=";
+    for (i, (password, row)) in ROWS.iter().enumerate() {
+        let parsed = django::parse(row).unwrap();
+        assert_eq!(parsed.algorithm, HashAlgorithm::ScramSha256);
+        assert!(!parsed.algorithm.is_password_equivalent());
+        assert!(matches!(parsed.keys, RowKeys::Verifier { .. }));
+        let pbkdf2_row = if i == 0 {
+            DJANGO_52.to_string()
+        } else {
+            django::make_password(
+                Mechanism::ScramSha256,
+                password,
+                parsed.salt,
+                parsed.iterations,
+            )
+            .unwrap()
+            .to_string()
+        };
+        if i > 0 {
+            // tether-core writes the same row as the Python hasher.
+            assert_eq!(
+                django::make_scram_sha256(password, parsed.salt, parsed.iterations)
+                    .unwrap()
+                    .as_str(),
+                *row
+            );
+        }
+        let from_pbkdf2 = django::credentials(&pbkdf2_row).unwrap();
+        let from_scram = django::credentials(row).unwrap();
+        assert_eq!(from_scram, from_pbkdf2, "{row}");
+        assert_eq!(from_scram.mechanism, Mechanism::ScramSha256);
+    }
+}

@@ -174,7 +174,18 @@ fuzz_target!(|data: &[u8]| {
             if let (Ok(p), Ok(c)) = (parsed, creds) {
                 assert!(p.iterations > 0);
                 assert!(!p.salt.is_empty() && p.salt.len() <= MAX_SALT_LEN);
-                assert_eq!(p.salted_password.as_bytes().len(), p.mechanism.key_len());
+                match p.keys {
+                    django::RowKeys::SaltedPassword(k) => {
+                        assert_eq!(k.as_bytes().len(), p.mechanism.key_len())
+                    }
+                    django::RowKeys::Verifier {
+                        stored_key,
+                        server_key,
+                    } => {
+                        assert_eq!(stored_key, c.stored_key);
+                        assert_eq!(server_key, c.server_key);
+                    }
+                }
                 assert_eq!((c.mechanism, c.iterations), (p.mechanism, p.iterations));
                 assert_eq!(c.salt.as_slice(), p.salt.as_bytes());
             }

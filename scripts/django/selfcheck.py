@@ -3,9 +3,10 @@
     selfcheck.py --manifest fixtures/django/users.json [--dir fixtures/django]
     selfcheck.py --manifest part.json --url postgres://postgres@127.0.0.1/tether_test
 
-For every pbkdf2 user of every database the manifest lists, it reads the row
-straight from the database (sqlite3 / psycopg / PyMySQL, not Django), derives
-the SCRAM server keys from it the way the Tether server does:
+For every pbkdf2 and scram_sha256 user of every database the manifest lists,
+it reads the row straight from the database (sqlite3 / psycopg / PyMySQL, not
+Django), takes the SCRAM server keys from a scram_sha256 row as they are, or
+derives them from a pbkdf2 row the way the Tether server does:
 
     SaltedPassword = base64decode(hash)          (Django already computed it)
     salt           = the salt string's bytes     (not base64-decoded)
@@ -37,7 +38,8 @@ import scramp.core
 from scramp.utils import saslprep
 
 HASHES = {"pbkdf2_sha256": ("SCRAM-SHA-256", hashlib.sha256),
-          "pbkdf2_sha1": ("SCRAM-SHA-1", hashlib.sha1)}
+          "pbkdf2_sha1": ("SCRAM-SHA-1", hashlib.sha1),
+          "scram_sha256": ("SCRAM-SHA-256", hashlib.sha256)}
 
 
 # ----------------------------------------------------------------- database
@@ -81,7 +83,12 @@ def read_rows(db, directory, url):
 # --------------------------------------------------------------------- SCRAM
 
 def server_keys(row_hash):
-    """The SCRAM credentials a server derives from a Django pbkdf2 row."""
+    """The SCRAM credentials a server derives from a Django pbkdf2 row, or
+    reads from a scram_sha256 row (django-tether's hasher: the verifier itself)."""
+    if row_hash.startswith("scram_sha256$"):
+        _, iterations, salt, keys = row_hash.split("$", 3)  # base85 may hold "$"
+        keys = base64.b85decode(keys)
+        return "SCRAM-SHA-256", (salt.encode("ascii"), keys[:32], keys[32:], int(iterations))
     algorithm, iterations, salt, b64 = row_hash.split("$", 3)
     mechanism, hf = HASHES[algorithm]
     salted_password = base64.b64decode(b64)
@@ -198,7 +205,7 @@ def main():
                                                              iterations, "; ".join(verdicts)))
     print("selfcheck: scramp client <-> scramp server on keys derived from Django rows")
     print("\n".join(lines))
-    print("selfcheck: %d pbkdf2 rows x full SCRAM exchanges (right/wrong password), "
+    print("selfcheck: %d pbkdf2/scram_sha256 rows x full SCRAM exchanges (right/wrong password), "
           "%d non-SCRAM rows skipped, %d databases: %s"
           % (len(tasks), refused, len(dbs), "FAILED" if failures else "OK"))
     for f in failures:

@@ -909,12 +909,32 @@ async fn check_inner(args: CheckArgs) -> Result<bool, String> {
         println!("  what to do: {text}");
     }
     println!("active users who can log in by challenge-response: {can}");
+    // Migration progress to scram_sha256 (docs/DJANGO.md section 4).
+    let count = |a: HashAlgorithm| by_algorithm.get(a.name()).map_or(0, |e| e.1);
+    let verifiers = count(HashAlgorithm::ScramSha256);
+    let convertible = count(HashAlgorithm::Pbkdf2Sha256);
+    let equivalent = convertible + count(HashAlgorithm::Pbkdf2Sha1);
+    if can > 0 {
+        println!(
+            "scram_sha256 rows (a copy cannot log a device in): {verifiers} of {can} ({:.0}%)",
+            100.0 * verifiers as f64 / can as f64
+        );
+    }
+    if equivalent > 0 {
+        println!(
+            "hint: {equivalent} pbkdf2 rows are password-equivalent for Tether (a copy of the \
+             table logs their devices in): put django_tether.hashers.ScramSHA256PasswordHasher \
+             first in PASSWORD_HASHERS, then `manage.py tether_convert_hashes` converts the \
+             {convertible} pbkdf2_sha256 rows at once and devices keep their keys; the others \
+             convert as their users log in on the site"
+        );
+    }
     if let Some((&common, _)) = iterations.iter().max_by_key(|(_, n)| **n) {
         let list: Vec<String> = iterations
             .iter()
             .map(|(i, n)| format!("{i} ({n})"))
             .collect();
-        println!("pbkdf2 iterations in use: {}", list.join(", "));
+        println!("PBKDF2 iterations in use: {}", list.join(", "));
         println!(
             "hint: serve with --decoy-iterations {common} so unknown users look like real ones"
         );

@@ -1,5 +1,6 @@
 //! Issue 5, item 2: users made by Django 4.2 LTS, 5.2 LTS and the newest
-//! Django all log in (their default iteration counts differ), and after
+//! Django all log in (their default iteration counts differ), with
+//! pbkdf2_sha256, pbkdf2_sha1 and django-tether's scram_sha256 rows, and after
 //! Django's own `set_password` the old password fails at once and the new
 //! one works, against the real tether-server and the firmware client.
 
@@ -62,9 +63,11 @@ async fn users_of_every_django_version_log_in_at_their_own_iterations() {
     for (db_name, _) in VERSIONS {
         let db = Db::copy(db_name);
         let server = start_server(&db, "127.0.0.1:0", Duration::from_secs(30)).await;
+        // sam's row is django-tether's scram_sha256 (StoredKey/ServerKey only).
         for (user, mechanism) in [
             ("alice", Mechanism::ScramSha256),
             ("bob", Mechanism::ScramSha1),
+            ("sam", Mechanism::ScramSha256),
         ] {
             let row = manifest_user(db_name, user);
             let keys = login(server.addr, user, row["password"].as_str().unwrap())

@@ -290,3 +290,106 @@ async fn django_accounts_log_in_or_are_refused_with_the_right_code() {
         .unwrap();
     server.handle.shutdown();
 }
+
+/// A row of fixtures/django/users.json.
+fn password_hash(username: &str) -> String {
+    let text = std::fs::read_to_string(fixtures().join("users.json")).unwrap();
+    let m: serde_json::Value = serde_json::from_str(&text).unwrap();
+    m["databases"][DB]["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["username"] == username)
+        .unwrap()["password_hash"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Cached keys built from nothing but a stolen row: every 32-byte value in
+/// it, and each one hash or HMAC away, as ClientKey (the row's ServerKey as
+/// ServerKey, so only the proof can fail).
+fn keys_from_stolen_row(row: &str) -> Vec<tether_core::scram::CachedKeys> {
+    use tether_core::django::{self, RowKeys};
+    use tether_core::scram::{CachedKeys, Key, Salt};
+    let parsed = django::parse(row).unwrap();
+    let creds = django::credentials(row).unwrap();
+    let material: Vec<Key> = match parsed.keys {
+        RowKeys::SaltedPassword(k) => vec![k],
+        RowKeys::Verifier {
+            stored_key,
+            server_key,
+        } => vec![stored_key, server_key],
+    };
+    let mut candidates = Vec::new();
+    for k in material {
+        use hmac::{KeyInit as _, Mac as _};
+        use sha2::Digest as _;
+        let hmac = |label: &[u8]| {
+            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(k.as_bytes()).unwrap();
+            mac.update(label);
+            Key::from_slice(&mac.finalize().into_bytes()).unwrap()
+        };
+        candidates.push(k);
+        candidates.push(Key::from_slice(&sha2::Sha256::digest(k.as_bytes())).unwrap());
+        candidates.push(hmac(b"Client Key"));
+        candidates.push(hmac(b"Server Key"));
+    }
+    candidates
+        .into_iter()
+        .map(|client_key| CachedKeys {
+            mechanism: Mechanism::ScramSha256,
+            iterations: parsed.iterations,
+            salt: Salt::from_slice(parsed.salt.as_bytes()).unwrap(),
+            client_key,
+            server_key: creds.server_key,
+        })
+        .collect()
+}
+
+/// Issue 12: a copy of a pbkdf2_sha256 row logs its device in (the caveat of
+/// the README); a copy of django-tether's scram_sha256 row does not, while
+/// the password still does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_scram_sha256_row_logs_no_device_in() {
+    let db = Db::copy(DB);
+    let server = start_server(&db, "127.0.0.1:0", Duration::from_secs(30)).await;
+    let addr = server.addr;
+    let mut store: BufferStore = BufferStore::new();
+    let mut rng = TestRng(11);
+    let mut accepted = async |user: &str, creds: ClientCredentials<'_>| match host::connect(
+        addr,
+        store.buffers(),
+        user,
+        creds,
+        &mut rng,
+        &config(),
+    )
+    .await
+    {
+        Ok(mut login) => {
+            login.session.close().await.ok();
+            true
+        }
+        Err(Error::Refused {
+            code: RefusalCode::Unauthorized,
+            ..
+        }) => false,
+        Err(e) => panic!("{user}: {e:?}"),
+    };
+    let mut stolen = 0;
+    for keys in keys_from_stolen_row(&password_hash("alice")) {
+        stolen += usize::from(accepted("alice", ClientCredentials::Keys(&keys)).await);
+    }
+    assert_eq!(
+        stolen, 1,
+        "HMAC(SaltedPassword, \"Client Key\") of a pbkdf2 row"
+    );
+    let sam = password_hash("sam");
+    assert!(sam.starts_with("scram_sha256$"), "{sam}");
+    for keys in keys_from_stolen_row(&sam) {
+        assert!(!accepted("sam", ClientCredentials::Keys(&keys)).await);
+    }
+    assert!(accepted("sam", ClientCredentials::Password(password(DB, "sam"))).await);
+    server.handle.shutdown();
+}

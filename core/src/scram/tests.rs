@@ -154,6 +154,163 @@ fn django_52_hash_logs_in_with_its_password_only() {
     .unwrap();
 }
 
+/// A `scram_sha256` row (django-tether's hasher) for the same inputs.
+fn scram_row(pw: &str, salt: &str, iterations: u32) -> std::string::String {
+    std::string::String::from(
+        django::make_scram_sha256(pw, salt, iterations)
+            .unwrap()
+            .as_str(),
+    )
+}
+
+#[test]
+fn scram_sha256_rows_log_in_with_the_password_and_cached_keys() {
+    let r = scram_row("pässwörd", "saltsaltsaltsalt", 4096);
+    let ok = login(
+        &r,
+        "zoë",
+        ClientCredentials::Password("pässwörd"),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    login(
+        &r,
+        "zoë",
+        ClientCredentials::Keys(&ok.keys),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    // The keys a device cached against the pbkdf2 row work against its
+    // conversion (same salt and count).
+    let pbkdf2 = row("pbkdf2_sha256", "pässwörd", "saltsaltsaltsalt", 4096);
+    let cached = login(
+        &pbkdf2,
+        "zoë",
+        ClientCredentials::Password("pässwörd"),
+        ClientConfig::default(),
+    )
+    .unwrap()
+    .keys;
+    login(
+        &r,
+        "zoë",
+        ClientCredentials::Keys(&cached),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        login(
+            &r,
+            "zoë",
+            ClientCredentials::Password("passwörd"),
+            ClientConfig::default()
+        )
+        .err(),
+        Some(ScramError::InvalidProof)
+    );
+}
+
+/// Everything 32 bytes long a thief can read from a row, or get from it by
+/// one hash or HMAC, tried as the ClientKey of cached keys (with the row's
+/// true ServerKey, so only the proof can fail).
+fn keys_from_row(encoded: &str) -> std::vec::Vec<CachedKeys> {
+    let parsed = django::parse(encoded).unwrap();
+    let creds = django::credentials(encoded).unwrap();
+    let mut material = std::vec::Vec::new();
+    match parsed.keys {
+        django::RowKeys::SaltedPassword(k) => material.push(k),
+        django::RowKeys::Verifier {
+            stored_key,
+            server_key,
+        } => material.extend([stored_key, server_key]),
+    }
+    material.push(hash(Mechanism::ScramSha256, parsed.salt.as_bytes()));
+    let mut candidates = std::vec::Vec::new();
+    for k in material {
+        candidates.push(k);
+        candidates.push(hash(Mechanism::ScramSha256, k.as_bytes()));
+        candidates.push(hmac(Mechanism::ScramSha256, k.as_bytes(), &[b"Client Key"]));
+        candidates.push(hmac(Mechanism::ScramSha256, k.as_bytes(), &[b"Server Key"]));
+    }
+    candidates
+        .into_iter()
+        .map(|client_key| CachedKeys {
+            mechanism: Mechanism::ScramSha256,
+            iterations: parsed.iterations,
+            salt: Salt::from_slice(parsed.salt.as_bytes()).unwrap(),
+            client_key,
+            server_key: creds.server_key,
+        })
+        .collect()
+}
+
+#[test]
+fn nothing_in_a_scram_sha256_row_logs_a_client_in() {
+    let pbkdf2 = row("pbkdf2_sha256", "pw", "saltsaltsaltsalt", 4096);
+    let scram = scram_row("pw", "saltsaltsaltsalt", 4096);
+    let try_all = |encoded: &str| {
+        keys_from_row(encoded)
+            .iter()
+            .filter(|k| {
+                login(
+                    encoded,
+                    "alice",
+                    ClientCredentials::Keys(k),
+                    ClientConfig::default(),
+                )
+                .is_ok()
+            })
+            .count()
+    };
+    // A pbkdf2 row is password-equivalent: HMAC(SaltedPassword, "Client Key")
+    // logs in (the attack this test would miss if it were broken).
+    assert_eq!(try_all(&pbkdf2), 1);
+    // Nothing in the scram_sha256 row of the same password does.
+    assert_eq!(try_all(&scram), 0);
+    // The password still does.
+    login(
+        &scram,
+        "alice",
+        ClientCredentials::Password("pw"),
+        ClientConfig::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn malformed_scram_sha256_rows_are_errors() {
+    let good = scram_row("pw", "salt", 4096);
+    let keys = std::string::String::from(good.splitn(4, '$').nth(3).unwrap());
+    let cases = [
+        ("scram_sha256$1000$salt".into(), "missing keys"),
+        (format!("scram_sha256$0$salt${keys}"), "iterations"),
+        (format!("scram_sha256$1000$${keys}"), "empty salt"),
+        (
+            format!("scram_sha256$1000$salt${}", &keys[..75]),
+            "keys are not 80 base85 characters",
+        ),
+        (
+            format!("scram_sha256$1000$salt${keys}$"),
+            "keys are not 80 base85 characters",
+        ),
+        (
+            format!("scram_sha256$1000$salt$\"{}", &keys[1..]),
+            "keys are not base85",
+        ),
+        (
+            format!("scram_sha256$1000$salt$~~~~~{}", &keys[5..]),
+            "keys are not base85",
+        ),
+    ];
+    for (encoded, what) in cases {
+        assert_eq!(
+            django::credentials(&encoded).unwrap_err(),
+            django::DjangoHashError::Malformed(what),
+            "{encoded}"
+        );
+    }
+}
+
 fn row(m: &str, pw: &str, salt: &str, iterations: u32) -> std::string::String {
     let mech = if m == "pbkdf2_sha1" {
         Mechanism::ScramSha1

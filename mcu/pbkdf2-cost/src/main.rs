@@ -1,9 +1,10 @@
 //! PBKDF2's cost per iteration on a Cortex-M, as instructions: derives
 //! SCRAM-SHA-256 keys (what a device does at its first login) with
 //! `ITERATIONS[i]` iterations between calls to `count_start` and
-//! `count_stop`, which scripts/mcu's QEMU plugin counts the instructions
-//! between. The difference of two runs divided by the difference of their
-//! iteration counts is the cost of one iteration, without the fixed part.
+//! `count_stop`; the QEMU plugin `mcu/noise-size/insn-count.c` counts the
+//! instructions between them (`scripts/mcu pbkdf2` runs it). The difference
+//! of two runs divided by the difference of their iteration counts is the
+//! cost of one iteration, without the fixed part.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]

@@ -135,10 +135,27 @@ fn check_reports_tables_and_algorithms() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("active users who can log in by challenge-response: 8"),
+        stdout.contains("active users who can log in by challenge-response: 9"),
         "{stdout}"
     );
     assert!(stdout.contains("argon2"), "{stdout}");
+    // Progress of the migration to scram_sha256: sam's row only.
+    assert!(
+        stdout.contains("scram_sha256        1 can log in by challenge-response"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("scram_sha256 rows (a copy cannot log a device in): 1 of 9 (11%)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("hint: 8 pbkdf2 rows are password-equivalent"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PBKDF2 iterations in use: 260000 (1), 1000000 (8)"),
+        "{stdout}"
+    );
     // Django's default journal: the hint; after switching to WAL: none.
     assert!(stdout.contains("sqlite journal mode: delete"), "{stdout}");
     assert!(stdout.contains("hint: WAL mode"), "{stdout}");

@@ -62,7 +62,8 @@ async fn django_semantics(url: &str) {
     let mut hs = Handshaking::hello(addr, "henry", Mechanisms::ALL).await;
     assert_eq!(hs.challenge().await.unwrap().iterations, 260_000);
     hs.prove(password(DB, "henry")).await.unwrap();
-    for name in ["alice", "root", "o,dd=name", "zoë", "saslprep"] {
+    // sam: a scram_sha256 row (django-tether's hasher), read from the server's text column.
+    for name in ["alice", "sam", "root", "o,dd=name", "zoë", "saslprep"] {
         let mut s = login(addr, name, password(DB, name)).await.unwrap();
         let me = s.call::<WhoAmI>(&()).await.unwrap();
         let me = tether_core::method::decode_reply::<WhoAmI>(&me).unwrap();

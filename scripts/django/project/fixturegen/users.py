@@ -57,6 +57,14 @@ _ALL = {
             note="salted md5: cannot do SCRAM",
         ),
         dict(
+            username="sam",
+            password="sam-password",
+            hasher="scram_sha256",
+            groups=[GROUP],
+            note="scram_sha256 (django-tether's hasher): StoredKey/ServerKey only, "
+            "not password-equivalent; this Django's default iterations",
+        ),
+        dict(
             username="eve",
             password="eve-password",
             hasher="pbkdf2_sha256",
@@ -124,7 +132,7 @@ PROFILES = {
     # default.sqlite3 and migrate-url databases (default user model)
     "full": [_ALL[name] for name in _ALL],
     # django-4.2.sqlite3 / django-latest.sqlite3
-    "minimal": [_ALL["alice"], _ALL["bob"]],
+    "minimal": [_ALL["alice"], _ALL["bob"], _ALL["sam"]],
     # custom_user.sqlite3 (accounts.EmailUser, USERNAME_FIELD = email)
     "custom": [
         dict(

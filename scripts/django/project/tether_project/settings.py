@@ -7,10 +7,15 @@ The database comes from the environment variable TETHER_DATABASE_URL:
 Nothing here is secret: it is a fixture generator, never a deployment.
 """
 import os
+import sys
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+# django-tether's hasher (PASSWORD_HASHERS below) from this repository's
+# source, so that every script driving this project can write scram_sha256 rows.
+sys.path.insert(0, str(BASE_DIR.parent.parent.parent / "django-tether" / "src"))
 
 SECRET_KEY = "tether-fixture-generator-not-a-secret"
 DEBUG = False
@@ -52,7 +57,8 @@ TEMPLATES = [
 ]
 
 # Django's default list (pbkdf2_sha256 first, so it is the default hasher),
-# plus MD5 so that an md5 row can be written by Django itself.
+# plus MD5 so that an md5 row can be written by Django itself, and
+# django-tether's scram_sha256.
 PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.PBKDF2PasswordHasher",
     "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
@@ -60,6 +66,7 @@ PASSWORD_HASHERS = [
     "django.contrib.auth.hashers.BCryptSHA256PasswordHasher",
     "django.contrib.auth.hashers.ScryptPasswordHasher",
     "django.contrib.auth.hashers.MD5PasswordHasher",
+    "django_tether.hashers.ScramSHA256PasswordHasher",
 ]
 
 LANGUAGE_CODE = "en-us"

@@ -27,6 +27,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 from django.db.migrations.recorder import MigrationRecorder
+from django_tether.hashers import ScramSHA256PasswordHasher
 
 from fixturegen.users import GROUP, PERMISSION, PROFILES
 from tether_project.hashers import PBKDF2Iter260000PasswordHasher
@@ -35,7 +36,11 @@ from tether_project.hashers import PBKDF2Iter260000PasswordHasher
 # regenerated databases differ only where Django is random (salts, '!' hashes).
 FIXED_TIME = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
 
-SCRAM_MECHANISM = {"pbkdf2_sha256": "SCRAM-SHA-256", "pbkdf2_sha1": "SCRAM-SHA-1"}
+SCRAM_MECHANISM = {
+    "pbkdf2_sha256": "SCRAM-SHA-256",
+    "pbkdf2_sha1": "SCRAM-SHA-1",
+    "scram_sha256": "SCRAM-SHA-256",
+}
 
 
 def hasher_for(name):
@@ -220,8 +225,8 @@ class Command(BaseCommand):
                 }
                 # Django itself accepts the published password (module-level
                 # check_password: no setter, so the row is never re-hashed).
-                # PBKDF2 rows are skipped here only because they are slow and
-                # selfcheck.py recomputes them and runs SCRAM on them anyway.
+                # PBKDF2 and scram_sha256 rows are skipped here only because
+                # they are slow and selfcheck.py runs SCRAM on them anyway.
                 if entry["scram_mechanism"] is None and not check_password(pw, encoded):
                     raise CommandError("Django rejects the password of %r" % entry["username"])
             else:
@@ -283,6 +288,7 @@ class Command(BaseCommand):
             "default_iterations": {
                 "pbkdf2_sha256": PBKDF2PasswordHasher.iterations,
                 "pbkdf2_sha1": PBKDF2SHA1PasswordHasher.iterations,
+                "scram_sha256": ScramSHA256PasswordHasher().target_iterations(),
             },
             "users": users,
         }

@@ -1,0 +1,226 @@
+//! The Noise `HandshakeState` (section 5.3) for the patterns of
+//! [`Pattern`], processing their tokens as the specification's
+//! `WriteMessage` and `ReadMessage` do.
+
+use rand_core::CryptoRng;
+use x25519_dalek::{X25519_BASEPOINT_BYTES, x25519};
+use zeroize::Zeroize;
+
+use super::cipher::CipherState;
+use super::symmetric::SymmetricState;
+use super::{DHLEN, MAX_MESSAGE_LEN, NoiseError, Pattern, StaticKeypair};
+
+/// A message pattern token (only those of NN and NK).
+#[derive(Clone, Copy)]
+enum Token {
+    E,
+    Ee,
+    Es,
+}
+
+impl Pattern {
+    /// The message patterns, after the pre-messages.
+    fn messages(self) -> &'static [&'static [Token]] {
+        use Token::*;
+        match self {
+            // -> e
+            // <- e, ee
+            Self::Nn => &[&[E], &[E, Ee]],
+            // <- s
+            // ...
+            // -> e, es
+            // <- e, ee
+            Self::Nk => &[&[E, Es], &[E, Ee]],
+        }
+    }
+}
+
+/// The transport states `Split()` returns: initiator to responder first.
+pub(crate) type Split = (CipherState, CipherState);
+
+/// A Noise `HandshakeState`.
+pub(crate) struct HandshakeState {
+    symmetric: SymmetricState,
+    pattern: Pattern,
+    initiator: bool,
+    /// The local static private key (an NK responder's), else zeros.
+    s: [u8; DHLEN],
+    /// The local ephemeral private key, once generated.
+    e: [u8; DHLEN],
+    /// The remote static public key (an NK initiator's `rs`), else zeros.
+    rs: [u8; DHLEN],
+    /// The remote ephemeral public key, once read.
+    re: [u8; DHLEN],
+    /// Index of the next message pattern.
+    next: usize,
+}
+
+impl Drop for HandshakeState {
+    fn drop(&mut self) {
+        self.s.zeroize();
+        self.e.zeroize();
+    }
+}
+
+impl HandshakeState {
+    /// `Initialize(handshake_pattern, initiator, prologue, s, e = empty, rs,
+    /// re = empty)`. `s` is the responder's key pair for NK; `rs` the
+    /// initiator's copy of its public key.
+    pub(crate) fn new(
+        pattern: Pattern,
+        initiator: bool,
+        prologue: &[u8],
+        s: Option<&StaticKeypair>,
+        rs: Option<&[u8; DHLEN]>,
+    ) -> Self {
+        let mut symmetric = SymmetricState::new(pattern.protocol_name().as_bytes());
+        symmetric.mix_hash(prologue);
+        // NK's pre-message `<- s`: the responder's static public key.
+        if pattern == Pattern::Nk {
+            let responder_static = match (s, rs) {
+                (Some(s), _) => s.public(),
+                (None, Some(rs)) => rs,
+                (None, None) => unreachable!("NK needs the responder's static key"),
+            };
+            symmetric.mix_hash(responder_static);
+        }
+        Self {
+            symmetric,
+            pattern,
+            initiator,
+            s: s.map_or([0; DHLEN], |s| s.secret),
+            e: [0; DHLEN],
+            rs: rs.copied().unwrap_or([0; DHLEN]),
+            re: [0; DHLEN],
+            next: 0,
+        }
+    }
+
+    /// `WriteMessage(payload, message_buffer)`: writes the next message to
+    /// `out` and returns its length, and the transport states after the
+    /// last message.
+    pub(crate) fn write_message<R: CryptoRng + ?Sized>(
+        &mut self,
+        payload: &[u8],
+        out: &mut [u8],
+        rng: &mut R,
+    ) -> Result<(usize, Option<Split>), NoiseError> {
+        let tokens = self.pattern.messages()[self.next];
+        let len = self.pattern.message_len(self.next, payload.len());
+        if len > MAX_MESSAGE_LEN {
+            return Err(NoiseError::TooLong {
+                len,
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        if out.len() < len {
+            return Err(NoiseError::BufferTooSmall {
+                needed: len,
+                available: out.len(),
+            });
+        }
+        let mut at = 0;
+        for token in tokens {
+            match token {
+                Token::E => {
+                    rng.fill_bytes(&mut self.e);
+                    let public = x25519(self.e, X25519_BASEPOINT_BYTES);
+                    out[at..at + DHLEN].copy_from_slice(&public);
+                    at += DHLEN;
+                    self.symmetric.mix_hash(&public);
+                }
+                Token::Ee => self.mix_dh(self.e, self.re),
+                Token::Es => self.mix_es(),
+            }
+        }
+        out[at..at + payload.len()].copy_from_slice(payload);
+        at += self
+            .symmetric
+            .encrypt_and_hash(&mut out[at..], payload.len())?;
+        debug_assert_eq!(at, len);
+        self.next += 1;
+        Ok((at, self.split_if_done()))
+    }
+
+    /// `ReadMessage(message, payload_buffer)`, decrypting the payload in
+    /// place: returns the payload (a suffix of `message`), and the
+    /// transport states after the last message. On failure nothing in
+    /// `message` has changed.
+    pub(crate) fn read_message<'m>(
+        &mut self,
+        message: &'m mut [u8],
+    ) -> Result<(&'m [u8], Option<Split>), NoiseError> {
+        if message.len() > MAX_MESSAGE_LEN {
+            return Err(NoiseError::TooLong {
+                len: message.len(),
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        let tokens = self.pattern.messages()[self.next];
+        let min = self.pattern.message_len(self.next, 0);
+        if message.len() < min {
+            return Err(NoiseError::TooShort {
+                len: message.len(),
+                min,
+            });
+        }
+        let mut rest = message;
+        for token in tokens {
+            match token {
+                Token::E => {
+                    let (re, tail) = rest.split_at_mut(DHLEN);
+                    self.re.copy_from_slice(re);
+                    rest = tail;
+                    self.symmetric.mix_hash(&self.re);
+                }
+                Token::Ee => self.mix_dh(self.e, self.re),
+                Token::Es => self.mix_es(),
+            }
+        }
+        let payload = self.symmetric.decrypt_and_hash(rest)?;
+        self.next += 1;
+        Ok((payload, self.split_if_done()))
+    }
+
+    /// The pattern being run.
+    pub(crate) fn pattern(&self) -> Pattern {
+        self.pattern
+    }
+
+    /// `GetHandshakeHash()`.
+    pub(crate) fn handshake_hash(&self) -> [u8; 32] {
+        self.symmetric.handshake_hash()
+    }
+
+    /// For `"es"`: `DH(e, rs)` for the initiator, `DH(s, re)` for the
+    /// responder.
+    fn mix_es(&mut self) {
+        if self.initiator {
+            self.mix_dh(self.e, self.rs);
+        } else {
+            self.mix_dh(self.s, self.re);
+        }
+    }
+
+    /// `MixKey(DH(private, public))`.
+    fn mix_dh(&mut self, mut private: [u8; DHLEN], public: [u8; DHLEN]) {
+        let mut shared = x25519(private, public);
+        self.symmetric.mix_key(&shared);
+        shared.zeroize();
+        private.zeroize();
+    }
+
+    fn split_if_done(&self) -> Option<Split> {
+        (self.next == self.pattern.messages().len()).then(|| self.symmetric.split())
+    }
+}
+
+impl Pattern {
+    /// Bytes of handshake message `index` (0 or 1) carrying a payload of
+    /// `payload_len` bytes: its public keys, the payload, and a tag when the
+    /// payload is encrypted.
+    pub const fn message_len(self, index: usize, payload_len: usize) -> usize {
+        let encrypted = !matches!((self, index), (Self::Nn, 0));
+        DHLEN + payload_len + if encrypted { super::TAG_LEN } else { 0 }
+    }
+}
