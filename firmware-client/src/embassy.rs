@@ -2,6 +2,10 @@
 //! server, log in, and keep the session, reconnecting with exponential
 //! backoff and jitter and logging in again with the cached keys.
 //!
+//! The server is an [`IpEndpoint`], or (feature `dns`) a `HostName`
+//! looked up through the stack's DNS servers (from DHCP) before every
+//! connection attempt, so that a server that moved is found again.
+//!
 //! Policy ([`Error::retry`]): `unauthorized`, `unsupported`, `version` and
 //! `protocol` refusals stop retrying ([`Link::run`] returns the error);
 //! `throttled`, `unavailable` and `busy` retry after the backoff delay, and
@@ -62,6 +66,48 @@ pub type TcpError = embassy_net::tcp::Error;
 /// A session over an embassy-net `TcpSocket`.
 pub type TcpSession<'s> = Session<'s, TcpSocket<'s>, EmbassyClock>;
 
+/// Where the server is: asked again before every connection attempt.
+#[allow(async_fn_in_trait)] // used by the link's own future only
+pub trait Remote {
+    /// The address to connect to now, or `None` when it cannot be found
+    /// (the link backs off and asks again).
+    async fn resolve(&mut self, stack: Stack<'_>) -> Option<IpEndpoint>;
+}
+
+impl Remote for IpEndpoint {
+    async fn resolve(&mut self, _stack: Stack<'_>) -> Option<IpEndpoint> {
+        Some(*self)
+    }
+}
+
+/// The server by name (feature `dns`): an IPv4 address from the stack's DNS
+/// servers (embassy-net's `dns` feature; DHCP provides the servers). A
+/// dotted IPv4 address in `host` is used as it is, without a query.
+#[cfg(feature = "dns")]
+#[derive(Debug, Clone, Copy)]
+pub struct HostName<'a> {
+    /// The server's name, e.g. `"tether.example.com"`.
+    pub host: &'a str,
+    /// Its port (`tether_core::frame::DEFAULT_PORT` is 7420).
+    pub port: u16,
+}
+
+#[cfg(feature = "dns")]
+impl Remote for HostName<'_> {
+    async fn resolve(&mut self, stack: Stack<'_>) -> Option<IpEndpoint> {
+        match stack
+            .dns_query(self.host, embassy_net::dns::DnsQueryType::A)
+            .await
+        {
+            Ok(found) => Some(IpEndpoint::new(*found.first()?, self.port)),
+            Err(_) => {
+                warn!("tether: no address for the server's name");
+                None
+            }
+        }
+    }
+}
+
 /// Who logs in, and with what.
 #[derive(Debug, Clone)]
 pub struct Account<'a> {
@@ -88,9 +134,9 @@ pub struct Connected<'s> {
 ///
 /// RAM: the socket buffers (`TcpSocket`'s, caller-sized) and the session
 /// [`Buffers`], plus the cached keys (~140 bytes) and the backoff state.
-pub struct Link<'a> {
+pub struct Link<'a, S: Remote = IpEndpoint> {
     stack: Stack<'a>,
-    remote: IpEndpoint,
+    remote: S,
     socket_rx: &'a mut [u8],
     socket_tx: &'a mut [u8],
     buffers: Buffers<'a>,
@@ -100,13 +146,14 @@ pub struct Link<'a> {
     connect_timeout: Duration,
 }
 
-impl<'a> Link<'a> {
-    /// A link to `remote` through `stack`. `socket_rx`/`socket_tx` are the
+impl<'a, S: Remote> Link<'a, S> {
+    /// A link to `remote` (an [`IpEndpoint`], or a `HostName` with the
+    /// `dns` feature) through `stack`. `socket_rx`/`socket_tx` are the
     /// `TcpSocket`'s buffers (1 KiB each is plenty for 512-byte frames).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         stack: Stack<'a>,
-        remote: IpEndpoint,
+        remote: S,
         socket_rx: &'a mut [u8],
         socket_tx: &'a mut [u8],
         buffers: Buffers<'a>,
@@ -166,9 +213,15 @@ impl<'a> Link<'a> {
                 backoff,
                 connect_timeout,
             } = self;
+            // The server's address: a DNS query for a HostName (which gives
+            // up by itself), the endpoint itself otherwise.
+            let Some(endpoint) = remote.resolve(*stack).await else {
+                retry = Some(Duration::ZERO);
+                continue;
+            };
             let mut socket = TcpSocket::new(*stack, socket_rx, socket_tx);
             let connect = select(
-                socket.connect(*remote),
+                socket.connect(endpoint),
                 Timer::after_millis(ms(*connect_timeout)),
             )
             .await;

@@ -1,6 +1,8 @@
-//! Logging macros: through `defmt` or `log` when one of those features is on,
-//! compiled out otherwise. Only `{}` placeholders with integers and `&str`
-//! arguments are used, which both back-ends format.
+//! Logging macros in the style of embassy's `fmt.rs`: through `defmt` or
+//! `log` when one of those features is on (defmt when both are, so that
+//! `--all-features` builds), compiled out otherwise. Only `{}` placeholders
+//! with integers and `&str` arguments are used, which both back-ends
+//! format. Nothing secret is ever an argument.
 #![allow(unused_macros)]
 
 macro_rules! trace {
@@ -42,6 +44,17 @@ macro_rules! warn {
         ::defmt::warn!($s $(, $x)*);
         #[cfg(all(feature = "log", not(feature = "defmt")))]
         ::log::warn!($s $(, $x)*);
+        #[cfg(not(any(feature = "log", feature = "defmt")))]
+        { $( let _ = &$x; )* }
+    }};
+}
+
+macro_rules! error {
+    ($s:literal $(, $x:expr)* $(,)?) => {{
+        #[cfg(feature = "defmt")]
+        ::defmt::error!($s $(, $x)*);
+        #[cfg(all(feature = "log", not(feature = "defmt")))]
+        ::log::error!($s $(, $x)*);
         #[cfg(not(any(feature = "log", feature = "defmt")))]
         { $( let _ = &$x; )* }
     }};

@@ -21,7 +21,8 @@
 //! | [`Error`], [`CallError`] | what happened: refused with which code, server closed, tag mismatch, timeout, transport |
 //! | [`Clock`] | time from the runtime: `EmbassyClock` (`embassy-time`), `TokioClock` (`std`) |
 //! | `host` (feature `std`) | `connect(addr, ...)` over a tokio `TcpStream` |
-//! | `embassy` (feature `embassy-net`) | TcpSocket connect, login, keep the session: reconnect with [`Backoff`] (exponential, jitter), cached keys |
+//! | `embassy` (feature `embassy-net`) | TcpSocket connect, login, keep the session: reconnect with [`Backoff`] (exponential, jitter), cached keys; the server by name (feature `dns`) |
+//! | `storage` (feature `storage`) | the username and cached keys in NOR flash, power-cut safe; factory provisioning |
 //!
 //! ## The whole thing
 //!
@@ -147,34 +148,35 @@
 //! table, the timers) while a session runs, or the `login` future (about
 //! 1 KiB, mostly tether-core's SCRAM state) while logging in, never both.
 //! Measured on a Cortex-M4 (mcu/nucleo-f429zi, `embassy::Link` with
-//! 512 + 512 + 256-byte buffers): 2.4 KiB of static RAM in all, buffers,
+//! 512 + 512 + 256-byte buffers): 2.7 KiB of static RAM in all, buffers,
 //! cached keys and the task's futures included.
 //!
-//! Flash on the same board: 16.0 KiB (16,336 bytes, within the 16 KiB
-//! budget by 48 bytes) for tether-firmware + tether-core together, without
-//! SCRAM-SHA-1 (about 6.4 KiB this crate, the rest tether-core with
-//! SHA-256, HMAC, PBKDF2 and the protocol's codec);
-//! the example's own application code (its handler and notification, 1.3
-//! KiB) comes on top. See `mcu/nucleo-f429zi/size`.
+//! Flash on the same board: 16.2 KiB (16,616 bytes) for tether-firmware +
+//! tether-core together, without SCRAM-SHA-1, with DHCP and the server
+//! looked up by name; the example's own application code (its handler,
+//! notification and key store) comes on top. See `mcu/nucleo-f429zi/size`
+//! and the crate's README.
 //!
 //! ## Features
 //!
 //! `std` (host adapter over tokio, `TokioClock`), `embassy-time`
 //! (`EmbassyClock`), `embassy-net` (the reconnecting TcpSocket helper),
+//! `dns` (the server by name), `storage` (username and keys in NOR flash),
 //! `defmt` / `log` (logging; silent without them).
 //!
 //! ## Caveat
 //!
 //! A first login with a password runs PBKDF2 at the account's iteration
-//! count (Django 5.2: 1,000,000), which takes tens of seconds on a
-//! Cortex-M4 and blocks its executor meanwhile, possibly longer than the
+//! count (Django 5.2: 1,000,000), which takes over a minute on a 168 MHz
+//! Cortex-M4 (about 10,300 instructions per iteration, counted under QEMU:
+//! see the README) and blocks its executor meanwhile, far longer than the
 //! server's handshake timeout (`tether serve --handshake-timeout`, 10 s by
 //! default); the server then closes the connection and the derived keys
 //! are lost with it. Provision such devices with keys derived on a host:
 //! `tether keys --user NAME --database URL --format postcard` prints the
-//! [`CachedKeys`](tether_core::scram::CachedKeys) as postcard hex, which the
-//! firmware stores and loads with postcard. Or raise the server's handshake
-//! timeout for the first logins.
+//! [`CachedKeys`](tether_core::scram::CachedKeys) as postcard hex, which
+//! `examples/provision.rs` turns into an image of the `storage` module's
+//! key region. Or raise the server's handshake timeout for the first logins.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -197,6 +199,8 @@ mod session;
 pub mod embassy;
 #[cfg(feature = "std")]
 pub mod host;
+#[cfg(feature = "storage")]
+pub mod storage;
 
 pub use backoff::{Backoff, Retry};
 pub use clock::Clock;

@@ -2,9 +2,10 @@
 //! platform) runs embassy-net bound to a TAP device inside a private network
 //! namespace that the test creates, and the firmware client, unmodified,
 //! logs in through `tether_firmware::embassy::Link` to the real tether-server
-//! (Django fixture database) listening in that namespace. Calls go both
-//! ways; the server kicks the session and the link reconnects with the
-//! cached keys; a graceful server shutdown ends the run.
+//! (Django fixture database) listening in that namespace, found by name
+//! through a DNS server in the namespace before every connection attempt.
+//! Calls go both ways; the server kicks the session and the link
+//! reconnects with the cached keys; a graceful server shutdown ends the run.
 //!
 //! Needs root (CAP_SYS_ADMIN for the namespace, CAP_NET_ADMIN for the TAP
 //! device); the host's network is untouched. Run:
@@ -15,19 +16,21 @@
 
 mod firmware_support;
 
+use std::net::UdpSocket;
 use std::ops::ControlFlow;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use embassy_executor::{Executor, Spawner};
-use embassy_net::{Config as NetConfig, IpEndpoint, Ipv4Address, Ipv4Cidr, Stack, StackResources};
+use embassy_net::{Config as NetConfig, Ipv4Address, Ipv4Cidr, Stack, StackResources};
 use embassy_net_tuntap::TunTapDevice;
 use firmware_support::*;
 use tether_core::message::GoodbyeReason;
 use tether_core::method::builtin::{Echo, WhoAmI};
-use tether_firmware::embassy::{Account, Link};
+use tether_firmware::embassy::{Account, HostName, Link};
 use tether_firmware::{Backoff, BufferStore, Config, Error};
 use tether_server::SessionEnd;
 use tether_server::default_realm::RealmEvent;
@@ -36,6 +39,46 @@ const DB: &str = "default.sqlite3";
 const SERVER_IP: [u8; 4] = [10, 42, 0, 1];
 const DEVICE_IP: [u8; 4] = [10, 42, 0, 2];
 const PORT: u16 = 7420;
+/// The server's name, as the namespace's DNS server knows it.
+const SERVER_NAME: &str = "tether.test";
+
+/// A DNS server for the namespace: answers an A query for `SERVER_NAME`
+/// with `SERVER_IP` and any other name with NXDOMAIN; counts the queries
+/// for `SERVER_NAME` until `stop` is set.
+fn dns_server(socket: UdpSocket, queries: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::Acquire) {
+        let Ok((n, peer)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        // Header (12 bytes), then the question: labels up to a zero, type, class.
+        let mut at = 12;
+        let mut name = Vec::new();
+        while at < n && buf[at] != 0 {
+            let len = buf[at] as usize;
+            name.push(String::from_utf8_lossy(&buf[at + 1..at + 1 + len]).into_owned());
+            at += 1 + len;
+        }
+        let question_end = at + 5;
+        assert!(question_end <= n, "truncated DNS query");
+        let found = name.join(".") == SERVER_NAME;
+        let mut reply = buf[..question_end].to_vec();
+        reply[2] = 0x81; // response, recursion desired
+        reply[3] = if found { 0x80 } else { 0x83 }; // recursion available; NXDOMAIN
+        reply[6..8].copy_from_slice(&[0, found as u8]); // answers
+        reply[8..12].fill(0);
+        if found {
+            queries.fetch_add(1, Ordering::AcqRel);
+            // The name by pointer to the question, A, IN, TTL 60, the address.
+            reply.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+            reply.extend_from_slice(&SERVER_IP);
+        }
+        socket.send_to(&reply, peer).unwrap();
+    }
+}
 
 /// What the device task reports to the test.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,7 +119,10 @@ async fn device_task(
     stack.wait_config_up().await;
     let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
     let mut store: BufferStore = BufferStore::new();
-    let server = IpEndpoint::new(Ipv4Address::from(SERVER_IP).into(), PORT);
+    let server = HostName {
+        host: SERVER_NAME,
+        port: PORT,
+    };
     let account = Account {
         username: "alice",
         password: Some(password),
@@ -190,6 +236,15 @@ fn embassy_net_device_on_a_tap_logs_in_and_calls_both_ways() {
         Duration::from_secs(30),
     ));
 
+    // The namespace's DNS server, which the device asks for the server.
+    let dns_queries = Arc::new(AtomicUsize::new(0));
+    let dns_stop = Arc::new(AtomicBool::new(false));
+    let dns = std::thread::spawn({
+        let socket = UdpSocket::bind("10.42.0.1:53").unwrap();
+        let (queries, stop) = (dns_queries.clone(), dns_stop.clone());
+        move || dns_server(socket, queries, stop)
+    });
+
     // The device: embassy executor + embassy-net on tap0.
     let (report_tx, reports) = mpsc::channel();
     let password = password(DB, "alice");
@@ -198,7 +253,7 @@ fn embassy_net_device_on_a_tap_logs_in_and_calls_both_ways() {
         let config = NetConfig::ipv4_static(embassy_net::StaticConfigV4 {
             address: Ipv4Cidr::new(Ipv4Address::from(DEVICE_IP), 24),
             gateway: None,
-            dns_servers: Default::default(),
+            dns_servers: [Ipv4Address::from(SERVER_IP)].into_iter().collect(),
         });
         let resources = Box::leak(Box::new(StackResources::<4>::new()));
         let (stack, runner) = embassy_net::new(tap, config, resources, 0x7e7e_7e7e);
@@ -321,6 +376,14 @@ fn embassy_net_device_on_a_tap_logs_in_and_calls_both_ways() {
         }
     }
     device.join().unwrap();
+    dns_stop.store(true, Ordering::Release);
+    dns.join().unwrap();
+    // The name was looked up again for the second connection.
+    assert!(
+        dns_queries.load(Ordering::Acquire) >= 2,
+        "{} DNS queries for two connections",
+        dns_queries.load(Ordering::Acquire)
+    );
     rt.block_on(async {
         tokio::time::timeout(Duration::from_secs(20), &mut server.join)
             .await

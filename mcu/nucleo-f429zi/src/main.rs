@@ -2,28 +2,32 @@
 //! LAN8742A PHY on the board) under embassy-net, and tether-firmware's
 //! `embassy::Link` logging in to a Tether server and keeping the session:
 //!
+//! - gets its address by DHCP and finds the server by DNS (`SERVER_NAME`),
+//!   again before every reconnection;
+//! - logs in as the account kept in flash (`KEY_REGION`: username and keys,
+//!   written at the factory by `firmware-client/examples/provision.rs`, or
+//!   saved here after a first password login), so that no reboot repeats
+//!   PBKDF2 and a provisioned device never holds the password;
 //! - answers the server's calls: `device_info` (firmware, uptime), `echo`,
 //!   and `set_led` (switches LD1, PB0);
 //! - notifies the server `button` when the blue user button (PC13) is
 //!   pressed, staying reachable while it waits (`serve_until`);
-//! - reconnects with exponential backoff and jitter, logging in again with
-//!   the keys derived by the first (password) login.
+//! - reconnects with exponential backoff and jitter.
 //!
-//! The server address, the account and the device's static IPv4 address are
-//! the constants below. Keys would be persisted to flash in a product (see
-//! `Connected::new_keys`); here they live in RAM until reset.
-//!
-//! With the `baseline` feature the Tether session is replaced by a plain TCP
-//! exchange on the same socket, so that the size difference between the two
-//! builds is exactly what tether-firmware and tether-core cost (./size).
+//! Logs go out over RTT with defmt (`cargo run --release` under probe-rs).
+//! The feature variants (`baseline`, `core-only`, `app-minimal`,
+//! `no-storage`) exist for ./size, which splits the flash between the
+//! network stack, tether-firmware + tether-core and this application.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
 
 use core::convert::Infallible;
 
+#[allow(unused_imports)] // app-minimal logs no warnings
+use defmt::{info, warn};
 use embassy_executor::Spawner;
-use embassy_net::{Ipv4Address, Ipv4Cidr, Stack, StackResources, StaticConfigV4};
+use embassy_net::{Stack, StackResources};
 use embassy_stm32::eth::{Ethernet, GenericPhy, PacketQueue, Sma};
 use embassy_stm32::exti::ExtiInput;
 use embassy_stm32::gpio::{Level, Output, Pull, Speed};
@@ -31,27 +35,39 @@ use embassy_stm32::mode::Async;
 use embassy_stm32::peripherals::{ETH, ETH_SMA, RNG};
 use embassy_stm32::rng::Rng;
 use embassy_stm32::time::Hertz;
-use embassy_stm32::{Config, bind_interrupts, eth, exti, interrupt, peripherals, rng};
+use embassy_stm32::{Config, bind_interrupts, eth, exti, flash, interrupt, peripherals, rng};
 use static_cell::StaticCell;
+use {defmt_rtt as _, panic_probe as _};
 
 bind_interrupts!(struct Irqs {
     ETH => eth::InterruptHandler;
     HASH_RNG => rng::InterruptHandler<peripherals::RNG>;
     EXTI15_10 => exti::InterruptHandler<interrupt::typelevel::EXTI15_10>;
+    FLASH => flash::InterruptHandler;
 });
 
-/// The Tether server.
-const SERVER: ([u8; 4], u16) = ([192, 168, 1, 10], tether_core::frame::DEFAULT_PORT);
-/// This device's address (no DHCP, to keep the example small).
-const DEVICE_IP: [u8; 4] = [192, 168, 1, 50];
-/// The Django account of this device.
+/// The Tether server's name (a dotted IPv4 address works too) and port.
+const SERVER_NAME: &str = "tether.example.com";
+const SERVER_PORT: u16 = tether_core::frame::DEFAULT_PORT;
+/// The account used when the flash holds none (development only: a
+/// provisioned device reads its username and keys from `KEY_REGION`).
 #[cfg_attr(feature = "baseline", allow(dead_code))]
 const USERNAME: &str = "sensor-7";
+/// The password for a first login when the flash holds no keys; `None` for
+/// a device provisioned at the factory (the password never reaches it).
 #[cfg_attr(feature = "baseline", allow(dead_code))]
-const PASSWORD: &str = "change me";
+const PASSWORD: Option<&str> = Some("change me");
 const MAC_ADDR: [u8; 6] = [0x02, 0x00, 0x54, 0x45, 0x54, 0x48];
 
+/// The key store's region, as offsets into flash bank 2's 128 KiB sectors
+/// (`Bank2Region3`, which starts at 0x0812_0000): its last two sectors,
+/// 0x081C_0000..0x0820_0000. Code runs from bank 1, so saving keys never
+/// stalls it. `provision --board nucleo-f429zi` writes the same region.
+#[cfg_attr(any(feature = "baseline", feature = "app-minimal", feature = "no-storage"), allow(dead_code))]
+const KEY_REGION: core::ops::Range<u32> = 0x000A_0000..0x000E_0000;
+
 type Device = Ethernet<'static, ETH, GenericPhy<Sma<'static, ETH_SMA>>>;
+type KeyFlash = flash::Bank2Region3<'static, flash::Async>;
 
 /// The STM32's TRNG as tether-core's `CryptoRng` (rand_core 0.10).
 struct Trng(Rng<'static, RNG>);
@@ -100,6 +116,7 @@ async fn main(spawner: Spawner) -> ! {
         config.rcc.sys = Sysclk::PLL1_P;
     }
     let p = embassy_stm32::init(config);
+    info!("nucleo-f429zi-tether {}", env!("CARGO_PKG_VERSION"));
 
     let mut rng = Trng(Rng::new(p.RNG, Irqs));
     let seed = rng.0.next_u64();
@@ -122,12 +139,10 @@ async fn main(spawner: Spawner) -> ! {
         p.PA2, // MDIO
         p.PC1, // MDC
     );
-    let net_config = embassy_net::Config::ipv4_static(StaticConfigV4 {
-        address: Ipv4Cidr::new(Ipv4Address::from(DEVICE_IP), 24),
-        gateway: None,
-        dns_servers: Default::default(),
-    });
-    static RESOURCES: StaticCell<StackResources<2>> = StaticCell::new();
+    // DHCP for the address, the gateway and the DNS servers.
+    let net_config = embassy_net::Config::dhcpv4(Default::default());
+    // Sockets: DHCP, DNS, the TCP connection.
+    static RESOURCES: StaticCell<StackResources<3>> = StaticCell::new();
     let (stack, runner) = embassy_net::new(
         device,
         net_config,
@@ -136,14 +151,24 @@ async fn main(spawner: Spawner) -> ! {
     );
     spawner.spawn(net_task(runner).unwrap());
 
+    info!("waiting for DHCP");
+    stack.wait_config_up().await;
+    if let Some(v4) = stack.config_v4() {
+        info!("address {}", v4.address);
+    }
+
+    let flash = flash::Flash::new(p.FLASH, Irqs).into_regions().bank2_region3;
     let led = Output::new(p.PB0, Level::Low, Speed::Low);
     let button = ExtiInput::new(p.PC13, p.EXTI13, Pull::Down, Irqs);
-    device_main(stack, rng, led, button).await
+    device_main(stack, rng, led, button, flash).await
 }
 
 #[cfg(not(feature = "baseline"))]
-// app-minimal leaves this example's methods and notification unused.
-#[cfg_attr(feature = "app-minimal", allow(dead_code, unused_imports, unused_mut, unused_variables))]
+// app-minimal leaves this example's methods, notification and key store unused.
+#[cfg_attr(
+    any(feature = "app-minimal", feature = "no-storage"),
+    allow(dead_code, unused_imports, unused_mut, unused_variables)
+)]
 mod app {
     use core::ops::ControlFlow;
 
@@ -151,8 +176,10 @@ mod app {
     use serde::{Deserialize, Serialize};
     use tether_core::method::Method;
     use tether_core::method::builtin::{DeviceInfo, DeviceStatus, Echo};
-    use tether_firmware::embassy::{Account, Link};
-    use tether_firmware::{Backoff, BufferStore, Config, Handler, Request, Responded, Responder};
+    use tether_core::scram::{CachedKeys, ScramError};
+    use tether_firmware::embassy::{Account, HostName, Link};
+    use tether_firmware::storage::{KeyStore, StorageError, Stored};
+    use tether_firmware::{Backoff, BufferStore, Config, Error, Handler, Request, Responded, Responder};
 
     use super::*;
 
@@ -219,29 +246,123 @@ mod app {
         }
     }
 
+    /// The key store, or (variants without it) nothing.
+    #[cfg(not(any(feature = "app-minimal", feature = "no-storage")))]
+    type Store = KeyStore<KeyFlash>;
+    #[cfg(any(feature = "app-minimal", feature = "no-storage"))]
+    type Store = ();
+
+    #[cfg(not(any(feature = "app-minimal", feature = "no-storage")))]
+    async fn open_store(flash: KeyFlash) -> (Store, Option<Stored>) {
+        let mut store = match KeyStore::new(flash, KEY_REGION) {
+            Ok(store) => store,
+            Err(_) => defmt::panic!("KEY_REGION is not whole sectors of Bank2Region3"),
+        };
+        let stored = match store.load().await {
+            Ok(stored) => stored,
+            Err(e) => {
+                warn!("key store: {}; using the built-in account", why(&e));
+                None
+            }
+        };
+        (store, stored)
+    }
+
+    #[cfg(any(feature = "app-minimal", feature = "no-storage"))]
+    async fn open_store(_flash: KeyFlash) -> (Store, Option<Stored>) {
+        ((), None)
+    }
+
+    #[cfg(not(any(feature = "app-minimal", feature = "no-storage")))]
+    async fn save_keys(store: &mut Store, username: &str, keys: &CachedKeys) {
+        match store.save(username, Some(keys)).await {
+            Ok(()) => info!("keys saved to flash: the next boot skips PBKDF2"),
+            Err(e) => warn!("key store: {}", why(&e)),
+        }
+    }
+
+    /// A key store error in a few words (tether-firmware's own defmt
+    /// formatting comes with its `defmt` feature, which ./size leaves off).
+    #[cfg(not(any(feature = "app-minimal", feature = "no-storage")))]
+    fn why<E>(e: &StorageError<E>) -> &'static str {
+        match e {
+            StorageError::Flash(_) => "flash error",
+            StorageError::Corrupted => "region corrupted, erase and provision again",
+            StorageError::UnknownFormat(_) => "record of another format",
+            _ => "unusable record",
+        }
+    }
+
+    #[cfg(any(feature = "app-minimal", feature = "no-storage"))]
+    async fn save_keys(_store: &mut Store, _username: &str, _keys: &CachedKeys) {}
+
+    #[cfg(not(any(feature = "app-minimal", feature = "no-storage")))]
+    async fn forget_keys(store: &mut Store) {
+        if let Err(e) = store.forget_keys().await {
+            warn!("key store: {}", why(&e));
+        }
+    }
+
+    #[cfg(any(feature = "app-minimal", feature = "no-storage"))]
+    async fn forget_keys(_store: &mut Store) {}
+
+    /// Says why the device gave up, and drops stale keys.
+    #[cfg(not(feature = "app-minimal"))]
+    async fn report(fatal: Result<Infallible, Error<tether_firmware::embassy::TcpError>>, store: &mut Store) {
+        match fatal {
+            Err(Error::Login(ScramError::CachedKeysMismatch)) => {
+                // The password was changed or Django re-hashed it: these
+                // keys will never work again. Drop them (the username
+                // stays) and wait to be provisioned again.
+                warn!("the stored keys are stale: provision this device again");
+                forget_keys(store).await;
+            }
+            Err(Error::Refused { code, .. }) => {
+                warn!("login refused ({}): check the account", code.as_str());
+            }
+            _ => warn!("cannot log in; check the account"),
+        }
+    }
+
+    /// app-minimal: no report (the application's part).
+    #[cfg(feature = "app-minimal")]
+    async fn report(_fatal: Result<Infallible, Error<tether_firmware::embassy::TcpError>>, _store: &mut Store) {}
+
     pub async fn device_main(
         stack: Stack<'static>,
         mut rng: Trng,
         led: Output<'static>,
         mut button: ExtiInput<'static, Async>,
+        flash: KeyFlash,
     ) -> ! {
-        stack.wait_config_up().await;
+        let (mut store, stored) = open_store(flash).await;
+        let username = stored.as_ref().map_or(USERNAME, |s| s.username.as_str());
+        let keys = stored.as_ref().and_then(|s| s.keys.clone());
+        #[cfg(not(feature = "app-minimal"))]
+        info!(
+            "account {} ({})",
+            username,
+            if keys.is_some() { "keys from flash" } else { "no keys yet" }
+        );
         // 1 KiB each way for the TCP socket (network stack), and the
         // client's 512-byte frame buffers + 256 bytes of scratch.
         let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
-        let mut store: BufferStore<512, 512, 256> = BufferStore::new();
-        let server = (Ipv4Address::from(SERVER.0), SERVER.1).into();
+        let mut store_buf: BufferStore<512, 512, 256> = BufferStore::new();
+        let server = HostName {
+            host: SERVER_NAME,
+            port: SERVER_PORT,
+        };
         let account = Account {
-            username: USERNAME,
-            password: Some(PASSWORD),
-            keys: None,
+            username,
+            password: PASSWORD,
+            keys,
         };
         let mut link = Link::new(
             stack,
             server,
             &mut sock_rx,
             &mut sock_tx,
-            store.buffers(),
+            store_buf.buffers(),
             account,
             Config::default().with_min_iterations(600_000),
             Backoff::default(),
@@ -250,6 +371,10 @@ mod app {
         let mut presses = 0u32;
         let fatal = link
             .run(&mut rng, async |connected| {
+                info!("logged in");
+                if let Some(keys) = connected.new_keys {
+                    save_keys(&mut store, username, keys).await;
+                }
                 let session = &mut connected.session;
                 loop {
                     // Serve the server until the button is pressed.
@@ -276,9 +401,8 @@ mod app {
                 }
             })
             .await;
-        // Only an account problem (unauthorized, unsupported hash, keys
-        // without a password) ends up here: blink until someone fixes it.
-        let _ = fatal;
+        // Only what retrying cannot fix ends up here: a human must act.
+        report(fatal, &mut store).await;
         loop {
             mind.led.toggle();
             embassy_time::Timer::after_millis(200).await;
@@ -288,24 +412,31 @@ mod app {
 
 #[cfg(feature = "baseline")]
 mod app {
+    use embassy_net::dns::DnsQueryType;
     use embassy_net::tcp::TcpSocket;
     use embedded_io_async::Write;
 
     use super::*;
 
-    /// The same board without Tether: connect, send, read, repeat.
+    /// The same board without Tether: resolve, connect, send, read, repeat.
     pub async fn device_main(
         stack: Stack<'static>,
         mut rng: Trng,
         mut led: Output<'static>,
         mut button: ExtiInput<'static, Async>,
+        _flash: KeyFlash,
     ) -> ! {
-        stack.wait_config_up().await;
         let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
-        let server = (Ipv4Address::from(SERVER.0), SERVER.1);
         loop {
+            let server = match stack.dns_query(SERVER_NAME, DnsQueryType::A).await {
+                Ok(found) => found.first().map(|ip| (*ip, SERVER_PORT)),
+                Err(_) => None,
+            };
             let mut socket = TcpSocket::new(stack, &mut sock_rx, &mut sock_tx);
-            if socket.connect(server).await.is_ok() {
+            if let Some(server) = server
+                && socket.connect(server).await.is_ok()
+            {
+                info!("connected");
                 let mut buf = [0u8; 64];
                 let _ = socket.write_all(&rng.0.next_u32().to_le_bytes()).await;
                 while let Ok(n) = socket.read(&mut buf).await {
@@ -318,6 +449,8 @@ mod app {
                     button.wait_for_rising_edge().await;
                     let _ = socket.write_all(&buf[..n]).await;
                 }
+            } else {
+                warn!("cannot connect to the server");
             }
             socket.abort();
             embassy_time::Timer::after_secs(1).await;
@@ -341,7 +474,7 @@ mod core_only {
         let mut wire = [0u8; 512];
         let login = ClientLogin::<256>::new(
             USERNAME,
-            ClientCredentials::Password(PASSWORD),
+            ClientCredentials::Password(PASSWORD.unwrap_or_default()),
             ClientConfig::default(),
             rng,
         )
@@ -385,8 +518,3 @@ mod core_only {
 }
 
 use app::device_main;
-
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo) -> ! {
-    cortex_m::peripheral::SCB::sys_reset()
-}
