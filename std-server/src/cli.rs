@@ -145,7 +145,9 @@ pub struct ServeArgs {
     /// secret if missing.
     #[arg(long, default_value = DEFAULT_SECRET_FILE)]
     pub secret_file: PathBuf,
-    /// Iterations announced to unknown users (use what your rows use).
+    /// Iterations of decoy challenges (unknown users and the like) until
+    /// the rows have been counted, or when none is pbkdf2; once counted,
+    /// decoys take the rows' mechanisms and iteration counts.
     #[arg(long, default_value_t = 1_000_000)]
     pub decoy_iterations: u32,
     /// Longest a login may take, connect to welcome.
@@ -440,6 +442,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         max_sessions: args.max_sessions.max(1),
         max_frame: args.max_frame,
         decoy_iterations: args.decoy_iterations.max(1),
+        decoy_census_interval: ServerConfig::default().decoy_census_interval,
         session: SessionConfig {
             heartbeat: Duration::from_secs(args.heartbeat.into()),
             max_calls_in_flight: args.max_calls_in_flight.max(1),
@@ -539,9 +542,7 @@ async fn call(args: CallArgs) -> ExitCode {
                 RefusalCode::Unauthorized => {
                     "wrong username or password, or the account may not log in"
                 }
-                RefusalCode::Unsupported => {
-                    "the account's password hash cannot do challenge-response (see the server log)"
-                }
+                RefusalCode::Unsupported => "the server runs none of the mechanisms offered",
                 RefusalCode::Throttled => "too many failed logins",
                 RefusalCode::Unavailable => "the server cannot reach its user database",
                 RefusalCode::Version => "the server speaks another protocol version",
@@ -909,15 +910,24 @@ async fn check_inner(args: CheckArgs) -> Result<bool, String> {
         println!("  what to do: {text}");
     }
     println!("active users who can log in by challenge-response: {can}");
-    if let Some((&common, _)) = iterations.iter().max_by_key(|(_, n)| **n) {
+    if !iterations.is_empty() {
         let list: Vec<String> = iterations
             .iter()
             .map(|(i, n)| format!("{i} ({n})"))
             .collect();
         println!("pbkdf2 iterations in use: {}", list.join(", "));
-        println!(
-            "hint: serve with --decoy-iterations {common} so unknown users look like real ones"
-        );
+    }
+    match store
+        .census(store.config().lookup_timeout.max(Duration::from_secs(30)))
+        .await
+    {
+        Ok(counts) => match crate::decoy::DecoyMix::from_counts(&counts) {
+            Some(mix) => println!("decoy challenges (all pbkdf2 rows, inactive too): {mix}"),
+            None => {
+                println!("decoy challenges: no pbkdf2 row; SCRAM-SHA-256 at --decoy-iterations")
+            }
+        },
+        Err(e) => println!("decoy challenges: cannot count the rows: {e}"),
     }
     if store.backend() == Backend::Sqlite
         && let Ok(row) = sqlx::query("PRAGMA journal_mode")

@@ -14,6 +14,7 @@
 //! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB), permission and group gates, `last_login`, TTL cache |
 //! | [`throttle`] | failed-login backoff per username and per address |
 //! | [`secret`] | the server secret behind decoy challenges |
+//! | [`decoy`] | which challenge a login gets: the account's verifier or a decoy shaped like the rows |
 //! | [`realm`] | [`Realm`], [`Avatar`], [`Mind`]: the seed's roles |
 //! | [`default_realm`] | the binary's realm and its [`Registry`] of live sessions |
 //! | [`server`] | listener, limits, graceful shutdown |
@@ -33,6 +34,7 @@
 
 pub mod admin;
 pub mod cli;
+pub mod decoy;
 pub mod default_realm;
 pub mod demo;
 mod login;

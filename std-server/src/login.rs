@@ -3,12 +3,14 @@
 //! 1. Read the hello (frames of at most 512 bytes until the welcome).
 //! 2. Refuse, in this order: `version` (other protocol version), `protocol`
 //!    (undecodable or unexpected frame, bad client-first-message),
+//!    `unsupported` (the hello offers no mechanism this server runs),
 //!    `throttled` (the username or address is blocked), `busy` (too many
 //!    handshakes or sessions), `unavailable` (the lookup failed or timed
-//!    out), `unsupported` (the row's hash cannot do SCRAM, or needs a
-//!    mechanism the client did not offer).
-//! 3. Unknown, inactive or unauthorised users get a decoy challenge from the
-//!    server secret; their proof fails like a wrong password.
+//!    out). None of these depends on the account.
+//! 3. Challenge with the account's verifier or a decoy of the same shape
+//!    ([`crate::decoy`]): unknown, inactive or unauthorised users, rows
+//!    whose hash cannot do SCRAM and rows needing a mechanism the client did
+//!    not offer get a decoy; their proof fails like a wrong password.
 //! 4. Verify the proof: failure is `unauthorized` and counts towards the
 //!    throttle; success makes the avatar, then sends the welcome.
 //!
@@ -21,10 +23,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tether_core::django::{self, DjangoHashError};
 use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_handshake};
 use tether_core::message::{Challenge, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome};
-use tether_core::scram::{Mechanism, ScramError, ServerCredentials, ServerLogin};
+use tether_core::scram::{ScramError, ServerLogin};
 use tether_core::session::Role;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -32,6 +33,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
+use crate::decoy;
 use crate::default_realm::SessionEntry;
 use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, Mind, Realm, SessionEnd, SessionInfo, User};
@@ -83,7 +85,7 @@ impl Conn {
         };
         let user = username.unwrap_or("-");
         match code {
-            RefusalCode::Unavailable | RefusalCode::Unsupported => {
+            RefusalCode::Unavailable => {
                 warn!(peer = %self.peer, user, code = %code, detail, "login refused")
             }
             _ => info!(peer = %self.peer, user, code = %code, detail, "login refused"),
@@ -195,20 +197,15 @@ pub(crate) async fn handshake<R: Realm>(
     };
     let typed = login.username().to_string();
     let user = Some(typed.as_str());
-    let decoy_mechanism = if offered.contains(Mechanism::ScramSha256) {
-        Mechanism::ScramSha256
-    } else if offered.contains(Mechanism::ScramSha1) {
-        Mechanism::ScramSha1
-    } else {
+    if !decoy::runnable(offered) {
+        let detail = format!(
+            "the client offers no mechanism this server runs (bits {:#04x})",
+            offered.bits()
+        );
         return Err(conn
-            .refuse(
-                RefusalCode::Protocol,
-                zero,
-                user,
-                "no known mechanism offered",
-            )
+            .refuse(RefusalCode::Unsupported, zero, user, &detail)
             .await);
-    };
+    }
 
     // 2. Throttle, limits, lookup.
     if let Some(wait) = shared.throttle.check(&typed, peer.ip()) {
@@ -262,56 +259,25 @@ pub(crate) async fn handshake<R: Realm>(
         .as_ref()
         .map(|r| r.username.clone())
         .filter(|name| *name != typed);
-    let decoy = || {
-        ServerCredentials::decoy(
-            decoy_mechanism,
-            shared.secret.as_bytes(),
-            &typed,
-            config.decoy_iterations,
-        )
-    };
-    let (credentials, account) = match row {
-        Some(row) if row.is_authorised() => match django::credentials(&row.password) {
-            Ok(c) if offered.contains(c.mechanism) => (c, Some(row)),
-            Ok(c) => {
-                let detail = format!(
-                    "the account's hash needs {}, which the client did not offer",
-                    c.mechanism
-                );
-                return Err(conn
-                    .refuse(RefusalCode::Unsupported, zero, user, &detail)
-                    .await);
-            }
-            Err(DjangoHashError::Unsupported(algorithm)) => {
-                let detail = format!(
-                    "the account's password hash is {algorithm}: {}",
-                    algorithm.advice()
-                );
-                return Err(conn
-                    .refuse(RefusalCode::Unsupported, zero, user, &detail)
-                    .await);
-            }
-            Err(e @ DjangoHashError::Malformed(_)) => {
-                let detail = format!("{e}: set the password again in Django");
-                return Err(conn
-                    .refuse(RefusalCode::Unsupported, zero, user, &detail)
-                    .await);
-            }
-        },
-        Some(row) => {
-            let why = if !row.is_active {
-                "inactive user"
-            } else {
-                "user lacks the required permission or group"
-            };
-            debug!(%peer, user = %typed, why, "decoy challenge");
-            (decoy(), None)
-        }
-        None => {
-            debug!(%peer, user = %typed, "unknown user: decoy challenge");
-            (decoy(), None)
-        }
-    };
+    // The account's verifier, or a decoy of the same shape (decoy.rs).
+    let account = row.as_ref().map(|r| decoy::Account {
+        password: &r.password,
+        may_log_in: r.is_authorised(),
+        is_active: r.is_active,
+    });
+    let plan = decoy::plan(
+        offered,
+        account,
+        &typed,
+        shared.secret.as_bytes(),
+        &shared.decoy_mix(),
+    );
+    let credentials = plan.credentials;
+    let decoy = plan.decoy;
+    if let Some(why) = &decoy {
+        debug!(%peer, user = %typed, why = %why, "decoy challenge");
+    }
+    let account = if decoy.is_none() { row } else { None };
 
     // 3. Challenge.
     let challenge = login.challenge(&credentials, &mut rand::rng());
@@ -364,8 +330,14 @@ pub(crate) async fn handshake<R: Realm>(
             if let Some(stored) = &stored_name {
                 shared.throttle.user_failure(stored);
             }
+            // The real reason, for the operator only: the device was told
+            // `unauthorized` like any wrong password.
+            let detail = match &decoy {
+                Some(why) => why.to_string(),
+                None => "wrong password".to_string(),
+            };
             return Err(conn
-                .refuse(RefusalCode::Unauthorized, zero, user, "invalid proof")
+                .refuse(RefusalCode::Unauthorized, zero, user, &detail)
                 .await);
         }
         (Err(e), _) => {

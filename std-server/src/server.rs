@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::decoy::DecoyMix;
 use crate::default_realm::Registry;
 use crate::login::{self, LoginEnd};
 use crate::metrics::{LoginOutcome, Metrics};
@@ -56,9 +57,14 @@ pub struct ServerConfig {
     /// Largest frame body the server accepts after login (default 16,384;
     /// at least 512).
     pub max_frame: u16,
-    /// Iterations announced in decoy challenges (default 1,000,000, Django
-    /// 5.2's default; set it to what your real rows use).
+    /// Iterations of decoy challenges until the rows have been counted, or
+    /// when no row is `pbkdf2_*` (default 1,000,000, Django 5.2's default).
+    /// Once counted, decoys take their mechanism and iteration count from
+    /// the rows' shares ([`crate::decoy`]).
     pub decoy_iterations: u32,
+    /// How often the rows' mechanisms and iteration counts are counted
+    /// again for decoys (default 1 h; zero: only at start).
+    pub decoy_census_interval: Duration,
     /// Session timers and limits.
     pub session: SessionConfig,
     /// Failed-login throttle.
@@ -75,6 +81,7 @@ impl Default for ServerConfig {
             max_sessions: 10_000,
             max_frame: 16_384,
             decoy_iterations: 1_000_000,
+            decoy_census_interval: Duration::from_secs(3600),
             session: SessionConfig::default(),
             throttle: ThrottleConfig::default(),
         }
@@ -157,6 +164,8 @@ pub(crate) struct Shared<R> {
     /// Every live session, whatever the realm.
     pub live: Registry,
     pub secret: ServerSecret,
+    /// The shares decoys are drawn from (refreshed by [`census`]).
+    pub mix: RwLock<Arc<DecoyMix>>,
     pub realm: R,
     pub next_session_id: AtomicU64,
     pub handshakes: Arc<Semaphore>,
@@ -166,6 +175,55 @@ pub(crate) struct Shared<R> {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
+
+impl<R> Shared<R> {
+    /// The shares decoys are drawn from now.
+    pub fn decoy_mix(&self) -> Arc<DecoyMix> {
+        self.mix.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Counts the rows' mechanisms and iteration counts for decoys, now and
+/// every `decoy_census_interval`; keeps the last good count when the
+/// database does not answer (and tries again within a minute).
+async fn census<R>(shared: Arc<Shared<R>>, first: tokio::sync::oneshot::Sender<()>) {
+    let mut first = Some(first);
+    let mut last: Option<DecoyMix> = None;
+    loop {
+        let timeout = CENSUS_TIMEOUT.max(shared.store.config().lookup_timeout);
+        let retry = match shared.store.census(timeout).await {
+            Ok(counts) => {
+                let mix = DecoyMix::from_counts(&counts)
+                    .unwrap_or_else(|| DecoyMix::only(shared.config.decoy_iterations));
+                if last.as_ref() != Some(&mix) {
+                    info!(shares = %mix, "decoy challenges follow the rows");
+                    *shared.mix.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(mix.clone());
+                    last = Some(mix);
+                }
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot count the rows' hashes for decoys; trying again in a minute");
+                Some(Duration::from_secs(60))
+            }
+        };
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
+        let wait = match (retry, shared.config.decoy_census_interval) {
+            (Some(retry), interval) if interval.is_zero() || retry < interval => retry,
+            (_, interval) if interval.is_zero() => return,
+            (_, interval) => interval,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The longest a census may take (a grouped scan of the user table).
+const CENSUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A bound server, ready to run.
 pub struct Server<R: Realm> {
@@ -230,6 +288,7 @@ impl<R: Realm> Server<R> {
                 config,
                 store,
                 secret,
+                mix: RwLock::new(Arc::new(DecoyMix::only(config.decoy_iterations))),
                 realm,
                 next_session_id: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
@@ -276,6 +335,11 @@ impl<R: Realm> Server<R> {
     /// session's shutdown deadline).
     pub async fn run(self) {
         let Self { listener, shared } = self;
+        // Decoys follow the rows from the first login on, unless counting
+        // them takes longer than a lookup may (then from when it is done).
+        let (counted, first) = tokio::sync::oneshot::channel();
+        tokio::spawn(census(shared.clone(), counted));
+        let _ = tokio::time::timeout(shared.store.config().lookup_timeout, first).await;
         info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
         loop {
             tokio::select! {

@@ -1,10 +1,14 @@
 //! Security properties of the real tether-server (fixtures/django/
 //! default.sqlite3):
 //!
-//! - an unknown user, a wrong password, an inactive user and a user without
-//!   the required permission look the same on the wire (challenge shape,
-//!   refusal bytes), and unknown-user and wrong-password refusals take the
-//!   same time (medians of interleaved samples within 20%);
+//! - a wrong password, an unknown user, an inactive user, a user without
+//!   the required permission, a row whose hash cannot do SCRAM and a row
+//!   needing the mechanism the client did not offer look the same on the
+//!   wire whatever mechanisms are offered (challenge mechanism, salt shape,
+//!   iteration count, refusal bytes), unknown users are spread over the
+//!   rows' mechanisms and counts, and unknown-user and wrong-password
+//!   refusals take the same time (medians of interleaved samples within
+//!   20%);
 //! - the throttle starts after the documented number of failures (README
 //!   "Defaults": 5 per username, 20 per address, then 1 s, 2 s, ...) and
 //!   lifts after its backoff;
@@ -168,80 +172,136 @@ async fn gated_server(db: &Db, f: impl FnOnce(&mut tether_server::ServerConfig))
     .await
 }
 
+/// The (mechanism, iterations) of the fixture's pbkdf2 rows: 7 SHA-256 at
+/// 1,000,000, henry's SHA-256 at 260,000, bob's SHA-1 at 1,000,000.
+const ROW_SHAPES: [(Mechanism, u32); 3] = [
+    (Mechanism::ScramSha256, 1_000_000),
+    (Mechanism::ScramSha256, 260_000),
+    (Mechanism::ScramSha1, 1_000_000),
+];
+
+/// The hello of `username`, then the challenge's (mechanism, salt,
+/// iterations); the connection is then dropped.
+async fn probe(
+    addr: SocketAddr,
+    username: &str,
+    mechanisms: Mechanisms,
+) -> (Mechanism, Vec<u8>, u32) {
+    let first = format!("n,,n={username},r=rOprNGfwEbeRWgbNEkqOabcd");
+    let (mut r, mut w) = connect(addr).await;
+    w.write_all(&handshake_frame(&Handshake::Hello(Hello {
+        version: 1,
+        mechanisms,
+        max_frame: 512,
+        client_first: &first,
+    })))
+    .await
+    .unwrap();
+    let frame = next_frame(&mut r, Duration::from_secs(10)).await.unwrap();
+    match message::decode::<Handshake>(&frame[HEADER_LEN..]).unwrap() {
+        Handshake::Challenge(c) => {
+            let (salt, iterations) = salt_and_iterations(c.server_first);
+            (c.mechanism, salt, iterations)
+        }
+        other => panic!("{username}: {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_user_and_wrong_password_are_identical_on_the_wire() {
+async fn no_response_tells_accounts_apart_whatever_mechanisms_are_offered() {
     let _serial = SERIAL.lock().await;
     let db = Db::copy(DB);
     // Only users Django lets connect (`devices.connect`), so that a missing
-    // permission is one of the cases; default decoy iterations (1,000,000,
-    // what these rows use).
+    // permission is one of the cases.
     let served = gated_server(&db, |_| {}).await;
     let addr = served.addr;
     let wrong = "not the password";
+    let right = |name| password(DB, name);
     let cases = [
-        ("wrong password", "alice", wrong),
+        ("wrong password, SHA-256 row", "alice", wrong),
+        ("wrong password, SHA-1 row", "bob", wrong),
+        ("wrong password, row at 260,000", "henry", wrong),
         ("unknown user", "nobody", wrong),
         ("unknown user, other name", "mallory-the-unknown", wrong),
-        ("inactive user, right password", "eve", password(DB, "eve")),
-        (
-            "no permission, right password",
-            "nogroup",
-            password(DB, "nogroup"),
-        ),
+        ("inactive user, right password", "eve", right("eve")),
+        ("no permission, right password", "nogroup", right("nogroup")),
+        ("argon2 row, right password", "carol", right("carol")),
+        ("bcrypt row, right password", "dave", right("dave")),
+        ("scrypt row, right password", "erin", right("erin")),
+        ("md5 row, right password", "mallory", right("mallory")),
+        ("unusable password", "frank", wrong),
     ];
-    let mut seen = Vec::new();
+    let sha256 = Mechanisms::only(Mechanism::ScramSha256);
+    let sha1 = Mechanisms::only(Mechanism::ScramSha1);
+    let mut frame_len_at = std::collections::HashMap::new();
     for (what, name, pw) in cases {
-        let a = attempt(addr, name, pw, Mechanisms::ALL).await;
-        seen.push((what, name, a));
-    }
-    let (_, _, reference) = &seen[0];
-    let reference_shape = shape(reference);
-    assert_eq!(
-        reference_shape,
-        "ScramSha256 frame 100 bytes: r=<48>,s=<32 chars>,i=1000000"
-    );
-    for (what, name, a) in &seen {
-        assert_eq!(shape(a), reference_shape, "{what}");
-        // Byte for byte the same refusal: Refused { unauthorized, 0 }.
-        assert_eq!(a.refusal_frame, [0, 3, 4, 0, 0], "{what}");
-        assert_eq!(a.refusal_frame, reference.refusal_frame, "{what}");
-        // The challenge frame differs only in nonce and salt.
-        assert_eq!(
-            a.challenge_frame[..5],
-            reference.challenge_frame[..5],
-            "{what}"
-        );
-        let tail = |f: &[u8]| f[f.len() - ",i=1000000".len()..].to_vec();
-        assert_eq!(tail(&a.challenge_frame), tail(&reference.challenge_frame));
-        // A decoy never shows the account's real salt.
-        if *name == "eve" || *name == "nogroup" {
-            let (salt, _) = salt_and_iterations(&a.server_first);
-            assert_ne!(salt, user(DB, name)["salt"].as_str().unwrap().as_bytes());
+        let mut per_offer = Vec::new();
+        for offered in [Mechanisms::ALL, sha256, sha1] {
+            let a = attempt(addr, name, pw, offered).await;
+            // Byte for byte the same refusal, after the proof, then close
+            // (`attempt` checks the close): Refused { unauthorized, 0 }.
+            assert_eq!(a.refusal_frame, [0, 3, 4, 0, 0], "{what}, {offered:?}");
+            // Nonce, salt (22 alphanumerics, like Django's) and count shaped alike.
+            shape(&a);
+            let (salt, iterations) = salt_and_iterations(&a.server_first);
+            // A frame's length follows from its iteration count alone.
+            let len = *frame_len_at
+                .entry(iterations)
+                .or_insert(a.challenge_frame.len());
+            assert_eq!(a.challenge_frame.len(), len, "{what}, {offered:?}");
+            per_offer.push((a.mechanism, salt, iterations));
         }
+        let (both, only256, only1) = (&per_offer[0], &per_offer[1], &per_offer[2]);
+        // Offered both: the mechanism and count of some real row.
+        assert!(ROW_SHAPES.contains(&(both.0, both.2)), "{what}: {both:?}");
+        // Offered one: that one. The salt and count never depend on the offer.
+        assert_eq!(only256.0, Mechanism::ScramSha256, "{what}");
+        assert_eq!(only1.0, Mechanism::ScramSha1, "{what}");
+        for (m, salt, i) in [only256, only1] {
+            assert_eq!((salt, i), (&both.1, &both.2), "{what}: {m:?}");
+        }
+        // A username is stable, like a row.
+        assert_eq!(
+            probe(addr, name, Mechanisms::ALL).await,
+            *both,
+            "{what}: again"
+        );
     }
-    // A decoy is stable, like a real row: the same salt on every attempt.
-    let again = attempt(addr, "nobody", wrong, Mechanisms::ALL).await;
-    assert_eq!(
-        salt_and_iterations(&again.server_first),
-        salt_and_iterations(&seen[1].2.server_first)
-    );
-    // SCRAM-SHA-1: bob's row (pbkdf2_sha1) and an unknown user offered
-    // SHA-1 only look the same too.
-    let bob = attempt(addr, "bob", wrong, Mechanisms::only(Mechanism::ScramSha1)).await;
-    let unknown = attempt(
-        addr,
-        "nobody",
-        wrong,
-        Mechanisms::only(Mechanism::ScramSha1),
-    )
-    .await;
-    assert_eq!(shape(&bob), shape(&unknown));
-    assert_eq!(
-        shape(&bob),
-        "ScramSha1 frame 100 bytes: r=<48>,s=<32 chars>,i=1000000"
-    );
-    assert_eq!(bob.refusal_frame, unknown.refusal_frame);
-    assert_eq!(bob.refusal_frame, [0, 3, 4, 0, 0]);
+    // Unknown usernames are spread over the rows' mechanisms and counts
+    // like the rows are (7/9, 1/9, 1/9 here): 300 of them, each drawn by
+    // the secret.
+    let mut seen = std::collections::HashMap::new();
+    for i in 0..300 {
+        let (m, salt, iterations) = probe(addr, &format!("ghost-{i}"), Mechanisms::ALL).await;
+        assert_eq!(salt.len(), 22);
+        *seen.entry((m, iterations)).or_insert(0) += 1;
+    }
+    for shape in ROW_SHAPES {
+        let n = seen.get(&shape).copied().unwrap_or(0);
+        // Expected 233 / 33 / 33 (sd 7 / 5.4 / 5.4).
+        let (lo, hi) = if shape == ROW_SHAPES[0] {
+            (190, 275)
+        } else {
+            (10, 65)
+        };
+        assert!((lo..=hi).contains(&n), "{shape:?}: {n} of 300 ({seen:?})");
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    // `unsupported` depends on the hello alone: no runnable mechanism.
+    for name in ["alice", "nobody", "carol"] {
+        let first = format!("n,,n={name},r=rOprNGfwEbeRWgbNEkqOabcd");
+        let (mut r, mut w) = connect(addr).await;
+        w.write_all(&handshake_frame(&Handshake::Hello(Hello {
+            version: 1,
+            mechanisms: Mechanisms::from_bits(4),
+            max_frame: 512,
+            client_first: &first,
+        })))
+        .await
+        .unwrap();
+        let (_, frame) = refusal_then_close(&mut r).await;
+        assert_eq!(frame, [0, 3, 4, 1, 0], "{name}");
+    }
 }
 
 fn median(v: &mut [Duration]) -> Duration {
@@ -709,7 +769,8 @@ async fn no_password_proof_or_key_in_the_server_log_at_trace_level() {
         "user=alice",
         "user=zoë",
         "login refused",
-        "unknown user: decoy challenge",
+        "why=unknown user",
+        "decoy challenge",
         "alice disconnected",
         "shut down",
     ] {

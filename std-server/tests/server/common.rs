@@ -63,6 +63,22 @@ pub fn password(db: &str, username: &str) -> &'static str {
     user(db, username)["password"].as_str().unwrap()
 }
 
+/// The `pbkdf2_*` rows of a fixture database by (mechanism, iterations),
+/// from users.json: what `Store::census` must count.
+pub fn expected_census(db: &str) -> std::collections::BTreeMap<(Mechanism, u32), u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for u in manifest()["databases"][db]["users"].as_array().unwrap() {
+        let mechanism = match u["algorithm"].as_str() {
+            Some("pbkdf2_sha256") => Mechanism::ScramSha256,
+            Some("pbkdf2_sha1") => Mechanism::ScramSha1,
+            _ => continue,
+        };
+        let iterations = u["iterations"].as_u64().unwrap() as u32;
+        *counts.entry((mechanism, iterations)).or_default() += 1;
+    }
+    counts
+}
+
 /// A private copy of a fixture database.
 pub struct Db {
     pub dir: tempfile::TempDir,

@@ -114,22 +114,41 @@ async fn refusal_codes() {
         Some(RefusalCode::Unauthorized)
     );
 
-    // unsupported: non-PBKDF2 hashes and unusable passwords, refused before the challenge.
-    for name in ["carol", "dave", "erin", "mallory", "frank"] {
-        let mut hs = Handshaking::hello(addr, name, Mechanisms::ALL).await;
-        let refusal = match hs.challenge().await {
+    // Rows whose hash cannot do SCRAM, and a row needing the mechanism the
+    // client did not offer: a challenge, then unauthorized (decoy.rs), like
+    // a wrong password.
+    for (name, offered) in [
+        ("carol", Mechanisms::ALL),
+        ("dave", Mechanisms::ALL),
+        ("erin", Mechanisms::ALL),
+        ("mallory", Mechanisms::ALL),
+        ("frank", Mechanisms::ALL),
+        ("bob", Mechanisms::only(Mechanism::ScramSha256)),
+        ("alice", Mechanisms::only(Mechanism::ScramSha1)),
+    ] {
+        let mut hs = Handshaking::hello(addr, name, offered).await;
+        hs.challenge()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        // The right password where there is one (frank's is unusable).
+        let pw = user(DB, name)["password"].as_str().unwrap_or("guess");
+        let refusal = match hs.prove(pw).await {
             Err(LoginError::Refused(r)) => r,
-            other => panic!("{name}: {other:?}"),
+            other => panic!("{name}: {:?}", other.err()),
         };
-        assert_eq!(refusal.code, RefusalCode::Unsupported, "{name}");
+        assert_eq!(refusal.code, RefusalCode::Unauthorized, "{name}");
         assert_eq!(refusal.retry_after_secs, 0);
     }
-    // unsupported: bob's row needs SCRAM-SHA-1, the client offers only SHA-256.
-    let mut hs = Handshaking::hello(addr, "bob", Mechanisms::only(Mechanism::ScramSha256)).await;
-    assert_eq!(
-        hs.challenge().await.unwrap_err().code(),
-        Some(RefusalCode::Unsupported)
-    );
+    // unsupported: a hello offering no mechanism the server runs, whoever
+    // the user (decided before the lookup).
+    for (name, bits) in [("alice", 0), ("nobody", 4), ("carol", 0x80)] {
+        let mut hs = Handshaking::hello(addr, name, Mechanisms::from_bits(bits)).await;
+        assert_eq!(
+            hs.challenge().await.unwrap_err().code(),
+            Some(RefusalCode::Unsupported),
+            "{name}"
+        );
+    }
 
     // version.
     let (mut r, mut w) = connect(addr).await;
@@ -168,12 +187,6 @@ async fn refusal_codes() {
             version: 1,
             mechanisms: Mechanisms::ALL,
             max_frame: 100,
-            client_first: "n,,n=alice,r=abcdefgh",
-        })),
-        encode(&Handshake::Hello(Hello {
-            version: 1,
-            mechanisms: Mechanisms::from_bits(0),
-            max_frame: 512,
             client_first: "n,,n=alice,r=abcdefgh",
         })),
     ];
@@ -219,13 +232,21 @@ async fn unknown_user_and_wrong_password_look_the_same() {
     let db = Db::copy(DB);
     let server = start(&db).await;
     let addr = server.addr;
-    // A real user's challenge and an unknown user's have the same shape.
+    // An unknown user's challenge has the shape of a real row: a mechanism
+    // and iteration count some row has, a salt like Django's.
     let mut real = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
     let real_c = real.challenge().await.unwrap();
     let mut fake = Handshaking::hello(addr, "nobody", Mechanisms::ALL).await;
     let fake_c = fake.challenge().await.unwrap();
-    assert_eq!(fake_c.mechanism, real_c.mechanism);
-    assert_eq!(fake_c.iterations, 1_000_000); // Django 5.2's default, like alice's
+    assert!(
+        [
+            (Mechanism::ScramSha256, 1_000_000),
+            (Mechanism::ScramSha256, 260_000),
+            (Mechanism::ScramSha1, 1_000_000)
+        ]
+        .contains(&(fake_c.mechanism, fake_c.iterations)),
+        "{fake_c:?}"
+    );
     assert_eq!(fake_c.salt.len(), real_c.salt.len());
     assert!(fake_c.salt.iter().all(u8::is_ascii_alphanumeric));
     // The decoy salt is stable per username (like a real row's) and differs between names.
@@ -233,10 +254,12 @@ async fn unknown_user_and_wrong_password_look_the_same() {
     assert_eq!(again.challenge().await.unwrap().salt, fake_c.salt);
     let mut other = Handshaking::hello(addr, "nobody2", Mechanisms::ALL).await;
     assert_ne!(other.challenge().await.unwrap().salt, fake_c.salt);
-    // Inactive and unauthorised users get decoys too (not their real salt).
+    // Inactive and unauthorised users show their row's shape (so that
+    // deactivating an account changes nothing an outsider sees), with keys
+    // no proof matches.
     let mut eve = Handshaking::hello(addr, "eve", Mechanisms::ALL).await;
     let eve_c = eve.challenge().await.unwrap();
-    assert_ne!(
+    assert_eq!(
         eve_c.salt,
         user(DB, "eve")["salt"].as_str().unwrap().as_bytes()
     );
@@ -252,12 +275,21 @@ async fn unknown_user_and_wrong_password_look_the_same() {
         }
         other => panic!("{other:?}"),
     }
-    // A client offering only SCRAM-SHA-1 gets a SHA-1 decoy.
-    let mut sha1 = Handshaking::hello(addr, "nobody", Mechanisms::only(Mechanism::ScramSha1)).await;
-    assert_eq!(
-        sha1.challenge().await.unwrap().mechanism,
-        Mechanism::ScramSha1
-    );
+    // A client offering only SCRAM-SHA-1 gets a SHA-1 challenge, whoever
+    // the user: same salt and count as when it offers both.
+    for name in ["nobody", "alice", "bob"] {
+        let mut both = Handshaking::hello(addr, name, Mechanisms::ALL).await;
+        let both = both.challenge().await.unwrap();
+        for m in [Mechanism::ScramSha1, Mechanism::ScramSha256] {
+            let mut one = Handshaking::hello(addr, name, Mechanisms::only(m)).await;
+            let one = one.challenge().await.unwrap();
+            assert_eq!(one.mechanism, m, "{name}");
+            assert_eq!(
+                (one.salt, one.iterations),
+                (both.salt.clone(), both.iterations)
+            );
+        }
+    }
 }
 
 #[tokio::test]
