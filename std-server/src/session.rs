@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tether_core::frame::{FrameError, HEADER_LEN};
 use tether_core::message::{ErrorCode, GoodbyeReason, Message};
-use tether_core::session::{Opener, Sealer, SessionError};
+use tether_core::session::{Opener, Sealer, SessionError, error_message_that_fits};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -726,10 +726,13 @@ impl Out {
         self.push_message(&msg);
     }
 
-    /// Seals a message into the batch. A reply too large for the device
-    /// becomes a `FAILED` error; any other message too large is dropped
-    /// with a warning; a message that cannot be sealed at all breaks the
-    /// session (the next flush fails).
+    /// Seals a message into the batch. Every call gets an answer: a reply
+    /// too large for the device becomes a `FAILED` error, an error too
+    /// large keeps its code with its text cut to fit
+    /// ([`error_message_that_fits`]). Any other message too large is
+    /// dropped with a warning (calls and notifications are checked against
+    /// the device's frame before they are queued); a message that cannot be
+    /// sealed at all breaks the session (the next flush fails).
     fn push_message(&mut self, msg: &Message<'_>) {
         if self.broken {
             return;
@@ -740,15 +743,20 @@ impl Out {
             Err(SessionError::Frame(
                 FrameError::TooLong { .. } | FrameError::BufferTooSmall { .. },
             )) => {
-                let Message::Reply { id, .. } = *msg else {
-                    warn!(%peer, "message too large for the device's max frame; dropped");
-                    return;
+                let (id, code, message) = match *msg {
+                    Message::Reply { id, .. } => (
+                        id,
+                        ErrorCode::FAILED,
+                        "reply larger than the device's max frame",
+                    ),
+                    Message::Error { id, code, message } => (id, code, message),
+                    _ => {
+                        warn!(%peer, "message too large for the device's max frame; dropped");
+                        return;
+                    }
                 };
-                let error = Message::Error {
-                    id,
-                    code: ErrorCode::FAILED,
-                    message: "reply larger than the device's max frame",
-                };
+                let message = error_message_that_fits(id, code, message, self.peer_max);
+                let error = Message::Error { id, code, message };
                 match self.sealer.seal(&error, &mut self.frame, self.peer_max) {
                     Ok(frame) => self.batch.extend_from_slice(frame),
                     Err(e) => {

@@ -870,6 +870,75 @@ async fn call_to_an_unknown_method_is_answered_and_the_session_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_of_a_device_with_512_byte_frames_is_answered_whatever_its_method_name() {
+    // The smallest max frame a device may announce; unknown methods whose
+    // names (echoed in the error) fill the whole frame, with characters
+    // that the echo escapes (a control byte becomes `\u{1}`) or that are
+    // several bytes long, so the cut lands inside them.
+    let b = bench(|_| {}).await;
+    let (mut s, _) = raw_login_with(b.served.addr, "alice", password(DB, "alice"), 512)
+        .await
+        .unwrap();
+    let mut id = 100;
+    let mut names: Vec<String> = (440..=480).step_by(5).map(|n| "m".repeat(n)).collect();
+    names.push("\u{1}".repeat(470));
+    names.push("é".repeat(235));
+    names.push("𝄞".repeat(118));
+    for name in &names {
+        id += 1;
+        s.send(&Message::Call {
+            id,
+            method: name,
+            args: &[],
+        })
+        .await;
+        let full = format!("no method {name:?}");
+        match s.recv().await {
+            Some(Msg::Error {
+                id: got,
+                code,
+                message,
+            }) => {
+                assert_eq!((got, code), (id, ErrorCode::UNKNOWN_METHOD));
+                // The start of the full text, cut only when it had to be.
+                assert!(full.starts_with(&message), "{}", name.len());
+                assert!(message.len() >= 400, "cut too short: {}", message.len());
+            }
+            other => panic!("call {id} ({} bytes): {other:?}", name.len()),
+        }
+    }
+    // A reply too large for the device is answered FAILED.
+    id += 1;
+    let long = "r".repeat(600);
+    let mut buf = [0u8; 1024];
+    let args = tether_core::method::encode_args::<tether_core::method::builtin::Echo>(
+        &long.as_str(),
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec();
+    s.send(&Message::Call {
+        id,
+        method: "echo",
+        args: &args,
+    })
+    .await;
+    match s.recv().await {
+        Some(Msg::Error { id: got, code, .. }) => {
+            assert_eq!((got, code), (id, ErrorCode::FAILED))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.echo("still here").await, "still here");
+    b.counted(
+        r#"tether_calls_total{direction="from_device",outcome="error"}"#,
+        names.len() as f64,
+    )
+    .await;
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_to_an_unknown_id_ends_the_session_with_protocol_error() {
     let mut b = bench(|_| {}).await;
     let mut s = b.alice().await;

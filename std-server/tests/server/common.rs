@@ -317,6 +317,17 @@ impl Handshaking {
         username: &str,
         mechanisms: Mechanisms,
     ) -> Self {
+        Self::hello_with(source, addr, username, mechanisms, 4096).await
+    }
+
+    /// [`hello_from`](Self::hello_from) announcing `max_frame`.
+    pub async fn hello_with(
+        source: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        username: &str,
+        mechanisms: Mechanisms,
+        max_frame: u16,
+    ) -> Self {
         let (reader, mut writer) = connect_from(source, addr).await;
         let login = ClientLogin::<256>::new(
             username,
@@ -327,7 +338,6 @@ impl Handshaking {
         .unwrap();
         let first = login.client_first().to_string();
         let nonce = first.rsplit("r=").next().unwrap().to_string();
-        let max_frame = 4096;
         send_handshake(
             &mut writer,
             &Handshake::Hello(Hello {
