@@ -7,6 +7,7 @@
 //!   starts itself.
 
 mod common;
+mod hostile;
 mod idle;
 mod libserver;
 mod load;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::{Manifest, Users, Window, cpu_time, fmt_dur, fmt_rate, loadavg, rss};
 use crate::idle::Clients;
 use crate::load::{self, Throughput};
-use crate::{libserver, raw};
+use crate::{hostile, libserver, raw};
 
 /// What `run` needs (see `tether-bench run --help`).
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// Write the table (Markdown) here too.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only these stages (comma-separated: login,variants,calls,s2d,idle,django); default all.
+    /// Only these stages (comma-separated: login,variants,calls,s2d,idle,hostile,django); default all.
     #[arg(long)]
     pub only: Option<String>,
 }
@@ -122,7 +122,7 @@ fn fd_soft_limit() -> Option<usize> {
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     eprintln!("bench: [{}] {msg}   (load {})", clock(), loadavg());
 }
 
@@ -191,7 +191,7 @@ async fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> Result<(), String>
 }
 
 /// Starts `tether serve` on a free loopback port, with its default logging.
-async fn tether_serve(
+pub(crate) async fn tether_serve(
     a: &RunArgs,
     log: &str,
     extra: &[&str],
@@ -421,6 +421,7 @@ struct Results {
     s2d_seq: Option<Throughput>,
     s2d_pipe: Option<Throughput>,
     idle: Option<Idle>,
+    hostile: Vec<hostile::Row>,
     django: Option<Django>,
 }
 
@@ -619,6 +620,10 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
             i.rss_after >> 20
         ));
         r.idle = Some(i);
+    }
+
+    if want("hostile") {
+        r.hostile = hostile::measure(&a, &users).await?;
     }
 
     if want("django") {
@@ -836,6 +841,9 @@ fn render(
             ),
             String::new(),
         );
+    }
+    for [m, t, reference, ratio, target] in r.hostile.iter().cloned() {
+        row(&m, t, reference, ratio, target);
     }
     if let Some(path) = &a.firmware {
         match std::fs::read_to_string(path) {
