@@ -139,6 +139,16 @@ fn free_port() -> Result<u16, String> {
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
+/// The handshake limits of the load measurements: 1,024 slots (the
+/// default 64 would refuse 512 concurrent logins `busy`), no random early
+/// drop, no per-address share (every load client is 127.0.0.1).
+const LOAD_LIMITS: [&str; 4] = [
+    "--max-startups",
+    "1024:30:1024",
+    "--max-handshakes-per-address",
+    "0",
+];
+
 /// A server process of the benchmark; SIGTERM and reaped on drop.
 pub struct Proc {
     child: Child,
@@ -337,8 +347,11 @@ async fn idle(a: &RunArgs, plan: &Plan) -> Result<Idle, String> {
         &[
             "--max-sessions",
             &max_sessions,
-            "--max-handshakes",
-            "256",
+            // 256 slots, all usable by the 4 client addresses, no early drop.
+            "--max-startups",
+            "256:30:256",
+            "--max-handshakes-per-address",
+            "0",
             "--heartbeat",
             &heartbeat,
             "--no-last-login",
@@ -450,8 +463,7 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
     // after the logins, do not land in the call measurements.
     if want("login") {
         let (bare, bare_addr) = helper_server(&["bare-server"], "bare server").await?;
-        let (server, addr) =
-            tether_serve(&a, "serve-logins.log", &["--max-handshakes", "1024"]).await?;
+        let (server, addr) = tether_serve(&a, "serve-logins.log", &LOAD_LIMITS).await?;
         let mut login64 = None::<Throughput>;
         for round in 1..=plan.rounds {
             say(&format!(
@@ -500,7 +512,7 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
         let (server, addr) = tether_serve(
             &a,
             "serve-calls.log",
-            &["--max-handshakes", "1024", "--max-calls-in-flight", "64"],
+            &[&LOAD_LIMITS[..], &["--max-calls-in-flight", "64"]].concat(),
         )
         .await?;
         for round in 1..=plan.rounds {
@@ -575,7 +587,7 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
         ];
         for (label, flags, quiet) in variants {
             say(&format!("logins, 64 clients: {label}"));
-            let mut extra = vec!["--max-handshakes", "1024"];
+            let mut extra = LOAD_LIMITS.to_vec();
             extra.extend(flags);
             let (server, addr) = tether_serve_env(&a, "serve-variant.log", &extra, quiet).await?;
             let w = Window::new(plan.login.0, plan.login.1);

@@ -46,7 +46,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve devices against a Django database.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create a demo database, serve it on 127.0.0.1:7420 and run a
     /// simulated device against it, printing each step.
     Demo(DemoArgs),
@@ -124,6 +124,25 @@ impl StoreArgs {
     }
 }
 
+/// `START:RATE:FULL`, as OpenSSH's MaxStartups.
+fn parse_max_startups(s: &str) -> Result<(usize, u8, usize), String> {
+    let bad =
+        || format!("{s:?}: expected START:RATE:FULL, e.g. 32:30:64 (START <= FULL, RATE 0..=100)");
+    let mut parts = s.split(':');
+    let (Some(start), Some(rate), Some(full), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let start: usize = start.trim().parse().map_err(|_| bad())?;
+    let rate: u8 = rate.trim().parse().map_err(|_| bad())?;
+    let full: usize = full.trim().parse().map_err(|_| bad())?;
+    if full == 0 || start > full || rate > 100 {
+        return Err(bad());
+    }
+    Ok((start, rate, full))
+}
+
 fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
 }
@@ -153,11 +172,22 @@ pub struct ServeArgs {
     /// Longest a login may take, connect to welcome.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub handshake_timeout: f64,
-    /// Logins in progress at once (more are refused `busy`).
-    #[arg(long, default_value_t = 64)]
-    pub max_handshakes: usize,
+    /// Longest a connection may take to send its hello; then it is closed.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub hello_timeout: f64,
+    /// Logins in progress at once [default: 64]. From half of it on, new
+    /// connections are closed at random, 30% rising to 100% when full
+    /// (--max-startups 32:30:64); when full, a newcomer takes the slot of a
+    /// connection that has not sent its hello, or is refused `busy`.
+    #[arg(long, value_name = "N", conflicts_with = "max_startups")]
+    pub max_handshakes: Option<usize>,
+    /// OpenSSH's MaxStartups: from START logins in progress on, new
+    /// connections are closed at once with probability RATE%, rising
+    /// linearly to 100% at FULL (= --max-handshakes).
+    #[arg(long, value_name = "START:RATE:FULL", value_parser = parse_max_startups)]
+    pub max_startups: Option<(usize, u8, usize)>,
     /// Logins in progress at once from one address, IPv6 by /64 (more from
-    /// it are refused `busy`) [default: half of --max-handshakes; 0: no
+    /// it are refused `busy`) [default: an eighth of --max-handshakes; 0: no
     /// limit but --max-handshakes]. Raise it for fleets behind one NAT or
     /// proxy address.
     #[arg(long, value_name = "N")]
@@ -324,7 +354,7 @@ pub fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(*args).await,
             Command::Demo(args) => {
                 let options = crate::demo::DemoOptions {
                     listen: args.listen,
@@ -434,11 +464,18 @@ async fn serve(args: ServeArgs) -> ExitCode {
             }
         },
     };
+    let (early_drop_start, early_drop_rate, max_handshakes) = match args.max_startups {
+        Some((start, rate, full)) => (Some(start), rate, full),
+        None => (None, 30, args.max_handshakes.unwrap_or(64)),
+    };
     let config = ServerConfig {
         handshake_timeout: secs(args.handshake_timeout),
-        max_handshakes: args.max_handshakes.max(1),
+        hello_timeout: secs(args.hello_timeout),
+        max_handshakes: max_handshakes.max(1),
+        early_drop_start,
+        early_drop_rate,
         max_handshakes_per_address: args.max_handshakes_per_address,
-        max_pending: args.max_handshakes.max(1) * 4,
+        max_pending: max_handshakes.max(1) * 4,
         max_sessions: args.max_sessions.max(1),
         max_frame: args.max_frame,
         decoy_iterations: args.decoy_iterations.max(1),

@@ -18,6 +18,7 @@
 //! | [`realm`] | [`Realm`], [`Avatar`], [`Mind`]: the seed's roles |
 //! | [`default_realm`] | the binary's realm and its [`Registry`] of live sessions |
 //! | [`server`] | listener, limits, graceful shutdown |
+//! | [`admission`] | which new connections get a handshake slot: per-address share, random early drop, eviction of silent connections |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
 //! | [`wire`] | frames over a byte stream |
 //! | [`demo`] | `tether demo`: Django schema, demo user |
@@ -33,6 +34,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
 pub mod decoy;
 pub mod default_realm;

@@ -33,11 +33,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
+use crate::admission::Ticket;
 use crate::decoy;
 use crate::default_realm::SessionEntry;
 use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, Mind, Realm, SessionEnd, SessionInfo, User};
-use crate::server::{HandshakeSlot, Shared};
+use crate::server::Shared;
 use crate::session::Established;
 use crate::wire::{FrameReader, ReadError};
 
@@ -48,6 +49,10 @@ pub(crate) enum LoginEnd {
     Refused(RefusalCode),
     /// The peer went away or the socket failed.
     Closed,
+    /// No hello within the hello timeout.
+    NoHello,
+    /// Silent, the connection gave its slot to a newcomer.
+    Evicted,
 }
 
 struct Conn {
@@ -126,14 +131,15 @@ fn scram_detail(e: ScramError) -> String {
     format!("SCRAM: {e}")
 }
 
-/// Runs one login. `slot` is the reason to refuse it `busy` when the
-/// server, or the peer's address, already has too many handshakes in
-/// flight.
+/// Runs one login. `ticket` is its place among the handshakes (held until
+/// the login ends); `busy` is the reason to refuse it `busy` when it got no
+/// slot (admission.rs).
 pub(crate) async fn handshake<R: Realm>(
     shared: &Arc<Shared<R>>,
     stream: TcpStream,
     peer: SocketAddr,
-    slot: Result<HandshakeSlot, &'static str>,
+    ticket: Ticket,
+    busy: Option<&'static str>,
 ) -> Result<(Established<R::Avatar>, OwnedSemaphorePermit), LoginEnd> {
     let config = &shared.config;
     let (reader, writer) = stream.into_split();
@@ -148,8 +154,17 @@ pub(crate) async fn handshake<R: Realm>(
     };
     let zero = Duration::ZERO;
 
-    // 1. Hello.
-    let body = match conn.next().await {
+    // 1. Hello, within the hello timeout; a silent connection may lose its
+    // slot to a newcomer meanwhile.
+    let first = tokio::select! {
+        r = tokio::time::timeout(config.hello_timeout, conn.next()) => r,
+        _ = ticket.evicted.cancelled() => return Err(LoginEnd::Evicted),
+    };
+    let Ok(first) = first else {
+        return Err(LoginEnd::NoHello);
+    };
+    ticket.hello_received();
+    let body = match first {
         Ok(body) => body,
         Err(Ok(detail)) => {
             return Err(conn
@@ -213,14 +228,11 @@ pub(crate) async fn handshake<R: Realm>(
             .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
             .await);
     }
-    let _slot = match slot {
-        Ok(slot) => slot,
-        Err(why) => {
-            return Err(conn
-                .refuse(RefusalCode::Busy, Duration::from_secs(1), user, why)
-                .await);
-        }
-    };
+    if let Some(why) = busy {
+        return Err(conn
+            .refuse(RefusalCode::Busy, Duration::from_secs(1), user, why)
+            .await);
+    }
     let Ok(session_permit) = shared.sessions.clone().try_acquire_owned() else {
         return Err(conn
             .refuse(

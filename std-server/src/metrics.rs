@@ -15,7 +15,7 @@
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
-//! | `tether_logins_total` | counter | `outcome` = `success`, `refused`, `timeout`, `closed`, `dropped` | handshakes by how they ended (`closed`: the peer went away; `dropped`: closed at once, too many connections waiting) |
+//! | `tether_logins_total` | counter | `outcome` = `success`, `refused`, `timeout`, `closed`, `dropped`, `evicted` | handshakes by how they ended (`timeout`: the handshake or hello timeout; `closed`: the peer went away; `dropped`: closed at once, random early drop or too many connections waiting; `evicted`: a connection that had sent nothing gave its slot to a newcomer) |
 //! | `tether_login_refusals_total` | counter | `code` = `unauthorized`, `unsupported`, `throttled`, `unavailable`, `version`, `protocol`, `busy` | refusals by code |
 //! | `tether_handshakes_in_progress` | gauge | | connections between accept and welcome or refusal |
 //! | `tether_handshake_duration_seconds` | histogram | `outcome` = `success`, `refused` | accept to welcome or refusal |
@@ -63,15 +63,17 @@ pub(crate) enum LoginOutcome {
     Timeout,
     Closed,
     Dropped,
+    Evicted,
 }
 
 impl LoginOutcome {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Success,
         Self::Refused,
         Self::Timeout,
         Self::Closed,
         Self::Dropped,
+        Self::Evicted,
     ];
 
     fn name(self) -> &'static str {
@@ -81,6 +83,7 @@ impl LoginOutcome {
             Self::Timeout => "timeout",
             Self::Closed => "closed",
             Self::Dropped => "dropped",
+            Self::Evicted => "evicted",
         }
     }
 }
@@ -264,7 +267,7 @@ pub(crate) struct ThrottleMetrics {
 
 struct Inner {
     registry: Registry,
-    logins: [Counter; 5],
+    logins: [Counter; 6],
     refusals: [Counter; 7],
     handshakes_in_progress: Gauge,
     handshake_success: Histogram,

@@ -63,6 +63,23 @@ pub fn password(db: &str, username: &str) -> &'static str {
     user(db, username)["password"].as_str().unwrap()
 }
 
+/// One series of a store's metrics (`tether_logins_total{outcome="evicted"}`);
+/// 0 when absent.
+pub fn store_metric(store: &Store, series: &str) -> f64 {
+    store
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// The `pbkdf2_*` rows of a fixture database by (mechanism, iterations),
 /// from users.json: what `Store::census` must count.
 pub fn expected_census(db: &str) -> std::collections::BTreeMap<(Mechanism, u32), u64> {
@@ -237,16 +254,25 @@ pub async fn connect_from(
     source: Option<std::net::IpAddr>,
     addr: SocketAddr,
 ) -> (FrameReader<OwnedReadHalf>, OwnedWriteHalf) {
-    let stream = match source {
-        None => TcpStream::connect(addr).await.unwrap(),
-        Some(ip) => {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(SocketAddr::new(ip, 0)).unwrap();
-            socket.connect(addr).await.unwrap()
-        }
-    };
+    let stream = connect_tcp_from(source, addr).await.unwrap();
     let (r, w) = stream.into_split();
     (FrameReader::new(r, 65535), w)
+}
+
+/// A TCP connection from `source` (any 127.x.y.z), or from the default
+/// address.
+pub async fn connect_tcp_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    match source {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await
+        }
+    }
 }
 
 pub async fn send_handshake(w: &mut OwnedWriteHalf, msg: &Handshake<'_>) {

@@ -352,30 +352,130 @@ async fn busy_when_sessions_or_handshakes_are_at_their_limit() {
         .await;
     first.expect_close().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // A connection holding the only handshake slot makes the next one busy.
-    let (_r, _w) = connect(addr).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A login past its hello holding the only handshake slot makes the
+    // next one busy.
+    let mut holder = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
+    holder.challenge().await.unwrap();
     let mut hs = Handshaking::hello(addr, "bob", Mechanisms::ALL).await;
     assert_eq!(
         hs.challenge().await.unwrap_err().code(),
         Some(RefusalCode::Busy)
     );
-    drop((_r, _w));
+    drop(holder);
     tokio::time::sleep(Duration::from_millis(100)).await;
     login(addr, "bob", password(DB, "bob")).await.unwrap();
+}
+
+/// Whether the server closed `r` without sending anything (within 5 s).
+async fn closed_silently(
+    r: &mut tether_server::wire::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), r.next()).await,
+        Ok(Err(tether_server::wire::ReadError::Closed))
+    )
+}
+
+#[tokio::test]
+async fn a_full_server_gives_a_silent_connections_slot_to_a_newcomer() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.max_handshakes = 2;
+    config.max_handshakes_per_address = Some(0);
+    config.early_drop_start = Some(2); // no random drop
+    let server = start_configured(&db, config).await;
+    let addr = server.addr;
+    // Both slots held by connections that never send their hello.
+    let (mut r1, _w1) = connect(addr).await;
+    let (mut r2, _w2) = connect(addr).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A device gets in all the same; one silent connection is closed.
+    login(addr, "alice", password(DB, "alice")).await.unwrap();
+    let closed = [
+        closed_silently(&mut r1).await,
+        closed_silently(&mut r2).await,
+    ];
+    assert_eq!(closed.iter().filter(|c| **c).count(), 2, "{closed:?}");
+    assert_eq!(
+        store_metric(&server.store, r#"tether_logins_total{outcome="evicted"}"#),
+        1.0
+    );
+    // Logins past their hello are never pushed out: full, nothing silent,
+    // the newcomer is refused busy.
+    let mut a = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
+    let mut b = Handshaking::hello(addr, "bob", Mechanisms::ALL).await;
+    a.challenge().await.unwrap();
+    b.challenge().await.unwrap();
+    let mut c = Handshaking::hello(addr, "root", Mechanisms::ALL).await;
+    assert_eq!(
+        c.challenge().await.unwrap_err().code(),
+        Some(RefusalCode::Busy)
+    );
+    a.prove(password(DB, "alice")).await.unwrap();
+    b.prove(password(DB, "bob")).await.unwrap();
+}
+
+#[tokio::test]
+async fn random_early_drop_closes_newcomers_from_start_on() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.max_handshakes = 4;
+    config.max_handshakes_per_address = Some(0);
+    // MaxStartups 1:100:4: from one handshake on, every newcomer is dropped.
+    config.early_drop_start = Some(1);
+    config.early_drop_rate = 100;
+    let server = start_configured(&db, config).await;
+    let addr = server.addr;
+    let mut holder = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
+    holder.challenge().await.unwrap();
+    let mut hs = Handshaking::hello(addr, "bob", Mechanisms::ALL).await;
+    assert!(matches!(hs.challenge().await, Err(LoginError::Closed)));
+    assert_eq!(
+        store_metric(&server.store, r#"tether_logins_total{outcome="dropped"}"#),
+        1.0
+    );
+    holder.prove(password(DB, "alice")).await.unwrap();
+    // Below start, nobody is dropped.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    login(addr, "bob", password(DB, "bob")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_without_a_hello_is_closed_at_the_hello_timeout() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.handshake_timeout = Duration::from_secs(30);
+    config.hello_timeout = Duration::from_millis(300);
+    let server = start_configured(&db, config).await;
+    let (mut r, _w) = connect(server.addr).await;
+    // Long before the handshake timeout, without a word.
+    assert!(closed_silently(&mut r).await);
+    eventually(Duration::from_secs(2), || {
+        store_metric(&server.store, r#"tether_logins_total{outcome="timeout"}"#) == 1.0
+    })
+    .await;
+    // A hello that comes in time is served.
+    login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn one_address_cannot_hold_every_handshake_slot() {
     let db = Db::copy(DB);
     let mut config = test_config();
-    config.max_handshakes = 4;
-    assert_eq!(config.per_address_cap(), 2, "half of max_handshakes");
+    config.max_handshakes = 16;
+    config.early_drop_start = Some(16); // no random drop
+    assert_eq!(config.per_address_cap(), 2, "an eighth of max_handshakes");
     let unlimited = tether_server::ServerConfig {
         max_handshakes_per_address: Some(0),
         ..config
     };
-    assert_eq!(unlimited.per_address_cap(), 4, "0: only the server's limit");
+    assert_eq!(
+        unlimited.per_address_cap(),
+        16,
+        "0: only the server's limit"
+    );
     let server = start_configured(&db, config).await;
     let addr = server.addr;
     let (one, two): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
@@ -385,7 +485,8 @@ async fn one_address_cannot_hold_every_handshake_slot() {
         connect_from(Some(one), addr).await,
     ];
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // ...so its next login is refused `busy`...
+    // ...so its next login is refused `busy` (it may not evict: the
+    // address has its share)...
     let mut hs = Handshaking::hello_from(Some(one), addr, "bob", Mechanisms::ALL).await;
     match hs.challenge().await.unwrap_err() {
         LoginError::Refused(r) => {
@@ -394,8 +495,7 @@ async fn one_address_cannot_hold_every_handshake_slot() {
         }
         e => panic!("{e:?}"),
     }
-    // ...while another address logs in, twice at once (the server's other
-    // two slots).
+    // ...while another address logs in, twice at once.
     let mut a = Handshaking::hello_from(Some(two), addr, "alice", Mechanisms::ALL).await;
     let mut b = Handshaking::hello_from(Some(two), addr, "bob", Mechanisms::ALL).await;
     a.challenge().await.unwrap();
