@@ -23,13 +23,15 @@
 //! | per address | 20 | 1 s | 300 s | 15 min |
 //!
 //! Memory is bounded: at most `max_entries` keys of each kind are kept;
-//! when full, forgotten keys are dropped first, then the oldest.
+//! when full, the key that failed longest ago is dropped. Every insertion
+//! and eviction costs O(1), whatever the table holds.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use hashlink::LruCache;
 
 use crate::metrics::ThrottleMetrics;
 
@@ -81,19 +83,22 @@ struct Entry {
     blocked_until: Option<Instant>,
 }
 
-struct Table<K> {
-    entries: HashMap<K, Entry>,
+/// The failures of one kind of key, least recently failed first: every
+/// insertion, lookup and eviction is O(1) whatever the table holds (a
+/// linked hash map); when full, the key that failed longest ago goes.
+struct Table<K: Hash + Eq> {
+    entries: LruCache<K, Entry>,
 }
 
 impl<K: Hash + Eq + Clone> Table<K> {
-    fn new() -> Self {
+    fn new(capacity: usize) -> Self {
         Self {
-            entries: HashMap::new(),
+            entries: LruCache::new(capacity.max(1)),
         }
     }
 
     fn blocked(&mut self, key: &K, now: Instant, cfg: &ThrottleConfig) -> Option<Duration> {
-        let entry = self.entries.get(key)?;
+        let entry = self.entries.peek(key)?;
         if now.saturating_duration_since(entry.last) >= cfg.forget_after {
             self.entries.remove(key);
             return None;
@@ -106,26 +111,22 @@ impl<K: Hash + Eq + Clone> Table<K> {
 
     /// Counts a failure; `true` when it (re)starts a block.
     fn fail(&mut self, key: K, free: u32, now: Instant, cfg: &ThrottleConfig) -> bool {
-        if self.entries.len() >= cfg.max_entries && !self.entries.contains_key(&key) {
-            self.entries
-                .retain(|_, e| now.saturating_duration_since(e.last) < cfg.forget_after);
-            while self.entries.len() >= cfg.max_entries {
-                let Some(oldest) = self
-                    .entries
-                    .iter()
-                    .min_by_key(|(_, e)| e.last)
-                    .map(|(k, _)| k.clone())
-                else {
-                    break;
-                };
-                self.entries.remove(&oldest);
+        // `get_mut` makes the key the most recent; a new key evicts the
+        // least recent when the table is full.
+        let entry = match self.entries.get_mut(&key) {
+            Some(entry) => entry,
+            None => {
+                self.entries.insert(
+                    key.clone(),
+                    Entry {
+                        failures: 0,
+                        last: now,
+                        blocked_until: None,
+                    },
+                );
+                self.entries.get_mut(&key).expect("just inserted")
             }
-        }
-        let entry = self.entries.entry(key).or_insert(Entry {
-            failures: 0,
-            last: now,
-            blocked_until: None,
-        });
+        };
         if now.saturating_duration_since(entry.last) >= cfg.forget_after {
             *entry = Entry {
                 failures: 0,
@@ -148,11 +149,11 @@ impl<K: Hash + Eq + Clone> Table<K> {
         false
     }
 
-    /// Keys blocked at `now`.
+    /// Keys blocked at `now` (a scan: for metrics scrapes only).
     fn blocked_count(&self, now: Instant) -> usize {
         self.entries
-            .values()
-            .filter(|e| e.blocked_until.is_some_and(|until| until > now))
+            .iter()
+            .filter(|(_, e)| e.blocked_until.is_some_and(|until| until > now))
             .count()
     }
 }
@@ -203,8 +204,8 @@ impl Throttle {
     pub(crate) fn with_metrics(config: ThrottleConfig, metrics: ThrottleMetrics) -> Self {
         Self {
             config,
-            users: Mutex::new(Table::new()),
-            addrs: Mutex::new(Table::new()),
+            users: Mutex::new(Table::new(config.max_entries)),
+            addrs: Mutex::new(Table::new(config.max_entries)),
             metrics,
         }
     }
