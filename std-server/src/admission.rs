@@ -6,13 +6,15 @@
 //!   eighth of the slots by default), so that a few addresses cannot take
 //!   them all.
 //! - **Random early drop**, as OpenSSH's `MaxStartups start:rate:full`:
-//!   from `start` handshakes on, a new connection is closed at once with
-//!   probability `rate`%, rising linearly to 100% at `full`.
-//! - **Pre-hello eviction.** When every slot is taken, a new connection
-//!   takes the slot of a random connection that has not sent its hello yet
-//!   (that one is closed without a word). A device sends its hello with the
-//!   last packet of the TCP handshake, so its connection waits for nothing
-//!   at the server; one that stays silent can be pushed out by any newcomer.
+//!   from `start` handshakes on, a new connection costs someone a place
+//!   with probability `rate`%, rising linearly to 100% at `full`: a random
+//!   connection that has not sent its hello yet if there is one (it is
+//!   closed without a word and the newcomer takes its slot), otherwise the
+//!   newcomer, closed at once. When every slot is taken that is always so.
+//!   A device sends its hello with the last packet of the TCP handshake, so
+//!   its connection waits for nothing at the server; one that stays silent
+//!   can be pushed out by any newcomer, while real load (every handshake
+//!   past its hello) sheds newcomers as OpenSSH does.
 //! - **No slot.** A connection refused a slot because its address has its
 //!   share, or because every slot is past its hello, waits for its hello to
 //!   be told `busy` (at most `pending` connections, and `per_address` from
@@ -98,8 +100,14 @@ pub fn decide(limits: &Limits, c: Counts, roll: u32) -> Admit {
             wait("too many handshakes")
         };
     }
+    // The early drop costs someone a place: a silent connection if there
+    // is one, else the newcomer.
     if c.slots >= limits.start && roll < drop_percent(limits, c.slots) {
-        return Admit::Drop(EARLY_DROP);
+        return if c.silent > 0 {
+            Admit::Evict
+        } else {
+            Admit::Drop(EARLY_DROP)
+        };
     }
     Admit::Slot
 }
@@ -130,9 +138,26 @@ struct State {
     waiting: usize,
     addresses: HashMap<IpAddr, PerAddress>,
     /// Slot holders that have not sent their hello, by ticket id.
-    silent: IndexMap<u64, CancellationToken>,
+    silent: IndexMap<u64, (CancellationToken, Option<Probe>)>,
     next_id: u64,
 }
+
+/// A second handle on a connection's socket (`dup`), to see whether bytes
+/// wait in it that its task has not read yet: a hello that arrived is not
+/// silence, however late the task runs.
+pub(crate) type Probe = socket2::Socket;
+
+/// Whether the connection has sent something not yet read (or closed).
+fn spoke(probe: &Option<Probe>) -> bool {
+    let Some(probe) = probe else { return false };
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    // Non-blocking like the connection: `WouldBlock` is silence; `Ok(0)` is
+    // a peer that left (evicting it costs nothing).
+    matches!(probe.peek(&mut byte), Ok(n) if n > 0)
+}
+
+/// How many silent connections an eviction looks at before it gives up.
+const EVICTION_TRIES: usize = 8;
 
 /// The handshake slots of a server.
 pub(crate) struct Admission {
@@ -168,8 +193,9 @@ impl Admission {
         }
     }
 
-    /// Admits a connection from `addr` (already the address key).
-    pub(crate) fn admit(self: &Arc<Self>, key: IpAddr) -> Admitted {
+    /// Admits a connection from `key` (the address key); `probe` sees
+    /// whether it has spoken.
+    pub(crate) fn admit(self: &Arc<Self>, key: IpAddr, probe: Option<Probe>) -> Admitted {
         let roll = rand::random_range(0..100u32);
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let of = st.addresses.get(&key);
@@ -180,22 +206,22 @@ impl Admission {
             waiting: st.waiting,
             waiting_of_address: of.map_or(0, |a| a.waiting),
         };
-        let decision = decide(&self.limits, counts, roll);
-        let mut evicted = false;
-        let slot = match decision {
+        let mut decision = decide(&self.limits, counts, roll);
+        if decision == Admit::Evict && !evict_one(&mut st.silent) {
+            // Every one looked at had spoken: decide as if none were silent.
+            let counts = Counts {
+                silent: 0,
+                ..counts
+            };
+            decision = decide(&self.limits, counts, roll);
+        }
+        let (slot, evicted) = match decision {
             Admit::Drop(why) => return Admitted::Drop(why),
-            Admit::Wait(_) => false,
-            Admit::Evict => {
-                let victim = rand::random_range(0..st.silent.len());
-                if let Some((_, token)) = st.silent.swap_remove_index(victim) {
-                    token.cancel();
-                }
-                // The victim keeps its count until its task has closed the
-                // connection (at once); the newcomer counts from now.
-                evicted = true;
-                true
-            }
-            Admit::Slot => true,
+            Admit::Wait(_) => (false, false),
+            // The victim keeps its count until its task has closed the
+            // connection (at once); the newcomer counts from now.
+            Admit::Evict => (true, true),
+            Admit::Slot => (true, false),
         };
         st.next_id += 1;
         let id = st.next_id;
@@ -204,7 +230,7 @@ impl Admission {
         if slot {
             entry.slots += 1;
             st.slots += 1;
-            st.silent.insert(id, token.clone());
+            st.silent.insert(id, (token.clone(), probe));
         } else {
             entry.waiting += 1;
             st.waiting += 1;
@@ -229,6 +255,25 @@ impl Admission {
         let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         (st.slots, st.silent.len(), st.waiting)
     }
+}
+
+/// Closes a random silent connection (its task sees its token cancelled);
+/// one found to have spoken leaves the silent set instead. `false`: none
+/// closed.
+fn evict_one(silent: &mut IndexMap<u64, (CancellationToken, Option<Probe>)>) -> bool {
+    for _ in 0..EVICTION_TRIES {
+        if silent.is_empty() {
+            return false;
+        }
+        let i = rand::random_range(0..silent.len());
+        let spoke = spoke(&silent[i].1);
+        let (_, (token, _)) = silent.swap_remove_index(i).expect("in range");
+        if !spoke {
+            token.cancel();
+            return true;
+        }
+    }
+    false
 }
 
 impl Ticket {
@@ -300,6 +345,11 @@ mod tests {
             .filter(|r| matches!(decide(&LIMITS, counts(48, 0, 0), *r), Admit::Drop(_)))
             .count();
         assert_eq!(dropped, 65);
+        // With silent connections, those rolls evict one of them instead.
+        let evicting = (0..100)
+            .filter(|r| decide(&LIMITS, counts(48, 5, 0), *r) == Admit::Evict)
+            .count();
+        assert_eq!(evicting, 65);
     }
 
     #[test]
@@ -340,25 +390,25 @@ mod tests {
         }));
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        let Admitted::Slot(first, false) = a.admit(ip) else {
+        let Admitted::Slot(first, false) = a.admit(ip, None) else {
             panic!()
         };
-        let Admitted::Slot(second, false) = a.admit(ip) else {
+        let Admitted::Slot(second, false) = a.admit(ip, None) else {
             panic!()
         };
         second.hello_received();
         assert_eq!(a.counts(), (2, 1, 0));
         // The address has its share: it waits.
-        let Admitted::Wait(waiting, _) = a.admit(ip) else {
+        let Admitted::Wait(waiting, _) = a.admit(ip, None) else {
             panic!()
         };
         assert_eq!(a.counts(), (2, 1, 1));
-        let Admitted::Slot(third, false) = a.admit(other) else {
+        let Admitted::Slot(third, false) = a.admit(other, None) else {
             panic!()
         };
         third.hello_received();
         // Full: the silent one is evicted for the newcomer.
-        let Admitted::Slot(fourth, true) = a.admit(other) else {
+        let Admitted::Slot(fourth, true) = a.admit(other, None) else {
             panic!()
         };
         assert!(first.evicted.is_cancelled() && !second.evicted.is_cancelled());
@@ -368,9 +418,46 @@ mod tests {
         assert_eq!(a.counts(), (3, 1, 1));
         // Full, nothing silent to evict, one waiting already: dropped.
         fourth.hello_received();
-        assert!(matches!(a.admit(other), Admitted::Drop(_)));
+        assert!(matches!(a.admit(other, None), Admitted::Drop(_)));
         drop((second, third, fourth, waiting));
         assert_eq!(a.counts(), (0, 0, 0));
         assert!(a.state.lock().unwrap().addresses.is_empty());
+    }
+
+    #[test]
+    fn a_connection_whose_hello_waits_unread_is_not_evicted() {
+        use std::io::Write as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut quiet = std::net::TcpStream::connect(addr).unwrap();
+        let (quiet_srv, _) = listener.accept().unwrap();
+        let mut talker = std::net::TcpStream::connect(addr).unwrap();
+        let (talker_srv, _) = listener.accept().unwrap();
+        for s in [&quiet_srv, &talker_srv] {
+            s.set_nonblocking(true).unwrap();
+        }
+        talker.write_all(b"\x00\x26hello").unwrap();
+        let probe = |s: &std::net::TcpStream| Some(socket2::SockRef::from(s).try_clone().unwrap());
+        // The bytes take a moment to arrive on loopback.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !spoke(&probe(&talker_srv)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hello never arrived"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert!(!spoke(&probe(&quiet_srv)));
+        // Only the talker is in the set: it is let go, nobody is evicted.
+        let mut silent = IndexMap::new();
+        let token = CancellationToken::new();
+        silent.insert(1, (token.clone(), probe(&talker_srv)));
+        assert!(!evict_one(&mut silent));
+        assert!(silent.is_empty() && !token.is_cancelled());
+        // The quiet one is evicted.
+        silent.insert(2, (token.clone(), probe(&quiet_srv)));
+        assert!(evict_one(&mut silent));
+        assert!(token.is_cancelled());
+        quiet.write_all(b"late").unwrap();
     }
 }

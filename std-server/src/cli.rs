@@ -175,15 +175,17 @@ pub struct ServeArgs {
     /// Longest a connection may take to send its hello; then it is closed.
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub hello_timeout: f64,
-    /// Logins in progress at once [default: 64]. From half of it on, new
-    /// connections are closed at random, 30% rising to 100% when full
-    /// (--max-startups 32:30:64); when full, a newcomer takes the slot of a
-    /// connection that has not sent its hello, or is refused `busy`.
+    /// Logins in progress at once [default: 64]. From half of it on, a new
+    /// connection costs someone a place at random, 30% rising to 100% when
+    /// full (--max-startups 32:30:64): a connection that has not sent its
+    /// hello if there is one, else the newcomer (closed at once); when full
+    /// and every login is past its hello, a newcomer is refused `busy`.
     #[arg(long, value_name = "N", conflicts_with = "max_startups")]
     pub max_handshakes: Option<usize>,
-    /// OpenSSH's MaxStartups: from START logins in progress on, new
-    /// connections are closed at once with probability RATE%, rising
-    /// linearly to 100% at FULL (= --max-handshakes).
+    /// OpenSSH's MaxStartups: from START logins in progress on, a new
+    /// connection costs someone a place (a silent connection, else itself)
+    /// with probability RATE%, rising linearly to 100% at FULL
+    /// (= --max-handshakes).
     #[arg(long, value_name = "START:RATE:FULL", value_parser = parse_max_startups)]
     pub max_startups: Option<(usize, u8, usize)>,
     /// Logins in progress at once from one address, IPv6 by /64 (more from

@@ -49,9 +49,10 @@ pub struct ServerConfig {
     /// connection that has not sent its hello; if none is silent it is told
     /// `busy`.
     pub max_handshakes: usize,
-    /// From this many logins in progress on, new connections are closed at
-    /// once at random (MaxStartups `start`); `None` (the default): half of
-    /// `max_handshakes` (at least 1).
+    /// From this many logins in progress on, a new connection costs a
+    /// random silent connection its slot, or is closed at once if none is
+    /// silent, at random (MaxStartups `start`); `None` (the default): half
+    /// of `max_handshakes` (at least 1).
     pub early_drop_start: Option<usize>,
     /// The early drop's probability at `early_drop_start`, in percent,
     /// rising linearly to 100 at `max_handshakes` (MaxStartups `rate`;
@@ -344,7 +345,8 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
     let started = Instant::now();
     // A slot, a wait to be told `busy`, or nothing (admission.rs).
     let key = crate::throttle::address_key(peer.ip());
-    let (ticket, busy) = match shared.admission.admit(key) {
+    let probe = socket2::SockRef::from(&stream).try_clone().ok();
+    let (ticket, busy) = match shared.admission.admit(key, probe) {
         Admitted::Slot(ticket, evicted) => {
             if evicted {
                 debug!(%peer, "every handshake slot taken: a silent connection gave its slot");
