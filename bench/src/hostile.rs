@@ -27,7 +27,7 @@ use tether_core::scram::{ClientCredentials, Mechanism, Mechanisms};
 use tether_firmware::{BufferStore, Config, Session, TokioClock, host};
 use tokio::io::AsyncReadExt as _;
 
-use crate::common::{Samples, Users, cpu_time, fmt_dur, fmt_rate, rng};
+use crate::common::{Samples, Users, cpu_time, fmt_dur, fmt_rate, rng, rss};
 use crate::load::{ARG, connect};
 use crate::raw::{read_frame, send_handshake};
 use crate::run::{Proc, RunArgs, say, tether_serve};
@@ -338,6 +338,7 @@ async fn failure_table(
         }));
     }
     let fill_started = Instant::now();
+    let rss0 = rss(server.pid())?;
     let cpu0 = cpu_time(server.pid())?;
     while done.load(Ordering::Relaxed) < plan.table_fill {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -369,6 +370,7 @@ async fn failure_table(
         cpu_time(server.pid())?,
         t0.elapsed().as_secs_f64(),
     );
+    let rss1 = rss(server.pid())?;
     stop.store(true, Ordering::Relaxed);
     stop_flood.store(true, Ordering::Relaxed);
     let neighbour = neighbour.await.map_err(|e| e.to_string())?;
@@ -405,8 +407,10 @@ async fn failure_table(
         ),
         format!("{}/s", fmt_rate(beyond / secs)),
         format!(
-            "server CPU {} per failure",
-            per(cpu1.saturating_sub(cpu0), beyond)
+            "server CPU {} per failure; server RSS {:.1} -> {:.1} MiB",
+            per(cpu1.saturating_sub(cpu0), beyond),
+            rss0 as f64 / 1048576.0,
+            rss1 as f64 / 1048576.0
         ),
         format!("{:.2} of the rate while filling", beyond / secs / fill_rate),
         "~1.0 (item 3)".into(),

@@ -210,15 +210,32 @@ pub struct ServeArgs {
     /// How long calls in flight may take to finish on shutdown.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub shutdown_deadline: f64,
-    /// Failed logins per username before backoff starts.
+    /// Failed logins for one username from one address before it waits
+    /// (then one more per --throttle-refill).
     #[arg(long, default_value_t = 5)]
+    pub throttle_pair_failures: u32,
+    /// Failed logins for one username from any addresses before the
+    /// addresses it has not logged in from wait (then one more per
+    /// --throttle-refill); addresses it logged in from go on.
+    #[arg(long, default_value_t = 10)]
     pub throttle_user_failures: u32,
-    /// Failed logins per source address before backoff starts.
+    /// Failed logins from one source address, any username, before it waits
+    /// (then one more per --throttle-addr-refill).
     #[arg(long, default_value_t = 20)]
     pub throttle_addr_failures: u32,
-    /// Longest throttle block.
-    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
-    pub throttle_max_delay: f64,
+    /// After its free failures, a username (or a username from one
+    /// address) may fail once more per this interval.
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        value_name = "SECS",
+        alias = "throttle-max-delay"
+    )]
+    pub throttle_refill: f64,
+    /// After its free failures, an address may fail once more per this
+    /// interval.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub throttle_addr_refill: f64,
     /// Serve the admin HTTP API (sessions, calls to devices, kick, health,
     /// Prometheus metrics) on this address, e.g. 127.0.0.1:7421. Off by
     /// default. Requests need `Authorization: Bearer $TETHER_ADMIN_TOKEN`
@@ -489,9 +506,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
             ..SessionConfig::default()
         },
         throttle: ThrottleConfig {
+            pair_free_failures: args.throttle_pair_failures,
             user_free_failures: args.throttle_user_failures,
             addr_free_failures: args.throttle_addr_failures,
-            max_delay: secs(args.throttle_max_delay),
+            refill: secs(args.throttle_refill).max(Duration::from_millis(1)),
+            addr_refill: secs(args.throttle_addr_refill).max(Duration::from_millis(1)),
             ..ThrottleConfig::default()
         },
     };

@@ -223,11 +223,15 @@ pub(crate) async fn handshake<R: Realm>(
     }
 
     // 2. Throttle, limits, lookup.
-    if let Some(wait) = shared.throttle.check(&typed, peer.ip()) {
-        return Err(conn
-            .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
-            .await);
-    }
+    // Charged now, given back unless the proof is refused (throttle.rs).
+    let attempt = match shared.throttle.begin(&typed, peer.ip()) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            return Err(conn
+                .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
+                .await);
+        }
+    };
     if let Some(why) = busy {
         return Err(conn
             .refuse(RefusalCode::Busy, Duration::from_secs(1), user, why)
@@ -259,7 +263,7 @@ pub(crate) async fn handshake<R: Realm>(
     };
     if let Some(row) = &row
         && row.username != typed
-        && let Some(wait) = shared.throttle.check_user(&row.username)
+        && let Some(wait) = shared.throttle.check_user(&row.username, peer.ip())
     {
         return Err(conn
             .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
@@ -338,10 +342,7 @@ pub(crate) async fn handshake<R: Realm>(
     let (success, account) = match (verified, account) {
         (Ok(success), Some(account)) => (success, account),
         (Ok(_), None) | (Err(ScramError::InvalidProof), _) => {
-            shared.throttle.failure(&typed, peer.ip());
-            if let Some(stored) = &stored_name {
-                shared.throttle.user_failure(stored);
-            }
+            attempt.failed(stored_name.as_deref());
             // The real reason, for the operator only: the device was told
             // `unauthorized` like any wrong password.
             let detail = match &decoy {
@@ -359,8 +360,7 @@ pub(crate) async fn handshake<R: Realm>(
                 .await);
         }
     };
-    shared.throttle.success(&typed);
-    shared.throttle.success(&account.username);
+    attempt.succeeded(&account.username);
 
     // 5. Session: avatar, welcome.
     let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);

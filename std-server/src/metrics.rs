@@ -19,7 +19,7 @@
 //! | `tether_login_refusals_total` | counter | `code` = `unauthorized`, `unsupported`, `throttled`, `unavailable`, `version`, `protocol`, `busy` | refusals by code |
 //! | `tether_handshakes_in_progress` | gauge | | connections between accept and welcome or refusal |
 //! | `tether_handshake_duration_seconds` | histogram | `outcome` = `success`, `refused` | accept to welcome or refusal |
-//! | `tether_throttle_blocks_total` | counter | `scope` = `user`, `address` | failures that (re)started a throttle block |
+//! | `tether_throttle_blocks_total` | counter | `scope` = `user`, `address`, `pair` (username from one address) | failures that left their bucket empty (throttle.rs) |
 //! | `tether_throttled_users` | gauge | | usernames blocked now |
 //! | `tether_throttled_addresses` | gauge | | source addresses (IPv6: /64) blocked now |
 //! | `tether_sessions_active` | gauge | | live sessions |
@@ -263,6 +263,7 @@ pub(crate) struct StoreMetrics {
 pub(crate) struct ThrottleMetrics {
     pub(crate) user_blocks: Counter,
     pub(crate) address_blocks: Counter,
+    pub(crate) pair_blocks: Counter,
 }
 
 struct Inner {
@@ -360,6 +361,7 @@ impl Metrics {
         let throttle = ThrottleMetrics {
             user_blocks: blocks.get_or_create_owned(&[("scope", "user")]),
             address_blocks: blocks.get_or_create_owned(&[("scope", "address")]),
+            pair_blocks: blocks.get_or_create_owned(&[("scope", "pair")]),
         };
         let throttled_users = Gauge::default();
         registry.register(

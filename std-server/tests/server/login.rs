@@ -293,25 +293,28 @@ async fn unknown_user_and_wrong_password_look_the_same() {
 }
 
 #[tokio::test]
-async fn throttle_per_username_and_address() {
+async fn throttle_per_username_and_address_pair_account_and_address() {
     let db = Db::copy(DB);
     let mut config = test_config();
     config.throttle = tether_server::ThrottleConfig {
-        user_free_failures: 2,
+        pair_free_failures: 2,
+        user_free_failures: 3,
         addr_free_failures: 5,
-        base_delay: Duration::from_millis(1500),
-        max_delay: Duration::from_secs(10),
+        refill: Duration::from_millis(1500),
+        addr_refill: Duration::from_secs(10),
         ..Default::default()
     };
     let server = start_configured(&db, config).await;
     let addr = server.addr;
-    for _ in 0..3 {
+    let (one, two): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    for _ in 0..2 {
         let e = login(addr, "alice", "wrong").await.unwrap_err();
         assert_eq!(e.code(), Some(RefusalCode::Unauthorized));
     }
-    // Blocked now, even with the right password, and under another spelling.
+    // This address is blocked for alice now, even with the right password,
+    // and under another spelling.
     for name in ["alice", "ALICE"] {
-        let mut hs = Handshaking::hello(addr, name, Mechanisms::ALL).await;
+        let mut hs = Handshaking::hello_from(Some(one), addr, name, Mechanisms::ALL).await;
         match hs.challenge().await {
             Err(LoginError::Refused(r)) => {
                 assert_eq!(r.code, RefusalCode::Throttled);
@@ -320,8 +323,13 @@ async fn throttle_per_username_and_address() {
             other => panic!("{other:?}"),
         }
     }
-    // Other users are not blocked (the address has 3 of its 5 free failures).
+    // alice from another address is not (the account has 2 of its 3
+    // failures), nor are other users from this one (2 of its 5).
+    let mut hs = Handshaking::hello_from(Some(two), addr, "alice", Mechanisms::ALL).await;
+    hs.challenge().await.unwrap();
+    hs.prove(password(DB, "alice")).await.unwrap();
     login(addr, "bob", password(DB, "bob")).await.unwrap();
+    // The pair's next failure comes back after the refill.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     login(addr, "alice", password(DB, "alice")).await.unwrap();
     // The address: failures over several usernames.
