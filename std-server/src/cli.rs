@@ -197,6 +197,15 @@ pub struct ServeArgs {
     /// Live sessions at once (more are refused `busy`).
     #[arg(long, default_value_t = 10_000)]
     pub max_sessions: usize,
+    /// Live sessions of one account at once (0: no limit); a login beyond
+    /// it is handled by --sessions-per-user-policy.
+    #[arg(long, default_value_t = 8)]
+    pub max_sessions_per_user: usize,
+    /// What a login beyond --max-sessions-per-user does: replace-oldest
+    /// (the account's oldest session gets Goodbye(replaced)) or refuse
+    /// (the new login is refused `busy`).
+    #[arg(long, value_enum, default_value_t = PerUserPolicy::ReplaceOldest)]
+    pub sessions_per_user_policy: PerUserPolicy,
     /// Largest frame body accepted after login (512..=65535).
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u16).range(512..))]
     pub max_frame: u16,
@@ -247,6 +256,15 @@ pub struct ServeArgs {
     /// may ask for another with `?timeout=SECS`).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub admin_call_timeout: f64,
+}
+
+/// What a login beyond `--max-sessions-per-user` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PerUserPolicy {
+    /// The account's oldest session gets `Goodbye { Replaced }`.
+    ReplaceOldest,
+    /// The new login is refused `busy`.
+    Refuse,
 }
 
 /// `tether demo`.
@@ -496,6 +514,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
         max_handshakes_per_address: args.max_handshakes_per_address,
         max_pending: max_handshakes.max(1) * 4,
         max_sessions: args.max_sessions.max(1),
+        max_sessions_per_user: args.max_sessions_per_user,
+        sessions_per_user_policy: match args.sessions_per_user_policy {
+            PerUserPolicy::ReplaceOldest => crate::per_user::Policy::ReplaceOldest,
+            PerUserPolicy::Refuse => crate::per_user::Policy::Refuse,
+        },
         max_frame: args.max_frame,
         decoy_iterations: args.decoy_iterations.max(1),
         decoy_census_interval: ServerConfig::default().decoy_census_interval,

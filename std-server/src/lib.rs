@@ -18,6 +18,7 @@
 //! | [`realm`] | [`Realm`], [`Avatar`], [`Mind`]: the seed's roles |
 //! | [`default_realm`] | the binary's realm and its [`Registry`] of live sessions |
 //! | [`server`] | listener, limits, graceful shutdown |
+//! | [`per_user`] | how many sessions one account may hold, and what a login beyond that does |
 //! | [`admission`] | which new connections get a handshake slot: per-address share, random early drop, eviction of silent connections |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
 //! | [`wire`] | frames over a byte stream |
@@ -41,6 +42,7 @@ pub mod default_realm;
 pub mod demo;
 mod login;
 pub mod metrics;
+pub mod per_user;
 pub mod realm;
 pub mod secret;
 pub mod server;

@@ -24,7 +24,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_handshake};
-use tether_core::message::{Challenge, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome};
+use tether_core::message::{
+    Challenge, GoodbyeReason, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome,
+};
 use tether_core::scram::{ScramError, ServerLogin};
 use tether_core::session::Role;
 use tokio::io::AsyncWriteExt as _;
@@ -392,9 +394,40 @@ pub(crate) async fn handshake<R: Realm>(
         client_max_frame,
         shared.metrics.calls(Direction::ToDevice),
     );
+    // Listed before the avatar is made and the welcome leaves: a device
+    // that is logged in can be found (admin API, `Registry::mind`) from that
+    // moment on, and the account's session cap (per_user.rs) is decided
+    // under the registry's lock, so logins at once cannot all slip in.
+    let listed = shared.live.insert_capped(
+        SessionEntry {
+            info: info.clone(),
+            mind: mind.clone(),
+        },
+        config.max_sessions_per_user,
+        config.sessions_per_user_policy,
+    );
+    match listed {
+        Err(()) => {
+            let detail = format!(
+                "the account has {} sessions, its limit",
+                config.max_sessions_per_user
+            );
+            return Err(conn
+                .refuse(RefusalCode::Busy, Duration::from_secs(5), user, &detail)
+                .await);
+        }
+        Ok(replaced) => {
+            for old in replaced {
+                info!(%peer, user = %account.username, session = session_id, replaced = old.session_id(),
+                    "the account is at its session limit: its oldest session is replaced");
+                old.close(GoodbyeReason::Replaced);
+            }
+        }
+    }
     let avatar = match shared.realm.avatar(&info, mind.clone()).await {
         Ok(avatar) => Arc::new(avatar),
         Err(code) => {
+            shared.live.remove(session_id);
             return Err(conn.refuse(code, zero, user, "refused by the realm").await);
         }
     };
@@ -403,12 +436,6 @@ pub(crate) async fn handshake<R: Realm>(
         session_id,
         max_frame: config.max_frame,
         heartbeat_secs: config.session.heartbeat_secs(),
-    });
-    // Listed before the welcome leaves: a device that is logged in can be
-    // found (admin API, `Registry::mind`) from that moment on.
-    shared.live.insert(SessionEntry {
-        info: info.clone(),
-        mind: mind.clone(),
     });
     if let Err(end) = conn.send(&welcome).await {
         shared.live.remove(session_id);

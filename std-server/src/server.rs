@@ -30,6 +30,7 @@ use crate::decoy::DecoyMix;
 use crate::default_realm::Registry;
 use crate::login::{self, LoginEnd};
 use crate::metrics::{LoginOutcome, Metrics};
+use crate::per_user;
 use crate::realm::Realm;
 use crate::secret::ServerSecret;
 use crate::session::{self, SessionConfig};
@@ -70,6 +71,13 @@ pub struct ServerConfig {
     pub max_pending: usize,
     /// Live sessions at once; more logins are refused `busy` (default 10,000).
     pub max_sessions: usize,
+    /// Live sessions of one account at once (default 8; 0: no limit): a
+    /// login beyond it is handled by `sessions_per_user_policy`
+    /// ([`crate::per_user`]).
+    pub max_sessions_per_user: usize,
+    /// What a login beyond `max_sessions_per_user` does (default: its
+    /// account's oldest session gets `Goodbye { Replaced }`).
+    pub sessions_per_user_policy: per_user::Policy,
     /// Largest frame body the server accepts after login (default 16,384;
     /// at least 512).
     pub max_frame: u16,
@@ -98,6 +106,8 @@ impl Default for ServerConfig {
             max_handshakes_per_address: None,
             max_pending: 256,
             max_sessions: 10_000,
+            max_sessions_per_user: 8,
+            sessions_per_user_policy: per_user::Policy::ReplaceOldest,
             max_frame: 16_384,
             decoy_iterations: 1_000_000,
             decoy_census_interval: Duration::from_secs(3600),

@@ -1231,3 +1231,99 @@ async fn device_login_from(
     session.close().await.map_err(|e| format!("{e:?}"))?;
     Ok(())
 }
+
+// ---------------------------------------------------- sessions per account
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_holds_eight_sessions_a_ninth_login_replaces_the_oldest() {
+    // The default: 8 sessions per account; the 9th login closes the
+    // oldest with Goodbye(Replaced). Before issue 13 one account opened
+    // 1,008 sessions.
+    let mut b = bench(|c| assert_eq!(c.max_sessions_per_user, 8)).await;
+    let mut sessions = Vec::new();
+    for n in 0..8 {
+        let (mut s, _) = raw_login(b.served.addr, "alice", password(DB, "alice"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.echo(&format!("session {n}")).await,
+            format!("session {n}")
+        );
+        sessions.push(s);
+    }
+    let (mut ninth, _) = raw_login(b.served.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    assert_eq!(ninth.echo("ninth").await, "ninth");
+    let mut oldest = sessions.remove(0);
+    assert_eq!(
+        oldest.goodbye_then_close().await,
+        Some(GoodbyeReason::Replaced)
+    );
+    assert_eq!(
+        b.served.events.ended(oldest.session_id).await,
+        SessionEnd::Kicked(GoodbyeReason::Replaced)
+    );
+    // The other seven and the new one go on; other accounts are not
+    // limited by alice's sessions.
+    for s in &mut sessions {
+        assert_eq!(s.echo("still").await, "still");
+    }
+    let (mut root, _) = raw_login(b.served.addr, "root", password(DB, "root"))
+        .await
+        .unwrap();
+    assert_eq!(root.echo("root").await, "root");
+    eventually(Duration::from_secs(5), "alice has 8 sessions", || {
+        b.served
+            .registry
+            .list()
+            .iter()
+            .filter(|e| e.info.user.username == "alice")
+            .count()
+            == 8
+    })
+    .await;
+    b.counted(r#"tether_session_ends_total{reason="kicked"}"#, 1.0)
+        .await;
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_refuse_policy_a_login_beyond_the_accounts_limit_is_busy() {
+    let mut b = bench(|c| {
+        c.max_sessions_per_user = 2;
+        c.sessions_per_user_policy = tether_server::per_user::Policy::Refuse;
+    })
+    .await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        sessions.push(
+            raw_login(b.served.addr, "alice", password(DB, "alice"))
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    match raw_login(b.served.addr, "alice", password(DB, "alice")).await {
+        Err(LoginError::Refused(r)) => {
+            assert_eq!((r.code, r.retry_after_secs), (RefusalCode::Busy, 5))
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    for s in &mut sessions {
+        assert_eq!(s.echo("kept").await, "kept");
+    }
+    // One ends: the next login gets in.
+    let mut first = sessions.remove(0);
+    first
+        .send(&Message::Goodbye {
+            reason: GoodbyeReason::Normal,
+        })
+        .await;
+    b.served.events.ended(first.session_id).await;
+    let (mut s, _) = raw_login(b.served.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    assert_eq!(s.echo("in").await, "in");
+    b.finish().await;
+}
