@@ -184,6 +184,9 @@ pub enum DecoyReason {
     UnsupportedHash(HashAlgorithm),
     /// The row looks like a PBKDF2 hash but does not parse.
     MalformedHash(DjangoHashError),
+    /// The name stored in the row (another spelling of the typed one) is
+    /// throttled.
+    Throttled,
 }
 
 impl fmt::Display for DecoyReason {
@@ -200,6 +203,7 @@ impl fmt::Display for DecoyReason {
                 write!(f, "the account's password hash is {a}: {}", a.advice())
             }
             Self::MalformedHash(e) => write!(f, "{e}: set the password again in Django"),
+            Self::Throttled => f.write_str("too many failed logins for the name stored in the row"),
         }
     }
 }

@@ -263,14 +263,17 @@ pub(crate) async fn handshake<R: Realm>(
                 .await);
         }
     };
-    if let Some(row) = &row
-        && row.username != typed
-        && let Some(wait) = shared.throttle.check_user(&row.username, peer.ip())
-    {
-        return Err(conn
-            .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
-            .await);
-    }
+    // The name stored in the row may be throttled when the typed one is
+    // not (another spelling the collation matches): such a login cannot
+    // succeed, but refusing it now would tell that the row exists, so it
+    // goes on with a decoy like any other that cannot.
+    let stored_throttled = row.as_ref().is_some_and(|row| {
+        row.username != typed
+            && shared
+                .throttle
+                .check_user(&row.username, peer.ip())
+                .is_some()
+    });
     // On MySQL's case-insensitive collations the row may be `alice` for a
     // typed `ALICE`: failures count for both names.
     let stored_name = row
@@ -280,7 +283,7 @@ pub(crate) async fn handshake<R: Realm>(
     // The account's verifier, or a decoy of the same shape (decoy.rs).
     let account = row.as_ref().map(|r| decoy::Account {
         password: &r.password,
-        may_log_in: r.is_authorised(),
+        may_log_in: r.is_authorised() && !stored_throttled,
         is_active: r.is_active,
     });
     let plan = decoy::plan(
@@ -291,7 +294,12 @@ pub(crate) async fn handshake<R: Realm>(
         &shared.decoy_mix(),
     );
     let credentials = plan.credentials;
-    let decoy = plan.decoy;
+    let decoy = match plan.decoy {
+        Some(decoy::DecoyReason::NotAllowed) if stored_throttled => {
+            Some(decoy::DecoyReason::Throttled)
+        }
+        other => other,
+    };
     if let Some(why) = &decoy {
         debug!(%peer, user = %typed, why = %why, "decoy challenge");
     }
