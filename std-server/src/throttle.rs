@@ -23,9 +23,13 @@
 //!   (kept per account and address) go on, each limited by its own pair.
 //! - A success resets nothing: an attacker's counts are never refunded by
 //!   the owner's logins. Buckets refill with time only.
-//! - A login is charged when it starts (before the database is read), and
-//!   the charge is given back unless its proof is refused: concurrent
-//!   attempts cannot slip past a bucket between check and failure.
+//! - Buckets are checked when a login's hello arrives, before the database
+//!   is read. Logins of an account in flight from addresses it has not
+//!   logged in from count as if they will fail: attempts sent at once
+//!   cannot slip past the account bucket between its check and their
+//!   failure (the others wait a second). The pair and address buckets do
+//!   not hold back logins in flight (a fleet behind one NAT logs in at
+//!   once); their race is bounded by the per-address handshake share.
 //!
 //! Refused logins are told `throttled` with the seconds until the next
 //! failure would be allowed. Memory is bounded: each table keeps at most
@@ -120,18 +124,25 @@ impl Rate {
     }
 }
 
-/// One kind of key: when each key's debt is paid off, least recently
-/// charged first.
+/// A key's bucket: when its failures' debt is paid off, and how many of
+/// its logins are between their check and their proof.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tat: Instant,
+    in_flight: u32,
+}
+
+/// One kind of key, least recently charged first.
 struct Table<K: Hash + Eq> {
     rate: Rate,
-    tats: LruCache<K, Instant>,
+    buckets: LruCache<K, Bucket>,
 }
 
 impl<K: Hash + Eq + Clone> Table<K> {
     fn new(rate: Rate, capacity: usize) -> Self {
         Self {
             rate,
-            tats: LruCache::new(capacity.max(1)),
+            buckets: LruCache::new(capacity.max(1)),
         }
     }
 
@@ -139,8 +150,34 @@ impl<K: Hash + Eq + Clone> Table<K> {
         self.rate.allowance().is_none()
     }
 
+    /// How long the key's failures make it wait, if they do.
     fn wait(&self, key: &K, now: Instant) -> Option<Duration> {
-        self.rate.wait(*self.tats.peek(key)?, now)
+        self.rate.wait(self.buckets.peek(key)?.tat, now)
+    }
+
+    /// Whether its logins in flight, were they all to fail, would leave no
+    /// room for one more.
+    fn full_in_flight(&self, key: &K, now: Instant) -> bool {
+        let Some(b) = self.buckets.peek(key) else {
+            return false;
+        };
+        let tat = b.tat.max(now) + self.rate.every.saturating_mul(b.in_flight);
+        b.in_flight > 0 && self.rate.wait(tat, now).is_some()
+    }
+
+    fn bucket(&mut self, key: &K, now: Instant) -> &mut Bucket {
+        // `get_mut` makes the key the most recent; a new key evicts the
+        // least recent when the table is full.
+        if self.buckets.get_mut(key).is_none() {
+            self.buckets.insert(
+                key.clone(),
+                Bucket {
+                    tat: now,
+                    in_flight: 0,
+                },
+            );
+        }
+        self.buckets.get_mut(key).expect("just inserted")
     }
 
     /// One more failure; `true` when the key is blocked after it.
@@ -149,37 +186,31 @@ impl<K: Hash + Eq + Clone> Table<K> {
             return false;
         }
         let every = self.rate.every;
-        let tat = match self.tats.get_mut(key) {
-            Some(tat) => {
-                *tat = (*tat).max(now) + every;
-                *tat
-            }
-            None => {
-                self.tats.insert(key.clone(), now + every);
-                now + every
-            }
-        };
+        let b = self.bucket(key, now);
+        b.tat = b.tat.max(now) + every;
+        let tat = b.tat;
         self.rate.wait(tat, now).is_some()
     }
 
-    /// Gives back one charge (the attempt did not fail).
-    fn refund(&mut self, key: &K, now: Instant) {
-        let every = self.rate.every;
-        if let Some(tat) = self.tats.peek_mut(key) {
-            match tat.checked_sub(every) {
-                Some(t) if t > now => *tat = t,
-                _ => {
-                    self.tats.remove(key);
-                }
-            }
+    /// A login of the key starts (see [`Self::full_in_flight`]).
+    fn enter(&mut self, key: &K, now: Instant) {
+        if !self.unlimited() {
+            self.bucket(key, now).in_flight += 1;
+        }
+    }
+
+    /// A login of the key has its answer.
+    fn leave(&mut self, key: &K) {
+        if let Some(b) = self.buckets.peek_mut(key) {
+            b.in_flight = b.in_flight.saturating_sub(1);
         }
     }
 
     /// Keys blocked at `now` (a scan: for metrics scrapes only).
     fn blocked_count(&self, now: Instant) -> usize {
-        self.tats
+        self.buckets
             .iter()
-            .filter(|(_, tat)| self.rate.wait(**tat, now).is_some())
+            .filter(|(_, b)| self.rate.wait(b.tat, now).is_some())
             .count()
     }
 }
@@ -230,13 +261,16 @@ fn user_key(username: &str) -> String {
     username.to_lowercase()
 }
 
-/// A login in progress, charged to its buckets; the charge is given back
-/// when it is dropped unless [`Attempt::failed`] made it a failure.
+/// A login in progress: it counts among its account's logins in flight
+/// (from an address the account has not logged in from) until it is
+/// dropped; [`Attempt::failed`] charges its buckets.
+#[derive(Debug)]
 pub struct Attempt<'t> {
     throttle: &'t Throttle,
     user: String,
     addr: IpAddr,
-    settled: bool,
+    /// Counted in flight for the account bucket.
+    in_flight: bool,
 }
 
 impl Throttle {
@@ -277,8 +311,11 @@ impl Throttle {
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a login of `username` from `addr`: charged to its buckets
-    /// now, or refused with how long to wait.
+    /// Starts a login of `username` from `addr`, or refuses it with how
+    /// long to wait. From an address the account has not logged in from,
+    /// it counts in flight until it ends: if all the logins in flight failed
+    /// the account bucket would be empty, so no more start (retry after 1 s:
+    /// they end within a handshake).
     pub fn begin(&self, username: &str, addr: IpAddr) -> Result<Attempt<'_>, Duration> {
         let now = Instant::now();
         let (user, addr) = (user_key(username), address_key(addr));
@@ -300,17 +337,18 @@ impl Throttle {
         if let Some(wait) = wait {
             return Err(wait);
         }
-        t.pairs.charge(&pair, now);
-        t.addrs.charge(&addr, now);
-        // A known address's failures still count for the account (it only
-        // passes the account bucket), so the bucket is charged either way.
-        t.users.charge(&pair.0, now);
+        if !known {
+            if t.users.full_in_flight(&pair.0, now) {
+                return Err(Duration::from_secs(1));
+            }
+            t.users.enter(&pair.0, now);
+        }
         drop(t);
         Ok(Attempt {
             throttle: self,
             user: pair.0,
             addr,
-            settled: false,
+            in_flight: !known,
         })
     }
 
@@ -347,22 +385,23 @@ fn is_known(
 }
 
 impl Attempt<'_> {
-    /// The proof was refused: the charge stays, as a failure. `stored` is
-    /// the row's username when it differs from the typed one (MySQL's
-    /// case-insensitive collations): it fails too.
-    pub fn failed(mut self, stored: Option<&str>) {
-        self.settled = true;
+    /// The proof was refused: a failure for the pair, the address and the
+    /// account. `stored` is the row's username when it differs from the
+    /// typed one (MySQL's case-insensitive collations): it fails too.
+    pub fn failed(self, stored: Option<&str>) {
         let now = Instant::now();
         let th = self.throttle;
         let mut t = th.lock();
         let pair = (self.user.clone(), self.addr);
-        if t.pairs.wait(&pair, now).is_some() {
+        if t.pairs.charge(&pair, now) {
             th.metrics.pair_blocks.inc();
         }
-        if t.addrs.wait(&self.addr, now).is_some() {
+        if t.addrs.charge(&self.addr, now) {
             th.metrics.address_blocks.inc();
         }
-        if t.users.wait(&self.user, now).is_some() {
+        // A known address's failures count for the account too (it only
+        // passes the account bucket's check).
+        if t.users.charge(&self.user, now) {
             th.metrics.user_blocks.inc();
         }
         if let Some(stored) = stored.map(user_key).filter(|s| *s != self.user) {
@@ -376,33 +415,22 @@ impl Attempt<'_> {
         }
     }
 
-    /// The login succeeded: the charge is given back (it was no failure),
-    /// nothing else is, and the address is remembered for the account
-    /// (`stored`: the row's username).
-    pub fn succeeded(mut self, stored: &str) {
-        self.settled = true;
+    /// The login succeeded: nothing is reset (an attacker's failures stay
+    /// counted); the address is remembered for the account (`stored`: the
+    /// row's username).
+    pub fn succeeded(self, stored: &str) {
         let now = Instant::now();
         let mut t = self.throttle.lock();
-        self.refund(&mut t, now);
         for user in [self.user.clone(), user_key(stored)] {
             t.known.insert((user, self.addr), now);
         }
-    }
-
-    fn refund(&self, t: &mut Tables, now: Instant) {
-        t.pairs.refund(&(self.user.clone(), self.addr), now);
-        t.addrs.refund(&self.addr, now);
-        t.users.refund(&self.user, now);
     }
 }
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        // Neither failed nor succeeded (refused busy or unavailable, the
-        // peer went away...): nothing was guessed.
-        if !self.settled {
-            let mut t = self.throttle.lock();
-            self.refund(&mut t, Instant::now());
+        if self.in_flight {
+            self.throttle.lock().users.leave(&self.user);
         }
     }
 }
@@ -491,19 +519,33 @@ mod tests {
     }
 
     #[test]
-    fn attempts_in_flight_are_charged_before_their_proof() {
+    fn logins_in_flight_count_for_the_accounts_bucket_only() {
         let t = Throttle::new(cfg());
-        let a = "192.0.2.1";
-        // Two attempts at once take the pair's two free failures...
-        let first = t.begin("alice", ip(a)).unwrap();
-        let second = t.begin("alice", ip(a)).unwrap();
-        assert!(t.begin("alice", ip(a)).is_err(), "a third must wait");
-        // ...one that ends without a proof gives its charge back.
-        drop(second);
-        let third = t.begin("alice", ip(a)).unwrap();
-        first.failed(None);
-        third.failed(None);
-        assert!(t.begin("alice", ip(a)).is_err());
+        // Three at once from three new addresses: the account's three free
+        // failures, were they all to fail...
+        let attempts: Vec<_> = (1..=3)
+            .map(|k| t.begin("alice", ip(&format!("192.0.2.{k}"))).unwrap())
+            .collect();
+        // ...so a fourth waits for them (a second: they end within a handshake).
+        assert_eq!(
+            t.begin("alice", ip("192.0.2.4")).err(),
+            Some(Duration::from_secs(1))
+        );
+        // Logins of other accounts from one address are not held back by
+        // each other (a fleet behind one NAT logs in at once).
+        let fleet: Vec<_> = (0..50)
+            .map(|i| t.begin(&format!("device{i}"), ip("198.51.100.1")).unwrap())
+            .collect();
+        drop(fleet);
+        // One ends without a proof: room again. Then all four fail.
+        let mut attempts = attempts;
+        drop(attempts.pop());
+        attempts.push(t.begin("alice", ip("192.0.2.4")).unwrap());
+        for a in attempts {
+            a.failed(None);
+        }
+        let wait = t.begin("alice", ip("192.0.2.5")).unwrap_err();
+        assert!(wait > Duration::from_secs(59), "{wait:?}");
     }
 
     #[test]
@@ -542,12 +584,12 @@ mod tests {
             );
         }
         let tables = t.lock();
-        assert!(tables.users.tats.len() <= 100 && tables.pairs.tats.len() <= 100);
+        assert!(tables.users.buckets.len() <= 100 && tables.pairs.buckets.len() <= 100);
         drop(tables);
         let off = Throttle::new(ThrottleConfig::disabled());
         for _ in 0..100 {
             assert_eq!(fail(&off, "alice", "192.0.2.1"), Ok(()));
         }
-        assert!(off.lock().users.tats.is_empty());
+        assert!(off.lock().users.buckets.is_empty());
     }
 }
