@@ -33,7 +33,7 @@
 //!
 //! Refused logins are told `throttled` with the seconds until the next
 //! failure would be allowed. Memory is bounded: each table keeps at most
-//! `max_entries` keys (default 100,000; about 120 bytes each), dropping
+//! `max_entries` keys (default 100,000; about 170 bytes each), dropping
 //! the least recently charged; every insertion, lookup and eviction costs
 //! O(1), whatever the table holds.
 
