@@ -8,6 +8,7 @@
 
 mod common;
 mod forward;
+mod hostile;
 mod idle;
 mod libserver;
 mod load;

@@ -28,7 +28,7 @@ pub struct RawSession {
     peer_max: usize,
 }
 
-async fn read_frame(s: &mut TcpStream, buf: &mut [u8]) -> Result<usize, String> {
+pub(crate) async fn read_frame(s: &mut TcpStream, buf: &mut [u8]) -> Result<usize, String> {
     let mut header = [0u8; HEADER_LEN];
     s.read_exact(&mut header)
         .await
@@ -40,7 +40,7 @@ async fn read_frame(s: &mut TcpStream, buf: &mut [u8]) -> Result<usize, String> 
     Ok(len)
 }
 
-async fn send_handshake(s: &mut TcpStream, msg: &Handshake<'_>) -> Result<(), String> {
+pub(crate) async fn send_handshake(s: &mut TcpStream, msg: &Handshake<'_>) -> Result<(), String> {
     let mut buf = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
     let frame = encode_message(msg, &mut buf, MIN_MAX_FRAME as usize)
         .map_err(|e| format!("encode: {e}"))?;

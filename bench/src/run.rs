@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::{Manifest, Users, Window, cpu_time, fmt_dur, fmt_rate, loadavg, rss};
 use crate::idle::Clients;
 use crate::load::{self, Throughput};
-use crate::{forward, libserver, raw};
+use crate::{forward, hostile, libserver, raw};
 
 /// What `run` needs (see `tether-bench run --help`).
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// Write the table (Markdown) here too.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only these stages (comma-separated: login,variants,calls,forward,s2d,idle,django); default all.
+    /// Only these stages (comma-separated: login,variants,calls,forward,s2d,idle,hostile,django); default all.
     #[arg(long)]
     pub only: Option<String>,
     /// Python of the forwarding test project's venv (tests/django-forward/setup).
@@ -128,7 +128,7 @@ fn fd_soft_limit() -> Option<usize> {
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
-fn say(msg: &str) {
+pub(crate) fn say(msg: &str) {
     eprintln!("bench: [{}] {msg}   (load {})", clock(), loadavg());
 }
 
@@ -144,6 +144,16 @@ fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
+
+/// The handshake limits of the load measurements: 1,024 slots (the
+/// default 64 would refuse 512 concurrent logins `busy`), no random early
+/// drop, no per-address share (every load client is 127.0.0.1).
+const LOAD_LIMITS: [&str; 4] = [
+    "--max-startups",
+    "1024:30:1024",
+    "--max-handshakes-per-address",
+    "0",
+];
 
 /// A server process of the benchmark; SIGTERM and reaped on drop.
 pub struct Proc {
@@ -202,7 +212,7 @@ async fn wait_listening(proc: &mut Proc, addr: SocketAddr) -> Result<(), String>
 }
 
 /// Starts `tether serve` on a free loopback port, with its default logging.
-async fn tether_serve(
+pub(crate) async fn tether_serve(
     a: &RunArgs,
     log: &str,
     extra: &[&str],
@@ -348,8 +358,11 @@ async fn idle(a: &RunArgs, plan: &Plan) -> Result<Idle, String> {
         &[
             "--max-sessions",
             &max_sessions,
-            "--max-handshakes",
-            "256",
+            // 256 slots, all usable by the 4 client addresses, no early drop.
+            "--max-startups",
+            "256:30:256",
+            "--max-handshakes-per-address",
+            "0",
             "--heartbeat",
             &heartbeat,
             "--no-last-login",
@@ -433,6 +446,7 @@ struct Results {
     s2d_seq: Option<Throughput>,
     s2d_pipe: Option<Throughput>,
     idle: Option<Idle>,
+    hostile: Vec<hostile::Row>,
     django: Option<Django>,
 }
 
@@ -551,8 +565,7 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
     // after the logins, do not land in the call measurements.
     if want("login") {
         let (bare, bare_addr) = helper_server(&["bare-server"], "bare server").await?;
-        let (server, addr) =
-            tether_serve(&a, "serve-logins.log", &["--max-handshakes", "1024"]).await?;
+        let (server, addr) = tether_serve(&a, "serve-logins.log", &LOAD_LIMITS).await?;
         let mut login64 = None::<Throughput>;
         for round in 1..=plan.rounds {
             say(&format!(
@@ -601,7 +614,7 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
         let (server, addr) = tether_serve(
             &a,
             "serve-calls.log",
-            &["--max-handshakes", "1024", "--max-calls-in-flight", "64"],
+            &[&LOAD_LIMITS[..], &["--max-calls-in-flight", "64"]].concat(),
         )
         .await?;
         for round in 1..=plan.rounds {
@@ -680,7 +693,7 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
         ];
         for (label, flags, quiet) in variants {
             say(&format!("logins, 64 clients: {label}"));
-            let mut extra = vec!["--max-handshakes", "1024"];
+            let mut extra = LOAD_LIMITS.to_vec();
             extra.extend(flags);
             let (server, addr) = tether_serve_env(&a, "serve-variant.log", &extra, quiet).await?;
             let w = Window::new(plan.login.0, plan.login.1);
@@ -725,6 +738,10 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
             i.rss_after >> 20
         ));
         r.idle = Some(i);
+    }
+
+    if want("hostile") {
+        r.hostile = hostile::measure(&a, &users).await?;
     }
 
     if want("django") {
@@ -992,6 +1009,9 @@ fn render(
             ),
             String::new(),
         );
+    }
+    for [m, t, reference, ratio, target] in r.hostile.iter().cloned() {
+        row(&m, t, reference, ratio, target);
     }
     if let Some(path) = &a.firmware {
         match std::fs::read_to_string(path) {

@@ -179,12 +179,14 @@ pub struct Refusal {
 /// Why a login was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RefusalCode {
-    /// Wrong password, unknown user, inactive user or missing permission:
-    /// one code for all, so a client learns nothing about which.
+    /// The login cannot succeed: wrong password, unknown user, inactive
+    /// user, missing permission, a hash that cannot do challenge-response
+    /// (argon2, bcrypt, scrypt, md5, unusable) or a row needing a mechanism
+    /// the client did not offer. One code for all, sent after the proof, so
+    /// a client learns nothing about which.
     Unauthorized,
-    /// The account's password hash cannot do challenge-response (argon2,
-    /// bcrypt, scrypt, md5, unusable) or needs a mechanism the client did
-    /// not offer. Retrying will not help until the hash changes.
+    /// The hello offers no mechanism the server runs (decided from the
+    /// hello alone). Retrying will not help.
     Unsupported,
     /// Too many failed attempts for this user or address; retry later.
     Throttled,

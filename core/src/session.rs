@@ -20,7 +20,7 @@ use core::fmt;
 use subtle::ConstantTimeEq as _;
 
 use crate::frame::{FrameError, HEADER_LEN, finish_frame};
-use crate::message::{DecodeError, EncodeError, Message};
+use crate::message::{DecodeError, EncodeError, ErrorCode, Message};
 use crate::sha256::{HmacSha256, hmac_sha256};
 
 pub(crate) const SESSION_LABEL: &[u8] = b"tether/1 session";
@@ -31,6 +31,44 @@ pub const SEQ_LEN: usize = 8;
 pub const TAG_LEN: usize = 16;
 /// Bytes a session frame body carries besides the message.
 pub const OVERHEAD: usize = SEQ_LEN + TAG_LEN;
+
+/// The longest start of `message`, cut at a character boundary, with which
+/// `Message::Error { id, code, message }` fits a session frame body of at
+/// most `max` bytes (the peer's maximum). An error repeats nothing it must
+/// keep whole, so a sender cuts its text rather than leave a call without
+/// an answer.
+pub fn error_message_that_fits(id: u32, code: ErrorCode, message: &str, max: usize) -> &str {
+    // Variant, id and code, then the text's length and bytes.
+    let fixed = OVERHEAD + 1 + varint_len(id as u64) + varint_len(code.0 as u64);
+    let fits = |len: usize| fixed + varint_len(len as u64) + len <= max;
+    let mut len = message.len();
+    if !fits(len) {
+        // A length varint takes at most 5 bytes: from where any length
+        // fits, step up to the longest that does.
+        len = max.saturating_sub(fixed + 5).min(len);
+        while len < message.len() && fits(len + 1) {
+            len += 1;
+        }
+        while len > 0 && !fits(len) {
+            len -= 1;
+        }
+    }
+    while !message.is_char_boundary(len) {
+        len -= 1;
+    }
+    &message[..len]
+}
+
+/// Bytes of `n` as a postcard varint.
+const fn varint_len(n: u64) -> usize {
+    match n {
+        0..0x80 => 1,
+        0x80..0x4000 => 2,
+        0x4000..0x20_0000 => 3,
+        0x20_0000..0x1000_0000 => 4,
+        _ => 5,
+    }
+}
 
 /// Which end of the session this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -134,3 +134,45 @@ fn seal_respects_the_peers_maximum_and_the_buffer() {
         "a failed seal does not use a sequence number"
     );
 }
+
+#[test]
+fn an_error_message_is_cut_to_the_longest_start_that_fits() {
+    use tether_core::message::ErrorCode;
+    use tether_core::session::error_message_that_fits;
+    let (_, _, mut stx, _) = frames();
+    let mut buf = [0u8; 2 + 70_000];
+    // ASCII, two-byte and four-byte characters: cuts land inside them.
+    let texts = [
+        "m".repeat(70_000),
+        "é".repeat(300),
+        "no method \"𝄞𝄞𝄞𝄞\"".repeat(40),
+    ];
+    for text in &texts {
+        for max in (25..700).chain([4096, 16_384, 65_535]) {
+            for (id, code) in [
+                (1, ErrorCode::UNKNOWN_METHOD),
+                (u32::MAX, ErrorCode(60_000)),
+            ] {
+                let cut = error_message_that_fits(id, code, text, max);
+                assert!(text.starts_with(cut));
+                let error = |message| Message::Error { id, code, message };
+                let sealed = stx.seal(&error(cut), &mut buf, max).map(|f| f.len());
+                if cut.is_empty() && sealed.is_err() {
+                    continue; // too small a max for any error at all
+                }
+                assert!(sealed.unwrap() - HEADER_LEN <= max, "{max}");
+                // One more character would not fit.
+                if cut.len() < text.len() {
+                    let next = text[cut.len()..].chars().next().unwrap().len_utf8();
+                    let longer = &text[..cut.len() + next];
+                    assert!(stx.seal(&error(longer), &mut buf, max).is_err(), "{max}");
+                }
+            }
+        }
+    }
+    // What fits is not touched.
+    assert_eq!(
+        error_message_that_fits(1, ErrorCode::FAILED, "short", 512),
+        "short"
+    );
+}

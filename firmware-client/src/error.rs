@@ -29,9 +29,10 @@ pub enum TimeoutKind {
 /// error type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Error<E> {
-    /// The server refused the login. `Unauthorized` (wrong password, unknown
-    /// or inactive user), `Unsupported` (the account's hash cannot do SCRAM)
-    /// and `Version` will not change by retrying; `Throttled`, `Unavailable`
+    /// The server refused the login. `Unauthorized` (wrong password, or an
+    /// account that cannot log in: the server's log says why),
+    /// `Unsupported` (no mechanism offered that the server runs) and
+    /// `Version` will not change by retrying; `Throttled`, `Unavailable`
     /// and `Busy` may, after `retry_after_secs` (0: unknown).
     Refused {
         /// Why.

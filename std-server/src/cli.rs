@@ -124,6 +124,25 @@ impl StoreArgs {
     }
 }
 
+/// `START:RATE:FULL`, as OpenSSH's MaxStartups.
+fn parse_max_startups(s: &str) -> Result<(usize, u8, usize), String> {
+    let bad =
+        || format!("{s:?}: expected START:RATE:FULL, e.g. 32:30:64 (START <= FULL, RATE 0..=100)");
+    let mut parts = s.split(':');
+    let (Some(start), Some(rate), Some(full), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let start: usize = start.trim().parse().map_err(|_| bad())?;
+    let rate: u8 = rate.trim().parse().map_err(|_| bad())?;
+    let full: usize = full.trim().parse().map_err(|_| bad())?;
+    if full == 0 || start > full || rate > 100 {
+        return Err(bad());
+    }
+    Ok((start, rate, full))
+}
+
 fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
 }
@@ -145,17 +164,32 @@ pub struct ServeArgs {
     /// secret if missing.
     #[arg(long, default_value = DEFAULT_SECRET_FILE)]
     pub secret_file: PathBuf,
-    /// Iterations announced to unknown users (use what your rows use).
+    /// Iterations of decoy challenges (unknown users and the like) until
+    /// the rows have been counted, or when none is pbkdf2; once counted,
+    /// decoys take the rows' mechanisms and iteration counts.
     #[arg(long, default_value_t = 1_000_000)]
     pub decoy_iterations: u32,
     /// Longest a login may take, connect to welcome.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub handshake_timeout: f64,
-    /// Logins in progress at once (more are refused `busy`).
-    #[arg(long, default_value_t = 64)]
-    pub max_handshakes: usize,
+    /// Longest a connection may take to send its hello; then it is closed.
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub hello_timeout: f64,
+    /// Logins in progress at once [default: 64]. From half of it on, a new
+    /// connection costs someone a place at random, 30% rising to 100% when
+    /// full (--max-startups 32:30:64): a connection that has not sent its
+    /// hello if there is one, else the newcomer (closed at once); when full
+    /// and every login is past its hello, a newcomer is refused `busy`.
+    #[arg(long, value_name = "N", conflicts_with = "max_startups")]
+    pub max_handshakes: Option<usize>,
+    /// OpenSSH's MaxStartups: from START logins in progress on, a new
+    /// connection costs someone a place (a silent connection, else itself)
+    /// with probability RATE%, rising linearly to 100% at FULL
+    /// (= --max-handshakes).
+    #[arg(long, value_name = "START:RATE:FULL", value_parser = parse_max_startups)]
+    pub max_startups: Option<(usize, u8, usize)>,
     /// Logins in progress at once from one address, IPv6 by /64 (more from
-    /// it are refused `busy`) [default: half of --max-handshakes; 0: no
+    /// it are refused `busy`) [default: an eighth of --max-handshakes; 0: no
     /// limit but --max-handshakes]. Raise it for fleets behind one NAT or
     /// proxy address.
     #[arg(long, value_name = "N")]
@@ -163,6 +197,15 @@ pub struct ServeArgs {
     /// Live sessions at once (more are refused `busy`).
     #[arg(long, default_value_t = 10_000)]
     pub max_sessions: usize,
+    /// Live sessions of one account at once (0: no limit); a login beyond
+    /// it is handled by --sessions-per-user-policy.
+    #[arg(long, default_value_t = 8)]
+    pub max_sessions_per_user: usize,
+    /// What a login beyond --max-sessions-per-user does: replace-oldest
+    /// (the account's oldest session gets Goodbye(replaced)) or refuse
+    /// (the new login is refused `busy`).
+    #[arg(long, value_enum, default_value_t = PerUserPolicy::ReplaceOldest)]
+    pub sessions_per_user_policy: PerUserPolicy,
     /// Largest frame body accepted after login (512..=65535).
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u16).range(512..))]
     pub max_frame: u16,
@@ -176,15 +219,32 @@ pub struct ServeArgs {
     /// How long calls in flight may take to finish on shutdown.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub shutdown_deadline: f64,
-    /// Failed logins per username before backoff starts.
+    /// Failed logins for one username from one address before it waits
+    /// (then one more per --throttle-refill).
     #[arg(long, default_value_t = 5)]
+    pub throttle_pair_failures: u32,
+    /// Failed logins for one username from any addresses before the
+    /// addresses it has not logged in from wait (then one more per
+    /// --throttle-refill); addresses it logged in from go on.
+    #[arg(long, default_value_t = 10)]
     pub throttle_user_failures: u32,
-    /// Failed logins per source address before backoff starts.
+    /// Failed logins from one source address, any username, before it waits
+    /// (then one more per --throttle-addr-refill).
     #[arg(long, default_value_t = 20)]
     pub throttle_addr_failures: u32,
-    /// Longest throttle block.
-    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
-    pub throttle_max_delay: f64,
+    /// After its free failures, a username (or a username from one
+    /// address) may fail once more per this interval.
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        value_name = "SECS",
+        alias = "throttle-max-delay"
+    )]
+    pub throttle_refill: f64,
+    /// After its free failures, an address may fail once more per this
+    /// interval.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub throttle_addr_refill: f64,
     /// Serve the admin HTTP API (sessions, calls to devices, kick, health,
     /// Prometheus metrics) on this address, e.g. 127.0.0.1:7421. Off by
     /// default. Requests need `Authorization: Bearer $TETHER_ADMIN_TOKEN`
@@ -205,6 +265,15 @@ pub struct ServeArgs {
     /// Forwarding to the Django project.
     #[command(flatten)]
     pub forward: crate::forward::ForwardArgs,
+}
+
+/// What a login beyond `--max-sessions-per-user` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PerUserPolicy {
+    /// The account's oldest session gets `Goodbye { Replaced }`.
+    ReplaceOldest,
+    /// The new login is refused `busy`.
+    Refuse,
 }
 
 /// `tether demo`.
@@ -451,14 +520,27 @@ async fn serve(args: ServeArgs) -> ExitCode {
             }
         },
     };
+    let (early_drop_start, early_drop_rate, max_handshakes) = match args.max_startups {
+        Some((start, rate, full)) => (Some(start), rate, full),
+        None => (None, 30, args.max_handshakes.unwrap_or(64)),
+    };
     let config = ServerConfig {
         handshake_timeout: secs(args.handshake_timeout),
-        max_handshakes: args.max_handshakes.max(1),
+        hello_timeout: secs(args.hello_timeout),
+        max_handshakes: max_handshakes.max(1),
+        early_drop_start,
+        early_drop_rate,
         max_handshakes_per_address: args.max_handshakes_per_address,
-        max_pending: args.max_handshakes.max(1) * 4,
+        max_pending: max_handshakes.max(1) * 4,
         max_sessions: args.max_sessions.max(1),
+        max_sessions_per_user: args.max_sessions_per_user,
+        sessions_per_user_policy: match args.sessions_per_user_policy {
+            PerUserPolicy::ReplaceOldest => crate::per_user::Policy::ReplaceOldest,
+            PerUserPolicy::Refuse => crate::per_user::Policy::Refuse,
+        },
         max_frame: args.max_frame,
         decoy_iterations: args.decoy_iterations.max(1),
+        decoy_census_interval: ServerConfig::default().decoy_census_interval,
         session: SessionConfig {
             heartbeat: Duration::from_secs(args.heartbeat.into()),
             max_calls_in_flight: args.max_calls_in_flight.max(1),
@@ -466,9 +548,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
             ..SessionConfig::default()
         },
         throttle: ThrottleConfig {
+            pair_free_failures: args.throttle_pair_failures,
             user_free_failures: args.throttle_user_failures,
             addr_free_failures: args.throttle_addr_failures,
-            max_delay: secs(args.throttle_max_delay),
+            refill: secs(args.throttle_refill).max(Duration::from_millis(1)),
+            addr_refill: secs(args.throttle_addr_refill).max(Duration::from_millis(1)),
             ..ThrottleConfig::default()
         },
         revalidate: Some(secs(args.revalidate)).filter(|d| !d.is_zero()),
@@ -569,9 +653,7 @@ async fn call(args: CallArgs) -> ExitCode {
                 RefusalCode::Unauthorized => {
                     "wrong username or password, or the account may not log in"
                 }
-                RefusalCode::Unsupported => {
-                    "the account's password hash cannot do challenge-response (see the server log)"
-                }
+                RefusalCode::Unsupported => "the server runs none of the mechanisms offered",
                 RefusalCode::Throttled => "too many failed logins",
                 RefusalCode::Unavailable => "the server cannot reach its user database",
                 RefusalCode::Version => "the server speaks another protocol version",
@@ -959,15 +1041,28 @@ async fn check_inner(args: CheckArgs) -> Result<bool, String> {
              convert as their users log in on the site"
         );
     }
-    if let Some((&common, _)) = iterations.iter().max_by_key(|(_, n)| **n) {
+    if !iterations.is_empty() {
         let list: Vec<String> = iterations
             .iter()
             .map(|(i, n)| format!("{i} ({n})"))
             .collect();
         println!("PBKDF2 iterations in use: {}", list.join(", "));
-        println!(
-            "hint: serve with --decoy-iterations {common} so unknown users look like real ones"
-        );
+    }
+    match store
+        .census(store.config().lookup_timeout.max(Duration::from_secs(30)))
+        .await
+    {
+        Ok(counts) => match crate::decoy::DecoyMix::from_counts(&counts) {
+            Some(mix) => println!(
+                "decoy challenges (shares of the pbkdf2 and scram_sha256 rows, inactive too): {mix}"
+            ),
+            None => {
+                println!(
+                    "decoy challenges: no pbkdf2 or scram_sha256 row; SCRAM-SHA-256 at --decoy-iterations"
+                )
+            }
+        },
+        Err(e) => println!("decoy challenges: cannot count the rows: {e}"),
     }
     if store.backend() == Backend::Sqlite
         && let Ok(row) = sqlx::query("PRAGMA journal_mode")

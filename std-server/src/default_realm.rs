@@ -20,6 +20,7 @@ use tether_core::method::builtin::{DeviceInfo, Echo, Identity, ServerTime, WhoAm
 use tracing::{info, warn};
 
 use crate::forward::{BUILTINS, ForwardSession, Forwarder};
+use crate::per_user;
 use crate::realm::{
     Avatar, CallResult, IncomingCall, Mind, Realm, SessionEnd, SessionInfo, lock, reply,
 };
@@ -78,6 +79,36 @@ impl Registry {
 
     pub(crate) fn insert(&self, entry: SessionEntry) {
         lock(&self.sessions).insert(entry.info.id, entry);
+    }
+
+    /// Lists a new session unless its account is at `cap` live sessions
+    /// ([`per_user`]): `Ok` with the sessions to close for it (their minds,
+    /// oldest first), `Err` when it is refused. Sessions already closing
+    /// do not count.
+    pub(crate) fn insert_capped(
+        &self,
+        entry: SessionEntry,
+        cap: usize,
+        policy: per_user::Policy,
+    ) -> Result<Vec<Mind>, ()> {
+        let mut sessions = lock(&self.sessions);
+        let user = entry.info.user.id;
+        // By id, so oldest first.
+        let live: Vec<u64> = sessions
+            .values()
+            .filter(|e| e.info.user.id == user && !e.mind.is_closing())
+            .map(|e| e.info.id)
+            .collect();
+        let replaced = match per_user::decide(&live, cap, policy) {
+            per_user::Decision::Refuse => return Err(()),
+            per_user::Decision::Admit => Vec::new(),
+            per_user::Decision::Replace(ids) => ids
+                .iter()
+                .filter_map(|id| sessions.get(id).map(|e| e.mind.clone()))
+                .collect(),
+        };
+        sessions.insert(entry.info.id, entry);
+        Ok(replaced)
     }
 
     pub(crate) fn remove(&self, session_id: u64) {

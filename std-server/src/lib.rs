@@ -14,11 +14,14 @@
 //! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB), permission and group gates, `last_login`, TTL cache |
 //! | [`throttle`] | failed-login backoff per username and per address |
 //! | [`secret`] | the server secret behind decoy challenges |
+//! | [`decoy`] | which challenge a login gets: the account's verifier or a decoy shaped like the rows |
 //! | [`realm`] | [`Realm`], [`Avatar`], [`Mind`]: the seed's roles |
 //! | [`revalidate`] | revocation: sessions whose user may no longer log in end with `Goodbye(Revoked)` |
 //! | [`default_realm`] | the binary's realm and its [`Registry`] of live sessions |
 //! | [`forward`] | `--forward`: device calls, notifications and session events to the Django project over HTTP (docs/DJANGO.md) |
 //! | [`server`] | listener, limits, graceful shutdown |
+//! | [`per_user`] | how many sessions one account may hold, and what a login beyond that does |
+//! | [`admission`] | which new connections get a handshake slot: per-address share, random early drop, eviction of silent connections |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
 //! | [`wire`] | frames over a byte stream |
 //! | [`demo`] | `tether demo`: Django schema, demo user |
@@ -34,12 +37,15 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod admission;
 pub mod cli;
+pub mod decoy;
 pub mod default_realm;
 pub mod demo;
 pub mod forward;
 mod login;
 pub mod metrics;
+pub mod per_user;
 pub mod realm;
 pub mod revalidate;
 pub mod secret;

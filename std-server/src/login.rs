@@ -3,12 +3,14 @@
 //! 1. Read the hello (frames of at most 512 bytes until the welcome).
 //! 2. Refuse, in this order: `version` (other protocol version), `protocol`
 //!    (undecodable or unexpected frame, bad client-first-message),
+//!    `unsupported` (the hello offers no mechanism this server runs),
 //!    `throttled` (the username or address is blocked), `busy` (too many
 //!    handshakes or sessions), `unavailable` (the lookup failed or timed
-//!    out), `unsupported` (the row's hash cannot do SCRAM, or needs a
-//!    mechanism the client did not offer).
-//! 3. Unknown, inactive or unauthorised users get a decoy challenge from the
-//!    server secret; their proof fails like a wrong password.
+//!    out). None of these depends on the account.
+//! 3. Challenge with the account's verifier or a decoy of the same shape
+//!    ([`crate::decoy`]): unknown, inactive or unauthorised users, rows
+//!    whose hash cannot do SCRAM and rows needing a mechanism the client did
+//!    not offer get a decoy; their proof fails like a wrong password.
 //! 4. Verify the proof: failure is `unauthorized` and counts towards the
 //!    throttle; success makes the avatar, then sends the welcome.
 //!
@@ -21,10 +23,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tether_core::django::{self, DjangoHashError};
 use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_handshake};
-use tether_core::message::{Challenge, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome};
-use tether_core::scram::{Mechanism, ScramError, ServerCredentials, ServerLogin};
+use tether_core::message::{
+    Challenge, GoodbyeReason, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome,
+};
+use tether_core::scram::{ScramError, ServerLogin};
 use tether_core::session::Role;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpStream;
@@ -32,10 +35,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
+use crate::admission::Ticket;
+use crate::decoy;
 use crate::default_realm::SessionEntry;
 use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, CredentialDigest, Mind, Realm, SessionEnd, SessionInfo, User};
-use crate::server::{HandshakeSlot, Shared};
+use crate::server::Shared;
 use crate::session::Established;
 use crate::wire::{FrameReader, ReadError};
 
@@ -46,6 +51,10 @@ pub(crate) enum LoginEnd {
     Refused(RefusalCode),
     /// The peer went away or the socket failed.
     Closed,
+    /// No hello within the hello timeout.
+    NoHello,
+    /// Silent, the connection gave its slot to a newcomer.
+    Evicted,
 }
 
 struct Conn {
@@ -83,7 +92,7 @@ impl Conn {
         };
         let user = username.unwrap_or("-");
         match code {
-            RefusalCode::Unavailable | RefusalCode::Unsupported => {
+            RefusalCode::Unavailable => {
                 warn!(peer = %self.peer, user, code = %code, detail, "login refused")
             }
             _ => info!(peer = %self.peer, user, code = %code, detail, "login refused"),
@@ -124,14 +133,15 @@ fn scram_detail(e: ScramError) -> String {
     format!("SCRAM: {e}")
 }
 
-/// Runs one login. `slot` is the reason to refuse it `busy` when the
-/// server, or the peer's address, already has too many handshakes in
-/// flight.
+/// Runs one login. `ticket` is its place among the handshakes (held until
+/// the login ends); `busy` is the reason to refuse it `busy` when it got no
+/// slot (admission.rs).
 pub(crate) async fn handshake<R: Realm>(
     shared: &Arc<Shared<R>>,
     stream: TcpStream,
     peer: SocketAddr,
-    slot: Result<HandshakeSlot, &'static str>,
+    ticket: Ticket,
+    busy: Option<&'static str>,
 ) -> Result<(Established<R::Avatar>, OwnedSemaphorePermit), LoginEnd> {
     let config = &shared.config;
     let (reader, writer) = stream.into_split();
@@ -146,8 +156,17 @@ pub(crate) async fn handshake<R: Realm>(
     };
     let zero = Duration::ZERO;
 
-    // 1. Hello.
-    let body = match conn.next().await {
+    // 1. Hello, within the hello timeout; a silent connection may lose its
+    // slot to a newcomer meanwhile.
+    let first = tokio::select! {
+        r = tokio::time::timeout(config.hello_timeout, conn.next()) => r,
+        _ = ticket.evicted.cancelled() => return Err(LoginEnd::Evicted),
+    };
+    let Ok(first) = first else {
+        return Err(LoginEnd::NoHello);
+    };
+    ticket.hello_received();
+    let body = match first {
         Ok(body) => body,
         Err(Ok(detail)) => {
             return Err(conn
@@ -195,35 +214,31 @@ pub(crate) async fn handshake<R: Realm>(
     };
     let typed = login.username().to_string();
     let user = Some(typed.as_str());
-    let decoy_mechanism = if offered.contains(Mechanism::ScramSha256) {
-        Mechanism::ScramSha256
-    } else if offered.contains(Mechanism::ScramSha1) {
-        Mechanism::ScramSha1
-    } else {
+    if !decoy::runnable(offered) {
+        let detail = format!(
+            "the client offers no mechanism this server runs (bits {:#04x})",
+            offered.bits()
+        );
         return Err(conn
-            .refuse(
-                RefusalCode::Protocol,
-                zero,
-                user,
-                "no known mechanism offered",
-            )
-            .await);
-    };
-
-    // 2. Throttle, limits, lookup.
-    if let Some(wait) = shared.throttle.check(&typed, peer.ip()) {
-        return Err(conn
-            .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
+            .refuse(RefusalCode::Unsupported, zero, user, &detail)
             .await);
     }
-    let _slot = match slot {
-        Ok(slot) => slot,
-        Err(why) => {
+
+    // 2. Throttle, limits, lookup.
+    // Charged now, given back unless the proof is refused (throttle.rs).
+    let attempt = match shared.throttle.begin(&typed, peer.ip()) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
             return Err(conn
-                .refuse(RefusalCode::Busy, Duration::from_secs(1), user, why)
+                .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
                 .await);
         }
     };
+    if let Some(why) = busy {
+        return Err(conn
+            .refuse(RefusalCode::Busy, Duration::from_secs(1), user, why)
+            .await);
+    }
     let Ok(session_permit) = shared.sessions.clone().try_acquire_owned() else {
         return Err(conn
             .refuse(
@@ -248,70 +263,47 @@ pub(crate) async fn handshake<R: Realm>(
                 .await);
         }
     };
-    if let Some(row) = &row
-        && row.username != typed
-        && let Some(wait) = shared.throttle.check_user(&row.username)
-    {
-        return Err(conn
-            .refuse(RefusalCode::Throttled, wait, user, "too many failed logins")
-            .await);
-    }
+    // The name stored in the row may be throttled when the typed one is
+    // not (another spelling the collation matches): such a login cannot
+    // succeed, but refusing it now would tell that the row exists, so it
+    // goes on with a decoy like any other that cannot.
+    let stored_throttled = row.as_ref().is_some_and(|row| {
+        row.username != typed
+            && shared
+                .throttle
+                .check_user(&row.username, peer.ip())
+                .is_some()
+    });
     // On MySQL's case-insensitive collations the row may be `alice` for a
     // typed `ALICE`: failures count for both names.
     let stored_name = row
         .as_ref()
         .map(|r| r.username.clone())
         .filter(|name| *name != typed);
-    let decoy = || {
-        ServerCredentials::decoy(
-            decoy_mechanism,
-            shared.secret.as_bytes(),
-            &typed,
-            config.decoy_iterations,
-        )
-    };
-    let (credentials, account) = match row {
-        Some(row) if row.is_authorised() => match django::credentials(&row.password) {
-            Ok(c) if offered.contains(c.mechanism) => (c, Some(row)),
-            Ok(c) => {
-                let detail = format!(
-                    "the account's hash needs {}, which the client did not offer",
-                    c.mechanism
-                );
-                return Err(conn
-                    .refuse(RefusalCode::Unsupported, zero, user, &detail)
-                    .await);
-            }
-            Err(DjangoHashError::Unsupported(algorithm)) => {
-                let detail = format!(
-                    "the account's password hash is {algorithm}: {}",
-                    algorithm.advice()
-                );
-                return Err(conn
-                    .refuse(RefusalCode::Unsupported, zero, user, &detail)
-                    .await);
-            }
-            Err(e @ DjangoHashError::Malformed(_)) => {
-                let detail = format!("{e}: set the password again in Django");
-                return Err(conn
-                    .refuse(RefusalCode::Unsupported, zero, user, &detail)
-                    .await);
-            }
-        },
-        Some(row) => {
-            let why = if !row.is_active {
-                "inactive user"
-            } else {
-                "user lacks the required permission or group"
-            };
-            debug!(%peer, user = %typed, why, "decoy challenge");
-            (decoy(), None)
+    // The account's verifier, or a decoy of the same shape (decoy.rs).
+    let account = row.as_ref().map(|r| decoy::Account {
+        password: &r.password,
+        may_log_in: r.is_authorised() && !stored_throttled,
+        is_active: r.is_active,
+    });
+    let plan = decoy::plan(
+        offered,
+        account,
+        &typed,
+        shared.secret.as_bytes(),
+        &shared.decoy_mix(),
+    );
+    let credentials = plan.credentials;
+    let decoy = match plan.decoy {
+        Some(decoy::DecoyReason::NotAllowed) if stored_throttled => {
+            Some(decoy::DecoyReason::Throttled)
         }
-        None => {
-            debug!(%peer, user = %typed, "unknown user: decoy challenge");
-            (decoy(), None)
-        }
+        other => other,
     };
+    if let Some(why) = &decoy {
+        debug!(%peer, user = %typed, why = %why, "decoy challenge");
+    }
+    let account = if decoy.is_none() { row } else { None };
 
     // 3. Challenge.
     let challenge = login.challenge(&credentials, &mut rand::rng());
@@ -360,12 +352,15 @@ pub(crate) async fn handshake<R: Realm>(
     let (success, account) = match (verified, account) {
         (Ok(success), Some(account)) => (success, account),
         (Ok(_), None) | (Err(ScramError::InvalidProof), _) => {
-            shared.throttle.failure(&typed, peer.ip());
-            if let Some(stored) = &stored_name {
-                shared.throttle.user_failure(stored);
-            }
+            attempt.failed(stored_name.as_deref());
+            // The real reason, for the operator only: the device was told
+            // `unauthorized` like any wrong password.
+            let detail = match &decoy {
+                Some(why) => why.to_string(),
+                None => "wrong password".to_string(),
+            };
             return Err(conn
-                .refuse(RefusalCode::Unauthorized, zero, user, "invalid proof")
+                .refuse(RefusalCode::Unauthorized, zero, user, &detail)
                 .await);
         }
         (Err(e), _) => {
@@ -375,8 +370,7 @@ pub(crate) async fn handshake<R: Realm>(
                 .await);
         }
     };
-    shared.throttle.success(&typed);
-    shared.throttle.success(&account.username);
+    attempt.succeeded(&account.username);
 
     // 5. Session: avatar, welcome.
     let session_id = shared.next_session_id.fetch_add(1, Ordering::Relaxed);
@@ -409,9 +403,40 @@ pub(crate) async fn handshake<R: Realm>(
         client_max_frame,
         shared.metrics.calls(Direction::ToDevice),
     );
+    // Listed before the avatar is made and the welcome leaves: a device
+    // that is logged in can be found (admin API, `Registry::mind`) from that
+    // moment on, and the account's session cap (per_user.rs) is decided
+    // under the registry's lock, so logins at once cannot all slip in.
+    let listed = shared.live.insert_capped(
+        SessionEntry {
+            info: info.clone(),
+            mind: mind.clone(),
+        },
+        config.max_sessions_per_user,
+        config.sessions_per_user_policy,
+    );
+    match listed {
+        Err(()) => {
+            let detail = format!(
+                "the account has {} sessions, its limit",
+                config.max_sessions_per_user
+            );
+            return Err(conn
+                .refuse(RefusalCode::Busy, Duration::from_secs(5), user, &detail)
+                .await);
+        }
+        Ok(replaced) => {
+            for old in replaced {
+                info!(%peer, user = %account.username, session = session_id, replaced = old.session_id(),
+                    "the account is at its session limit: its oldest session is replaced");
+                old.close(GoodbyeReason::Replaced);
+            }
+        }
+    }
     let avatar = match shared.realm.avatar(&info, mind.clone()).await {
         Ok(avatar) => Arc::new(avatar),
         Err(code) => {
+            shared.live.remove(session_id);
             return Err(conn.refuse(code, zero, user, "refused by the realm").await);
         }
     };
@@ -420,12 +445,6 @@ pub(crate) async fn handshake<R: Realm>(
         session_id,
         max_frame: config.max_frame,
         heartbeat_secs: config.session.heartbeat_secs(),
-    });
-    // Listed before the welcome leaves: a device that is logged in can be
-    // found (admin API, `Registry::mind`) from that moment on.
-    shared.live.insert(SessionEntry {
-        info: info.clone(),
-        mind: mind.clone(),
     });
     if let Err(end) = conn.send(&welcome).await {
         shared.live.remove(session_id);

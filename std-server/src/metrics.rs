@@ -15,11 +15,11 @@
 //!
 //! | metric | type | labels | what |
 //! |---|---|---|---|
-//! | `tether_logins_total` | counter | `outcome` = `success`, `refused`, `timeout`, `closed`, `dropped` | handshakes by how they ended (`closed`: the peer went away; `dropped`: closed at once, too many connections waiting) |
+//! | `tether_logins_total` | counter | `outcome` = `success`, `refused`, `timeout`, `closed`, `dropped`, `evicted` | handshakes by how they ended (`timeout`: the handshake or hello timeout; `closed`: the peer went away; `dropped`: closed at once, random early drop or too many connections waiting; `evicted`: a connection that had sent nothing gave its slot to a newcomer) |
 //! | `tether_login_refusals_total` | counter | `code` = `unauthorized`, `unsupported`, `throttled`, `unavailable`, `version`, `protocol`, `busy` | refusals by code |
 //! | `tether_handshakes_in_progress` | gauge | | connections between accept and welcome or refusal |
 //! | `tether_handshake_duration_seconds` | histogram | `outcome` = `success`, `refused` | accept to welcome or refusal |
-//! | `tether_throttle_blocks_total` | counter | `scope` = `user`, `address` | failures that (re)started a throttle block |
+//! | `tether_throttle_blocks_total` | counter | `scope` = `user`, `address`, `pair` (username from one address) | failures that left their bucket empty (throttle.rs) |
 //! | `tether_throttled_users` | gauge | | usernames blocked now |
 //! | `tether_throttled_addresses` | gauge | | source addresses (IPv6: /64) blocked now |
 //! | `tether_sessions_active` | gauge | | live sessions |
@@ -67,15 +67,17 @@ pub(crate) enum LoginOutcome {
     Timeout,
     Closed,
     Dropped,
+    Evicted,
 }
 
 impl LoginOutcome {
-    const ALL: [Self; 5] = [
+    const ALL: [Self; 6] = [
         Self::Success,
         Self::Refused,
         Self::Timeout,
         Self::Closed,
         Self::Dropped,
+        Self::Evicted,
     ];
 
     fn name(self) -> &'static str {
@@ -85,6 +87,7 @@ impl LoginOutcome {
             Self::Timeout => "timeout",
             Self::Closed => "closed",
             Self::Dropped => "dropped",
+            Self::Evicted => "evicted",
         }
     }
 }
@@ -264,11 +267,12 @@ pub(crate) struct StoreMetrics {
 pub(crate) struct ThrottleMetrics {
     pub(crate) user_blocks: Counter,
     pub(crate) address_blocks: Counter,
+    pub(crate) pair_blocks: Counter,
 }
 
 struct Inner {
     registry: Registry,
-    logins: [Counter; 5],
+    logins: [Counter; 6],
     refusals: [Counter; 7],
     handshakes_in_progress: Gauge,
     handshake_success: Histogram,
@@ -363,6 +367,7 @@ impl Metrics {
         let throttle = ThrottleMetrics {
             user_blocks: blocks.get_or_create_owned(&[("scope", "user")]),
             address_blocks: blocks.get_or_create_owned(&[("scope", "address")]),
+            pair_blocks: blocks.get_or_create_owned(&[("scope", "pair")]),
         };
         let throttled_users = Gauge::default();
         registry.register(

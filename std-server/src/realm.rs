@@ -482,6 +482,11 @@ impl Mind {
         self.shared.closed.load(Ordering::Acquire)
     }
 
+    /// Whether the session has ended or is being closed.
+    pub(crate) fn is_closing(&self) -> bool {
+        self.is_closed() || self.shared.close.is_cancelled()
+    }
+
     /// Ends the session: the server sends `Goodbye { reason }` and closes.
     pub fn close(&self, reason: GoodbyeReason) {
         *lock(&self.shared.close_reason) = Some(reason);

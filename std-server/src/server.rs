@@ -14,21 +14,23 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::admission::{self, Admission, Admitted, Limits};
+use crate::decoy::DecoyMix;
 use crate::default_realm::Registry;
 use crate::login::{self, LoginEnd};
 use crate::metrics::{LoginOutcome, Metrics};
+use crate::per_user;
 use crate::realm::Realm;
 use crate::secret::ServerSecret;
 use crate::session::{self, SessionConfig};
@@ -40,25 +42,53 @@ use crate::throttle::{Throttle, ThrottleConfig};
 pub struct ServerConfig {
     /// Longest a login may take from connect to welcome (default 10 s).
     pub handshake_timeout: Duration,
-    /// Logins in progress at once; more are refused `busy` (default 64).
+    /// Longest a connection may take to send its hello (default 5 s); then
+    /// it is closed without a word, slot or not ([`crate::admission`]).
+    pub hello_timeout: Duration,
+    /// Logins in progress at once (default 64): OpenSSH's MaxStartups
+    /// `full`. When every slot is taken, a newcomer takes the slot of a
+    /// connection that has not sent its hello; if none is silent it is told
+    /// `busy`.
     pub max_handshakes: usize,
+    /// From this many logins in progress on, a new connection costs a
+    /// random silent connection its slot, or is closed at once if none is
+    /// silent, at random (MaxStartups `start`); `None` (the default): half
+    /// of `max_handshakes` (at least 1).
+    pub early_drop_start: Option<usize>,
+    /// The early drop's probability at `early_drop_start`, in percent,
+    /// rising linearly to 100 at `max_handshakes` (MaxStartups `rate`;
+    /// default 30).
+    pub early_drop_rate: u8,
     /// Logins in progress at once from one address (IPv6: one /64); more
-    /// from it are refused `busy`, so that one address cannot hold every
-    /// handshake slot. `None` (the default): half of `max_handshakes`;
-    /// `Some(0)`: no limit but `max_handshakes`. Raise it for fleets behind
-    /// one NAT or proxy address.
+    /// from it are refused `busy`, so that a few addresses cannot hold
+    /// every handshake slot. `None` (the default): an eighth of
+    /// `max_handshakes` (at least 1); `Some(0)`: no limit but
+    /// `max_handshakes`. Raise it for fleets behind one NAT or proxy address.
     pub max_handshakes_per_address: Option<usize>,
-    /// Connections waiting beyond `max_handshakes` just to be told `busy`;
+    /// Connections without a slot waiting for their hello just to be told
+    /// `busy` (at most the per-address limit of them from one address);
     /// beyond this they are closed at once (default 256).
     pub max_pending: usize,
     /// Live sessions at once; more logins are refused `busy` (default 10,000).
     pub max_sessions: usize,
+    /// Live sessions of one account at once (default 8; 0: no limit): a
+    /// login beyond it is handled by `sessions_per_user_policy`
+    /// ([`crate::per_user`]).
+    pub max_sessions_per_user: usize,
+    /// What a login beyond `max_sessions_per_user` does (default: its
+    /// account's oldest session gets `Goodbye { Replaced }`).
+    pub sessions_per_user_policy: per_user::Policy,
     /// Largest frame body the server accepts after login (default 16,384;
     /// at least 512).
     pub max_frame: u16,
-    /// Iterations announced in decoy challenges (default 1,000,000, Django
-    /// 5.2's default; set it to what your real rows use).
+    /// Iterations of decoy challenges until the rows have been counted, or
+    /// when no row is `pbkdf2_*` (default 1,000,000, Django 5.2's default).
+    /// Once counted, decoys take their mechanism and iteration count from
+    /// the rows' shares ([`crate::decoy`]).
     pub decoy_iterations: u32,
+    /// How often the rows' mechanisms and iteration counts are counted
+    /// again for decoys (default 1 h; zero: only at start).
+    pub decoy_census_interval: Duration,
     /// Session timers and limits.
     pub session: SessionConfig,
     /// Failed-login throttle.
@@ -73,12 +103,18 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
+            hello_timeout: Duration::from_secs(5),
             max_handshakes: 64,
+            early_drop_start: None,
+            early_drop_rate: 30,
             max_handshakes_per_address: None,
             max_pending: 256,
             max_sessions: 10_000,
+            max_sessions_per_user: 8,
+            sessions_per_user_policy: per_user::Policy::ReplaceOldest,
             max_frame: 16_384,
             decoy_iterations: 1_000_000,
+            decoy_census_interval: Duration::from_secs(3600),
             session: SessionConfig::default(),
             throttle: ThrottleConfig::default(),
             revalidate: Some(Duration::from_secs(30)),
@@ -90,65 +126,21 @@ impl ServerConfig {
     /// The effective [`max_handshakes_per_address`](Self::max_handshakes_per_address).
     pub fn per_address_cap(&self) -> usize {
         match self.max_handshakes_per_address {
-            None => self.max_handshakes.div_ceil(2).max(1),
+            None => (self.max_handshakes / 8).max(1),
             Some(0) => self.max_handshakes.max(1),
             Some(n) => n,
         }
     }
-}
 
-/// Handshakes in progress per source address (IPv6 by /64, as the
-/// throttle counts them).
-pub(crate) struct PerAddress {
-    cap: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// A login's place among the handshakes in progress: the server's and its
-/// address's, held until the login ends.
-pub(crate) struct HandshakeSlot {
-    _server: OwnedSemaphorePermit,
-    _address: AddressSlot,
-}
-
-/// One handshake of an address, counted until dropped.
-pub(crate) struct AddressSlot {
-    owner: Arc<PerAddress>,
-    key: IpAddr,
-}
-
-impl PerAddress {
-    fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            counts: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// A slot for `addr`, or `None` when it has `cap` handshakes already.
-    fn try_enter(self: &Arc<Self>, addr: IpAddr) -> Option<AddressSlot> {
-        let key = crate::throttle::address_key(addr);
-        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(key).or_insert(0);
-        if *n >= self.cap {
-            return None;
-        }
-        *n += 1;
-        Some(AddressSlot {
-            owner: self.clone(),
-            key,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut counts = self.owner.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.key) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.key);
-            }
+    /// The admission limits these settings make ([`crate::admission`]).
+    pub fn admission_limits(&self) -> Limits {
+        let full = self.max_handshakes.max(1);
+        Limits {
+            full,
+            start: self.early_drop_start.unwrap_or((full / 2).max(1)).min(full),
+            rate: self.early_drop_rate.min(100),
+            per_address: self.per_address_cap(),
+            pending: self.max_pending,
         }
     }
 }
@@ -162,15 +154,64 @@ pub(crate) struct Shared<R> {
     /// Every live session, whatever the realm.
     pub live: Registry,
     pub secret: ServerSecret,
+    /// The shares decoys are drawn from (refreshed by [`census`]).
+    pub mix: RwLock<Arc<DecoyMix>>,
     pub realm: R,
     pub next_session_id: AtomicU64,
-    pub handshakes: Arc<Semaphore>,
-    pub per_address: Arc<PerAddress>,
-    pub pending: Arc<Semaphore>,
+    pub admission: Arc<Admission>,
     pub sessions: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
+
+impl<R> Shared<R> {
+    /// The shares decoys are drawn from now.
+    pub fn decoy_mix(&self) -> Arc<DecoyMix> {
+        self.mix.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Counts the rows' mechanisms and iteration counts for decoys, now and
+/// every `decoy_census_interval`; keeps the last good count when the
+/// database does not answer (and tries again within a minute).
+async fn census<R>(shared: Arc<Shared<R>>, first: tokio::sync::oneshot::Sender<()>) {
+    let mut first = Some(first);
+    let mut last: Option<DecoyMix> = None;
+    loop {
+        let timeout = CENSUS_TIMEOUT.max(shared.store.config().lookup_timeout);
+        let retry = match shared.store.census(timeout).await {
+            Ok(counts) => {
+                let mix = DecoyMix::from_counts(&counts)
+                    .unwrap_or_else(|| DecoyMix::only(shared.config.decoy_iterations));
+                if last.as_ref() != Some(&mix) {
+                    info!(shares = %mix, "decoy challenges follow the rows");
+                    *shared.mix.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(mix.clone());
+                    last = Some(mix);
+                }
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot count the rows' hashes for decoys; trying again in a minute");
+                Some(Duration::from_secs(60))
+            }
+        };
+        if let Some(tx) = first.take() {
+            let _ = tx.send(());
+        }
+        let wait = match (retry, shared.config.decoy_census_interval) {
+            (Some(retry), interval) if interval.is_zero() || retry < interval => retry,
+            (_, interval) if interval.is_zero() => return,
+            (_, interval) => interval,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shared.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// The longest a census may take (a grouped scan of the user table).
+const CENSUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A bound server, ready to run.
 pub struct Server<R: Realm> {
@@ -228,13 +269,12 @@ impl<R: Realm> Server<R> {
                 throttle,
                 metrics,
                 live: Registry::new(),
-                handshakes: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
-                per_address: Arc::new(PerAddress::new(config.per_address_cap())),
-                pending: Arc::new(Semaphore::new(config.max_pending.max(1))),
+                admission: Arc::new(Admission::new(config.admission_limits())),
                 sessions: Arc::new(Semaphore::new(config.max_sessions.max(1))),
                 config,
                 store,
                 secret,
+                mix: RwLock::new(Arc::new(DecoyMix::only(config.decoy_iterations))),
                 realm,
                 next_session_id: AtomicU64::new(1),
                 shutdown: CancellationToken::new(),
@@ -281,6 +321,11 @@ impl<R: Realm> Server<R> {
     /// session's shutdown deadline).
     pub async fn run(self) {
         let Self { listener, shared } = self;
+        // Decoys follow the rows from the first login on, unless counting
+        // them takes longer than a lookup may (then from when it is done).
+        let (counted, first) = tokio::sync::oneshot::channel();
+        tokio::spawn(census(shared.clone(), counted));
+        let _ = tokio::time::timeout(shared.store.config().lookup_timeout, first).await;
         info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
         if let Some(every) = shared.config.revalidate.filter(|d| !d.is_zero()) {
             tokio::spawn(crate::revalidate::run(
@@ -321,31 +366,28 @@ impl<R: Realm> Server<R> {
 fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let started = Instant::now();
-    // A handshake takes one of its address's slots and one of the server's;
-    // without both the connection waits for its hello to be told `busy`.
-    let slot = match shared.per_address.try_enter(peer.ip()) {
-        None => Err("too many handshakes from this address"),
-        Some(address) => match shared.handshakes.clone().try_acquire_owned() {
-            Ok(server) => Ok(HandshakeSlot {
-                _server: server,
-                _address: address,
-            }),
-            Err(_) => Err("too many handshakes"),
-        },
-    };
-    let pending_permit = if slot.is_err() {
-        match shared.pending.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                warn!(%peer, "too many connections waiting; closed without a reply");
-                shared
-                    .metrics
-                    .login(LoginOutcome::Dropped, None, started.elapsed());
-                return;
+    // A slot, a wait to be told `busy`, or nothing (admission.rs).
+    let key = crate::throttle::address_key(peer.ip());
+    let probe = socket2::SockRef::from(&stream).try_clone().ok();
+    let (ticket, busy) = match shared.admission.admit(key, probe) {
+        Admitted::Slot(ticket, evicted) => {
+            if evicted {
+                debug!(%peer, "every handshake slot taken: a silent connection gave its slot");
             }
+            (ticket, None)
         }
-    } else {
-        None
+        Admitted::Wait(ticket, why) => (ticket, Some(why)),
+        Admitted::Drop(why) => {
+            if why == admission::EARLY_DROP {
+                debug!(%peer, "random early drop: closed without a reply");
+            } else {
+                warn!(%peer, "{why}; closed without a reply");
+            }
+            shared
+                .metrics
+                .login(LoginOutcome::Dropped, None, started.elapsed());
+            return;
+        }
     };
     let in_handshake = shared.metrics.handshake_started();
     let task_shared = shared.clone();
@@ -355,7 +397,7 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         // Boxed, so that the login's state (SCRAM, handshake buffers) is
         // freed when the login ends instead of living in this task's
         // future for the whole session.
-        let login = Box::pin(login::handshake(&shared, stream, peer, slot));
+        let login = Box::pin(login::handshake(&shared, stream, peer, ticket, busy));
         let timeout = shared.config.handshake_timeout;
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, login) => r,
@@ -365,7 +407,6 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
                 return;
             }
         };
-        drop(pending_permit);
         drop(in_handshake);
         let (established, session_permit) = match result {
             Err(_) => {
@@ -375,6 +416,16 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
             }
             Ok(Err(LoginEnd::Refused(code))) => {
                 metrics.login(LoginOutcome::Refused, Some(code), started.elapsed());
+                return;
+            }
+            Ok(Err(LoginEnd::NoHello)) => {
+                debug!(%peer, "no hello within the hello timeout; connection closed");
+                metrics.login(LoginOutcome::Timeout, None, started.elapsed());
+                return;
+            }
+            Ok(Err(LoginEnd::Evicted)) => {
+                debug!(%peer, "silent connection closed: its slot went to a newcomer");
+                metrics.login(LoginOutcome::Evicted, None, started.elapsed());
                 return;
             }
             Ok(Err(LoginEnd::Closed)) => {

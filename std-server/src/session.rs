@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use tether_core::frame::{FrameError, HEADER_LEN};
 use tether_core::message::{ErrorCode, GoodbyeReason, Message};
-use tether_core::session::{Opener, Sealer, SessionError};
+use tether_core::session::{Opener, Sealer, SessionError, error_message_that_fits};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -676,19 +676,6 @@ fn poll_once<F: Future>(f: &mut CatchUnwind<F>) -> Poll<Result<F::Output, Panick
     Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
 }
 
-/// The longest start of `message` (whole characters) that an `Error`
-/// frame of at most `max_body` bytes can carry.
-fn cut_to_fit(message: &str, max_body: usize) -> &str {
-    // Variant, id, code and the message's length take at most 12 bytes.
-    let mut end = max_body
-        .saturating_sub(tether_core::session::OVERHEAD + 12)
-        .min(message.len());
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    &message[..end]
-}
-
 /// The write side: messages are sealed in order into one buffer and written
 /// together by [`Out::flush`].
 struct Out {
@@ -739,11 +726,13 @@ impl Out {
         self.push_message(&msg);
     }
 
-    /// Seals a message into the batch. A reply too large for the device
-    /// becomes a `FAILED` error, an error's message is cut to fit (every
-    /// call gets its answer); any other message too large is dropped with
-    /// a warning; a message that cannot be sealed at all breaks the session
-    /// (the next flush fails).
+    /// Seals a message into the batch. Every call gets an answer: a reply
+    /// too large for the device becomes a `FAILED` error, an error too
+    /// large keeps its code with its text cut to fit
+    /// ([`error_message_that_fits`]). Any other message too large is
+    /// dropped with a warning (calls and notifications are checked against
+    /// the device's frame before they are queued); a message that cannot be
+    /// sealed at all breaks the session (the next flush fails).
     fn push_message(&mut self, msg: &Message<'_>) {
         if self.broken {
             return;
@@ -754,22 +743,20 @@ impl Out {
             Err(SessionError::Frame(
                 FrameError::TooLong { .. } | FrameError::BufferTooSmall { .. },
             )) => {
-                let error = match *msg {
-                    Message::Reply { id, .. } => Message::Error {
+                let (id, code, message) = match *msg {
+                    Message::Reply { id, .. } => (
                         id,
-                        code: ErrorCode::FAILED,
-                        message: "reply larger than the device's max frame",
-                    },
-                    Message::Error { id, code, message } => Message::Error {
-                        id,
-                        code,
-                        message: cut_to_fit(message, self.peer_max),
-                    },
+                        ErrorCode::FAILED,
+                        "reply larger than the device's max frame",
+                    ),
+                    Message::Error { id, code, message } => (id, code, message),
                     _ => {
                         warn!(%peer, "message too large for the device's max frame; dropped");
                         return;
                     }
                 };
+                let message = error_message_that_fits(id, code, message, self.peer_max);
+                let error = Message::Error { id, code, message };
                 match self.sealer.seal(&error, &mut self.frame, self.peer_max) {
                     Ok(frame) => self.batch.extend_from_slice(frame),
                     Err(e) => {

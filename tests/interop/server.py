@@ -11,8 +11,11 @@ Prints `LISTENING <port>` on stdout once bound, then logs one line per event
 on stderr. Users come from a users.json manifest (Django-made rows: the
 SCRAM keys are derived from the row's hash like a Tether server does, no
 PBKDF2) and/or are made by scramp itself (`make_auth_info`, 4096
-iterations). Unknown users get a decoy challenge and are refused
-`unauthorized` after the proof, like a wrong password.
+iterations). As docs/PROTOCOL.md requires, only a hello offering no
+mechanism this server runs is refused `unsupported`; an unknown user, or a
+user whose mechanism the client did not offer, gets a decoy challenge in an
+offered mechanism (a known user's decoy keeps the row's salt and count) and
+is refused `unauthorized` after the proof, like a wrong password.
 """
 
 import argparse
@@ -69,12 +72,26 @@ def from_scramp(user_id, username, password, mechanism):
     return User(user_id, username, mechanism, salt, i, stored_key, server_key)
 
 
-def decoy(username):
+def decoy(username, users):
     """Salt and keys from a server secret and the username: stable per name,
-    indistinguishable from a real row without the secret."""
+    indistinguishable from a real row without the secret. Its mechanism is
+    drawn by the secret with the share the users have (SHA-1 users among
+    all), so decoys are spread like real rows."""
     d = hmac.new(SECRET, username.encode(), hashlib.sha256).digest()
-    return User(0, username, w.SCRAM_SHA_256, base64.b64encode(d[:16]), DECOY_ITERATIONS,
-                hashlib.sha256(d).digest(), hmac.new(d, b"server", hashlib.sha256).digest())
+    sha1 = sum(1 for u in users.values() if u.mechanism == w.SCRAM_SHA_1)
+    draw = int.from_bytes(d[16:20], "big") % max(len(users), 1)
+    mechanism = w.SCRAM_SHA_1 if draw < sha1 else w.SCRAM_SHA_256
+    return User(0, username, mechanism, base64.b64encode(d[:16]), DECOY_ITERATIONS,
+                HASHES[mechanism](d).digest(), hmac.new(d, b"server", HASHES[mechanism]).digest())
+
+
+def decoy_in(user, mechanism):
+    """A user's decoy in another mechanism: the row's salt and count, keys
+    that no proof matches."""
+    d = hmac.new(SECRET, b"keys\0" + user.username.encode(), hashlib.sha256).digest()
+    hf = HASHES[mechanism]
+    return User(0, user.username, mechanism, user.salt, user.iterations,
+                hf(d).digest(), hmac.new(d, b"server", hf).digest())
 
 
 def username_of(client_first):
@@ -123,12 +140,16 @@ class Handler(socketserver.BaseRequestHandler):
             name = username_of(client_first)
         except (ValueError, IndexError) as e:
             return self.refuse(sock, peer, w.PROTOCOL, f"client-first: {e}")
+        offered = [m for m in (w.SCRAM_SHA_256, w.SCRAM_SHA_1) if hello["mechanisms"] & w.MECHANISM_BITS[m]]
+        if not offered:
+            return self.refuse(sock, peer, w.UNSUPPORTED, f"no mechanism this server runs: {hello['mechanisms']:#04x}")
         user = cfg.users.get(name)
         known = user is not None
         if not known:
-            user = decoy(name)
-        if not hello["mechanisms"] & w.MECHANISM_BITS[user.mechanism]:
-            return self.refuse(sock, peer, w.UNSUPPORTED, f"{name} needs {w.MECHANISM_NAMES[user.mechanism]}")
+            user = decoy(name, cfg.users)
+        if user.mechanism not in offered:
+            log(peer, "decoy:", name, "needs", w.MECHANISM_NAMES[user.mechanism])
+            user, known = decoy_in(user, offered[0]), False
 
         seen = []
 

@@ -266,10 +266,11 @@ async fn django_accounts_log_in_or_are_refused_with_the_right_code() {
         refused(login("nogroup", password(DB, "nogroup"), config()).await),
         RefusalCode::Unauthorized
     );
-    // argon2 cannot do SCRAM.
+    // argon2 cannot do SCRAM: refused like a wrong password, so that no
+    // outsider learns what the row holds.
     assert_eq!(
         refused(login("carol", password(DB, "carol"), config()).await),
-        RefusalCode::Unsupported
+        RefusalCode::Unauthorized
     );
     // henry's row predates Django 4.2 (260,000 iterations): a device whose
     // floor is Django 5.2's refuses it before sending a proof.

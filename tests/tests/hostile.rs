@@ -361,7 +361,11 @@ async fn ten_kilobyte_username_is_refused_protocol() {
     w.write_all(&frame).await.unwrap();
     match common::read_handshake(&mut r).await {
         Some(OwnedHandshake::Challenge(_, server_first)) => {
-            assert!(server_first.ends_with(",i=1000000"), "{server_first}")
+            // The shape of some row: 1,000,000 or henry's 260,000.
+            assert!(
+                server_first.ends_with(",i=1000000") || server_first.ends_with(",i=260000"),
+                "{server_first}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -866,6 +870,75 @@ async fn call_to_an_unknown_method_is_answered_and_the_session_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_of_a_device_with_512_byte_frames_is_answered_whatever_its_method_name() {
+    // The smallest max frame a device may announce; unknown methods whose
+    // names (echoed in the error) fill the whole frame, with characters
+    // that the echo escapes (a control byte becomes `\u{1}`) or that are
+    // several bytes long, so the cut lands inside them.
+    let b = bench(|_| {}).await;
+    let (mut s, _) = raw_login_with(b.served.addr, "alice", password(DB, "alice"), 512)
+        .await
+        .unwrap();
+    let mut id = 100;
+    let mut names: Vec<String> = (440..=480).step_by(5).map(|n| "m".repeat(n)).collect();
+    names.push("\u{1}".repeat(470));
+    names.push("é".repeat(235));
+    names.push("𝄞".repeat(118));
+    for name in &names {
+        id += 1;
+        s.send(&Message::Call {
+            id,
+            method: name,
+            args: &[],
+        })
+        .await;
+        let full = format!("no method {name:?}");
+        match s.recv().await {
+            Some(Msg::Error {
+                id: got,
+                code,
+                message,
+            }) => {
+                assert_eq!((got, code), (id, ErrorCode::UNKNOWN_METHOD));
+                // The start of the full text, cut only when it had to be.
+                assert!(full.starts_with(&message), "{}", name.len());
+                assert!(message.len() >= 400, "cut too short: {}", message.len());
+            }
+            other => panic!("call {id} ({} bytes): {other:?}", name.len()),
+        }
+    }
+    // A reply too large for the device is answered FAILED.
+    id += 1;
+    let long = "r".repeat(600);
+    let mut buf = [0u8; 1024];
+    let args = tether_core::method::encode_args::<tether_core::method::builtin::Echo>(
+        &long.as_str(),
+        &mut buf,
+    )
+    .unwrap()
+    .to_vec();
+    s.send(&Message::Call {
+        id,
+        method: "echo",
+        args: &args,
+    })
+    .await;
+    match s.recv().await {
+        Some(Msg::Error { id: got, code, .. }) => {
+            assert_eq!((got, code), (id, ErrorCode::FAILED))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(s.echo("still here").await, "still here");
+    b.counted(
+        r#"tether_calls_total{direction="from_device",outcome="error"}"#,
+        names.len() as f64,
+    )
+    .await;
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reply_to_an_unknown_id_ends_the_session_with_protocol_error() {
     let mut b = bench(|_| {}).await;
     let mut s = b.alice().await;
@@ -960,7 +1033,10 @@ async fn thousand_silent_connections_within_the_handshake_cap_do_not_stop_logins
     let timeout = Duration::from_secs(5);
     let b = bench(|c| {
         c.handshake_timeout = timeout;
+        c.hello_timeout = timeout;
         c.max_handshakes = 1100;
+        // No random early drop: every connection gets its slot.
+        c.early_drop_start = Some(1100);
         // All from 127.0.0.1, like a fleet behind one NAT address.
         c.max_handshakes_per_address = Some(1100);
     })
@@ -990,7 +1066,7 @@ async fn thousand_silent_connections_within_the_handshake_cap_do_not_stop_logins
         started.elapsed() < timeout,
         "the logins ran after the timeout"
     );
-    // Then the handshake timeout closes every silent one, without a word.
+    // Then the hello timeout closes every silent one, without a word.
     let closed = closed_after(conns, started).await;
     assert!(
         closed
@@ -1007,49 +1083,247 @@ async fn thousand_silent_connections_within_the_handshake_cap_do_not_stop_logins
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousand_silent_connections_beyond_the_handshake_cap_are_shed_then_timed_out() {
-    // The documented defaults: 64 handshakes, of which 32 from one address,
-    // 4 x 64 more waiting to be told `busy`, the rest closed at once. The
-    // timeout is shortened.
-    let timeout = Duration::from_secs(5);
+async fn thousand_silent_connections_from_one_address_are_shed_then_timed_out() {
+    // The documented defaults: 64 handshakes, of which 8 from one address,
+    // and 8 more from it waiting to be told `busy`; the rest closed at once.
+    // The hello timeout is shortened.
+    let timeout = Duration::from_secs(3);
     let b = bench(|c| {
-        c.handshake_timeout = timeout;
+        c.hello_timeout = timeout;
         c.max_handshakes = 64;
         c.max_pending = 256;
     })
     .await;
+    assert_eq!(b.served.handle.local_addr(), b.served.addr);
     let started = Instant::now();
     let conns = silent(b.served.addr, 1000).await;
-    eventually(Duration::from_secs(5), "712 connections dropped", || {
-        b.metric(r#"tether_logins_total{outcome="dropped"}"#) >= 712.0
+    eventually(Duration::from_secs(5), "984 connections dropped", || {
+        b.metric(r#"tether_logins_total{outcome="dropped"}"#) >= 984.0
     })
     .await;
-    b.counted("tether_handshakes_in_progress", 288.0).await;
+    b.counted("tether_handshakes_in_progress", 16.0).await;
     // The bystander's session is not a handshake: it goes on.
     b.bystander.progresses().await;
-    // A login now is shed like the rest (closed at once, no reply)...
+    // A login from that address now is shed like the rest (closed at once,
+    // no reply)...
     let mut hs = Handshaking::hello(b.served.addr, "alice", Mechanisms::ALL).await;
     assert!(matches!(hs.challenge().await, Err(LoginError::Closed)));
     assert!(
         started.elapsed() < timeout,
         "the attempt ran after the timeout"
     );
-    // ...and the silent ones are closed: 712 at once, 288 (32 + 256) by the
-    // timeout.
+    // ...and the silent ones are closed: 984 at once, 16 (8 + 8) by the
+    // hello timeout.
     let closed = closed_after(conns, started).await;
     let at_once = closed
         .iter()
         .filter(|d| **d < timeout - Duration::from_millis(100))
         .count();
-    assert_eq!(at_once, 712, "closed at once");
-    b.counted(r#"tether_logins_total{outcome="timeout"}"#, 288.0)
+    assert_eq!(at_once, 984, "closed at once");
+    b.counted(r#"tether_logins_total{outcome="timeout"}"#, 16.0)
         .await;
-    b.counted(r#"tether_logins_total{outcome="dropped"}"#, 713.0)
+    b.counted(r#"tether_logins_total{outcome="dropped"}"#, 985.0)
         .await;
     // Then logins work again.
     let (mut s, _) = raw_login(b.served.addr, "alice", password(DB, "alice"))
         .await
         .unwrap();
     assert_eq!(s.echo("back").await, "back");
+    b.finish().await;
+}
+
+/// Keeps `n` silent connections open from `source`, each reopened as soon
+/// as the server closes it, until the returned sender is dropped.
+fn silent_from(
+    addr: std::net::SocketAddr,
+    source: std::net::IpAddr,
+    n: usize,
+) -> tokio::sync::watch::Sender<()> {
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    for _ in 0..n {
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok(mut c) = common::connect_tcp_from(Some(source), addr).await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                use tokio::io::AsyncReadExt as _;
+                let mut buf = [0u8; 16];
+                tokio::select! {
+                    _ = c.read(&mut buf) => {}
+                    _ = stopped.changed() => return,
+                }
+            }
+        });
+    }
+    stop
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_gets_in_against_three_hundred_silent_connections() {
+    // The defaults (64 handshakes, 8 per address, early drop from 32 on),
+    // a hello timeout of 5 s. 300 connections that never send a hello,
+    // each reopened at once when the server closes it: 100 from each of
+    // two addresses, 2 from each of 50 more (under every per-address
+    // limit). Before issue 13 the first 64 took every slot for the whole
+    // handshake timeout and every other login was refused busy or closed.
+    let b = bench(|_| {}).await;
+    let addr = b.served.addr;
+    let mut holders = vec![
+        silent_from(addr, [127, 0, 1, 1].into(), 100),
+        silent_from(addr, [127, 0, 1, 2].into(), 100),
+    ];
+    for k in 0..50u8 {
+        holders.push(silent_from(addr, [127, 0, 2, k].into(), 2));
+    }
+    eventually(Duration::from_secs(10), "every slot taken", || {
+        b.metric("tether_handshakes_in_progress") >= 64.0
+    })
+    .await;
+    // A device from another address, retrying after 100 ms when it does
+    // not get in (tether-firmware's host client, cached keys).
+    fixture_keys("alice");
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        let outcome = device_login_from([127, 0, 3, 1].into(), addr, "alice").await;
+        outcomes.push(outcome);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logged_in = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert!(logged_in >= 8, "{logged_in} of 10 logged in: {outcomes:?}");
+    // The silent ones paid: evicted or timed out, not served.
+    assert!(b.metric(r#"tether_logins_total{outcome="evicted"}"#) >= 1.0);
+    drop(holders);
+    b.finish().await;
+}
+
+/// One login of `username` from `source` with the firmware client and its
+/// cached keys, an `echo`, goodbye.
+async fn device_login_from(
+    source: std::net::IpAddr,
+    addr: std::net::SocketAddr,
+    username: &str,
+) -> Result<(), String> {
+    let stream = common::connect_tcp_from(Some(source), addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let keys = fixture_keys(username);
+    let mut store: tether_firmware::BufferStore = tether_firmware::BufferStore::new();
+    let login = tether_firmware::Session::login(
+        tether_firmware::host::transport(stream),
+        store.buffers(),
+        tether_firmware::TokioClock::new(),
+        username,
+        tether_core::scram::ClientCredentials::Keys(&keys),
+        &mut firmware_support::TestRng(7),
+        &device_config(),
+    )
+    .await
+    .map_err(|e| format!("{e:?}"))?;
+    let mut session = login.session;
+    let mut mind = firmware_support::DeviceMind { report: |_| {} };
+    let echo = session
+        .call::<tether_core::method::builtin::Echo, _>(&"in", &mut mind)
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    assert_eq!(echo, "in");
+    session.close().await.map_err(|e| format!("{e:?}"))?;
+    Ok(())
+}
+
+// ---------------------------------------------------- sessions per account
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_holds_eight_sessions_a_ninth_login_replaces_the_oldest() {
+    // The default: 8 sessions per account; the 9th login closes the
+    // oldest with Goodbye(Replaced). Before issue 13 one account opened
+    // 1,008 sessions.
+    let mut b = bench(|c| assert_eq!(c.max_sessions_per_user, 8)).await;
+    let mut sessions = Vec::new();
+    for n in 0..8 {
+        let (mut s, _) = raw_login(b.served.addr, "alice", password(DB, "alice"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.echo(&format!("session {n}")).await,
+            format!("session {n}")
+        );
+        sessions.push(s);
+    }
+    let (mut ninth, _) = raw_login(b.served.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    assert_eq!(ninth.echo("ninth").await, "ninth");
+    let mut oldest = sessions.remove(0);
+    assert_eq!(
+        oldest.goodbye_then_close().await,
+        Some(GoodbyeReason::Replaced)
+    );
+    assert_eq!(
+        b.served.events.ended(oldest.session_id).await,
+        SessionEnd::Kicked(GoodbyeReason::Replaced)
+    );
+    // The other seven and the new one go on; other accounts are not
+    // limited by alice's sessions.
+    for s in &mut sessions {
+        assert_eq!(s.echo("still").await, "still");
+    }
+    let (mut root, _) = raw_login(b.served.addr, "root", password(DB, "root"))
+        .await
+        .unwrap();
+    assert_eq!(root.echo("root").await, "root");
+    eventually(Duration::from_secs(5), "alice has 8 sessions", || {
+        b.served
+            .registry
+            .list()
+            .iter()
+            .filter(|e| e.info.user.username == "alice")
+            .count()
+            == 8
+    })
+    .await;
+    b.counted(r#"tether_session_ends_total{reason="kicked"}"#, 1.0)
+        .await;
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_refuse_policy_a_login_beyond_the_accounts_limit_is_busy() {
+    let mut b = bench(|c| {
+        c.max_sessions_per_user = 2;
+        c.sessions_per_user_policy = tether_server::per_user::Policy::Refuse;
+    })
+    .await;
+    let mut sessions = Vec::new();
+    for _ in 0..2 {
+        sessions.push(
+            raw_login(b.served.addr, "alice", password(DB, "alice"))
+                .await
+                .unwrap()
+                .0,
+        );
+    }
+    match raw_login(b.served.addr, "alice", password(DB, "alice")).await {
+        Err(LoginError::Refused(r)) => {
+            assert_eq!((r.code, r.retry_after_secs), (RefusalCode::Busy, 5))
+        }
+        other => panic!("{:?}", other.err()),
+    }
+    for s in &mut sessions {
+        assert_eq!(s.echo("kept").await, "kept");
+    }
+    // One ends: the next login gets in.
+    let mut first = sessions.remove(0);
+    first
+        .send(&Message::Goodbye {
+            reason: GoodbyeReason::Normal,
+        })
+        .await;
+    b.served.events.ended(first.session_id).await;
+    let (mut s, _) = raw_login(b.served.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    assert_eq!(s.echo("in").await, "in");
     b.finish().await;
 }

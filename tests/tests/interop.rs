@@ -552,18 +552,17 @@ fn scramp_server_refuses_wrong_password_and_unknown_user_alike() {
     assert_eq!(frames[0], [0x00, 0x03, 0x04, 0x00, 0x00]);
 
     // A user whose mechanism the client cannot do: carl's cached
-    // SCRAM-SHA-256 keys offer only SHA-256, sam's row is SCRAM-SHA-1:
-    // refused `unsupported` at the hello.
+    // SCRAM-SHA-256 keys offer only SHA-256, sam's row is SCRAM-SHA-1. No
+    // `unsupported` at the hello (it would tell that sam exists and needs
+    // SHA-1): a decoy challenge in SHA-256 with sam's salt, which carl's
+    // keys do not fit, so the client stops there, as it would for any
+    // account whose password changed.
     let keys = s.keys.clone();
     let server = PyServer::start(&["--scramp-user", "sam:sam-password:sha1"]);
     let mut c = Client::connect(server.port);
     match c.login("sam", ClientCredentials::Keys(&keys)) {
-        Login::Refused {
-            after_proof: false,
-            refusal,
-            ..
-        } => assert_eq!(refusal.code, RefusalCode::Unsupported),
-        other => panic!("expected unsupported at the hello, got {other:?}"),
+        Login::ClientRejected(ScramError::CachedKeysMismatch) => {}
+        other => panic!("expected a SHA-256 challenge for other keys, got {other:?}"),
     }
 }
 
@@ -765,6 +764,20 @@ fn python_client_sees_identical_refusals_for_unknown_user_and_wrong_password() {
             &*alice,
             &["--corrupt-proof"][..],
         ),
+        ("argon2 row", "carol", &*password_of("carol"), &[][..]),
+        ("md5 row", "mallory", &*password_of("mallory"), &[][..]),
+        (
+            "SHA-1 row, client offers SHA-256 only",
+            "bob",
+            &*password_of("bob"),
+            &["--mechanisms", "1"][..],
+        ),
+        (
+            "SHA-256 row, client offers SHA-1 only",
+            "alice",
+            &*alice,
+            &["--mechanisms", "2"][..],
+        ),
     ];
     let mut seen: Vec<(&str, Value)> = Vec::new();
     for (what, user, password, extra) in cases {
@@ -780,15 +793,33 @@ fn python_client_sees_identical_refusals_for_unknown_user_and_wrong_password() {
         seen.push((what, r));
     }
     // Byte for byte, from the client's side: the same refusal frame, and
-    // challenges of the same shape (mechanism, iterations, salt length,
-    // nonce length, frame length).
+    // challenges of the same shape: salt and nonce lengths, a mechanism and
+    // iteration count that real rows have (decoys are drawn among the
+    // rows' by the server's secret), a frame length that follows from the
+    // count.
     let (first, reference) = &seen[0];
-    for (what, r) in &seen[1..] {
+    let shapes = [
+        ("SCRAM-SHA-256", 1_000_000),
+        ("SCRAM-SHA-256", 260_000),
+        ("SCRAM-SHA-1", 1_000_000),
+    ];
+    for (what, r) in &seen {
         assert_eq!(
             r["refused_frame_hex"], reference["refused_frame_hex"],
             "{what} vs {first}"
         );
-        assert_eq!(r["challenge"], reference["challenge"], "{what} vs {first}");
+        let (c, rc) = (&r["challenge"], &reference["challenge"]);
+        for field in ["salt_len", "server_nonce_len"] {
+            assert_eq!(c[field], rc[field], "{what} vs {first}: {field}");
+        }
+        let shape = (
+            c["mechanism"].as_str().unwrap(),
+            c["iterations"].as_u64().unwrap(),
+        );
+        assert!(shapes.contains(&shape), "{what}: {c}");
+        if c["iterations"] == rc["iterations"] {
+            assert_eq!(c["frame_len"], rc["frame_len"], "{what} vs {first}");
+        }
     }
     assert_eq!(reference["refused_frame_hex"], "0003040000");
 }
@@ -797,19 +828,15 @@ fn python_client_sees_identical_refusals_for_unknown_user_and_wrong_password() {
 #[ignore = "needs Python with scramp (tests/interop/setup)"]
 fn python_client_other_refusals_and_bad_tag() {
     let server = TetherServer::start();
-    // Argon2 row: refused `unsupported` at the hello, before any proof.
-    let (status, r) = client_py(server.port, "carol", &password_of("carol"), &[]);
-    assert_eq!((status, &r["outcome"]), (0, &Value::from("refused")), "{r}");
-    assert_eq!(r["refused"]["after"], "hello");
-    assert_eq!(r["refused"]["code"], "unsupported");
-    // bob's row needs SCRAM-SHA-1; a client offering only SHA-256.
-    let (_, r) = client_py(
-        server.port,
-        "bob",
-        &password_of("bob"),
-        &["--mechanisms", "1"],
-    );
-    assert_eq!(r["refused"]["code"], "unsupported", "{r}");
+    // A hello offering no mechanism the server runs: refused `unsupported`
+    // at the hello, whoever the user.
+    for user in ["alice", "nobody-here"] {
+        let (status, r) = client_py(server.port, user, "x", &["--mechanisms", "4"]);
+        assert_eq!((status, &r["outcome"]), (0, &Value::from("refused")), "{r}");
+        assert_eq!(r["refused"]["after"], "hello");
+        assert_eq!(r["refused"]["code"], "unsupported");
+        assert_eq!(r["refused_frame_hex"], "0003040100");
+    }
     // Protocol version 2.
     let (_, r) = client_py(server.port, "alice", "x", &["--version", "2"]);
     assert_eq!(r["refused"]["code"], "version", "{r}");

@@ -147,26 +147,50 @@ impl ServerCredentials {
     /// username (stable across attempts, unguessable without the secret), at
     /// the server's default iteration count. No proof can match it.
     pub fn decoy(mechanism: Mechanism, secret: &[u8], username: &str, iterations: u32) -> Self {
-        let derive = |label: &[u8]| {
-            crate::sha256::hmac_sha256(
-                secret,
-                &[b"tether/1 decoy ", label, &[0], username.as_bytes()],
-            )
-        };
+        let salt = Self::decoy_salt(secret, username);
+        Self::decoy_keys(mechanism, secret, username, &salt, iterations).expect("a decoy salt fits")
+    }
+
+    /// The salt of [`Self::decoy`]: 22 characters of Django's salt alphabet
+    /// from `secret` and the username.
+    pub fn decoy_salt(secret: &[u8], username: &str) -> Salt {
         let mut salt = Salt::new();
-        for b in derive(b"salt").iter().take(22) {
+        for b in decoy_derive(secret, b"salt", username).iter().take(22) {
             // 256 % 62 bias is irrelevant: the salt only has to look plausible.
             let _ = salt.push(SALT_ALPHABET[*b as usize % SALT_ALPHABET.len()]);
         }
+        salt
+    }
+
+    /// A verifier no proof can match, announcing `salt` and `iterations`:
+    /// for an account that cannot complete `mechanism` (its row needs the
+    /// other one, or it may not log in), so that its challenge shows the
+    /// same salt and count whatever the client offers, as a real row's
+    /// does. The keys come from `secret` and the username.
+    pub fn decoy_keys(
+        mechanism: Mechanism,
+        secret: &[u8],
+        username: &str,
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<Self, ScramError> {
         let len = mechanism.key_len();
-        let stored = derive(b"stored");
-        let server = derive(b"server");
-        Self {
+        let stored = decoy_derive(secret, b"stored", username);
+        let server = decoy_derive(secret, b"server", username);
+        Ok(Self {
             mechanism,
             iterations,
-            salt,
+            salt: Salt::from_slice(salt).map_err(|_| ScramError::SaltTooLong)?,
             stored_key: Key::from_slice(&stored[..len]).expect("key_len <= 32"),
             server_key: Key::from_slice(&server[..len]).expect("key_len <= 32"),
-        }
+        })
     }
+}
+
+/// HMAC-SHA256(secret, "tether/1 decoy " || label || 0 || username).
+fn decoy_derive(secret: &[u8], label: &[u8], username: &str) -> [u8; 32] {
+    crate::sha256::hmac_sha256(
+        secret,
+        &[b"tether/1 decoy ", label, &[0], username.as_bytes()],
+    )
 }

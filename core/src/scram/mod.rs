@@ -38,7 +38,7 @@ pub const NONCE_BYTES: usize = 18;
 pub const MAX_NONCE_LEN: usize = 128;
 
 /// A SCRAM mechanism.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Mechanism {
     /// SCRAM-SHA-256 (RFC 7677), for Django's `pbkdf2_sha256` rows.
     ScramSha256,

@@ -651,3 +651,33 @@ fn iteration_counts_parse_strictly() {
         );
     }
 }
+
+#[test]
+fn decoy_keys_keep_the_given_salt_and_count() {
+    let salt = ServerCredentials::decoy_salt(b"secret", "ghost");
+    let a = ServerCredentials::decoy(Mechanism::ScramSha1, b"secret", "ghost", 4096);
+    let b = ServerCredentials::decoy_keys(Mechanism::ScramSha1, b"secret", "ghost", &salt, 4096)
+        .unwrap();
+    assert_eq!(a, b);
+    // A row's salt and count, in another mechanism: keys of that length.
+    let c = ServerCredentials::decoy_keys(
+        Mechanism::ScramSha256,
+        b"secret",
+        "ghost",
+        b"BKm2OBEbOcSJtNh8TdWdOy",
+        260_000,
+    )
+    .unwrap();
+    assert_eq!(
+        (
+            c.salt.as_slice(),
+            c.iterations,
+            c.stored_key.as_bytes().len()
+        ),
+        (&b"BKm2OBEbOcSJtNh8TdWdOy"[..], 260_000, 32)
+    );
+    assert_eq!(
+        ServerCredentials::decoy_keys(Mechanism::ScramSha256, b"s", "g", &[b'a'; 65], 1),
+        Err(ScramError::SaltTooLong)
+    );
+}

@@ -25,13 +25,14 @@
 //! lookup result for at most its TTL, never longer: a user deactivated or
 //! whose password changed can keep logging in for at most that long.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, AssertSqlSafe, Row as _};
+use tether_core::scram::Mechanism;
 
 use crate::metrics::{Metrics, StoreMetrics};
 
@@ -745,6 +746,70 @@ impl Store {
                 !(by_name || by_id)
             });
         }
+    }
+
+    /// How many `pbkdf2_*` rows use each mechanism and iteration count
+    /// (inactive rows too: an outsider sees their shape as well). One
+    /// grouped query over the user table, bounded by `timeout`; the shares
+    /// decoy challenges are drawn from ([`crate::decoy::DecoyMix`]).
+    pub async fn census(
+        &self,
+        timeout: Duration,
+    ) -> Result<BTreeMap<(Mechanism, u32), u64>, StoreError> {
+        let password = self.backend.quote("password");
+        // `<algorithm>$<iterations>`: everything before the second `$`.
+        let prefix = match self.backend {
+            Backend::MySql => format!("SUBSTRING_INDEX({password}, '$', 2)"),
+            Backend::Postgres => {
+                format!("split_part({password}, '$', 1) || '$' || split_part({password}, '$', 2)")
+            }
+            Backend::Sqlite => format!(
+                "substr({password}, 1, instr({password}, '$') \
+                   + instr(substr({password}, instr({password}, '$') + 1), '$') - 1)"
+            ),
+        };
+        let sql = format!(
+            "SELECT {prefix} AS shape, COUNT(*) FROM {table} \
+             WHERE {password} LIKE 'pbkdf2%' OR {password} LIKE 'scram_sha256$%' \
+             GROUP BY shape",
+            table = self.backend.quote(&self.config.user_table),
+        );
+        let rows = tokio::time::timeout(
+            timeout,
+            sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool),
+        )
+        .await
+        .map_err(|_| {
+            StoreError::Unavailable(format!("no answer within {} ms", timeout.as_millis()))
+        })?
+        .map_err(StoreError::from_sqlx)?;
+        let mut counts = BTreeMap::new();
+        for row in rows {
+            let shape: String = row
+                .try_get(0)
+                .map_err(|e| StoreError::Query(e.to_string()))?;
+            let n: i64 = row
+                .try_get(1)
+                .map_err(|e| StoreError::Query(e.to_string()))?;
+            let Some((algorithm, iterations)) = shape.split_once('$') else {
+                continue;
+            };
+            let mechanism = match algorithm {
+                // Both forms of a SHA-256 verifier: to an outsider they are
+                // the same shape (docs/DJANGO.md section 4).
+                "pbkdf2_sha256" | "scram_sha256" => Mechanism::ScramSha256,
+                "pbkdf2_sha1" => Mechanism::ScramSha1,
+                _ => continue,
+            };
+            let Ok(iterations) = iterations.parse::<u32>() else {
+                continue;
+            };
+            if iterations == 0 {
+                continue;
+            }
+            *counts.entry((mechanism, iterations)).or_default() += n.max(0) as u64;
+        }
+        Ok(counts)
     }
 
     /// Records a successful login as Django's `update_last_login` does

@@ -781,8 +781,8 @@ async fn metrics_move_as_logins_succeed_and_fail() {
     let db = Db::copy(DB);
     let config = ServerConfig {
         throttle: ThrottleConfig {
-            user_free_failures: 1,
-            base_delay: Duration::from_secs(60),
+            user_free_failures: 2,
+            refill: Duration::from_secs(60),
             ..ThrottleConfig::default()
         },
         ..test_config()
@@ -834,8 +834,8 @@ async fn metrics_move_as_logins_succeed_and_fail() {
     frame[last] ^= 1;
     live.send_raw(&frame).await;
     assert_eq!(live.expect_close().await, Some(GoodbyeReason::BadTag));
-    // Wrong passwords for eve: the first is free, the second starts a block,
-    // the third is throttled before the database is read.
+    // Wrong passwords for eve: two are free, the second empties her
+    // account's bucket, the third is throttled before the database is read.
     for expected in [
         RefusalCode::Unauthorized,
         RefusalCode::Unauthorized,

@@ -63,6 +63,39 @@ pub fn password(db: &str, username: &str) -> &'static str {
     user(db, username)["password"].as_str().unwrap()
 }
 
+/// One series of a store's metrics (`tether_logins_total{outcome="evicted"}`);
+/// 0 when absent.
+pub fn store_metric(store: &Store, series: &str) -> f64 {
+    store
+        .metrics()
+        .render()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// The `pbkdf2_*` rows of a fixture database by (mechanism, iterations),
+/// from users.json: what `Store::census` must count.
+pub fn expected_census(db: &str) -> std::collections::BTreeMap<(Mechanism, u32), u64> {
+    let mut counts = std::collections::BTreeMap::new();
+    for u in manifest()["databases"][db]["users"].as_array().unwrap() {
+        let mechanism = match u["algorithm"].as_str() {
+            Some("pbkdf2_sha256" | "scram_sha256") => Mechanism::ScramSha256,
+            Some("pbkdf2_sha1") => Mechanism::ScramSha1,
+            _ => continue,
+        };
+        let iterations = u["iterations"].as_u64().unwrap() as u32;
+        *counts.entry((mechanism, iterations)).or_default() += 1;
+    }
+    counts
+}
+
 /// A private copy of a fixture database.
 pub struct Db {
     pub dir: tempfile::TempDir,
@@ -221,16 +254,25 @@ pub async fn connect_from(
     source: Option<std::net::IpAddr>,
     addr: SocketAddr,
 ) -> (FrameReader<OwnedReadHalf>, OwnedWriteHalf) {
-    let stream = match source {
-        None => TcpStream::connect(addr).await.unwrap(),
-        Some(ip) => {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(SocketAddr::new(ip, 0)).unwrap();
-            socket.connect(addr).await.unwrap()
-        }
-    };
+    let stream = connect_tcp_from(source, addr).await.unwrap();
     let (r, w) = stream.into_split();
     (FrameReader::new(r, 65535), w)
+}
+
+/// A TCP connection from `source` (any 127.x.y.z), or from the default
+/// address.
+pub async fn connect_tcp_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+) -> std::io::Result<TcpStream> {
+    match source {
+        None => TcpStream::connect(addr).await,
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(ip, 0))?;
+            socket.connect(addr).await
+        }
+    }
 }
 
 pub async fn send_handshake(w: &mut OwnedWriteHalf, msg: &Handshake<'_>) {
@@ -301,6 +343,17 @@ impl Handshaking {
         username: &str,
         mechanisms: Mechanisms,
     ) -> Self {
+        Self::hello_with(source, addr, username, mechanisms, 4096).await
+    }
+
+    /// [`hello_from`](Self::hello_from) announcing `max_frame`.
+    pub async fn hello_with(
+        source: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        username: &str,
+        mechanisms: Mechanisms,
+        max_frame: u16,
+    ) -> Self {
         let (reader, mut writer) = connect_from(source, addr).await;
         let login = ClientLogin::<256>::new(
             username,
@@ -311,7 +364,6 @@ impl Handshaking {
         .unwrap();
         let first = login.client_first().to_string();
         let nonce = first.rsplit("r=").next().unwrap().to_string();
-        let max_frame = 4096;
         send_handshake(
             &mut writer,
             &Handshake::Hello(Hello {

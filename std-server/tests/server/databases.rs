@@ -82,14 +82,21 @@ async fn django_semantics(url: &str) {
         code(addr, "eve", password(DB, "eve")).await,
         Err(RefusalCode::Unauthorized)
     );
+    // Rows that cannot do SCRAM: a decoy challenge, then unauthorized.
     for name in ["carol", "dave", "erin", "mallory", "frank"] {
         let mut hs = Handshaking::hello(addr, name, Mechanisms::ALL).await;
+        hs.challenge().await.unwrap();
         assert_eq!(
-            hs.challenge().await.unwrap_err().code(),
-            Some(RefusalCode::Unsupported),
+            hs.prove("guess").await.err().and_then(|e| e.code()),
+            Some(RefusalCode::Unauthorized),
             "{name}"
         );
     }
+    // The census query in this dialect counts what Django wrote.
+    assert_eq!(
+        server.store.census(Duration::from_secs(5)).await.unwrap(),
+        expected_census(DB)
+    );
     // last_login: written for alice, by Django's rule only.
     eventually_async(|| async {
         sql(url, "SELECT CASE WHEN last_login IS NULL THEN 0 ELSE 1 END FROM auth_user WHERE username = 'alice'")
@@ -265,4 +272,56 @@ async fn mysql_case_insensitive_collation_takes_the_identity_from_the_row() {
     let me = s.call::<WhoAmI>(&()).await.unwrap();
     let me = tether_core::method::decode_reply::<WhoAmI>(&me).unwrap();
     assert_eq!(me.username, "alice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MariaDB/MySQL (scripts/django/migrate-url; TETHER_TEST_MYSQL_URL)"]
+async fn mysql_another_spelling_of_a_throttled_account_gets_a_challenge_not_a_refusal() {
+    // The collation finds bob for `bób` (accent-insensitive): when bob's
+    // account is throttled and `bób`'s name is not, refusing at the hello
+    // would tell that the row exists. The login goes on with a decoy of
+    // bob's shape and ends unauthorized, like any login that cannot succeed.
+    let url = url("TETHER_TEST_MYSQL_URL");
+    let mut config = test_config();
+    config.throttle = tether_server::ThrottleConfig {
+        user_free_failures: 2,
+        ..Default::default()
+    };
+    let server = start_with(StoreConfig::new(url), config, DefaultRealm::new()).await;
+    let addr = server.addr;
+    // bob's own address, where his row's challenge stays visible.
+    let home = Some([127, 0, 3, 100].into());
+    let mut hs = Handshaking::hello_from(home, addr, "bob", Mechanisms::ALL).await;
+    let bobs = hs.challenge().await.unwrap();
+    hs.prove(password(DB, "bob")).await.unwrap();
+    for k in 1..=2u8 {
+        let mut hs =
+            Handshaking::hello_from(Some([127, 0, 3, k].into()), addr, "bob", Mechanisms::ALL)
+                .await;
+        hs.challenge().await.unwrap();
+        assert_eq!(
+            hs.prove("wrong").await.err().and_then(|e| e.code()),
+            Some(RefusalCode::Unauthorized)
+        );
+    }
+    let fresh = Some([127, 0, 3, 9].into());
+    let mut hs = Handshaking::hello_from(fresh, addr, "bob", Mechanisms::ALL).await;
+    assert_eq!(
+        hs.challenge().await.err().and_then(|e| e.code()),
+        Some(RefusalCode::Throttled)
+    );
+    let mut hs = Handshaking::hello_from(fresh, addr, "bób", Mechanisms::ALL).await;
+    let c = hs.challenge().await.unwrap();
+    assert_eq!(
+        (c.mechanism, c.salt, c.iterations),
+        (bobs.mechanism, bobs.salt, bobs.iterations),
+        "bob's row's shape"
+    );
+    assert_eq!(
+        hs.prove(password(DB, "bob"))
+            .await
+            .err()
+            .and_then(|e| e.code()),
+        Some(RefusalCode::Unauthorized)
+    );
 }

@@ -114,22 +114,41 @@ async fn refusal_codes() {
         Some(RefusalCode::Unauthorized)
     );
 
-    // unsupported: non-PBKDF2 hashes and unusable passwords, refused before the challenge.
-    for name in ["carol", "dave", "erin", "mallory", "frank"] {
-        let mut hs = Handshaking::hello(addr, name, Mechanisms::ALL).await;
-        let refusal = match hs.challenge().await {
+    // Rows whose hash cannot do SCRAM, and a row needing the mechanism the
+    // client did not offer: a challenge, then unauthorized (decoy.rs), like
+    // a wrong password.
+    for (name, offered) in [
+        ("carol", Mechanisms::ALL),
+        ("dave", Mechanisms::ALL),
+        ("erin", Mechanisms::ALL),
+        ("mallory", Mechanisms::ALL),
+        ("frank", Mechanisms::ALL),
+        ("bob", Mechanisms::only(Mechanism::ScramSha256)),
+        ("alice", Mechanisms::only(Mechanism::ScramSha1)),
+    ] {
+        let mut hs = Handshaking::hello(addr, name, offered).await;
+        hs.challenge()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        // The right password where there is one (frank's is unusable).
+        let pw = user(DB, name)["password"].as_str().unwrap_or("guess");
+        let refusal = match hs.prove(pw).await {
             Err(LoginError::Refused(r)) => r,
-            other => panic!("{name}: {other:?}"),
+            other => panic!("{name}: {:?}", other.err()),
         };
-        assert_eq!(refusal.code, RefusalCode::Unsupported, "{name}");
+        assert_eq!(refusal.code, RefusalCode::Unauthorized, "{name}");
         assert_eq!(refusal.retry_after_secs, 0);
     }
-    // unsupported: bob's row needs SCRAM-SHA-1, the client offers only SHA-256.
-    let mut hs = Handshaking::hello(addr, "bob", Mechanisms::only(Mechanism::ScramSha256)).await;
-    assert_eq!(
-        hs.challenge().await.unwrap_err().code(),
-        Some(RefusalCode::Unsupported)
-    );
+    // unsupported: a hello offering no mechanism the server runs, whoever
+    // the user (decided before the lookup).
+    for (name, bits) in [("alice", 0), ("nobody", 4), ("carol", 0x80)] {
+        let mut hs = Handshaking::hello(addr, name, Mechanisms::from_bits(bits)).await;
+        assert_eq!(
+            hs.challenge().await.unwrap_err().code(),
+            Some(RefusalCode::Unsupported),
+            "{name}"
+        );
+    }
 
     // version.
     let (mut r, mut w) = connect(addr).await;
@@ -168,12 +187,6 @@ async fn refusal_codes() {
             version: 1,
             mechanisms: Mechanisms::ALL,
             max_frame: 100,
-            client_first: "n,,n=alice,r=abcdefgh",
-        })),
-        encode(&Handshake::Hello(Hello {
-            version: 1,
-            mechanisms: Mechanisms::from_bits(0),
-            max_frame: 512,
             client_first: "n,,n=alice,r=abcdefgh",
         })),
     ];
@@ -219,13 +232,21 @@ async fn unknown_user_and_wrong_password_look_the_same() {
     let db = Db::copy(DB);
     let server = start(&db).await;
     let addr = server.addr;
-    // A real user's challenge and an unknown user's have the same shape.
+    // An unknown user's challenge has the shape of a real row: a mechanism
+    // and iteration count some row has, a salt like Django's.
     let mut real = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
     let real_c = real.challenge().await.unwrap();
     let mut fake = Handshaking::hello(addr, "nobody", Mechanisms::ALL).await;
     let fake_c = fake.challenge().await.unwrap();
-    assert_eq!(fake_c.mechanism, real_c.mechanism);
-    assert_eq!(fake_c.iterations, 1_000_000); // Django 5.2's default, like alice's
+    assert!(
+        [
+            (Mechanism::ScramSha256, 1_000_000),
+            (Mechanism::ScramSha256, 260_000),
+            (Mechanism::ScramSha1, 1_000_000)
+        ]
+        .contains(&(fake_c.mechanism, fake_c.iterations)),
+        "{fake_c:?}"
+    );
     assert_eq!(fake_c.salt.len(), real_c.salt.len());
     assert!(fake_c.salt.iter().all(u8::is_ascii_alphanumeric));
     // The decoy salt is stable per username (like a real row's) and differs between names.
@@ -233,10 +254,12 @@ async fn unknown_user_and_wrong_password_look_the_same() {
     assert_eq!(again.challenge().await.unwrap().salt, fake_c.salt);
     let mut other = Handshaking::hello(addr, "nobody2", Mechanisms::ALL).await;
     assert_ne!(other.challenge().await.unwrap().salt, fake_c.salt);
-    // Inactive and unauthorised users get decoys too (not their real salt).
+    // Inactive and unauthorised users show their row's shape (so that
+    // deactivating an account changes nothing an outsider sees), with keys
+    // no proof matches.
     let mut eve = Handshaking::hello(addr, "eve", Mechanisms::ALL).await;
     let eve_c = eve.challenge().await.unwrap();
-    assert_ne!(
+    assert_eq!(
         eve_c.salt,
         user(DB, "eve")["salt"].as_str().unwrap().as_bytes()
     );
@@ -252,34 +275,46 @@ async fn unknown_user_and_wrong_password_look_the_same() {
         }
         other => panic!("{other:?}"),
     }
-    // A client offering only SCRAM-SHA-1 gets a SHA-1 decoy.
-    let mut sha1 = Handshaking::hello(addr, "nobody", Mechanisms::only(Mechanism::ScramSha1)).await;
-    assert_eq!(
-        sha1.challenge().await.unwrap().mechanism,
-        Mechanism::ScramSha1
-    );
+    // A client offering only SCRAM-SHA-1 gets a SHA-1 challenge, whoever
+    // the user: same salt and count as when it offers both.
+    for name in ["nobody", "alice", "bob"] {
+        let mut both = Handshaking::hello(addr, name, Mechanisms::ALL).await;
+        let both = both.challenge().await.unwrap();
+        for m in [Mechanism::ScramSha1, Mechanism::ScramSha256] {
+            let mut one = Handshaking::hello(addr, name, Mechanisms::only(m)).await;
+            let one = one.challenge().await.unwrap();
+            assert_eq!(one.mechanism, m, "{name}");
+            assert_eq!(
+                (one.salt, one.iterations),
+                (both.salt.clone(), both.iterations)
+            );
+        }
+    }
 }
 
 #[tokio::test]
-async fn throttle_per_username_and_address() {
+async fn throttle_per_username_and_address_pair_account_and_address() {
     let db = Db::copy(DB);
     let mut config = test_config();
     config.throttle = tether_server::ThrottleConfig {
-        user_free_failures: 2,
+        pair_free_failures: 2,
+        user_free_failures: 3,
         addr_free_failures: 5,
-        base_delay: Duration::from_millis(1500),
-        max_delay: Duration::from_secs(10),
+        refill: Duration::from_millis(1500),
+        addr_refill: Duration::from_secs(10),
         ..Default::default()
     };
     let server = start_configured(&db, config).await;
     let addr = server.addr;
-    for _ in 0..3 {
+    let (one, two): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
+    for _ in 0..2 {
         let e = login(addr, "alice", "wrong").await.unwrap_err();
         assert_eq!(e.code(), Some(RefusalCode::Unauthorized));
     }
-    // Blocked now, even with the right password, and under another spelling.
+    // This address is blocked for alice now, even with the right password,
+    // and under another spelling.
     for name in ["alice", "ALICE"] {
-        let mut hs = Handshaking::hello(addr, name, Mechanisms::ALL).await;
+        let mut hs = Handshaking::hello_from(Some(one), addr, name, Mechanisms::ALL).await;
         match hs.challenge().await {
             Err(LoginError::Refused(r)) => {
                 assert_eq!(r.code, RefusalCode::Throttled);
@@ -288,8 +323,13 @@ async fn throttle_per_username_and_address() {
             other => panic!("{other:?}"),
         }
     }
-    // Other users are not blocked (the address has 3 of its 5 free failures).
+    // alice from another address is not (the account has 2 of its 3
+    // failures), nor are other users from this one (2 of its 5).
+    let mut hs = Handshaking::hello_from(Some(two), addr, "alice", Mechanisms::ALL).await;
+    hs.challenge().await.unwrap();
+    hs.prove(password(DB, "alice")).await.unwrap();
     login(addr, "bob", password(DB, "bob")).await.unwrap();
+    // The pair's next failure comes back after the refill.
     tokio::time::sleep(Duration::from_millis(1600)).await;
     login(addr, "alice", password(DB, "alice")).await.unwrap();
     // The address: failures over several usernames.
@@ -320,30 +360,130 @@ async fn busy_when_sessions_or_handshakes_are_at_their_limit() {
         .await;
     first.expect_close().await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // A connection holding the only handshake slot makes the next one busy.
-    let (_r, _w) = connect(addr).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A login past its hello holding the only handshake slot makes the
+    // next one busy.
+    let mut holder = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
+    holder.challenge().await.unwrap();
     let mut hs = Handshaking::hello(addr, "bob", Mechanisms::ALL).await;
     assert_eq!(
         hs.challenge().await.unwrap_err().code(),
         Some(RefusalCode::Busy)
     );
-    drop((_r, _w));
+    drop(holder);
     tokio::time::sleep(Duration::from_millis(100)).await;
     login(addr, "bob", password(DB, "bob")).await.unwrap();
+}
+
+/// Whether the server closed `r` without sending anything (within 5 s).
+async fn closed_silently(
+    r: &mut tether_server::wire::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), r.next()).await,
+        Ok(Err(tether_server::wire::ReadError::Closed))
+    )
+}
+
+#[tokio::test]
+async fn a_full_server_gives_a_silent_connections_slot_to_a_newcomer() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.max_handshakes = 2;
+    config.max_handshakes_per_address = Some(0);
+    config.early_drop_start = Some(2); // no random drop
+    let server = start_configured(&db, config).await;
+    let addr = server.addr;
+    // Both slots held by connections that never send their hello.
+    let (mut r1, _w1) = connect(addr).await;
+    let (mut r2, _w2) = connect(addr).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A device gets in all the same; one silent connection is closed.
+    login(addr, "alice", password(DB, "alice")).await.unwrap();
+    let closed = [
+        closed_silently(&mut r1).await,
+        closed_silently(&mut r2).await,
+    ];
+    assert_eq!(closed.iter().filter(|c| **c).count(), 2, "{closed:?}");
+    assert_eq!(
+        store_metric(&server.store, r#"tether_logins_total{outcome="evicted"}"#),
+        1.0
+    );
+    // Logins past their hello are never pushed out: full, nothing silent,
+    // the newcomer is refused busy.
+    let mut a = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
+    let mut b = Handshaking::hello(addr, "bob", Mechanisms::ALL).await;
+    a.challenge().await.unwrap();
+    b.challenge().await.unwrap();
+    let mut c = Handshaking::hello(addr, "root", Mechanisms::ALL).await;
+    assert_eq!(
+        c.challenge().await.unwrap_err().code(),
+        Some(RefusalCode::Busy)
+    );
+    a.prove(password(DB, "alice")).await.unwrap();
+    b.prove(password(DB, "bob")).await.unwrap();
+}
+
+#[tokio::test]
+async fn random_early_drop_closes_newcomers_from_start_on() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.max_handshakes = 4;
+    config.max_handshakes_per_address = Some(0);
+    // MaxStartups 1:100:4: from one handshake on, every newcomer is dropped.
+    config.early_drop_start = Some(1);
+    config.early_drop_rate = 100;
+    let server = start_configured(&db, config).await;
+    let addr = server.addr;
+    let mut holder = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
+    holder.challenge().await.unwrap();
+    let mut hs = Handshaking::hello(addr, "bob", Mechanisms::ALL).await;
+    assert!(matches!(hs.challenge().await, Err(LoginError::Closed)));
+    assert_eq!(
+        store_metric(&server.store, r#"tether_logins_total{outcome="dropped"}"#),
+        1.0
+    );
+    holder.prove(password(DB, "alice")).await.unwrap();
+    // Below start, nobody is dropped.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    login(addr, "bob", password(DB, "bob")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_without_a_hello_is_closed_at_the_hello_timeout() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.handshake_timeout = Duration::from_secs(30);
+    config.hello_timeout = Duration::from_millis(300);
+    let server = start_configured(&db, config).await;
+    let (mut r, _w) = connect(server.addr).await;
+    // Long before the handshake timeout, without a word.
+    assert!(closed_silently(&mut r).await);
+    eventually(Duration::from_secs(2), || {
+        store_metric(&server.store, r#"tether_logins_total{outcome="timeout"}"#) == 1.0
+    })
+    .await;
+    // A hello that comes in time is served.
+    login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn one_address_cannot_hold_every_handshake_slot() {
     let db = Db::copy(DB);
     let mut config = test_config();
-    config.max_handshakes = 4;
-    assert_eq!(config.per_address_cap(), 2, "half of max_handshakes");
+    config.max_handshakes = 16;
+    config.early_drop_start = Some(16); // no random drop
+    assert_eq!(config.per_address_cap(), 2, "an eighth of max_handshakes");
     let unlimited = tether_server::ServerConfig {
         max_handshakes_per_address: Some(0),
         ..config
     };
-    assert_eq!(unlimited.per_address_cap(), 4, "0: only the server's limit");
+    assert_eq!(
+        unlimited.per_address_cap(),
+        16,
+        "0: only the server's limit"
+    );
     let server = start_configured(&db, config).await;
     let addr = server.addr;
     let (one, two): (IpAddr, IpAddr) = ([127, 0, 0, 1].into(), [127, 0, 0, 2].into());
@@ -353,7 +493,8 @@ async fn one_address_cannot_hold_every_handshake_slot() {
         connect_from(Some(one), addr).await,
     ];
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // ...so its next login is refused `busy`...
+    // ...so its next login is refused `busy` (it may not evict: the
+    // address has its share)...
     let mut hs = Handshaking::hello_from(Some(one), addr, "bob", Mechanisms::ALL).await;
     match hs.challenge().await.unwrap_err() {
         LoginError::Refused(r) => {
@@ -362,8 +503,7 @@ async fn one_address_cannot_hold_every_handshake_slot() {
         }
         e => panic!("{e:?}"),
     }
-    // ...while another address logs in, twice at once (the server's other
-    // two slots).
+    // ...while another address logs in, twice at once.
     let mut a = Handshaking::hello_from(Some(two), addr, "alice", Mechanisms::ALL).await;
     let mut b = Handshaking::hello_from(Some(two), addr, "bob", Mechanisms::ALL).await;
     a.challenge().await.unwrap();

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use tether_core::message::RefusalCode;
 use tether_core::method::builtin::WhoAmI;
+use tether_core::scram::Mechanism;
 use tether_server::{DefaultRealm, Store, StoreConfig};
 
 use crate::common::*;
@@ -382,6 +383,27 @@ async fn last_logins_wait_out_a_locked_database() {
         .is_empty()
     );
     store.close().await;
+}
+
+#[tokio::test]
+async fn census_counts_every_pbkdf2_row_by_mechanism_and_iterations() {
+    // Inactive rows too (eve): an outsider sees their shape as well.
+    let db = Db::copy(DB);
+    let store = Store::open(StoreConfig::new(db.url())).unwrap();
+    let counts = store.census(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(counts, expected_census(DB));
+    let n = |m, i| counts.get(&(m, i)).copied().unwrap_or(0);
+    assert_eq!(n(Mechanism::ScramSha256, 260_000), 1);
+    assert_eq!(n(Mechanism::ScramSha1, 1_000_000), 1);
+    assert!(n(Mechanism::ScramSha256, 1_000_000) >= 7);
+    let custom = Db::copy("custom_user.sqlite3");
+    let mut config = StoreConfig::new(custom.url());
+    config.user_table = "accounts_emailuser".into();
+    let store = Store::open(config).unwrap();
+    assert_eq!(
+        store.census(Duration::from_secs(5)).await.unwrap(),
+        expected_census("custom_user.sqlite3")
+    );
 }
 
 fn db_id(db: &Db, username: &str) -> i64 {

@@ -529,7 +529,18 @@ pub async fn raw_login(
     username: &str,
     password: &str,
 ) -> Result<(RawSession, LoginRecord), LoginError> {
-    let mut hs = Handshaking::hello(addr, username, tether_core::scram::Mechanisms::ALL).await;
+    raw_login_with(addr, username, password, 4096).await
+}
+
+/// [`raw_login`] announcing `max_frame` (the largest frame it accepts).
+pub async fn raw_login_with(
+    addr: SocketAddr,
+    username: &str,
+    password: &str,
+    max_frame: u16,
+) -> Result<(RawSession, LoginRecord), LoginError> {
+    let all = tether_core::scram::Mechanisms::ALL;
+    let mut hs = Handshaking::hello_with(None, addr, username, all, max_frame).await;
     let c = hs.challenge().await?;
     let keys = derive_keys(c.mechanism, password, &c.salt, c.iterations);
     let (record, proof) = prove(&hs, &c, &keys);
