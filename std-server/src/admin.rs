@@ -45,6 +45,8 @@
 //!
 //! Every request is logged (target `tether_server::admin`) with its method,
 //! path, status, latency and peer; never a header, so never the token.
+//! Requests answered `401` are logged within the rate limit of
+//! [`crate::log_limit`].
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -88,6 +90,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::default_realm::{Registry, SessionEntry, unix_millis};
+use crate::log_limit::Noisy;
 use crate::metrics::Metrics;
 use crate::realm::{CallError, Mind, Realm, encode_args};
 use crate::server::Server;
@@ -294,7 +297,7 @@ impl Admin {
             .route("/metrics", get(metrics))
             .fallback(not_found)
             .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-            .layer(middleware::from_fn(log_request))
+            .layer(middleware::from_fn_with_state(state.clone(), log_request))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(state)
     }
@@ -424,7 +427,7 @@ async fn authenticate(State(state): St, request: Request, next: Next) -> Respons
     }
 }
 
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(State(state): St, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -441,7 +444,11 @@ async fn log_request(request: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let route = route.as_deref().unwrap_or("-");
-    if status == 401 || status >= 500 {
+    if status == 401 {
+        if state.metrics.log_limit().allow(Noisy::AdminUnauthorized) {
+            warn!(%method, %path, %route, status, latency_ms, %peer, "admin request");
+        }
+    } else if status >= 500 {
         warn!(%method, %path, %route, status, latency_ms, %peer, "admin request");
     } else {
         info!(%method, %path, %route, status, latency_ms, %peer, "admin request");

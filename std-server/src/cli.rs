@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::admin::{Admin, AdminConfig, AdminToken};
 use crate::default_realm::DefaultRealm;
+use crate::log_limit::LogLimitConfig;
 use crate::secret::{DEFAULT_SECRET_FILE, SecretOrigin, ServerSecret, to_hex};
 use crate::server::{Server, ServerConfig, shutdown_signal};
 use crate::session::SessionConfig;
@@ -43,6 +44,8 @@ pub struct Cli {
 }
 
 /// The commands.
+// Parsed once at start: the size of `serve`'s options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve devices against a Django database.
@@ -196,6 +199,14 @@ pub struct ServeArgs {
     /// may ask for another with `?timeout=SECS`).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub admin_call_timeout: f64,
+    /// Lines of one kind of repeated warning (refused logins, shed
+    /// connections, failed accepts...) written per --log-limit-interval;
+    /// the rest are counted in one summary line per interval.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub log_limit_burst: u32,
+    /// The interval of --log-limit-burst.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub log_limit_interval: f64,
 }
 
 /// `tether demo`.
@@ -397,6 +408,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    store.metrics().log_limit().configure(LogLimitConfig {
+        burst: args.log_limit_burst,
+        interval: secs(args.log_limit_interval),
+    });
     match store.ping().await {
         Ok(()) => info!(database = %url, "credential store ready"),
         Err(e) => warn!(database = %url, error = %e,

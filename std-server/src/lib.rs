@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`admin`] | the admin HTTP API (axum): sessions, calls to devices, kick, health, metrics |
 //! | [`metrics`] | Prometheus metrics (logins, sessions, calls, database, throttle, frames) |
+//! | [`log_limit`] | rate-limited log lines for what an outsider can cause at will |
 //! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB), permission and group gates, `last_login`, TTL cache |
 //! | [`throttle`] | failed-login backoff per username and per address |
 //! | [`secret`] | the server secret behind decoy challenges |
@@ -35,6 +36,7 @@ pub mod admin;
 pub mod cli;
 pub mod default_realm;
 pub mod demo;
+pub mod log_limit;
 mod login;
 pub mod metrics;
 pub mod realm;

@@ -33,6 +33,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::default_realm::SessionEntry;
+use crate::log_limit::Noisy;
 use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, Mind, Realm, SessionEnd, SessionInfo, User};
 use crate::server::{HandshakeSlot, Shared};
@@ -82,11 +83,13 @@ impl Conn {
             0
         };
         let user = username.unwrap_or("-");
-        match code {
-            RefusalCode::Unavailable | RefusalCode::Unsupported => {
-                warn!(peer = %self.peer, user, code = %code, detail, "login refused")
+        if self.metrics.log_limit().allow(Noisy::LoginRefused) {
+            match code {
+                RefusalCode::Unavailable | RefusalCode::Unsupported => {
+                    warn!(peer = %self.peer, user, code = %code, detail, "login refused")
+                }
+                _ => info!(peer = %self.peer, user, code = %code, detail, "login refused"),
             }
-            _ => info!(peer = %self.peer, user, code = %code, detail, "login refused"),
         }
         let refusal = Handshake::Refused(Refusal {
             code,

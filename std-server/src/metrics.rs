@@ -30,6 +30,8 @@
 //! | `tether_db_lookup_errors_total` | counter | `kind` = `unavailable`, `query` | failed lookups |
 //! | `tether_db_cache_hits_total` | counter | | lookups answered by the cache |
 //! | `tether_frames_rejected_total` | counter | `phase` = `handshake`, `session`; `reason` | frames that ended a login or session: `bad_frame` (length), `undecodable`, `unexpected`, `bad_tag`, `replayed`, `out_of_order`, `too_short`, `unknown_reply`, `duplicate_call` |
+//! | `tether_log_events_total` | counter | `event` ([`Noisy`](crate::log_limit::Noisy)) | events an outsider can cause at will, whether their log line was written or not |
+//! | `tether_log_lines_suppressed_total` | counter | `event` | their lines left out by the rate limit ([`crate::log_limit`]) |
 //!
 //! `from_device` calls are the device's calls answered by the avatar
 //! (`rejected`: refused `busy` or `shutting_down` without running);
@@ -47,6 +49,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tether_core::message::RefusalCode;
 
+use crate::log_limit::LogLimit;
 use crate::throttle::Throttle;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
@@ -278,6 +281,7 @@ struct Inner {
     to_device: CallMetrics,
     store: StoreMetrics,
     rejections: [Counter; 11],
+    log_limit: LogLimit,
     /// Throttles whose blocked keys are counted at scrape time.
     throttles: Mutex<Vec<Weak<Throttle>>>,
 }
@@ -428,6 +432,8 @@ impl Metrics {
         );
         let rejections = Rejection::ALL.map(|r| rejected.get_or_create_owned(&r.labels()));
 
+        let log_limit = LogLimit::register(&mut registry);
+
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -445,6 +451,7 @@ impl Metrics {
                 to_device,
                 store,
                 rejections,
+                log_limit,
                 throttles: Mutex::new(Vec::new()),
             }),
         }
@@ -528,6 +535,12 @@ impl Metrics {
 
     pub(crate) fn rejected(&self, why: Rejection) {
         self.inner.rejections[why as usize].inc();
+    }
+
+    /// The rate limit of the log lines an outsider can cause
+    /// ([`crate::log_limit`]).
+    pub fn log_limit(&self) -> &LogLimit {
+        &self.inner.log_limit
     }
 }
 

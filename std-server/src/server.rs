@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::default_realm::Registry;
+use crate::log_limit::Noisy;
 use crate::login::{self, LoginEnd};
 use crate::metrics::{LoginOutcome, Metrics};
 use crate::realm::Realm;
@@ -284,7 +285,9 @@ impl<R: Realm> Server<R> {
                     Ok((stream, peer)) => accept(&shared, stream, peer),
                     Err(e) => {
                         // Out of file descriptors and the like: back off briefly.
-                        warn!(error = %e, "accept failed");
+                        if shared.metrics.log_limit().allow(Noisy::AcceptFailed) {
+                            warn!(error = %e, "accept failed");
+                        }
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -324,7 +327,9 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         match shared.pending.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                warn!(%peer, "too many connections waiting; closed without a reply");
+                if shared.metrics.log_limit().allow(Noisy::ConnectionDropped) {
+                    warn!(%peer, "too many connections waiting; closed without a reply");
+                }
                 shared
                     .metrics
                     .login(LoginOutcome::Dropped, None, started.elapsed());
@@ -356,7 +361,9 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         drop(in_handshake);
         let (established, session_permit) = match result {
             Err(_) => {
-                info!(%peer, "login timed out; connection closed");
+                if metrics.log_limit().allow(Noisy::LoginTimedOut) {
+                    info!(%peer, "login timed out; connection closed");
+                }
                 metrics.login(LoginOutcome::Timeout, None, started.elapsed());
                 return;
             }

@@ -42,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, Span, debug, warn};
 
+use crate::log_limit::Noisy;
 use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{
     Avatar, CallResult, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo, lock,
@@ -189,6 +190,7 @@ pub(crate) async fn run<A: Avatar>(
         mut rx,
         calls,
         mind,
+        metrics,
         ..
     } = session;
 
@@ -225,7 +227,9 @@ pub(crate) async fn run<A: Avatar>(
     let end = ending.end;
     match &end {
         SessionEnd::ProtocolError(e) => {
-            warn!(session = info.id, user = %info.user.username, %peer, error = %e, "session closed: protocol error")
+            if metrics.log_limit().allow(Noisy::SessionProtocolError) {
+                warn!(session = info.id, user = %info.user.username, %peer, error = %e, "session closed: protocol error")
+            }
         }
         other => {
             debug!(session = info.id, user = %info.user.username, %peer, end = %other, "session ended")

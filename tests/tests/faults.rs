@@ -17,9 +17,8 @@
 mod firmware_support;
 mod suite_support;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use firmware_support::TestRng;
@@ -346,118 +345,6 @@ impl Handler for SlowMind {
         } else {
             reply.unknown_method()
         }
-    }
-}
-
-/// `tether serve` as a process; its stderr lines arrive on a channel.
-struct ServeProcess {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl ServeProcess {
-    fn start(db: &Db, extra: &[&str], rust_log: &str) -> Self {
-        let mut child = Command::new(tether_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", &db.url()])
-            .args(extra)
-            .current_dir(db.dir.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("TETHER_SECRET")
-            .env_remove("TETHER_ADMIN_TOKEN")
-            .env("RUST_LOG", rust_log)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tether serve starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// The first line of the log containing `needle`, waiting for it (30 s
-    /// at most) if it has not come yet.
-    fn find(&mut self, needle: &str) -> String {
-        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        self.wait_for(needle)
-    }
-
-    /// Reads the log until a line contains `needle` (30 s at most).
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.log.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no {needle:?} in the log:\n{}", self.log.join("\n")),
-            }
-        }
-    }
-
-    /// The value after `key=` in a log line.
-    fn field(line: &str, key: &str) -> String {
-        line.split(&format!("{key}="))
-            .nth(1)
-            .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the exit (30 s at most) and collects the rest of the log.
-    fn wait(mut self) -> (std::process::ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("tether serve did not exit:\n{}", self.log.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.log.push(line);
-        }
-        (status, self.log.join("\n"))
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

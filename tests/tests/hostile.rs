@@ -1053,3 +1053,93 @@ async fn thousand_silent_connections_beyond_the_handshake_cap_are_shed_then_time
     assert_eq!(s.echo("back").await, "back");
     b.finish().await;
 }
+
+// ------------------------------------------------------------ log flood
+
+/// The counts of `event` in every rate-limit summary line of `log`.
+fn summarised(log: &[String], event: &str) -> u64 {
+    log.iter()
+        .filter(|l| l.contains("log lines left out (rate limit)"))
+        .filter_map(|l| {
+            let counts = l.split("counts=").nth(1)?;
+            let counts = counts.trim_matches('"');
+            counts.split_whitespace().find_map(|c| {
+                c.trim_matches('"')
+                    .strip_prefix(&format!("{event}="))?
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_rejected_connections_writes_a_few_lines_and_a_summary_with_the_counts() {
+    use suite_support::process::http_get;
+    let db = Db::copy(DB);
+    // One handshake and 4 waiting places (4x the handshakes): silent
+    // connections beyond them are closed at once, each a warning.
+    let mut serve = ServeProcess::start(
+        &db,
+        &[
+            "--max-handshakes",
+            "1",
+            "--max-handshakes-per-address",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+            "--log-limit-burst",
+            "5",
+            "--log-limit-interval",
+            "2",
+        ],
+        "info",
+    );
+    let (addr, admin) = (serve.addr(), serve.admin());
+    let mut conns = Vec::new();
+    for _ in 0..200 {
+        conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let dropped = r#"tether_logins_total{outcome="dropped"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (status, body) = http_get(&admin, "/metrics").await;
+        assert_eq!(status, 200);
+        if parse_metric(&body, dropped) == 195.0 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        parse_metric(
+            &metrics,
+            r#"tether_log_events_total{event="connection_dropped"}"#
+        ),
+        195.0
+    );
+    // The interval ends: a summary says how many lines were left out.
+    serve.find("log lines left out (rate limit)");
+    let log = serve.log_after(Duration::from_millis(200)).to_vec();
+    let written = log
+        .iter()
+        .filter(|l| l.contains("too many connections waiting"))
+        .count() as u64;
+    let left_out = summarised(&log, "connection_dropped");
+    assert_eq!(written + left_out, 195, "{}", log.join("\n"));
+    // One burst per interval: the flood took one or two of them.
+    assert!(
+        (5..=10).contains(&written),
+        "{written} lines:\n{}",
+        log.join("\n")
+    );
+    let (_, metrics) = http_get(&admin, "/metrics").await;
+    assert_eq!(
+        parse_metric(
+            &metrics,
+            r#"tether_log_lines_suppressed_total{event="connection_dropped"}"#
+        ),
+        left_out as f64
+    );
+    drop(conns);
+}
