@@ -95,6 +95,7 @@ use crate::metrics::Metrics;
 use crate::realm::{CallError, Mind, Realm, encode_args};
 use crate::server::Server;
 use crate::store::{Store, civil_from_days};
+use crate::untrusted::Untrusted;
 
 /// The environment variable `tether serve` reads the admin token from.
 pub const TOKEN_ENV: &str = "TETHER_ADMIN_TOKEN";
@@ -444,6 +445,7 @@ async fn log_request(State(state): St, request: Request, next: Next) -> Response
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let route = route.as_deref().unwrap_or("-");
+    let path = Untrusted(&path);
     if status == 401 {
         if state.metrics.log_limit().allow(Noisy::AdminUnauthorized) {
             warn!(%method, %path, %route, status, latency_ms, %peer, "admin request");
@@ -725,7 +727,7 @@ async fn kick(
         return not_connected(&username, q.session);
     }
     for mind in &minds {
-        info!(session = mind.session_id(), user = %username, "kicked through the admin API");
+        info!(session = mind.session_id(), user = %Untrusted(&username), "kicked through the admin API");
         mind.close(GoodbyeReason::Kicked);
     }
     // Answer once the sessions have ended (bounded), so that a following

@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::realm::{
     Avatar, CallResult, IncomingCall, Mind, Realm, SessionEnd, SessionInfo, lock, reply,
 };
+use crate::untrusted::Untrusted;
 
 /// A live session as the registry lists it.
 #[derive(Debug, Clone)]
@@ -216,7 +217,7 @@ impl Avatar for DefaultAvatar {
 
     async fn attached(&self) {
         let info = &self.info;
-        info!(session = info.id, peer = %info.peer, "{} connected", info.user.username);
+        info!(session = info.id, peer = %info.peer, "{} connected", Untrusted(&info.user.username));
         self.emit(RealmEvent::Connected {
             session: info.id,
             username: info.user.username.clone(),
@@ -232,10 +233,10 @@ impl Avatar for DefaultAvatar {
                     Ok(status) => {
                         info!(
                             session = info.id,
-                            firmware = status.firmware,
+                            firmware = %Untrusted(status.firmware),
                             uptime_secs = status.uptime_secs,
                             "{}'s device answered device_info",
-                            info.user.username
+                            Untrusted(&info.user.username)
                         );
                         self.emit(RealmEvent::DeviceInfo {
                             session: info.id,
@@ -253,7 +254,7 @@ impl Avatar for DefaultAvatar {
     async fn detached(&self, end: SessionEnd) {
         let info = &self.info;
         self.registry.remove(info.id);
-        info!(session = info.id, peer = %info.peer, reason = %end, "{} disconnected", info.user.username);
+        info!(session = info.id, peer = %info.peer, reason = %end, "{} disconnected", Untrusted(&info.user.username));
         self.emit(RealmEvent::Disconnected {
             session: info.id,
             username: info.user.username.clone(),

@@ -12,6 +12,7 @@
 //! | [`admin`] | the admin HTTP API (axum): sessions, calls to devices, kick, health, metrics |
 //! | [`metrics`] | Prometheus metrics (logins, sessions, calls, database, throttle, frames) |
 //! | [`log_limit`] | rate-limited log lines for what an outsider can cause at will |
+//! | [`untrusted`] | text from outside made safe to log ([`untrusted::Untrusted`]) |
 //! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB), permission and group gates, `last_login`, TTL cache |
 //! | [`throttle`] | failed-login backoff per username and per address |
 //! | [`secret`] | the server secret behind decoy challenges |
@@ -45,6 +46,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod throttle;
+pub mod untrusted;
 pub mod wire;
 
 pub use admin::{Admin, AdminConfig, AdminToken};

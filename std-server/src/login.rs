@@ -38,6 +38,7 @@ use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, Mind, Realm, SessionEnd, SessionInfo, User};
 use crate::server::{HandshakeSlot, Shared};
 use crate::session::Established;
+use crate::untrusted::Untrusted;
 use crate::wire::{FrameReader, ReadError};
 
 /// How a handshake ended without a session.
@@ -82,13 +83,14 @@ impl Conn {
         } else {
             0
         };
-        let user = username.unwrap_or("-");
+        let user = Untrusted(username.unwrap_or("-"));
+        let detail = Untrusted(detail);
         if self.metrics.log_limit().allow(Noisy::LoginRefused) {
             match code {
                 RefusalCode::Unavailable | RefusalCode::Unsupported => {
-                    warn!(peer = %self.peer, user, code = %code, detail, "login refused")
+                    warn!(peer = %self.peer, %user, code = %code, %detail, "login refused")
                 }
-                _ => info!(peer = %self.peer, user, code = %code, detail, "login refused"),
+                _ => info!(peer = %self.peer, %user, code = %code, %detail, "login refused"),
             }
         }
         let refusal = Handshake::Refused(Refusal {
@@ -307,11 +309,11 @@ pub(crate) async fn handshake<R: Realm>(
             } else {
                 "user lacks the required permission or group"
             };
-            debug!(%peer, user = %typed, why, "decoy challenge");
+            debug!(%peer, user = %Untrusted(&typed), why, "decoy challenge");
             (decoy(), None)
         }
         None => {
-            debug!(%peer, user = %typed, "unknown user: decoy challenge");
+            debug!(%peer, user = %Untrusted(&typed), "unknown user: decoy challenge");
             (decoy(), None)
         }
     };
@@ -436,7 +438,7 @@ pub(crate) async fn handshake<R: Realm>(
         avatar.detached(SessionEnd::Closed).await;
         return Err(end);
     }
-    info!(%peer, user = %account.username, session = session_id, mechanism = %credentials.mechanism, "login");
+    info!(%peer, user = %Untrusted(&account.username), session = session_id, mechanism = %credentials.mechanism, "login");
     shared.store.record_login(account.id);
     let Conn {
         mut reader, writer, ..

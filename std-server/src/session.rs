@@ -47,6 +47,7 @@ use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{
     Avatar, CallResult, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo, lock,
 };
+use crate::untrusted::Untrusted;
 use crate::wire::{FrameReader, ReadError};
 
 /// A message for the session task to send, queued by other tasks.
@@ -163,7 +164,8 @@ pub(crate) async fn run<A: Avatar>(
         metrics,
     } = est;
     let peer = info.peer;
-    let span = tracing::info_span!("session", id = info.id, user = %info.user.username, %peer);
+    let span =
+        tracing::info_span!("session", id = info.id, user = %Untrusted(&info.user.username), %peer);
     let attached = Attached::spawn(&avatar, &span);
     let mut session = Session {
         reader,
@@ -228,11 +230,11 @@ pub(crate) async fn run<A: Avatar>(
     match &end {
         SessionEnd::ProtocolError(e) => {
             if metrics.log_limit().allow(Noisy::SessionProtocolError) {
-                warn!(session = info.id, user = %info.user.username, %peer, error = %e, "session closed: protocol error")
+                warn!(session = info.id, user = %Untrusted(&info.user.username), %peer, error = %e, "session closed: protocol error")
             }
         }
         other => {
-            debug!(session = info.id, user = %info.user.username, %peer, end = %other, "session ended")
+            debug!(session = info.id, user = %Untrusted(&info.user.username), %peer, end = %other, "session ended")
         }
     }
     calls.avatar.detached(end.clone()).instrument(span).await;
