@@ -48,6 +48,12 @@
 //! Requests answered `401` are logged within the rate limit of
 //! [`crate::log_limit`].
 //!
+//! **Limits** (the [`listener`]): at most [`AdminConfig::max_connections`]
+//! connections (when all are taken, a new connection whose whole request
+//! has arrived takes the place of the one that has waited longest for a
+//! request; others are closed at once), a header timeout, an idle timeout
+//! and a [`MAX_BODY`] request body.
+//!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
@@ -73,7 +79,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -96,6 +102,8 @@ use crate::realm::{CallError, Mind, Realm, encode_args};
 use crate::server::Server;
 use crate::store::{Store, civil_from_days};
 use crate::untrusted::Untrusted;
+
+pub mod listener;
 
 /// The environment variable `tether serve` reads the admin token from.
 pub const TOKEN_ENV: &str = "TETHER_ADMIN_TOKEN";
@@ -192,6 +200,15 @@ pub struct AdminConfig {
     pub max_call_timeout: Duration,
     /// How long `DELETE` waits for the kicked sessions to end (default 2 s).
     pub kick_wait: Duration,
+    /// Open connections at once (default 128); when all are taken, see
+    /// [`listener`].
+    pub max_connections: usize,
+    /// How long a request head may take to arrive, from the connection's
+    /// start or the end of the previous response (default 10 s).
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive, and a response may wait
+    /// for the client to read it (default 30 s).
+    pub idle_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -201,6 +218,9 @@ impl Default for AdminConfig {
             call_timeout: Duration::from_secs(10),
             max_call_timeout: Duration::from_secs(300),
             kick_wait: Duration::from_secs(2),
+            max_connections: 128,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -326,6 +346,8 @@ impl Admin {
         Ok(AdminServer {
             listener,
             router: self.router(),
+            config: self.state.config.clone(),
+            metrics: self.state.metrics.clone(),
         })
     }
 }
@@ -354,6 +376,8 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 pub struct AdminServer {
     listener: TcpListener,
     router: Router,
+    config: AdminConfig,
+    metrics: Metrics,
 }
 
 impl fmt::Debug for AdminServer {
@@ -373,19 +397,22 @@ impl AdminServer {
     }
 
     /// Serves until `shutdown` resolves; then stops accepting and lets the
-    /// requests in progress finish.
+    /// requests in progress finish (at most 5 s).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let addr = self.local_addr();
-        info!(url = %format!("http://{addr}/"), "admin API listening");
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            warn!(error = %e, "admin API stopped");
-        }
+        info!(
+            max_connections = self.config.max_connections,
+            url = %format!("http://{addr}/"),
+            "admin API listening"
+        );
+        listener::serve(
+            self.listener,
+            self.router,
+            self.config,
+            self.metrics,
+            shutdown,
+        )
+        .await;
     }
 }
 
@@ -556,6 +583,18 @@ struct CallQuery {
     timeout: Option<f64>,
 }
 
+/// Whether reading a body failed on [`MAX_BODY`].
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -572,7 +611,7 @@ async fn call(
     Path((username, method)): Path<(String, String)>,
     Query(q): Query<CallQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let timeout = match q.timeout {
         None => state.config.call_timeout,
@@ -584,6 +623,39 @@ async fn call(
                 StatusCode::BAD_REQUEST,
                 "bad_timeout",
                 "timeout must be a positive number of seconds",
+            );
+        }
+    };
+    // The body within the idle timeout and the size limit.
+    let body = match tokio::time::timeout(
+        state.config.idle_timeout,
+        axum::body::to_bytes(body, MAX_BODY),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) if is_length_limit(&e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is larger than {MAX_BODY} bytes"),
+            );
+        }
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body could not be read: {e}"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    state.config.idle_timeout.as_secs_f64()
+                ),
             );
         }
     };

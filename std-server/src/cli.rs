@@ -199,6 +199,19 @@ pub struct ServeArgs {
     /// may ask for another with `?timeout=SECS`).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub admin_call_timeout: f64,
+    /// Open admin API connections at once; when all are taken, a new one
+    /// with a whole request takes the place of the one that has waited
+    /// longest for a request, and others are closed at once.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub admin_max_connections: usize,
+    /// How long an admin request's head may take to arrive (from the
+    /// connection's start, or the end of the previous response).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub admin_header_timeout: f64,
+    /// How long an admin request's body may take to arrive, and a response
+    /// may wait for the client to read it.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub admin_idle_timeout: f64,
     /// Lines of one kind of repeated warning (refused logins, shed
     /// connections, failed accepts...) written per --log-limit-interval;
     /// the rest are counted in one summary line per interval.
@@ -391,6 +404,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
             Ok(token) => Some(AdminConfig {
                 token,
                 call_timeout: secs(args.admin_call_timeout).max(Duration::from_millis(1)),
+                max_connections: args.admin_max_connections.max(1),
+                header_timeout: secs(args.admin_header_timeout).max(Duration::from_millis(1)),
+                idle_timeout: secs(args.admin_idle_timeout).max(Duration::from_millis(1)),
                 ..AdminConfig::default()
             }),
             Err(e) => {

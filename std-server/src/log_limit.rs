@@ -1,5 +1,5 @@
 //! Rate-limited log lines for what an outsider can make happen at will:
-//! refused logins, connections dropped or timed out, failed accepts, bad
+//! refused logins, connections shed or timed out, failed accepts, bad
 //! frames, admin requests without the token. Written one per event they
 //! would let a flood of connections write the log at the flood's rate (22,425
 //! lines/s, 132 MB in two minutes, measured before this module).
@@ -48,18 +48,27 @@ pub enum Noisy {
     AcceptFailed,
     /// A session ended by a frame that failed authentication or decoding.
     SessionProtocolError,
+    /// The admin listener's `accept` failed.
+    AdminAcceptFailed,
+    /// An admin connection closed to make room (all connections taken).
+    AdminConnectionShed,
+    /// An admin connection closed by its header or idle timeout.
+    AdminConnectionTimedOut,
     /// An admin request answered 401 (no or a wrong token).
     AdminUnauthorized,
 }
 
 impl Noisy {
     /// Every event, in the order of [`Self::name`]'s table.
-    pub const ALL: [Self; 6] = [
+    pub const ALL: [Self; 9] = [
         Self::LoginRefused,
         Self::LoginTimedOut,
         Self::ConnectionDropped,
         Self::AcceptFailed,
         Self::SessionProtocolError,
+        Self::AdminAcceptFailed,
+        Self::AdminConnectionShed,
+        Self::AdminConnectionTimedOut,
         Self::AdminUnauthorized,
     ];
 
@@ -71,6 +80,9 @@ impl Noisy {
             Self::ConnectionDropped => "connection_dropped",
             Self::AcceptFailed => "accept_failed",
             Self::SessionProtocolError => "session_protocol_error",
+            Self::AdminAcceptFailed => "admin_accept_failed",
+            Self::AdminConnectionShed => "admin_connection_shed",
+            Self::AdminConnectionTimedOut => "admin_connection_timed_out",
             Self::AdminUnauthorized => "admin_unauthorized",
         }
     }

@@ -30,6 +30,7 @@
 //! | `tether_db_lookup_errors_total` | counter | `kind` = `unavailable`, `query` | failed lookups |
 //! | `tether_db_cache_hits_total` | counter | | lookups answered by the cache |
 //! | `tether_frames_rejected_total` | counter | `phase` = `handshake`, `session`; `reason` | frames that ended a login or session: `bad_frame` (length), `undecodable`, `unexpected`, `bad_tag`, `replayed`, `out_of_order`, `too_short`, `unknown_reply`, `duplicate_call` |
+//! | `tether_admin_connections` | gauge | | open connections to the admin API |
 //! | `tether_log_events_total` | counter | `event` ([`Noisy`](crate::log_limit::Noisy)) | events an outsider can cause at will, whether their log line was written or not |
 //! | `tether_log_lines_suppressed_total` | counter | `event` | their lines left out by the rate limit ([`crate::log_limit`]) |
 //!
@@ -281,6 +282,7 @@ struct Inner {
     to_device: CallMetrics,
     store: StoreMetrics,
     rejections: [Counter; 11],
+    admin_connections: Gauge,
     log_limit: LogLimit,
     /// Throttles whose blocked keys are counted at scrape time.
     throttles: Mutex<Vec<Weak<Throttle>>>,
@@ -432,6 +434,12 @@ impl Metrics {
         );
         let rejections = Rejection::ALL.map(|r| rejected.get_or_create_owned(&r.labels()));
 
+        let admin_connections = Gauge::default();
+        registry.register(
+            "admin_connections",
+            "Open connections to the admin API",
+            admin_connections.clone(),
+        );
         let log_limit = LogLimit::register(&mut registry);
 
         Self {
@@ -451,6 +459,7 @@ impl Metrics {
                 to_device,
                 store,
                 rejections,
+                admin_connections,
                 log_limit,
                 throttles: Mutex::new(Vec::new()),
             }),
@@ -541,6 +550,25 @@ impl Metrics {
     /// ([`crate::log_limit`]).
     pub fn log_limit(&self) -> &LogLimit {
         &self.inner.log_limit
+    }
+
+    /// An admin connection opened; the returned guard closes it.
+    pub(crate) fn admin_connection(&self) -> GaugeGuard {
+        self.inner.admin_connections.inc();
+        GaugeGuard {
+            gauge: self.inner.admin_connections.clone(),
+        }
+    }
+}
+
+/// Decrements a gauge when dropped.
+pub(crate) struct GaugeGuard {
+    gauge: Gauge,
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
