@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::admin::{Admin, AdminConfig, AdminToken};
 use crate::default_realm::DefaultRealm;
+use crate::fd_limit;
 use crate::log_limit::LogLimitConfig;
 use crate::secret::{DEFAULT_SECRET_FILE, SecretOrigin, ServerSecret, to_hex};
 use crate::server::{Server, ServerConfig, shutdown_signal};
@@ -417,6 +418,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     };
     let store_config = args.store.config();
     let url = redact_url(&store_config.url);
+    let db_connections = u64::from(store_config.max_connections);
     let store = match Store::open(store_config) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -484,6 +486,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
             ..ThrottleConfig::default()
         },
     };
+    descriptors(fd_limit::Budget {
+        sessions: config.max_sessions as u64,
+        handshakes: config.max_handshakes as u64,
+        pending: config.max_pending as u64,
+        admin: admin_config
+            .as_ref()
+            .map_or(0, |c| c.max_connections as u64),
+        database: db_connections,
+    });
     let server = match Server::bind(
         args.listen.as_str(),
         config,
@@ -525,6 +536,30 @@ async fn serve(args: ServeArgs) -> ExitCode {
         let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
     }
     ExitCode::SUCCESS
+}
+
+/// Raises the soft file descriptor limit to the hard one and warns when the
+/// limits may need more than that.
+fn descriptors(budget: fd_limit::Budget) {
+    let soft = match fd_limit::raise_limit() {
+        Ok(l) => {
+            if l.soft > l.before {
+                info!(
+                    from = l.before,
+                    to = l.soft,
+                    "file descriptor limit raised to the hard limit"
+                );
+            }
+            l.soft
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read or raise the file descriptor limit");
+            return;
+        }
+    };
+    if let Some(warning) = budget.check(soft) {
+        warn!("{warning}");
+    }
 }
 
 fn read_password() -> Result<String, String> {

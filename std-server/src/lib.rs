@@ -11,6 +11,7 @@
 //! |---|---|
 //! | [`admin`] | the admin HTTP API (axum): sessions, calls to devices, kick, health, metrics |
 //! | [`metrics`] | Prometheus metrics (logins, sessions, calls, database, throttle, frames) |
+//! | [`fd_limit`] | the file descriptor limit: raised at start, checked against the limits, a spare to refuse `busy` when none is left |
 //! | [`log_limit`] | rate-limited log lines for what an outsider can cause at will |
 //! | [`untrusted`] | text from outside made safe to log ([`untrusted::Untrusted`]) |
 //! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB), permission and group gates, `last_login`, TTL cache |
@@ -37,6 +38,7 @@ pub mod admin;
 pub mod cli;
 pub mod default_realm;
 pub mod demo;
+pub mod fd_limit;
 pub mod log_limit;
 mod login;
 pub mod metrics;

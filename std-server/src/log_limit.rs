@@ -46,6 +46,8 @@ pub enum Noisy {
     ConnectionDropped,
     /// The device listener's `accept` failed.
     AcceptFailed,
+    /// No file descriptor left: a device refused `busy` at accept.
+    OutOfDescriptors,
     /// A session ended by a frame that failed authentication or decoding.
     SessionProtocolError,
     /// The admin listener's `accept` failed.
@@ -60,11 +62,12 @@ pub enum Noisy {
 
 impl Noisy {
     /// Every event, in the order of [`Self::name`]'s table.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::LoginRefused,
         Self::LoginTimedOut,
         Self::ConnectionDropped,
         Self::AcceptFailed,
+        Self::OutOfDescriptors,
         Self::SessionProtocolError,
         Self::AdminAcceptFailed,
         Self::AdminConnectionShed,
@@ -79,6 +82,7 @@ impl Noisy {
             Self::LoginTimedOut => "login_timed_out",
             Self::ConnectionDropped => "connection_dropped",
             Self::AcceptFailed => "accept_failed",
+            Self::OutOfDescriptors => "out_of_descriptors",
             Self::SessionProtocolError => "session_protocol_error",
             Self::AdminAcceptFailed => "admin_accept_failed",
             Self::AdminConnectionShed => "admin_connection_shed",

@@ -278,18 +278,14 @@ impl<R: Realm> Server<R> {
     pub async fn run(self) {
         let Self { listener, shared } = self;
         info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
+        // Out of descriptors, a device is refused `busy` instead of waiting.
+        let mut spare = crate::fd_limit::Spare::new();
         loop {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => accept(&shared, stream, peer),
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        if shared.metrics.log_limit().allow(Noisy::AcceptFailed) {
-                            warn!(error = %e, "accept failed");
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    Err(e) => spare.accept_failed(&listener, e, &shared.metrics).await,
                 },
             }
         }

@@ -22,6 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use firmware_support::TestRng;
+use suite_support::process::cpu_time;
 use suite_support::*;
 use tether_core::message::{ErrorCode, GoodbyeReason, RefusalCode};
 use tether_core::method::builtin::{DeviceInfo, DeviceStatus, Echo, WhoAmI};
@@ -661,4 +662,173 @@ async fn device_cut_off_reconnects_and_logs_in_with_cached_keys() {
             (third, "alice".to_string())
         ]
     );
+}
+
+// ------------------------------------------------------- file descriptors
+
+/// The descriptor limit of the starved server below: room for its own
+/// descriptors (about 30: runtime, listener, SQLite readers, spare) and a
+/// few dozen connections.
+const NOFILE: u64 = 96;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_soft_descriptor_limit_is_raised_to_the_hard_one_and_checked_against_the_limits() {
+    let db = Db::copy(DB);
+    // Soft 100, hard what this shell has (CI: 20,000 or more).
+    let hard: u64 = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(u64::MAX);
+    assert!(
+        hard > 200,
+        "this test needs a hard descriptor limit above 200"
+    );
+    let mut serve = ServeProcess::start_limited(&db, &[], "info", Some("-Sn 100"));
+    let raised = serve.find("file descriptor limit raised");
+    assert!(raised.contains("from=100"), "{raised}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let soft: Vec<&str> = open_files.split_whitespace().collect();
+    assert_eq!(soft[3], soft[4], "soft = hard: {open_files}");
+    assert!(
+        raised.contains(&format!("to={}", soft[3])),
+        "{raised}\n{open_files}"
+    );
+    serve.addr();
+    // The default limits without --admin need 10,392 descriptors: no
+    // warning unless the hard limit is below that.
+    let warned = serve
+        .log_after(Duration::from_millis(300))
+        .iter()
+        .any(|l| l.contains("is below what the limits may hold"));
+    assert_eq!(warned, hard < 10_392, "hard limit {hard}");
+
+    // A hard limit below what the limits need: one warning with the sum.
+    let mut serve = ServeProcess::start_limited(
+        &db,
+        &["--max-sessions", "500", "--admin", "127.0.0.1:0"],
+        "info",
+        Some("-n 400"),
+    );
+    let warning = serve.find("is below what the limits may hold");
+    assert!(warning.contains(" WARN "), "{warning}");
+    assert!(
+        warning.contains(
+            "limit (400) is below what the limits may hold: 500 sessions + 64 handshakes + 256 \
+             waiting + 128 admin connections + 8 database connections + 64 for the process = 1020"
+        ),
+        "{warning}"
+    );
+    serve.addr();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_a_login_is_refused_busy_at_once_and_the_accept_loop_does_not_spin() {
+    let db = Db::copy(DB);
+    let mut serve = ServeProcess::start_limited(
+        &db,
+        &[
+            "--max-handshakes",
+            "1000",
+            "--max-handshakes-per-address",
+            "0",
+            "--handshake-timeout",
+            "300",
+            "--log-limit-burst",
+            "3",
+            "--log-limit-interval",
+            "600",
+        ],
+        "info",
+        Some(&format!("-n {NOFILE}")),
+    );
+    let addr = serve.addr();
+    let pid = serve.pid();
+    // Silent connections, each holding a handshake (and a descriptor) for
+    // the handshake timeout, until the server has none left (its accept
+    // fails: EMFILE, logged).
+    let mut silent = Vec::new();
+    while !serve
+        .log_after(Duration::from_millis(5))
+        .iter()
+        .any(|l| l.contains("Too many open files"))
+    {
+        assert!(
+            silent.len() < 2 * NOFILE as usize,
+            "the server never ran out of descriptors"
+        );
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    assert!(
+        silent.len() < NOFILE as usize,
+        "{} connections",
+        silent.len()
+    );
+    // Out of descriptors: a device is told `busy` and when to come back,
+    // not left waiting until its handshake times out (20 s here).
+    let mut store: BufferStore = BufferStore::new();
+    let refused = host::connect(
+        addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(password(DB, "alice")),
+        &mut TestRng(8),
+        &device_config().with_handshake_timeout(Duration::from_secs(20)),
+    )
+    .await
+    .map(|_| ())
+    .expect_err("no descriptor left for a session");
+    assert!(
+        matches!(
+            refused,
+            DeviceError::Refused {
+                code: RefusalCode::Busy,
+                retry_after_secs: 5
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(refused.retry(), Retry::Later(Duration::from_secs(5)));
+    // While starved, the accept loop waits between attempts: little CPU,
+    // and a few log lines (the burst of 3) instead of one per attempt.
+    let (cpu, began) = (cpu_time(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu, wall) = (cpu_time(pid) - cpu, began.elapsed());
+    assert!(
+        cpu < wall / 4,
+        "{cpu:?} of CPU in {wall:?}: the accept loop spins"
+    );
+    let log = serve.log_after(Duration::from_millis(200)).to_vec();
+    let starved = log
+        .iter()
+        .filter(|l| l.contains("no file descriptor left") || l.contains("accept failed"))
+        .count();
+    assert!(
+        (1..=3).contains(&starved),
+        "{starved} lines about missing descriptors:\n{}",
+        log.join("\n")
+    );
+    // Descriptors back: logins work again.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match device_login(addr, "alice").await {
+            Ok(_) => break,
+            Err(DeviceError::Refused {
+                code: RefusalCode::Busy,
+                ..
+            }) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => panic!("no login once descriptors are back: {e:?}"),
+        }
+    }
 }
