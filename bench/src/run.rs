@@ -900,11 +900,12 @@ fn render(
                 fmt_dur(f.healthz_worst)
             ),
             format!(
-                "server RSS {:.1} -> {:.1} -> {:.1} MiB (before, peak, after), fds <= {}, {} log lines",
+                "server RSS {:.1} -> {:.1} -> {:.1} MiB (before, peak, after), fds <= {}, CPU {:.2} cores, {} log lines",
                 f.rss_before as f64 / 1048576.0,
                 f.rss_peak as f64 / 1048576.0,
                 f.rss_after as f64 / 1048576.0,
                 f.fds_peak,
+                f.cpu,
                 f.log_lines
             ),
             String::new(),
