@@ -246,7 +246,11 @@ impl Avatar for DefaultAvatar {
                     }
                     Err(e) => warn!(session = info.id, error = %e, "bad device_info reply"),
                 },
-                Err(e) => warn!(session = info.id, error = %e, "device_info failed"),
+                Err(e) => {
+                    // A remote error carries the device's own message.
+                    let error = e.to_string();
+                    warn!(session = info.id, error = %Untrusted(&error), "device_info failed")
+                }
             }
         }
     }
