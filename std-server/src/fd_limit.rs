@@ -54,6 +54,7 @@ pub struct Limits {
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (on Linux at most
 /// `fs.nr_open`, the kernel's ceiling when the hard limit is unlimited).
+#[cfg(unix)]
 pub fn raise_limit() -> io::Result<Limits> {
     let (before, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE)?;
     let mut target = hard;
@@ -65,6 +66,15 @@ pub fn raise_limit() -> io::Result<Limits> {
     }
     let soft = rlimit::increase_nofile_limit(target)?;
     Ok(Limits { before, soft, hard })
+}
+
+/// No `RLIMIT_NOFILE` here.
+#[cfg(not(unix))]
+pub fn raise_limit() -> io::Result<Limits> {
+    Err(io::Error::new(
+        io::ErrorKind::Unsupported,
+        "no RLIMIT_NOFILE on this system",
+    ))
 }
 
 /// What the configured limits may hold open at once.
