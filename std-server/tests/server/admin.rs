@@ -1248,8 +1248,15 @@ async fn with_every_connection_taken_a_whole_request_takes_the_place_of_the_olde
     assert_eq!(local_metric(&s.store, SHED), 1.0);
     let oldest = held.remove(0);
     assert_eq!(until_closed(oldest).await, "");
-    // Full again: another half request is closed at once; those already
-    // in stay.
+    // Full again (once the /healthz connection has given its place back):
+    // another half request is closed at once; those already in stay.
+    for _ in 0..500 {
+        if local_metric(&s.store, "tether_admin_connections") == 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(local_metric(&s.store, "tether_admin_connections"), 3.0);
     let mut refill = tokio::net::TcpStream::connect(s.admin).await.unwrap();
     refill
         .write_all(b"GET /healthz HTTP/1.1\r\n")
