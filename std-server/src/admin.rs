@@ -29,7 +29,9 @@
 //! session_closed` (the session ended during the call), `413 too_large`
 //! (the arguments do not fit the device's frame), `415
 //! unsupported_media_type` (JSON for a method without a known type), `400
-//! bad_json` / `bad_arguments`.
+//! bad_json` / `bad_arguments` / `bad_body`, `408 body_timeout` (the body
+//! did not arrive within [`AdminConfig::idle_timeout`]), `413 too_large`
+//! (a body over [`MAX_BODY`]).
 //!
 //! **Several sessions of one username** (one account on several devices, or
 //! a device that reconnected before its old session timed out): a call goes
