@@ -8,7 +8,7 @@
 //!   the configured limits may need more ([`Budget`]).
 //! - When descriptors run out anyway, the device listener's `accept` fails
 //!   with `EMFILE` and the connection would wait in the kernel's queue
-//!   until the device gives up. [`Spare`] keeps one descriptor in reserve
+//!   until the device gives up. A spare descriptor is kept in reserve
 //!   for that moment: it is closed, the waiting connection accepted and
 //!   refused `busy` (with a retry delay), and the spare reopened, so the
 //!   device learns at once to come back later. The accept loop backs off
