@@ -490,9 +490,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         sessions: config.max_sessions as u64,
         handshakes: config.max_handshakes as u64,
         pending: config.max_pending as u64,
-        admin: admin_config
-            .as_ref()
-            .map_or(0, |c| c.max_connections as u64),
+        admin: admin_config.as_ref().map_or(0, |c| {
+            crate::admin::listener::descriptors(c.max_connections) as u64
+        }),
         database: db_connections,
     });
     let server = match Server::bind(

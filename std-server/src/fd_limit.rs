@@ -86,7 +86,8 @@ pub struct Budget {
     pub handshakes: u64,
     /// Connections waiting beyond the handshakes to be told `busy`.
     pub pending: u64,
-    /// The admin API's connections (0 without `--admin`).
+    /// The admin API's connections (0 without `--admin`;
+    /// [`crate::admin::listener::descriptors`]).
     pub admin: u64,
     /// `--db-connections`.
     pub database: u64,

@@ -733,7 +733,7 @@ async fn a_low_soft_descriptor_limit_is_raised_to_the_hard_one_and_checked_again
     assert!(
         warning.contains(
             "limit (400) is below what the limits may hold: 500 sessions + 64 handshakes + 256 \
-             waiting + 128 admin connections + 8 database connections + 64 for the process = 1020"
+             waiting + 384 admin connections + 8 database connections + 64 for the process = 1276"
         ),
         "{warning}"
     );

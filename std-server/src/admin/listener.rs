@@ -53,6 +53,13 @@ use crate::metrics::Metrics;
 /// it is connected; behind a full accept queue it has long arrived).
 pub const HEAD_WAIT: Duration = Duration::from_millis(20);
 
+/// The most descriptors the admin API holds with `max_connections`: its
+/// places, as many new connections being looked at while all are taken,
+/// and as many whole requests waiting for a place.
+pub fn descriptors(max_connections: usize) -> usize {
+    3 * max_connections.max(1)
+}
+
 /// The largest request head (request line and headers) read.
 const MAX_HEAD: usize = 16 * 1024;
 
