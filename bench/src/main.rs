@@ -3,10 +3,13 @@
 //! - `run`: every measurement of issue 6 against a release-built `tether
 //!   serve`, one table;
 //! - `load`: one workload against any running server (for profiling);
-//! - `bare-server`, `lib-server`, `idle-client`: helper processes `run`
-//!   starts itself.
+//! - `admin-flood`: the admin-port flood of issue 13 against a `tether`
+//!   binary (any commit), one table;
+//! - `bare-server`, `lib-server`, `idle-client`, `flood-client`: helper
+//!   processes `run` and `admin-flood` start themselves.
 
 mod common;
+mod flood;
 mod forward;
 mod hostile;
 mod idle;
@@ -51,6 +54,20 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
+    },
+    /// Floods `tether serve --admin` with half-open HTTP requests, repeatedly,
+    /// while a device logs in and `/healthz` is asked (issue 13, item 2).
+    AdminFlood(flood::FloodArgs),
+    /// Holds half-open HTTP requests until stdin closes (`admin-flood` starts it).
+    FloodClient {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        source: IpAddr,
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
     },
     /// A bare tokio echo server on a free loopback port (prints `listening PORT`).
     BareServer,
@@ -121,6 +138,16 @@ fn main() -> ExitCode {
                 clients,
                 secs,
             } => load_one(addr, &manifest, what, clients, secs).await,
+            Cmd::AdminFlood(args) => flood::admin_flood(args).await,
+            Cmd::FloodClient {
+                addr,
+                count,
+                source,
+                rate,
+            } => {
+                flood::client(addr, count, source, rate).await;
+                Ok(())
+            }
             Cmd::BareServer => {
                 let l = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await

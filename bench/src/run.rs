@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::io::BufRead as _;
 use std::net::{SocketAddr, TcpListener};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::{Manifest, Users, Window, cpu_time, fmt_dur, fmt_rate, loadavg, rss};
 use crate::idle::Clients;
 use crate::load::{self, Throughput};
-use crate::{forward, hostile, libserver, raw};
+use crate::{flood, forward, hostile, libserver, raw};
 
 /// What `run` needs (see `tether-bench run --help`).
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// Write the table (Markdown) here too.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only these stages (comma-separated: login,variants,calls,forward,s2d,idle,hostile,django); default all.
+    /// Only these stages (comma-separated: login,variants,calls,forward,s2d,idle,hostile,flood,django); default all.
     #[arg(long)]
     pub only: Option<String>,
     /// Python of the forwarding test project's venv (tests/django-forward/setup).
@@ -72,6 +72,8 @@ struct Plan {
     idle_procs: usize,
     idle_heartbeat: u16,
     idle_window_heartbeats: u32,
+    /// The admin-port flood: connections, seconds per flood, floods.
+    flood: (usize, f64, u32),
 }
 
 impl Plan {
@@ -89,6 +91,7 @@ impl Plan {
                 idle_procs: 2,
                 idle_heartbeat: a.idle_heartbeat.unwrap_or(1),
                 idle_window_heartbeats: 2,
+                flood: (300, 3.0, 1),
             }
         } else {
             // One process may open `ulimit -Hn` descriptors: leave the
@@ -107,6 +110,7 @@ impl Plan {
                 idle_procs: 4,
                 idle_heartbeat: a.idle_heartbeat.unwrap_or(30),
                 idle_window_heartbeats: 2,
+                flood: (20_000, 60.0, 3),
             }
         }
     }
@@ -140,7 +144,7 @@ fn clock() -> String {
     format!("{:02}:{:02}:{:02}", t / 3600 % 24, t / 60 % 60, t % 60)
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
     Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
@@ -227,12 +231,25 @@ async fn tether_serve_env(
     extra: &[&str],
     quiet: bool,
 ) -> Result<(Proc, SocketAddr), String> {
+    let log_path = a.workdir.join(log);
+    spawn_tether(&a.tether, &a.database, &a.workdir, &log_path, extra, quiet).await
+}
+
+/// Starts `tether` serve on a free loopback port with this database (unless
+/// `extra` has its own `--database`), its log (stderr) in `log_path`.
+pub async fn spawn_tether(
+    tether: &Path,
+    database: &Path,
+    workdir: &Path,
+    log_path: &Path,
+    extra: &[&str],
+    quiet: bool,
+) -> Result<(Proc, SocketAddr), String> {
     let port = free_port()?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-    let db = std::fs::canonicalize(&a.database).map_err(|e| format!("database: {e}"))?;
-    let log_path = a.workdir.join(log);
-    let log_file = std::fs::File::create(&log_path).map_err(|e| format!("{log_path:?}: {e}"))?;
-    let mut cmd = Command::new(&a.tether);
+    let db = std::fs::canonicalize(database).map_err(|e| format!("database: {e}"))?;
+    let log_file = std::fs::File::create(log_path).map_err(|e| format!("{log_path:?}: {e}"))?;
+    let mut cmd = Command::new(tether);
     cmd.arg("serve");
     if !extra.contains(&"--database") {
         cmd.args(["--database", &format!("sqlite://{}", db.display())]);
@@ -247,12 +264,12 @@ async fn tether_serve_env(
         // A fixed decoy secret: nothing written to the working directory.
         .args(["--secret", "tether-bench-decoy-secret"])
         .args(extra)
-        .current_dir(&a.workdir)
+        .current_dir(workdir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
-        .map_err(|e| format!("spawn {}: {e}", a.tether.display()))?;
+        .map_err(|e| format!("spawn {}: {e}", tether.display()))?;
     let mut proc = Proc {
         child,
         name: format!("tether serve (log {})", log_path.display()),
@@ -447,6 +464,7 @@ struct Results {
     s2d_pipe: Option<Throughput>,
     idle: Option<Idle>,
     hostile: Vec<hostile::Row>,
+    flood: Vec<flood::Round>,
     django: Option<Django>,
 }
 
@@ -744,6 +762,31 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
         r.hostile = hostile::measure(&a, &users).await?;
     }
 
+    if want("flood") {
+        let (connections, hold, rounds) = plan.flood;
+        let args = flood::FloodArgs {
+            tether: a.tether.clone(),
+            database: a.database.clone(),
+            manifest: a.manifest.clone(),
+            workdir: a.workdir.clone(),
+            connections,
+            hold,
+            rounds,
+            settle: if a.quick { 1.0 } else { 10.0 },
+            rate: 5_000,
+            procs: if a.quick { 1 } else { 4 },
+            label: "tether serve".into(),
+            serve_args: Vec::new(),
+        };
+        r.flood = flood::measure(&args, &users).await?;
+        if let Some(i) = r.flood.iter().position(|f| !f.after_ok) {
+            return Err(format!(
+                "after admin flood {}, a device login or /healthz went unanswered",
+                i + 1
+            ));
+        }
+    }
+
     if want("django") {
         say("Django check_password on the same rows");
         let secs = plan.django.as_secs_f64();
@@ -1012,6 +1055,38 @@ fn render(
     }
     for [m, t, reference, ratio, target] in r.hostile.iter().cloned() {
         row(&m, t, reference, ratio, target);
+    }
+    let (connections, hold, _) = plan.flood;
+    for (i, f) in r.flood.iter().enumerate() {
+        let answered = f.logins_ok == f.probes && f.healthz_ok == f.probes;
+        row(
+            &format!(
+                "admin flood {}: {} connections holding half an HTTP request for {hold:.0} s (held at most {})",
+                i + 1,
+                fmt_rate(connections as f64),
+                fmt_rate(f.held_max as f64)
+            ),
+            format!(
+                "device logins {}/{}, /healthz {}/{} answered (worst {} / {})",
+                f.logins_ok,
+                f.probes,
+                f.healthz_ok,
+                f.probes,
+                fmt_dur(f.login_worst),
+                fmt_dur(f.healthz_worst)
+            ),
+            format!(
+                "server RSS {:.1} -> {:.1} -> {:.1} MiB (before, peak, after), fds <= {}, CPU {:.2} cores, {} log lines",
+                f.rss_before as f64 / 1048576.0,
+                f.rss_peak as f64 / 1048576.0,
+                f.rss_after as f64 / 1048576.0,
+                f.fds_peak,
+                f.cpu,
+                f.log_lines
+            ),
+            String::new(),
+            format!("device port and /healthz answer: {}", mark(answered)),
+        );
     }
     if let Some(path) = &a.firmware {
         match std::fs::read_to_string(path) {

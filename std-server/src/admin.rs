@@ -30,7 +30,9 @@
 //! session_closed` (the session ended during the call), `413 too_large`
 //! (the arguments do not fit the device's frame), `415
 //! unsupported_media_type` (JSON for a method without a known type), `400
-//! bad_json` / `bad_arguments`.
+//! bad_json` / `bad_arguments` / `bad_body`, `408 body_timeout` (the body
+//! did not arrive within [`AdminConfig::idle_timeout`]), `413 too_large`
+//! (a body over [`MAX_BODY`]).
 //!
 //! **Several sessions of one username** (one account on several devices, or
 //! a device that reconnected before its old session timed out): a call goes
@@ -46,6 +48,14 @@
 //!
 //! Every request is logged (target `tether_server::admin`) with its method,
 //! path, status, latency and peer; never a header, so never the token.
+//! Requests answered `401` are logged within the rate limit of
+//! [`crate::log_limit`].
+//!
+//! **Limits** (the [`listener`]): at most [`AdminConfig::max_connections`]
+//! connections (when all are taken, a new connection whose whole request
+//! has arrived takes the place of the one that has waited longest for a
+//! request; others are closed at once), a header timeout, an idle timeout
+//! and a [`MAX_BODY`] request body.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
@@ -72,7 +82,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -89,10 +99,14 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::default_realm::{Registry, SessionEntry, unix_millis};
+use crate::log_limit::Noisy;
 use crate::metrics::Metrics;
 use crate::realm::{CallError, Mind, Realm, encode_args};
 use crate::server::Server;
 use crate::store::{Store, civil_from_days};
+use crate::untrusted::Untrusted;
+
+pub mod listener;
 
 /// The environment variable `tether serve` reads the admin token from.
 pub const TOKEN_ENV: &str = "TETHER_ADMIN_TOKEN";
@@ -189,6 +203,15 @@ pub struct AdminConfig {
     pub max_call_timeout: Duration,
     /// How long `DELETE` waits for the kicked sessions to end (default 2 s).
     pub kick_wait: Duration,
+    /// Open connections at once (default 128); when all are taken, see
+    /// [`listener`].
+    pub max_connections: usize,
+    /// How long a request head may take to arrive, from the connection's
+    /// start or the end of the previous response (default 10 s).
+    pub header_timeout: Duration,
+    /// How long a request body may take to arrive, and a response may wait
+    /// for the client to read it (default 30 s).
+    pub idle_timeout: Duration,
 }
 
 impl Default for AdminConfig {
@@ -198,6 +221,9 @@ impl Default for AdminConfig {
             call_timeout: Duration::from_secs(10),
             max_call_timeout: Duration::from_secs(300),
             kick_wait: Duration::from_secs(2),
+            max_connections: 128,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -296,7 +322,7 @@ impl Admin {
             .route("/metrics", get(metrics))
             .fallback(not_found)
             .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-            .layer(middleware::from_fn(log_request))
+            .layer(middleware::from_fn_with_state(state.clone(), log_request))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(state)
     }
@@ -324,6 +350,8 @@ impl Admin {
         Ok(AdminServer {
             listener,
             router: self.router(),
+            config: self.state.config.clone(),
+            metrics: self.state.metrics.clone(),
         })
     }
 }
@@ -352,6 +380,8 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 pub struct AdminServer {
     listener: TcpListener,
     router: Router,
+    config: AdminConfig,
+    metrics: Metrics,
 }
 
 impl fmt::Debug for AdminServer {
@@ -371,19 +401,22 @@ impl AdminServer {
     }
 
     /// Serves until `shutdown` resolves; then stops accepting and lets the
-    /// requests in progress finish.
+    /// requests in progress finish (at most 5 s).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let addr = self.local_addr();
-        info!(url = %format!("http://{addr}/"), "admin API listening");
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        if let Err(e) = axum::serve(self.listener, service)
-            .with_graceful_shutdown(shutdown)
-            .await
-        {
-            warn!(error = %e, "admin API stopped");
-        }
+        info!(
+            max_connections = self.config.max_connections,
+            url = %format!("http://{addr}/"),
+            "admin API listening"
+        );
+        listener::serve(
+            self.listener,
+            self.router,
+            self.config,
+            self.metrics,
+            shutdown,
+        )
+        .await;
     }
 }
 
@@ -426,7 +459,7 @@ async fn authenticate(State(state): St, request: Request, next: Next) -> Respons
     }
 }
 
-async fn log_request(request: Request, next: Next) -> Response {
+async fn log_request(State(state): St, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
@@ -443,7 +476,12 @@ async fn log_request(request: Request, next: Next) -> Response {
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let route = route.as_deref().unwrap_or("-");
-    if status == 401 || status >= 500 {
+    let path = Untrusted(&path);
+    if status == 401 {
+        if state.metrics.log_limit().allow(Noisy::AdminUnauthorized) {
+            warn!(%method, %path, %route, status, latency_ms, %peer, "admin request");
+        }
+    } else if status >= 500 {
         warn!(%method, %path, %route, status, latency_ms, %peer, "admin request");
     } else {
         info!(%method, %path, %route, status, latency_ms, %peer, "admin request");
@@ -549,6 +587,18 @@ struct CallQuery {
     timeout: Option<f64>,
 }
 
+/// Whether reading a body failed on [`MAX_BODY`].
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
@@ -565,7 +615,7 @@ async fn call(
     Path((username, method)): Path<(String, String)>,
     Query(q): Query<CallQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
     let timeout = match q.timeout {
         None => state.config.call_timeout,
@@ -577,6 +627,39 @@ async fn call(
                 StatusCode::BAD_REQUEST,
                 "bad_timeout",
                 "timeout must be a positive number of seconds",
+            );
+        }
+    };
+    // The body within the idle timeout and the size limit.
+    let body = match tokio::time::timeout(
+        state.config.idle_timeout,
+        axum::body::to_bytes(body, MAX_BODY),
+    )
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) if is_length_limit(&e) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the body is larger than {MAX_BODY} bytes"),
+            );
+        }
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_body",
+                format!("the body could not be read: {e}"),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {} s",
+                    state.config.idle_timeout.as_secs_f64()
+                ),
             );
         }
     };
@@ -720,7 +803,7 @@ async fn kick(
         return not_connected(&username, q.session);
     }
     for mind in &minds {
-        info!(session = mind.session_id(), user = %username, "kicked through the admin API");
+        info!(session = mind.session_id(), user = %Untrusted(&username), "kicked through the admin API");
         mind.close(GoodbyeReason::Kicked);
     }
     // Answer once the sessions have ended (bounded), so that a following

@@ -23,6 +23,8 @@ use tracing::{info, warn};
 
 use crate::admin::{Admin, AdminConfig, AdminToken};
 use crate::default_realm::DefaultRealm;
+use crate::fd_limit;
+use crate::log_limit::LogLimitConfig;
 use crate::secret::{DEFAULT_SECRET_FILE, SecretOrigin, ServerSecret, to_hex};
 use crate::server::{Server, ServerConfig, shutdown_signal};
 use crate::session::SessionConfig;
@@ -43,6 +45,8 @@ pub struct Cli {
 }
 
 /// The commands.
+// Parsed once at start: the size of `serve`'s options does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve devices against a Django database.
@@ -265,6 +269,27 @@ pub struct ServeArgs {
     /// Forwarding to the Django project.
     #[command(flatten)]
     pub forward: crate::forward::ForwardArgs,
+    /// Open admin API connections at once; when all are taken, a new one
+    /// with a whole request takes the place of the one that has waited
+    /// longest for a request, and others are closed at once.
+    #[arg(long, default_value_t = 128, value_name = "N")]
+    pub admin_max_connections: usize,
+    /// How long an admin request's head may take to arrive (from the
+    /// connection's start, or the end of the previous response).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub admin_header_timeout: f64,
+    /// How long an admin request's body may take to arrive, and a response
+    /// may wait for the client to read it.
+    #[arg(long, default_value_t = 30.0, value_name = "SECS")]
+    pub admin_idle_timeout: f64,
+    /// Lines of one kind of repeated warning (refused logins, shed
+    /// connections, failed accepts...) written per --log-limit-interval;
+    /// the rest are counted in one summary line per interval.
+    #[arg(long, default_value_t = 10, value_name = "N")]
+    pub log_limit_burst: u32,
+    /// The interval of --log-limit-burst.
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub log_limit_interval: f64,
 }
 
 /// What a login beyond `--max-sessions-per-user` does.
@@ -458,6 +483,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
             Ok(token) => Some(AdminConfig {
                 token,
                 call_timeout: secs(args.admin_call_timeout).max(Duration::from_millis(1)),
+                max_connections: args.admin_max_connections.max(1),
+                header_timeout: secs(args.admin_header_timeout).max(Duration::from_millis(1)),
+                idle_timeout: secs(args.admin_idle_timeout).max(Duration::from_millis(1)),
                 ..AdminConfig::default()
             }),
             Err(e) => {
@@ -471,6 +499,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     if let Some(warning) = crate::store::missing_sqlite_file(&store_config.url) {
         warn!("{warning}");
     }
+    let db_connections = u64::from(store_config.max_connections);
     let store = match Store::open(store_config) {
         Ok(s) => Arc::new(s),
         Err(e) => {
@@ -485,6 +514,10 @@ async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    store.metrics().log_limit().configure(LogLimitConfig {
+        burst: args.log_limit_burst,
+        interval: secs(args.log_limit_interval),
+    });
     match store.ping().await {
         Ok(()) => info!(database = %url, "credential store ready"),
         Err(e) => warn!(database = %url, error = %e,
@@ -557,6 +590,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
         },
         revalidate: Some(secs(args.revalidate)).filter(|d| !d.is_zero()),
     };
+    descriptors(fd_limit::Budget {
+        sessions: config.max_sessions as u64,
+        handshakes: config.max_handshakes as u64,
+        pending: config.max_pending as u64,
+        admin: admin_config.as_ref().map_or(0, |c| {
+            crate::admin::listener::descriptors(c.max_connections) as u64
+        }),
+        database: db_connections,
+    });
     let server = match Server::bind(
         args.listen.as_str(),
         config,
@@ -608,6 +650,30 @@ async fn serve(args: ServeArgs) -> ExitCode {
         let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
     }
     ExitCode::SUCCESS
+}
+
+/// Raises the soft file descriptor limit to the hard one and warns when the
+/// limits may need more than that.
+fn descriptors(budget: fd_limit::Budget) {
+    let soft = match fd_limit::raise_limit() {
+        Ok(l) => {
+            if l.soft > l.before {
+                info!(
+                    from = l.before,
+                    to = l.soft,
+                    "file descriptor limit raised to the hard limit"
+                );
+            }
+            l.soft
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read or raise the file descriptor limit");
+            return;
+        }
+    };
+    if let Some(warning) = budget.check(soft) {
+        warn!("{warning}");
+    }
 }
 
 fn read_password() -> Result<String, String> {

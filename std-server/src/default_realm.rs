@@ -24,6 +24,7 @@ use crate::per_user;
 use crate::realm::{
     Avatar, CallResult, IncomingCall, Mind, Realm, SessionEnd, SessionInfo, lock, reply,
 };
+use crate::untrusted::Untrusted;
 
 /// A live session as the registry lists it.
 #[derive(Debug, Clone)]
@@ -283,7 +284,7 @@ impl Avatar for DefaultAvatar {
 
     async fn attached(&self) {
         let info = &self.info;
-        info!(session = info.id, peer = %info.peer, "{} connected", info.user.username);
+        info!(session = info.id, peer = %info.peer, "{} connected", Untrusted(&info.user.username));
         self.emit(RealmEvent::Connected {
             session: info.id,
             username: info.user.username.clone(),
@@ -299,10 +300,10 @@ impl Avatar for DefaultAvatar {
                     Ok(status) => {
                         info!(
                             session = info.id,
-                            firmware = status.firmware,
+                            firmware = %Untrusted(status.firmware),
                             uptime_secs = status.uptime_secs,
                             "{}'s device answered device_info",
-                            info.user.username
+                            Untrusted(&info.user.username)
                         );
                         self.emit(RealmEvent::DeviceInfo {
                             session: info.id,
@@ -312,7 +313,11 @@ impl Avatar for DefaultAvatar {
                     }
                     Err(e) => warn!(session = info.id, error = %e, "bad device_info reply"),
                 },
-                Err(e) => warn!(session = info.id, error = %e, "device_info failed"),
+                Err(e) => {
+                    // A remote error carries the device's own message.
+                    let error = e.to_string();
+                    warn!(session = info.id, error = %Untrusted(&error), "device_info failed")
+                }
             }
         }
     }
@@ -323,7 +328,7 @@ impl Avatar for DefaultAvatar {
         if let Some((_, session)) = &self.forward {
             session.disconnected(&end);
         }
-        info!(session = info.id, peer = %info.peer, reason = %end, "{} disconnected", info.user.username);
+        info!(session = info.id, peer = %info.peer, reason = %end, "{} disconnected", Untrusted(&info.user.username));
         self.emit(RealmEvent::Disconnected {
             session: info.id,
             username: info.user.username.clone(),

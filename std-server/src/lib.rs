@@ -11,6 +11,9 @@
 //! |---|---|
 //! | [`admin`] | the admin HTTP API (axum): sessions, calls to devices, kick, health, metrics |
 //! | [`metrics`] | Prometheus metrics (logins, sessions, calls, database, throttle, frames) |
+//! | [`fd_limit`] | the file descriptor limit: raised at start, checked against the limits, a spare to refuse `busy` when none is left |
+//! | [`log_limit`] | rate-limited log lines for what an outsider can cause at will |
+//! | [`untrusted`] | text from outside made safe to log ([`untrusted::Untrusted`]) |
 //! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB), permission and group gates, `last_login`, TTL cache |
 //! | [`throttle`] | failed-login backoff per username and per address |
 //! | [`secret`] | the server secret behind decoy challenges |
@@ -42,7 +45,9 @@ pub mod cli;
 pub mod decoy;
 pub mod default_realm;
 pub mod demo;
+pub mod fd_limit;
 pub mod forward;
+pub mod log_limit;
 mod login;
 pub mod metrics;
 pub mod per_user;
@@ -53,6 +58,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod throttle;
+pub mod untrusted;
 pub mod wire;
 
 pub use admin::{Admin, AdminConfig, AdminToken};

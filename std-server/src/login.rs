@@ -38,10 +38,12 @@ use tracing::{debug, info, warn};
 use crate::admission::Ticket;
 use crate::decoy;
 use crate::default_realm::SessionEntry;
+use crate::log_limit::Noisy;
 use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, CredentialDigest, Mind, Realm, SessionEnd, SessionInfo, User};
 use crate::server::Shared;
 use crate::session::Established;
+use crate::untrusted::Untrusted;
 use crate::wire::{FrameReader, ReadError};
 
 /// How a handshake ended without a session.
@@ -90,12 +92,15 @@ impl Conn {
         } else {
             0
         };
-        let user = username.unwrap_or("-");
-        match code {
-            RefusalCode::Unavailable => {
-                warn!(peer = %self.peer, user, code = %code, detail, "login refused")
+        let user = Untrusted(username.unwrap_or("-"));
+        let detail = Untrusted(detail);
+        if self.metrics.log_limit().allow(Noisy::LoginRefused) {
+            match code {
+                RefusalCode::Unavailable => {
+                    warn!(peer = %self.peer, %user, code = %code, %detail, "login refused")
+                }
+                _ => info!(peer = %self.peer, %user, code = %code, %detail, "login refused"),
             }
-            _ => info!(peer = %self.peer, user, code = %code, detail, "login refused"),
         }
         let refusal = Handshake::Refused(Refusal {
             code,
@@ -301,7 +306,7 @@ pub(crate) async fn handshake<R: Realm>(
         other => other,
     };
     if let Some(why) = &decoy {
-        debug!(%peer, user = %typed, why = %why, "decoy challenge");
+        debug!(%peer, user = %Untrusted(&typed), why = %Untrusted(&why.to_string()), "decoy challenge");
     }
     let account = if decoy.is_none() { row } else { None };
 
@@ -453,7 +458,7 @@ pub(crate) async fn handshake<R: Realm>(
         avatar.detached(SessionEnd::Closed).await;
         return Err(end);
     }
-    info!(%peer, user = %account.username, session = session_id, mechanism = %credentials.mechanism, "login");
+    info!(%peer, user = %Untrusted(&account.username), session = session_id, mechanism = %credentials.mechanism, "login");
     shared.store.record_login(account.id);
     let Conn {
         mut reader, writer, ..

@@ -30,6 +30,9 @@
 //! | `tether_db_lookup_errors_total` | counter | `kind` = `unavailable`, `query` | failed lookups |
 //! | `tether_db_cache_hits_total` | counter | | lookups answered by the cache |
 //! | `tether_frames_rejected_total` | counter | `phase` = `handshake`, `session`; `reason` | frames that ended a login or session: `bad_frame` (length), `undecodable`, `unexpected`, `bad_tag`, `replayed`, `out_of_order`, `too_short`, `unknown_reply`, `duplicate_call` |
+//! | `tether_admin_connections` | gauge | | open connections to the admin API |
+//! | `tether_log_events_total` | counter | `event` ([`Noisy`](crate::log_limit::Noisy)) | events an outsider can cause at will, whether their log line was written or not |
+//! | `tether_log_lines_suppressed_total` | counter | `event` | their lines left out by the rate limit ([`crate::log_limit`]) |
 //!
 //! | `tether_forward_*` | | | forwarding to the Django project, listed in std-server/README.md |
 //! | `tether_revocations_total` | counter | `cause` = `deleted`, `inactive`, `password`, `permission`, `admin` | sessions ended with `Goodbye(Revoked)` ([`crate::revalidate`]) |
@@ -51,6 +54,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tether_core::message::RefusalCode;
 
+use crate::log_limit::LogLimit;
 use crate::throttle::Throttle;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
@@ -288,6 +292,8 @@ struct Inner {
     rejections: [Counter; 11],
     forward: crate::forward::metrics::ForwardMetrics,
     revocations: crate::revalidate::RevocationMetrics,
+    admin_connections: Gauge,
+    log_limit: LogLimit,
     /// Throttles whose blocked keys are counted at scrape time.
     throttles: Mutex<Vec<Weak<Throttle>>>,
 }
@@ -443,6 +449,13 @@ impl Metrics {
         let forward = crate::forward::metrics::ForwardMetrics::register(&mut registry);
         // Revocations: crate::revalidate.
         let revocations = crate::revalidate::RevocationMetrics::register(&mut registry);
+        let admin_connections = Gauge::default();
+        registry.register(
+            "admin_connections",
+            "Open connections to the admin API",
+            admin_connections.clone(),
+        );
+        let log_limit = LogLimit::register(&mut registry);
 
         Self {
             inner: Arc::new(Inner {
@@ -463,6 +476,8 @@ impl Metrics {
                 rejections,
                 forward,
                 revocations,
+                admin_connections,
+                log_limit,
                 throttles: Mutex::new(Vec::new()),
             }),
         }
@@ -554,6 +569,31 @@ impl Metrics {
 
     pub(crate) fn rejected(&self, why: Rejection) {
         self.inner.rejections[why as usize].inc();
+    }
+
+    /// The rate limit of the log lines an outsider can cause
+    /// ([`crate::log_limit`]).
+    pub fn log_limit(&self) -> &LogLimit {
+        &self.inner.log_limit
+    }
+
+    /// An admin connection opened; the returned guard closes it.
+    pub(crate) fn admin_connection(&self) -> GaugeGuard {
+        self.inner.admin_connections.inc();
+        GaugeGuard {
+            gauge: self.inner.admin_connections.clone(),
+        }
+    }
+}
+
+/// Decrements a gauge when dropped.
+pub(crate) struct GaugeGuard {
+    gauge: Gauge,
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 

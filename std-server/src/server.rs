@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::admission::{self, Admission, Admitted, Limits};
 use crate::decoy::DecoyMix;
 use crate::default_realm::Registry;
+use crate::log_limit::Noisy;
 use crate::login::{self, LoginEnd};
 use crate::metrics::{LoginOutcome, Metrics};
 use crate::per_user;
@@ -335,16 +336,14 @@ impl<R: Realm> Server<R> {
                 shared.shutdown.clone(),
             ));
         }
+        // Out of descriptors, a device is refused `busy` instead of waiting.
+        let mut spare = crate::fd_limit::Spare::new();
         loop {
             tokio::select! {
                 _ = shared.shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => accept(&shared, stream, peer),
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
+                    Err(e) => spare.accept_failed(&listener, e, &shared.metrics).await,
                 },
             }
         }
@@ -380,7 +379,7 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         Admitted::Drop(why) => {
             if why == admission::EARLY_DROP {
                 debug!(%peer, "random early drop: closed without a reply");
-            } else {
+            } else if shared.metrics.log_limit().allow(Noisy::ConnectionDropped) {
                 warn!(%peer, "{why}; closed without a reply");
             }
             shared
@@ -410,7 +409,9 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         drop(in_handshake);
         let (established, session_permit) = match result {
             Err(_) => {
-                info!(%peer, "login timed out; connection closed");
+                if metrics.log_limit().allow(Noisy::LoginTimedOut) {
+                    info!(%peer, "login timed out; connection closed");
+                }
                 metrics.login(LoginOutcome::Timeout, None, started.elapsed());
                 return;
             }

@@ -42,10 +42,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, Span, debug, warn};
 
+use crate::log_limit::Noisy;
 use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{
     Avatar, CallResult, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo, lock,
 };
+use crate::untrusted::Untrusted;
 use crate::wire::{FrameReader, ReadError};
 
 /// A message for the session task to send, queued by other tasks.
@@ -162,7 +164,8 @@ pub(crate) async fn run<A: Avatar>(
         metrics,
     } = est;
     let peer = info.peer;
-    let span = tracing::info_span!("session", id = info.id, user = %info.user.username, %peer);
+    let span =
+        tracing::info_span!("session", id = info.id, user = %Untrusted(&info.user.username), %peer);
     let attached = Attached::spawn(&avatar, &span);
     let mut session = Session {
         reader,
@@ -189,6 +192,7 @@ pub(crate) async fn run<A: Avatar>(
         mut rx,
         calls,
         mind,
+        metrics,
         ..
     } = session;
 
@@ -225,10 +229,12 @@ pub(crate) async fn run<A: Avatar>(
     let end = ending.end;
     match &end {
         SessionEnd::ProtocolError(e) => {
-            warn!(session = info.id, user = %info.user.username, %peer, error = %e, "session closed: protocol error")
+            if metrics.log_limit().allow(Noisy::SessionProtocolError) {
+                warn!(session = info.id, user = %Untrusted(&info.user.username), %peer, error = %e, "session closed: protocol error")
+            }
         }
         other => {
-            debug!(session = info.id, user = %info.user.username, %peer, end = %other, "session ended")
+            debug!(session = info.id, user = %Untrusted(&info.user.username), %peer, end = %other, "session ended")
         }
     }
     calls.avatar.detached(end.clone()).instrument(span).await;

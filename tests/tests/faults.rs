@@ -17,12 +17,12 @@
 mod firmware_support;
 mod suite_support;
 
-use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use firmware_support::TestRng;
+use suite_support::process::cpu_time;
 use suite_support::*;
 use tether_core::message::{ErrorCode, GoodbyeReason, RefusalCode};
 use tether_core::method::builtin::{DeviceInfo, DeviceStatus, Echo, WhoAmI};
@@ -349,118 +349,6 @@ impl Handler for SlowMind {
     }
 }
 
-/// `tether serve` as a process; its stderr lines arrive on a channel.
-struct ServeProcess {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-    log: Vec<String>,
-}
-
-impl ServeProcess {
-    fn start(db: &Db, extra: &[&str], rust_log: &str) -> Self {
-        let mut child = Command::new(tether_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--database", &db.url()])
-            .args(extra)
-            .current_dir(db.dir.path())
-            .env_remove("DATABASE_URL")
-            .env_remove("TETHER_SECRET")
-            .env_remove("TETHER_ADMIN_TOKEN")
-            .env("RUST_LOG", rust_log)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tether serve starts");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            lines,
-            log: Vec::new(),
-        }
-    }
-
-    /// The first line of the log containing `needle`, waiting for it (30 s
-    /// at most) if it has not come yet.
-    fn find(&mut self, needle: &str) -> String {
-        if let Some(line) = self.log.iter().find(|l| l.contains(needle)) {
-            return line.clone();
-        }
-        self.wait_for(needle)
-    }
-
-    /// Reads the log until a line contains `needle` (30 s at most).
-    fn wait_for(&mut self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.log.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => panic!("no {needle:?} in the log:\n{}", self.log.join("\n")),
-            }
-        }
-    }
-
-    /// The value after `key=` in a log line.
-    fn field(line: &str, key: &str) -> String {
-        line.split(&format!("{key}="))
-            .nth(1)
-            .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits for the exit (30 s at most) and collects the rest of the log.
-    fn wait(mut self) -> (std::process::ExitStatus, String) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("tether serve did not exit:\n{}", self.log.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
-            self.log.push(line);
-        }
-        (status, self.log.join("\n"))
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One HTTP/1.1 request; returns (status, body).
 async fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -774,4 +662,181 @@ async fn device_cut_off_reconnects_and_logs_in_with_cached_keys() {
             (third, "alice".to_string())
         ]
     );
+}
+
+// ------------------------------------------------------- file descriptors
+
+/// The descriptor limit of the starved server below: room for its own
+/// descriptors (about 30: runtime, listener, SQLite readers, spare) and a
+/// few dozen connections.
+const NOFILE: u64 = 96;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_low_soft_descriptor_limit_is_raised_to_the_hard_one_and_checked_against_the_limits() {
+    let db = Db::copy(DB);
+    // Soft 100, hard what this shell has (CI: 20,000 or more).
+    let hard: u64 = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "ulimit -Hn"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap_or(u64::MAX);
+    assert!(
+        hard > 200,
+        "this test needs a hard descriptor limit above 200"
+    );
+    let mut serve = ServeProcess::start_limited(&db, &[], "info", Some("-Sn 100"));
+    let raised = serve.find("file descriptor limit raised");
+    assert!(raised.contains("from=100"), "{raised}");
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", serve.pid())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    // "Max open files  SOFT  HARD  files": soft = hard (or, with an
+    // unlimited hard limit, the kernel's fs.nr_open).
+    let fields: Vec<&str> = open_files.split_whitespace().collect();
+    let (soft, hard_now) = (fields[3], fields[4]);
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").unwrap();
+    if hard_now == "unlimited" {
+        assert_eq!(soft, nr_open.trim(), "{open_files}");
+    } else {
+        assert_eq!(soft, hard_now, "{open_files}");
+    }
+    assert!(
+        raised.contains(&format!("to={soft}")),
+        "{raised}\n{open_files}"
+    );
+    serve.addr();
+    // The default limits without --admin need 10,392 descriptors: no
+    // warning unless the hard limit is below that.
+    let warned = serve
+        .log_after(Duration::from_millis(300))
+        .iter()
+        .any(|l| l.contains("is below what the limits may hold"));
+    assert_eq!(warned, hard < 10_392, "hard limit {hard}");
+
+    // A hard limit below what the limits need: one warning with the sum.
+    let mut serve = ServeProcess::start_limited(
+        &db,
+        &["--max-sessions", "500", "--admin", "127.0.0.1:0"],
+        "info",
+        Some("-n 400"),
+    );
+    let warning = serve.find("is below what the limits may hold");
+    assert!(warning.contains(" WARN "), "{warning}");
+    assert!(
+        warning.contains(
+            "limit (400) is below what the limits may hold: 500 sessions + 64 handshakes + 256 \
+             waiting + 384 admin connections + 8 database connections + 64 for the process = 1276"
+        ),
+        "{warning}"
+    );
+    serve.addr();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_a_login_is_refused_busy_at_once_and_the_accept_loop_does_not_spin() {
+    let db = Db::copy(DB);
+    let mut serve = ServeProcess::start_limited(
+        &db,
+        &[
+            "--max-handshakes",
+            "1000",
+            "--max-handshakes-per-address",
+            "0",
+            "--handshake-timeout",
+            "300",
+            "--log-limit-burst",
+            "3",
+            "--log-limit-interval",
+            "600",
+        ],
+        "info",
+        Some(&format!("-n {NOFILE}")),
+    );
+    let addr = serve.addr();
+    let pid = serve.pid();
+    // Silent connections, each holding a handshake (and a descriptor) for
+    // the handshake timeout, until the server has none left (its accept
+    // fails: EMFILE, logged).
+    let mut silent = Vec::new();
+    while !serve
+        .log_after(Duration::from_millis(5))
+        .iter()
+        .any(|l| l.contains("Too many open files"))
+    {
+        assert!(
+            silent.len() < 2 * NOFILE as usize,
+            "the server never ran out of descriptors"
+        );
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    assert!(
+        silent.len() < NOFILE as usize,
+        "{} connections",
+        silent.len()
+    );
+    // Out of descriptors: a device is told `busy` and when to come back,
+    // not left waiting until its handshake times out (20 s here).
+    let mut store: BufferStore = BufferStore::new();
+    let refused = host::connect(
+        addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(password(DB, "alice")),
+        &mut TestRng(8),
+        &device_config().with_handshake_timeout(Duration::from_secs(20)),
+    )
+    .await
+    .map(|_| ())
+    .expect_err("no descriptor left for a session");
+    assert!(
+        matches!(
+            refused,
+            DeviceError::Refused {
+                code: RefusalCode::Busy,
+                retry_after_secs: 5
+            }
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(refused.retry(), Retry::Later(Duration::from_secs(5)));
+    // While starved, the accept loop waits between attempts: little CPU,
+    // and a few log lines (the burst of 3) instead of one per attempt.
+    let (cpu, began) = (cpu_time(pid), Instant::now());
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (cpu, wall) = (cpu_time(pid) - cpu, began.elapsed());
+    assert!(
+        cpu < wall / 4,
+        "{cpu:?} of CPU in {wall:?}: the accept loop spins"
+    );
+    let log = serve.log_after(Duration::from_millis(200)).to_vec();
+    let starved = log
+        .iter()
+        .filter(|l| l.contains("no file descriptor left") || l.contains("accept failed"))
+        .count();
+    assert!(
+        (1..=3).contains(&starved),
+        "{starved} lines about missing descriptors:\n{}",
+        log.join("\n")
+    );
+    // Descriptors back: logins work again.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match device_login(addr, "alice").await {
+            Ok(_) => break,
+            Err(DeviceError::Refused {
+                code: RefusalCode::Busy,
+                ..
+            }) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(e) => panic!("no login once descriptors are back: {e:?}"),
+        }
+    }
 }

@@ -1327,3 +1327,111 @@ async fn with_the_refuse_policy_a_login_beyond_the_accounts_limit_is_busy() {
     assert_eq!(s.echo("in").await, "in");
     b.finish().await;
 }
+
+// ------------------------------------------------------------ log flood
+
+/// The counts of `event` in every rate-limit summary line of `log`.
+fn summarised(log: &[String], event: &str) -> u64 {
+    log.iter()
+        .filter(|l| l.contains("log lines left out (rate limit)"))
+        .filter_map(|l| {
+            let counts = l.split("counts=").nth(1)?;
+            let counts = counts.trim_matches('"');
+            counts.split_whitespace().find_map(|c| {
+                c.trim_matches('"')
+                    .strip_prefix(&format!("{event}="))?
+                    .parse::<u64>()
+                    .ok()
+            })
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_rejected_connections_writes_a_few_lines_and_a_summary_with_the_counts() {
+    use suite_support::process::http_get;
+    let db = Db::copy(DB);
+    // One handshake and 4 waiting places (4x the handshakes). The slot is
+    // held by a login past its hello (a silent one would be evicted by the
+    // next newcomer, at debug level). One address may keep as many
+    // connections waiting as it may hold slots (all of them here: 1), so of
+    // the 199 silent connections 1 waits and 198 are closed at once, each a
+    // warning.
+    let mut serve = ServeProcess::start(
+        &db,
+        &[
+            "--max-handshakes",
+            "1",
+            "--max-handshakes-per-address",
+            "0",
+            "--admin",
+            "127.0.0.1:0",
+            "--log-limit-burst",
+            "5",
+            "--log-limit-interval",
+            "2",
+        ],
+        "info",
+    );
+    let (addr, admin) = (serve.addr(), serve.admin());
+    let mut holder = tokio::net::TcpStream::connect(addr).await.unwrap();
+    holder
+        .write_all(&handshake_frame(&Handshake::Hello(Hello {
+            version: 1,
+            mechanisms: Mechanisms::ALL,
+            max_frame: 512,
+            client_first: "n,,n=alice,r=abcdefghijklmnopqrstuvwx",
+        })))
+        .await
+        .unwrap();
+    // Its challenge: the server has read the hello.
+    let mut header = [0u8; 2];
+    use tokio::io::AsyncReadExt as _;
+    holder.read_exact(&mut header).await.unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..199 {
+        conns.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let dropped = r#"tether_logins_total{outcome="dropped"}"#;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metrics = loop {
+        let (status, body) = http_get(&admin, "/metrics").await;
+        assert_eq!(status, 200);
+        if parse_metric(&body, dropped) == 198.0 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        parse_metric(
+            &metrics,
+            r#"tether_log_events_total{event="connection_dropped"}"#
+        ),
+        198.0
+    );
+    // The interval ends: a summary says how many lines were left out.
+    serve.find("log lines left out (rate limit)");
+    let log = serve.log_after(Duration::from_millis(200)).to_vec();
+    let written = log
+        .iter()
+        .filter(|l| l.contains("too many connections waiting"))
+        .count() as u64;
+    let left_out = summarised(&log, "connection_dropped");
+    assert_eq!(written + left_out, 198, "{}", log.join("\n"));
+    // One burst per interval: the flood took one or two of them.
+    assert!(
+        (5..=10).contains(&written),
+        "{written} lines:\n{}",
+        log.join("\n")
+    );
+    let (_, metrics) = http_get(&admin, "/metrics").await;
+    assert_eq!(
+        parse_metric(
+            &metrics,
+            r#"tether_log_lines_suppressed_total{event="connection_dropped"}"#
+        ),
+        left_out as f64
+    );
+    drop((holder, conns));
+}

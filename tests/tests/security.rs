@@ -801,7 +801,7 @@ async fn no_password_proof_or_key_in_the_server_log_at_trace_level() {
         "user=alice",
         "user=zoë",
         "login refused",
-        "why=unknown user",
+        r#"why="unknown user""#,
         "decoy challenge",
         "alice disconnected",
         "shut down",
@@ -909,4 +909,40 @@ async fn no_password_or_key_in_a_loopback_capture_of_logins() {
         .collect();
     assert_eq!(leaks(&captured, &proofs, "").len(), 2);
     drop(served);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_username_holding_a_newline_stays_one_escaped_log_line_at_debug_level() {
+    let _serial = SERIAL.lock().await;
+    let db = Db::copy(DB);
+    let mut serve = ServeProcess::start(&db, &["--decoy-iterations", "4096"], "debug");
+    let addr = serve.addr();
+    // What a forged line would look like: the server's own format.
+    let forged = "1999-12-31T23:59:59.000000Z  INFO tether_server::login: login user=alice";
+    let name = format!("mallory\n{forged}");
+    // An unknown user: a decoy challenge (logged at debug), then a wrong
+    // proof, refused `unauthorized` (logged at info).
+    let mut hs = Handshaking::hello(addr, &name, Mechanisms::ALL).await;
+    hs.challenge().await.unwrap();
+    let refused = hs.prove("not the password").await.err().unwrap();
+    assert_eq!(refused.code(), Some(RefusalCode::Unauthorized));
+    let escaped = format!(r#"user="mallory\n{forged}""#);
+    let log = serve.log_after(Duration::from_millis(300)).to_vec();
+    let decoy: Vec<&String> = serve
+        .log_after(Duration::from_secs(5))
+        .iter()
+        .filter(|l| l.contains("decoy challenge") && l.contains(r#"why="unknown user""#))
+        .collect();
+    assert_eq!(decoy.len(), 1, "{}", log.join("\n"));
+    assert!(decoy[0].contains(" DEBUG "), "{}", decoy[0]);
+    assert!(decoy[0].contains(&escaped), "{}", decoy[0]);
+    let refusal = serve.find("login refused");
+    assert!(refusal.contains(&escaped), "{refusal}");
+    // No line of the log is the forged one, or starts where it would.
+    let log = serve.log_after(Duration::from_millis(200));
+    assert!(
+        !log.iter().any(|l| l.starts_with("1999-12-31")),
+        "a forged line:\n{}",
+        log.join("\n")
+    );
 }

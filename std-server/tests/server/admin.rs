@@ -1146,3 +1146,214 @@ async fn tether_serve_admin_as_a_process() {
     assert!(log.contains("latency_ms="), "{log}");
     assert!(!log.contains(TOKEN), "{log}");
 }
+
+// ---------------------------------------------------------------- limits
+
+/// Reads until the server closes the connection (30 s at most).
+async fn until_closed(mut stream: tokio::net::TcpStream) -> String {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn local_metric(store: &Store, series: &str) -> f64 {
+    metric(&store.metrics().render(), series)
+}
+
+const TIMED_OUT: &str = r#"tether_log_events_total{event="admin_connection_timed_out"}"#;
+const SHED: &str = r#"tether_log_events_total{event="admin_connection_shed"}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_a_request_and_an_idle_keep_alive_connection_end_at_the_header_timeout() {
+    let db = Db::copy(DB);
+    let admin = AdminConfig {
+        header_timeout: Duration::from_millis(300),
+        ..with_token()
+    };
+    let s = start_admin(StoreConfig::new(db.url()), test_config(), admin).await;
+    // A request line and one header, never the blank line.
+    let mut half = tokio::net::TcpStream::connect(s.admin).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: tether\r\n")
+        .await
+        .unwrap();
+    // A whole request on a keep-alive connection, then nothing.
+    let mut idle = tokio::net::TcpStream::connect(s.admin).await.unwrap();
+    let request =
+        format!("GET /healthz HTTP/1.1\r\nHost: tether\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    idle.write_all(request.as_bytes()).await.unwrap();
+    let (half, idle) = tokio::join!(until_closed(half), until_closed(idle));
+    assert!(
+        half.is_empty() || half.starts_with("HTTP/1.1 408"),
+        "{half:?}"
+    );
+    assert!(idle.starts_with("HTTP/1.1 200"), "{idle:?}");
+    assert!(!idle[4..].contains("HTTP/1.1"), "one response: {idle:?}");
+    assert_eq!(local_metric(&s.store, TIMED_OUT), 2.0);
+    assert_eq!(local_metric(&s.store, "tether_admin_connections"), 0.0);
+    s.handle.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stops_arriving_is_answered_408_at_the_idle_timeout() {
+    let db = Db::copy(DB);
+    let admin = AdminConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..with_token()
+    };
+    let s = start_admin(StoreConfig::new(db.url()), test_config(), admin).await;
+    let mut stream = tokio::net::TcpStream::connect(s.admin).await.unwrap();
+    let head = format!(
+        "POST /sessions/alice/call/echo HTTP/1.1\r\nHost: tether\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n\"ten bytes"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = until_closed(stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains(r#""error":"body_timeout""#), "{answer}");
+    // Too large: 413 before anything is called.
+    let big = vec![0u8; tether_server::admin::MAX_BODY + 1];
+    let r = call_raw(s.admin, "/sessions/alice/call/echo", &big).await;
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.json()["error"], "too_large");
+    s.handle.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_connection_taken_a_whole_request_takes_the_place_of_the_oldest_waiting() {
+    let db = Db::copy(DB);
+    let admin = AdminConfig {
+        max_connections: 4,
+        ..with_token()
+    };
+    let s = start_admin(StoreConfig::new(db.url()), test_config(), admin).await;
+    // Four connections that never finish their request, oldest first.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut c = tokio::net::TcpStream::connect(s.admin).await.unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        held.push(c);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..500 {
+        if local_metric(&s.store, "tether_admin_connections") == 4.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(local_metric(&s.store, "tether_admin_connections"), 4.0);
+    // A real request still gets in; the oldest waiting connection left.
+    let r = get(s.admin, "/healthz").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(local_metric(&s.store, SHED), 1.0);
+    let oldest = held.remove(0);
+    assert_eq!(until_closed(oldest).await, "");
+    // Full again (once the /healthz connection has given its place back):
+    // another half request is closed at once; those already in stay.
+    for _ in 0..500 {
+        if local_metric(&s.store, "tether_admin_connections") == 3.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(local_metric(&s.store, "tether_admin_connections"), 3.0);
+    let mut refill = tokio::net::TcpStream::connect(s.admin).await.unwrap();
+    refill
+        .write_all(b"GET /healthz HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    held.push(refill);
+    for _ in 0..500 {
+        if local_metric(&s.store, "tether_admin_connections") == 4.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(local_metric(&s.store, "tether_admin_connections"), 4.0);
+    let mut late = tokio::net::TcpStream::connect(s.admin).await.unwrap();
+    late.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    assert_eq!(until_closed(late).await, "");
+    assert_eq!(local_metric(&s.store, SHED), 2.0);
+    for c in &held {
+        let mut byte = [0u8; 1];
+        assert!(
+            matches!(c.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+            "a connection already in was closed"
+        );
+    }
+    // A flood of 300 such connections: never more than 4 open, and the
+    // device port and /healthz go on.
+    let flood = tokio::spawn({
+        let admin = s.admin;
+        async move {
+            let mut conns = Vec::new();
+            for _ in 0..300 {
+                if let Ok(mut c) = tokio::net::TcpStream::connect(admin).await {
+                    let _ = c.write_all(b"GET /healthz HTTP/1.1\r\n").await;
+                    conns.push(c);
+                }
+            }
+            conns
+        }
+    });
+    let mut most = 0.0f64;
+    while !flood.is_finished() {
+        most = most.max(local_metric(&s.store, "tether_admin_connections"));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let conns = flood.await.unwrap();
+    assert!(most <= 4.0, "{most} admin connections open");
+    let device = Device::start(s.addr, "alice", "flooded-1.0");
+    let r = get(s.admin, "/healthz").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["sessions"], 1);
+    assert!(local_metric(&s.store, "tether_admin_connections") <= 4.0);
+    drop((conns, held, device));
+    s.handle.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_connection_running_a_request_a_new_one_waits_for_a_place() {
+    let db = Db::copy(DB);
+    let admin = AdminConfig {
+        max_connections: 1,
+        ..with_token()
+    };
+    let s = start_admin(StoreConfig::new(db.url()), test_config(), admin).await;
+    let device = Device::start(s.addr, "alice", "busy-1.0");
+    let slow = tokio::spawn({
+        let admin = s.admin;
+        async move {
+            let mut buf = [0u8; 16];
+            let args = tether_core::method::encode_args::<Sleep>(&400, &mut buf).unwrap();
+            call_raw(admin, "/sessions/alice/call/sleep", args)
+                .await
+                .status
+        }
+    });
+    // The call's connection is open (and its request, sent in one write,
+    // read) before the second one connects.
+    for _ in 0..500 {
+        if local_metric(&s.store, "tether_admin_connections") == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Served once the call's connection gave its place back: the scrape
+    // already counts the call.
+    let r = get(s.admin, "/metrics").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        metric(
+            &r.text(),
+            r#"tether_calls_total{direction="to_device",outcome="ok"}"#
+        ),
+        1.0,
+        "/metrics was served while the call ran"
+    );
+    assert_eq!(slow.await.unwrap(), 200, "the running call was not cut");
+    assert_eq!(local_metric(&s.store, SHED), 0.0);
+    drop(device);
+    s.handle.shutdown();
+}

@@ -14,11 +14,13 @@
 //! - [`metric`]: a series of the server's Prometheus metrics.
 //! - [`Proxy`]: a TCP proxy that can be cut and restored (a database or a
 //!   network link going away).
-//! - [`tether_bin`]: the `tether` binary, built if needed.
+//! - [`tether_bin`]: the `tether` binary, built if needed;
+//!   [`process::ServeProcess`]: `tether serve` as a process, its log read.
 #![allow(dead_code)]
 
 #[path = "../../../std-server/tests/server/common.rs"]
 pub mod common;
+pub mod process;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -49,6 +51,8 @@ use crate::firmware_support::{DeviceMind, TestRng};
 pub use common::{
     Db, Handshaking, LoginError, Msg, OwnedHandshake, connect, password, send_raw_frame, user,
 };
+#[allow(unused_imports)]
+pub use process::ServeProcess;
 
 pub const DB: &str = "default.sqlite3";
 
