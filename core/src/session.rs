@@ -20,7 +20,7 @@ use core::fmt;
 use subtle::ConstantTimeEq as _;
 
 use crate::frame::{FrameError, HEADER_LEN, finish_frame};
-use crate::message::{DecodeError, EncodeError, Message};
+use crate::message::{DecodeError, EncodeError, GoodbyeReason, Message};
 use crate::sha256::{HmacSha256, hmac_sha256};
 
 pub(crate) const SESSION_LABEL: &[u8] = b"tether/1 session";
@@ -73,10 +73,12 @@ impl SessionKeys {
             Sealer {
                 mac: HmacSha256::new(send),
                 seq: 0,
+                closed: false,
             },
             Opener {
                 mac: HmacSha256::new(recv),
                 next: 0,
+                closed: false,
             },
         )
     }
@@ -84,6 +86,7 @@ impl SessionKeys {
 
 /// What went wrong with a session frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The body is too short to hold a sequence number, a message and a tag.
     TooShort {
@@ -114,6 +117,35 @@ pub enum SessionError {
     Frame(FrameError),
     /// 2^64 frames were sent: the session must end.
     SequenceExhausted,
+    /// This half is closed: an earlier frame failed to open (an [`Opener`]
+    /// accepts nothing after a failure), or a `Goodbye` went through it
+    /// (the last frame in its direction).
+    Closed,
+}
+
+impl SessionError {
+    /// The `Goodbye` reason a peer that says why it closes gives for this
+    /// error: `BadTag` for a frame that is not authentic or not the next
+    /// one (forged, altered, truncated, replayed, reordered), else
+    /// `ProtocolError` (an authentic frame whose message does not decode).
+    pub const fn goodbye_reason(&self) -> GoodbyeReason {
+        match self {
+            Self::TooShort { .. }
+            | Self::BadTag
+            | Self::Replayed { .. }
+            | Self::OutOfOrder { .. }
+            | Self::Closed => GoodbyeReason::BadTag,
+            Self::Decode(_) | Self::Frame(_) | Self::SequenceExhausted => {
+                GoodbyeReason::ProtocolError
+            }
+        }
+    }
+
+    /// Whether the frame failed authentication or sequencing (as opposed to
+    /// an authentic frame with a bad message).
+    pub const fn is_inauthentic(&self) -> bool {
+        matches!(self.goodbye_reason(), GoodbyeReason::BadTag)
+    }
 }
 
 impl fmt::Display for SessionError {
@@ -133,6 +165,7 @@ impl fmt::Display for SessionError {
             Self::Decode(e) => write!(f, "session message: {e}"),
             Self::Frame(e) => write!(f, "session frame: {e}"),
             Self::SequenceExhausted => f.write_str("sequence numbers exhausted"),
+            Self::Closed => f.write_str("session half closed (earlier failure or goodbye)"),
         }
     }
 }
@@ -145,11 +178,13 @@ impl From<FrameError> for SessionError {
     }
 }
 
-/// Seals outgoing session messages.
+/// Seals outgoing session messages. After it sealed a `Goodbye` (the last
+/// frame in its direction) it seals nothing more.
 #[derive(Clone)]
 pub struct Sealer {
     mac: HmacSha256,
     seq: u64,
+    closed: bool,
 }
 
 impl fmt::Debug for Sealer {
@@ -171,38 +206,58 @@ impl Sealer {
         max: usize,
     ) -> Result<&'o [u8], SessionError> {
         let available = out.len();
-        let room = available.saturating_sub(HEADER_LEN + OVERHEAD);
-        if room == 0 {
-            return Err(FrameError::BufferTooSmall {
-                needed: HEADER_LEN + OVERHEAD + 1,
-                available,
-            }
-            .into());
-        }
         let start = HEADER_LEN + SEQ_LEN;
-        let n = msg
-            .encode(&mut out[start..start + room])
-            .map_err(|e| match e {
-                EncodeError::BufferFull => FrameError::BufferTooSmall {
+        let room = available.saturating_sub(HEADER_LEN + OVERHEAD);
+        let body = out.get_mut(start..start + room).unwrap_or_default();
+        let n = match msg.encode(body) {
+            Ok(m) => m.len(),
+            Err(EncodeError::BufferFull) => {
+                return Err(FrameError::BufferTooSmall {
                     needed: available + 1,
                     available,
-                },
-                EncodeError::Unencodable => FrameError::Encode,
-            })?
-            .len();
+                }
+                .into());
+            }
+            Err(EncodeError::Unencodable) => return Err(FrameError::Encode.into()),
+        };
+        let frame = self.seal_in_place(out, n, max)?;
+        if matches!(msg, Message::Goodbye { .. }) {
+            self.closed = true;
+        }
+        Ok(frame)
+    }
+
+    /// Seals the `n`-byte message already encoded at
+    /// `out[HEADER_LEN + SEQ_LEN..]`: writes the length prefix, the sequence
+    /// number and the tag around it and returns the whole frame. `max` is
+    /// the peer's maximum body length.
+    pub(crate) fn seal_in_place<'o>(
+        &mut self,
+        out: &'o mut [u8],
+        n: usize,
+        max: usize,
+    ) -> Result<&'o [u8], SessionError> {
+        if self.closed {
+            return Err(SessionError::Closed);
+        }
         let body_len = SEQ_LEN + n + TAG_LEN;
+        let end = HEADER_LEN + body_len;
+        let available = out.len();
+        let out = out.get_mut(..end).ok_or(FrameError::BufferTooSmall {
+            needed: end,
+            available,
+        })?;
+        let max = max.min(u16::MAX as usize);
         if body_len > max {
             return Err(FrameError::TooLong { len: body_len, max }.into());
         }
-        out[HEADER_LEN..start].copy_from_slice(&self.seq.to_be_bytes());
+        let seq = self.seq;
+        self.seq = seq.checked_add(1).ok_or(SessionError::SequenceExhausted)?;
+        let (signed, tag) = out.split_at_mut(end - TAG_LEN);
+        signed[HEADER_LEN..HEADER_LEN + SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
         let mut mac = self.mac.clone();
-        mac.update(&out[HEADER_LEN..start + n]);
-        let tag = mac.finish();
-        out[start + n..start + n + TAG_LEN].copy_from_slice(&tag[..TAG_LEN]);
-        self.seq = self
-            .seq
-            .checked_add(1)
-            .ok_or(SessionError::SequenceExhausted)?;
+        mac.update(&signed[HEADER_LEN..]);
+        tag.copy_from_slice(&mac.finish()[..TAG_LEN]);
         Ok(finish_frame(out, body_len, max)?)
     }
 
@@ -212,11 +267,13 @@ impl Sealer {
     }
 }
 
-/// Checks and decodes incoming session frames.
+/// Checks and decodes incoming session frames. After a frame fails, or
+/// after a `Goodbye`, it opens nothing more ([`SessionError::Closed`]).
 #[derive(Clone)]
 pub struct Opener {
     mac: HmacSha256,
     next: u64,
+    closed: bool,
 }
 
 impl fmt::Debug for Opener {
@@ -229,8 +286,20 @@ impl fmt::Debug for Opener {
 
 impl Opener {
     /// Authenticates a frame body and decodes its message, which borrows
-    /// from `body`. Any error means the session must close.
+    /// from `body`. Any error means the session must close, and closes this
+    /// opener: every later frame fails with [`SessionError::Closed`].
     pub fn open<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
+        if self.closed {
+            return Err(SessionError::Closed);
+        }
+        // Closed until the frame proves good.
+        self.closed = true;
+        let msg = self.check(body)?;
+        self.closed = matches!(msg, Message::Goodbye { .. });
+        Ok(msg)
+    }
+
+    fn check<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
         if body.len() < OVERHEAD + 1 {
             return Err(SessionError::TooShort { len: body.len() });
         }
