@@ -85,7 +85,7 @@ fn device(addr: &str, user: &str, password: &str) -> Result<()> {
         }
         let deadline = login.poll_timeout();
         match read_until(&mut sock, login.receive_buffer(), deadline)? {
-            Some(0) => login.handle_eof(),
+            Some(0) => return Err(login.handle_eof().into()),
             Some(n) => login.commit(n),
             None => login.handle_timeout(now()),
         }
@@ -150,7 +150,7 @@ fn device(addr: &str, user: &str, password: &str) -> Result<()> {
                 }
                 let deadline = conn.poll_timeout().map_or(until, |t| t.min(until));
                 match read_until(&mut sock, conn.receive_buffer(), Some(deadline))? {
-                    Some(0) => conn.handle_eof(),
+                    Some(0) => return Err(conn.handle_eof().into()),
                     Some(n) => conn.commit(n),
                     None => conn.handle_timeout(now()),
                 }
@@ -210,7 +210,7 @@ fn serve(mut sock: TcpStream, session_id: u64) -> Result<()> {
         }
         let deadline = handshake.poll_timeout();
         match read_until(&mut sock, handshake.receive_buffer(), deadline)? {
-            Some(0) => handshake.handle_eof(),
+            Some(0) => return Err(handshake.handle_eof().into()),
             Some(n) => handshake.commit(n),
             None => handshake.handle_timeout(now()),
         }
@@ -270,7 +270,7 @@ fn serve(mut sock: TcpStream, session_id: u64) -> Result<()> {
                 if !sent {
                     let deadline = conn.poll_timeout();
                     match read_until(&mut sock, conn.receive_buffer(), deadline)? {
-                        Some(0) => conn.handle_eof(),
+                        Some(0) => return Err(conn.handle_eof().into()),
                         Some(n) => conn.commit(n),
                         None => conn.handle_timeout(now()),
                     }

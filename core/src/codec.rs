@@ -90,11 +90,16 @@ struct Writer<'o> {
 
 /// A variant tag and one varint: `Ping`, `Pong`, `Goodbye` (whose reason
 /// index is below 128, so its one byte is its varint).
-fn small(tag: u8, value: u64, out: &mut [u8]) -> Result<&mut [u8], EncodeError> {
+pub(crate) fn small(tag: u8, value: u64, out: &mut [u8]) -> Result<usize, EncodeError> {
     let mut w = Writer { out, len: 0 };
     w.byte(tag)?;
     w.varint(value)?;
-    Ok(w.finish())
+    Ok(w.len)
+}
+
+fn small_message(tag: u8, value: u64, out: &mut [u8]) -> Result<&mut [u8], EncodeError> {
+    let n = small(tag, value, out)?;
+    Ok(&mut out[..n])
 }
 
 impl<'o> Writer<'o> {
@@ -122,10 +127,6 @@ impl<'o> Writer<'o> {
         self.len = end;
         Ok(())
     }
-
-    fn finish(self) -> &'o mut [u8] {
-        &mut self.out[..self.len]
-    }
 }
 
 const MECHANISMS: [Mechanism; 2] = [Mechanism::ScramSha256, Mechanism::ScramSha1];
@@ -150,27 +151,52 @@ const GOODBYE_REASONS: [GoodbyeReason; 7] = [
     GoodbyeReason::Replaced,
 ];
 
+impl Hello<'_> {
+    /// Encodes `Handshake::Hello(self)` at the start of `out`; returns its
+    /// length (a device encodes no other handshake message but the proof).
+    pub(crate) fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer { out, len: 0 };
+        w.byte(0)?;
+        w.byte(self.version)?;
+        w.byte(self.mechanisms.bits())?;
+        w.varint(self.max_frame.into())?;
+        w.bytes(self.client_first.as_bytes())?;
+        Ok(w.len)
+    }
+}
+
+impl Proof<'_> {
+    /// Encodes `Handshake::Proof(self)` at the start of `out`; returns its
+    /// length.
+    pub(crate) fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer { out, len: 0 };
+        w.byte(2)?;
+        w.bytes(self.client_final.as_bytes())?;
+        Ok(w.len)
+    }
+}
+
 impl<'a> Handshake<'a> {
     /// Encodes the message into the start of `out` (exactly postcard's
     /// bytes) and returns the used part.
     pub fn encode<'o>(&self, out: &'o mut [u8]) -> Result<&'o mut [u8], EncodeError> {
+        let n = match self {
+            Self::Hello(h) => h.encode(out)?,
+            Self::Proof(p) => p.encode(out)?,
+            _ => self.encode_server_message(out)?,
+        };
+        Ok(&mut out[..n])
+    }
+
+    /// The messages only a server sends.
+    fn encode_server_message(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         let mut w = Writer { out, len: 0 };
         match *self {
-            Self::Hello(h) => {
-                w.byte(0)?;
-                w.byte(h.version)?;
-                w.byte(h.mechanisms.bits())?;
-                w.varint(h.max_frame.into())?;
-                w.bytes(h.client_first.as_bytes())?;
-            }
+            Self::Hello(_) | Self::Proof(_) => return Err(EncodeError::Unencodable),
             Self::Challenge(c) => {
                 w.byte(1)?;
                 w.byte(c.mechanism as u8)?;
                 w.bytes(c.server_first.as_bytes())?;
-            }
-            Self::Proof(p) => {
-                w.byte(2)?;
-                w.bytes(p.client_final.as_bytes())?;
             }
             Self::Welcome(v) => {
                 w.byte(3)?;
@@ -185,7 +211,7 @@ impl<'a> Handshake<'a> {
                 w.varint(r.retry_after_secs.into())?;
             }
         }
-        Ok(w.finish())
+        Ok(w.len)
     }
 
     /// Decodes exactly one message filling all of `bytes` (the same result
@@ -310,9 +336,9 @@ impl<'a> Message<'a> {
             Self::Reply { id, result } => (Head::Reply { id }, result),
             Self::Error { id, code, message } => (Head::Error { id, code }, message.as_bytes()),
             Self::Notify { method, args } => (Head::Notify { method }, args),
-            Self::Ping { nonce } => return small(4, nonce.into(), out),
-            Self::Pong { nonce } => return small(5, nonce.into(), out),
-            Self::Goodbye { reason } => return small(6, reason as u64, out),
+            Self::Ping { nonce } => return small_message(4, nonce.into(), out),
+            Self::Pong { nonce } => return small_message(5, nonce.into(), out),
+            Self::Goodbye { reason } => return small_message(6, reason as u64, out),
         };
         let n = head.encode(payload.len(), out)?;
         let end = n + payload.len();

@@ -265,6 +265,11 @@ impl Sealer {
     pub fn next_seq(&self) -> u64 {
         self.seq
     }
+
+    /// Seals nothing more (a goodbye was sealed in place).
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
 }
 
 /// Checks and decodes incoming session frames. After a frame fails, or

@@ -52,9 +52,12 @@ use tether_core::rand_core::CryptoRng;
 use tether_core::scram::{CachedKeys, ClientCredentials, ScramError};
 
 use crate::backoff::{Backoff, Retry};
+use crate::buffers::Buffers;
 use crate::clock::EmbassyClock;
+use crate::config::Config;
 use crate::error::Error;
-use crate::session::{Buffers, Config, Established, Session, ms};
+use crate::handshake::Established;
+use crate::session::{Session, ms};
 
 /// The transport error of an embassy-net session.
 pub type TcpError = embassy_net::tcp::Error;
@@ -189,7 +192,6 @@ impl<'a> Link<'a> {
             let session_buffers = Buffers {
                 rx: &mut *buffers.rx,
                 tx: &mut *buffers.tx,
-                scratch: &mut *buffers.scratch,
             };
             // Each block ends its values' storage before the next await: the
             // future (static RAM) holds the largest step, not their sum.

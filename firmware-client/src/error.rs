@@ -6,6 +6,7 @@
 
 use core::fmt;
 
+use tether_core::connection::{ConnectionError, Violation};
 use tether_core::frame::FrameError;
 use tether_core::message::{DecodeError, EncodeError, ErrorCode, GoodbyeReason, RefusalCode};
 use tether_core::scram::ScramError;
@@ -129,16 +130,30 @@ impl<E> Error<E> {
     }
 }
 
-impl Error<core::convert::Infallible> {
-    /// The same error as one of a session over any transport.
-    pub(crate) fn widen<E>(self) -> Error<E> {
-        self.map_transport(|never| match never {})
-    }
-}
-
 impl<E> From<FrameError> for Error<E> {
     fn from(e: FrameError) -> Self {
         Self::Frame(e)
+    }
+}
+
+impl<E> From<ConnectionError> for Error<E> {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::Refused(r) => Self::Refused {
+                code: r.code,
+                retry_after_secs: r.retry_after_secs,
+            },
+            ConnectionError::Scram(e) => Self::Login(e),
+            ConnectionError::Protocol(Violation::Undecodable(e)) => Self::Decode(e),
+            ConnectionError::Protocol(v) => Self::Protocol(v.as_str()),
+            ConnectionError::Frame(e) => Self::Frame(e),
+            ConnectionError::Session(e) => Self::Session(e),
+            ConnectionError::Closed(reason) => Self::Closed(reason),
+            ConnectionError::Disconnected => Self::Disconnected,
+            ConnectionError::HandshakeTimeout => Self::Timeout(TimeoutKind::Handshake),
+            ConnectionError::IdleTimeout => Self::Timeout(TimeoutKind::Heartbeat),
+            _ => Self::Ended,
+        }
     }
 }
 
@@ -229,10 +244,14 @@ pub enum CallError<'a, E> {
     Timeout,
     /// The answer does not decode as the method's reply type.
     BadReply(DecodeError),
-    /// The arguments do not fit the scratch buffer (or cannot be encoded).
+    /// The arguments cannot be encoded (a serde error).
     Encode(EncodeError),
-    /// The frame would exceed the server's maximum or the transmit buffer.
-    TooLarge(FrameError),
+    /// The arguments do not fit the server's largest frame or the transmit
+    /// buffer, whichever is smaller; nothing was sent.
+    TooLarge {
+        /// The most argument bytes that fit.
+        max: usize,
+    },
     /// [`MAX_CALLS_IN_FLIGHT`](crate::MAX_CALLS_IN_FLIGHT) calls are already
     /// waiting for replies.
     TooManyCalls,
@@ -275,7 +294,7 @@ impl<E: fmt::Debug> fmt::Display for CallError<'_, E> {
             Self::Timeout => f.write_str("call timed out"),
             Self::BadReply(e) => write!(f, "reply does not decode: {e}"),
             Self::Encode(e) => write!(f, "arguments: {e}"),
-            Self::TooLarge(e) => write!(f, "call too large: {e}"),
+            Self::TooLarge { max } => write!(f, "arguments too large: at most {max} bytes fit"),
             Self::TooManyCalls => f.write_str("too many calls in flight"),
             Self::CallsPending => f.write_str("earlier calls still pending"),
             Self::Session(e) => write!(f, "{e}"),

@@ -4,9 +4,9 @@
 //!
 //! Policy (module docs of [`super`] say it for users):
 //! - Ids are issued in order from 1 (0 is never used), wrapping.
-//! - Every call has a deadline. Past it the call *expires*; once the
-//!   application was told ([`Calls::take_expired`]) it is *abandoned*, and
-//!   so is a call the application cancels. An abandoned call keeps its slot
+//! - Every call has a deadline. Once past it is reported
+//!   ([`Calls::take_expired`]) the call is *abandoned*, and so is a call the
+//!   application cancels. An abandoned call keeps its slot
 //!   until its late reply comes (dropped quietly) or a new call needs the
 //!   slot: the oldest abandoned slot is then reclaimed and its id
 //!   *forgotten*. No slot stays taken for ever, whatever the peer does.
@@ -24,11 +24,7 @@ enum Slot {
         id: u32,
         deadline: u64,
     },
-    /// Past its deadline; the application has not been told yet.
-    Expired {
-        id: u32,
-    },
-    /// Timed out (and told) or cancelled: a reply is dropped.
+    /// Timed out (and reported) or cancelled: a reply is dropped.
     Abandoned {
         id: u32,
     },
@@ -110,7 +106,7 @@ impl<const N: usize> Calls<N> {
     pub(crate) fn complete(&mut self, id: u32) -> Completion {
         for s in &mut self.slots {
             match *s {
-                Slot::Waiting { id: i, .. } | Slot::Expired { id: i } if i == id => {
+                Slot::Waiting { id: i, .. } if i == id => {
                     *s = Slot::Free;
                     return Completion::Delivered;
                 }
@@ -128,22 +124,13 @@ impl<const N: usize> Calls<N> {
         }
     }
 
-    /// Marks the calls whose deadline is `now` or earlier as expired.
-    pub(crate) fn expire(&mut self, now: u64) {
+    /// A call whose deadline is `now` or earlier, now abandoned (the
+    /// caller reports its timeout).
+    pub(crate) fn take_expired(&mut self, now: u64) -> Option<u32> {
         for s in &mut self.slots {
             if let Slot::Waiting { id, deadline } = *s
                 && deadline <= now
             {
-                *s = Slot::Expired { id };
-            }
-        }
-    }
-
-    /// An expired call the application has not been told about, now
-    /// abandoned.
-    pub(crate) fn take_expired(&mut self) -> Option<u32> {
-        for s in &mut self.slots {
-            if let Slot::Expired { id } = *s {
                 *s = Slot::Abandoned { id };
                 return Some(id);
             }
@@ -154,7 +141,7 @@ impl<const N: usize> Calls<N> {
     /// Abandons call `id`; false when it is not in flight.
     pub(crate) fn cancel(&mut self, id: u32) -> bool {
         for s in &mut self.slots {
-            if let Slot::Waiting { id: i, .. } | Slot::Expired { id: i } = *s
+            if let Slot::Waiting { id: i, .. } = *s
                 && i == id
             {
                 *s = Slot::Abandoned { id };
@@ -164,22 +151,24 @@ impl<const N: usize> Calls<N> {
         false
     }
 
-    /// The earliest deadline of a call waiting for its reply.
-    pub(crate) fn next_deadline(&self) -> Option<u64> {
-        self.slots
-            .iter()
-            .filter_map(|s| match *s {
-                Slot::Waiting { deadline, .. } => Some(deadline),
-                _ => None,
-            })
-            .min()
+    /// The earliest deadline of a call waiting for its reply (`u64::MAX`:
+    /// none).
+    pub(crate) fn next_deadline(&self) -> u64 {
+        let mut next = u64::MAX;
+        for s in &self.slots {
+            if let Slot::Waiting { deadline, .. } = *s {
+                next = next.min(deadline);
+            }
+        }
+        next
     }
 
-    /// Calls waiting for a reply (expired ones not yet reported included).
+    /// Calls waiting for a reply (those past their deadline and not yet
+    /// reported included).
     pub(crate) fn in_flight(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| matches!(s, Slot::Waiting { .. } | Slot::Expired { .. }))
+            .filter(|s| matches!(s, Slot::Waiting { .. }))
             .count()
     }
 }
@@ -272,9 +261,9 @@ mod tests {
         calls.commit(s2, b, 20);
         assert_eq!((a, b), (1, 2));
         assert_eq!(calls.reserve(), None, "both wait");
-        calls.expire(15);
-        assert_eq!(calls.take_expired(), Some(1));
-        assert_eq!(calls.take_expired(), None);
+        assert_eq!(calls.take_expired(9), None);
+        assert_eq!(calls.take_expired(15), Some(1));
+        assert_eq!(calls.take_expired(15), None);
         // Call 1 is abandoned: its slot goes to call 3, and 1 is forgotten.
         let (s3, c) = calls.reserve().unwrap();
         assert_eq!((s3, c), (s1, 3));
@@ -288,7 +277,7 @@ mod tests {
         assert_eq!(calls.complete(0), Completion::Unknown);
         assert_eq!(calls.complete(u32::MAX), Completion::Unknown);
         assert_eq!(calls.in_flight(), 1);
-        assert_eq!(calls.next_deadline(), Some(30));
+        assert_eq!(calls.next_deadline(), 30);
     }
 
     #[test]

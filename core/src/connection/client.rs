@@ -6,7 +6,7 @@ use rand_core::CryptoRng;
 
 use super::established::{Connection, Start};
 use super::{ConnectionError, Instant, LOGIN_MESSAGE_LEN, Violation, millis};
-use crate::frame::{FrameDecoder, FrameError, MIN_MAX_FRAME, encode_handshake};
+use crate::frame::{FrameDecoder, FrameError, HEADER_LEN, MIN_MAX_FRAME, finish_frame};
 use crate::message::{Handshake, Hello, PROTOCOL_VERSION, Proof};
 use crate::scram::{self, CachedKeys, ClientCredentials, ClientLogin, ClientProofSent};
 use crate::session::Role;
@@ -146,13 +146,14 @@ impl<'b, 'c, const CALLS: usize> ClientHandshake<'b, 'c, CALLS> {
         }
     }
 
-    /// The input ended before the welcome.
-    pub fn handle_eof(&mut self) {
+    /// The input ended before the welcome (the error is returned, and by
+    /// every later poll).
+    pub fn handle_eof(&mut self) -> ConnectionError {
         let e = match self.rx.finish() {
             Ok(()) => ConnectionError::Disconnected,
             Err(e) => ConnectionError::Frame(e),
         };
-        self.fail(e);
+        self.fail(e)
     }
 
     /// The hello, then (after the challenge) the proof, written at the
@@ -162,19 +163,25 @@ impl<'b, 'c, const CALLS: usize> ClientHandshake<'b, 'c, CALLS> {
         if !self.owed || self.error.is_some() {
             return None;
         }
-        let msg = match &self.step {
-            Step::Hello(login) => Handshake::Hello(Hello {
+        let body = out.get_mut(HEADER_LEN..).unwrap_or_default();
+        let encoded = match &self.step {
+            Step::Hello(login) => Hello {
                 version: PROTOCOL_VERSION,
                 mechanisms: login.mechanisms(),
                 max_frame: self.rx.capacity().min(u16::MAX as usize) as u16,
                 client_first: login.client_first(),
-            }),
-            Step::Proof(proof) => Handshake::Proof(Proof {
+            }
+            .encode(body),
+            Step::Proof(proof) => Proof {
                 client_final: proof.client_final(),
-            }),
+            }
+            .encode(body),
             Step::Done => return None,
         };
-        match encode_handshake(&msg, out, MIN_MAX_FRAME as usize) {
+        let frame = encoded
+            .map_err(|_| FrameError::Encode)
+            .and_then(|n| finish_frame(out, n, MIN_MAX_FRAME as usize));
+        match frame {
             Ok(frame) => {
                 self.owed = false;
                 self.deadline = now.as_millis().saturating_add(self.timeout_ms);

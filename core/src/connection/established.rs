@@ -5,7 +5,7 @@ use core::time::Duration;
 
 use super::calls::{Admission, Answers, Calls, Completion, notice_text};
 use super::{ConnectionError, Instant, SendError, Violation, millis};
-use crate::codec::Head;
+use crate::codec::{Head, small};
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::message::{EncodeError, ErrorCode, GoodbyeReason, Message};
 use crate::method::{self, Method};
@@ -14,6 +14,14 @@ use crate::session::{Opener, Role, SEQ_LEN, Sealer, SessionError, TAG_LEN};
 /// The message of the error that replaces a reply too large for the peer
 /// (code [`ErrorCode::FAILED`]): the call still gets an answer.
 pub const REPLY_TOO_LARGE: &str = "reply too large";
+
+/// Which owed message `poll_transmit` sealed.
+#[derive(Clone, Copy)]
+enum Owed {
+    Pong,
+    Ping,
+    Goodbye,
+}
 
 /// Where an answer's payload starts in a transmit buffer: after the
 /// length prefix, the sequence number and the largest head of a `Reply` or
@@ -269,13 +277,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
 
     /// The input ended (the transport read 0 bytes): the connection is
     /// over, [`ConnectionError::Disconnected`] between frames or
-    /// [`FrameError::Truncated`](crate::frame::FrameError::Truncated) inside one.
-    pub fn handle_eof(&mut self) {
+    /// [`FrameError::Truncated`](crate::frame::FrameError::Truncated) inside
+    /// one (the error is returned, and by every later poll).
+    pub fn handle_eof(&mut self) -> ConnectionError {
         let e = match self.rx.finish() {
             Ok(()) => ConnectionError::Disconnected,
             Err(e) => ConnectionError::Frame(e),
         };
-        self.core.fail(e, None);
+        self.core.fail(e, None)
     }
 
     /// The next event. Handles at most one received frame per call, and
@@ -427,7 +436,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
 
     /// Answers a call whose postcard-encoded result the application wrote
     /// in the first `len` bytes of [`IncomingCall::answer_buffer`] (or
-    /// [`answer_buffer`](Self::answer_buffer)) of `out`.
+    /// [`answer_buffer`](Self::answer_buffer)) of `out`. A `len` beyond
+    /// that buffer is [`SendError::TooLarge`], and the connection answers
+    /// the call `FAILED` itself.
     pub fn reply_in_place<'o>(
         &mut self,
         token: ReplyToken,
@@ -435,7 +446,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
         out: &'o mut [u8],
         len: usize,
     ) -> Result<&'o [u8], SendError> {
-        self.core.answer(token, None, now.as_millis(), out, len)
+        self.answer_in_place(token, now, out, None, len)
     }
 
     /// Answers a call with an error. `message` is cut (at a character
@@ -468,14 +479,29 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
         code: ErrorCode,
         len: usize,
     ) -> Result<&'o [u8], SendError> {
-        let len = len.min(answer_room(out, self.core.answer_room_end()).len());
-        let text = out.get(ANSWER_AT..ANSWER_AT + len).unwrap_or_default();
-        let len = match core::str::from_utf8(text) {
-            Ok(_) => len,
-            Err(e) => e.valid_up_to(),
-        };
-        self.core
-            .answer(token, Some(code), now.as_millis(), out, len)
+        self.answer_in_place(token, now, out, Some(code), len)
+    }
+
+    /// [`reply_in_place`](Self::reply_in_place) (`error` is `None`) or
+    /// [`error_in_place`](Self::error_in_place) (`Some(code)`), for a driver
+    /// that learns which from the application.
+    pub fn answer_in_place<'o>(
+        &mut self,
+        token: ReplyToken,
+        now: Instant,
+        out: &'o mut [u8],
+        error: Option<ErrorCode>,
+        mut len: usize,
+    ) -> Result<&'o [u8], SendError> {
+        if error.is_some() {
+            // An error's message is cut to what fits, and to valid UTF-8.
+            len = len.min(answer_room(out, self.core.answer_room_end()).len());
+            let text = out.get(ANSWER_AT..ANSWER_AT + len).unwrap_or_default();
+            if let Err(e) = core::str::from_utf8(text) {
+                len = e.valid_up_to();
+            }
+        }
+        self.core.answer(token, error, now.as_millis(), out, len)
     }
 
     /// Where an answer's payload goes in `out` (see
@@ -616,7 +642,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         now: u64,
     ) -> Result<Option<Event<'c>>, ConnectionError> {
         let Some(body) = frame else {
-            return Ok(self.calls.take_expired().map(|id| {
+            return Ok(self.calls.take_expired(now).map(|id| {
                 self.last_reply = Some(LastReply {
                     id,
                     code: None,
@@ -715,35 +741,49 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
     }
 
     fn poll_transmit<'o>(&mut self, now: u64, out: &'o mut [u8]) -> Option<&'o [u8]> {
-        let msg = if let Some(nonce) = self.pong {
-            Message::Pong { nonce }
+        // The owed message is encoded where the sealer wants it (these are
+        // a few bytes: no general message encoder needed).
+        let body = out.get_mut(HEADER_LEN + SEQ_LEN..).unwrap_or_default();
+        let (kind, encoded) = if let Some(nonce) = self.pong {
+            (Owed::Pong, small(5, nonce.into(), body))
         } else if let Some((id, code)) = self.notice {
-            Message::Error {
-                id,
-                code,
-                message: notice_text(code),
-            }
+            // An error answer, sealed as the application's are.
+            let text = notice_text(code).as_bytes();
+            let room = out.get_mut(ANSWER_AT..ANSWER_AT + text.len())?;
+            room.copy_from_slice(text);
+            self.notice = None;
+            let head = Head::Error { id, code };
+            return self.finish(head, now, out, ANSWER_AT, text.len()).ok();
         } else if self.ping_owed {
-            Message::Ping {
-                nonce: self.next_nonce,
-            }
+            (Owed::Ping, small(4, self.next_nonce.into(), body))
         } else if let Some(reason) = self.goodbye {
-            Message::Goodbye { reason }
+            (Owed::Goodbye, small(6, reason as u64, body))
         } else {
             return None;
         };
-        match self.sealer.seal(&msg, out, self.peer_max) {
+        let sealed = match encoded {
+            Ok(n) => self.sealer.seal_in_place(out, n, self.peer_max),
+            Err(_) => Err(SessionError::Frame(
+                crate::frame::FrameError::BufferTooSmall {
+                    needed: HEADER_LEN + SEQ_LEN + TAG_LEN + 1,
+                    available: 0,
+                },
+            )),
+        };
+        match sealed {
             Ok(frame) => {
                 self.last_sent = now;
-                match msg {
-                    Message::Pong { .. } => self.pong = None,
-                    Message::Error { .. } => self.notice = None,
-                    Message::Ping { .. } => {
+                match kind {
+                    Owed::Pong => self.pong = None,
+                    Owed::Ping => {
                         self.ping_owed = false;
                         self.ping_outstanding = true;
                         self.next_nonce = self.next_nonce.wrapping_add(1);
                     }
-                    _ => self.goodbye = None,
+                    Owed::Goodbye => {
+                        self.goodbye = None;
+                        self.sealer.close();
+                    }
                 }
                 Some(frame)
             }
@@ -756,55 +796,47 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         }
     }
 
-    fn heartbeat_ms(&self) -> u64 {
-        u64::from(self.heartbeat_secs) * 1000
-    }
-
-    /// When a client pings: after a heartbeat interval without sending, or
-    /// without receiving (once per silence).
-    fn ping_due(&self) -> Option<u64> {
-        let h = self.heartbeat_ms();
-        if self.role != Role::Client || h == 0 || self.ping_owed {
-            return None;
+    /// When a client pings, and when the peer counts as gone (`u64::MAX`:
+    /// never). A client pings after a heartbeat interval without sending,
+    /// or without receiving (once per silence: not while its ping is
+    /// unanswered); either side gives up after three intervals of silence.
+    fn heartbeat(&self) -> (u64, u64) {
+        let h = u64::from(self.heartbeat_secs) * 1000;
+        if h == 0 {
+            return (u64::MAX, u64::MAX);
         }
-        let by_recv = if self.ping_outstanding {
-            u64::MAX
+        // (Milliseconds since boot plus at most 65,535 s: no overflow.)
+        let ping = if self.role == Role::Client && !self.ping_owed {
+            let since = if self.ping_outstanding {
+                self.last_sent
+            } else {
+                self.last_sent.min(self.last_recv)
+            };
+            since + h
         } else {
-            self.last_recv.saturating_add(h)
+            u64::MAX
         };
-        Some(self.last_sent.saturating_add(h).min(by_recv))
-    }
-
-    /// When the peer counts as gone: three heartbeat intervals of silence.
-    fn dead_at(&self) -> Option<u64> {
-        let h = self.heartbeat_ms();
-        (h > 0).then(|| self.last_recv.saturating_add(3 * h))
+        (ping, self.last_recv + 3 * h)
     }
 
     fn poll_timeout(&self) -> Option<u64> {
-        if self.error.is_some() {
-            return None;
-        }
-        [self.ping_due(), self.dead_at(), self.calls.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+        let (ping, dead) = self.heartbeat();
+        let next = ping.min(dead).min(self.calls.next_deadline());
+        (self.error.is_none() && next != u64::MAX).then_some(next)
     }
 
     fn handle_timeout(&mut self, now: u64) {
         if self.error.is_some() {
             return;
         }
-        if self.dead_at().is_some_and(|t| now >= t) {
+        let (ping, dead) = self.heartbeat();
+        if now >= dead {
             // The server says why; a client's server is presumably gone.
             let goodbye = (self.role == Role::Server).then_some(GoodbyeReason::IdleTimeout);
             self.fail(ConnectionError::IdleTimeout, goodbye);
-            return;
-        }
-        if self.ping_due().is_some_and(|t| now >= t) {
+        } else if now >= ping {
             self.ping_owed = true;
         }
-        self.calls.expire(now);
     }
 
     fn call<'o>(
@@ -838,7 +870,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         error: Option<ErrorCode>,
         now: u64,
         out: &'o mut [u8],
-        mut len: usize,
+        len: usize,
     ) -> Result<&'o [u8], SendError> {
         if self.error.is_some() {
             return Err(SendError::Closed);
@@ -847,33 +879,23 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         if !self.answers.remove(id) {
             return Err(SendError::NotOwed);
         }
-        let end = out.len().min(self.answer_room_end());
-        let mut head = match error {
+        let head = match error {
             Some(code) => Head::Error { id, code },
             None => Head::Reply { id },
         };
-        if ANSWER_AT + len > end {
-            // A reply that outgrew the room (or an error message: cut).
-            len = end.saturating_sub(ANSWER_AT);
-            if error.is_none() {
-                head = Head::Error {
-                    id,
-                    code: ErrorCode::FAILED,
-                };
-                len = len.min(REPLY_TOO_LARGE.len());
-                if let Some(room) = out.get_mut(ANSWER_AT..ANSWER_AT + len) {
-                    room.copy_from_slice(&REPLY_TOO_LARGE.as_bytes()[..len]);
-                }
-            }
-        }
-        let sealed = if end < ANSWER_AT {
-            Err(SendError::TooLarge { max: 0 })
-        } else {
+        let max = out
+            .len()
+            .min(self.answer_room_end())
+            .saturating_sub(ANSWER_AT);
+        let sealed = if len <= max && out.len() > ANSWER_AT {
             self.finish(head, now, out, ANSWER_AT, len)
+        } else {
+            Err(SendError::TooLarge { max })
         };
         if sealed.is_err() && self.error.is_none() {
-            // `out` cannot hold even that: the connection answers the call
-            // itself (every call gets an answer).
+            // `out` cannot hold the answer (a payload longer than its
+            // answer buffer, or a tiny buffer): the connection answers the
+            // call itself (every call gets an answer).
             self.notice = Some((id, ErrorCode::FAILED));
         }
         sealed

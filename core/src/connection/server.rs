@@ -251,15 +251,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
         }
     }
 
-    /// The input ended: the client went away.
-    pub fn handle_eof(&mut self) {
+    /// The input ended: the client went away (the error is returned, and
+    /// by every later poll).
+    pub fn handle_eof(&mut self) -> ConnectionError {
         let e = match self.rx.finish() {
             Ok(()) => ConnectionError::Disconnected,
             Err(e) => ConnectionError::Frame(e),
         };
         self.owed = None;
         self.state = State::Done;
-        self.error.get_or_insert(e);
+        *self.error.get_or_insert(e)
     }
 
     /// When the handshake times out.

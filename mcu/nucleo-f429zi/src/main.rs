@@ -227,9 +227,9 @@ mod app {
     ) -> ! {
         stack.wait_config_up().await;
         // 1 KiB each way for the TCP socket (network stack), and the
-        // client's 512-byte frame buffers + 256 bytes of scratch.
+        // client's 512-byte frame buffers.
         let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
-        let mut store: BufferStore<512, 512, 256> = BufferStore::new();
+        let mut store: BufferStore<512, 512> = BufferStore::new();
         let server = (Ipv4Address::from(SERVER.0), SERVER.1).into();
         let account = Account {
             username: USERNAME,
