@@ -329,79 +329,75 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         }
         let now = self.io.now();
         self.conn.handle_timeout(now);
-        // Every way the session ends leads here, to one goodbye path.
-        let ended = 'turn: {
-            // The length of an answer sealed in `tx`, to write first.
-            let mut answer = 0;
-            let handled = match self.conn.poll_event(now) {
-                Ok(None) => false,
-                Ok(Some(Event::Call(call))) => {
-                    trace!("tether: server calls {} ({})", call.method(), call.id());
-                    let req = Request {
-                        id: call.id(),
-                        method: call.method(),
-                        args: call.args(),
-                    };
-                    let reply = Responder {
-                        out: call.answer_buffer(self.tx),
-                    };
-                    let responded = outlined!(handler.on_call(req, reply));
-                    let token = call.into_token();
-                    let Outcome { code, len } = responded.0;
-                    let sealed = self.conn.answer_in_place(token, now, self.tx, code, len);
-                    // (An answer that cannot be sealed is the machine's to give.)
-                    answer = sealed.map_or(0, <[u8]>::len);
-                    true
-                }
-                Ok(Some(Event::Notify(n))) => {
-                    trace!("tether: notification {}", n.method);
-                    handler.on_notify(n.method, n.args).await;
-                    true
-                }
-                Ok(Some(Event::Reply(r))) => return Ok(Step::Reply(r.id)),
-                Ok(Some(_)) => true,
-                Err(e) => break 'turn e,
-            };
-            // The answer, pongs, pings, and answers held back while a burst
-            // was read go out before waiting for more (held back while more
-            // input is already received).
-            self.send(answer, false).await?;
-            if handled {
-                return Ok(Step::Continue);
+        // The length of an answer sealed in `tx`, to write first.
+        let mut answer = 0;
+        let (handled, ended) = match self.conn.poll_event(now) {
+            Ok(None) => (false, None),
+            Ok(Some(Event::Call(call))) => {
+                trace!("tether: server calls {} ({})", call.method(), call.id());
+                let req = Request {
+                    id: call.id(),
+                    method: call.method(),
+                    args: call.args(),
+                };
+                let reply = Responder {
+                    out: call.answer_buffer(self.tx),
+                };
+                let responded = outlined!(handler.on_call(req, reply));
+                let token = call.into_token();
+                let Outcome { code, len } = responded.0;
+                let sealed = self.conn.answer_in_place(token, now, self.tx, code, len);
+                // (An answer that cannot be sealed is the machine's to give.)
+                answer = sealed.map_or(0, <[u8]>::len);
+                (true, None)
             }
-            if now.as_millis() >= deadline {
-                return Ok(Step::Deadline);
+            Ok(Some(Event::Notify(n))) => {
+                trace!("tether: notification {}", n.method);
+                handler.on_notify(n.method, n.args).await;
+                (true, None)
             }
-            let wake = self
-                .conn
-                .poll_timeout()
-                .map_or(deadline, |t| t.as_millis().min(deadline));
-            let read = self.io.transport.read(self.conn.receive_buffer());
-            match select3(read, self.io.clock.sleep_until_ms(wake), user).await {
-                Either3::First(Ok(0)) => break 'turn self.conn.handle_eof(),
-                Either3::First(Ok(n)) => self.conn.commit(n),
-                Either3::First(Err(e)) => {
-                    self.conn.abort();
-                    return Err(Error::Transport(e));
-                }
-                Either3::Second(()) => {}
-                Either3::Third(out) => return Ok(Step::User(out)),
-            }
-            return Ok(Step::Continue);
+            Ok(Some(Event::Reply(r))) => return Ok(Step::Reply(r.id)),
+            Ok(Some(_)) => (true, None),
+            Err(e) => (true, Some(e)),
         };
-        Err(self.end(ended).await)
-    }
-
-    /// The session ended with `e`: the goodbye the connection owes, if
-    /// any, leaves first (flushed).
-    async fn end(&mut self, e: ConnectionError) -> Error<T::Error> {
-        if let ConnectionError::Closed(reason) = e {
-            info!("tether: server said goodbye: {}", reason.as_str());
-        } else {
-            warn!("tether: session ended");
+        // The one write of a turn: the answer, pongs, pings, and answers held
+        // back while a burst was read (held back while more input is already
+        // received); once the session ended, the goodbye it owes, flushed.
+        let sent = self.send(answer, ended.is_some()).await;
+        if let Some(e) = ended {
+            if let ConnectionError::Closed(reason) = e {
+                info!("tether: server said goodbye: {}", reason.as_str());
+            } else {
+                warn!("tether: session ended");
+            }
+            return Err(e.into());
         }
-        let _ = self.send(0, true).await;
-        e.into()
+        sent?;
+        if handled {
+            return Ok(Step::Continue);
+        }
+        if now.as_millis() >= deadline {
+            return Ok(Step::Deadline);
+        }
+        let wake = self
+            .conn
+            .poll_timeout()
+            .map_or(deadline, |t| t.as_millis().min(deadline));
+        let read = self.io.transport.read(self.conn.receive_buffer());
+        match select3(read, self.io.clock.sleep_until_ms(wake), user).await {
+            // (Nothing is owed after the end of the stream.)
+            Either3::First(Ok(0)) => Err(self.conn.handle_eof().into()),
+            Either3::First(Ok(n)) => {
+                self.conn.commit(n);
+                Ok(Step::Continue)
+            }
+            Either3::First(Err(e)) => {
+                self.conn.abort();
+                Err(Error::Transport(e))
+            }
+            Either3::Second(()) => Ok(Step::Continue),
+            Either3::Third(out) => Ok(Step::User(out)),
+        }
     }
 }
 
