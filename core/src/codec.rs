@@ -97,6 +97,24 @@ pub(crate) fn small(tag: u8, value: u64, out: &mut [u8]) -> Result<usize, Encode
     Ok(w.len)
 }
 
+/// The head of a `Reply` (`code` is `None`) or an `Error` answering call
+/// `id` with a `len`-byte payload.
+pub(crate) fn answer_head(
+    id: u32,
+    code: Option<ErrorCode>,
+    len: usize,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mut w = Writer { out, len: 0 };
+    w.byte(if code.is_some() { 2 } else { 1 })?;
+    w.varint(id.into())?;
+    if let Some(code) = code {
+        w.varint(code.0.into())?;
+    }
+    w.varint(len as u64)?;
+    Ok(w.len)
+}
+
 fn small_message(tag: u8, value: u64, out: &mut [u8]) -> Result<&mut [u8], EncodeError> {
     let n = small(tag, value, out)?;
     Ok(&mut out[..n])

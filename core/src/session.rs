@@ -19,7 +19,7 @@ use core::fmt;
 
 use subtle::ConstantTimeEq as _;
 
-use crate::frame::{FrameError, HEADER_LEN, finish_frame};
+use crate::frame::{FrameError, HEADER_LEN};
 use crate::message::{DecodeError, EncodeError, GoodbyeReason, Message};
 use crate::sha256::{HmacSha256, hmac_sha256};
 
@@ -220,7 +220,23 @@ impl Sealer {
             }
             Err(EncodeError::Unencodable) => return Err(FrameError::Encode.into()),
         };
-        let frame = self.seal_in_place(out, n, max)?;
+        if self.closed {
+            return Err(SessionError::Closed);
+        }
+        let body_len = SEQ_LEN + n + TAG_LEN;
+        let max = max.min(u16::MAX as usize);
+        if body_len > max {
+            return Err(FrameError::TooLong { len: body_len, max }.into());
+        }
+        if self.seq == u64::MAX {
+            return Err(SessionError::SequenceExhausted);
+        }
+        let frame = self
+            .seal_in_place(out, n, max)
+            .ok_or(FrameError::BufferTooSmall {
+                needed: HEADER_LEN + body_len,
+                available,
+            })?;
         if matches!(msg, Message::Goodbye { .. }) {
             self.closed = true;
         }
@@ -230,35 +246,30 @@ impl Sealer {
     /// Seals the `n`-byte message already encoded at
     /// `out[HEADER_LEN + SEQ_LEN..]`: writes the length prefix, the sequence
     /// number and the tag around it and returns the whole frame. `max` is
-    /// the peer's maximum body length.
+    /// the peer's maximum body length. `None`: too long for it or for `out`,
+    /// sealer closed or sequence numbers exhausted ([`Sealer::seal`] says
+    /// which).
     pub(crate) fn seal_in_place<'o>(
         &mut self,
         out: &'o mut [u8],
         n: usize,
         max: usize,
-    ) -> Result<&'o [u8], SessionError> {
-        if self.closed {
-            return Err(SessionError::Closed);
-        }
+    ) -> Option<&'o [u8]> {
         let body_len = SEQ_LEN + n + TAG_LEN;
         let end = HEADER_LEN + body_len;
-        let available = out.len();
-        let out = out.get_mut(..end).ok_or(FrameError::BufferTooSmall {
-            needed: end,
-            available,
-        })?;
-        let max = max.min(u16::MAX as usize);
-        if body_len > max {
-            return Err(FrameError::TooLong { len: body_len, max }.into());
+        let out = out.get_mut(..end)?;
+        if self.closed || body_len > max.min(u16::MAX as usize) {
+            return None;
         }
         let seq = self.seq;
-        self.seq = seq.checked_add(1).ok_or(SessionError::SequenceExhausted)?;
+        self.seq = seq.checked_add(1)?;
         let (signed, tag) = out.split_at_mut(end - TAG_LEN);
+        signed[..HEADER_LEN].copy_from_slice(&(body_len as u16).to_be_bytes());
         signed[HEADER_LEN..HEADER_LEN + SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
         let mut mac = self.mac.clone();
         mac.update(&signed[HEADER_LEN..]);
         tag.copy_from_slice(&mac.finish()[..TAG_LEN]);
-        Ok(finish_frame(out, body_len, max)?)
+        Some(out)
     }
 
     /// The sequence number of the next frame.

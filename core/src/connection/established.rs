@@ -19,6 +19,7 @@ pub const REPLY_TOO_LARGE: &str = "reply too large";
 #[derive(Clone, Copy)]
 enum Owed {
     Pong,
+    Notice,
     Ping,
     Goodbye,
 }
@@ -747,13 +748,16 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         let (kind, encoded) = if let Some(nonce) = self.pong {
             (Owed::Pong, small(5, nonce.into(), body))
         } else if let Some((id, code)) = self.notice {
-            // An error answer, sealed as the application's are.
+            // An error answer: the head, then its text.
             let text = notice_text(code).as_bytes();
-            let room = out.get_mut(ANSWER_AT..ANSWER_AT + text.len())?;
-            room.copy_from_slice(text);
-            self.notice = None;
-            let head = Head::Error { id, code };
-            return self.finish(head, now, out, ANSWER_AT, text.len()).ok();
+            let n = crate::codec::answer_head(id, Some(code), text.len(), body).and_then(|h| {
+                let room = body
+                    .get_mut(h..h + text.len())
+                    .ok_or(EncodeError::BufferFull)?;
+                room.copy_from_slice(text);
+                Ok(h + text.len())
+            });
+            (Owed::Notice, n)
         } else if self.ping_owed {
             (Owed::Ping, small(4, self.next_nonce.into(), body))
         } else if let Some(reason) = self.goodbye {
@@ -761,20 +765,17 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         } else {
             return None;
         };
+        let available = out.len();
         let sealed = match encoded {
             Ok(n) => self.sealer.seal_in_place(out, n, self.peer_max),
-            Err(_) => Err(SessionError::Frame(
-                crate::frame::FrameError::BufferTooSmall {
-                    needed: HEADER_LEN + SEQ_LEN + TAG_LEN + 1,
-                    available: 0,
-                },
-            )),
+            Err(_) => None,
         };
         match sealed {
-            Ok(frame) => {
+            Some(frame) => {
                 self.last_sent = now;
                 match kind {
                     Owed::Pong => self.pong = None,
+                    Owed::Notice => self.notice = None,
                     Owed::Ping => {
                         self.ping_owed = false;
                         self.ping_outstanding = true;
@@ -787,9 +788,13 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
                 }
                 Some(frame)
             }
-            Err(e) => {
+            None => {
                 // `out` cannot hold even this: nothing more can be said.
                 self.goodbye = None;
+                let e = SessionError::Frame(crate::frame::FrameError::BufferTooSmall {
+                    needed: 64,
+                    available,
+                });
                 self.fail(ConnectionError::Session(e), None);
                 None
             }
@@ -947,16 +952,10 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
             .encode(n, out.get_mut(start..at).unwrap_or_default())
             .map_err(|_| too_large)?;
         out.copy_within(at..at + n, start + h);
-        match self.sealer.seal_in_place(out, h + n, self.peer_max) {
-            Ok(frame) => {
-                self.last_sent = now;
-                Ok(frame)
-            }
-            Err(SessionError::Frame(_)) => Err(too_large),
-            Err(e) => {
-                self.fail(ConnectionError::Session(e), None);
-                Err(SendError::Closed)
-            }
+        let frame = self.sealer.seal_in_place(out, h + n, self.peer_max);
+        if frame.is_some() {
+            self.last_sent = now;
         }
+        frame.ok_or(too_large)
     }
 }
