@@ -146,8 +146,8 @@ impl<'b, 'c, const CALLS: usize> ClientHandshake<'b, 'c, CALLS> {
         }
     }
 
-    /// The input ended before the welcome (the error is returned, and by
-    /// every later poll).
+    /// The input ended before the welcome: the handshake is over with the
+    /// error returned.
     pub fn handle_eof(&mut self) -> ConnectionError {
         let e = match self.rx.finish() {
             Ok(()) => ConnectionError::Disconnected,
@@ -211,10 +211,12 @@ impl<'b, 'c, const CALLS: usize> ClientHandshake<'b, 'c, CALLS> {
     /// Handles the server's answer, once received whole: a challenge (runs
     /// SCRAM, and PBKDF2 with a password: seconds on a microcontroller) or
     /// the welcome (checks the server's signature), which ends the
-    /// handshake with the [`Established`] connection. Errors are final: a
-    /// refusal ([`ConnectionError::Refused`]), a server that cannot prove
-    /// itself ([`ConnectionError::Scram`]), a broken protocol; the client
-    /// sends nothing after any of them.
+    /// handshake with the [`Established`] connection. An error ends the
+    /// handshake (later calls return [`ConnectionError::Ended`]): a refusal
+    /// ([`ConnectionError::Refused`]), a server that cannot prove itself
+    /// ([`ConnectionError::Scram`]), a broken protocol, or what
+    /// [`commit`](Self::commit) or [`handle_timeout`](Self::handle_timeout)
+    /// found; the client sends nothing after any of them.
     pub fn poll(
         &mut self,
         now: Instant,
@@ -228,7 +230,7 @@ impl<'b, 'c, const CALLS: usize> ClientHandshake<'b, 'c, CALLS> {
         // Only what a server sends is decoded (a hello or a proof is None).
         let msg = match Handshake::decode_from_server(answer) {
             Ok(msg) => msg,
-            Err(e) => return Err(self.fail(ConnectionError::Protocol(Violation::Undecodable(e)))),
+            Err(e) => return Err(self.end(ConnectionError::Protocol(Violation::Undecodable(e)))),
         };
         self.deadline = u64::MAX;
         let step = core::mem::replace(&mut self.step, Step::Done);
@@ -255,7 +257,7 @@ impl<'b, 'c, const CALLS: usize> ClientHandshake<'b, 'c, CALLS> {
             }
             _ => Err(ConnectionError::Protocol(Violation::UnexpectedMessage)),
         };
-        let (done, peer_max, session_id, heartbeat_secs) = welcomed.map_err(|e| self.fail(e))?;
+        let (done, peer_max, session_id, heartbeat_secs) = welcomed.map_err(|e| self.end(e))?;
         let mut rx = core::mem::replace(&mut self.rx, FrameDecoder::new(&mut [], 0));
         rx.set_max(u16::MAX.into());
         let (sealer, opener) = done.session.into_halves(Role::Client);
@@ -286,6 +288,12 @@ impl<'b, 'c, const CALLS: usize> ClientHandshake<'b, 'c, CALLS> {
             Step::Proof(proof) => Some(proof.keys()),
             _ => None,
         }
+    }
+
+    /// Ends the handshake with `e`, returned now: later calls get `Ended`.
+    fn end(&mut self, e: ConnectionError) -> ConnectionError {
+        self.error = Some(ConnectionError::Ended);
+        e
     }
 
     fn fail(&mut self, e: ConnectionError) -> ConnectionError {
