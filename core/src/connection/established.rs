@@ -615,9 +615,6 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
     fn fail(&mut self, e: ConnectionError, goodbye: Option<GoodbyeReason>) -> ConnectionError {
         if self.error.is_none() {
             self.error = Some(e);
-            self.pong = None;
-            self.notice = None;
-            self.ping_owed = false;
             self.goodbye = goodbye;
         }
         e
@@ -745,9 +742,11 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         // The owed message is encoded where the sealer wants it (these are
         // a few bytes: no general message encoder needed).
         let body = out.get_mut(HEADER_LEN + SEQ_LEN..).unwrap_or_default();
-        let (kind, encoded) = if let Some(nonce) = self.pong {
+        // Once the connection is over, only its goodbye is left to send.
+        let open = self.error.is_none();
+        let (kind, encoded) = if let Some(nonce) = self.pong.filter(|_| open) {
             (Owed::Pong, small(5, nonce.into(), body))
-        } else if let Some((id, code)) = self.notice {
+        } else if let Some((id, code)) = self.notice.filter(|_| open) {
             // An error answer: the head, then its text.
             let text = notice_text(code).as_bytes();
             let n = crate::codec::answer_head(id, Some(code), text.len(), body).and_then(|h| {
@@ -758,7 +757,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
                 Ok(h + text.len())
             });
             (Owed::Notice, n)
-        } else if self.ping_owed {
+        } else if self.ping_owed && open {
             (Owed::Ping, small(4, self.next_nonce.into(), body))
         } else if let Some(reason) = self.goodbye {
             (Owed::Goodbye, small(6, reason as u64, body))
@@ -806,7 +805,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
     /// or without receiving (once per silence: not while its ping is
     /// unanswered); either side gives up after three intervals of silence.
     fn heartbeat(&self) -> (u64, u64) {
-        let h = u64::from(self.heartbeat_secs) * 1000;
+        let h = u64::from(u32::from(self.heartbeat_secs) * 1000);
         if h == 0 {
             return (u64::MAX, u64::MAX);
         }
