@@ -653,89 +653,102 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
                 })
             }));
         };
-        let msg = match self.opener.open(body) {
-            Ok(msg) => msg,
-            Err(e) => {
-                // The client says nothing to what may not be the server;
-                // the server tells a device whose link corrupts frames.
-                let goodbye =
-                    (self.role == Role::Server || !e.is_inauthentic()).then(|| e.goodbye_reason());
-                return Err(self.fail(ConnectionError::Session(e), goodbye));
+        // Every failure ends here, in one place: the error and the goodbye
+        // that says so.
+        let protocol = Some(GoodbyeReason::ProtocolError);
+        let (error, goodbye) = 'failed: {
+            let msg = match self.opener.open(body) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    // The client says nothing to what may not be the server;
+                    // the server tells a device whose link corrupts frames.
+                    let reason = e.goodbye_reason();
+                    let goodbye = (self.role == Role::Server || reason != GoodbyeReason::BadTag)
+                        .then_some(reason);
+                    break 'failed (ConnectionError::Session(e), goodbye);
+                }
+            };
+            self.last_recv = now;
+            self.ping_outstanding = false;
+            let (id, result) = match msg {
+                Message::Call { id, method, args } => {
+                    let admission = if self.shutting_down {
+                        Admission::Busy
+                    } else {
+                        self.answers.admit(id)
+                    };
+                    match admission {
+                        Admission::Admitted => {
+                            let room_end = self.answer_room_end();
+                            self.answers.fresh = Some(id);
+                            return Ok(Some(Event::Call(IncomingCall {
+                                id,
+                                method,
+                                args,
+                                room_end,
+                                fresh: &mut self.answers.fresh,
+                            })));
+                        }
+                        Admission::Busy => {
+                            let code = if self.shutting_down {
+                                ErrorCode::SHUTTING_DOWN
+                            } else {
+                                ErrorCode::BUSY
+                            };
+                            self.notice = Some((id, code));
+                            return Ok(None);
+                        }
+                        Admission::Duplicate => {
+                            break 'failed (
+                                ConnectionError::Protocol(Violation::DuplicateCall(id)),
+                                protocol,
+                            );
+                        }
+                    }
+                }
+                Message::Reply { id, result } => (id, Ok(result)),
+                Message::Error { id, code, message } => {
+                    (id, Err(CallFailure::Remote { code, message }))
+                }
+                Message::Notify { method, args } => {
+                    return Ok(Some(Event::Notify(Notification { method, args })));
+                }
+                Message::Ping { nonce } => {
+                    self.pong = Some(nonce);
+                    return Ok(None);
+                }
+                Message::Pong { .. } => return Ok(None),
+                Message::Goodbye { reason } => {
+                    break 'failed (ConnectionError::Closed(reason), None);
+                }
+            };
+            match self.calls.complete(id) {
+                Completion::Delivered => {
+                    let (code, bytes) = match result {
+                        Ok(bytes) => (None, bytes),
+                        Err(CallFailure::Remote { code, message }) => {
+                            (Some(code), message.as_bytes())
+                        }
+                        Err(CallFailure::TimedOut) => (None, &[][..]),
+                    };
+                    self.last_reply = Some(LastReply {
+                        id,
+                        code: Some(code),
+                        start: (bytes.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize),
+                        len: bytes.len(),
+                    });
+                    return Ok(Some(Event::Reply(Reply { id, result })));
+                }
+                Completion::Late => return Ok(None),
+                Completion::Unknown => {
+                    break 'failed (
+                        ConnectionError::Protocol(Violation::UnknownReply(id)),
+                        protocol,
+                    );
+                }
             }
         };
-        self.last_recv = now;
-        self.ping_outstanding = false;
-        let (id, result) = match msg {
-            Message::Call { id, method, args } => {
-                let admission = if self.shutting_down {
-                    Admission::Busy
-                } else {
-                    self.answers.admit(id)
-                };
-                return match admission {
-                    Admission::Admitted => {
-                        let room_end = self.answer_room_end();
-                        self.answers.fresh = Some(id);
-                        Ok(Some(Event::Call(IncomingCall {
-                            id,
-                            method,
-                            args,
-                            room_end,
-                            fresh: &mut self.answers.fresh,
-                        })))
-                    }
-                    Admission::Busy => {
-                        let code = if self.shutting_down {
-                            ErrorCode::SHUTTING_DOWN
-                        } else {
-                            ErrorCode::BUSY
-                        };
-                        self.notice = Some((id, code));
-                        Ok(None)
-                    }
-                    Admission::Duplicate => Err(self.fail(
-                        ConnectionError::Protocol(Violation::DuplicateCall(id)),
-                        Some(GoodbyeReason::ProtocolError),
-                    )),
-                };
-            }
-            Message::Reply { id, result } => (id, Ok(result)),
-            Message::Error { id, code, message } => {
-                (id, Err(CallFailure::Remote { code, message }))
-            }
-            Message::Notify { method, args } => {
-                return Ok(Some(Event::Notify(Notification { method, args })));
-            }
-            Message::Ping { nonce } => {
-                self.pong = Some(nonce);
-                return Ok(None);
-            }
-            Message::Pong { .. } => return Ok(None),
-            Message::Goodbye { reason } => {
-                return Err(self.fail(ConnectionError::Closed(reason), None));
-            }
-        };
-        match self.calls.complete(id) {
-            Completion::Delivered => {
-                let (code, bytes) = match result {
-                    Ok(bytes) => (None, bytes),
-                    Err(CallFailure::Remote { code, message }) => (Some(code), message.as_bytes()),
-                    Err(CallFailure::TimedOut) => (None, &[][..]),
-                };
-                self.last_reply = Some(LastReply {
-                    id,
-                    code: Some(code),
-                    start: (bytes.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize),
-                    len: bytes.len(),
-                });
-                Ok(Some(Event::Reply(Reply { id, result })))
-            }
-            Completion::Late => Ok(None),
-            Completion::Unknown => Err(self.fail(
-                ConnectionError::Protocol(Violation::UnknownReply(id)),
-                Some(GoodbyeReason::ProtocolError),
-            )),
-        }
+        Err(self.fail(error, goodbye))
     }
 
     fn poll_transmit<'o>(&mut self, now: u64, out: &'o mut [u8]) -> Option<&'o [u8]> {
