@@ -178,7 +178,9 @@ impl Instant {
     }
 }
 
-/// Whole milliseconds of `d`, saturating (no 128-bit arithmetic).
+/// Whole milliseconds of `d`, saturating (no 128-bit arithmetic). One copy
+/// in flash: every conversion of a driver and of the machine calls it.
+#[inline(never)]
 pub(crate) fn millis(d: Duration) -> u64 {
     d.as_secs()
         .saturating_mul(1000)
