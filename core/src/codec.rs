@@ -97,21 +97,19 @@ pub(crate) fn small(tag: u8, value: u64, out: &mut [u8]) -> Result<usize, Encode
     Ok(w.len)
 }
 
-/// The head of a `Reply` (`code` is `None`) or an `Error` answering call
-/// `id` with a `len`-byte payload.
-pub(crate) fn answer_head(
+/// An `Error` answering call `id` with `message`, at the start of `out`;
+/// returns its length.
+pub(crate) fn error_message(
     id: u32,
-    code: Option<ErrorCode>,
-    len: usize,
+    code: ErrorCode,
+    message: &str,
     out: &mut [u8],
 ) -> Result<usize, EncodeError> {
     let mut w = Writer { out, len: 0 };
-    w.byte(if code.is_some() { 2 } else { 1 })?;
+    w.byte(2)?;
     w.varint(id.into())?;
-    if let Some(code) = code {
-        w.varint(code.0.into())?;
-    }
-    w.varint(len as u64)?;
+    w.varint(code.0.into())?;
+    w.bytes(message.as_bytes())?;
     Ok(w.len)
 }
 

@@ -760,15 +760,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         let (kind, encoded) = if let Some(nonce) = self.pong.filter(|_| open) {
             (Owed::Pong, small(5, nonce.into(), body))
         } else if let Some((id, code)) = self.notice.filter(|_| open) {
-            // An error answer: the head, then its text.
-            let text = notice_text(code).as_bytes();
-            let n = crate::codec::answer_head(id, Some(code), text.len(), body).and_then(|h| {
-                let room = body
-                    .get_mut(h..h + text.len())
-                    .ok_or(EncodeError::BufferFull)?;
-                room.copy_from_slice(text);
-                Ok(h + text.len())
-            });
+            let n = crate::codec::error_message(id, code, notice_text(code), body);
             (Owed::Notice, n)
         } else if self.ping_owed && open {
             (Owed::Ping, small(4, self.next_nonce.into(), body))
