@@ -61,11 +61,11 @@ pub enum Error<E> {
     /// Framing failed: a length of 0 or above our maximum, or the
     /// connection ended inside a frame.
     Frame(FrameError),
-    /// A handshake message did not decode.
-    Decode(DecodeError),
-    /// The server broke the protocol (the detail says how); the client said
-    /// goodbye with `ProtocolError` where the contract asks for it.
-    Protocol(&'static str),
+    /// The server broke the protocol (the [`Violation`] says how: an
+    /// undecodable handshake message, a reply to a call not in flight...);
+    /// the client said goodbye with `ProtocolError` where the contract asks
+    /// for it.
+    Protocol(Violation),
     /// Time ran out.
     Timeout(TimeoutKind),
     /// The transport failed.
@@ -119,7 +119,6 @@ impl<E> Error<E> {
             Self::Disconnected => Error::Disconnected,
             Self::Session(e) => Error::Session(e),
             Self::Frame(e) => Error::Frame(e),
-            Self::Decode(e) => Error::Decode(e),
             Self::Protocol(d) => Error::Protocol(d),
             Self::Timeout(k) => Error::Timeout(k),
             Self::Transport(e) => Error::Transport(f(e)),
@@ -144,8 +143,7 @@ impl<E> From<ConnectionError> for Error<E> {
                 retry_after_secs: r.retry_after_secs,
             },
             ConnectionError::Scram(e) => Self::Login(e),
-            ConnectionError::Protocol(Violation::Undecodable(e)) => Self::Decode(e),
-            ConnectionError::Protocol(v) => Self::Protocol(v.as_str()),
+            ConnectionError::Protocol(v) => Self::Protocol(v),
             ConnectionError::Frame(e) => Self::Frame(e),
             ConnectionError::Session(e) => Self::Session(e),
             ConnectionError::Closed(reason) => Self::Closed(reason),
@@ -182,7 +180,6 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
             }
             Self::Session(e) => write!(f, "session frame rejected: {e}"),
             Self::Frame(e) => write!(f, "framing: {e}"),
-            Self::Decode(e) => write!(f, "handshake message: {e}"),
             Self::Protocol(what) => write!(f, "server broke the protocol: {what}"),
             Self::Timeout(TimeoutKind::Handshake) => {
                 f.write_str("timed out waiting for the server's handshake")

@@ -88,20 +88,6 @@ pub enum Violation {
     DuplicateCall(u32),
 }
 
-impl Violation {
-    /// A short description without the numbers (for `&'static str` error
-    /// types).
-    pub const fn as_str(&self) -> &'static str {
-        match self {
-            Self::Undecodable(_) => "undecodable handshake message",
-            Self::UnexpectedMessage => "unexpected handshake message",
-            Self::MaxFrameTooSmall(_) => "max_frame below 512",
-            Self::UnknownReply(_) => "reply to a call that is not in flight",
-            Self::DuplicateCall(_) => "call id already in flight",
-        }
-    }
-}
-
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -109,7 +95,7 @@ impl fmt::Display for Violation {
             Self::MaxFrameTooSmall(m) => write!(f, "max_frame {m} below 512"),
             Self::UnknownReply(id) => write!(f, "reply to call {id}, not in flight"),
             Self::DuplicateCall(id) => write!(f, "call id {id} already in flight"),
-            other => f.write_str(other.as_str()),
+            Self::UnexpectedMessage => f.write_str("unexpected handshake message"),
         }
     }
 }
