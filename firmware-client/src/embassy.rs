@@ -154,7 +154,7 @@ impl<'a> Link<'a> {
         let mut retry: Option<Duration> = None;
         loop {
             if let Some(floor) = retry {
-                let delay = ms(self.backoff.next_delay(rng, floor));
+                let delay = self.backoff.next_delay_ms(rng, ms(floor));
                 info!("tether: reconnecting in {} ms", delay);
                 Timer::after_millis(delay).await;
             }
