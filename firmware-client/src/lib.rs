@@ -144,20 +144,22 @@
 //! Caller-provided [`Buffers`] (or a const-generic [`BufferStore`]): `rx` (at
 //! least 512, the largest frame the device accepts) and `tx` (one outgoing
 //! frame, into which arguments and answers are encoded in place), one byte
-//! of RAM per byte of buffer. Besides them: the [`Session`] (576 bytes on a 64-bit host,
-//! less on 32-bit: two HMAC-SHA-256 states for the frame tags, the call
-//! table, the timers) while a session runs, or the `login` future (about
-//! 1 KiB, mostly tether-core's SCRAM state) while logging in, never both.
-//! Measured on a Cortex-M4 (mcu/nucleo-f429zi, `embassy::Link` with
-//! 512 + 512 + 256-byte buffers): 2.4 KiB of static RAM in all, buffers,
-//! cached keys and the task's futures included.
+//! of RAM per byte of buffer. Besides them: the [`Session`] (776 bytes on a 64-bit host,
+//! less on 32-bit: tether-core's `ClientConnection` with two HMAC-SHA-256
+//! states for the frame tags, the call table and the timers; the transport)
+//! while a session runs, or the `login` future (about 1 KiB, mostly
+//! tether-core's SCRAM state) while logging in, never both. Measured on a
+//! Cortex-M4 (mcu/nucleo-f429zi, `embassy::Link` with 512 + 512-byte
+//! buffers): 2.1 KiB of static RAM in all, buffers, cached keys and the
+//! task's futures included.
 //!
-//! Flash on the same board: 16.0 KiB (16,336 bytes, within the 16 KiB
-//! budget by 48 bytes) for tether-firmware + tether-core together, without
-//! SCRAM-SHA-1 (about 6.4 KiB this crate, the rest tether-core with
-//! SHA-256, HMAC, PBKDF2 and the protocol's codec);
-//! the example's own application code (its handler and notification, 1.3
-//! KiB) comes on top. See `mcu/nucleo-f429zi/size`.
+//! Flash on the same board: 15.9 KiB (16,324 bytes, within the 16 KiB
+//! budget by 60 bytes) for tether-firmware + tether-core together, without
+//! SCRAM-SHA-1: about 3.3 KiB this crate (the driver: reading, writing,
+//! timers, reconnecting), the rest tether-core (the connection machine,
+//! SHA-256, HMAC, PBKDF2 and the protocol's codec); the example's own
+//! application code (its handler and notification, 1.7 KiB) comes on top.
+//! See `mcu/nucleo-f429zi/size`.
 //!
 //! ## Features
 //!
