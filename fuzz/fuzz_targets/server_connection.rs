@@ -14,9 +14,10 @@
 //!   byte (hello, SCRAM messages, garbage, cut frames), read in chunks of
 //!   `mode / 2 % 8 + 1` bytes times a power of two.
 //! - mode odd: a genuine login as `user` (a raw client holding the session
-//!   keys, max frame 512 + `mode` * 8; with mode & 2 clear, a copy of one
-//!   made once per process with max frame 1024, which saves the SCRAM
-//!   exchange and leaves the inputs to the session), then records
+//!   keys, max frame 512 + `mode` * 8, or 1024 with mode & 2 clear; the
+//!   login is deterministic, so it runs once per process for each max frame
+//!   and every input gets a copy: the inputs go to the session, and the
+//!   handshake is fuzzed by the even modes), then records
 //!   `[op] [len] payload(len)`:
 //!   op % 5 == 0: payload decoded as a `Message` and sealed (valid tag and
 //!   sequence), or if it does not decode sent as a body with a bogus tag;
@@ -36,7 +37,7 @@
 #![no_main]
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
@@ -454,23 +455,23 @@ fn raw_stream(chunk: usize, stream: &[u8]) {
     assert!(driver.conn.is_none());
 }
 
-/// One login made at the start, copied for each input that does not ask
-/// for a fresh one.
-static LOGGED_IN: LazyLock<(Client, Server)> = LazyLock::new(|| {
-    let mut out = Vec::new();
-    let (client, driver) = login(1024, &mut out);
-    (client, driver.conn.expect("logged in"))
-});
+/// The logins made so far, by the client's max frame: each is made once
+/// and copied for every input that uses it.
+static LOGINS: LazyLock<Mutex<BTreeMap<u16, (Client, Server)>>> =
+    LazyLock::new(|| Mutex::new(BTreeMap::new()));
 
-fn session(fresh: Option<u16>, mut rest: &[u8]) {
+fn session(max: u16, mut rest: &[u8]) {
     let mut out = Vec::new();
-    let (mut client, mut driver) = match fresh {
-        Some(max) => login(max, &mut out),
-        None => {
-            let (client, conn) = LOGGED_IN.clone();
-            (client, Driver::with(None, Some(conn)))
-        }
-    };
+    let (mut client, conn) = LOGINS
+        .lock()
+        .expect("logins")
+        .entry(max)
+        .or_insert_with(|| {
+            let (client, driver) = login(max, &mut Vec::new());
+            (client, driver.conn.expect("logged in"))
+        })
+        .clone();
+    let mut driver = Driver::with(None, Some(conn));
     let server_max = SERVER_MAX as usize;
     let mut inbox = VecDeque::new();
     while let [op, len, tail @ ..] = rest {
@@ -561,7 +562,11 @@ fuzz_target!(|data: &[u8]| {
         let chunk = ((mode / 2 % 8) as usize + 1) << (mode / 16);
         raw_stream(chunk, rest);
     } else {
-        let fresh = (mode & 2 != 0).then(|| 512 + u16::from(*mode) * 8);
-        session(fresh, rest);
+        let max = if mode & 2 != 0 {
+            512 + u16::from(*mode) * 8
+        } else {
+            1024
+        };
+        session(max, rest);
     }
 });
