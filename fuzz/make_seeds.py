@@ -142,7 +142,71 @@ def session():
     }
 
 
+def varint(n):
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
 def server_connection():
+    """tether-core's ServerHandshake/ServerConnection in memory (layout in
+    fuzz_targets/server_connection.rs)."""
+
+    def string(b):
+        b = t(b) if isinstance(b, str) else b
+        return varint(len(b)) + b
+
+    def frame(b):
+        return len(b).to_bytes(2, "big") + b
+
+    def hello(client_first, version=1, mechanisms=3, max_frame=4096):
+        return frame(b"\x00" + bytes([version, mechanisms]) + varint(max_frame) + string(client_first))
+
+    def rec(op, payload):
+        return bytes([op, len(payload)]) + payload
+
+    call = lambda i, m, a: b"\x00" + varint(i) + string(m) + string(a)
+    f = FRAMES
+    raw = {
+        "raw_doc_hello": (0, f["hello"]),
+        "raw_doc_hello_proof": (2, f["hello"] + f["proof"]),
+        "raw_sha1user_hello": (4, hello("n,,n=sha1user,r=fuzzfuzzfuzzfuzz", mechanisms=1)),
+        "raw_unknown_hello_proof": (0, hello("n,,n=nobody,r=abc") + frame(b"\x02" + string("c=biws,r=abcdef,p=AAAA"))),
+        "raw_version_2": (0, hello("n,,n=user,r=abc", version=2)),
+        "raw_small_max": (6, hello("n,,n=user,r=abc", max_frame=100)),
+        "raw_no_mechanism": (0, hello("n,,n=user,r=abc", mechanisms=4)),
+        "raw_escaped": (0, hello("n,,n=o=2Cdd=3Dname,r=abc")),
+        "raw_channel_binding": (0, hello("p=tls-unique,,n=user,r=abc")),
+        "raw_zero_len": (0, b"\x00\x00"),
+        "raw_too_long": (0, b"\x02\x01" + b"A" * 32),
+        "raw_truncated": (0, f["hello"][:20]),
+        "raw_session_frame_first": (0, f["c2s0"]),
+        "raw_bytewise": (16, f["hello"] + f["proof"]),
+    }
+    seeds = {name: bytes([mode]) + data for name, (mode, data) in raw.items()}
+    session_seeds = {
+        "session_calls": rec(0, call(1, "echo", b"\x02hi")) + rec(0, call(2, "whoami", b""))
+        + rec(0, call(3, "n" * 200, b"")),
+        "session_ping_unknown": rec(0, b"\x04\x2a") + rec(0, call(9, "no_such_method", b"")),
+        "session_server_calls": rec(3, b"\x01x") + rec(4, b"\x01y") + rec(3, b"") + rec(12, b""),
+        "session_hold": rec(0, call(5, "hold", b"")) + rec(0, call(6, "hold", b"")) + rec(0, call(7, "hold", b""))
+        + rec(0, call(8, "hold", b"")) + rec(8, b"\x01") + rec(0, call(5, "echo", b"")),
+        "session_idle": rec(2, b"\x28") + rec(2, b"\x28") + rec(2, b"\x28"),
+        "session_unknown_reply": rec(0, b"\x01\x63\x00"),
+        "session_notify_goodbye": rec(0, b"\x03" + string("news") + string(b"\x00")) + rec(0, b"\x06\x00"),
+        "session_bogus_tag": rec(0, b"\xff" * 30),
+        "session_raw_garbage": rec(1, b"\x00\x05hello"),
+        "session_zero_len": rec(1, b"\x00\x00"),
+        "session_many_calls": b"".join(rec(0, call(i, "echo", b"\x01a")) for i in range(40)),
+    }
+    seeds.update({name: b"\x01" + data for name, data in session_seeds.items()})
+    return seeds
+
+
+def server_tcp():
     def varint(n):
         out = bytearray()
         while True:
@@ -229,6 +293,7 @@ def main():
         ("session", session()),
         ("server_connection", server_connection()),
         ("noise_handshake", noise_handshake()),
+        ("server_tcp", server_tcp()),
     ]:
         d = SEEDS / target
         if d.exists():

@@ -88,6 +88,36 @@ struct Writer<'o> {
     len: usize,
 }
 
+/// A variant tag and one varint: `Ping`, `Pong`, `Goodbye` (whose reason
+/// index is below 128, so its one byte is its varint).
+pub(crate) fn small(tag: u8, value: u64, out: &mut [u8]) -> Result<usize, EncodeError> {
+    let mut w = Writer { out, len: 0 };
+    w.byte(tag)?;
+    w.varint(value)?;
+    Ok(w.len)
+}
+
+/// An `Error` answering call `id` with `message`, at the start of `out`;
+/// returns its length.
+pub(crate) fn error_message(
+    id: u32,
+    code: ErrorCode,
+    message: &str,
+    out: &mut [u8],
+) -> Result<usize, EncodeError> {
+    let mut w = Writer { out, len: 0 };
+    w.byte(2)?;
+    w.varint(id.into())?;
+    w.varint(code.0.into())?;
+    w.bytes(message.as_bytes())?;
+    Ok(w.len)
+}
+
+fn small_message(tag: u8, value: u64, out: &mut [u8]) -> Result<&mut [u8], EncodeError> {
+    let n = small(tag, value, out)?;
+    Ok(&mut out[..n])
+}
+
 impl<'o> Writer<'o> {
     fn byte(&mut self, b: u8) -> Result<(), EncodeError> {
         *self.out.get_mut(self.len).ok_or(EncodeError::BufferFull)? = b;
@@ -112,10 +142,6 @@ impl<'o> Writer<'o> {
             .copy_from_slice(b);
         self.len = end;
         Ok(())
-    }
-
-    fn finish(self) -> &'o mut [u8] {
-        &mut self.out[..self.len]
     }
 }
 
@@ -142,27 +168,52 @@ const GOODBYE_REASONS: [GoodbyeReason; 8] = [
     GoodbyeReason::Revoked,
 ];
 
+impl Hello<'_> {
+    /// Encodes `Handshake::Hello(self)` at the start of `out`; returns its
+    /// length (a device encodes no other handshake message but the proof).
+    pub(crate) fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer { out, len: 0 };
+        w.byte(0)?;
+        w.byte(self.version)?;
+        w.byte(self.mechanisms.bits())?;
+        w.varint(self.max_frame.into())?;
+        w.bytes(self.client_first.as_bytes())?;
+        Ok(w.len)
+    }
+}
+
+impl Proof<'_> {
+    /// Encodes `Handshake::Proof(self)` at the start of `out`; returns its
+    /// length.
+    pub(crate) fn encode(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer { out, len: 0 };
+        w.byte(2)?;
+        w.bytes(self.client_final.as_bytes())?;
+        Ok(w.len)
+    }
+}
+
 impl<'a> Handshake<'a> {
     /// Encodes the message into the start of `out` (exactly postcard's
     /// bytes) and returns the used part.
     pub fn encode<'o>(&self, out: &'o mut [u8]) -> Result<&'o mut [u8], EncodeError> {
+        let n = match self {
+            Self::Hello(h) => h.encode(out)?,
+            Self::Proof(p) => p.encode(out)?,
+            _ => self.encode_server_message(out)?,
+        };
+        Ok(&mut out[..n])
+    }
+
+    /// The messages only a server sends.
+    fn encode_server_message(&self, out: &mut [u8]) -> Result<usize, EncodeError> {
         let mut w = Writer { out, len: 0 };
         match *self {
-            Self::Hello(h) => {
-                w.byte(0)?;
-                w.byte(h.version)?;
-                w.byte(h.mechanisms.bits())?;
-                w.varint(h.max_frame.into())?;
-                w.bytes(h.client_first.as_bytes())?;
-            }
+            Self::Hello(_) | Self::Proof(_) => return Err(EncodeError::Unencodable),
             Self::Challenge(c) => {
                 w.byte(1)?;
                 w.byte(c.mechanism as u8)?;
                 w.bytes(c.server_first.as_bytes())?;
-            }
-            Self::Proof(p) => {
-                w.byte(2)?;
-                w.bytes(p.client_final.as_bytes())?;
             }
             Self::Welcome(v) => {
                 w.byte(3)?;
@@ -177,7 +228,7 @@ impl<'a> Handshake<'a> {
                 w.varint(r.retry_after_secs.into())?;
             }
         }
-        Ok(w.finish())
+        Ok(w.len)
     }
 
     /// Decodes exactly one message filling all of `bytes` (the same result
@@ -236,48 +287,82 @@ impl<'a> Handshake<'a> {
     }
 }
 
+/// The fields of a session message that carries a payload (`Call`,
+/// `Reply`, `Error`, `Notify`), up to and including the payload's length:
+/// the connection writes the payload in place first, then this head before
+/// it, so arguments and replies are never copied through a scratch buffer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Head<'a> {
+    Call { id: u32, method: &'a str },
+    Reply { id: u32 },
+    Error { id: u32, code: ErrorCode },
+    Notify { method: &'a str },
+}
+
+/// Most bytes of a varint `u16`, `u32`.
+const VARINT_U16: usize = 3;
+const VARINT_U32: usize = 5;
+
+impl Head<'_> {
+    /// The most bytes this head takes for a payload of up to 65535 bytes.
+    pub(crate) fn max_len(&self) -> usize {
+        1 + VARINT_U16
+            + match self {
+                Self::Call { method, .. } => VARINT_U32 + VARINT_U16 + method.len(),
+                Self::Reply { .. } => VARINT_U32,
+                Self::Error { .. } => VARINT_U32 + VARINT_U16,
+                Self::Notify { method } => VARINT_U16 + method.len(),
+            }
+    }
+
+    /// Writes the head of a message whose payload is `len` bytes at the
+    /// start of `out`; returns its length.
+    pub(crate) fn encode(&self, len: usize, out: &mut [u8]) -> Result<usize, EncodeError> {
+        let mut w = Writer { out, len: 0 };
+        match *self {
+            Self::Call { id, method } => {
+                w.byte(0)?;
+                w.varint(id.into())?;
+                w.bytes(method.as_bytes())?;
+            }
+            Self::Reply { id } => {
+                w.byte(1)?;
+                w.varint(id.into())?;
+            }
+            Self::Error { id, code } => {
+                w.byte(2)?;
+                w.varint(id.into())?;
+                w.varint(code.0.into())?;
+            }
+            Self::Notify { method } => {
+                w.byte(3)?;
+                w.bytes(method.as_bytes())?;
+            }
+        }
+        w.varint(len as u64)?;
+        Ok(w.len)
+    }
+}
+
 impl<'a> Message<'a> {
     /// Encodes the message into the start of `out` (exactly postcard's
     /// bytes) and returns the used part.
     pub fn encode<'o>(&self, out: &'o mut [u8]) -> Result<&'o mut [u8], EncodeError> {
-        let mut w = Writer { out, len: 0 };
-        match *self {
-            Self::Call { id, method, args } => {
-                w.byte(0)?;
-                w.varint(id.into())?;
-                w.bytes(method.as_bytes())?;
-                w.bytes(args)?;
-            }
-            Self::Reply { id, result } => {
-                w.byte(1)?;
-                w.varint(id.into())?;
-                w.bytes(result)?;
-            }
-            Self::Error { id, code, message } => {
-                w.byte(2)?;
-                w.varint(id.into())?;
-                w.varint(code.0.into())?;
-                w.bytes(message.as_bytes())?;
-            }
-            Self::Notify { method, args } => {
-                w.byte(3)?;
-                w.bytes(method.as_bytes())?;
-                w.bytes(args)?;
-            }
-            Self::Ping { nonce } => {
-                w.byte(4)?;
-                w.varint(nonce.into())?;
-            }
-            Self::Pong { nonce } => {
-                w.byte(5)?;
-                w.varint(nonce.into())?;
-            }
-            Self::Goodbye { reason } => {
-                w.byte(6)?;
-                w.byte(reason as u8)?;
-            }
-        }
-        Ok(w.finish())
+        let (head, payload) = match *self {
+            Self::Call { id, method, args } => (Head::Call { id, method }, args),
+            Self::Reply { id, result } => (Head::Reply { id }, result),
+            Self::Error { id, code, message } => (Head::Error { id, code }, message.as_bytes()),
+            Self::Notify { method, args } => (Head::Notify { method }, args),
+            Self::Ping { nonce } => return small_message(4, nonce.into(), out),
+            Self::Pong { nonce } => return small_message(5, nonce.into(), out),
+            Self::Goodbye { reason } => return small_message(6, reason as u64, out),
+        };
+        let n = head.encode(payload.len(), out)?;
+        let end = n + payload.len();
+        out.get_mut(n..end)
+            .ok_or(EncodeError::BufferFull)?
+            .copy_from_slice(payload);
+        Ok(&mut out[..end])
     }
 
     /// Decodes exactly one message filling all of `bytes` (the same result

@@ -170,7 +170,22 @@ pub(crate) fn finish_frame(out: &mut [u8], len: usize, max: usize) -> Result<&[u
     Ok(&out[..HEADER_LEN + len])
 }
 
-/// Incremental frame decoder over a caller-provided body buffer.
+/// Incremental frame decoder over a caller-provided body buffer: the one
+/// frame reader of every Tether peer.
+///
+/// Two ways to feed it:
+/// - **pull** (minimq's `PacketReader` is the model): read from the
+///   transport straight into [`receive_buffer`](Self::receive_buffer), which
+///   is exactly the bytes still missing from the length prefix or the body,
+///   then [`commit`](Self::commit) how many arrived; once
+///   [`has_frame`](Self::has_frame), [`take_frame`](Self::take_frame) hands
+///   the body out. No byte is copied and none is read ahead, so a frame
+///   never waits in a buffer behind another.
+/// - **push**: [`push`](Self::push) copies from bytes the caller already
+///   holds (a read-ahead buffer, a test vector).
+///
+/// `B` is the body storage: a `&mut [u8]` on a device, anything that
+/// dereferences to bytes elsewhere (a `Vec<u8>`).
 ///
 /// ```
 /// use tether_core::frame::{FrameDecoder, write_frame};
@@ -178,7 +193,7 @@ pub(crate) fn finish_frame(out: &mut [u8], len: usize, max: usize) -> Result<&[u
 /// let n = write_frame(b"hello", &mut wire).unwrap().len();
 ///
 /// let mut buf = [0u8; 512];
-/// let mut decoder = FrameDecoder::new(&mut buf, 512);
+/// let mut decoder = FrameDecoder::new(&mut buf[..], 512);
 /// // Bytes may arrive one at a time: the decoder keeps what it has.
 /// let mut frames = 0;
 /// for byte in &wire[..n] {
@@ -191,30 +206,41 @@ pub(crate) fn finish_frame(out: &mut [u8], len: usize, max: usize) -> Result<&[u
 /// }
 /// assert_eq!(frames, 1);
 /// assert!(decoder.finish().is_ok());
+///
+/// // The same frame pulled: the decoder says where the next bytes go.
+/// let mut input = &wire[..n];
+/// while !decoder.has_frame() {
+///     let dest = decoder.receive_buffer();
+///     let k = dest.len().min(input.len()); // a transport's `read(dest)`
+///     dest[..k].copy_from_slice(&input[..k]);
+///     input = &input[k..];
+///     decoder.commit(k).unwrap();
+/// }
+/// assert_eq!(decoder.take_frame(), Some(&b"hello"[..]));
 /// ```
-#[derive(Debug)]
-pub struct FrameDecoder<'b> {
-    buf: &'b mut [u8],
+#[derive(Debug, Clone)]
+pub struct FrameDecoder<B> {
+    buf: B,
     max: usize,
     header: [u8; HEADER_LEN],
-    header_filled: usize,
-    /// Body length of the frame being read, once its header is complete.
-    body_len: Option<usize>,
-    body_filled: usize,
+    /// Bytes received of the length prefix (while `len` is 0) or of the body.
+    filled: usize,
+    /// Body length of the frame being read; 0 until its prefix is complete
+    /// (a valid prefix is never 0).
+    len: usize,
 }
 
-impl<'b> FrameDecoder<'b> {
+impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
     /// A decoder accepting bodies up to `max` bytes (capped by the buffer's
     /// size) into `buf`.
-    pub fn new(buf: &'b mut [u8], max: usize) -> Self {
-        let max = max.min(buf.len()).min(u16::MAX as usize);
+    pub fn new(buf: B, max: usize) -> Self {
+        let max = max.min(buf.as_ref().len()).min(u16::MAX as usize);
         Self {
             buf,
             max,
             header: [0; HEADER_LEN],
-            header_filled: 0,
-            body_len: None,
-            body_filled: 0,
+            filled: 0,
+            len: 0,
         }
     }
 
@@ -226,12 +252,70 @@ impl<'b> FrameDecoder<'b> {
     /// Changes the largest accepted body (after the handshake negotiated
     /// one); capped by the buffer's size.
     pub fn set_max(&mut self, max: usize) {
-        self.max = max.min(self.buf.len()).min(u16::MAX as usize);
+        self.max = max.min(self.buf.as_ref().len()).min(u16::MAX as usize);
+    }
+
+    /// The size of the body buffer.
+    pub fn capacity(&self) -> usize {
+        self.buf.as_ref().len()
+    }
+
+    /// The body buffer (the last frame's body is at its start until the
+    /// next one's length prefix is complete).
+    pub(crate) fn buffer(&self) -> &[u8] {
+        self.buf.as_ref()
     }
 
     /// True when no partial frame is pending.
     pub fn is_idle(&self) -> bool {
-        self.header_filled == 0 && self.body_len.is_none()
+        self.filled == 0 && self.len == 0
+    }
+
+    /// True when a whole frame waits for [`take_frame`](Self::take_frame).
+    pub fn has_frame(&self) -> bool {
+        self.len != 0 && self.filled == self.len
+    }
+
+    /// Where the next received bytes go: exactly what is still missing from
+    /// the length prefix or from the body. Read into it, then
+    /// [`commit`](Self::commit). Empty only while a whole frame waits for
+    /// [`take_frame`](Self::take_frame) (or after a bad length prefix): a
+    /// transport read into an empty slice returns 0, which is not the end
+    /// of the stream.
+    pub fn receive_buffer(&mut self) -> &mut [u8] {
+        if self.len == 0 {
+            self.header.get_mut(self.filled..).unwrap_or_default()
+        } else {
+            let (filled, len) = (self.filled, self.len);
+            self.buf.as_mut().get_mut(filled..len).unwrap_or_default()
+        }
+    }
+
+    /// Records that `n` bytes were written at the start of
+    /// [`receive_buffer`](Self::receive_buffer) (more than it holds counts
+    /// as all of it). A length prefix of 0 or above the maximum is an error
+    /// as soon as its second byte is committed; the stream is then out of
+    /// sync and the connection must close.
+    pub fn commit(&mut self, n: usize) -> Result<(), FrameError> {
+        self.filled += n.min(self.receive_buffer().len());
+        if self.len == 0 && self.filled == HEADER_LEN {
+            self.len = parse_header(self.header, self.max)?;
+            self.filled = 0;
+        }
+        Ok(())
+    }
+
+    /// The body of the frame received whole, if any. The decoder then waits
+    /// for the next frame's length prefix, which it keeps apart from the
+    /// body buffer: the body stays valid as long as it is borrowed.
+    pub fn take_frame(&mut self) -> Option<&[u8]> {
+        if !self.has_frame() {
+            return None;
+        }
+        let len = self.len;
+        self.len = 0;
+        self.filled = 0;
+        self.buf.as_ref().get(..len)
     }
 
     /// Consumes bytes from `input` up to the end of the next frame. Returns
@@ -242,46 +326,27 @@ impl<'b> FrameDecoder<'b> {
     /// After an error the stream is out of sync: the connection must close.
     pub fn push(&mut self, input: &[u8]) -> Result<(usize, Option<&[u8]>), FrameError> {
         let mut used = 0;
-        let len = match self.body_len {
-            Some(len) => len,
-            None => {
-                let take = (HEADER_LEN - self.header_filled).min(input.len());
-                self.header[self.header_filled..self.header_filled + take]
-                    .copy_from_slice(&input[..take]);
-                self.header_filled += take;
-                used += take;
-                if self.header_filled < HEADER_LEN {
-                    return Ok((used, None));
-                }
-                let len = parse_header(self.header, self.max)?;
-                self.body_len = Some(len);
-                self.body_filled = 0;
-                len
-            }
-        };
-        let take = (len - self.body_filled).min(input.len() - used);
-        self.buf[self.body_filled..self.body_filled + take]
-            .copy_from_slice(&input[used..used + take]);
-        self.body_filled += take;
-        used += take;
-        if self.body_filled < len {
-            return Ok((used, None));
+        while !self.has_frame() && used < input.len() {
+            let dest = self.receive_buffer();
+            let take = dest.len().min(input.len() - used);
+            dest[..take].copy_from_slice(&input[used..used + take]);
+            used += take;
+            self.commit(take)?;
         }
-        self.header_filled = 0;
-        self.body_len = None;
-        Ok((used, Some(&self.buf[..len])))
+        Ok((used, self.take_frame()))
     }
 
     /// Call when the input has ended: an error if a frame was left unfinished.
     pub fn finish(&self) -> Result<(), FrameError> {
-        match self.body_len {
-            Some(len) => Err(FrameError::Truncated {
-                missing: len - self.body_filled,
+        match (self.len, self.filled) {
+            (0, 0) => Ok(()),
+            (0, filled) => Err(FrameError::Truncated {
+                missing: HEADER_LEN - filled,
             }),
-            None if self.header_filled > 0 => Err(FrameError::Truncated {
-                missing: HEADER_LEN - self.header_filled,
+            (len, filled) if filled < len => Err(FrameError::Truncated {
+                missing: len - filled,
             }),
-            None => Ok(()),
+            _ => Ok(()),
         }
     }
 }
@@ -293,14 +358,14 @@ mod tests {
     #[test]
     fn zero_length_is_rejected_at_the_header() {
         let mut buf = [0u8; 600];
-        let mut d = FrameDecoder::new(&mut buf, 512);
+        let mut d = FrameDecoder::new(&mut buf[..], 512);
         assert_eq!(d.push(&[0, 0, 1]), Err(FrameError::EmptyFrame));
     }
 
     #[test]
     fn oversized_length_is_rejected_before_the_body_arrives() {
         let mut buf = [0u8; 600];
-        let mut d = FrameDecoder::new(&mut buf, 512);
+        let mut d = FrameDecoder::new(&mut buf[..], 512);
         assert_eq!(d.push(&[0x02]), Ok((1, None)));
         assert_eq!(
             d.push(&[0x01]),
@@ -311,7 +376,7 @@ mod tests {
     #[test]
     fn max_is_capped_by_the_buffer() {
         let mut buf = [0u8; 100];
-        let mut d = FrameDecoder::new(&mut buf, 512);
+        let mut d = FrameDecoder::new(&mut buf[..], 512);
         assert_eq!(d.max(), 100);
         assert_eq!(
             d.push(&[0, 101]),
@@ -322,11 +387,11 @@ mod tests {
     #[test]
     fn truncated_input_is_reported_at_finish() {
         let mut buf = [0u8; 512];
-        let mut d = FrameDecoder::new(&mut buf, 512);
+        let mut d = FrameDecoder::new(&mut buf[..], 512);
         assert_eq!(d.push(&[0, 5, 1, 2]).unwrap().0, 4);
         assert_eq!(d.finish(), Err(FrameError::Truncated { missing: 3 }));
         let mut buf = [0u8; 512];
-        let mut d = FrameDecoder::new(&mut buf, 512);
+        let mut d = FrameDecoder::new(&mut buf[..], 512);
         d.push(&[0]).unwrap();
         assert_eq!(d.finish(), Err(FrameError::Truncated { missing: 1 }));
     }
@@ -334,7 +399,7 @@ mod tests {
     #[test]
     fn several_frames_in_one_chunk() {
         let mut buf = [0u8; 512];
-        let mut d = FrameDecoder::new(&mut buf, 512);
+        let mut d = FrameDecoder::new(&mut buf[..], 512);
         let input = [0, 1, b'a', 0, 2, b'b', b'c', 0];
         let (n, f) = d.push(&input).unwrap();
         assert_eq!((n, f), (3, Some(&b"a"[..])));
@@ -342,6 +407,46 @@ mod tests {
         assert_eq!((m, f), (4, Some(&b"bc"[..])));
         assert_eq!(d.push(&input[n + m..]).unwrap(), (1, None));
         assert!(!d.is_idle());
+    }
+
+    #[test]
+    fn pull_reads_exactly_the_missing_bytes() {
+        let mut buf = [0u8; 512];
+        let mut d = FrameDecoder::new(&mut buf[..], 512);
+        assert_eq!(d.receive_buffer().len(), 2);
+        d.receive_buffer()[0] = 0;
+        d.commit(1).unwrap();
+        assert_eq!(d.receive_buffer().len(), 1);
+        d.receive_buffer()[0] = 3;
+        d.commit(1).unwrap();
+        // The body: exactly 3 bytes asked for, never more.
+        assert_eq!(d.receive_buffer().len(), 3);
+        d.receive_buffer()[..2].copy_from_slice(b"ab");
+        d.commit(2).unwrap();
+        assert!(!d.has_frame());
+        assert_eq!(d.take_frame(), None);
+        d.receive_buffer()[0] = b'c';
+        // Committing more than was asked for counts as all of it.
+        d.commit(9).unwrap();
+        assert!(d.has_frame());
+        assert!(d.receive_buffer().is_empty(), "a whole frame waits");
+        assert_eq!(d.finish(), Ok(()));
+        assert_eq!(d.take_frame(), Some(&b"abc"[..]));
+        assert!(d.is_idle());
+        assert_eq!(d.receive_buffer().len(), 2);
+    }
+
+    #[test]
+    fn pull_rejects_bad_prefixes_at_the_second_byte() {
+        let mut buf = [0u8; 512];
+        let mut d = FrameDecoder::new(&mut buf[..], 512);
+        d.receive_buffer().copy_from_slice(&[0, 0]);
+        assert_eq!(d.commit(2), Err(FrameError::EmptyFrame));
+        let mut d = FrameDecoder::new(&mut buf[..], 100);
+        d.receive_buffer()[0] = 0;
+        d.commit(1).unwrap();
+        d.receive_buffer()[0] = 101;
+        assert_eq!(d.commit(1), Err(FrameError::TooLong { len: 101, max: 100 }));
     }
 
     #[test]

@@ -16,16 +16,21 @@
 //! | [`django`] | Django `pbkdf2_*` hashes as SCRAM verifiers |
 //! | [`session`] | per-direction keys, sequence numbers and tags |
 //! | [`method`] | typed methods shared by device and server |
+//! | [`connection`] | the connection state machines: handshake order, calls, heartbeat, goodbye |
 //! | `noise` | protocol v2's Noise NN and NK handshakes (feature `v2`) |
 //!
-//! The whole flow, both ends in one place (in real life each end runs on its
-//! own machine and only the frames cross the network):
+//! The whole flow, both ends in one place: a device's and a server's
+//! connection machine ([`connection`]), bytes handed from one to the other
+//! (in real life each end runs on its own machine and a driver moves the
+//! bytes: `examples/blocking.rs` does it over a `TcpStream`):
 //!
 //! ```
-//! use tether_core::frame::{encode_message, FrameDecoder};
-//! use tether_core::message::{self, Challenge, Handshake, Hello, Message, Proof, Welcome};
-//! use tether_core::scram::{ClientConfig, ClientCredentials, ClientLogin, ServerLogin};
-//! use tether_core::session::Role;
+//! use core::time::Duration;
+//! use tether_core::connection::{
+//!     ClientConfig, ClientHandshake, Decoy, Event, Instant, ServerConfig, ServerHandshake, ServerStep,
+//! };
+//! use tether_core::method::{self, builtin::Echo};
+//! use tether_core::scram::{ClientCredentials, Mechanism};
 //! # struct Rng(u8);
 //! # impl rand_core::TryRng for Rng {
 //! #     type Error = core::convert::Infallible;
@@ -35,44 +40,62 @@
 //! # }
 //! # impl rand_core::TryCryptoRng for Rng {}
 //! # let (mut device_rng, mut server_rng) = (Rng(0), Rng(100));
+//! /// What a transport does: the bytes into the receiving machine.
+//! macro_rules! deliver {
+//!     ($to:expr, $bytes:expr) => {{
+//!         let mut bytes: &[u8] = $bytes;
+//!         while !bytes.is_empty() {
+//!             let dest = $to.receive_buffer(); // exactly what the frame still misses
+//!             let n = dest.len().min(bytes.len());
+//!             dest[..n].copy_from_slice(&bytes[..n]);
+//!             $to.commit(n);
+//!             bytes = &bytes[n..];
+//!         }
+//!     }};
+//! }
 //! // The server's row for alice, as Django stored it (password "wonderland").
 //! let row = "pbkdf2_sha256$4096$W8ZxHXvUYrZMB2ce3tJeqs$Gf7trYHHXjQXenT0TXmV2mr2SsIdi492WLVThfHnB/k=";
-//! let (mut wire, mut buf) = ([0u8; 512], [0u8; 512]);
+//! let decoy = Decoy { secret: b"the server's secret", iterations: 1_000_000, mechanism: Mechanism::ScramSha256 };
+//! let now = Instant::from_millis(0);
+//! let (mut device_rx, mut wire) = ([0u8; 512], [0u8; 512]);
 //!
-//! // Device: hello with the SCRAM client-first-message.
-//! let login = ClientLogin::<256>::new("alice", ClientCredentials::Password("wonderland"),
-//!     ClientConfig::default(), &mut device_rng).unwrap();
-//! let hello = Handshake::Hello(Hello { version: message::PROTOCOL_VERSION,
-//!     mechanisms: login.mechanisms(), max_frame: 512, client_first: login.client_first() });
-//! let frame = encode_message(&hello, &mut wire, 512).unwrap();
+//! // Device: the hello (the machine builds it).
+//! let mut device = ClientHandshake::<4>::new(&mut device_rx, "alice",
+//!     ClientCredentials::Password("wonderland"), &ClientConfig::default(), &mut device_rng)?;
+//! let mut server = ServerHandshake::<Vec<u8>>::new(vec![0; 4096], ServerConfig::default(), now)?;
+//! deliver!(server, device.poll_transmit(now, &mut wire).unwrap());
 //!
-//! // Server: decode the frame, look up the user, challenge.
-//! let mut decoder = FrameDecoder::new(&mut buf, 512);
-//! let (_, body) = decoder.push(frame).unwrap();
-//! let Handshake::Hello(hello) = message::decode(body.unwrap()).unwrap() else { panic!() };
-//! let server = ServerLogin::<512>::new(hello.client_first).unwrap();
-//! assert_eq!(server.username(), "alice");
-//! let creds = tether_core::django::credentials(row).unwrap(); // no PBKDF2 here
-//! let server = server.challenge(&creds, &mut server_rng).unwrap();
-//! let challenge = Challenge { mechanism: creds.mechanism, server_first: server.server_first() };
+//! // Server: pauses for the lookup, then challenges (no PBKDF2 on the server).
+//! let Some(ServerStep::Login(request)) = server.poll()? else { unreachable!() };
+//! assert_eq!(request.username, "alice");
+//! let account = tether_core::django::credentials(row).ok();
+//! server.challenge(account, &decoy, &mut server_rng)?;
+//! deliver!(device, server.poll_transmit(&mut wire).unwrap());
 //!
-//! // Device: prove (runs PBKDF2 once); server: verify and prove itself.
-//! let device = login.handle_challenge(challenge.mechanism, challenge.server_first).unwrap();
-//! let proof = Proof { client_final: device.client_final() };
-//! let done = server.verify(proof.client_final).unwrap();
-//! let welcome = Welcome { server_final: done.server_final(), session_id: 1, max_frame: 512,
-//!     heartbeat_secs: 30 };
-//! let device = device.handle_server_final(welcome.server_final).unwrap();
-//! // device.keys can be saved: later logins use ClientCredentials::Keys, no PBKDF2.
+//! // Device: checks the challenge, runs PBKDF2 once, proves.
+//! assert!(device.poll(now)?.is_none());
+//! deliver!(server, device.poll_transmit(now, &mut wire).unwrap());
 //!
-//! // Both: authenticated session frames.
-//! let (mut device_tx, _device_rx) = device.session.into_halves(Role::Client);
-//! let (_server_tx, mut server_rx) = done.session.into_halves(Role::Server);
-//! let call = Message::Call { id: 1, method: "echo", args: b"\x02hi" };
-//! let frame = device_tx.seal(&call, &mut wire, 512).unwrap();
-//! let mut decoder = FrameDecoder::new(&mut buf, 512);
-//! let (_, body) = decoder.push(frame).unwrap();
-//! assert_eq!(server_rx.open(body.unwrap()).unwrap(), call);
+//! // Server: the proof is good; the welcome hands over the session.
+//! let Some(ServerStep::Verified(_)) = server.poll()? else { unreachable!() };
+//! let (mut server_conn, welcome) = server.welcome(1, now, &mut wire)?;
+//! deliver!(device, welcome);
+//! let established = device.poll(now)?.expect("the server proved itself");
+//! // established.keys can be saved: later logins use ClientCredentials::Keys, no PBKDF2.
+//! let mut device_conn = established.connection;
+//!
+//! // A call, its arguments encoded straight into the sealed frame, and its reply.
+//! let mut tx = [0u8; 512];
+//! let (id, frame) = device_conn.call::<Echo>(now, &"hi", Duration::from_secs(5), &mut tx)?;
+//! deliver!(server_conn, frame);
+//! let Some(Event::Call(call)) = server_conn.poll_event(now)? else { unreachable!() };
+//! assert!(call.is::<Echo>());
+//! let token = call.into_token();
+//! deliver!(device_conn, server_conn.reply_typed::<Echo>(token, now, &mut wire, &"hi")?);
+//! let Some(Event::Reply(reply)) = device_conn.poll_event(now)? else { unreachable!() };
+//! let result = reply.result.expect("a reply, not a failure");
+//! assert_eq!((reply.id, method::decode_reply::<Echo>(result)?), (id, "hi"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Wire format, byte by byte: `docs/PROTOCOL.md` in the repository.
@@ -91,6 +114,7 @@ extern crate std;
 mod b64;
 mod b85;
 mod codec;
+pub mod connection;
 pub mod django;
 pub mod frame;
 pub mod message;

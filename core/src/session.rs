@@ -19,8 +19,8 @@ use core::fmt;
 
 use subtle::ConstantTimeEq as _;
 
-use crate::frame::{FrameError, HEADER_LEN, finish_frame};
-use crate::message::{DecodeError, EncodeError, ErrorCode, Message};
+use crate::frame::{FrameError, HEADER_LEN};
+use crate::message::{DecodeError, EncodeError, ErrorCode, GoodbyeReason, Message};
 use crate::sha256::{HmacSha256, hmac_sha256};
 
 pub(crate) const SESSION_LABEL: &[u8] = b"tether/1 session";
@@ -111,10 +111,12 @@ impl SessionKeys {
             Sealer {
                 mac: HmacSha256::new(send),
                 seq: 0,
+                closed: false,
             },
             Opener {
                 mac: HmacSha256::new(recv),
                 next: 0,
+                closed: false,
             },
         )
     }
@@ -122,6 +124,7 @@ impl SessionKeys {
 
 /// What went wrong with a session frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SessionError {
     /// The body is too short to hold a sequence number, a message and a tag.
     TooShort {
@@ -152,6 +155,35 @@ pub enum SessionError {
     Frame(FrameError),
     /// 2^64 frames were sent: the session must end.
     SequenceExhausted,
+    /// This half is closed: an earlier frame failed to open (an [`Opener`]
+    /// accepts nothing after a failure), or a `Goodbye` went through it
+    /// (the last frame in its direction).
+    Closed,
+}
+
+impl SessionError {
+    /// The `Goodbye` reason a peer that says why it closes gives for this
+    /// error: `BadTag` for a frame that is not authentic or not the next
+    /// one (forged, altered, truncated, replayed, reordered), else
+    /// `ProtocolError` (an authentic frame whose message does not decode).
+    pub const fn goodbye_reason(&self) -> GoodbyeReason {
+        match self {
+            Self::TooShort { .. }
+            | Self::BadTag
+            | Self::Replayed { .. }
+            | Self::OutOfOrder { .. }
+            | Self::Closed => GoodbyeReason::BadTag,
+            Self::Decode(_) | Self::Frame(_) | Self::SequenceExhausted => {
+                GoodbyeReason::ProtocolError
+            }
+        }
+    }
+
+    /// Whether the frame failed authentication or sequencing (as opposed to
+    /// an authentic frame with a bad message).
+    pub const fn is_inauthentic(&self) -> bool {
+        matches!(self.goodbye_reason(), GoodbyeReason::BadTag)
+    }
 }
 
 impl fmt::Display for SessionError {
@@ -171,6 +203,7 @@ impl fmt::Display for SessionError {
             Self::Decode(e) => write!(f, "session message: {e}"),
             Self::Frame(e) => write!(f, "session frame: {e}"),
             Self::SequenceExhausted => f.write_str("sequence numbers exhausted"),
+            Self::Closed => f.write_str("session half closed (earlier failure or goodbye)"),
         }
     }
 }
@@ -183,11 +216,13 @@ impl From<FrameError> for SessionError {
     }
 }
 
-/// Seals outgoing session messages.
+/// Seals outgoing session messages. After it sealed a `Goodbye` (the last
+/// frame in its direction) it seals nothing more.
 #[derive(Clone)]
 pub struct Sealer {
     mac: HmacSha256,
     seq: u64,
+    closed: bool,
 }
 
 impl fmt::Debug for Sealer {
@@ -209,52 +244,90 @@ impl Sealer {
         max: usize,
     ) -> Result<&'o [u8], SessionError> {
         let available = out.len();
-        let room = available.saturating_sub(HEADER_LEN + OVERHEAD);
-        if room == 0 {
-            return Err(FrameError::BufferTooSmall {
-                needed: HEADER_LEN + OVERHEAD + 1,
-                available,
-            }
-            .into());
-        }
         let start = HEADER_LEN + SEQ_LEN;
-        let n = msg
-            .encode(&mut out[start..start + room])
-            .map_err(|e| match e {
-                EncodeError::BufferFull => FrameError::BufferTooSmall {
+        let room = available.saturating_sub(HEADER_LEN + OVERHEAD);
+        let body = out.get_mut(start..start + room).unwrap_or_default();
+        let n = match msg.encode(body) {
+            Ok(m) => m.len(),
+            Err(EncodeError::BufferFull) => {
+                return Err(FrameError::BufferTooSmall {
                     needed: available + 1,
                     available,
-                },
-                EncodeError::Unencodable => FrameError::Encode,
-            })?
-            .len();
+                }
+                .into());
+            }
+            Err(EncodeError::Unencodable) => return Err(FrameError::Encode.into()),
+        };
+        if self.closed {
+            return Err(SessionError::Closed);
+        }
         let body_len = SEQ_LEN + n + TAG_LEN;
+        let max = max.min(u16::MAX as usize);
         if body_len > max {
             return Err(FrameError::TooLong { len: body_len, max }.into());
         }
-        out[HEADER_LEN..start].copy_from_slice(&self.seq.to_be_bytes());
+        if self.seq == u64::MAX {
+            return Err(SessionError::SequenceExhausted);
+        }
+        let frame = self
+            .seal_in_place(out, n, max)
+            .ok_or(FrameError::BufferTooSmall {
+                needed: HEADER_LEN + body_len,
+                available,
+            })?;
+        if matches!(msg, Message::Goodbye { .. }) {
+            self.closed = true;
+        }
+        Ok(frame)
+    }
+
+    /// Seals the `n`-byte message already encoded at
+    /// `out[HEADER_LEN + SEQ_LEN..]`: writes the length prefix, the sequence
+    /// number and the tag around it and returns the whole frame. `max` is
+    /// the peer's maximum body length. `None`: too long for it or for `out`,
+    /// sealer closed or sequence numbers exhausted ([`Sealer::seal`] says
+    /// which).
+    pub(crate) fn seal_in_place<'o>(
+        &mut self,
+        out: &'o mut [u8],
+        n: usize,
+        max: usize,
+    ) -> Option<&'o [u8]> {
+        let body_len = SEQ_LEN + n + TAG_LEN;
+        let end = HEADER_LEN + body_len;
+        let out = out.get_mut(..end)?;
+        if self.closed || body_len > max.min(u16::MAX as usize) {
+            return None;
+        }
+        let seq = self.seq;
+        self.seq = seq.checked_add(1)?;
+        let (signed, tag) = out.split_at_mut(end - TAG_LEN);
+        signed[..HEADER_LEN].copy_from_slice(&(body_len as u16).to_be_bytes());
+        signed[HEADER_LEN..HEADER_LEN + SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
         let mut mac = self.mac.clone();
-        mac.update(&out[HEADER_LEN..start + n]);
-        let tag = mac.finish();
-        out[start + n..start + n + TAG_LEN].copy_from_slice(&tag[..TAG_LEN]);
-        self.seq = self
-            .seq
-            .checked_add(1)
-            .ok_or(SessionError::SequenceExhausted)?;
-        Ok(finish_frame(out, body_len, max)?)
+        mac.update(&signed[HEADER_LEN..]);
+        tag.copy_from_slice(&mac.finish()[..TAG_LEN]);
+        Some(out)
     }
 
     /// The sequence number of the next frame.
     pub fn next_seq(&self) -> u64 {
         self.seq
     }
+
+    /// Seals nothing more (a goodbye was sealed in place).
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
 }
 
-/// Checks and decodes incoming session frames.
+/// Checks and decodes incoming session frames. After a frame fails, or
+/// after a `Goodbye`, it opens nothing more ([`SessionError::Closed`]).
 #[derive(Clone)]
 pub struct Opener {
     mac: HmacSha256,
     next: u64,
+    closed: bool,
 }
 
 impl fmt::Debug for Opener {
@@ -267,8 +340,20 @@ impl fmt::Debug for Opener {
 
 impl Opener {
     /// Authenticates a frame body and decodes its message, which borrows
-    /// from `body`. Any error means the session must close.
+    /// from `body`. Any error means the session must close, and closes this
+    /// opener: every later frame fails with [`SessionError::Closed`].
     pub fn open<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
+        if self.closed {
+            return Err(SessionError::Closed);
+        }
+        // Closed until the frame proves good.
+        self.closed = true;
+        let msg = self.check(body)?;
+        self.closed = matches!(msg, Message::Goodbye { .. });
+        Ok(msg)
+    }
+
+    fn check<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
         if body.len() < OVERHEAD + 1 {
             return Err(SessionError::TooShort { len: body.len() });
         }

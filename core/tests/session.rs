@@ -42,7 +42,7 @@ fn frames_flow_both_ways_in_order() {
 
 #[test]
 fn replayed_reordered_and_cross_direction_frames_are_rejected() {
-    let (mut ctx, mut srx, _stx, mut crx) = frames();
+    let (mut ctx, fresh, _stx, crx) = frames();
     let mut buf = [0u8; 512];
     let f0 = ctx
         .seal(&Message::Ping { nonce: 0 }, &mut buf, 512)
@@ -52,35 +52,72 @@ fn replayed_reordered_and_cross_direction_frames_are_rejected() {
         .seal(&Message::Ping { nonce: 1 }, &mut buf, 512)
         .unwrap()[HEADER_LEN..]
         .to_vec();
-    let f2 = ctx
-        .seal(&Message::Ping { nonce: 2 }, &mut buf, 512)
-        .unwrap()[HEADER_LEN..]
-        .to_vec();
     // Reordered: frame 1 before frame 0.
     assert_eq!(
-        srx.open(&f1),
+        fresh.clone().open(&f1),
         Err(SessionError::OutOfOrder {
             seq: 1,
             expected: 0
         })
     );
-    assert_eq!(srx.open(&f0), Ok(Message::Ping { nonce: 0 }));
     // Replayed.
+    let mut srx = fresh.clone();
+    assert_eq!(srx.open(&f0), Ok(Message::Ping { nonce: 0 }));
     assert_eq!(
-        srx.open(&f0),
+        srx.clone().open(&f0),
         Err(SessionError::Replayed {
             seq: 0,
             expected: 1
         })
     );
     // Sent back to its sender (cross-direction).
-    assert_eq!(crx.open(&f1), Err(SessionError::BadTag));
+    assert_eq!(crx.clone().open(&f1), Err(SessionError::BadTag));
     // Truncated.
-    assert_eq!(srx.open(&f1[..f1.len() - 1]), Err(SessionError::BadTag));
-    assert_eq!(srx.open(&f1[..10]), Err(SessionError::TooShort { len: 10 }));
-    // Failures did not advance the receiver.
+    assert_eq!(
+        srx.clone().open(&f1[..f1.len() - 1]),
+        Err(SessionError::BadTag)
+    );
+    assert_eq!(
+        srx.clone().open(&f1[..10]),
+        Err(SessionError::TooShort { len: 10 })
+    );
+    // The opener that refused nothing goes on.
     assert_eq!(srx.open(&f1), Ok(Message::Ping { nonce: 1 }));
-    assert_eq!(srx.open(&f2), Ok(Message::Ping { nonce: 2 }));
+}
+
+#[test]
+fn an_opener_opens_nothing_after_a_failure_or_a_goodbye() {
+    let (mut ctx, mut srx, _stx, _crx) = frames();
+    let mut buf = [0u8; 512];
+    let f0 = ctx
+        .seal(&Message::Ping { nonce: 0 }, &mut buf, 512)
+        .unwrap()[HEADER_LEN..]
+        .to_vec();
+    let mut bad = f0.clone();
+    *bad.last_mut().unwrap() ^= 1;
+    assert_eq!(srx.open(&bad), Err(SessionError::BadTag));
+    // The genuine frame that was due: refused all the same.
+    assert_eq!(srx.open(&f0), Err(SessionError::Closed));
+    assert_eq!(srx.next_seq(), 0);
+
+    let (mut ctx, mut srx, _stx, _crx) = frames();
+    let bye = Message::Goodbye {
+        reason: GoodbyeReason::Normal,
+    };
+    let f = ctx.seal(&bye, &mut buf, 512).unwrap()[HEADER_LEN..].to_vec();
+    // Nothing is sealed after a goodbye...
+    assert_eq!(
+        ctx.seal(&Message::Ping { nonce: 1 }, &mut buf, 512),
+        Err(SessionError::Closed)
+    );
+    // ...and nothing opened after one.
+    assert_eq!(srx.open(&f), Ok(bye));
+    let mut other = frames().0;
+    let late = other
+        .seal(&Message::Ping { nonce: 1 }, &mut buf, 512)
+        .unwrap()[HEADER_LEN..]
+        .to_vec();
+    assert_eq!(srx.open(&late), Err(SessionError::Closed));
 }
 
 #[test]

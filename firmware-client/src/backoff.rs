@@ -46,6 +46,11 @@ impl Backoff {
     /// The delay before the next attempt, at least `floor` (the server's
     /// retry-after); doubles the base for the attempt after.
     pub fn next_delay<R: Rng + ?Sized>(&mut self, rng: &mut R, floor: Duration) -> Duration {
+        Duration::from_millis(self.next_delay_ms(rng, ms(floor)))
+    }
+
+    /// [`next_delay`](Self::next_delay) in milliseconds.
+    pub(crate) fn next_delay_ms<R: Rng + ?Sized>(&mut self, rng: &mut R, floor_ms: u64) -> u64 {
         let d = self.current_ms;
         self.current_ms = d.saturating_mul(2).min(self.max_ms);
         let half = d / 2;
@@ -54,7 +59,7 @@ impl Backoff {
         } else {
             rng.next_u64() % (half + 1)
         };
-        Duration::from_millis(d - half + jitter).max(floor)
+        (d - half + jitter).max(floor_ms)
     }
 }
 

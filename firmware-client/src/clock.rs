@@ -84,6 +84,14 @@ impl Clock for TokioClock {
     }
 }
 
+/// A timer at `deadline_ms` (one copy of the conversion for every sleep).
+#[cfg(feature = "embassy-time")]
+#[inline(never)]
+fn timer_at(deadline_ms: u64) -> embassy_time::Timer {
+    let max = embassy_time::Instant::MAX.as_millis();
+    embassy_time::Timer::at(embassy_time::Instant::from_millis(deadline_ms.min(max)))
+}
+
 /// The [`Clock`] of embassy-time (`embassy_time::Instant`, so the board's
 /// time driver).
 #[cfg(feature = "embassy-time")]
@@ -97,7 +105,6 @@ impl Clock for EmbassyClock {
     }
 
     fn sleep_until_ms(&self, deadline_ms: u64) -> impl Future<Output = ()> {
-        let max = embassy_time::Instant::MAX.as_millis();
-        embassy_time::Timer::at(embassy_time::Instant::from_millis(deadline_ms.min(max)))
+        timer_at(deadline_ms)
     }
 }

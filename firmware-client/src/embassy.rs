@@ -56,9 +56,12 @@ use tether_core::rand_core::CryptoRng;
 use tether_core::scram::{CachedKeys, ClientCredentials, ScramError};
 
 use crate::backoff::{Backoff, Retry};
+use crate::buffers::Buffers;
 use crate::clock::EmbassyClock;
+use crate::config::Config;
 use crate::error::Error;
-use crate::session::{Buffers, Config, Established, Session, ms};
+use crate::handshake::Established;
+use crate::session::{Session, ms};
 
 /// The transport error of an embassy-net session.
 pub type TcpError = embassy_net::tcp::Error;
@@ -198,7 +201,7 @@ impl<'a, S: Remote> Link<'a, S> {
         let mut retry: Option<Duration> = None;
         loop {
             if let Some(floor) = retry {
-                let delay = ms(self.backoff.next_delay(rng, floor));
+                let delay = self.backoff.next_delay_ms(rng, ms(floor));
                 info!("tether: reconnecting in {} ms", delay);
                 Timer::after_millis(delay).await;
             }
@@ -242,7 +245,6 @@ impl<'a, S: Remote> Link<'a, S> {
             let session_buffers = Buffers {
                 rx: &mut *buffers.rx,
                 tx: &mut *buffers.tx,
-                scratch: &mut *buffers.scratch,
             };
             // Each block ends its values' storage before the next await: the
             // future (static RAM) holds the largest step, not their sum.

@@ -6,6 +6,7 @@
 
 use core::fmt;
 
+use tether_core::connection::{ConnectionError, Violation};
 use tether_core::frame::FrameError;
 use tether_core::message::{DecodeError, EncodeError, ErrorCode, GoodbyeReason, RefusalCode};
 use tether_core::scram::ScramError;
@@ -69,11 +70,11 @@ pub enum Error<E> {
     /// Framing failed: a length of 0 or above our maximum, or the
     /// connection ended inside a frame.
     Frame(FrameError),
-    /// A handshake message did not decode.
-    Decode(DecodeError),
-    /// The server broke the protocol (the detail says how); the client said
-    /// goodbye with `ProtocolError` where the contract asks for it.
-    Protocol(&'static str),
+    /// The server broke the protocol (the [`Violation`] says how: an
+    /// undecodable handshake message, a reply to a call not in flight...);
+    /// the client said goodbye with `ProtocolError` where the contract asks
+    /// for it.
+    Protocol(Violation),
     /// Time ran out.
     Timeout(TimeoutKind),
     /// The transport failed.
@@ -127,7 +128,6 @@ impl<E> Error<E> {
             Self::Disconnected => Error::Disconnected,
             Self::Session(e) => Error::Session(e),
             Self::Frame(e) => Error::Frame(e),
-            Self::Decode(e) => Error::Decode(e),
             Self::Protocol(d) => Error::Protocol(d),
             Self::Timeout(k) => Error::Timeout(k),
             Self::Transport(e) => Error::Transport(f(e)),
@@ -138,16 +138,29 @@ impl<E> Error<E> {
     }
 }
 
-impl Error<core::convert::Infallible> {
-    /// The same error as one of a session over any transport.
-    pub(crate) fn widen<E>(self) -> Error<E> {
-        self.map_transport(|never| match never {})
-    }
-}
-
 impl<E> From<FrameError> for Error<E> {
     fn from(e: FrameError) -> Self {
         Self::Frame(e)
+    }
+}
+
+impl<E> From<ConnectionError> for Error<E> {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::Refused(r) => Self::Refused {
+                code: r.code,
+                retry_after_secs: r.retry_after_secs,
+            },
+            ConnectionError::Scram(e) => Self::Login(e),
+            ConnectionError::Protocol(v) => Self::Protocol(v),
+            ConnectionError::Frame(e) => Self::Frame(e),
+            ConnectionError::Session(e) => Self::Session(e),
+            ConnectionError::Closed(reason) => Self::Closed(reason),
+            ConnectionError::Disconnected => Self::Disconnected,
+            ConnectionError::HandshakeTimeout => Self::Timeout(TimeoutKind::Handshake),
+            ConnectionError::IdleTimeout => Self::Timeout(TimeoutKind::Heartbeat),
+            _ => Self::Ended,
+        }
     }
 }
 
@@ -176,7 +189,6 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
             }
             Self::Session(e) => write!(f, "session frame rejected: {e}"),
             Self::Frame(e) => write!(f, "framing: {e}"),
-            Self::Decode(e) => write!(f, "handshake message: {e}"),
             Self::Protocol(what) => write!(f, "server broke the protocol: {what}"),
             Self::Timeout(TimeoutKind::Handshake) => {
                 f.write_str("timed out waiting for the server's handshake")
@@ -238,10 +250,14 @@ pub enum CallError<'a, E> {
     Timeout,
     /// The answer does not decode as the method's reply type.
     BadReply(DecodeError),
-    /// The arguments do not fit the scratch buffer (or cannot be encoded).
+    /// The arguments cannot be encoded (a serde error).
     Encode(EncodeError),
-    /// The frame would exceed the server's maximum or the transmit buffer.
-    TooLarge(FrameError),
+    /// The arguments do not fit the server's largest frame or the transmit
+    /// buffer, whichever is smaller; nothing was sent.
+    TooLarge {
+        /// The most argument bytes that fit.
+        max: usize,
+    },
     /// [`MAX_CALLS_IN_FLIGHT`](crate::MAX_CALLS_IN_FLIGHT) calls are already
     /// waiting for replies.
     TooManyCalls,
@@ -284,7 +300,7 @@ impl<E: fmt::Debug> fmt::Display for CallError<'_, E> {
             Self::Timeout => f.write_str("call timed out"),
             Self::BadReply(e) => write!(f, "reply does not decode: {e}"),
             Self::Encode(e) => write!(f, "arguments: {e}"),
-            Self::TooLarge(e) => write!(f, "call too large: {e}"),
+            Self::TooLarge { max } => write!(f, "arguments too large: at most {max} bytes fit"),
             Self::TooManyCalls => f.write_str("too many calls in flight"),
             Self::CallsPending => f.write_str("earlier calls still pending"),
             Self::Session(e) => write!(f, "{e}"),

@@ -2,6 +2,7 @@
 
 use core::future::Future;
 
+use tether_core::connection::REPLY_TOO_LARGE;
 use tether_core::message::{DecodeError, EncodeError, ErrorCode};
 use tether_core::method::{self, Method};
 
@@ -117,17 +118,17 @@ impl<'a> Request<'a> {
     }
 }
 
+/// The answer in the answer buffer's first `len` bytes: the reply, or
+/// with `code` an error's message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// The reply's first `len` bytes of the scratch buffer.
-    Ok(usize),
-    /// An error with the message in the first `len` bytes.
-    Err(ErrorCode, usize),
+pub(crate) struct Outcome {
+    pub(crate) code: Option<ErrorCode>,
+    pub(crate) len: usize,
 }
 
-/// Writes the answer to one call into the session's scratch buffer; each
-/// method consumes it and returns the [`Responded`] token the handler hands
-/// back.
+/// Writes the answer to one call straight into its place in the session's
+/// transmit buffer (sized to what the server accepts); each method consumes
+/// it and returns the [`Responded`] token the handler hands back.
 #[derive(Debug)]
 pub struct Responder<'o> {
     pub(crate) out: &'o mut [u8],
@@ -139,12 +140,15 @@ pub struct Responder<'o> {
 pub struct Responded(pub(crate) Outcome);
 
 impl Responder<'_> {
-    /// Answers with `M`'s reply. A reply too large for the scratch buffer
-    /// becomes the error `FAILED` "reply too large".
+    /// Answers with `M`'s reply. A reply too large for the server (or the
+    /// transmit buffer) becomes the error `FAILED` "reply too large".
     pub fn ok<M: Method>(self, reply: &M::Reply<'_>) -> Responded {
         match method::encode_reply::<M>(reply, self.out) {
-            Ok(bytes) => Responded(Outcome::Ok(bytes.len())),
-            Err(EncodeError::BufferFull) => self.error(ErrorCode::FAILED, "reply too large"),
+            Ok(bytes) => Responded(Outcome {
+                code: None,
+                len: bytes.len(),
+            }),
+            Err(EncodeError::BufferFull) => self.error(ErrorCode::FAILED, REPLY_TOO_LARGE),
             Err(EncodeError::Unencodable) => self.error(ErrorCode::FAILED, "reply unencodable"),
         }
     }
@@ -154,21 +158,27 @@ impl Responder<'_> {
         match self.out.get_mut(..bytes.len()) {
             Some(out) => {
                 out.copy_from_slice(bytes);
-                Responded(Outcome::Ok(bytes.len()))
+                Responded(Outcome {
+                    code: None,
+                    len: bytes.len(),
+                })
             }
-            None => self.error(ErrorCode::FAILED, "reply too large"),
+            None => self.error(ErrorCode::FAILED, REPLY_TOO_LARGE),
         }
     }
 
     /// Answers with an error; `message` is cut (at a character boundary) to
-    /// what fits the scratch buffer.
+    /// what fits.
     pub fn error(self, code: ErrorCode, message: &str) -> Responded {
         let mut len = message.len().min(self.out.len());
         while !message.is_char_boundary(len) {
             len -= 1;
         }
         self.out[..len].copy_from_slice(&message.as_bytes()[..len]);
-        Responded(Outcome::Err(code, len))
+        Responded(Outcome {
+            code: Some(code),
+            len,
+        })
     }
 
     /// Answers `UNKNOWN_METHOD`.

@@ -32,9 +32,12 @@ use tether_core::scram::ClientCredentials;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader, BufWriter};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
+use crate::buffers::Buffers;
 use crate::clock::TokioClock;
+use crate::config::Config;
 use crate::error::Error;
-use crate::session::{Buffers, Config, Established, Session};
+use crate::handshake::Established;
+use crate::session::Session;
 
 /// Read and write buffer sizes of [`TcpTransport`].
 pub const BUFFER: usize = 4096;

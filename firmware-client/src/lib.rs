@@ -6,9 +6,11 @@
 //! [`ReadReady`](embedded_io_async::ReadReady). A device logs in to a Tether server against the server's
 //! Django user database (SCRAM: the password never crosses the wire, and the
 //! server proves it holds the account's verifier), then calls the server and
-//! answers the server's calls over authenticated frames. Every byte of
-//! protocol (SCRAM, framing, messages, tags) comes from [`tether_core`]; this
-//! crate moves bytes and keeps time.
+//! answers the server's calls over authenticated frames. Every rule of the
+//! protocol (SCRAM, framing, handshake order, call ids, heartbeats, goodbyes)
+//! is tether-core's connection machine ([`tether_core::connection`]); this
+//! crate drives it: it moves bytes, keeps time and runs the application's
+//! handler.
 //!
 //! | piece | what |
 //! |---|---|
@@ -75,9 +77,9 @@
 //!     rng: &mut impl CryptoRng,
 //!     saved_keys: Option<&CachedKeys>,
 //! ) -> Result<(), Error<T::Error>> {
-//!     // 512 + 512 + 256 bytes, caller-owned (a static or the task's state).
-//!     let (mut rx, mut tx, mut scratch) = ([0u8; 512], [0u8; 512], [0u8; 256]);
-//!     let buffers = Buffers { rx: &mut rx, tx: &mut tx, scratch: &mut scratch };
+//!     // 512 + 512 bytes, caller-owned (a static or the task's state).
+//!     let (mut rx, mut tx) = ([0u8; 512], [0u8; 512]);
+//!     let buffers = Buffers { rx: &mut rx, tx: &mut tx };
 //!     // Cached keys skip PBKDF2; the password is needed once.
 //!     let credentials = match saved_keys {
 //!         Some(keys) => ClientCredentials::Keys(keys),
@@ -141,21 +143,24 @@
 //! ## RAM
 //!
 //! Caller-provided [`Buffers`] (or a const-generic [`BufferStore`]): `rx` (at
-//! least 512, the largest frame the device accepts), `tx` (one outgoing
-//! frame) and `scratch` (encoded arguments and replies), one byte of RAM per
-//! byte of buffer. Besides them: the [`Session`] (576 bytes on a 64-bit host,
-//! less on 32-bit: two HMAC-SHA-256 states for the frame tags, the call
-//! table, the timers) while a session runs, or the `login` future (about
-//! 1 KiB, mostly tether-core's SCRAM state) while logging in, never both.
-//! Measured on a Cortex-M4 (mcu/nucleo-f429zi, `embassy::Link` with
-//! 512 + 512 + 256-byte buffers): 2.7 KiB of static RAM in all, buffers,
-//! cached keys and the task's futures included.
+//! least 512, the largest frame the device accepts) and `tx` (one outgoing
+//! frame, into which arguments and answers are encoded in place), one byte
+//! of RAM per byte of buffer. Besides them: the [`Session`] (776 bytes on a 64-bit host,
+//! less on 32-bit: tether-core's `ClientConnection` with two HMAC-SHA-256
+//! states for the frame tags, the call table and the timers; the transport)
+//! while a session runs, or the `login` future (about 1 KiB, mostly
+//! tether-core's SCRAM state) while logging in, never both. Measured on a
+//! Cortex-M4 (mcu/nucleo-f429zi, `embassy::Link` with 512 + 512-byte
+//! buffers): 2.1 KiB of static RAM in all, buffers, cached keys and the
+//! task's futures included.
 //!
-//! Flash on the same board: 16.2 KiB (16,616 bytes) for tether-firmware +
-//! tether-core together, without SCRAM-SHA-1, with DHCP and the server
-//! looked up by name; the example's own application code (its handler,
-//! notification and key store) comes on top. See `mcu/nucleo-f429zi/size`
-//! and the crate's README.
+//! Flash on the same board: 15.9 KiB (16,324 bytes, within the 16 KiB
+//! budget by 60 bytes) for tether-firmware + tether-core together, without
+//! SCRAM-SHA-1: about 3.3 KiB this crate (the driver: reading, writing,
+//! timers, reconnecting), the rest tether-core (the connection machine,
+//! SHA-256, HMAC, PBKDF2 and the protocol's codec); the example's own
+//! application code (its handler and notification, 1.7 KiB) comes on top.
+//! See `mcu/nucleo-f429zi/size`.
 //!
 //! ## Features
 //!
@@ -186,13 +191,18 @@ extern crate std;
 
 #[macro_use]
 mod fmt;
-
-mod backoff;
-mod clock;
-mod error;
-mod handler;
 #[macro_use]
 mod outline;
+
+mod backoff;
+mod buffers;
+mod calls;
+mod clock;
+mod config;
+mod error;
+mod handler;
+mod handshake;
+mod io;
 mod session;
 
 #[cfg(feature = "embassy-net")]
@@ -203,17 +213,19 @@ pub mod host;
 pub mod storage;
 
 pub use backoff::{Backoff, Retry};
+pub use buffers::{BufferStore, Buffers};
+pub use calls::{Pending, Reply};
 pub use clock::Clock;
 #[cfg(feature = "embassy-time")]
 pub use clock::EmbassyClock;
 #[cfg(feature = "std")]
 pub use clock::TokioClock;
+pub use config::Config;
 pub use error::{CallError, Error, Failure, TimeoutKind};
 pub use handler::{Handler, Request, Responded, Responder};
-pub use session::{
-    BufferStore, Buffers, Config, Established, LOGIN_MESSAGE_LEN, MAX_CALLS_IN_FLIGHT, Pending,
-    Reply, Session,
-};
+pub use handshake::Established;
+pub use session::{MAX_CALLS_IN_FLIGHT, Session};
+pub use tether_core::connection::LOGIN_MESSAGE_LEN;
 
 pub use embedded_io_async;
 pub use tether_core;

@@ -850,7 +850,7 @@ async fn server_disconnect_and_oversized_calls_are_reported() {
         };
         assert_eq!(args, enc(&"small"));
     });
-    let mut store: BufferStore<512, 1024, 1024> = BufferStore::new();
+    let mut store: BufferStore<512, 1024> = BufferStore::new();
     let login = with_timeout(host::connect(
         &addr,
         store.buffers(),
@@ -864,7 +864,7 @@ async fn server_disconnect_and_oversized_calls_are_reported() {
     let mut session = login.session;
     let big = "x".repeat(600);
     let r = session.call::<Echo, _>(&big.as_str(), &mut ()).await;
-    assert!(matches!(r, Err(CallError::TooLarge(_))), "{r:?}");
+    assert!(matches!(r, Err(CallError::TooLarge { .. })), "{r:?}");
     let r = session
         .send_call::<Echo>(&"small", Duration::from_secs(5))
         .await;
@@ -878,7 +878,7 @@ async fn server_disconnect_and_oversized_calls_are_reported() {
 async fn a_too_small_receive_buffer_is_rejected() {
     let (l, addr) = listen().await;
     let _server = tokio::spawn(async move { l.accept().await });
-    let mut store: BufferStore<256, 512, 64> = BufferStore::new();
+    let mut store: BufferStore<256, 512> = BufferStore::new();
     let err = host::connect(
         &addr,
         store.buffers(),

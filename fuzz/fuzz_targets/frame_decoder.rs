@@ -8,6 +8,9 @@
 //!   section 1 (same bodies, same first error), however the stream is cut;
 //! - it always makes progress (`used > 0` on non-empty input) and never
 //!   returns a body of 0 or more than `max` bytes;
+//! - pulled instead (`receive_buffer` / `commit` / `take_frame`, the way the
+//!   connection machines read) it gives the same frames and error, never
+//!   asking for more bytes than the current frame misses;
 //! - a message that decodes re-encodes to bytes that decode to the same
 //!   message (and to the same bytes again: encoding is canonical).
 #![no_main]
@@ -124,6 +127,37 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(got.as_slice(), *want);
     }
     assert_eq!(got_err, want_err);
+
+    // The same stream pulled (receive_buffer / commit / take_frame), in
+    // reads of random sizes: the same frames and the same first error, and
+    // the decoder never asks for more than the current frame misses.
+    let mut buf = vec![0u8; max];
+    let mut decoder = FrameDecoder::new(&mut buf[..], max);
+    let mut rest = stream;
+    let mut pulled: Vec<Vec<u8>> = Vec::new();
+    let mut pull_err = None;
+    while !rest.is_empty() {
+        let dest = decoder.receive_buffer();
+        assert!(!dest.is_empty() && dest.len() <= max.max(2));
+        let k = (1 + (rng.next_u64() as usize) % dest.len()).min(rest.len());
+        dest[..k].copy_from_slice(&rest[..k]);
+        rest = &rest[k..];
+        if let Err(e) = decoder.commit(k) {
+            pull_err = Some(e);
+            break;
+        }
+        if let Some(body) = decoder.take_frame() {
+            pulled.push(body.to_vec());
+        }
+    }
+    if pull_err.is_none() {
+        pull_err = decoder.finish().err();
+    }
+    assert_eq!(pulled.len(), want_frames.len(), "pulled frame count");
+    for (got, want) in pulled.iter().zip(&want_frames) {
+        assert_eq!(got.as_slice(), *want);
+    }
+    assert_eq!(pull_err, want_err);
 
     for body in &want_frames {
         check_roundtrip!(Handshake, body);

@@ -1,62 +1,58 @@
-//! tether-server's connection state machine (login + session) fed raw and
-//! fuzzer-chosen bytes.
+//! tether-core's `ServerHandshake` and `ServerConnection` (the server's
+//! connection machine) run in memory, fed raw and fuzzer-chosen bytes by a
+//! driver that only moves them, on a manual clock.
 //!
-//! Stopgap: tether-server has no public way to run one connection over an
-//! in-memory stream, so this target runs the real server (DefaultRealm,
-//! SQLite copy of fixtures/django/default.sqlite3, throttle off) once per
-//! process in a background tokio runtime and talks to it over loopback TCP.
-//! Slower than an in-memory target, but it is the server as deployed.
+//! The server side has two accounts: `user` (the RFC 7677 exchange of
+//! docs/PROTOCOL.md: SCRAM-SHA-256, password "pencil") and `sha1user`
+//! (SCRAM-SHA-1); every other name gets a decoy. Its application answers
+//! `echo` with the arguments, holds `hold` calls (answered by an op
+//! below), and answers anything else `unknown_method` with the method's
+//! name in the message (long names must be cut to fit).
 //!
 //! Input: `[mode] rest`.
-//! - mode even: `rest` is written raw from the first byte of the connection
-//!   (hello, SCRAM messages, garbage, several frames, cut frames).
-//! - mode odd: the harness logs in as alice with cached keys (a genuine
-//!   login), then plays records `[op] [len] payload(len)`:
-//!   op % 4 == 0: payload decoded as a `Message` and sealed (valid tag and
-//!   sequence); if it does not decode, sent as a body with a bogus tag;
-//!   op % 4 == 1: payload written raw to the socket;
-//!   op % 4 == 2: wait for the answers owed (calls and pings sent so far);
-//!   op % 4 == 3: answer the server's pending calls (`device_info`, which
-//!   the realm asks at attach) with the payload as result, or an error
-//!   when op & 4.
+//! - mode even: `rest` is the client's whole byte stream from the first
+//!   byte (hello, SCRAM messages, garbage, cut frames), read in chunks of
+//!   `mode / 2 % 8 + 1` bytes times a power of two.
+//! - mode odd: a genuine login as `user` (a raw client holding the session
+//!   keys, max frame 512 + `mode` * 8, or 1024 with mode & 2 clear; the
+//!   login is deterministic, so it runs once per process for each max frame
+//!   and every input gets a copy: the inputs go to the session, and the
+//!   handshake is fuzzed by the even modes), then records
+//!   `[op] [len] payload(len)`:
+//!   op % 5 == 0: payload decoded as a `Message` and sealed (valid tag and
+//!   sequence), or if it does not decode sent as a body with a bogus tag;
+//!   op % 5 == 1: payload written raw;
+//!   op % 5 == 2: the clock moves `payload[0]` × 250 ms;
+//!   op % 5 == 3: the server calls the device (`echo`, payload as arguments,
+//!   1 s timeout), or with op & 8 answers its oldest held call;
+//!   op % 5 == 4: the client answers the server's calls (result payload, or
+//!   with op & 8 an error), oldest first.
 //!
-//! Checked beyond "no panic anywhere in the server" (a panic in any tokio
-//! task aborts the process under libFuzzer): every frame the server sends
-//! fits our announced maximum, decodes (as `Handshake` before login),
-//! opens with the session keys in sequence after login, the server
-//! closes the connection within 8 s of our end of stream, and the realm's
-//! registry of live sessions is empty again soon after.
+//! Checked beyond "no panic": every frame the server sends decodes (as a
+//! `Handshake` before login; a raw stream is never welcomed), fits the
+//! client's maximum, opens with the session keys in sequence, and nothing
+//! follows a refusal or a goodbye; every call the client makes gets exactly
+//! one answer unless the session ends; no answer for a call never made; a
+//! server error is final (returned again, nothing sent after its goodbye).
 #![no_main]
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
-use std::path::PathBuf;
-use std::sync::LazyLock;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
+use tether_core::connection::{
+    ConnectionError, Decoy, Event, Instant, ReplyToken, ServerConfig, ServerConnection,
+    ServerHandshake, ServerStep,
+};
 use tether_core::frame::{FrameDecoder, encode_message};
-use tether_core::message::{self, ErrorCode, GoodbyeReason, Handshake, Hello, Message, Proof};
+use tether_core::message::{self, ErrorCode, Handshake, Hello, Message, Proof};
 use tether_core::rand_core::{TryCryptoRng, TryRng};
-use tether_core::scram::{CachedKeys, ClientConfig, ClientCredentials, ClientLogin};
+use tether_core::scram::{
+    CachedKeys, ClientConfig, ClientCredentials, ClientLogin, Mechanism, ServerCredentials,
+};
 use tether_core::session::{Opener, Role, Sealer};
-
-const CLIENT_MAX: usize = 4096;
-/// How soon after our end of stream the server must close. Its session
-/// teardown has bounded waits of its own (calls, goodbye, writer: a few
-/// seconds at worst); this leaves room for a loaded machine.
-const CLOSE_WITHIN: Duration = Duration::from_secs(8);
-/// How soon a genuine login step must be answered (a database lookup on a
-/// possibly loaded machine).
-const ANSWER_WITHIN: Duration = Duration::from_secs(10);
-const USER: &str = "alice";
-
-struct Fixture {
-    port: u16,
-    keys: CachedKeys,
-    /// The realm's live sessions: empty again after each input.
-    registry: tether_server::Registry,
-}
+use tether_fuzz::{CLIENT_KEYS, SERVER_CREDENTIALS};
 
 /// Counter "randomness": nonces only need to be printable and fresh.
 struct Counter(u64);
@@ -78,290 +74,456 @@ impl TryRng for Counter {
 }
 impl TryCryptoRng for Counter {}
 
-static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
-    let fuzz_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let fixtures = fuzz_dir.join("../fixtures/django");
-    let scratch = fuzz_dir.join("target/server_connection");
-    std::fs::create_dir_all(&scratch).expect("scratch dir");
-    // Copies left by earlier processes that are gone.
-    for entry in std::fs::read_dir(&scratch).expect("scratch dir").flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if let Some(pid) = name
-            .strip_prefix("default-")
-            .and_then(|n| n.split('.').next())
-            && !PathBuf::from("/proc").join(pid).exists()
-        {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-    let db = scratch.join(format!("default-{}.sqlite3", std::process::id()));
-    std::fs::copy(fixtures.join("default.sqlite3"), &db).expect("copy fixture db");
-    let manifest: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(fixtures.join("users.json")).expect("users.json"),
-    )
-    .expect("json");
-    let password = manifest["databases"]["default.sqlite3"]["users"]
-        .as_array()
-        .expect("users")
-        .iter()
-        .find(|u| u["username"] == USER)
-        .and_then(|u| u["password"].as_str())
-        .expect("alice's password")
-        .to_owned();
-
-    let realm = tether_server::DefaultRealm::new().ask_device_info(true);
-    let registry = realm.registry();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let mut store = tether_server::StoreConfig::new(format!("sqlite://{}", db.display()));
-            store.require_perm = Some("devices.connect".parse().expect("perm"));
-            store.update_last_login = false;
-            let store = std::sync::Arc::new(tether_server::Store::open(store).expect("store"));
-            let mut config = tether_server::ServerConfig::default();
-            config.throttle = tether_server::ThrottleConfig::disabled();
-            config.handshake_timeout = Duration::from_secs(3);
-            config.decoy_iterations = 4096;
-            let server = tether_server::Server::bind(
-                "127.0.0.1:0",
-                config,
-                store,
-                realm,
-                tether_server::ServerSecret::from_value("fuzzing secret, 16+ bytes")
-                    .expect("secret"),
-            )
-            .await
-            .expect("bind");
-            tx.send(server.local_addr().port()).expect("port");
-            server.run().await;
-        });
-    });
-    let port = rx.recv().expect("server started");
-    let mut conn = Conn::connect(port);
-    let session = conn
-        .login(ClientCredentials::Password(&password))
-        .expect("alice logs in with her password");
-    drop(conn);
-    wait_for_no_sessions(&registry);
-    Fixture {
-        port,
-        keys: session.keys,
-        registry,
-    }
+static SHA1_USER: LazyLock<ServerCredentials> = LazyLock::new(|| {
+    let keys = CachedKeys::derive(Mechanism::ScramSha1, "pencil", b"sha1salt", 4096).expect("keys");
+    ServerCredentials::from_cached_keys(&keys).expect("sha1")
 });
 
-struct Session {
-    tx: Sealer,
-    rx: Opener,
-    keys: CachedKeys,
-    server_max: usize,
+const DECOY: Decoy<'static> = Decoy {
+    secret: b"fuzzing secret, 16+ bytes",
+    iterations: 4096,
+    mechanism: Mechanism::ScramSha256,
+};
+
+/// The server's max frame (the smallest allowed): records carry at most 255
+/// bytes, and raw bytes can announce any length.
+const SERVER_MAX: u16 = 512;
+type Server = ServerConnection<Vec<u8>, 4, 4>;
+
+fn lookup(username: &str) -> Option<ServerCredentials> {
+    match username {
+        "user" => Some(SERVER_CREDENTIALS.clone()),
+        "sha1user" => Some(SHA1_USER.clone()),
+        _ => None,
+    }
 }
 
-struct Conn {
-    stream: TcpStream,
-    pending: Vec<u8>,
-    buf: Vec<u8>,
-    /// The connection reached its end (EOF or reset).
-    closed: bool,
-    /// It ended with a reset rather than an orderly close.
-    reset: bool,
+/// The server's driver: the handshake, then the connection, with its
+/// application; everything it sends lands in `out`.
+struct Driver {
+    handshake: Option<ServerHandshake<Vec<u8>, 4, 4>>,
+    conn: Option<Server>,
+    error: Option<ConnectionError>,
+    held: Vec<ReplyToken>,
+    now: u64,
+    rng: Counter,
+    tx: Vec<u8>,
 }
 
-enum Got {
-    Frame(Vec<u8>),
-    /// End of stream (or reset, see `Conn::reset`).
-    Closed,
-    Timeout,
-}
+impl Driver {
+    fn new() -> Self {
+        let config = ServerConfig::default()
+            .with_max_frame(SERVER_MAX)
+            .with_heartbeat_secs(10)
+            .with_max_calls_in_flight(3);
+        let handshake =
+            ServerHandshake::new(vec![0; SERVER_MAX as usize], config, Instant::from_millis(0))
+                .expect("buffer");
+        Self::with(Some(handshake), None)
+    }
 
-impl Conn {
-    fn connect(port: u16) -> Self {
-        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
+    fn with(handshake: Option<ServerHandshake<Vec<u8>, 4, 4>>, conn: Option<Server>) -> Self {
         Self {
-            stream,
-            pending: Vec::new(),
-            buf: vec![0; CLIENT_MAX],
-            closed: false,
-            reset: false,
+            handshake,
+            conn,
+            error: None,
+            held: Vec::new(),
+            now: 0,
+            rng: Counter(7),
+            // The device accepts at most 512 + 255 * 8 bytes.
+            tx: vec![0; 2 + 2552],
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        // The server may have closed already (refusal, bad frame): fine.
-        if self.stream.write_all(bytes).is_err() {
-            self.closed = true;
-        }
+    fn now(&self) -> Instant {
+        Instant::from_millis(self.now)
     }
 
-    /// The next frame from the server, its length checked against `max`.
-    fn recv(&mut self, max: usize, timeout: Duration) -> Got {
-        if self.closed && self.pending.is_empty() {
-            return Got::Closed;
-        }
-        self.stream
-            .set_read_timeout(Some(timeout))
-            .expect("timeout");
-        let mut decoder = FrameDecoder::new(&mut self.buf, max);
+    /// Runs until nothing moves without more input, reading `inbox` in
+    /// reads of at most `chunk` bytes.
+    fn run(&mut self, inbox: &mut VecDeque<u8>, chunk: usize, out: &mut Vec<Vec<u8>>) {
         loop {
-            if !self.pending.is_empty() {
-                let (used, body) = decoder
-                    .push(&self.pending)
-                    .unwrap_or_else(|e| panic!("server sent a bad frame: {e}"));
-                let body = body.map(<[u8]>::to_vec);
-                self.pending.drain(..used);
-                if let Some(body) = body {
-                    return Got::Frame(body);
+            if self.error.is_some() {
+                self.drain(out);
+                if let Some(conn) = &mut self.conn {
+                    // Final: the same error again, nothing more to send.
+                    assert_eq!(conn.poll_event(Instant::from_millis(self.now)).err(), self.error);
+                    assert!(conn.poll_transmit(Instant::from_millis(self.now), &mut self.tx).is_none());
                 }
+                return;
             }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    self.closed = true;
-                    decoder
-                        .finish()
-                        .unwrap_or_else(|e| panic!("server closed inside a frame: {e}"));
-                    return Got::Closed;
-                }
-                Ok(n) => self.pending.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Got::Timeout;
-                }
-                Err(_) => {
-                    // Reset: the server's right after a protocol error.
-                    self.closed = true;
-                    self.reset = true;
-                    self.pending.clear();
-                    return Got::Closed;
-                }
+            let progressed = if self.conn.is_some() {
+                self.step_connection(out)
+            } else {
+                self.step_handshake(out)
+            };
+            if progressed {
+                continue;
+            }
+            if self.drain(out) {
+                continue;
+            }
+            if !self.read(inbox, chunk) {
+                return;
             }
         }
     }
 
-    /// A genuine login; `None` only when the connection was reset before
-    /// the server answered the hello.
-    fn login(&mut self, creds: ClientCredentials<'_>) -> Option<Session> {
-        let mut rng = Counter(std::process::id() as u64);
-        let login = ClientLogin::<256>::new(USER, creds, ClientConfig::default(), &mut rng)
-            .expect("client-first");
-        let mut out = [0u8; 512];
-        let hello = Handshake::Hello(Hello {
-            version: message::PROTOCOL_VERSION,
-            mechanisms: login.mechanisms(),
-            max_frame: CLIENT_MAX as u16,
-            client_first: login.client_first(),
-        });
-        self.write(encode_message(&hello, &mut out, 512).expect("hello"));
-        let body = match self.recv(512, ANSWER_WITHIN) {
-            Got::Frame(body) => body,
-            Got::Closed if self.reset => return None,
-            Got::Closed => panic!("server closed without answering a genuine hello"),
-            Got::Timeout => panic!("no answer to a genuine hello within {ANSWER_WITHIN:?}"),
+    /// One poll of the handshake; true if something happened.
+    fn step_handshake(&mut self, out: &mut Vec<Vec<u8>>) -> bool {
+        let hs = self.handshake.as_mut().expect("handshake");
+        match hs.poll() {
+            Err(e) => {
+                self.error = Some(e);
+                true
+            }
+            Ok(None) => false,
+            Ok(Some(ServerStep::Login(req))) => {
+                assert!(req.mechanisms.bits() != 0 && req.max_frame >= 512);
+                let account = lookup(req.username);
+                hs.challenge(account, &DECOY, &mut self.rng)
+                    .expect("challenge after a login step");
+                true
+            }
+            Ok(Some(ServerStep::Verified(v))) => {
+                assert!(v.username == "user" || v.username == "sha1user");
+                let now = Instant::from_millis(self.now);
+                let (conn, frame) = hs.welcome(1, now, &mut self.tx).expect("welcome");
+                out.push(frame.to_vec());
+                self.conn = Some(conn);
+                self.handshake = None;
+                true
+            }
+            Ok(Some(other)) => panic!("{other:?}"),
+        }
+    }
+
+    /// One poll of the connection, with the application's answers.
+    fn step_connection(&mut self, out: &mut Vec<Vec<u8>>) -> bool {
+        let now = Instant::from_millis(self.now);
+        let conn = self.conn.as_mut().expect("connection");
+        let event = match conn.poll_event(now) {
+            Err(e) => {
+                self.error = Some(e);
+                return true;
+            }
+            Ok(None) => return false,
+            Ok(Some(event)) => event,
         };
-        let Ok(Handshake::Challenge(c)) = message::decode::<Handshake>(&body) else {
-            panic!("genuine hello not challenged: {body:02x?}");
+        match event {
+            Event::Call(call) => {
+                let method = call.method().to_string();
+                let args = call.args().to_vec();
+                let token = call.into_token();
+                let frame = match method.as_str() {
+                    "echo" => conn.reply(token, now, &mut self.tx, &args),
+                    "hold" => {
+                        self.held.push(token);
+                        return true;
+                    }
+                    _ => conn.error(
+                        token,
+                        now,
+                        &mut self.tx,
+                        ErrorCode::UNKNOWN_METHOD,
+                        &format!("no method {method:?}"),
+                    ),
+                };
+                out.push(frame.expect("an answer always fits").to_vec());
+            }
+            Event::Notify(_) | Event::Reply(_) => {}
+            other => panic!("{other:?}"),
+        }
+        true
+    }
+
+    /// Sends what the machine owes; true if anything.
+    fn drain(&mut self, out: &mut Vec<Vec<u8>>) -> bool {
+        let now = Instant::from_millis(self.now);
+        let mut sent = false;
+        if let Some(conn) = &mut self.conn {
+            while let Some(frame) = conn.poll_transmit(now, &mut self.tx) {
+                out.push(frame.to_vec());
+                sent = true;
+            }
+        } else if let Some(hs) = &mut self.handshake {
+            while let Some(frame) = hs.poll_transmit(&mut self.tx) {
+                out.push(frame.to_vec());
+                sent = true;
+            }
+        }
+        sent
+    }
+
+    /// One read; false when the inbox is empty (or the machine takes no
+    /// input).
+    fn read(&mut self, inbox: &mut VecDeque<u8>, chunk: usize) -> bool {
+        if inbox.is_empty() {
+            return false;
+        }
+        let dest = match (&mut self.conn, &mut self.handshake) {
+            (Some(conn), _) => conn.receive_buffer(),
+            (None, Some(hs)) => hs.receive_buffer(),
+            _ => return false,
         };
-        let proof = login
-            .handle_challenge(c.mechanism, c.server_first)
-            .expect("challenge");
-        let msg = Handshake::Proof(Proof {
-            client_final: proof.client_final(),
-        });
-        self.write(encode_message(&msg, &mut out, 512).expect("proof"));
-        let body = match self.recv(512, ANSWER_WITHIN) {
-            Got::Frame(body) => body,
-            Got::Closed => panic!("server closed without answering a genuine proof"),
-            Got::Timeout => panic!("no answer to a genuine proof within {ANSWER_WITHIN:?}"),
-        };
-        let Ok(Handshake::Welcome(w)) = message::decode::<Handshake>(&body) else {
-            panic!("genuine proof not welcomed: {body:02x?}");
-        };
-        let done = proof
-            .handle_server_final(w.server_final)
-            .expect("server signature");
-        let (tx, rx) = done.session.into_halves(Role::Client);
-        Some(Session {
-            tx,
-            rx,
-            keys: done.keys,
-            server_max: w.max_frame as usize,
-        })
+        if dest.is_empty() {
+            return false;
+        }
+        let (front, _) = inbox.as_slices();
+        let n = dest.len().min(front.len()).min(chunk);
+        dest[..n].copy_from_slice(&front[..n]);
+        inbox.drain(..n);
+        match (&mut self.conn, &mut self.handshake) {
+            (Some(conn), _) => conn.commit(n),
+            (None, Some(hs)) => hs.commit(n),
+            _ => {}
+        }
+        true
+    }
+
+    /// The clock moves on; timers run.
+    fn advance(&mut self, ms: u64) {
+        self.now += ms;
+        let now = Instant::from_millis(self.now);
+        if let Some(conn) = &mut self.conn {
+            conn.handle_timeout(now);
+        } else if let Some(hs) = &mut self.handshake {
+            hs.handle_timeout(now);
+        }
+    }
+
+    /// The stream ended.
+    fn eof(&mut self, out: &mut Vec<Vec<u8>>) {
+        if let Some(conn) = &mut self.conn {
+            conn.handle_eof();
+        } else if let Some(hs) = &mut self.handshake {
+            hs.handle_eof();
+        }
+        let mut none = VecDeque::new();
+        self.run(&mut none, 1, out);
+        assert!(self.error.is_some(), "end of input must end the connection");
     }
 }
 
-/// What the server owes us and we owe it.
-#[derive(Default)]
-struct Ledger {
-    answers_owed: usize,
-    server_calls: Vec<u32>,
+/// The raw client: it holds the session keys and checks what the server
+/// sends.
+#[derive(Clone)]
+struct Client {
+    sealer: Sealer,
+    opener: Opener,
+    max: usize,
+    decoder_buf: Vec<u8>,
+    /// Our calls waiting for an answer (true: a `hold` call, which the
+    /// server's application answers only when told to).
+    asked: BTreeMap<u32, bool>,
+    /// The server's calls we have not answered.
+    owed: VecDeque<u32>,
+    /// A goodbye came: nothing may follow.
     ended: bool,
-    /// Raw bytes or a forged frame went out: the server owes nothing more
-    /// (it closes, or its framing no longer matches ours).
+    /// We sent bytes the server may not frame as we did.
     desynced: bool,
+    out: Vec<u8>,
 }
 
-fn handle(s: &mut Session, ledger: &mut Ledger, body: &[u8]) {
-    let msg =
-        s.rx.open(body)
-            .unwrap_or_else(|e| panic!("server frame does not open: {e} ({body:02x?})"));
-    match msg {
-        Message::Reply { .. } | Message::Error { .. } | Message::Pong { .. } => {
-            ledger.answers_owed = ledger.answers_owed.saturating_sub(1);
+impl Client {
+    /// Checks and records every frame the server sent.
+    fn receive(&mut self, frames: &mut Vec<Vec<u8>>) {
+        for frame in frames.drain(..) {
+            let mut decoder = FrameDecoder::new(&mut self.decoder_buf[..], self.max);
+            let (used, body) = decoder
+                .push(&frame)
+                .unwrap_or_else(|e| panic!("server sent a bad frame: {e}"));
+            assert_eq!(used, frame.len(), "one frame per transmit");
+            let body = body.expect("whole frame");
+            assert!(!self.ended, "a frame after the server's goodbye");
+            let msg = self
+                .opener
+                .open(body)
+                .unwrap_or_else(|e| panic!("server frame does not open: {e}"));
+            match msg {
+                Message::Reply { id, .. } | Message::Error { id, .. } => {
+                    assert!(
+                        self.asked.remove(&id).is_some(),
+                        "answer to call {id}, not asked or answered twice"
+                    );
+                }
+                Message::Call { id, .. } => self.owed.push_back(id),
+                Message::Goodbye { .. } => self.ended = true,
+                Message::Ping { .. } => panic!("the server never pings"),
+                Message::Notify { .. } | Message::Pong { .. } => {}
+            }
         }
-        Message::Call { id, .. } => ledger.server_calls.push(id),
-        Message::Goodbye { .. } => ledger.ended = true,
-        Message::Notify { .. } | Message::Ping { .. } => {}
+    }
+
+    fn seal(&mut self, msg: &Message<'_>, server_max: usize) -> Option<Vec<u8>> {
+        let frame = self.sealer.seal(msg, &mut self.out, server_max).ok()?.to_vec();
+        match msg {
+            Message::Call { id, method, .. } => {
+                // A duplicate id ends the session; either way one answer.
+                self.asked.insert(*id, *method == "hold");
+            }
+            Message::Reply { id, .. } | Message::Error { id, .. } => {
+                self.owed.retain(|o| o != id);
+            }
+            _ => {}
+        }
+        Some(frame)
     }
 }
 
-fn session_records(conn: &mut Conn, s: &mut Session, mut rest: &[u8]) {
-    let mut ledger = Ledger::default();
-    let mut out = vec![0u8; 2 + 65535];
-    while let [op, len, tail @ ..] = rest {
-        if conn.closed || ledger.ended {
-            break;
+/// A genuine login as `user`; returns the client and the driver, logged in.
+fn login(max: u16, out: &mut Vec<Vec<u8>>) -> (Client, Driver) {
+    let mut driver = Driver::new();
+    let mut rng = Counter(3);
+    let login = ClientLogin::<256>::new(
+        "user",
+        ClientCredentials::Keys(&CLIENT_KEYS),
+        ClientConfig::default(),
+        &mut rng,
+    )
+    .expect("client-first");
+    let mut wire = [0u8; 512];
+    let hello = Handshake::Hello(Hello {
+        version: 1,
+        mechanisms: login.mechanisms(),
+        max_frame: max,
+        client_first: login.client_first(),
+    });
+    let mut inbox: VecDeque<u8> = encode_message(&hello, &mut wire, 512).expect("hello").iter().copied().collect();
+    driver.run(&mut inbox, usize::MAX, out);
+    let [challenge] = &out[..] else {
+        panic!("a genuine hello gets one challenge: {out:02x?}")
+    };
+    let Ok(Handshake::Challenge(c)) = message::decode::<Handshake>(&challenge[2..]) else {
+        panic!("genuine hello not challenged")
+    };
+    let proof = login
+        .handle_challenge(c.mechanism, c.server_first)
+        .expect("challenge");
+    let msg = Handshake::Proof(Proof {
+        client_final: proof.client_final(),
+    });
+    let mut inbox: VecDeque<u8> = encode_message(&msg, &mut wire, 512).expect("proof").iter().copied().collect();
+    out.clear();
+    driver.run(&mut inbox, usize::MAX, out);
+    let [welcome] = &out[..] else {
+        panic!("a genuine proof gets one welcome")
+    };
+    let Ok(Handshake::Welcome(w)) = message::decode::<Handshake>(&welcome[2..]) else {
+        panic!("genuine proof not welcomed")
+    };
+    assert_eq!(w.max_frame, SERVER_MAX);
+    let done = proof
+        .handle_server_final(w.server_final)
+        .expect("server signature");
+    out.clear();
+    let (sealer, opener) = done.session.into_halves(Role::Client);
+    let client = Client {
+        sealer,
+        opener,
+        max: max as usize,
+        decoder_buf: vec![0; max as usize],
+        asked: BTreeMap::new(),
+        owed: VecDeque::new(),
+        ended: false,
+        desynced: false,
+        out: vec![0; 2 + SERVER_MAX as usize],
+    };
+    (client, driver)
+}
+
+fn raw_stream(chunk: usize, stream: &[u8]) {
+    let mut driver = Driver::new();
+    let mut inbox: VecDeque<u8> = stream.iter().copied().collect();
+    let mut out = Vec::new();
+    driver.run(&mut inbox, chunk, &mut out);
+    if driver.error.is_none() {
+        driver.eof(&mut out);
+    }
+    let mut refused = false;
+    for frame in &out {
+        let len = u16::from_be_bytes([frame[0], frame[1]]) as usize;
+        assert!(len == frame.len() - 2 && len <= 512, "handshake frame of {len}");
+        assert!(!refused, "a frame after the refusal");
+        match message::decode::<Handshake>(&frame[2..]) {
+            Ok(Handshake::Challenge(_)) => {}
+            Ok(Handshake::Refused(_)) => refused = true,
+            Ok(Handshake::Welcome(_)) => panic!("a raw stream was welcomed"),
+            other => panic!("server sent {other:?}"),
         }
+    }
+    assert!(driver.conn.is_none());
+}
+
+/// The logins made so far, by the client's max frame: each is made once
+/// and copied for every input that uses it.
+static LOGINS: LazyLock<Mutex<BTreeMap<u16, (Client, Server)>>> =
+    LazyLock::new(|| Mutex::new(BTreeMap::new()));
+
+fn session(max: u16, mut rest: &[u8]) {
+    let mut out = Vec::new();
+    let (mut client, conn) = LOGINS
+        .lock()
+        .expect("logins")
+        .entry(max)
+        .or_insert_with(|| {
+            let (client, driver) = login(max, &mut Vec::new());
+            (client, driver.conn.expect("logged in"))
+        })
+        .clone();
+    let mut driver = Driver::with(None, Some(conn));
+    let server_max = SERVER_MAX as usize;
+    let mut inbox = VecDeque::new();
+    while let [op, len, tail @ ..] = rest {
         let n = (*len as usize).min(tail.len());
         let (payload, after) = tail.split_at(n);
         rest = after;
-        match op % 4 {
+        match op % 5 {
             0 => match message::decode::<Message>(payload) {
                 Ok(msg) => {
-                    if let Ok(frame) = s.tx.seal(&msg, &mut out, s.server_max) {
-                        let frame = frame.to_vec();
-                        conn.write(&frame);
-                        if matches!(msg, Message::Call { .. } | Message::Ping { .. }) {
-                            ledger.answers_owed += 1;
-                        }
+                    if let Some(frame) = client.seal(&msg, server_max) {
+                        inbox.extend(frame);
                     }
                 }
                 Err(_) => {
-                    let mut frame = (payload.len() as u16).to_be_bytes().to_vec();
-                    frame.extend_from_slice(payload);
-                    conn.write(&frame);
-                    ledger.desynced = true;
+                    inbox.extend((payload.len() as u16).to_be_bytes());
+                    inbox.extend(payload);
+                    client.desynced = true;
                 }
             },
             1 => {
-                conn.write(payload);
-                ledger.desynced |= !payload.is_empty();
+                inbox.extend(payload);
+                client.desynced |= !payload.is_empty();
             }
-            2 => {
-                while ledger.answers_owed > 0 && !ledger.ended && !ledger.desynced {
-                    match conn.recv(CLIENT_MAX, Duration::from_secs(2)) {
-                        Got::Frame(body) => handle(s, &mut ledger, &body),
-                        Got::Closed | Got::Timeout => break,
+            2 => driver.advance(u64::from(payload.first().copied().unwrap_or(1)) * 250),
+            3 => {
+                let now = driver.now();
+                if let Some(conn) = &mut driver.conn {
+                    if op & 8 != 0 {
+                        if !driver.held.is_empty() {
+                            let token = driver.held.remove(0);
+                            if let Ok(frame) = conn.reply(token, now, &mut driver.tx, payload) {
+                                out.push(frame.to_vec());
+                            }
+                        }
+                    } else if let Ok((_, frame)) = conn.call_with(
+                        now,
+                        "echo",
+                        Duration::from_secs(1),
+                        &mut driver.tx,
+                        |buf| {
+                            let n = payload.len().min(buf.len());
+                            buf[..n].copy_from_slice(&payload[..n]);
+                            Ok(n)
+                        },
+                    ) {
+                        out.push(frame.to_vec());
                     }
                 }
             }
             _ => {
-                while let Some(id) = ledger.server_calls.pop() {
-                    let msg = if op & 4 == 0 {
+                while let Some(id) = client.owed.pop_front() {
+                    let msg = if op & 8 == 0 {
                         Message::Reply {
                             id,
                             result: payload,
@@ -373,105 +535,38 @@ fn session_records(conn: &mut Conn, s: &mut Session, mut rest: &[u8]) {
                             message: "fuzz",
                         }
                     };
-                    if let Ok(frame) = s.tx.seal(&msg, &mut out, s.server_max) {
-                        let frame = frame.to_vec();
-                        conn.write(&frame);
+                    if let Some(frame) = client.seal(&msg, server_max) {
+                        inbox.extend(frame);
                     }
                 }
             }
         }
+        driver.run(&mut inbox, usize::MAX, &mut out);
+        client.receive(&mut out);
     }
-    if !conn.closed && !ledger.ended && rest.is_empty() && data_wants_goodbye(s) {
-        let bye = Message::Goodbye {
-            reason: GoodbyeReason::Normal,
-        };
-        if let Ok(frame) = s.tx.seal(&bye, &mut out, s.server_max) {
-            let frame = frame.to_vec();
-            conn.write(&frame);
-        }
+    // Every call was answered (but those the application holds), unless
+    // the session ended or our stream went out of step with its framing.
+    if driver.error.is_none() && !client.desynced && inbox.is_empty() {
+        let unanswered: Vec<_> = client.asked.iter().filter(|(_, hold)| !**hold).collect();
+        assert!(unanswered.is_empty(), "calls {unanswered:?} never answered");
     }
-    // Everything else the server sends must still open, in order.
-    let _ = conn.stream.shutdown(Shutdown::Write);
-    loop {
-        match conn.recv(CLIENT_MAX, CLOSE_WITHIN) {
-            Got::Frame(body) => handle(s, &mut ledger, &body),
-            Got::Closed => return,
-            Got::Timeout => {
-                panic!("server kept the session open {CLOSE_WITHIN:?} after our end of stream")
-            }
-        }
-    }
-}
-
-/// The server forgets a session soon after its connection closed.
-fn wait_for_no_sessions(registry: &tether_server::Registry) {
-    let start = std::time::Instant::now();
-    while !registry.is_empty() {
-        assert!(
-            start.elapsed() < CLOSE_WITHIN,
-            "{} session(s) still registered {CLOSE_WITHIN:?} after their connection closed",
-            registry.len()
-        );
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
-
-/// Say goodbye on every other sequence number, so both endings are covered.
-fn data_wants_goodbye(s: &Session) -> bool {
-    s.tx.next_seq() % 2 == 0
+    driver.eof(&mut out);
+    client.receive(&mut out);
 }
 
 fuzz_target!(|data: &[u8]| {
-    let fx = &*FIXTURE;
     let [mode, rest @ ..] = data else {
         return;
     };
-    let mut conn = Conn::connect(fx.port);
     if mode % 2 == 0 {
-        conn.write(rest);
-        let _ = conn.stream.shutdown(Shutdown::Write);
-        loop {
-            match conn.recv(512, CLOSE_WITHIN) {
-                Got::Frame(body) => {
-                    let msg = message::decode::<Handshake>(&body)
-                        .unwrap_or_else(|e| panic!("server sent an undecodable handshake: {e}"));
-                    assert!(
-                        matches!(
-                            msg,
-                            Handshake::Challenge(_) | Handshake::Refused(_) | Handshake::Welcome(_)
-                        ),
-                        "server sent {msg:?}"
-                    );
-                    // After a welcome, frames are session frames we cannot
-                    // open (no keys: the fuzzer cannot forge a proof).
-                    if matches!(msg, Handshake::Welcome(_)) {
-                        panic!("a raw input was welcomed without knowing the password");
-                    }
-                }
-                Got::Closed => break,
-                Got::Timeout => {
-                    panic!("server kept a handshake open {CLOSE_WITHIN:?} after our end of stream")
-                }
-            }
-        }
+        let chunk = ((mode / 2 % 8) as usize + 1) << (mode / 16);
+        raw_stream(chunk, rest);
     } else {
-        // Loopback with thousands of connections a second: a connection
-        // reset before the server said anything (a recycled port) is the
-        // kernel's doing, not the server's; try again, then give up loudly.
-        let mut attempt = 1;
-        let mut s = loop {
-            match conn.login(ClientCredentials::Keys(&fx.keys)) {
-                Some(s) => break s,
-                None if attempt < 3 => {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                    conn = Conn::connect(fx.port);
-                }
-                None => panic!("genuine hello reset {attempt} times in a row"),
-            }
+        let max = if mode & 2 != 0 {
+            512 + u16::from(*mode) * 8
+        } else {
+            1024
         };
-        assert!(!s.keys.salt.is_empty());
-        session_records(&mut conn, &mut s, rest);
-        wait_for_no_sessions(&fx.registry);
+        session(max, rest);
     }
 });

@@ -18,6 +18,11 @@
 //! - op % 4 == 3, sealed: payload decoded as a Message and sealed by
 //!   tether-core's Sealer; the body must equal the reference encoding, and
 //!   opening it follows the model.
+//!
+//! Every open runs on a copy of the opener: a copy that fails (or opens a
+//! `Goodbye`) must refuse everything after it with `SessionError::Closed`,
+//! and the fuzzing goes on with the opener as it was; a sealer that sealed
+//! a `Goodbye` must seal nothing more.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -50,16 +55,31 @@ fn model(next: u64, seq: u64, msg: &[u8]) -> Result<Message<'_>, SessionError> {
     Ok(m)
 }
 
+/// Opens `body` on a copy of `rx` and checks the result against `want`. A
+/// success moves `rx` on (unless it was a goodbye, after which the copy
+/// must be closed); a failure must close the copy and leave `rx` as it was.
 fn open_checked(rx: &mut Opener, body: &[u8], want: Result<Message<'_>, SessionError>) {
     let before = rx.next_seq();
-    let got = rx.open(body);
+    let mut probe = rx.clone();
+    let got = probe.open(body);
     assert_eq!(got, want, "body {body:02x?}");
-    let advanced = got.is_ok() || matches!(want, Err(SessionError::SequenceExhausted));
-    if got.is_ok() {
-        assert_eq!(rx.next_seq(), before + 1);
-    } else if !advanced {
-        assert_eq!(rx.next_seq(), before, "a failed open moved the sequence");
+    match got {
+        Ok(Message::Goodbye { .. }) => assert_closed(&mut probe, body),
+        Ok(_) => {
+            assert_eq!(probe.next_seq(), before + 1);
+            *rx = probe;
+        }
+        Err(SessionError::SequenceExhausted) => {}
+        Err(_) => {
+            assert_eq!(probe.next_seq(), before, "a failed open moved the sequence");
+            assert_closed(&mut probe, body);
+        }
     }
+}
+
+/// An opener that failed, or opened a goodbye, opens nothing more.
+fn assert_closed(rx: &mut Opener, body: &[u8]) {
+    assert_eq!(rx.open(body), Err(SessionError::Closed));
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -98,15 +118,22 @@ fuzz_target!(|data: &[u8]| {
             }
             1 => {
                 let before = rx.next_seq();
-                if let Ok(m) = rx.open(payload) {
+                let mut probe = rx.clone();
+                if let Ok(m) = probe.open(payload) {
                     // Only possible for a genuine frame with the right seq.
                     let seq = u64::from_be_bytes(payload[..8].try_into().unwrap());
                     assert_eq!(seq, before);
                     let msg = &payload[8..payload.len() - TAG_LEN];
                     assert_eq!(reference_body(&K_C2S, seq, msg), payload);
                     assert_eq!(message::decode::<Message>(msg), Ok(m));
+                    if matches!(m, Message::Goodbye { .. }) {
+                        assert_closed(&mut probe, payload);
+                    } else {
+                        rx = probe;
+                    }
                 } else {
-                    assert_eq!(rx.next_seq(), before);
+                    assert_eq!(probe.next_seq(), before);
+                    assert_closed(&mut probe, payload);
                 }
             }
             2 => {
@@ -128,7 +155,7 @@ fuzz_target!(|data: &[u8]| {
                     open_checked(&mut rx, &body, want);
                 } else {
                     body.truncate(pick % body.len());
-                    let got = rx.open(&body);
+                    let got = rx.clone().open(&body);
                     assert!(
                         matches!(
                             got,
@@ -144,7 +171,11 @@ fuzz_target!(|data: &[u8]| {
                     continue;
                 };
                 let seq = client_tx.next_seq();
-                let frame = client_tx.seal(&msg, &mut out, 65535).expect("seal");
+                // A goodbye closes its sealer: seal with a copy, kept
+                // unless it sealed a goodbye (it must refuse anything after).
+                let goodbye = matches!(msg, Message::Goodbye { .. });
+                let mut sealer = client_tx.clone();
+                let frame = sealer.seal(&msg, &mut out, 65535).expect("seal");
                 let body = frame[2..].to_vec();
                 assert_eq!(
                     u16::from_be_bytes([frame[0], frame[1]]) as usize,
@@ -157,6 +188,16 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(body, reference_body(&K_C2S, seq, canonical));
                 open_checked(&mut rx, &body, model(next, seq, canonical).map(|_| msg));
                 last_genuine = Some(body);
+                if goodbye {
+                    let mut after = [0u8; 64];
+                    let ping = Message::Ping { nonce: 0 };
+                    assert_eq!(
+                        sealer.seal(&ping, &mut after, 512),
+                        Err(SessionError::Closed)
+                    );
+                } else {
+                    client_tx = sealer;
+                }
             }
         }
     }

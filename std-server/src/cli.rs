@@ -693,7 +693,7 @@ async fn call(args: CallArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut store: BufferStore<4096, 1024, 1024> = BufferStore::new();
+    let mut store: BufferStore<4096, 1024> = BufferStore::new();
     let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
     let timeout = secs(args.timeout);
     let config = DeviceConfig::default()

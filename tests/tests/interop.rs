@@ -201,7 +201,7 @@ impl Wire {
     /// The next frame body, or `None` when the peer closed at a frame
     /// boundary. Bytes go through tether-core's `FrameDecoder` in whatever
     /// chunks the socket returns.
-    fn recv(&mut self, decoder: &mut FrameDecoder<'_>) -> Option<Vec<u8>> {
+    fn recv(&mut self, decoder: &mut FrameDecoder<&mut Vec<u8>>) -> Option<Vec<u8>> {
         loop {
             if !self.pending.is_empty() {
                 let (used, body) = decoder.push(&self.pending).expect("frame decoder");

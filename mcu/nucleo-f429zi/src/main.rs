@@ -345,9 +345,9 @@ mod app {
             if keys.is_some() { "keys from flash" } else { "no keys yet" }
         );
         // 1 KiB each way for the TCP socket (network stack), and the
-        // client's 512-byte frame buffers + 256 bytes of scratch.
+        // client's 512-byte frame buffers.
         let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
-        let mut store_buf: BufferStore<512, 512, 256> = BufferStore::new();
+        let mut store_buf: BufferStore<512, 512> = BufferStore::new();
         let server = HostName {
             host: SERVER_NAME,
             port: SERVER_PORT,
@@ -458,61 +458,59 @@ mod app {
     }
 }
 
-/// tether-core's client API used directly, as tether-firmware uses it, on
-/// bytes from the network (so that nothing is optimised away): the size of
-/// this variant minus the baseline is tether-core's part of the share.
+/// tether-core's client connection machine driven directly, as
+/// tether-firmware drives it, on bytes from the network (so that nothing is
+/// optimised away): the size of this variant minus the baseline is
+/// tether-core's part of the share.
 #[cfg(feature = "core-only")]
 mod core_only {
-    use tether_core::frame::encode_handshake;
-    use tether_core::message::{Handshake, Hello, Message, Proof};
-    use tether_core::scram::{ClientConfig, ClientCredentials, ClientLogin};
-    use tether_core::session::Role;
+    use tether_core::connection::{ClientConfig, ClientHandshake, Event, Instant};
+    use tether_core::message::ErrorCode;
+    use tether_core::scram::ClientCredentials;
 
     use super::*;
 
+    /// Copies as much of `input` as the machine asks for.
+    fn feed(buf: &mut [u8], input: &[u8]) -> usize {
+        let n = buf.len().min(input.len());
+        buf[..n].copy_from_slice(&input[..n]);
+        n
+    }
+
     pub fn exercise(rng: &mut Trng, input: &[u8]) -> Option<()> {
-        let mut wire = [0u8; 512];
-        let login = ClientLogin::<256>::new(
+        let (mut rx, mut tx) = ([0u8; 512], [0u8; 512]);
+        let now = Instant::from_millis(u64::from(input.len() as u32));
+        let mut login = ClientHandshake::<4>::new(
+            &mut rx,
             USERNAME,
             ClientCredentials::Password(PASSWORD.unwrap_or_default()),
-            ClientConfig::default(),
+            &ClientConfig::default(),
             rng,
         )
         .ok()?;
-        let hello = Handshake::Hello(Hello {
-            version: 1,
-            mechanisms: login.mechanisms(),
-            max_frame: 512,
-            client_first: login.client_first(),
-        });
-        encode_handshake(&hello, &mut wire, 512).ok()?;
-        let Handshake::Challenge(c) = Handshake::decode(input).ok()? else {
-            return None;
+        // The hello, the server's challenge, the proof, its welcome.
+        let established = loop {
+            core::hint::black_box(login.poll_transmit(now, &mut tx));
+            let n = feed(login.receive_buffer(), input);
+            login.commit(n);
+            login.handle_timeout(now);
+            if let Some(done) = login.poll(now).ok()? {
+                break done;
+            }
         };
-        let proof = login.handle_challenge(c.mechanism, c.server_first).ok()?;
-        encode_handshake(
-            &Handshake::Proof(Proof {
-                client_final: proof.client_final(),
-            }),
-            &mut wire,
-            512,
-        )
-        .ok()?;
-        let Handshake::Welcome(w) = Handshake::decode(input).ok()? else {
-            return None;
-        };
-        let done = proof.handle_server_final(w.server_final).ok()?;
-        let (mut sealer, mut opener) = done.session.into_halves(Role::Client);
-        let mut body = [0u8; 512];
-        let n = input.len().min(512);
-        body[..n].copy_from_slice(&input[..n]);
-        let reply = match opener.open(&body[..n]).ok()? {
-            Message::Call { id, args, .. } => Message::Reply { id, result: args },
-            Message::Ping { nonce } => Message::Pong { nonce },
-            other => other,
-        };
-        sealer.seal(&reply, &mut wire, 512).ok()?;
-        core::hint::black_box((&wire, &done.keys));
+        let mut conn = established.connection;
+        let n = feed(conn.receive_buffer(), input);
+        conn.commit(n);
+        conn.handle_timeout(now);
+        if let Some(Event::Call(call)) = conn.poll_event(now).ok()? {
+            // Answered in place, as tether-firmware's handlers answer.
+            let len = feed(call.answer_buffer(&mut tx), b"unknown method");
+            let token = call.into_token();
+            let code = Some(ErrorCode::UNKNOWN_METHOD);
+            let _ = conn.answer_in_place(token, now, &mut tx, code, len);
+        }
+        core::hint::black_box(conn.poll_transmit(now, &mut tx));
+        core::hint::black_box((conn.poll_timeout(), &established.keys));
         Some(())
     }
 }

@@ -135,7 +135,7 @@ fn ensure(ok: bool, step: &str) {
 /// receiver's decoder.
 struct Pipe<'b> {
     wire: [u8; MAX + 2],
-    decoder: FrameDecoder<'b>,
+    decoder: FrameDecoder<&'b mut [u8]>,
 }
 
 impl<'b> Pipe<'b> {
@@ -149,7 +149,7 @@ impl<'b> Pipe<'b> {
 
 /// Hands `frame` to `decoder` in two pieces, as TCP may, and returns the
 /// frame body it yields.
-fn deliver<'d>(decoder: &'d mut FrameDecoder<'_>, frame: &[u8]) -> &'d [u8] {
+fn deliver<'d>(decoder: &'d mut FrameDecoder<&mut [u8]>, frame: &[u8]) -> &'d [u8] {
     let split = frame.len() / 2;
     let (used, body) = decoder
         .push(&frame[..split])
@@ -364,7 +364,8 @@ fn session_frames(label: &str, login: Login, c2s: &mut Pipe<'_>, s2c: &mut Pipe<
 
     // Device -> server: a notify, altered in transit (one bit of the
     // message), must fail its tag; the genuine frame then opens, and the
-    // same frame played again is refused.
+    // same frame played again is refused. (An opener that failed opens
+    // nothing more: the tampered frame is tried on a copy of it.)
     let notify = Message::Notify {
         method: "sensor.alarm",
         args: b"\x00",
@@ -378,7 +379,7 @@ fn session_frames(label: &str, login: Login, c2s: &mut Pipe<'_>, s2c: &mut Pipe<
     let last_arg = frame.len() - tether_core::session::TAG_LEN - 1;
     tampered[last_arg] ^= 0x01;
     let body = deliver(&mut c2s.decoder, tampered);
-    match server_rx.open(body) {
+    match server_rx.clone().open(body) {
         Err(SessionError::BadTag) => {}
         other => panic!("{label}: tampered frame not rejected: {other:?}"),
     }

@@ -286,7 +286,7 @@ impl Device {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                let mut store: BufferStore<2048, 2048, 512> = BufferStore::new();
+                let mut store: BufferStore<2048, 2048> = BufferStore::new();
                 let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
                 let login = tether_firmware::host::connect(
                     addr,
