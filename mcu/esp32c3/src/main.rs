@@ -214,7 +214,7 @@ async fn device_main(
         if keys.is_some() { "keys from flash" } else { "no keys yet" }
     );
     let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
-    let mut buffers: BufferStore<512, 512, 256> = BufferStore::new();
+    let mut buffers: BufferStore<512, 512> = BufferStore::new();
     let mut link = Link::new(
         stack,
         HostName {
