@@ -26,7 +26,6 @@
 //! | [`per_user`] | how many sessions one account may hold, and what a login beyond that does |
 //! | [`admission`] | which new connections get a handshake slot: per-address share, random early drop, eviction of silent connections |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
-//! | [`wire`] | frames over a byte stream |
 //! | [`demo`] | `tether demo`: Django schema, demo user |
 //! | [`cli`] | the `tether` command line |
 //!
@@ -47,6 +46,7 @@ pub mod default_realm;
 pub mod demo;
 pub mod fd_limit;
 pub mod forward;
+mod lease;
 pub mod log_limit;
 mod login;
 pub mod metrics;
@@ -59,7 +59,6 @@ pub mod session;
 pub mod store;
 pub mod throttle;
 pub mod untrusted;
-pub mod wire;
 
 pub use admin::{Admin, AdminConfig, AdminToken};
 pub use default_realm::{DefaultRealm, Registry};

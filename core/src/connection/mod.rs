@@ -141,6 +141,7 @@ pub use client::{ClientConfig, ClientConnection, ClientHandshake, Established};
 pub use error::{ConnectionError, RefusalCause, SendError, Violation};
 pub use established::{
     CallFailure, Connection, Event, IncomingCall, Notification, REPLY_TOO_LARGE, Reply, ReplyToken,
+    max_args_len,
 };
 pub use server::{
     Challenged, Decoy, DecoyReason, LoginRequest, ServerConfig, ServerConnection, ServerHandshake,
