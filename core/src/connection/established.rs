@@ -303,7 +303,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
         if self.core.pong.is_some() || self.core.notice.is_some() {
             return Ok(None);
         }
-        let frame = self.rx.take_frame();
+        let frame = self.rx.take_frame_mut();
         self.core.handle(frame, now.as_millis())
     }
 
@@ -636,7 +636,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
 
     fn handle<'c>(
         &'c mut self,
-        frame: Option<&'c [u8]>,
+        frame: Option<&'c mut [u8]>,
         now: u64,
     ) -> Result<Option<Event<'c>>, ConnectionError> {
         let Some(body) = frame else {
@@ -657,7 +657,8 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         // that says so.
         let protocol = Some(GoodbyeReason::ProtocolError);
         let (error, goodbye) = 'failed: {
-            let msg = match self.opener.open(body) {
+            let body_at = body.as_ptr() as usize;
+            let msg = match self.opener.open_in_place(body) {
                 Ok(msg) => msg,
                 Err(e) => {
                     // The client says nothing to what may not be the server;
@@ -734,7 +735,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
                     self.last_reply = Some(LastReply {
                         id,
                         code: Some(code),
-                        start: (bytes.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize),
+                        start: (bytes.as_ptr() as usize).wrapping_sub(body_at),
                         len: bytes.len(),
                     });
                     return Ok(Some(Event::Reply(Reply { id, result })));
