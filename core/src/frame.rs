@@ -320,6 +320,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
 
     /// [`take_frame`](Self::take_frame), mutable: for a body that is
     /// decrypted in place (protocol v2).
+    #[cfg(feature = "v2")]
     pub(crate) fn take_frame_mut(&mut self) -> Option<&mut [u8]> {
         if !self.has_frame() {
             return None;

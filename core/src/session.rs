@@ -390,11 +390,11 @@ impl Opener {
     }
 
     /// [`open`](Self::open) a body that may be decrypted in place (v2).
+    #[cfg(feature = "v2")]
     pub(crate) fn open_in_place<'b>(
         &mut self,
         body: &'b mut [u8],
     ) -> Result<Message<'b>, SessionError> {
-        #[cfg(feature = "v2")]
         if let FrameKey::Aead(_) = self.mac {
             if self.closed {
                 return Err(SessionError::Closed);

@@ -214,7 +214,9 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         self.prove(mechanism, server_first, &noise_binding(h))
     }
 
-    /// Checks the challenge and computes the proof with `cbind` as `c=`.
+    /// Checks the challenge and computes the proof with `cbind` as `c=`
+    /// (inlined into v1's only caller: no call, `c=` a constant).
+    #[cfg_attr(not(feature = "v2"), inline(always))]
     fn prove(
         self,
         mechanism: Mechanism,
