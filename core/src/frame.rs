@@ -327,6 +327,19 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
         self.buf.as_ref().get(..len)
     }
 
+    /// [`take_frame`](Self::take_frame), mutable: for a body that is
+    /// decrypted in place (protocol v2).
+    #[cfg(feature = "v2")]
+    pub(crate) fn take_frame_mut(&mut self) -> Option<&mut [u8]> {
+        if !self.has_frame() {
+            return None;
+        }
+        let len = self.len;
+        self.len = 0;
+        self.filled = 0;
+        self.buf.as_mut().get_mut(..len)
+    }
+
     /// Consumes bytes from `input` up to the end of the next frame. Returns
     /// how many bytes were used and, when a frame completed, its body (valid
     /// until the next call). Call again with the rest of `input` until it is

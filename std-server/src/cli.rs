@@ -725,6 +725,7 @@ async fn call(args: CallArgs) -> ExitCode {
                 RefusalCode::Version => "the server speaks another protocol version",
                 RefusalCode::Protocol => "the server rejected the handshake",
                 RefusalCode::Busy => "the server is at its limit",
+                RefusalCode::UnknownKey => "the server does not hold the pinned key",
             };
             if retry_after_secs > 0 {
                 eprintln!(

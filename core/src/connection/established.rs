@@ -15,6 +15,13 @@ use crate::session::{Opener, Role, SEQ_LEN, Sealer, SessionError, TAG_LEN};
 /// (code [`ErrorCode::FAILED`]): the call still gets an answer.
 pub const REPLY_TOO_LARGE: &str = "reply too large";
 
+/// A received frame body: decrypted in place with v2.
+#[cfg(feature = "v2")]
+type FrameBody<'c> = &'c mut [u8];
+/// A received frame body.
+#[cfg(not(feature = "v2"))]
+type FrameBody<'c> = &'c [u8];
+
 /// Which owed message `poll_transmit` sealed.
 #[derive(Clone, Copy)]
 enum Owed {
@@ -303,7 +310,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
         if self.core.pong.is_some() || self.core.notice.is_some() {
             return Ok(None);
         }
+        // v1-only builds open frames in place of nothing: the shared
+        // immutable `take_frame` (one copy in a device's flash).
+        #[cfg(not(feature = "v2"))]
         let frame = self.rx.take_frame();
+        #[cfg(feature = "v2")]
+        let frame = self.rx.take_frame_mut();
         self.core.handle(frame, now.as_millis())
     }
 
@@ -655,7 +667,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
 
     fn handle<'c>(
         &'c mut self,
-        frame: Option<&'c [u8]>,
+        frame: Option<FrameBody<'c>>,
         now: u64,
     ) -> Result<Option<Event<'c>>, ConnectionError> {
         let Some(body) = frame else {
@@ -676,7 +688,12 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         // that says so.
         let protocol = Some(GoodbyeReason::ProtocolError);
         let (error, goodbye) = 'failed: {
-            let msg = match self.opener.open(body) {
+            let body_at = body.as_ptr() as usize;
+            #[cfg(not(feature = "v2"))]
+            let opened = self.opener.open(body);
+            #[cfg(feature = "v2")]
+            let opened = self.opener.open_in_place(body);
+            let msg = match opened {
                 Ok(msg) => msg,
                 Err(e) => {
                     // The client says nothing to what may not be the server;
@@ -753,7 +770,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
                     self.last_reply = Some(LastReply {
                         id,
                         code: Some(code),
-                        start: (bytes.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize),
+                        start: (bytes.as_ptr() as usize).wrapping_sub(body_at),
                         len: bytes.len(),
                     });
                     return Ok(Some(Event::Reply(Reply { id, result })));
