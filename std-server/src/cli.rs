@@ -25,7 +25,7 @@ use crate::admin::{Admin, AdminConfig, AdminToken};
 use crate::default_realm::DefaultRealm;
 use crate::fd_limit;
 use crate::log_limit::LogLimitConfig;
-use crate::secret::{DEFAULT_SECRET_FILE, SecretOrigin, ServerSecret, to_hex};
+use crate::secret::{DEFAULT_SECRET_FILE, SecretOrigin, ServerSecret};
 use crate::server::{Server, ServerConfig, shutdown_signal};
 use crate::session::SessionConfig;
 use crate::store::{Backend, Permission, Store, StoreConfig, normalize_url, redact_url};
@@ -34,7 +34,7 @@ use crate::throttle::ThrottleConfig;
 /// Tether: devices log in with the accounts of a Django site and exchange
 /// calls with the server.
 #[derive(Debug, Parser)]
-#[command(name = "tether", version, about, long_about = None, propagate_version = true)]
+#[command(name = "tether", version = version(), about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// More log detail (-v: debug, -vv: trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -62,6 +62,59 @@ pub enum Command {
     /// Check that a database has the tables and columns the server needs,
     /// and count the users who can log in by challenge-response.
     Check(CheckArgs),
+}
+
+/// `tether --version`: the crate's version and the protocol versions the
+/// server and the client speak.
+pub fn version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{} (protocol version {})",
+            env!("CARGO_PKG_VERSION"),
+            tether_core::message::PROTOCOL_VERSION
+        )
+    });
+    VERSION.as_str()
+}
+
+/// `host`, `host:port`, `1.2.3.4`, `[::1]`, `::1` or `[::1]:7420`: the
+/// address with `default_port` added when it has none.
+pub fn with_default_port(addr: &str, default_port: u16) -> String {
+    let addr = addr.trim();
+    if addr.parse::<std::net::SocketAddr>().is_ok() {
+        return addr.to_string();
+    }
+    if let Ok(ip) = addr.parse::<std::net::IpAddr>() {
+        return std::net::SocketAddr::new(ip, default_port).to_string();
+    }
+    if let Some(inner) = addr.strip_prefix('[').and_then(|a| a.strip_suffix(']'))
+        && let Ok(ip) = inner.parse::<std::net::Ipv6Addr>()
+    {
+        return std::net::SocketAddr::new(ip.into(), default_port).to_string();
+    }
+    if addr.contains(':') {
+        addr.to_string()
+    } else {
+        format!("{addr}:{default_port}")
+    }
+}
+
+/// One sentence for a failed connection to `addr`.
+pub fn connect_error(addr: &str, e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::ConnectionRefused => {
+            format!("connection refused by {addr} — is `tether serve` running?")
+        }
+        K::TimedOut => format!("no answer from {addr} (timed out) — is the address right?"),
+        K::HostUnreachable | K::NetworkUnreachable => {
+            format!("cannot reach {addr}: {e} — is the address right?")
+        }
+        K::NotFound | K::InvalidInput => {
+            format!("cannot resolve {addr} — is the host name right?")
+        }
+        _ => format!("cannot connect to {addr}: {e}"),
+    }
 }
 
 /// Where and how to read Django's users.
@@ -448,7 +501,8 @@ pub fn main() -> ExitCode {
 }
 
 /// Logs to stderr. Default level: `info` (`warn` for `demo`, `call`, `keys`
-/// and `check`, whose output is their stdout); each `-v` one level more.
+/// and `check`, whose output is their stdout); each `-v` one level more,
+/// except sqlx's statements (only through `RUST_LOG`).
 /// Lines are formatted where they happen and written by a thread of their
 /// own (a runtime worker writing to a slow stderr stalls every session on
 /// it); when that thread falls behind, loggers wait instead of dropping
@@ -461,8 +515,10 @@ fn init_tracing(
     let levels = ["warn", "info", "debug", "trace"];
     let base = if quiet_by_default { 0 } else { 1 };
     let default = levels[(base + verbose as usize).min(levels.len() - 1)];
+    // sqlx logs every statement at debug: off unless RUST_LOG asks for it
+    // (e.g. RUST_LOG=info,sqlx=debug); slow statements still warn.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn")));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("tether-log")
@@ -599,8 +655,9 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }),
         database: db_connections,
     });
+    let listen = with_default_port(&args.listen, tether_core::frame::DEFAULT_PORT);
     let server = match Server::bind(
-        args.listen.as_str(),
+        listen.as_str(),
         config,
         store,
         match &forwarder {
@@ -613,13 +670,16 @@ async fn serve(args: ServeArgs) -> ExitCode {
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("tether serve: cannot listen on {}: {e}", args.listen);
+            eprintln!("tether serve: cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
     let handle = server.handle();
     let admin = match (&args.admin, admin_config) {
-        (Some(addr), Some(config)) => match Admin::new(&server, config).bind(addr).await {
+        (Some(addr), Some(config)) => match Admin::new(&server, config)
+            .bind(&with_default_port(addr, 7421))
+            .await
+        {
             Ok(admin) => {
                 let handle = handle.clone();
                 Some(tokio::spawn(
@@ -700,9 +760,18 @@ async fn call(args: CallArgs) -> ExitCode {
         .with_min_iterations(args.min_iterations)
         .with_call_timeout(timeout)
         .with_handshake_timeout(timeout);
-    let login = match tether_firmware::host::connect(
-        args.server.as_str(),
+    let addr = with_default_port(&args.server, tether_core::frame::DEFAULT_PORT);
+    let stream = match connect(&addr, timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tether call: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let login = match tether_firmware::Session::login(
+        tether_firmware::host::transport(stream),
         store.buffers(),
+        tether_firmware::TokioClock::new(),
         &args.user,
         ClientCredentials::Password(&password),
         &mut rng,
@@ -735,6 +804,10 @@ async fn call(args: CallArgs) -> ExitCode {
             }
             return ExitCode::from(2);
         }
+        Err(DeviceError::Transport(e)) => {
+            eprintln!("tether call: the connection to {addr} failed during the login: {e}");
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("tether call: {e}");
             return ExitCode::FAILURE;
@@ -764,7 +837,7 @@ async fn call(args: CallArgs) -> ExitCode {
         CallMethod::ServerTime => session
             .call::<ServerTime, _>(&(), &mut mind)
             .await
-            .map(|ms| ms.to_string())
+            .map(crate::timefmt::rfc3339_from_unix_ms)
             .map_err(call_error),
     };
     let _ = session.close().await;
@@ -778,6 +851,33 @@ async fn call(args: CallArgs) -> ExitCode {
             ExitCode::from(3)
         }
     }
+}
+
+/// Resolves `addr` and connects to the first address that answers; the
+/// error is one sentence with the cause.
+pub async fn connect(addr: &str, timeout: Duration) -> Result<tokio::net::TcpStream, String> {
+    let resolved: Vec<std::net::SocketAddr> = match tokio::net::lookup_host(addr).await {
+        Ok(a) => a.collect(),
+        Err(e) => {
+            return Err(format!(
+                "cannot resolve {addr}: {e} — is the host name right?"
+            ));
+        }
+    };
+    let mut last = None;
+    for a in &resolved {
+        match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = Some(connect_error(&a.to_string(), &e)),
+            Err(_) => {
+                last = Some(connect_error(
+                    &a.to_string(),
+                    &std::io::ErrorKind::TimedOut.into(),
+                ))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| format!("{addr} resolves to no address")))
 }
 
 fn call_error<E: std::fmt::Debug>(e: DeviceCallError<'_, E>) -> String {
@@ -840,7 +940,7 @@ async fn keys_inner(args: KeysArgs) -> Result<(), String> {
     let mut buf = [0u8; 256];
     let postcard = tether_core::message::encode(&keys, &mut buf).map_err(|e| e.to_string())?;
     match args.format {
-        KeysFormat::Postcard => println!("{}", to_hex(postcard)),
+        KeysFormat::Postcard => println!("{}", hex::encode(postcard)),
         KeysFormat::Text => {
             let b64 = |b: &[u8]| {
                 use base64::Engine as _;
@@ -852,7 +952,7 @@ async fn keys_inner(args: KeysArgs) -> Result<(), String> {
             println!("salt: {salt}");
             println!("client_key: {}", b64(keys.client_key.as_bytes()));
             println!("server_key: {}", b64(keys.server_key.as_bytes()));
-            println!("postcard: {}", to_hex(postcard));
+            println!("postcard: {}", hex::encode(postcard));
             if row_hash.is_some() {
                 println!("checked: the password matches the user's row");
             }
@@ -1161,5 +1261,17 @@ mod tests {
         // clap's own checks (unique argument ids, ...), which otherwise only
         // fire when a debug build parses its arguments.
         <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn addresses_without_a_port_take_the_default() {
+        use super::with_default_port as w;
+        assert_eq!(w("127.0.0.1", 7420), "127.0.0.1:7420");
+        assert_eq!(w("127.0.0.1:9", 7420), "127.0.0.1:9");
+        assert_eq!(w("::1", 7420), "[::1]:7420");
+        assert_eq!(w("[::1]", 7420), "[::1]:7420");
+        assert_eq!(w("[::1]:9", 7420), "[::1]:9");
+        assert_eq!(w("example.com", 7421), "example.com:7421");
+        assert_eq!(w("example.com:80", 7421), "example.com:80");
     }
 }

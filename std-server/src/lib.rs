@@ -58,6 +58,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod throttle;
+mod timefmt;
 pub mod untrusted;
 pub mod wire;
 

@@ -79,12 +79,28 @@ impl Conn {
             .map_err(|_| LoginEnd::Closed)
     }
 
-    /// Sends the refusal, closes our side and lets the peer read it.
+    /// Sends the refusal, closes our side and lets the peer read it; the
+    /// log line's `reason` is the code's name.
     async fn refuse(
+        self,
+        code: RefusalCode,
+        retry_after: Duration,
+        username: Option<&str>,
+        detail: &str,
+    ) -> LoginEnd {
+        let reason = code.as_str();
+        self.refuse_because(code, retry_after, username, reason, detail)
+            .await
+    }
+
+    /// [`Conn::refuse`] with the reason logged (server side only: the wire
+    /// carries `code`).
+    async fn refuse_because(
         mut self,
         code: RefusalCode,
         retry_after: Duration,
         username: Option<&str>,
+        reason: &'static str,
         detail: &str,
     ) -> LoginEnd {
         let retry_after_secs = if code.is_transient() {
@@ -97,9 +113,11 @@ impl Conn {
         if self.metrics.log_limit().allow(Noisy::LoginRefused) {
             match code {
                 RefusalCode::Unavailable => {
-                    warn!(peer = %self.peer, %user, code = %code, %detail, "login refused")
+                    warn!(peer = %self.peer, %user, code = %code, %reason, %detail, "login refused")
                 }
-                _ => info!(peer = %self.peer, %user, code = %code, %detail, "login refused"),
+                _ => {
+                    info!(peer = %self.peer, %user, code = %code, %reason, %detail, "login refused")
+                }
             }
         }
         let refusal = Handshake::Refused(Refusal {
@@ -360,12 +378,12 @@ pub(crate) async fn handshake<R: Realm>(
             attempt.failed(stored_name.as_deref());
             // The real reason, for the operator only: the device was told
             // `unauthorized` like any wrong password.
-            let detail = match &decoy {
-                Some(why) => why.to_string(),
-                None => "wrong password".to_string(),
+            let (reason, detail) = match &decoy {
+                Some(why) => (why.kind(), why.to_string()),
+                None => ("wrong_proof", "wrong password".to_string()),
             };
             return Err(conn
-                .refuse(RefusalCode::Unauthorized, zero, user, &detail)
+                .refuse_because(RefusalCode::Unauthorized, zero, user, reason, &detail)
                 .await);
         }
         (Err(e), _) => {

@@ -196,7 +196,7 @@ fn keys_match_the_row_and_the_core_derivation() {
     .unwrap();
     assert!(out.status.success());
     let hex = String::from_utf8(out.stdout).unwrap();
-    let bytes = tether_server::secret::from_hex(hex.trim()).unwrap();
+    let bytes = hex::decode(hex.trim()).unwrap();
     let keys: CachedKeys = tether_core::message::decode(&bytes).unwrap();
     let expected = CachedKeys::derive(
         Mechanism::ScramSha256,
@@ -255,6 +255,14 @@ async fn call_prints_replies_and_refusals() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n");
+    // server_time in RFC 3339, UTC, milliseconds.
+    let out = run(args(&["alice", "server_time"]), "alice-password")
+        .await
+        .unwrap();
+    let time = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(time.len(), "2026-12-07T01:02:03.456Z".len(), "{time}");
+    assert!(time.starts_with("20") && time.ends_with('Z'), "{time}");
+    assert_eq!(&time[10..11], "T", "{time}");
     let out = run(args(&["bob", "whoami"]), "bob-password").await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("user bob (id 2)"));
     let out = run(args(&["alice", "whoami"]), "wrong").await.unwrap();
@@ -272,6 +280,66 @@ async fn call_prints_replies_and_refusals() {
         String::from_utf8_lossy(&out.stderr).contains("login refused: unauthorized"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn version_names_the_protocol() {
+    let out = tether(&["--version"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "tether {} (protocol version {})\n",
+            env!("CARGO_PKG_VERSION"),
+            tether_core::message::PROTOCOL_VERSION
+        )
+    );
+}
+
+#[test]
+fn a_refused_connection_is_one_sentence() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = tether(&[
+        "call",
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--user",
+        "alice",
+        "whoami",
+    ])
+    .env("TETHER_PASSWORD", "x")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tether call: connection refused by 127.0.0.1:{port} — is `tether serve` running?\n"
+        )
+    );
+    // A name that does not resolve.
+    let out = tether(&[
+        "call",
+        "--server",
+        "no-such-host.invalid",
+        "--user",
+        "alice",
+        "whoami",
+    ])
+    .env("TETHER_PASSWORD", "x")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("tether call: cannot resolve no-such-host.invalid:7420"),
+        "{stderr}"
     );
 }
 
@@ -302,6 +370,10 @@ async fn serve_shuts_down_gracefully_on_sigterm() {
         }
     };
     let addr = addr.parse().unwrap();
+    // Refusals say why in their own field (the device is told `unauthorized`).
+    for (name, pw) in [("alice", "wrong"), ("eve", "eve-password"), ("nobody", "x")] {
+        assert!(login(addr, name, pw).await.is_err());
+    }
     let mut s = login(addr, "alice", password(DB, "alice")).await.unwrap();
     assert_eq!(s.echo("before").await, "before");
     // The secret file was generated, private.
@@ -321,6 +393,13 @@ async fn serve_shuts_down_gracefully_on_sigterm() {
     }
     let log = log.join("\n");
     assert!(log.contains("alice connected"), "{log}");
+    for reason in ["wrong_proof", "inactive", "unknown_user"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" INFO ") && l.contains(&format!("reason={reason}"))),
+            "{reason}: {log}"
+        );
+    }
     assert!(log.contains("alice disconnected"), "{log}");
     assert!(log.contains("shut down"), "{log}");
     // Never a password, proof, key or hash in the log.
