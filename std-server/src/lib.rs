@@ -27,8 +27,9 @@
 //! | [`admission`] | which new connections get a handshake slot: per-address share, random early drop, eviction of silent connections |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
 //! | [`wire`] | frames over a byte stream |
-//! | [`demo`] | `tether demo`: Django schema, demo user |
-//! | [`cli`] | the `tether` command line |
+//!
+//! The `tether` binary (its command line and `tether demo`) is built on
+//! this API alone; it is not part of it.
 //!
 //! The login itself (`login`, private) follows `docs/CONNECTION.md` step by
 //! step.
@@ -41,10 +42,8 @@
 
 pub mod admin;
 pub mod admission;
-pub mod cli;
 pub mod decoy;
 pub mod default_realm;
-pub mod demo;
 pub mod fd_limit;
 pub mod forward;
 pub mod log_limit;

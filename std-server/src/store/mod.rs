@@ -69,16 +69,17 @@ impl Backend {
         }
     }
 
-    /// Quotes a (validated) identifier.
-    fn quote(self, ident: &str) -> String {
+    /// Quotes a (validated) identifier: `"name"`, or `` `name` `` for
+    /// MySQL.
+    pub fn quote(self, ident: &str) -> String {
         match self {
             Self::MySql => format!("`{ident}`"),
             Self::Sqlite | Self::Postgres => format!("\"{ident}\""),
         }
     }
 
-    /// The `n`th (1-based) bind placeholder.
-    fn placeholder(self, n: usize) -> String {
+    /// The `n`th (1-based) bind placeholder: `$n` for PostgreSQL, else `?`.
+    pub fn placeholder(self, n: usize) -> String {
         match self {
             Self::Postgres => format!("${n}"),
             Self::Sqlite | Self::MySql => "?".to_string(),
