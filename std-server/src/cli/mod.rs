@@ -4,14 +4,18 @@
 //! Logs go to stderr through `tracing`: `RUST_LOG` (e.g.
 //! `RUST_LOG=tether_server=debug`) or `-v` / `-vv` choose the detail.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use tether_server::store::{Permission, StoreConfig, normalize_url};
 
 mod call;
 mod check;
+mod config;
 mod demo;
 mod keys;
 mod serve;
@@ -172,9 +176,21 @@ fn secs(s: f64) -> Duration {
 
 /// Runs the command line; the process's exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse(std::env::args_os().collect()) {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
+    let (level, format) = match &cli.command {
+        Command::Serve(args) => (args.log_level.as_deref(), args.log_format),
+        _ => (None, serve::LogFormat::Text),
+    };
     // Held to the end: dropping it writes out the log lines still queued.
-    let _log_writer = init_tracing(cli.verbose, !matches!(cli.command, Command::Serve(_)));
+    let _log_writer = init_tracing(
+        cli.verbose,
+        !matches!(cli.command, Command::Serve(_)),
+        level,
+        format,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -196,9 +212,102 @@ pub fn main() -> ExitCode {
     })
 }
 
+/// The command line with `serve --config`'s file applied (clap exits on
+/// bad arguments and `--help`); `--print-config` prints and exits.
+fn parse(argv: Vec<OsString>) -> Result<Cli, ExitCode> {
+    let mut command = Cli::command();
+    command.build();
+    let matches = command.clone().get_matches_from(&argv);
+    let Some(("serve", given)) = matches.subcommand() else {
+        return Cli::from_arg_matches(&matches).map_err(|e| e.exit());
+    };
+    let serve = command.find_subcommand("serve").unwrap_or(&command);
+    let mut from_file = Vec::new();
+    let matches = match given.get_one::<PathBuf>("config") {
+        Some(path) => {
+            let extra = config::file_args(path, serve, given).map_err(|e| {
+                eprintln!("tether serve: {e}");
+                ExitCode::from(2)
+            })?;
+            from_file = extra.keys;
+            command
+                .clone()
+                .get_matches_from(argv.iter().cloned().chain(extra.args))
+        }
+        None => matches,
+    };
+    if let Some(("serve", m)) = matches.subcommand()
+        && m.get_flag("print_config")
+    {
+        print!("{}", config::print(serve, m, &from_file));
+        return Err(ExitCode::SUCCESS);
+    }
+    Cli::from_arg_matches(&matches).map_err(|e| e.exit())
+}
+
+/// `serve`'s arguments parsed again, the configuration file read anew
+/// (SIGHUP).
+fn reparse_serve() -> Result<serve::ServeArgs, String> {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    let mut command = Cli::command();
+    command.build();
+    let matches = command
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(|e| e.to_string())?;
+    let Some(("serve", given)) = matches.subcommand() else {
+        return Err("not serving".into());
+    };
+    let serve = command.find_subcommand("serve").unwrap_or(&command);
+    let matches = match given.get_one::<PathBuf>("config") {
+        Some(path) => {
+            let extra = config::file_args(path, serve, given)?;
+            command
+                .clone()
+                .try_get_matches_from(argv.iter().cloned().chain(extra.args))
+                .map_err(|e| e.to_string())?
+        }
+        None => matches,
+    };
+    match Cli::from_arg_matches(&matches)
+        .map_err(|e| e.to_string())?
+        .command
+    {
+        Command::Serve(args) => Ok(*args),
+        _ => Err("not serving".into()),
+    }
+}
+
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter's reload handle and the level when none is configured.
+static LOG_FILTER: OnceLock<(FilterHandle, &'static str)> = OnceLock::new();
+
+/// The filter of `level` (or the default level): sqlx's statements only
+/// when a directive names sqlx (slow statements still warn).
+fn filter_of(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let directives = if level.contains("sqlx") {
+        level.to_string()
+    } else {
+        format!("{level},sqlx=warn")
+    };
+    tracing_subscriber::EnvFilter::try_new(&directives).map_err(|e| format!("{directives:?}: {e}"))
+}
+
+/// Replaces the log filter (SIGHUP); the filter applied.
+fn set_log_filter(level: Option<&str>) -> Result<String, String> {
+    let (handle, default) = LOG_FILTER.get().ok_or("logging is not set up")?;
+    let level = level.unwrap_or(default);
+    let filter = filter_of(level)?;
+    handle.reload(filter).map_err(|e| e.to_string())?;
+    Ok(level.to_string())
+}
+
 /// Logs to stderr. Default level: `info` (`warn` for `demo`, `call`, `keys`
-/// and `check`, whose output is their stdout); each `-v` one level more,
-/// except sqlx's statements (only through `RUST_LOG`).
+/// and `check`, whose output is their stdout); each `-v` one level more;
+/// `RUST_LOG` or `--log-level` instead. sqlx's statements are logged only
+/// when asked for by name (`RUST_LOG=info,sqlx=debug`).
 /// Lines are formatted where they happen and written by a thread of their
 /// own (a runtime worker writing to a slow stderr stalls every session on
 /// it); when that thread falls behind, loggers wait instead of dropping
@@ -206,24 +315,47 @@ pub fn main() -> ExitCode {
 fn init_tracing(
     verbose: u8,
     quiet_by_default: bool,
+    level: Option<&str>,
+    format: serve::LogFormat,
 ) -> tracing_appender::non_blocking::WorkerGuard {
     use std::io::IsTerminal as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let levels = ["warn", "info", "debug", "trace"];
     let base = if quiet_by_default { 0 } else { 1 };
     let default = levels[(base + verbose as usize).min(levels.len() - 1)];
-    // sqlx logs every statement at debug: off unless RUST_LOG asks for it
-    // (e.g. RUST_LOG=info,sqlx=debug); slow statements still warn.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sqlx=warn")));
+    let env = std::env::var("RUST_LOG").ok();
+    let wanted = level.or(env.as_deref()).unwrap_or(default);
+    let filter = filter_of(wanted).unwrap_or_else(|e| {
+        eprintln!("tether: log filter {e}; using {default}");
+        filter_of(default).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default))
+    });
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_FILTER.set((handle, default));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .thread_name("tether-log")
         .finish(std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let registry = tracing_subscriber::registry().with(filter);
+    let _ = match format {
+        serve::LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(writer)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init(),
+        serve::LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(writer),
+            )
+            .try_init(),
+    };
     guard
 }
 

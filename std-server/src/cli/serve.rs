@@ -177,6 +177,36 @@ pub struct ServeArgs {
     /// The interval of --log-limit-burst.
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub log_limit_interval: f64,
+    /// Log filter: a level (error, warn, info, debug, trace) or tracing
+    /// directives (`info,tether_server::login=debug`) [default: info, one
+    /// level more per -v]. sqlx's statements are logged only when a
+    /// directive names sqlx. Re-read on SIGHUP.
+    #[arg(long, env = "RUST_LOG", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log line format: text (for people) or json (one object per line:
+    /// std-server/README.md lists the fields).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Read settings from this TOML file: one key per flag, named as the
+    /// flag with _ for - (`max_sessions = 10000`). Flags override
+    /// environment variables, which override the file. SIGHUP re-reads it
+    /// (the log filter and the log line limits change; the rest needs a
+    /// restart).
+    #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective configuration (flags, environment, file and
+    /// defaults; secrets redacted) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `2026-12-07T01:02:03.456789Z  INFO target: message key=value`.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// What a login beyond `--max-sessions-per-user` does.
@@ -231,6 +261,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         burst: args.log_limit_burst,
         interval: secs(args.log_limit_interval),
     });
+    let store_for_reload = store.clone();
     match store.ping().await {
         Ok(()) => info!(database = %url, "credential store ready"),
         Err(e) => warn!(database = %url, error = %e,
@@ -353,8 +384,13 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     tokio::spawn(async move {
         shutdown_signal().await;
         info!("signal received: shutting down gracefully");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
         handle.shutdown();
     });
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(store_for_reload));
+    // systemd's Type=notify: listening (and the admin API too) from now on.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     if let Some(f) = &forwarder {
         tether_server::forward::log_start(f);
     }
@@ -390,5 +426,41 @@ fn descriptors(budget: fd_limit::Budget) {
     };
     if let Some(warning) = budget.check(soft) {
         warn!("{warning}");
+    }
+}
+
+/// SIGHUP: the command line is parsed again with the configuration file
+/// read anew, and what can change without dropping sessions changes: the
+/// log filter (`log_level`) and the log line limits (`log_limit_burst`,
+/// `log_limit_interval`). Other settings need a restart.
+#[cfg(unix)]
+async fn reload_on_sighup(store: Arc<Store>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        warn!("cannot listen for SIGHUP: no reloading");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+        match super::reparse_serve() {
+            Ok(args) => {
+                let filter = match super::set_log_filter(args.log_level.as_deref()) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        warn!(error = %e, "SIGHUP: log filter unchanged");
+                        String::from("(unchanged)")
+                    }
+                };
+                store.metrics().log_limit().configure(LogLimitConfig {
+                    burst: args.log_limit_burst,
+                    interval: secs(args.log_limit_interval),
+                });
+                info!(log_level = %filter, log_limit_burst = args.log_limit_burst,
+                    log_limit_interval = args.log_limit_interval,
+                    "SIGHUP: configuration reloaded (log filter, log line limits)");
+            }
+            Err(e) => warn!(error = %e, "SIGHUP: configuration not reloaded"),
+        }
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }
 }
