@@ -117,8 +117,15 @@ impl Conn {
     }
 
     /// The end of a failed step: the machine's refusal is sent (and
-    /// logged), or the peer went away.
-    async fn failed(self, e: ConnectionError, username: Option<&str>, detail: &str) -> LoginEnd {
+    /// logged with `reason`, the code's name unless given), or the peer
+    /// went away.
+    async fn failed(
+        self,
+        e: ConnectionError,
+        username: Option<&str>,
+        reason: Option<&'static str>,
+        detail: &str,
+    ) -> LoginEnd {
         match e {
             ConnectionError::Rejected { code, cause } => {
                 if let Some(r) = rejection(cause) {
@@ -129,7 +136,8 @@ impl Conn {
                 } else {
                     detail.to_string()
                 };
-                self.send_refusal(code, username, &detail).await
+                let reason = reason.unwrap_or(code.as_str());
+                self.send_refusal(code, username, reason, &detail).await
             }
             e => {
                 debug!(peer = %self.peer, error = %e, "closed during the handshake");
@@ -138,7 +146,8 @@ impl Conn {
         }
     }
 
-    /// Refuses the login with the driver's own `code`.
+    /// Refuses the login with the driver's own `code`; the log line's
+    /// `reason` is the code's name.
     async fn refuse(
         mut self,
         code: RefusalCode,
@@ -150,7 +159,8 @@ impl Conn {
         if self.hs.refuse(code, secs).is_err() {
             return LoginEnd::Closed;
         }
-        self.send_refusal(code, username, detail).await
+        self.send_refusal(code, username, code.as_str(), detail)
+            .await
     }
 
     /// Logs the refusal the machine owes, sends it, closes our side and
@@ -159,6 +169,7 @@ impl Conn {
         mut self,
         code: RefusalCode,
         username: Option<&str>,
+        reason: &'static str,
         detail: &str,
     ) -> LoginEnd {
         let user = Untrusted(username.unwrap_or("-"));
@@ -166,9 +177,11 @@ impl Conn {
         if self.metrics.log_limit().allow(Noisy::LoginRefused) {
             match code {
                 RefusalCode::Unavailable => {
-                    warn!(peer = %self.peer, %user, code = %code, %detail, "login refused")
+                    warn!(peer = %self.peer, %user, code = %code, %reason, %detail, "login refused")
                 }
-                _ => info!(peer = %self.peer, %user, code = %code, %detail, "login refused"),
+                _ => {
+                    info!(peer = %self.peer, %user, code = %code, %reason, %detail, "login refused")
+                }
             }
         }
         let mut out = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
@@ -254,7 +267,7 @@ pub(crate) async fn handshake<R: Realm>(
             max_frame,
         }) => (username, mechanisms, usize::from(max_frame)),
         Ok(Step::Verified) => return Err(LoginEnd::Closed),
-        Err(e) => return Err(conn.failed(e, None, "").await),
+        Err(e) => return Err(conn.failed(e, None, None, "").await),
     };
     let user = Some(typed.as_str());
 
@@ -362,13 +375,13 @@ pub(crate) async fn handshake<R: Realm>(
             attempt.failed(stored_name.as_deref());
             // The real reason, for the operator only: the device was told
             // `unauthorized` like any wrong password.
-            let detail = match &decoy {
-                Some(why) => why.to_string(),
-                None => "wrong password".to_string(),
+            let (reason, detail) = match &decoy {
+                Some(why) => (why.kind(), why.to_string()),
+                None => ("wrong_proof", "wrong password".to_string()),
             };
-            return Err(conn.failed(e, user, &detail).await);
+            return Err(conn.failed(e, user, Some(reason), &detail).await);
         }
-        (Err(e), _) => return Err(conn.failed(e, user, "").await),
+        (Err(e), _) => return Err(conn.failed(e, user, None, "").await),
     };
     attempt.succeeded(&account.username);
 
