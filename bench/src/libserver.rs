@@ -97,7 +97,7 @@ async fn drive_mind(mind: Mind, args: S2dArgs) -> S2dStats {
                 let result = mind.call::<Echo>(&ARG).await;
                 let now = Instant::now();
                 match result {
-                    Ok(r) if r.decode().is_ok_and(|r| r == ARG) => {
+                    Ok(r) if r.get() == ARG => {
                         if window.counts(began, now) {
                             samples.push(now - began);
                         }

@@ -186,6 +186,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
@@ -221,6 +223,8 @@ pub use clock::EmbassyClock;
 #[cfg(feature = "std")]
 pub use clock::TokioClock;
 pub use config::Config;
+#[cfg(feature = "alloc")]
+pub use error::OwnedCallError;
 pub use error::{CallError, Error, Failure, TimeoutKind};
 pub use handler::{Handler, Request, Responded, Responder};
 pub use handshake::Established;

@@ -138,6 +138,38 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         Ok(reply.decode::<M>()?)
     }
 
+    /// [`call`](Self::call) with the reply decoded into an owned value and
+    /// an [`OwnedCallError`](crate::OwnedCallError) (feature `alloc`): free
+    /// of the session's borrow, for methods whose reply type borrows nothing
+    /// (`u64`, a struct of owned fields). For a borrowing reply (`&str`) use
+    /// [`call`](Self::call) and copy what you keep.
+    ///
+    /// Cancel-safe as [`call`](Self::call) is.
+    #[cfg(feature = "alloc")]
+    pub async fn call_owned<M, H>(
+        &mut self,
+        args: &M::Args<'_>,
+        handler: &mut H,
+    ) -> Result<M::Reply<'static>, crate::OwnedCallError<T::Error>>
+    where
+        M: Method,
+        H: Handler + ?Sized,
+        M::Reply<'static>: serde::de::DeserializeOwned,
+    {
+        if self.conn.is_closed() {
+            return Err(Error::Ended.into());
+        }
+        if self.calls_in_flight() > 0 {
+            return Err(CallError::<T::Error>::CallsPending.into());
+        }
+        let timeout = Duration::from_millis(self.call_timeout_ms);
+        let _pending = self.send_call::<M>(args, timeout).await?;
+        let reply = self.next_reply(handler).await?;
+        let bytes = reply.raw()?;
+        tether_core::message::decode::<M::Reply<'static>>(bytes)
+            .map_err(crate::OwnedCallError::BadReply)
+    }
+
     /// Sends a call of `M` without waiting for its reply (collect it with
     /// [`next_reply`](Self::next_reply)); up to [`MAX_CALLS_IN_FLIGHT`] may
     /// wait at once. The reply is due within `timeout`.

@@ -65,8 +65,8 @@ pub use admin::{Admin, AdminConfig, AdminToken};
 pub use default_realm::{DefaultRealm, Registry};
 pub use metrics::Metrics;
 pub use realm::{
-    Avatar, CallError, CallResult, IncomingCall, Mind, Realm, RemoteError, SessionEnd, SessionInfo,
-    User,
+    Avatar, CallError, CallResult, IncomingCall, Mind, Realm, RemoteError, Reply, SessionEnd,
+    SessionInfo, User,
 };
 pub use secret::ServerSecret;
 pub use server::{Server, ServerConfig, ServerHandle};

@@ -33,7 +33,7 @@
 //!     }
 //!     async fn attached(&self) {
 //!         if let Ok(status) = self.mind.call::<DeviceInfo>(&()).await {
-//!             println!("device runs {}", status.decode().unwrap().firmware);
+//!             println!("device runs {}", status.get().firmware);
 //!         }
 //!     }
 //! }
@@ -338,17 +338,48 @@ pub enum CallError {
     BadReply(DecodeError),
 }
 
-/// A reply from the device to a typed call, decoded on demand (the reply
-/// type may borrow from its bytes).
+/// A reply from the device to a typed call, checked by [`Mind::call`] to
+/// decode as `M::Reply`: read it borrowed with [`get`](Self::get) (the
+/// reply type may borrow from its bytes, `&str` for instance), or take it
+/// owned with [`into_owned`](Self::into_owned) when the reply type borrows
+/// nothing. Neither can fail: one `Result`, `Mind::call`'s, says how the
+/// call went.
 pub struct Reply<M> {
     bytes: Vec<u8>,
     _method: PhantomData<fn() -> M>,
 }
 
 impl<M: Method> Reply<M> {
-    /// The decoded reply.
-    pub fn decode(&self) -> Result<M::Reply<'_>, DecodeError> {
-        method::decode_reply::<M>(&self.bytes)
+    /// Checks that `bytes` decode as `M`'s reply.
+    fn checked(bytes: Vec<u8>) -> Result<Self, CallError> {
+        method::decode_reply::<M>(&bytes).map_err(CallError::BadReply)?;
+        Ok(Self {
+            bytes,
+            _method: PhantomData,
+        })
+    }
+
+    /// The reply, borrowed from its bytes.
+    pub fn get(&self) -> M::Reply<'_> {
+        match method::decode_reply::<M>(&self.bytes) {
+            Ok(reply) => reply,
+            // Decoding is deterministic and these bytes decoded in
+            // `checked`: this arm is never taken.
+            Err(e) => unreachable!("a checked reply stopped decoding: {e}"),
+        }
+    }
+
+    /// The reply as an owned value (for reply types that borrow nothing:
+    /// numbers, `String`, structs of owned fields).
+    pub fn into_owned(self) -> M::Reply<'static>
+    where
+        M::Reply<'static>: serde::de::DeserializeOwned,
+    {
+        match tether_core::message::decode::<M::Reply<'static>>(&self.bytes) {
+            Ok(reply) => reply,
+            // As in `get`: the same bytes, the same type, checked.
+            Err(e) => unreachable!("a checked reply stopped decoding: {e}"),
+        }
     }
 
     /// The raw postcard bytes.
@@ -384,6 +415,8 @@ pub(crate) struct MindShared {
     /// Signalled when no call is in flight any more.
     pub(crate) idle: Notify,
     pub(crate) closed: AtomicBool,
+    /// Cancelled when the session has ended ([`Mind::closed`]).
+    pub(crate) ended: CancellationToken,
     pub(crate) close: CancellationToken,
     pub(crate) close_reason: Mutex<Option<GoodbyeReason>>,
     pub(crate) default_timeout: Duration,
@@ -436,6 +469,7 @@ impl Mind {
                 }),
                 idle: Notify::new(),
                 closed: AtomicBool::new(false),
+                ended: CancellationToken::new(),
                 close: CancellationToken::new(),
                 close_reason: Mutex::new(None),
                 default_timeout,
@@ -482,6 +516,24 @@ impl Mind {
         self.shared.closed.load(Ordering::Acquire)
     }
 
+    /// Completes when the session has ended (at once if it has): the mind
+    /// then no longer reaches the device. For a task that serves one device
+    /// and should stop with it:
+    ///
+    /// ```no_run
+    /// # async fn f(mind: tether_server::Mind) {
+    /// tokio::select! {
+    ///     _ = mind.closed() => println!("{} went away", mind.username()),
+    ///     _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// Cancel-safe: dropping the future loses nothing.
+    pub async fn closed(&self) {
+        self.shared.ended.cancelled().await
+    }
+
     /// Whether the session has ended or is being closed.
     pub(crate) fn is_closing(&self) -> bool {
         self.is_closed() || self.shared.close.is_cancelled()
@@ -493,7 +545,9 @@ impl Mind {
         self.shared.close.cancel();
     }
 
-    /// Calls `M` on the device with the session's default timeout.
+    /// Calls `M` on the device with the session's default timeout. The one
+    /// `Result` says how the call went; the [`Reply`] is checked to decode:
+    /// `reply.get()` borrows it, `reply.into_owned()` owns it.
     pub async fn call<M: Method>(&self, args: &M::Args<'_>) -> Result<Reply<M>, CallError> {
         self.call_timeout::<M>(args, self.shared.default_timeout)
             .await
@@ -508,11 +562,7 @@ impl Mind {
     ) -> Result<Reply<M>, CallError> {
         let args = encode_args::<M>(args)?;
         let bytes = self.call_raw(M::NAME, args, timeout).await?;
-        method::decode_reply::<M>(&bytes).map_err(CallError::BadReply)?;
-        Ok(Reply {
-            bytes,
-            _method: PhantomData,
-        })
+        Reply::checked(bytes)
     }
 
     /// Calls a method by name with postcard-encoded arguments.
@@ -561,6 +611,14 @@ impl Mind {
             pending.calls.insert(id, Some(tx));
             id
         };
+        // From here on a dropped future (its caller gave up: an HTTP client
+        // hung up, a `select!` took another branch) frees its slot.
+        let mut guard = InFlight {
+            mind: self,
+            id,
+            sent: false,
+            done: false,
+        };
         let sent = self
             .shared
             .tx
@@ -571,30 +629,39 @@ impl Mind {
             })
             .await;
         if sent.is_err() {
-            self.forget(id);
             return Err(CallError::Closed);
         }
+        guard.sent = true;
         self.shared.calls_out.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout(timeout, rx).await {
+        let result = match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(bytes))) => Ok(bytes),
             Ok(Ok(Err(remote))) => Err(CallError::Remote(remote)),
             Ok(Err(_)) => Err(CallError::Closed),
-            Err(_) => {
-                // Keep the id reserved: a late answer is expected, not an error.
-                // A device that leaves this many calls unanswered is far
-                // behind: forget them (their answers then end the session).
-                let mut pending = lock(&self.shared.pending);
-                if let Some(slot) = pending.calls.get_mut(&id) {
-                    *slot = None;
-                }
-                if pending.calls.len() > MAX_ABANDONED {
-                    pending.calls.retain(|_, slot| slot.is_some());
-                }
-                drop(pending);
-                self.shared.idle.notify_waiters();
-                Err(CallError::Timeout)
-            }
+            Err(_) => Err(CallError::Timeout),
+        };
+        // Answered or failed: the slot is gone already (a timeout's is
+        // abandoned by the guard).
+        guard.done = !matches!(result, Err(CallError::Timeout));
+        result
+    }
+
+    /// A call whose caller gave up (timeout or dropped future): a call
+    /// never sent is forgotten; a sent one keeps its id reserved, since a
+    /// late answer is expected, not an error. A device that leaves
+    /// [`MAX_ABANDONED`] calls unanswered is far behind: they are forgotten
+    /// (their answers then end the session).
+    fn abandon(&self, id: u32, sent: bool) {
+        let mut pending = lock(&self.shared.pending);
+        if !sent {
+            pending.calls.remove(&id);
+        } else if let Some(slot) = pending.calls.get_mut(&id) {
+            *slot = None;
         }
+        if pending.calls.len() > MAX_ABANDONED {
+            pending.calls.retain(|_, slot| slot.is_some());
+        }
+        drop(pending);
+        self.shared.idle.notify_waiters();
     }
 
     /// Sends a one-way notification `M` to the device.
@@ -616,12 +683,6 @@ impl Mind {
             })
             .await
             .map_err(|_| CallError::Closed)
-    }
-
-    fn forget(&self, id: u32) {
-        let mut pending = lock(&self.shared.pending);
-        pending.calls.remove(&id);
-        self.shared.idle.notify_waiters();
     }
 
     /// Delivers a reply from the device. `false`: no call with that id is
@@ -666,11 +727,32 @@ impl Mind {
         self.shared.closed.store(true, Ordering::Release);
         let mut pending = lock(&self.shared.pending);
         pending.calls.clear(); // dropping the senders fails the waiters with Closed
+        drop(pending);
         self.shared.idle.notify_waiters();
+        self.shared.ended.cancel();
     }
 
     pub(crate) fn close_reason(&self) -> Option<GoodbyeReason> {
         *lock(&self.shared.close_reason)
+    }
+}
+
+/// The drop guard of one call to the device: unless the call completed,
+/// dropping it (the caller's future dropped, or the call timed out)
+/// abandons the call's slot, so [`Mind::calls_in_flight`] counts only
+/// calls someone still waits for.
+struct InFlight<'m> {
+    mind: &'m Mind,
+    id: u32,
+    sent: bool,
+    done: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.mind.abandon(self.id, self.sent);
+        }
     }
 }
 

@@ -128,7 +128,7 @@ async fn device_logs_in_to_tether_server_and_calls_both_ways() {
             async move {
                 let text = format!("from server {i}");
                 let r = d.call::<Echo>(&text.as_str()).await.unwrap();
-                assert_eq!(r.decode().unwrap(), text);
+                assert_eq!(r.get(), text);
             }
         });
         let all: Vec<_> = calls.map(tokio::spawn).collect();
@@ -136,7 +136,7 @@ async fn device_logs_in_to_tether_server_and_calls_both_ways() {
             h.await.unwrap();
         }
         let info = device.call::<DeviceInfo>(&()).await.unwrap();
-        assert_eq!(info.decode().unwrap().uptime_secs, 3);
+        assert_eq!(info.get().uptime_secs, 3);
         device.notify::<Echo>(&"heads up").await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         device.close(GoodbyeReason::Kicked);

@@ -692,7 +692,7 @@ impl Avatar for TestAvatar {
         if self.realm.ask_device_info {
             let r = self.mind.call::<DeviceInfo>(&()).await;
             let text = match r {
-                Ok(reply) => reply.decode().unwrap().firmware.to_string(),
+                Ok(reply) => reply.get().firmware.to_string(),
                 Err(e) => format!("error: {e}"),
             };
             self.realm.device_info.lock().unwrap().push(text);
