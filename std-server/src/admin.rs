@@ -130,6 +130,14 @@ pub enum AdminError {
          (at least {MIN_TOKEN_LEN} characters), or listen on a loopback address such as 127.0.0.1"
     )]
     NotLoopback(SocketAddr),
+    /// [`Admin::router`] without a token: nested in an application's
+    /// router it would skip [`Admin::bind`]'s loopback check and serve
+    /// anyone who reaches the application.
+    #[error(
+        "refusing to build the admin router without a token: set AdminConfig::token, \
+         or call Admin::allow_unauthenticated when the application authenticates in front of it"
+    )]
+    Unauthenticated,
     /// The address does not resolve or cannot be bound.
     #[error("admin API on {addr}: {error}")]
     Bind {
@@ -260,6 +268,8 @@ struct AdminState {
     metrics: Metrics,
     config: AdminConfig,
     json: HashMap<&'static str, JsonMethod>,
+    /// [`Admin::allow_unauthenticated`] was called.
+    unauthenticated: bool,
 }
 
 /// The admin API of a server.
@@ -297,6 +307,7 @@ impl Admin {
                 store,
                 config,
                 json,
+                unauthenticated: false,
             }),
         }
     }
@@ -310,8 +321,39 @@ impl Admin {
         self
     }
 
-    /// The axum router (authentication, logging and body limit included).
-    pub fn router(&self) -> Router {
+    /// Lets [`router`](Self::router) build without a token: the
+    /// application authenticates requests in front of it (its own
+    /// middleware), or serves it only where everyone who reaches it may
+    /// administer the server. Nothing warns afterwards.
+    pub fn allow_unauthenticated(mut self) -> Self {
+        Arc::make_mut(&mut self.state).unauthenticated = true;
+        self
+    }
+
+    /// The axum router (authentication, logging and body limit included),
+    /// to nest in an application's own router:
+    ///
+    /// ```no_run
+    /// # fn f(server: &tether_server::Server<tether_server::DefaultRealm>) -> Result<(), tether_server::admin::AdminError> {
+    /// use tether_server::{Admin, AdminConfig, AdminToken};
+    /// let config = AdminConfig { token: Some(AdminToken::new("a long random admin token")?), ..Default::default() };
+    /// let app = axum::Router::<()>::new().nest("/tether", Admin::new(server, config).router()?);
+    /// # let _ = app; Ok(()) }
+    /// ```
+    ///
+    /// Fails with [`AdminError::Unauthenticated`] when the configuration
+    /// has no token, unless [`allow_unauthenticated`](Self::allow_unauthenticated)
+    /// says so: a nested router is not behind [`bind`](Self::bind)'s
+    /// loopback check.
+    pub fn router(&self) -> Result<Router, AdminError> {
+        if self.state.config.token.is_none() && !self.state.unauthenticated {
+            return Err(AdminError::Unauthenticated);
+        }
+        Ok(self.router_unchecked())
+    }
+
+    /// The router, whatever the token (`bind` checks the address instead).
+    fn router_unchecked(&self) -> Router {
         let state = self.state.clone();
         Router::new()
             .route("/sessions", get(list_sessions))
@@ -349,7 +391,7 @@ impl Admin {
         }
         Ok(AdminServer {
             listener,
-            router: self.router(),
+            router: self.router_unchecked(),
             config: self.state.config.clone(),
             metrics: self.state.metrics.clone(),
         })

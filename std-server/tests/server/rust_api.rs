@@ -180,3 +180,44 @@ async fn newest_of_finds_the_latest_live_session_of_a_user() {
     );
     assert!(registry.newest_of("bob").is_none());
 }
+
+#[tokio::test]
+async fn a_nested_admin_router_needs_a_token_or_an_explicit_opt_out() {
+    use tether_server::admin::AdminError;
+    use tether_server::default_realm::Registry;
+    use tether_server::{Admin, AdminConfig, AdminToken, Store};
+
+    let db = Db::copy(DB);
+    let store = std::sync::Arc::new(Store::open(StoreConfig::new(db.url())).unwrap());
+    let admin = Admin::from_parts(Registry::new(), store.clone(), AdminConfig::default());
+    assert!(matches!(admin.router(), Err(AdminError::Unauthenticated)));
+    assert!(admin.allow_unauthenticated().router().is_ok());
+
+    // With a token, the nested router asks for it.
+    let config = AdminConfig {
+        token: Some(AdminToken::new("a-token-long-enough-for-the-test").unwrap()),
+        ..Default::default()
+    };
+    let router = Admin::from_parts(Registry::new(), store, config)
+        .router()
+        .unwrap();
+    let app = axum::Router::new().nest("/tether", router);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    assert_eq!(get_status(addr, "/tether/sessions", None).await, 401);
+    let token = "a-token-long-enough-for-the-test";
+    assert_eq!(get_status(addr, "/tether/sessions", Some(token)).await, 200);
+}
+
+/// The status code of a `GET` over a fresh HTTP/1.1 connection.
+async fn get_status(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
