@@ -32,6 +32,7 @@ impl Method for S2d {
     type Args<'a> = S2dArgs;
     type Reply<'a> = S2dStats;
 }
+impl tether_core::method::ToServer for S2d {}
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct S2dArgs {

@@ -32,6 +32,7 @@ impl Method for ReportTemperature {
     type Args<'a> = f32;
     type Reply<'a> = f32;
 }
+impl tether_core::method::ToServer for ReportTemperature {}
 
 /// Server -> device: blink the LED `n` times; answers whether it did.
 struct Blink;
@@ -40,6 +41,7 @@ impl Method for Blink {
     type Args<'a> = u8;
     type Reply<'a> = bool;
 }
+impl tether_core::method::ToDevice for Blink {}
 
 /// How this device answers the server.
 struct Led;

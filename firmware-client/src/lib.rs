@@ -46,6 +46,7 @@
 //!     type Args<'a> = f32;
 //!     type Reply<'a> = ();
 //! }
+//! impl tether_core::method::ToServer for Temperature {}
 //!
 //! /// The mind: how the device answers the server.
 //! struct Mind;

@@ -11,7 +11,7 @@ use embassy_futures::select::{Either3, select3};
 use embedded_io_async::{Read, ReadReady, Write};
 use tether_core::connection::{ClientConnection, ConnectionError, Event, SendError};
 use tether_core::message::GoodbyeReason;
-use tether_core::method::Method;
+use tether_core::method::ToServer;
 
 use crate::calls::{Pending, Reply};
 use crate::clock::Clock;
@@ -110,7 +110,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// For several calls in flight use [`send_call`](Self::send_call) and
     /// [`next_reply`](Self::next_reply); `call` fails with
     /// [`CallError::CallsPending`] while such calls wait.
-    pub async fn call<M: Method, H: Handler + ?Sized>(
+    pub async fn call<M: ToServer, H: Handler + ?Sized>(
         &mut self,
         args: &M::Args<'_>,
         handler: &mut H,
@@ -120,7 +120,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     }
 
     /// [`call`](Self::call) with its own timeout.
-    pub async fn call_with_timeout<M: Method, H: Handler + ?Sized>(
+    pub async fn call_with_timeout<M: ToServer, H: Handler + ?Sized>(
         &mut self,
         args: &M::Args<'_>,
         handler: &mut H,
@@ -152,7 +152,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         handler: &mut H,
     ) -> Result<M::Reply<'static>, crate::OwnedCallError<T::Error>>
     where
-        M: Method,
+        M: ToServer,
         H: Handler + ?Sized,
         M::Reply<'static>: serde::de::DeserializeOwned,
     {
@@ -178,7 +178,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// transport's write buffer until the session next waits
     /// ([`next_reply`](Self::next_reply), [`serve`](Self::serve), ...), so
     /// that calls sent back to back leave together.
-    pub async fn send_call<M: Method>(
+    pub async fn send_call<M: ToServer>(
         &mut self,
         args: &M::Args<'_>,
         timeout: Duration,
@@ -222,7 +222,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     }
 
     /// Sends a notification (a one-way message, no reply) of `M`.
-    pub async fn notify<M: Method>(
+    pub async fn notify<M: ToServer>(
         &mut self,
         args: &M::Args<'_>,
     ) -> Result<(), CallError<'static, T::Error>> {

@@ -33,6 +33,7 @@ impl Method for Blink {
     type Args<'a> = u8;
     type Reply<'a> = bool;
 }
+impl tether_core::method::ToDevice for Blink {}
 
 #[derive(serde::Deserialize)]
 struct Times {

@@ -25,6 +25,7 @@ impl Method for ReportTemperature {
     type Args<'a> = f32;
     type Reply<'a> = f32;
 }
+impl tether_core::method::ToServer for ReportTemperature {}
 
 /// Server -> device: blink the LED `n` times; answers whether it did.
 struct Blink;
@@ -33,6 +34,7 @@ impl Method for Blink {
     type Args<'a> = u8;
     type Reply<'a> = bool;
 }
+impl tether_core::method::ToDevice for Blink {}
 
 /// Makes a thermostat of every device that logs in.
 struct Thermostats;

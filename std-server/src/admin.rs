@@ -94,7 +94,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tether_core::message::GoodbyeReason;
 use tether_core::method::builtin::{DeviceInfo, Echo, ServerTime, WhoAmI};
-use tether_core::method::{self, Method};
+use tether_core::method::{self, Method, ToDevice};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -314,7 +314,7 @@ impl Admin {
 
     /// Lets calls of `M` take and return JSON (through `M`'s serde types),
     /// like the built-in methods.
-    pub fn with_json_method<M: Method>(mut self) -> Self {
+    pub fn with_json_method<M: ToDevice>(mut self) -> Self {
         Arc::make_mut(&mut self.state)
             .json
             .insert(M::NAME, json_method::<M>());

@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tether_core::message::{DecodeError, ErrorCode, GoodbyeReason, RefusalCode};
-use tether_core::method::{self, Method};
+use tether_core::method::{self, Method, ToDevice, ToServer};
 use tether_core::scram::Mechanism;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -163,7 +163,7 @@ impl std::error::Error for RemoteError {}
 pub type CallResult = Result<Vec<u8>, RemoteError>;
 
 /// Encodes a method's reply as a [`CallResult`].
-pub fn reply<M: Method>(value: &M::Reply<'_>) -> CallResult {
+pub fn reply<M: ToServer>(value: &M::Reply<'_>) -> CallResult {
     let mut size = 256;
     loop {
         let mut buf = vec![0u8; size];
@@ -222,7 +222,7 @@ impl IncomingCall {
 
     /// The arguments decoded as `M`'s; `BAD_ARGUMENTS` when they do not
     /// decode.
-    pub fn args<M: Method>(&self) -> Result<M::Args<'_>, RemoteError> {
+    pub fn args<M: ToServer>(&self) -> Result<M::Args<'_>, RemoteError> {
         method::decode_args::<M>(&self.args).map_err(|e| {
             RemoteError::new(
                 ErrorCode::BAD_ARGUMENTS,
@@ -548,14 +548,38 @@ impl Mind {
     /// Calls `M` on the device with the session's default timeout. The one
     /// `Result` says how the call went; the [`Reply`] is checked to decode:
     /// `reply.get()` borrows it, `reply.into_owned()` owns it.
-    pub async fn call<M: Method>(&self, args: &M::Args<'_>) -> Result<Reply<M>, CallError> {
+    ///
+    /// `M` is a server -> device method ([`ToDevice`]); calling a device ->
+    /// server method does not compile:
+    ///
+    /// ```compile_fail,E0277
+    /// # async fn f(mind: tether_server::Mind) {
+    /// use tether_core::method::builtin::WhoAmI; // device -> server
+    /// let _ = mind.call::<WhoAmI>(&()).await;
+    /// # }
+    /// ```
+    ///
+    /// ```
+    /// # async fn f(mind: tether_server::Mind) {
+    /// use tether_core::method::builtin::DeviceInfo; // server -> device
+    /// let _ = mind.call::<DeviceInfo>(&()).await;
+    /// # }
+    /// ```
+    ///
+    /// Cancel safety: dropping the future (an HTTP client hung up, a
+    /// `select!` took another branch) gives the call up: its slot is freed
+    /// at once ([`calls_in_flight`](Self::calls_in_flight) no longer counts
+    /// it) and the device's late answer is dropped. The call may already
+    /// have reached the device, which then runs it.
+    pub async fn call<M: ToDevice>(&self, args: &M::Args<'_>) -> Result<Reply<M>, CallError> {
         self.call_timeout::<M>(args, self.shared.default_timeout)
             .await
     }
 
     /// Calls `M` on the device and waits at most `timeout` for the reply,
-    /// which is checked to decode as `M::Reply`.
-    pub async fn call_timeout<M: Method>(
+    /// which is checked to decode as `M::Reply`. Cancel-safe as
+    /// [`call`](Self::call).
+    pub async fn call_timeout<M: ToDevice>(
         &self,
         args: &M::Args<'_>,
         timeout: Duration,
@@ -565,7 +589,9 @@ impl Mind {
         Reply::checked(bytes)
     }
 
-    /// Calls a method by name with postcard-encoded arguments.
+    /// Calls a method by name with postcard-encoded arguments (no direction
+    /// check: for gateways that forward calls they do not know). Cancel-safe
+    /// as [`call`](Self::call).
     pub async fn call_raw(
         &self,
         method: &str,
@@ -664,8 +690,10 @@ impl Mind {
         self.shared.idle.notify_waiters();
     }
 
-    /// Sends a one-way notification `M` to the device.
-    pub async fn notify<M: Method>(&self, args: &M::Args<'_>) -> Result<(), CallError> {
+    /// Sends a one-way notification `M` to the device. Cancel-safe: dropped
+    /// before it completes, the notification was either queued whole or
+    /// not at all.
+    pub async fn notify<M: ToDevice>(&self, args: &M::Args<'_>) -> Result<(), CallError> {
         if self.is_closed() {
             return Err(CallError::Closed);
         }

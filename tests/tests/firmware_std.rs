@@ -27,6 +27,7 @@ impl Method for Reading {
     type Args<'a> = (f32, &'a str);
     type Reply<'a> = ();
 }
+impl tether_core::method::ToServer for Reading {}
 
 fn config() -> Config {
     // Django 5.2 rows use 1,000,000 iterations; henry's old row 260,000.

@@ -645,6 +645,7 @@ impl Method for Slow {
     type Args<'a> = u64;
     type Reply<'a> = u64;
 }
+impl tether_core::method::ToServer for Slow {}
 
 pub struct TestAvatar {
     inner: <DefaultRealm as Realm>::Avatar,

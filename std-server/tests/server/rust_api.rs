@@ -20,6 +20,7 @@ impl Method for Double {
     type Args<'a> = u64;
     type Reply<'a> = u64;
 }
+impl tether_core::method::ToDevice for Double {}
 
 async fn server(db: &Db) -> TestServer<TestRealm> {
     start_with(
