@@ -18,12 +18,10 @@ use std::time::Duration;
 
 use getrandom::SysRng;
 use tether_core::method::Method;
-use tether_core::method::builtin::{Echo, WhoAmI};
+use tether_core::method::builtin::WhoAmI;
 use tether_core::rand_core::UnwrapErr;
 use tether_core::scram::ClientCredentials;
-use tether_firmware::{
-    BufferStore, Config, Handler, OwnedCallError, Request, Responded, Responder, host,
-};
+use tether_firmware::{BufferStore, Config, Methods, OwnedCallError, host};
 
 /// Device -> server: a reading; the server answers the setpoint.
 struct ReportTemperature;
@@ -42,29 +40,6 @@ impl Method for Blink {
     type Reply<'a> = bool;
 }
 impl tether_core::method::ToDevice for Blink {}
-
-/// How this device answers the server.
-struct Led;
-impl Handler for Led {
-    async fn on_call(&mut self, req: Request<'_>, reply: Responder<'_>) -> Responded {
-        if req.is::<Blink>() {
-            match req.args::<Blink>() {
-                Ok(n) => {
-                    println!("device: blinking {n} times");
-                    reply.ok::<Blink>(&true)
-                }
-                Err(_) => reply.bad_arguments(),
-            }
-        } else if req.is::<Echo>() {
-            match req.args::<Echo>() {
-                Ok(text) => reply.ok::<Echo>(&text),
-                Err(_) => reply.bad_arguments(),
-            }
-        } else {
-            reply.unknown_method()
-        }
-    }
-}
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_string())
@@ -92,8 +67,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await?;
     let mut session = login.session;
 
+    // How this device answers the server: one line per method.
+    let mut led = Methods::new(0u32).method::<Blink>(|blinks, n| {
+        println!("device: blinking {n} times");
+        *blinks += u32::from(n);
+        Ok(true)
+    });
+
     // A borrowed reply (and error): read it before the next call.
-    match session.call::<WhoAmI, _>(&(), &mut Led).await {
+    match session.call::<WhoAmI, _>(&(), &mut led).await {
         Ok(me) => println!(
             "device: logged in as {} (session {})",
             me.username, me.session_id
@@ -104,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // An owned reply and an owned error: `?` into Box<dyn Error> works.
     match session
-        .call_owned::<ReportTemperature, _>(&19.5, &mut Led)
+        .call_owned::<ReportTemperature, _>(&19.5, &mut led)
         .await
     {
         Ok(setpoint) => println!("device: setpoint {setpoint}"),
@@ -115,7 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     session
-        .serve_for(&mut Led, Duration::from_secs(serve_secs))
+        .serve_for(&mut led, Duration::from_secs(serve_secs))
         .await?;
     session.close().await?;
     println!("device: done");

@@ -202,6 +202,7 @@ mod buffers;
 mod calls;
 mod clock;
 mod config;
+mod dispatch;
 mod error;
 mod handler;
 mod handshake;
@@ -224,6 +225,7 @@ pub use clock::EmbassyClock;
 #[cfg(feature = "std")]
 pub use clock::TokioClock;
 pub use config::Config;
+pub use dispatch::{Methods, NoRoute, Refusal, Route, Routes};
 #[cfg(feature = "alloc")]
 pub use error::OwnedCallError;
 pub use error::{CallError, Error, Failure, TimeoutKind};

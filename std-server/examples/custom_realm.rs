@@ -15,7 +15,8 @@ use std::sync::Arc;
 
 use tether_core::message::RefusalCode;
 use tether_core::method::Method;
-use tether_server::realm::{Avatar, CallResult, IncomingCall, Mind, Realm, SessionInfo, reply};
+use tether_server::dispatch::Methods;
+use tether_server::realm::{Avatar, CallResult, IncomingCall, Mind, Realm, SessionInfo};
 use tether_server::{Server, ServerConfig, ServerSecret, Store, StoreConfig};
 
 /// Device -> server: a reading; the server answers the setpoint.
@@ -36,38 +37,48 @@ impl Method for Blink {
 }
 impl tether_core::method::ToDevice for Blink {}
 
-/// Makes a thermostat of every device that logs in.
-struct Thermostats;
+/// What each of a device's calls gets.
+#[derive(Clone)]
+struct Device {
+    user: String,
+}
+
+/// Makes a thermostat of every device that logs in; its methods are built
+/// once and shared by every session.
+struct Thermostats {
+    methods: Arc<Methods<Device>>,
+}
 
 /// One logged-in device, as the server sees it.
 struct Thermostat {
-    user: String,
+    device: Device,
     mind: Mind,
+    methods: Arc<Methods<Device>>,
 }
 
 impl Realm for Thermostats {
     type Avatar = Thermostat;
     async fn avatar(&self, session: &SessionInfo, mind: Mind) -> Result<Thermostat, RefusalCode> {
-        let user = session.user.username.clone();
-        Ok(Thermostat { user, mind })
+        let device = Device {
+            user: session.user.username.clone(),
+        };
+        let methods = self.methods.clone();
+        Ok(Thermostat {
+            device,
+            mind,
+            methods,
+        })
     }
 }
 
 impl Avatar for Thermostat {
     async fn call(&self, call: IncomingCall) -> CallResult {
-        match call.method() {
-            ReportTemperature::NAME => {
-                let celsius = call.args::<ReportTemperature>()?;
-                println!("server: {} reports {celsius} °C", self.user);
-                reply::<ReportTemperature>(&21.0)
-            }
-            _ => Err(call.unknown_method()),
-        }
+        self.methods.dispatch(self.device.clone(), call).await
     }
 
     async fn attached(&self) {
         match self.mind.call::<Blink>(&3).await {
-            Ok(blinked) => println!("server: {} blinked: {}", self.user, blinked.get()),
+            Ok(blinked) => println!("server: {} blinked: {}", self.device.user, blinked.get()),
             Err(e) => println!("server: blink failed: {e}"),
         }
     }
@@ -84,7 +95,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::var("TETHER_DATABASE").unwrap_or_else(|_| format!("sqlite://{fixture}"));
     let store = Arc::new(Store::open(StoreConfig::new(database))?);
     let secret = ServerSecret::random();
-    let server = Server::bind(addr, ServerConfig::default(), store, Thermostats, secret).await?;
+    // One line per method the device may call.
+    let methods =
+        Methods::new().method::<ReportTemperature, _>(|device: Device, celsius| async move {
+            println!("server: {} reports {celsius} °C", device.user);
+            Ok(21.0)
+        });
+    let realm = Thermostats {
+        methods: Arc::new(methods),
+    };
+    let server = Server::bind(addr, ServerConfig::default(), store, realm, secret).await?;
     println!("server: listening on {}", server.local_addr());
     let handle = server.handle();
     tokio::spawn(async move {

@@ -27,6 +27,7 @@
 //! | [`admission`] | which new connections get a handshake slot: per-address share, random early drop, eviction of silent connections |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
 //! | [`wire`] | frames over a byte stream |
+//! | [`dispatch`] | [`dispatch::Methods`]: an avatar's methods as one async closure each |
 //! | [`demo`] | `tether demo`: Django schema, demo user |
 //! | [`cli`] | the `tether` command line |
 //!
@@ -45,6 +46,7 @@ pub mod cli;
 pub mod decoy;
 pub mod default_realm;
 pub mod demo;
+pub mod dispatch;
 pub mod fd_limit;
 pub mod forward;
 pub mod log_limit;
