@@ -299,14 +299,20 @@ impl Sealer {
         if self.closed || body_len > max.min(u16::MAX as usize) {
             return None;
         }
+        // (Split by chunks and zipped: no index can fail, so no panic
+        // path is flashed.)
+        let (signed, tag) = out.split_last_chunk_mut::<TAG_LEN>()?;
+        let (prefix, body) = signed.split_first_chunk_mut::<HEADER_LEN>()?;
+        let (seq_bytes, _) = body.split_first_chunk_mut::<SEQ_LEN>()?;
         let seq = self.seq;
         self.seq = seq.checked_add(1)?;
-        let (signed, tag) = out.split_at_mut(end - TAG_LEN);
-        signed[..HEADER_LEN].copy_from_slice(&(body_len as u16).to_be_bytes());
-        signed[HEADER_LEN..HEADER_LEN + SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
+        *prefix = (body_len as u16).to_be_bytes();
+        *seq_bytes = seq.to_be_bytes();
         let mut mac = self.mac.clone();
-        mac.update(&signed[HEADER_LEN..]);
-        tag.copy_from_slice(&mac.finish()[..TAG_LEN]);
+        mac.update(body);
+        if let Some(digest) = mac.finish().first_chunk::<TAG_LEN>() {
+            *tag = *digest;
+        }
         Some(out)
     }
 
@@ -363,7 +369,12 @@ impl Opener {
         if !bool::from(mac.finish()[..TAG_LEN].ct_eq(tag)) {
             return Err(SessionError::BadTag);
         }
-        let seq = u64::from_be_bytes(signed[..SEQ_LEN].try_into().expect("8 bytes"));
+        // (At least OVERHEAD bytes: the split cannot fail, and no panic
+        // path is flashed for it.)
+        let Some((seq, message)) = signed.split_first_chunk::<SEQ_LEN>() else {
+            return Err(SessionError::TooShort { len: body.len() });
+        };
+        let seq = u64::from_be_bytes(*seq);
         if seq < self.next {
             return Err(SessionError::Replayed {
                 seq,
@@ -376,7 +387,7 @@ impl Opener {
                 expected: self.next,
             });
         }
-        let msg = Message::decode(&signed[SEQ_LEN..]).map_err(SessionError::Decode)?;
+        let msg = Message::decode(message).map_err(SessionError::Decode)?;
         self.next = self
             .next
             .checked_add(1)
