@@ -64,16 +64,19 @@ pub(crate) fn decode(text: &str, out: &mut [u8]) -> Option<usize> {
         .count();
     let len = text.len() / 4 * 3 - pad;
     let out = out.get_mut(..len)?;
-    let (mut acc, mut bits, mut bad, mut at) = (0u32, 0u32, 0i32, 0);
-    for &c in &text[..text.len() - pad] {
+    let (mut acc, mut bits, mut bad) = (0u32, 0u32, 0i32);
+    // (Iterators, not indices: no bounds checks and no panic paths.)
+    let mut dest = out.iter_mut();
+    for &c in text.get(..text.len() - pad).unwrap_or_default() {
         let v = decode_6bits(c);
         bad |= v;
         acc = (acc << 6) | (v as u32 & 63);
         bits += 6;
         if bits >= 8 {
             bits -= 8;
-            out[at] = (acc >> bits) as u8;
-            at += 1;
+            if let Some(o) = dest.next() {
+                *o = (acc >> bits) as u8;
+            }
         }
     }
     // Canonical: the bits after the last whole byte are zero.

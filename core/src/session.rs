@@ -309,16 +309,22 @@ impl Sealer {
         if self.closed || body_len > max.min(u16::MAX as usize) {
             return None;
         }
+        // (Split by chunks: no index can fail, so no panic path is
+        // flashed.)
+        let (signed, tag) = out.split_last_chunk_mut::<TAG_LEN>()?;
+        let (prefix, body) = signed.split_first_chunk_mut::<HEADER_LEN>()?;
+        let (seq_bytes, _) = body.split_first_chunk_mut::<SEQ_LEN>()?;
         let seq = self.seq;
         self.seq = seq.checked_add(1)?;
-        let (signed, tag) = out.split_at_mut(end - TAG_LEN);
-        signed[..HEADER_LEN].copy_from_slice(&(body_len as u16).to_be_bytes());
-        signed[HEADER_LEN..HEADER_LEN + SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
+        *prefix = (body_len as u16).to_be_bytes();
+        *seq_bytes = seq.to_be_bytes();
         match &mut self.mac {
             FrameKey::Mac(mac) => {
                 let mut mac = mac.clone();
-                mac.update(&signed[HEADER_LEN..]);
-                tag.copy_from_slice(&mac.finish()[..TAG_LEN]);
+                mac.update(body);
+                if let Some(digest) = mac.finish().first_chunk::<TAG_LEN>() {
+                    *tag = *digest;
+                }
             }
             #[cfg(feature = "v2")]
             FrameKey::Aead(cipher) => {
@@ -479,9 +485,13 @@ impl Opener {
         if !bool::from(mac.finish()[..TAG_LEN].ct_eq(tag)) {
             return Err(SessionError::BadTag);
         }
-        let seq = u64::from_be_bytes(signed[..SEQ_LEN].try_into().expect("8 bytes"));
-        self.sequence(seq)?;
-        let msg = Message::decode(&signed[SEQ_LEN..]).map_err(SessionError::Decode)?;
+        // (At least OVERHEAD bytes: the split cannot fail, and no panic
+        // path is flashed for it.)
+        let Some((seq, message)) = signed.split_first_chunk::<SEQ_LEN>() else {
+            return Err(SessionError::TooShort { len: body.len() });
+        };
+        self.sequence(u64::from_be_bytes(*seq))?;
+        let msg = Message::decode(message).map_err(SessionError::Decode)?;
         self.next = self
             .next
             .checked_add(1)

@@ -46,10 +46,15 @@ impl Sha256 {
     pub(crate) fn update(&mut self, mut data: &[u8]) {
         while !data.is_empty() {
             let at = (self.len % BLOCK as u64) as usize;
-            let n = (BLOCK - at).min(data.len());
-            self.block[at..at + n].copy_from_slice(&data[..n]);
+            let free = self.block.get_mut(at..).unwrap_or_default();
+            let n = free.len().min(data.len());
+            // (Checked splits, no indexing: no panic path is flashed.)
+            let (head, rest) = data.split_at_checked(n).unwrap_or_default();
+            if let Some(dest) = free.get_mut(..n) {
+                dest.copy_from_slice(head);
+            }
             self.len = self.len.wrapping_add(n as u64);
-            data = &data[n..];
+            data = rest;
             if at + n == BLOCK {
                 self.compress();
             }
@@ -106,9 +111,11 @@ impl HmacSha256 {
     pub(crate) fn new(key: &[u8]) -> Self {
         let mut k = [0u8; BLOCK];
         if key.len() > BLOCK {
-            k[..32].copy_from_slice(&sha256(&[key]));
-        } else {
-            k[..key.len()].copy_from_slice(key);
+            if let Some(digest) = k.first_chunk_mut::<32>() {
+                *digest = sha256(&[key]);
+            }
+        } else if let Some(dest) = k.get_mut(..key.len()) {
+            dest.copy_from_slice(key);
         }
         let keyed = |pad: u8| {
             let mut block = k;

@@ -150,18 +150,12 @@
 //! less on 32-bit: tether-core's `ClientConnection` with two HMAC-SHA-256
 //! states for the frame tags, the call table and the timers; the transport)
 //! while a session runs, or the `login` future (about 1 KiB, mostly
-//! tether-core's SCRAM state) while logging in, never both. Measured on a
-//! Cortex-M4 (mcu/nucleo-f429zi, `embassy::Link` with 512 + 512-byte
-//! buffers): 2.1 KiB of static RAM in all, buffers, cached keys and the
-//! task's futures included.
+//! tether-core's SCRAM state) while logging in, never both.
 //!
-//! Flash on the same board: 15.9 KiB (16,324 bytes, within the 16 KiB
-//! budget by 60 bytes) for tether-firmware + tether-core together, without
-//! SCRAM-SHA-1: about 3.3 KiB this crate (the driver: reading, writing,
-//! timers, reconnecting), the rest tether-core (the connection machine,
-//! SHA-256, HMAC, PBKDF2 and the protocol's codec); the example's own
-//! application code (its handler and notification, 1.7 KiB) comes on top.
-//! See `mcu/nucleo-f429zi/size`.
+//! Flash and static RAM on a real board (NUCLEO-F429ZI, `embassy::Link`)
+//! are measured by `mcu/nucleo-f429zi/size` and listed in the crate's
+//! README (section 3), not here, so that they stay current: CI fails when
+//! this crate and tether-core together outgrow 16 KiB of flash.
 //!
 //! ## Features
 //!

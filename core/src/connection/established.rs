@@ -794,17 +794,24 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         let body = out.get_mut(HEADER_LEN + SEQ_LEN..).unwrap_or_default();
         // Once the connection is over, only its goodbye is left to send.
         let open = self.error.is_none();
-        let (kind, encoded) = if let Some(nonce) = self.pong.filter(|_| open) {
-            (Owed::Pong, small(5, nonce.into(), body))
-        } else if let Some((id, code)) = self.notice.filter(|_| open) {
-            let n = crate::codec::error_message(id, code, notice_text(code), body);
-            (Owed::Notice, n)
+        // (One call of the small encoder for the three small messages.)
+        let (kind, small_message) = if let Some(nonce) = self.pong.filter(|_| open) {
+            (Owed::Pong, Some((5, nonce.into())))
+        } else if self.notice.is_some() && open {
+            (Owed::Notice, None)
         } else if self.ping_owed && open {
-            (Owed::Ping, small(4, self.next_nonce.into(), body))
+            (Owed::Ping, Some((4, self.next_nonce.into())))
         } else if let Some(reason) = self.goodbye {
-            (Owed::Goodbye, small(6, reason as u64, body))
+            (Owed::Goodbye, Some((6, reason as u64)))
         } else {
             return None;
+        };
+        let encoded = match (small_message, self.notice) {
+            (Some((variant, value)), _) => small(variant, value, body),
+            (None, Some((id, code))) => {
+                crate::codec::error_message(id, code, notice_text(code), body)
+            }
+            (None, None) => return None,
         };
         let available = out.len();
         let sealed = match encoded {

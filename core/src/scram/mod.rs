@@ -146,7 +146,8 @@ impl Key {
 
     /// The key's bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
+        // (`len` is at most 32: never the fallback, and no panic path.)
+        self.bytes.get(..self.len as usize).unwrap_or(&self.bytes)
     }
 
     /// Constant-time equality.
@@ -264,8 +265,18 @@ type HmacSha1 = hmac::Hmac<sha1::Sha1>;
 #[cfg(not(feature = "sha1"))]
 const SHA1_DISABLED: &str = "SCRAM-SHA-1 disabled: entry points refuse it before any crypto runs";
 
-fn key_from(b: &[u8]) -> Key {
-    Key::from_slice(b).expect("digests are at most 32 bytes")
+/// The key of a digest (`N` is at most 32: checked when compiled, so no
+/// panic path or message is flashed).
+fn key_from<const N: usize>(b: &[u8; N]) -> Key {
+    const { assert!(N <= 32, "digests are at most 32 bytes") };
+    let mut bytes = [0u8; 32];
+    if let Some(d) = bytes.first_chunk_mut::<N>() {
+        *d = *b;
+    }
+    Key {
+        bytes,
+        len: N as u8,
+    }
 }
 
 /// HMAC of the concatenated `parts`.
@@ -279,7 +290,7 @@ pub(crate) fn hmac(m: Mechanism, key: &[u8], parts: &[&[u8]]) -> Key {
             for p in parts {
                 h.update(p);
             }
-            key_from(&h.finalize().into_bytes())
+            key_from(&h.finalize().into_bytes().into())
         }
         #[cfg(not(feature = "sha1"))]
         Mechanism::ScramSha1 => unreachable!("{}", SHA1_DISABLED),
@@ -292,7 +303,7 @@ pub(crate) fn hash(m: Mechanism, data: &[u8]) -> Key {
         #[cfg(feature = "sha1")]
         Mechanism::ScramSha1 => {
             use sha1::Digest;
-            key_from(&sha1::Sha1::digest(data))
+            key_from(&sha1::Sha1::digest(data).into())
         }
         #[cfg(not(feature = "sha1"))]
         Mechanism::ScramSha1 => unreachable!("{}", SHA1_DISABLED),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use tether_core::message::{Handshake, Hello, RefusalCode};
 use tether_core::method::builtin::{Identity, ServerTime, WhoAmI};
 use tether_core::scram::{Mechanism, Mechanisms};
+use tokio::io::AsyncWriteExt as _;
 
 use crate::common::*;
 
@@ -339,6 +340,46 @@ async fn throttle_per_username_and_address_pair_account_and_address() {
     let e = login(addr, "henry", password(DB, "henry"))
         .await
         .unwrap_err();
+    assert_eq!(e.code(), Some(RefusalCode::Throttled));
+}
+
+/// A device's first login probes: a hello, the challenge read for its salt
+/// and iteration count, then a polite close (FIN) with no proof, PBKDF2
+/// offline, and a login from the derived keys. Probes are neither failures
+/// nor throttle hits: many more of them than the free failures of the pair,
+/// the account and the address leave every bucket full.
+#[tokio::test]
+async fn probes_for_salt_and_iterations_count_neither_as_failures_nor_against_the_throttle() {
+    let db = Db::copy(DB);
+    let mut config = test_config();
+    config.throttle = tether_server::ThrottleConfig {
+        pair_free_failures: 2,
+        user_free_failures: 2,
+        addr_free_failures: 2,
+        refill: Duration::from_secs(600),
+        addr_refill: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let server = start_configured(&db, config).await;
+    let addr = server.addr;
+    let expected = user(DB, "alice")["iterations"].as_u64().unwrap();
+    for _ in 0..6 {
+        let mut probe = Handshaking::hello(addr, "alice", Mechanisms::ALL).await;
+        let challenge = probe.challenge().await.unwrap();
+        assert_eq!(u64::from(challenge.iterations), expected);
+        // Closed politely: FIN, no proof.
+        probe.writer.shutdown().await.unwrap();
+        assert!(read_handshake(&mut probe.reader).await.is_none());
+    }
+    // The pair, the account and the address have all their failures left:
+    // the right password logs in...
+    login(addr, "alice", password(DB, "alice")).await.unwrap();
+    // ...and two wrong ones are still needed to block the pair.
+    for _ in 0..2 {
+        let e = login(addr, "bob", "wrong").await.unwrap_err();
+        assert_eq!(e.code(), Some(RefusalCode::Unauthorized));
+    }
+    let e = login(addr, "bob", password(DB, "bob")).await.unwrap_err();
     assert_eq!(e.code(), Some(RefusalCode::Throttled));
 }
 
