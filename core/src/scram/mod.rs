@@ -20,7 +20,7 @@ use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
 pub use client::{ClientConfig, ClientCredentials, ClientLogin, ClientProofSent, ClientSuccess};
-pub use credentials::{CachedKeys, MAX_SALT_LEN, Salt, ServerCredentials};
+pub use credentials::{CachedKeys, Derivation, MAX_SALT_LEN, Salt, ServerCredentials};
 pub use server::{ServerChallengeSent, ServerLogin, ServerSuccess};
 
 /// The iteration floor a client enforces unless configured otherwise (RFC
