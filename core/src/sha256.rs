@@ -157,7 +157,64 @@ pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
     h.finish()
 }
 
-/// PBKDF2-HMAC-SHA256 (RFC 8018) with a 32-byte output: one block.
+/// PBKDF2-HMAC-SHA256 (RFC 8018) with a 32-byte output (one block), run
+/// in steps: a device can derive its keys a few iterations at a time and do
+/// other work in between.
+#[derive(Clone)]
+pub(crate) struct Pbkdf2Sha256 {
+    prf: HmacSha256,
+    u: [u8; 32],
+    out: [u8; 32],
+    /// Iterations still to run.
+    left: u32,
+}
+
+impl Pbkdf2Sha256 {
+    /// Runs the first iteration.
+    pub(crate) fn new(password: &[u8], salt: &[u8], iterations: u32) -> Self {
+        let prf = HmacSha256::new(password);
+        let mut h = prf.clone();
+        h.update(salt);
+        h.update(&1u32.to_be_bytes());
+        let u = h.finish();
+        Self {
+            prf,
+            u,
+            out: u,
+            left: iterations.saturating_sub(1),
+        }
+    }
+
+    /// Runs at most `n` more iterations; true when none is left.
+    #[inline(never)]
+    pub(crate) fn run(&mut self, n: u32) -> bool {
+        let n = n.min(self.left);
+        for _ in 0..n {
+            let mut h = self.prf.clone();
+            h.update(&self.u);
+            self.u = h.finish();
+            for (o, x) in self.out.iter_mut().zip(self.u) {
+                *o ^= x;
+            }
+        }
+        self.left -= n;
+        self.left == 0
+    }
+
+    /// Iterations still to run.
+    pub(crate) fn left(&self) -> u32 {
+        self.left
+    }
+
+    /// The output, once [`run`](Self::run) returned true.
+    pub(crate) fn output(&self) -> [u8; 32] {
+        self.out
+    }
+}
+
+/// PBKDF2-HMAC-SHA256 (RFC 8018) with a 32-byte output: one block, in one
+/// run. (Its own loop rather than [`Pbkdf2Sha256`]'s: a device that only
+/// ever derives inside the login flashes this one alone, 300 bytes less.)
 pub(crate) fn pbkdf2_sha256(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
     let prf = HmacSha256::new(password);
     let mut h = prf.clone();

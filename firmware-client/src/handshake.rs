@@ -115,3 +115,123 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         })
     }
 }
+
+/// What a probe found (feature `first-login`): the account's mechanism,
+/// salt and iteration count, from which the device derives its keys
+/// offline.
+#[cfg(feature = "first-login")]
+#[derive(Debug, Clone)]
+pub struct Probed {
+    /// Keys without secret (an empty password's): only their mechanism,
+    /// salt and count are used.
+    template: CachedKeys,
+}
+
+#[cfg(feature = "first-login")]
+impl Probed {
+    /// The account's PBKDF2 iteration count.
+    pub fn iterations(&self) -> u32 {
+        self.template.iterations
+    }
+
+    /// Starts deriving the keys of `password` for this account: run it
+    /// with [`derive_keys`] (no connection open).
+    pub fn derivation(
+        &self,
+        password: &str,
+    ) -> Result<tether_core::scram::Derivation, tether_core::scram::ScramError> {
+        let t = &self.template;
+        tether_core::scram::Derivation::new(t.mechanism, password, &t.salt, t.iterations)
+    }
+}
+
+/// A first login's first step (feature `first-login`): a hello as
+/// `username` over `transport` (connected), the server's challenge checked
+/// as for a password (nonce, [`Config::scram`](crate::Config::scram)'s
+/// iteration bounds, salt), and no proof: the transport is handed back to
+/// be closed politely (a TCP FIN: `close()` on embassy-net's socket, drop
+/// a tokio stream). The server counts the probe neither as a failed login
+/// nor against its throttle. Then derive the keys with [`derive_keys`], with
+/// no connection open, and log in with
+/// [`ClientCredentials::Keys`].
+#[cfg(feature = "first-login")]
+pub async fn probe<'b, T, C, R>(
+    transport: T,
+    buffers: Buffers<'b>,
+    clock: C,
+    username: &str,
+    rng: &mut R,
+    config: &Config,
+) -> Result<(Probed, T), Error<T::Error>>
+where
+    T: Read + Write + ReadReady,
+    C: Clock,
+    R: CryptoRng + ?Sized,
+{
+    let Buffers { rx, tx } = buffers;
+    let mut handshake = ClientHandshake::<MAX_CALLS_IN_FLIGHT>::new(
+        rx,
+        username,
+        ClientCredentials::Probe,
+        &config.connection(),
+        rng,
+    )
+    .map_err(|e| match e {
+        ConnectionError::Frame(_) => Error::Buffer("rx must hold at least 512 bytes"),
+        e => Error::from(e),
+    })?;
+    let mut io = Io {
+        transport,
+        clock,
+        write_timeout_ms: ms(config.write_timeout),
+        unflushed: false,
+    };
+    loop {
+        let now = io.now();
+        match handshake.poll(now) {
+            Ok(None) => {}
+            // (A welcome without a proof cannot be.)
+            Ok(Some(_)) => return Err(Error::Ended),
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(template) = handshake.keys() {
+            info!("tether: probed: {} iterations", template.iterations);
+            let probed = Probed {
+                template: template.clone(),
+            };
+            return Ok((probed, io.transport));
+        }
+        if let Some(frame) = handshake.poll_transmit(now, tx) {
+            io.send(frame, true).await?;
+        }
+        let wake = handshake.poll_timeout().map_or(u64::MAX, |t| t.as_millis());
+        let read = io.transport.read(handshake.receive_buffer());
+        match select(read, io.clock.sleep_until_ms(wake)).await {
+            Either::First(Ok(0)) => return Err(handshake.handle_eof().into()),
+            Either::First(Ok(n)) => handshake.commit(n),
+            Either::First(Err(e)) => return Err(Error::Transport(e)),
+            Either::Second(()) => handshake.handle_timeout(io.now()),
+        }
+    }
+}
+
+/// Runs a [`Derivation`](tether_core::scram::Derivation) to its end
+/// (feature `first-login`), `step` iterations at a time; after each step
+/// `progress(done, total)` is called and the task yields, so that the
+/// executor's other tasks (the network stack, a watchdog) run in between.
+/// Hold no connection open meanwhile: at 1,000,000 iterations this takes
+/// one to six minutes on a microcontroller (firmware-client/README.md).
+#[cfg(feature = "first-login")]
+pub async fn derive_keys(
+    mut derivation: tether_core::scram::Derivation,
+    step: u32,
+    mut progress: impl FnMut(u32, u32),
+) -> Result<CachedKeys, tether_core::scram::ScramError> {
+    let total = derivation.iterations();
+    while !derivation.run(step.max(1)) {
+        progress(total - derivation.remaining(), total);
+        embassy_futures::yield_now().await;
+    }
+    progress(total, total);
+    derivation.finish()
+}

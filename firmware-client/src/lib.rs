@@ -225,6 +225,8 @@ pub use error::OwnedCallError;
 pub use error::{CallError, Error, Failure, TimeoutKind};
 pub use handler::{Handler, Request, Responded, Responder};
 pub use handshake::Established;
+#[cfg(feature = "first-login")]
+pub use handshake::{Probed, derive_keys, probe};
 pub use session::{MAX_CALLS_IN_FLIGHT, Session};
 pub use tether_core::connection::LOGIN_MESSAGE_LEN;
 

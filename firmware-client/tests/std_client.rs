@@ -1178,3 +1178,85 @@ async fn flush_sends_answers_held_for_a_frame_still_arriving() {
     serve_until_shutdown(&mut session, &mut mind).await;
     with_timeout(server).await.unwrap().unwrap();
 }
+
+/// Issue 16's first login that fits a microcontroller: a probe (hello,
+/// challenge, close: no proof), PBKDF2 offline in steps with progress
+/// reports and no connection open, then a login with the derived keys,
+/// which equal a password login's.
+#[tokio::test]
+async fn probe_then_offline_derivation_then_login_with_the_keys() {
+    let (l, addr) = listen().await;
+    let server = tokio::spawn(async move {
+        // The probe: the client closes after the challenge.
+        let (s, _) = l.accept().await.unwrap();
+        let probe = server_login(s, "alice", ALICE_ROW, Mode::Honest, Params::default()).await;
+        assert_eq!(probe.err(), Some(RefusalCode::Protocol), "no proof came");
+        // The login with the derived keys.
+        let (s, _) = l.accept().await.unwrap();
+        let mut peer = server_login(s, "alice", ALICE_ROW, Mode::Honest, Params::default())
+            .await
+            .unwrap();
+        assert_eq!(
+            peer.recv().await,
+            Some(Msg::Goodbye {
+                reason: GoodbyeReason::Normal
+            })
+        );
+    });
+    let mut store: BufferStore = BufferStore::new();
+    let mut rng = TestRng(5);
+    let stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (probed, transport) = with_timeout(tether_firmware::probe(
+        host::transport(stream),
+        store.buffers(),
+        tether_firmware::TokioClock::new(),
+        "alice",
+        &mut rng,
+        &config(),
+    ))
+    .await
+    .unwrap();
+    drop(transport); // closed politely: FIN
+    assert_eq!(probed.iterations(), 4096);
+
+    let mut reports = Vec::new();
+    let derivation = probed.derivation(ALICE_PASSWORD).unwrap();
+    let keys =
+        tether_firmware::derive_keys(derivation, 1000, |done, total| reports.push((done, total)))
+            .await
+            .unwrap();
+    assert_eq!(
+        reports,
+        [
+            (1001, 4096),
+            (2001, 4096),
+            (3001, 4096),
+            (4001, 4096),
+            (4096, 4096)
+        ]
+    );
+    let expected = tether_core::scram::CachedKeys::derive(
+        tether_core::scram::Mechanism::ScramSha256,
+        ALICE_PASSWORD,
+        &keys.salt,
+        4096,
+    )
+    .unwrap();
+    assert!(keys == expected);
+
+    let login = with_timeout(host::connect(
+        &addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Keys(&keys),
+        &mut rng,
+        &config(),
+    ))
+    .await
+    .unwrap();
+    assert!(!login.derived);
+    let mut session = login.session;
+    session.close().await.unwrap();
+    drop(session);
+    with_timeout(server).await.unwrap();
+}

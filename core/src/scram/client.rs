@@ -53,11 +53,26 @@ impl Default for ClientConfig {
 
 /// How the client proves itself.
 #[derive(Clone, Copy)]
+#[non_exhaustive]
 pub enum ClientCredentials<'a> {
     /// The password (raw UTF-8, no SASLprep). Costs one PBKDF2 run.
     Password(&'a str),
     /// Keys from an earlier password login (see [`ClientSuccess::keys`]).
     Keys(&'a CachedKeys),
+    /// None yet: the login only fetches the account's salt and iteration
+    /// count, for a first login that runs PBKDF2 offline, with no
+    /// connection open ([`Derivation`](super::Derivation)), and then logs in
+    /// with the derived keys. The challenge is checked as for a password
+    /// (nonce, iteration bounds, salt); then [`ClientProofSent::keys`] holds
+    /// the mechanism, salt and count (its keys are those of an empty
+    /// password at one iteration: no secret), and
+    /// [`ClientProofSent::is_probe`] is true: close the connection instead
+    /// of sending the proof (it is empty, so a server refuses it as a
+    /// protocol error, never as a wrong password). A server counts such a
+    /// probe neither as a failed login nor against its throttle. Feature
+    /// `probe`.
+    #[cfg(feature = "probe")]
+    Probe,
 }
 
 impl core::fmt::Debug for ClientCredentials<'_> {
@@ -65,6 +80,8 @@ impl core::fmt::Debug for ClientCredentials<'_> {
         match self {
             Self::Password(_) => f.write_str("Password(<redacted>)"),
             Self::Keys(k) => f.debug_tuple("Keys").field(k).finish(),
+            #[cfg(feature = "probe")]
+            Self::Probe => f.write_str("Probe"),
         }
     }
 }
@@ -179,6 +196,8 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
     pub fn mechanisms(&self) -> Mechanisms {
         match self.credentials {
             ClientCredentials::Password(_) => Mechanisms::ENABLED,
+            #[cfg(feature = "probe")]
+            ClientCredentials::Probe => Mechanisms::ENABLED,
             ClientCredentials::Keys(k) => Mechanisms::only(k.mechanism),
         }
     }
@@ -272,6 +291,14 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
             ClientCredentials::Password(pw) => {
                 (CachedKeys::derive(mechanism, pw, salt, iterations)?, true)
             }
+            // Public keys (an empty password at one iteration) that only
+            // carry the mechanism, salt and count.
+            #[cfg(feature = "probe")]
+            ClientCredentials::Probe => {
+                let mut keys = CachedKeys::derive(mechanism, "", salt, 1)?;
+                keys.iterations = iterations;
+                (keys, false)
+            }
         };
 
         let mut client_final = heapless::String::<256>::new();
@@ -285,6 +312,12 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         let proof: Key = xor(&keys.client_key, &client_signature);
         push(&mut client_final, &[",p="])?;
         push_b64(&mut client_final, proof.as_bytes())?;
+        #[cfg(feature = "probe")]
+        if let ClientCredentials::Probe = self.credentials {
+            // Nothing to prove with: a proof sent by mistake is refused as
+            // malformed, never counted as a wrong password.
+            client_final.clear();
+        }
         Ok(ClientProofSent {
             client_final,
             server_signature,
@@ -347,6 +380,14 @@ impl ClientProofSent {
     /// True when this login ran PBKDF2 (password credentials).
     pub fn derived(&self) -> bool {
         self.derived
+    }
+
+    /// True for [`ClientCredentials::Probe`]: [`keys`](Self::keys) holds
+    /// the account's mechanism, salt and iteration count without key
+    /// material, and there is no proof to send: close the connection.
+    #[cfg(feature = "probe")]
+    pub fn is_probe(&self) -> bool {
+        self.client_final.is_empty()
     }
 
     /// Verifies the server-final-message. Only a server holding the

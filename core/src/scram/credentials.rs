@@ -83,6 +83,113 @@ impl CachedKeys {
     }
 }
 
+/// PBKDF2 in steps, with no connection open: a device's first login
+/// fetches the salt and iteration count ([`ClientCredentials::Probe`](super::ClientCredentials::Probe)),
+/// derives its keys with this a few iterations at a time (reporting
+/// progress, feeding a watchdog, letting its network stack run), then logs
+/// in with [`ClientCredentials::Keys`](super::ClientCredentials::Keys).
+///
+/// ```
+/// use tether_core::scram::{Derivation, Mechanism};
+/// let mut d = Derivation::new(Mechanism::ScramSha256, "pencil", b"salt", 4096).unwrap();
+/// while !d.run(1000) {
+///     let _progress = (d.iterations() - d.remaining(), d.iterations());
+/// }
+/// let keys = d.finish().unwrap();
+/// assert_eq!(keys, tether_core::scram::CachedKeys::derive(
+///     Mechanism::ScramSha256, "pencil", b"salt", 4096).unwrap());
+/// ```
+///
+/// SCRAM-SHA-1 (feature `sha1`) runs whole in [`new`](Self::new).
+#[derive(Clone)]
+pub struct Derivation {
+    mechanism: Mechanism,
+    iterations: u32,
+    salt: Salt,
+    state: DerivationState,
+}
+
+#[derive(Clone)]
+enum DerivationState {
+    Sha256(crate::sha256::Pbkdf2Sha256),
+    Salted(Key),
+}
+
+impl core::fmt::Debug for Derivation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Derivation")
+            .field("mechanism", &self.mechanism)
+            .field("iterations", &self.iterations)
+            .field("remaining", &self.remaining())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Derivation {
+    /// Starts deriving the keys of `password` for a salt and iteration
+    /// count (a probe's: [`CachedKeys::matches`] them afterwards).
+    pub fn new(
+        mechanism: Mechanism,
+        password: &str,
+        salt: &[u8],
+        iterations: u32,
+    ) -> Result<Self, ScramError> {
+        if !mechanism.is_enabled() {
+            return Err(ScramError::MechanismDisabled);
+        }
+        let salt = Salt::from_slice(salt).map_err(|_| ScramError::SaltTooLong)?;
+        let state =
+            match mechanism {
+                Mechanism::ScramSha256 => DerivationState::Sha256(
+                    crate::sha256::Pbkdf2Sha256::new(password.as_bytes(), &salt, iterations),
+                ),
+                Mechanism::ScramSha1 => DerivationState::Salted(super::salted_password(
+                    mechanism,
+                    password.as_bytes(),
+                    &salt,
+                    iterations,
+                )),
+            };
+        Ok(Self {
+            mechanism,
+            iterations,
+            salt,
+            state,
+        })
+    }
+
+    /// Runs at most `n` more iterations; true when the derivation is done.
+    pub fn run(&mut self, n: u32) -> bool {
+        match &mut self.state {
+            DerivationState::Sha256(p) => p.run(n),
+            DerivationState::Salted(_) => true,
+        }
+    }
+
+    /// The iteration count.
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
+    /// Iterations still to run.
+    pub fn remaining(&self) -> u32 {
+        match &self.state {
+            DerivationState::Sha256(p) => p.left(),
+            DerivationState::Salted(_) => 0,
+        }
+    }
+
+    /// Runs what is left and returns the keys.
+    pub fn finish(mut self) -> Result<CachedKeys, ScramError> {
+        self.run(u32::MAX);
+        let salted = match &self.state {
+            DerivationState::Sha256(p) => super::key_from(&p.output()),
+            DerivationState::Salted(k) => *k,
+        };
+        CachedKeys::from_salted_password(self.mechanism, &salted, &self.salt, self.iterations)
+    }
+}
+
 /// What a server needs to verify an account: StoredKey and ServerKey with
 /// the salt and iteration count (RFC 5802's verifier; RFC 5803 stores the
 /// same). Never the password, and no PBKDF2 to verify a login.

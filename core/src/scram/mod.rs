@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub use client::{ClientConfig, ClientCredentials, ClientLogin, ClientProofSent, ClientSuccess};
 #[cfg(feature = "v2")]
 pub use client::{GS2_NOISE, noise_binding};
-pub use credentials::{CachedKeys, MAX_SALT_LEN, Salt, ServerCredentials};
+pub use credentials::{CachedKeys, Derivation, MAX_SALT_LEN, Salt, ServerCredentials};
 pub use server::{ServerChallengeSent, ServerLogin, ServerSuccess};
 
 /// The iteration floor a client enforces unless configured otherwise (RFC

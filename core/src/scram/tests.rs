@@ -681,3 +681,87 @@ fn decoy_keys_keep_the_given_salt_and_count() {
         Err(ScramError::SaltTooLong)
     );
 }
+
+/// A first login that fits a microcontroller: a probe fetches the salt and
+/// iteration count (the challenge checked as for a password: floor,
+/// nonce), PBKDF2 runs offline in steps, and the derived keys log in; a
+/// proof sent by mistake after a probe is refused as malformed, not as a
+/// wrong password.
+#[cfg(feature = "probe")]
+#[test]
+fn a_probe_then_an_offline_derivation_logs_in_with_the_derived_keys() {
+    let r = row("pbkdf2_sha256", "pw", "saltA", 5000);
+    let server_creds = django::credentials(&r).unwrap();
+    let mut rng = TestRng(3);
+    let client = ClientLogin::<256>::new(
+        "u",
+        ClientCredentials::Probe,
+        ClientConfig::default(),
+        &mut rng,
+    )
+    .unwrap();
+    assert_eq!(client.mechanisms(), Mechanisms::ENABLED);
+    let server = ServerLogin::<512>::new(client.client_first()).unwrap();
+    let server = server.challenge(&server_creds, &mut rng).unwrap();
+    let probed = client
+        .handle_challenge(server_creds.mechanism, server.server_first())
+        .unwrap();
+    assert!(probed.is_probe());
+    assert!(!probed.derived());
+    assert_eq!(probed.client_final(), "");
+    let template = probed.keys().clone();
+    assert_eq!(
+        (
+            template.mechanism,
+            template.iterations,
+            template.salt.as_slice()
+        ),
+        (Mechanism::ScramSha256, 5000, &b"saltA"[..])
+    );
+    // A proof sent by mistake is malformed, never a wrong password.
+    let refused = server.verify(probed.client_final()).err().unwrap();
+    assert!(matches!(refused, ScramError::Malformed(_)), "{refused:?}");
+
+    // Offline, in steps of 1,000 iterations.
+    let mut d = Derivation::new(
+        template.mechanism,
+        "pw",
+        &template.salt,
+        template.iterations,
+    )
+    .unwrap();
+    let mut steps = 0;
+    while !d.run(1000) {
+        steps += 1;
+        assert_eq!(d.remaining(), 4999 - 1000 * steps);
+    }
+    assert_eq!(steps, 4);
+    let keys = d.finish().unwrap();
+    assert!(keys.matches(Mechanism::ScramSha256, b"saltA", 5000));
+    let direct = login(
+        &r,
+        "u",
+        ClientCredentials::Password("pw"),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    assert_eq!(keys, direct.keys);
+    let ok = login(
+        &r,
+        "u",
+        ClientCredentials::Keys(&keys),
+        ClientConfig::default(),
+    )
+    .unwrap();
+    assert!(!ok.derived);
+
+    // A probe is checked as a password login is: the iteration floor holds.
+    let floor = ClientConfig {
+        min_iterations: 10_000,
+        ..ClientConfig::default()
+    };
+    assert!(matches!(
+        login(&r, "u", ClientCredentials::Probe, floor).err(),
+        Some(ScramError::IterationsTooLow { offered: 5000, .. })
+    ));
+}
