@@ -7,6 +7,7 @@
 //! | `POST /sessions/{username}/call/{method}[?session=ID][&timeout=SECS]` | calls the device and waits for its reply (see below) |
 //! | `DELETE /sessions/{username}[?session=ID]` | kicks (`Goodbye { Kicked }`): `200` `{"kicked": [ids]}`, or `404` |
 //! | `POST /revoke` `{"user_id": 42}` or `{"username": "alice"}` | ends every session of that user with `Goodbye { Revoked }` and forgets cached lookups of it: `200` `{"revoked": [ids]}` (empty when none was live) |
+//! | `GET /livez` | `200` `{"status": "alive"}`: the process answers; the only request that needs no token (for liveness probes) |
 //! | `GET /healthz` | `200` `{"status": "ok", "database": "ok", "sessions": N}` when the database answers the login query, else `503` `{"status": "unavailable", "database": "<error>"}` |
 //! | `GET /metrics` | `200`, Prometheus text format 0.0.4 ([`crate::metrics`]) |
 //!
@@ -40,8 +41,8 @@
 //! kicks every session of the username, or only `?session=ID`.
 //!
 //! **Authentication.** With a token ([`AdminToken`], from the environment
-//! variable `TETHER_ADMIN_TOKEN` in `tether serve`), every request, including
-//! `/healthz` and `/metrics`, needs `Authorization: Bearer <token>`; the
+//! variable `TETHER_ADMIN_TOKEN` in `tether serve`), every request but
+//! `/livez`, including `/healthz` and `/metrics`, needs `Authorization: Bearer <token>`; the
 //! token is compared in constant time (SHA-256 of both sides, compared with
 //! `subtle`) and a missing or wrong one gets `401`. Without a token the API
 //! only listens on loopback addresses: [`Admin::bind`] refuses any other.
@@ -78,7 +79,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::Router;
@@ -103,7 +104,7 @@ use crate::log_limit::Noisy;
 use crate::metrics::Metrics;
 use crate::realm::{CallError, Mind, Realm, encode_args};
 use crate::server::Server;
-use crate::store::{Store, civil_from_days};
+use crate::store::Store;
 use crate::untrusted::Untrusted;
 
 pub mod listener;
@@ -313,7 +314,7 @@ impl Admin {
     /// The axum router (authentication, logging and body limit included).
     pub fn router(&self) -> Router {
         let state = self.state.clone();
-        Router::new()
+        let authenticated = Router::new()
             .route("/sessions", get(list_sessions))
             .route("/sessions/{username}", delete(kick))
             .route("/sessions/{username}/call/{method}", post(call))
@@ -321,7 +322,10 @@ impl Admin {
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .fallback(not_found)
-            .layer(middleware::from_fn_with_state(state.clone(), authenticate))
+            .layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        Router::new()
+            .route("/livez", get(livez))
+            .merge(authenticated)
             .layer(middleware::from_fn_with_state(state.clone(), log_request))
             .layer(DefaultBodyLimit::max(MAX_BODY))
             .with_state(state)
@@ -474,7 +478,8 @@ async fn log_request(State(state): St, request: Request, next: Next) -> Response
         .unwrap_or_else(|| "-".into());
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    // Rounded to the microsecond: `latency_ms=0.049`, not 0.049361999999999996.
+    let latency_ms = started.elapsed().as_micros() as f64 / 1000.0;
     let route = route.as_deref().unwrap_or("-");
     let path = Untrusted(&path);
     if status == 401 {
@@ -491,21 +496,6 @@ async fn log_request(State(state): St, request: Request, next: Next) -> Response
 
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
-}
-
-/// RFC 3339, UTC, milliseconds.
-fn rfc3339(t: SystemTime) -> String {
-    let ms = unix_millis(t);
-    let secs = (ms / 1000) as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms % 1000
-    )
 }
 
 #[derive(Serialize)]
@@ -531,7 +521,7 @@ fn view(e: &SessionEntry) -> SessionView {
         is_superuser: e.info.user.is_superuser,
         peer: e.info.peer.to_string(),
         mechanism: e.info.mechanism.to_string(),
-        connected_since: rfc3339(e.info.started),
+        connected_since: crate::timefmt::rfc3339_millis(e.info.started),
         connected_since_unix_ms: unix_millis(e.info.started),
         calls_in: e.mind.calls_in(),
         calls_out: e.mind.calls_out(),
@@ -856,6 +846,12 @@ async fn revoke(State(state): St, body: Bytes) -> Response {
     Json(json!({ "revoked": ids })).into_response()
 }
 
+/// Liveness, without the token: the process answers HTTP. Nothing else is
+/// checked or told.
+async fn livez() -> Response {
+    Json(json!({ "status": "alive" })).into_response()
+}
+
 async fn healthz(State(state): St) -> Response {
     match state.store.ping().await {
         Ok(()) => Json(json!({
@@ -911,12 +907,6 @@ mod tests {
             ));
             assert!(check_address(&[a(bad)], true).is_ok());
         }
-    }
-
-    #[test]
-    fn timestamps_are_rfc3339() {
-        let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_972_114_123);
-        assert_eq!(rfc3339(t), "2026-11-29T17:08:34.123Z");
     }
 
     #[test]

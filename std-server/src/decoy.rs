@@ -189,6 +189,23 @@ pub enum DecoyReason {
     Throttled,
 }
 
+impl DecoyReason {
+    /// The refusal's reason as logged in the `reason` field: `unknown_user`,
+    /// `inactive`, `permission`, `other_mechanism`, `unsupported_hash`,
+    /// `malformed_hash` or `throttled` (a wrong password is `wrong_proof`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownUser => "unknown_user",
+            Self::Inactive => "inactive",
+            Self::NotAllowed => "permission",
+            Self::OtherMechanism(_) => "other_mechanism",
+            Self::UnsupportedHash(_) => "unsupported_hash",
+            Self::MalformedHash(_) => "malformed_hash",
+            Self::Throttled => "throttled",
+        }
+    }
+}
+
 impl fmt::Display for DecoyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

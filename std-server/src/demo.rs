@@ -26,10 +26,10 @@ use tether_firmware::{
 };
 use tokio::sync::Notify;
 
-use crate::default_realm::{DefaultRealm, RealmEvent};
-use crate::secret::ServerSecret;
-use crate::server::{Server, ServerConfig};
-use crate::store::{Backend, Store, StoreConfig, django_timestamp};
+use tether_server::default_realm::{DefaultRealm, RealmEvent};
+use tether_server::secret::ServerSecret;
+use tether_server::server::{Server, ServerConfig};
+use tether_server::store::{Backend, Store, StoreConfig, django_timestamp};
 
 /// Django 5.2's DDL for the auth and contenttypes tables on SQLite.
 pub const DJANGO_AUTH_SCHEMA: &str = include_str!("django_auth_schema.sql");
@@ -315,7 +315,7 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     if options.keep_serving && device.is_ok() {
         say("demo: the server keeps serving; stop it with Ctrl-C");
         tokio::select! {
-            _ = crate::server::shutdown_signal() => {}
+            _ = tether_server::server::shutdown_signal() => {}
             _ = handle_wait(&handle) => {}
         }
     }
@@ -330,7 +330,7 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
     Ok(())
 }
 
-async fn handle_wait(handle: &crate::server::ServerHandle) {
+async fn handle_wait(handle: &tether_server::server::ServerHandle) {
     while !handle.is_shutting_down() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -26,9 +26,9 @@
 //! | [`per_user`] | how many sessions one account may hold, and what a login beyond that does |
 //! | [`admission`] | which new connections get a handshake slot: per-address share, random early drop, eviction of silent connections |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
-//! | [`wire`] | frames over a byte stream |
-//! | [`demo`] | `tether demo`: Django schema, demo user |
-//! | [`cli`] | the `tether` command line |
+//!
+//! The `tether` binary (its command line and `tether demo`) is built on
+//! this API alone; it is not part of it.
 //!
 //! The login itself (`login`, private) follows `docs/CONNECTION.md` step by
 //! step.
@@ -41,12 +41,11 @@
 
 pub mod admin;
 pub mod admission;
-pub mod cli;
 pub mod decoy;
 pub mod default_realm;
-pub mod demo;
 pub mod fd_limit;
 pub mod forward;
+mod lease;
 pub mod log_limit;
 mod login;
 pub mod metrics;
@@ -58,8 +57,8 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod throttle;
+mod timefmt;
 pub mod untrusted;
-pub mod wire;
 
 pub use admin::{Admin, AdminConfig, AdminToken};
 pub use default_realm::{DefaultRealm, Registry};

@@ -1,6 +1,10 @@
-//! The `tether` binary: a thin shell over [`tether_server::cli`].
+//! The `tether` binary: its command line ([`cli`]) over the tether-server
+//! library, and `tether demo` ([`demo`]).
 #![forbid(unsafe_code)]
 
+mod cli;
+mod demo;
+
 fn main() -> std::process::ExitCode {
-    tether_server::cli::main()
+    cli::main()
 }

@@ -39,15 +39,15 @@
 //! }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use tether_core::connection;
 use tether_core::message::{DecodeError, ErrorCode, GoodbyeReason, RefusalCode};
 use tether_core::method::{self, Method};
 use tether_core::scram::Mechanism;
@@ -363,24 +363,13 @@ impl<M> fmt::Debug for Reply<M> {
     }
 }
 
-/// Most calls to a device kept reserved after their caller timed out.
-const MAX_ABANDONED: usize = 1024;
-
-type PendingReply = Option<oneshot::Sender<Result<Vec<u8>, RemoteError>>>;
-
-pub(crate) struct Pending {
-    /// Calls in flight; `None` marks a call whose caller gave up (its late
-    /// answer is dropped, not a protocol error).
-    calls: HashMap<u32, PendingReply>,
-    next_id: u32,
-}
-
 pub(crate) struct MindShared {
     pub(crate) session_id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) username: String,
     pub(crate) tx: mpsc::Sender<Outbound>,
-    pub(crate) pending: Mutex<Pending>,
+    /// [`Mind`] calls waiting for their outcome.
+    pub(crate) in_flight: AtomicUsize,
     /// Signalled when no call is in flight any more.
     pub(crate) idle: Notify,
     pub(crate) closed: AtomicBool,
@@ -430,10 +419,7 @@ impl Mind {
                 peer,
                 username,
                 tx,
-                pending: Mutex::new(Pending {
-                    calls: HashMap::new(),
-                    next_id: 1,
-                }),
+                in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 closed: AtomicBool::new(false),
                 close: CancellationToken::new(),
@@ -544,56 +530,33 @@ impl Mind {
         if self.is_closed() {
             return Err(CallError::Closed);
         }
-        // Message::Call: variant, id, method and args with their lengths.
-        if method.len() + args.len() + 16 + tether_core::session::OVERHEAD
-            > self.shared.peer_max_frame
-        {
+        // The machine's own rule for what fits the device's frame.
+        if args.len() > connection::max_args_len(self.shared.peer_max_frame, method) {
             return Err(CallError::TooLarge);
         }
         let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut pending = lock(&self.shared.pending);
-            let mut id = pending.next_id;
-            while id == 0 || pending.calls.contains_key(&id) {
-                id = id.wrapping_add(1);
-            }
-            pending.next_id = id.wrapping_add(1);
-            pending.calls.insert(id, Some(tx));
-            id
-        };
+        let _in_flight = InFlight::new(&self.shared);
         let sent = self
             .shared
             .tx
             .send(Outbound::Call {
-                id,
                 method: method.to_string(),
                 args,
+                timeout,
+                reply: tx,
             })
             .await;
         if sent.is_err() {
-            self.forget(id);
             return Err(CallError::Closed);
         }
         self.shared.calls_out.fetch_add(1, Ordering::Relaxed);
+        // The session's machine times the call out too (its late answer is
+        // then dropped); this bounds the wait for a call that waited in
+        // the queue for a slot.
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(bytes))) => Ok(bytes),
-            Ok(Ok(Err(remote))) => Err(CallError::Remote(remote)),
+            Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(CallError::Closed),
-            Err(_) => {
-                // Keep the id reserved: a late answer is expected, not an error.
-                // A device that leaves this many calls unanswered is far
-                // behind: forget them (their answers then end the session).
-                let mut pending = lock(&self.shared.pending);
-                if let Some(slot) = pending.calls.get_mut(&id) {
-                    *slot = None;
-                }
-                if pending.calls.len() > MAX_ABANDONED {
-                    pending.calls.retain(|_, slot| slot.is_some());
-                }
-                drop(pending);
-                self.shared.idle.notify_waiters();
-                Err(CallError::Timeout)
-            }
+            Err(_) => Err(CallError::Timeout),
         }
     }
 
@@ -603,9 +566,7 @@ impl Mind {
             return Err(CallError::Closed);
         }
         let args = encode_args::<M>(args)?;
-        if M::NAME.len() + args.len() + 16 + tether_core::session::OVERHEAD
-            > self.shared.peer_max_frame
-        {
+        if args.len() > connection::max_args_len(self.shared.peer_max_frame, M::NAME) {
             return Err(CallError::TooLarge);
         }
         self.shared
@@ -618,36 +579,10 @@ impl Mind {
             .map_err(|_| CallError::Closed)
     }
 
-    fn forget(&self, id: u32) {
-        let mut pending = lock(&self.shared.pending);
-        pending.calls.remove(&id);
-        self.shared.idle.notify_waiters();
-    }
-
-    /// Delivers a reply from the device. `false`: no call with that id is
-    /// in flight (a protocol error).
-    pub(crate) fn resolve(&self, id: u32, result: Result<Vec<u8>, RemoteError>) -> bool {
-        let mut pending = lock(&self.shared.pending);
-        match pending.calls.remove(&id) {
-            Some(slot) => {
-                if let Some(tx) = slot {
-                    let _ = tx.send(result);
-                }
-                self.shared.idle.notify_waiters();
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Number of calls to the device still awaiting an answer (abandoned
     /// ones excluded).
     pub fn calls_in_flight(&self) -> usize {
-        lock(&self.shared.pending)
-            .calls
-            .values()
-            .filter(|s| s.is_some())
-            .count()
+        self.shared.in_flight.load(Ordering::Acquire)
     }
 
     /// Waits until no call to the device is awaiting an answer.
@@ -663,14 +598,32 @@ impl Mind {
 
     /// Marks the session closed and fails every call in flight.
     pub(crate) fn shut(&self) {
+        // The session drops the calls' senders, which fails their waiters
+        // with `Closed`.
         self.shared.closed.store(true, Ordering::Release);
-        let mut pending = lock(&self.shared.pending);
-        pending.calls.clear(); // dropping the senders fails the waiters with Closed
         self.shared.idle.notify_waiters();
     }
 
     pub(crate) fn close_reason(&self) -> Option<GoodbyeReason> {
         *lock(&self.shared.close_reason)
+    }
+}
+
+/// Counts one [`Mind`] call waiting for its outcome, for as long as it
+/// lives.
+struct InFlight<'a>(&'a MindShared);
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a MindShared) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.idle.notify_waiters();
     }
 }
 

@@ -68,7 +68,7 @@ impl ServerSecret {
     pub fn load_or_create(path: &Path) -> std::io::Result<(Self, SecretOrigin)> {
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                let bytes = from_hex(text.trim()).ok_or_else(|| {
+                let bytes = hex::decode(text.trim()).map_err(|_| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!("{} does not hold a hex secret", path.display()),
@@ -92,7 +92,7 @@ impl ServerSecret {
                     options.mode(0o600);
                 }
                 let mut file = options.open(path)?;
-                writeln!(file, "{}", to_hex(&secret.0))?;
+                writeln!(file, "{}", hex::encode(&secret.0))?;
                 Ok((secret, SecretOrigin::Generated(path.to_path_buf())))
             }
             Err(e) => Err(e),
@@ -103,22 +103,6 @@ impl ServerSecret {
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
     }
-}
-
-/// Lowercase hex of bytes.
-pub fn to_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Bytes from hex (either case); `None` if not hex.
-pub fn from_hex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -141,7 +125,5 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(ServerSecret::from_value("short").is_err());
-        assert_eq!(from_hex("0aFf"), Some(vec![10, 255]));
-        assert_eq!(from_hex("0g"), None);
     }
 }

@@ -91,6 +91,9 @@ pub enum Violation {
     /// A `Reply` or `Error` for an id that is not in flight (and was not
     /// abandoned: see the module docs on late replies).
     UnknownReply(u32),
+    /// An `Error` for an id that is not in flight (as
+    /// [`UnknownReply`](Self::UnknownReply), for the other kind of answer).
+    UnknownError(u32),
     /// A `Call` whose id is already in flight.
     DuplicateCall(u32),
 }
@@ -101,6 +104,7 @@ impl fmt::Display for Violation {
             Self::Undecodable(e) => write!(f, "undecodable handshake message: {e}"),
             Self::MaxFrameTooSmall(m) => write!(f, "max_frame {m} below 512"),
             Self::UnknownReply(id) => write!(f, "reply to call {id}, not in flight"),
+            Self::UnknownError(id) => write!(f, "error for call {id}, not in flight"),
             Self::DuplicateCall(id) => write!(f, "call id {id} already in flight"),
             Self::UnexpectedMessage => f.write_str("unexpected handshake message"),
         }

@@ -543,6 +543,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
         })
     }
 
+    /// The receive buffer's storage, while no frame is partly received or
+    /// waiting to be polled (`None` otherwise): a driver that lends
+    /// buffers only while bytes are in flight (a server holding thousands
+    /// of idle sessions) takes its storage back here, and gives it again
+    /// before the next frame's body arrives. The storage keeps its size.
+    /// [`last_reply`](Self::last_reply) is `None` afterwards.
+    pub fn idle_receive_storage(&mut self) -> Option<&mut B> {
+        self.core.last_reply = None;
+        self.rx.idle_storage()
+    }
+
     /// Gives up waiting for call `id`: its late reply will be dropped.
     /// False when no such call is in flight.
     pub fn cancel(&mut self, id: u32) -> bool {
@@ -610,9 +621,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
     /// (whatever its id): the one rule for "does this call fit", exact up
     /// to the few bytes of the id and length varints.
     pub fn max_args_len(&self, method: &str) -> usize {
-        let head = Head::Call { id: 0, method }.max_len();
-        self.core.peer_max.saturating_sub(SEQ_LEN + head + TAG_LEN)
+        max_args_len(self.core.peer_max, method)
     }
+}
+
+/// The most argument bytes a call (or notification) of `method` can carry
+/// to a peer whose largest frame body is `peer_max_frame`: the rule
+/// [`Connection::max_args_len`] applies, for a driver that checks a call
+/// before it hands it to the task that owns the connection.
+pub fn max_args_len(peer_max_frame: usize, method: &str) -> usize {
+    let head = Head::Call { id: 0, method }.max_len();
+    peer_max_frame.saturating_sub(SEQ_LEN + head + TAG_LEN)
 }
 
 /// The payload room of an answer in `out`, up to `end`.
@@ -758,10 +777,11 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
                 }
                 Completion::Late => return Ok(None),
                 Completion::Unknown => {
-                    break 'failed (
-                        ConnectionError::Protocol(Violation::UnknownReply(id)),
-                        protocol,
-                    );
+                    let violation = match result {
+                        Ok(_) => Violation::UnknownReply(id),
+                        Err(_) => Violation::UnknownError(id),
+                    };
+                    break 'failed (ConnectionError::Protocol(violation), protocol);
                 }
             }
         };

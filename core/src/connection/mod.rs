@@ -147,6 +147,7 @@ pub use client_v2::ClientHandshakeV2;
 pub use error::{ConnectionError, RefusalCause, SendError, Violation};
 pub use established::{
     CallFailure, Connection, Event, IncomingCall, Notification, REPLY_TOO_LARGE, Reply, ReplyToken,
+    max_args_len,
 };
 pub use server::{
     Challenged, Decoy, DecoyReason, LoginRequest, ServerConfig, ServerConnection, ServerHandshake,

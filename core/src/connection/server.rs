@@ -485,22 +485,66 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
                 (c, Challenged::Decoy(reason))
             }
         };
-        match login.challenge(&credentials, rng) {
+        let decoy = challenged != Challenged::Account;
+        self.challenge_sent(login, &credentials, decoy, peer_max, rng)
+            .map(|()| challenged)
+    }
+
+    /// Challenges with `credentials`; the proof is then awaited.
+    fn challenge_sent<R: CryptoRng + ?Sized>(
+        &mut self,
+        login: ServerLogin<CLIENT_FIRST_LEN>,
+        credentials: &ServerCredentials,
+        decoy: bool,
+        peer_max: u16,
+        rng: &mut R,
+    ) -> Result<(), SendError> {
+        match login.challenge(credentials, rng) {
             Ok(login) => {
                 self.state = State::Challenged {
                     login,
                     mechanism: credentials.mechanism,
-                    decoy: challenged != Challenged::Account,
+                    decoy,
                     peer_max,
                 };
                 self.owed = Some(Owed::Challenge);
-                Ok(challenged)
+                Ok(())
             }
             Err(e) => {
                 let _ = self.reject(RefusalCode::Protocol, RefusalCause::Scram(e));
                 Err(SendError::Closed)
             }
         }
+    }
+
+    /// Goes on after [`ServerStep::Login`] with credentials the driver
+    /// planned itself: a server that shapes its decoys from its own rows
+    /// (salt and iteration count of a real row, a mix of mechanisms) passes
+    /// the account's verifier with `decoy: false`, or decoy keys with
+    /// `decoy: true` — then every proof ends `unauthorized`, as with
+    /// [`challenge`](Self::challenge)'s decoys. Credentials in a mechanism
+    /// the hello did not offer are [`SendError::NotExpected`], the handshake
+    /// untouched (a driver's bug: refuse, or challenge again).
+    pub fn challenge_with<R: CryptoRng + ?Sized>(
+        &mut self,
+        credentials: &ServerCredentials,
+        decoy: bool,
+        rng: &mut R,
+    ) -> Result<(), SendError> {
+        if self.error.is_some() {
+            return Err(SendError::Closed);
+        }
+        match &self.state {
+            State::Lookup { offered, .. } if offered.contains(credentials.mechanism) => {}
+            _ => return Err(SendError::NotExpected),
+        }
+        let State::Lookup {
+            login, peer_max, ..
+        } = core::mem::replace(&mut self.state, State::Done)
+        else {
+            unreachable!("checked above")
+        };
+        self.challenge_sent(login, credentials, decoy, peer_max, rng)
     }
 
     /// Refuses the login with `code` (throttled, busy, unavailable, or the

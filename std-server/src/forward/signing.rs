@@ -15,8 +15,6 @@ use hmac::{KeyInit as _, Mac as _};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use sha2::{Digest as _, Sha256};
 
-use crate::secret::to_hex;
-
 /// The fewest characters a forward secret may have.
 pub const MIN_SECRET_LEN: usize = 16;
 
@@ -116,7 +114,7 @@ impl ForwardSecret {
         let mut mac =
             hmac::Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes a key of any length");
         mac.update(text.as_bytes());
-        let signature = format!("v1={}", to_hex(&mac.finalize().into_bytes()));
+        let signature = format!("v1={}", hex::encode(mac.finalize().into_bytes()));
         Signed {
             timestamp,
             signature,
@@ -142,7 +140,7 @@ pub fn string_to_sign(
         &origin.username,
         &origin.session,
         &origin.peer,
-        &to_hex(&Sha256::digest(body)),
+        &hex::encode(Sha256::digest(body)),
     ]
     .join("\n")
 }

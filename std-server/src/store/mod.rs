@@ -69,16 +69,17 @@ impl Backend {
         }
     }
 
-    /// Quotes a (validated) identifier.
-    fn quote(self, ident: &str) -> String {
+    /// Quotes a (validated) identifier: `"name"`, or `` `name` `` for
+    /// MySQL.
+    pub fn quote(self, ident: &str) -> String {
         match self {
             Self::MySql => format!("`{ident}`"),
             Self::Sqlite | Self::Postgres => format!("\"{ident}\""),
         }
     }
 
-    /// The `n`th (1-based) bind placeholder.
-    fn placeholder(self, n: usize) -> String {
+    /// The `n`th (1-based) bind placeholder: `$n` for PostgreSQL, else `?`.
+    pub fn placeholder(self, n: usize) -> String {
         match self {
             Self::Postgres => format!("${n}"),
             Self::Sqlite | Self::MySql => "?".to_string(),
@@ -901,35 +902,11 @@ impl Cache {
 /// UTC, `YYYY-MM-DD HH:MM:SS.ffffff` (plus `+00:00` for PostgreSQL's
 /// `timestamptz`).
 pub fn django_timestamp(t: SystemTime, backend: Backend) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    let (y, m, day) = civil_from_days(days);
-    let base = format!(
-        "{y:04}-{m:02}-{day:02} {:02}:{:02}:{:02}.{:06}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    );
+    let base = crate::timefmt::django(t);
     match backend {
         Backend::Postgres => format!("{base}+00:00"),
         _ => base,
     }
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-pub(crate) fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 /// A shared store.
@@ -950,8 +927,6 @@ mod tests {
             django_timestamp(t, Backend::Postgres),
             "2026-11-29 17:08:34.123456+00:00"
         );
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
     }
 
     #[test]

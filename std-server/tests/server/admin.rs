@@ -571,6 +571,12 @@ async fn every_endpoint_needs_the_token() {
         let r = http(s.admin, method, path, Some(&suffixed), None, b"").await;
         assert_eq!(r.status, 401);
     }
+    // Liveness needs no token, and tells nothing but that.
+    for auth in [None, Some("wrong-token-0123456789")] {
+        let r = http(s.admin, "GET", "/livez", auth, None, b"").await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json(), serde_json::json!({"status": "alive"}));
+    }
     // With the token: the endpoints answer (the device is not connected).
     assert_eq!(get(s.admin, "/sessions").await.status, 200);
     assert_eq!(get(s.admin, "/healthz").await.status, 200);

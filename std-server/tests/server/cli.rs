@@ -2,6 +2,7 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use tether_core::message::GoodbyeReason;
@@ -196,7 +197,7 @@ fn keys_match_the_row_and_the_core_derivation() {
     .unwrap();
     assert!(out.status.success());
     let hex = String::from_utf8(out.stdout).unwrap();
-    let bytes = tether_server::secret::from_hex(hex.trim()).unwrap();
+    let bytes = hex::decode(hex.trim()).unwrap();
     let keys: CachedKeys = tether_core::message::decode(&bytes).unwrap();
     let expected = CachedKeys::derive(
         Mechanism::ScramSha256,
@@ -255,6 +256,14 @@ async fn call_prints_replies_and_refusals() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi there\n");
+    // server_time in RFC 3339, UTC, milliseconds.
+    let out = run(args(&["alice", "server_time"]), "alice-password")
+        .await
+        .unwrap();
+    let time = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(time.len(), "2026-12-07T01:02:03.456Z".len(), "{time}");
+    assert!(time.starts_with("20") && time.ends_with('Z'), "{time}");
+    assert_eq!(&time[10..11], "T", "{time}");
     let out = run(args(&["bob", "whoami"]), "bob-password").await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("user bob (id 2)"));
     let out = run(args(&["alice", "whoami"]), "wrong").await.unwrap();
@@ -272,6 +281,66 @@ async fn call_prints_replies_and_refusals() {
         String::from_utf8_lossy(&out.stderr).contains("login refused: unauthorized"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn version_names_the_protocol() {
+    let out = tether(&["--version"]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "tether {} (protocol version {})\n",
+            env!("CARGO_PKG_VERSION"),
+            tether_core::message::PROTOCOL_VERSION
+        )
+    );
+}
+
+#[test]
+fn a_refused_connection_is_one_sentence() {
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = tether(&[
+        "call",
+        "--server",
+        &format!("127.0.0.1:{port}"),
+        "--user",
+        "alice",
+        "whoami",
+    ])
+    .env("TETHER_PASSWORD", "x")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "tether call: connection refused by 127.0.0.1:{port} — is `tether serve` running?\n"
+        )
+    );
+    // A name that does not resolve.
+    let out = tether(&[
+        "call",
+        "--server",
+        "no-such-host.invalid",
+        "--user",
+        "alice",
+        "whoami",
+    ])
+    .env("TETHER_PASSWORD", "x")
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("tether call: cannot resolve no-such-host.invalid:7420"),
+        "{stderr}"
     );
 }
 
@@ -302,6 +371,10 @@ async fn serve_shuts_down_gracefully_on_sigterm() {
         }
     };
     let addr = addr.parse().unwrap();
+    // Refusals say why in their own field (the device is told `unauthorized`).
+    for (name, pw) in [("alice", "wrong"), ("eve", "eve-password"), ("nobody", "x")] {
+        assert!(login(addr, name, pw).await.is_err());
+    }
     let mut s = login(addr, "alice", password(DB, "alice")).await.unwrap();
     assert_eq!(s.echo("before").await, "before");
     // The secret file was generated, private.
@@ -321,6 +394,13 @@ async fn serve_shuts_down_gracefully_on_sigterm() {
     }
     let log = log.join("\n");
     assert!(log.contains("alice connected"), "{log}");
+    for reason in ["wrong_proof", "inactive", "unknown_user"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" INFO ") && l.contains(&format!("reason={reason}"))),
+            "{reason}: {log}"
+        );
+    }
     assert!(log.contains("alice disconnected"), "{log}");
     assert!(log.contains("shut down"), "{log}");
     // Never a password, proof, key or hash in the log.
@@ -331,4 +411,319 @@ async fn serve_shuts_down_gracefully_on_sigterm() {
         assert!(!log.contains(secret));
     }
     assert!(!log.contains("p="));
+}
+
+/// `tether serve` with its stderr lines sent to the receiver.
+/// A `tether serve` process, killed when dropped (a failing test leaves
+/// none behind).
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_serve(args: &[&str], dir: &std::path::Path) -> (Serve, Receiver<String>) {
+    let mut all = vec!["serve"];
+    all.extend_from_slice(args);
+    let mut child = tether(&all)
+        .current_dir(dir)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    (Serve(child), rx)
+}
+
+/// Lines until one satisfies `done` (which is returned last).
+fn lines_until(rx: &Receiver<String>, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no such line; so far:\n{}", lines.join("\n")));
+        let last = done(&line);
+        lines.push(line);
+        if last {
+            return lines;
+        }
+    }
+}
+
+fn stop(mut serve: Serve) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &serve.0.id().to_string()])
+        .status();
+    let _ = serve.0.wait();
+}
+
+#[test]
+fn config_file_under_env_under_flags_and_printed_redacted() {
+    let db = Db::copy(DB);
+    let file = db.dir.path().join("tether.toml");
+    std::fs::write(
+        &file,
+        "database = \"postgres://django:hunter2@db.example/site\"\n\
+         heartbeat = 7\nmax_sessions = 500\nsecret = \"file-secret-0123456789\"\n\
+         forward_builtin = [\"echo\", \"whoami\"]\nno_last_login = true\n",
+    )
+    .unwrap();
+    let out = tether(&[
+        "serve",
+        "--config",
+        file.to_str().unwrap(),
+        "--heartbeat",
+        "9",
+        "--print-config",
+    ])
+    .env("DATABASE_URL", db.url())
+    .output()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        format!("database = \"{}\"  # environment", db.url()),
+        "heartbeat = 9  # flag".into(),
+        "max_sessions = 500  # file".into(),
+        "secret = \"<redacted>\"  # file".into(),
+        "forward_builtin = [\"echo\", \"whoami\"]  # file".into(),
+        "no_last_login = true  # file".into(),
+        "max_frame = 16384  # default".into(),
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in\n{stdout}");
+    }
+    assert!(!stdout.contains("file-secret") && !stdout.contains("hunter2"));
+    // The printed configuration is itself a valid file.
+    let printed = db.dir.path().join("printed.toml");
+    std::fs::write(&printed, stdout.as_bytes()).unwrap();
+    let again = tether(&[
+        "serve",
+        "--config",
+        printed.to_str().unwrap(),
+        "--print-config",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert!(String::from_utf8_lossy(&again.stdout).contains("heartbeat = 9  # file"));
+
+    // A misspelt key: an error naming the nearest, nothing started.
+    std::fs::write(&file, "max_sesions = 3\n").unwrap();
+    let out = tether(&["serve", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown key \"max_sesions\"; did you mean \"max_sessions\"?"),
+        "{stderr}"
+    );
+    // A bad value is checked as the flag's.
+    std::fs::write(&file, "max_frame = 100\n").unwrap();
+    let out = tether(&["serve", "--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-frame"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let db = Db::copy(DB);
+    let (child, rx) = spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db.url(),
+            "--log-format",
+            "json",
+        ],
+        db.dir.path(),
+    );
+    let lines = lines_until(&rx, |l| l.contains("\"listening\""));
+    let parse = |l: &str| -> serde_json::Value {
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+    };
+    let listening = parse(lines.last().unwrap());
+    let addr: std::net::SocketAddr = listening["addr"].as_str().unwrap().parse().unwrap();
+    assert!(login(addr, "eve", "eve-password").await.is_err());
+    let mut s = login(addr, "alice", password(DB, "alice")).await.unwrap();
+    assert_eq!(s.echo("json").await, "json");
+    let more = lines_until(&rx, |l| l.contains("alice connected"));
+    drop(s);
+    stop(child);
+    let lines: Vec<serde_json::Value> = lines.iter().chain(&more).map(|l| parse(l)).collect();
+    for l in &lines {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(l[field].is_string(), "{field} in {l}");
+        }
+        assert!(l["timestamp"].as_str().unwrap().ends_with('Z'), "{l}");
+    }
+    let refused = lines
+        .iter()
+        .find(|l| l["message"] == "login refused")
+        .expect("a refusal line");
+    assert_eq!(refused["level"], "INFO");
+    assert_eq!(refused["user"], "eve");
+    assert_eq!(refused["code"], "unauthorized");
+    assert_eq!(refused["reason"], "inactive");
+    let connected = lines.last().unwrap();
+    assert_eq!(connected["span"]["name"], "session");
+    assert_eq!(connected["span"]["user"], "alice");
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_rereads_the_log_filter() {
+    let db = Db::copy(DB);
+    let file = db.dir.path().join("tether.toml");
+    std::fs::write(&file, "log_level = \"warn\"\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (child, rx) = spawn_serve(
+        &[
+            "--listen",
+            &listen,
+            "--database",
+            &db.url(),
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        db.dir.path(),
+    );
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    // At warn, a refusal (info) is not logged.
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(login(addr, "eve", "eve-password").await.is_err());
+    std::fs::write(&file, "log_level = \"info\"\n").unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lines = lines_until(&rx, |l| l.contains("configuration reloaded"));
+    assert!(
+        !lines.iter().any(|l| l.contains("login refused")),
+        "{lines:?}"
+    );
+    assert!(
+        lines.last().unwrap().contains("log_level=info"),
+        "{lines:?}"
+    );
+    assert!(login(addr, "eve", "eve-password").await.is_err());
+    let lines = lines_until(&rx, |l| l.contains("login refused"));
+    assert!(
+        lines.last().unwrap().contains("reason=inactive"),
+        "{lines:?}"
+    );
+    stop(child);
+}
+
+/// deploy/tether.service's ExecStart line, run as systemd would run it
+/// (its paths pointed at this build and a temporary state directory):
+/// it serves, says READY=1 on NOTIFY_SOCKET once listening, STOPPING=1 on
+/// SIGTERM, and keeps its secret in the state directory.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_units_exec_start_serves_and_notifies_systemd() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let unit = std::fs::read_to_string(repo_root().join("deploy/tether.service")).unwrap();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("an ExecStart line");
+    let db = Db::copy(DB);
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("tether.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &config,
+        format!(
+            "database = \"{}\"\nlisten = \"127.0.0.1:{port}\"\nlog_format = \"json\"\n",
+            db.url()
+        ),
+    )
+    .unwrap();
+    let line = exec
+        .replace("/usr/local/bin/tether", TETHER)
+        .replace("/etc/tether/tether.toml", config.to_str().unwrap())
+        .replace("${STATE_DIRECTORY}", state.path().to_str().unwrap());
+    assert!(!line.contains('$'), "{line}");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let notify = state.path().join("notify");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let child = Command::new(words[0])
+        .args(&words[1..])
+        .current_dir(state.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("TETHER_SECRET")
+        .env_remove("RUST_LOG")
+        .env("NOTIFY_SOCKET", &notify)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let serve = Serve(child);
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 on NOTIFY_SOCKET");
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // Ready means listening: a device logs in at once.
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut s = login(addr, "alice", password(DB, "alice")).await.unwrap();
+    assert_eq!(s.echo("unit").await, "unit");
+    let secret = state.path().join("secret");
+    let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let pid = serve.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let n = socket.recv(&mut buf).expect("STOPPING=1 on NOTIFY_SOCKET");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert_eq!(s.expect_close().await, Some(GoodbyeReason::Shutdown));
+    let mut serve = serve;
+    let status = serve.0.wait().unwrap();
+    assert!(status.success());
 }

@@ -21,10 +21,10 @@ use tether_core::scram::{
 };
 use tether_core::session::{Opener, Role, Sealer};
 use tether_server::realm::{Avatar, CallResult, IncomingCall, Mind, Realm, SessionInfo, reply};
-use tether_server::wire::{FrameReader, ReadError};
 use tether_server::{
     DefaultRealm, Server, ServerConfig, ServerHandle, ServerSecret, SessionEnd, Store, StoreConfig,
 };
+use tether_test_support::wire::{FrameReader, ReadError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
