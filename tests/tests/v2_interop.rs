@@ -310,3 +310,97 @@ fn python_device_with_a_wrong_pinned_key_or_password_is_refused() {
     assert_eq!(report["refused"], "unauthorized");
     assert!(!served.logged_in);
 }
+
+/// tether-server itself (the fixture Django database, `alice` /
+/// `alice-password`), speaking v2 with a static key and v1 refused.
+fn real_server(
+    keys: ServerKeys,
+) -> (
+    u16,
+    tether_server::ServerHandle,
+    std::thread::JoinHandle<()>,
+    tempfile::TempDir,
+) {
+    let db = tempfile::tempdir().expect("tempdir");
+    let path = db.path().join("default.sqlite3");
+    std::fs::copy(repo().join("fixtures/django/default.sqlite3"), &path).expect("copy db");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let thread = thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        rt.block_on(async move {
+            let store = tether_server::StoreConfig::new(format!("sqlite://{}", path.display()));
+            let store = std::sync::Arc::new(tether_server::Store::open(store).expect("store"));
+            let config = tether_server::ServerConfig {
+                throttle: tether_server::ThrottleConfig::disabled(),
+                ..Default::default()
+            };
+            let server = tether_server::Server::bind(
+                "127.0.0.1:0",
+                config,
+                store,
+                tether_server::DefaultRealm::new(),
+                tether_server::ServerSecret::random(),
+            )
+            .await
+            .expect("bind")
+            .with_noise_keys(keys);
+            tx.send((server.local_addr().port(), server.handle()))
+                .expect("send port");
+            server.run().await;
+        });
+    });
+    let (port, handle) = rx.recv().expect("tether-server started");
+    (port, handle, thread, db)
+}
+
+#[test]
+#[ignore = "needs Python with noiseprotocol (tests/interop/setup)"]
+fn python_device_logs_in_to_tether_server_over_v2_and_v1_is_refused() {
+    let keys = server_keys();
+    let public = hex(keys.current.as_ref().unwrap().public());
+    let (port, handle, thread, _db) = real_server(keys);
+    for pin in [Some(public.as_str()), None] {
+        let mut args = vec![
+            "--port".to_string(),
+            port.to_string(),
+            "--user".into(),
+            "alice".into(),
+            "--password".into(),
+            "alice-password".into(),
+            "--echo".into(),
+            "over v2".into(),
+        ];
+        if let Some(pin) = pin {
+            args.extend(["--server-key".into(), pin.into()]);
+        }
+        let output = Command::new(python())
+            .arg(repo().join("tests/interop/v2_client.py"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run v2_client.py");
+        let text = String::from_utf8_lossy(&output.stdout);
+        let report: Value = serde_json::from_str(text.lines().last().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("v2_client.py said {text:?}: {e}"));
+        assert!(output.status.success(), "{report}");
+        assert_eq!(report["replies"], serde_json::json!(["over v2"]));
+    }
+    // A v1 device: `version`, since the server requires encryption.
+    let output = Command::new(python())
+        .arg(repo().join("tests/interop/client.py"))
+        .args(["--port", &port.to_string(), "--user", "alice", "--password"])
+        .arg("alice-password")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .expect("run client.py");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("version"), "{text}");
+    handle.shutdown();
+    let _ = thread.join();
+}
