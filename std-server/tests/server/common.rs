@@ -645,6 +645,7 @@ impl Method for Slow {
     type Args<'a> = u64;
     type Reply<'a> = u64;
 }
+impl tether_core::method::ToServer for Slow {}
 
 pub struct TestAvatar {
     inner: <DefaultRealm as Realm>::Avatar,
@@ -692,7 +693,7 @@ impl Avatar for TestAvatar {
         if self.realm.ask_device_info {
             let r = self.mind.call::<DeviceInfo>(&()).await;
             let text = match r {
-                Ok(reply) => reply.decode().unwrap().firmware.to_string(),
+                Ok(reply) => reply.get().firmware.to_string(),
                 Err(e) => format!("error: {e}"),
             };
             self.realm.device_info.lock().unwrap().push(text);
