@@ -56,6 +56,7 @@ pub mod realm;
 pub mod revalidate;
 pub mod secret;
 pub mod server;
+pub mod server_key;
 pub mod session;
 pub mod store;
 pub mod throttle;

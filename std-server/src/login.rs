@@ -238,7 +238,13 @@ pub(crate) async fn handshake<R: Realm>(
         .with_heartbeat_secs(config.session.heartbeat_secs())
         .with_handshake_timeout(config.handshake_timeout)
         .with_max_calls_in_flight(config.session.max_calls_in_flight);
-    let Ok(hs) = Handshake::new(RxStorage::new(max_frame.into()), machine, clock::now()) else {
+    let rx = RxStorage::new(max_frame.into());
+    let hs = match &shared.noise {
+        // Protocol v2 beside v1 (the first byte tells them apart).
+        Some(keys) => Handshake::new_v2(rx, machine, clock::now(), keys.clone(), &mut rand::rng()),
+        None => Handshake::new(rx, machine, clock::now()),
+    };
+    let Ok(hs) = hs else {
         return Err(LoginEnd::Closed);
     };
     let mut conn = Conn {
@@ -457,6 +463,11 @@ pub(crate) async fn handshake<R: Realm>(
     let Conn {
         mut hs, mut stream, ..
     } = conn;
+    let protocol = hs.protocol_version();
+    let pattern = hs.noise_pattern().map_or("none", |p| match p {
+        tether_core::noise::Pattern::Nn => "NN",
+        tether_core::noise::Pattern::Nk => "NK",
+    });
     let welcomed = match hs.welcome(session_id, clock::now(), &mut out) {
         Ok((established, frame)) => match stream.write_all(frame).await {
             Ok(()) => Some(established),
@@ -474,7 +485,9 @@ pub(crate) async fn handshake<R: Realm>(
         avatar.detached(SessionEnd::Closed).await;
         return Err(LoginEnd::Closed);
     };
-    info!(%peer, user = %Untrusted(&account.username), session = session_id, mechanism = %credentials.mechanism, "login");
+    info!(%peer, user = %Untrusted(&account.username), session = session_id, mechanism = %credentials.mechanism,
+        protocol, noise = pattern, "login");
+    shared.metrics.login_protocol(protocol);
     shared.store.record_login(account.id);
     Ok((
         Established {

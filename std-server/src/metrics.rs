@@ -16,7 +16,8 @@
 //! | metric | type | labels | what |
 //! |---|---|---|---|
 //! | `tether_logins_total` | counter | `outcome` = `success`, `refused`, `timeout`, `closed`, `dropped`, `evicted` | handshakes by how they ended (`timeout`: the handshake or hello timeout; `closed`: the peer went away; `dropped`: closed at once, random early drop or too many connections waiting; `evicted`: a connection that had sent nothing gave its slot to a newcomer) |
-//! | `tether_login_refusals_total` | counter | `code` = `unauthorized`, `unsupported`, `throttled`, `unavailable`, `version`, `protocol`, `busy` | refusals by code |
+//! | `tether_logins_by_protocol_total` | counter | `version` = `1`, `2` | successful logins by protocol version (2: Noise, encrypted) |
+//! | `tether_login_refusals_total` | counter | `code` = `unauthorized`, `unsupported`, `throttled`, `unavailable`, `version`, `protocol`, `busy`, `unknown_key` | refusals by code |
 //! | `tether_handshakes_in_progress` | gauge | | connections between accept and welcome or refusal |
 //! | `tether_handshake_duration_seconds` | histogram | `outcome` = `success`, `refused` | accept to welcome or refusal |
 //! | `tether_throttle_blocks_total` | counter | `scope` = `user`, `address`, `pair` (username from one address) | failures that left their bucket empty (throttle.rs) |
@@ -279,6 +280,7 @@ pub(crate) struct ThrottleMetrics {
 struct Inner {
     registry: Registry,
     logins: [Counter; 6],
+    logins_by_protocol: [Counter; 2],
     refusals: [Counter; 8],
     handshakes_in_progress: Gauge,
     handshake_success: Histogram,
@@ -344,6 +346,15 @@ impl Metrics {
         registry.register("logins", "Handshakes by how they ended", logins.clone());
         let logins =
             LoginOutcome::ALL.map(|o| logins.get_or_create_owned(&[("outcome", o.name())]));
+
+        let by_protocol = Family::<Labels1, Counter>::default();
+        registry.register(
+            "logins_by_protocol",
+            "Successful logins by protocol version (2: Noise, encrypted)",
+            by_protocol.clone(),
+        );
+        let logins_by_protocol =
+            ["1", "2"].map(|v| by_protocol.get_or_create_owned(&[("version", v)]));
 
         let refusals = Family::<Labels1, Counter>::default();
         registry.register("login_refusals", "Login refusals by code", refusals.clone());
@@ -461,6 +472,7 @@ impl Metrics {
 
         Self {
             inner: Arc::new(Inner {
+                logins_by_protocol,
                 registry,
                 logins,
                 refusals,
@@ -559,6 +571,12 @@ impl Metrics {
             LoginOutcome::Refused => self.inner.handshake_refused.observe(elapsed.as_secs_f64()),
             _ => {}
         }
+    }
+
+    /// A login succeeded over protocol `version` (1 or 2).
+    pub(crate) fn login_protocol(&self, version: u8) {
+        let i = usize::from(version == 2);
+        self.inner.logins_by_protocol[i].inc();
     }
 
     /// A session started; the returned guard ends it.

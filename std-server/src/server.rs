@@ -155,6 +155,9 @@ pub(crate) struct Shared<R> {
     /// Every live session, whatever the realm.
     pub live: Registry,
     pub secret: ServerSecret,
+    /// Protocol v2: the static keys (NK) and whether v1 is refused; `None`
+    /// serves v1 only.
+    pub noise: Option<tether_core::connection::ServerKeys>,
     /// The shares decoys are drawn from (refreshed by [`census`]).
     pub mix: RwLock<Arc<DecoyMix>>,
     pub realm: R,
@@ -300,6 +303,7 @@ impl<R: Realm> Server<R> {
                 config,
                 store,
                 secret,
+                noise: None,
                 mix: RwLock::new(Arc::new(DecoyMix::only(config.decoy_iterations))),
                 realm,
                 next_session_id: AtomicU64::new(1),
@@ -307,6 +311,17 @@ impl<R: Realm> Server<R> {
                 tracker: TaskTracker::new(),
             }),
         }
+    }
+
+    /// Speaks protocol v2 too (Noise NN, and NK with `keys`' static keys;
+    /// `keys.require_encryption` refuses v1 logins `version`). Before
+    /// [`run`](Self::run): returns the server unchanged once connections
+    /// share its state.
+    pub fn with_noise_keys(mut self, keys: tether_core::connection::ServerKeys) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.noise = Some(keys);
+        }
+        self
     }
 
     /// The listening address.

@@ -23,8 +23,8 @@ SCRAM_SHA_256, SCRAM_SHA_1 = 0, 1
 MECHANISM_NAMES = {SCRAM_SHA_256: "SCRAM-SHA-256", SCRAM_SHA_1: "SCRAM-SHA-1"}
 MECHANISM_BITS = {SCRAM_SHA_256: 1, SCRAM_SHA_1: 2}
 # RefusalCode enum.
-REFUSAL_NAMES = ["unauthorized", "unsupported", "throttled", "unavailable", "version", "protocol", "busy"]
-UNAUTHORIZED, UNSUPPORTED, THROTTLED, UNAVAILABLE, VERSION, PROTOCOL, BUSY = range(7)
+REFUSAL_NAMES = ["unauthorized", "unsupported", "throttled", "unavailable", "version", "protocol", "busy", "unknown_key"]
+UNAUTHORIZED, UNSUPPORTED, THROTTLED, UNAVAILABLE, VERSION, PROTOCOL, BUSY, UNKNOWN_KEY = range(8)
 
 # Message enum (section 5).
 CALL, REPLY, ERROR, NOTIFY, PING, PONG, GOODBYE = range(7)

@@ -30,14 +30,22 @@ pub enum MechanismArg {
 /// `tether keys`.
 #[derive(Debug, Args)]
 pub struct KeysArgs {
+    /// Print the public half of the server's static key (protocol v2: what
+    /// devices pin for Noise NK) from --server-key-file, creating the file
+    /// (mode 0600) if missing; no user keys.
+    #[arg(long, conflicts_with_all = ["user", "database"])]
+    pub server: bool,
+    /// The server's static key file (with --server).
+    #[arg(long, default_value = tether_server::server_key::DEFAULT_SERVER_KEY_FILE)]
+    pub server_key_file: std::path::PathBuf,
     /// The username the keys are for (printed with them).
-    #[arg(long)]
+    #[arg(long, required_unless_present = "server", default_value = "")]
     pub user: String,
     /// The salt of the user's Django hash (the third `$` field).
-    #[arg(long, required_unless_present = "database")]
+    #[arg(long, required_unless_present_any = ["database", "server"])]
     pub salt: Option<String>,
     /// The iteration count of the user's Django hash.
-    #[arg(long, required_unless_present = "database")]
+    #[arg(long, required_unless_present_any = ["database", "server"])]
     pub iterations: Option<u32>,
     /// The hash's algorithm.
     #[arg(long, value_enum, default_value = "sha256")]
@@ -68,6 +76,14 @@ pub async fn run(args: KeysArgs) -> ExitCode {
 }
 
 async fn keys_inner(args: KeysArgs) -> Result<(), String> {
+    if args.server {
+        let path = &args.server_key_file;
+        let (keys, _) = tether_server::server_key::load_or_create(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let public = tether_server::server_key::public_hex(&keys).unwrap_or_default();
+        println!("{public}");
+        return Ok(());
+    }
     let mut mechanism = match args.mechanism {
         MechanismArg::Sha256 => Mechanism::ScramSha256,
         MechanismArg::Sha1 => Mechanism::ScramSha1,

@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// secret if missing.
     #[arg(long, default_value = DEFAULT_SECRET_FILE)]
     pub secret_file: PathBuf,
+    /// Protocol v2: the server's static key file (current and previous
+    /// X25519 key), created (mode 0600) with a fresh key if missing;
+    /// `tether keys --server` prints its public half for devices.
+    #[arg(long, default_value = tether_server::server_key::DEFAULT_SERVER_KEY_FILE)]
+    pub server_key_file: PathBuf,
+    /// Refuse v1 logins (`version`): only encrypted (protocol v2) sessions.
+    #[arg(long)]
+    pub require_encryption: bool,
     /// Iterations of decoy challenges (unknown users and the like) until
     /// the rows have been counted, or when none is pbkdf2; once counted,
     /// decoys take the rows' mechanisms and iteration counts.
@@ -297,6 +305,31 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             }
         },
     };
+    let noise_keys = match tether_server::server_key::load_or_create(&args.server_key_file) {
+        Ok((keys, origin)) => {
+            let public = tether_server::server_key::public_hex(&keys).unwrap_or_default();
+            match origin {
+                tether_server::server_key::KeyOrigin::Generated(p) => {
+                    info!(file = %p.display(), %public, "server static key (v2): generated")
+                }
+                tether_server::server_key::KeyOrigin::File(p) => {
+                    info!(file = %p.display(), %public, previous = keys.previous.is_some(),
+                        "server static key (v2): read")
+                }
+            }
+            keys
+        }
+        Err(e) => {
+            warn!(file = %args.server_key_file.display(), error = %e,
+                "cannot read or write the server key file; protocol v2 runs NN only \
+                 (devices pinning a key are refused unknown_key)");
+            tether_core::connection::ServerKeys::default()
+        }
+    };
+    let noise_keys = tether_core::connection::ServerKeys {
+        require_encryption: args.require_encryption,
+        ..noise_keys
+    };
     let (early_drop_start, early_drop_rate, max_handshakes) = match args.max_startups {
         Some((start, rate, full)) => (Some(start), rate, full),
         None => (None, 30, args.max_handshakes.unwrap_or(64)),
@@ -356,7 +389,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     )
     .await
     {
-        Ok(s) => s,
+        Ok(s) => s.with_noise_keys(noise_keys),
         Err(e) => {
             eprintln!("tether serve: cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;
