@@ -264,6 +264,62 @@ async fn call_prints_replies_and_refusals() {
     assert_eq!(time.len(), "2026-12-07T01:02:03.456Z".len(), "{time}");
     assert!(time.starts_with("20") && time.ends_with('Z'), "{time}");
     assert_eq!(&time[10..11], "T", "{time}");
+    // Any method, with arguments and reply in JSON, hex or a postcard string.
+    let stdout = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+    let out = run(
+        args(&["alice", "echo", "--json", "\"h\\u00e9\""]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stdout(&out), "\"hé\"\n");
+    let out = run(
+        args(&["alice", "whoami", "--json", "null"]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    let me: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["user_id"], 1);
+    let out = run(
+        args(&["alice", "echo", "--hex", "03616263"]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stdout(&out), "03616263\n");
+    let out = run(
+        args(&["alice", "echo", "--postcard-str", "yo"]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stdout(&out), "yo\n");
+    let out = run(
+        args(&["alice", "no_such_method", "--hex", ""]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("tether call: the server answered"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no_such_method") || stderr.contains("unknown"),
+        "{stderr}"
+    );
+    let out = run(
+        args(&["alice", "thermostat.set", "--json", "{}"]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no JSON type known for thermostat.set"));
     let out = run(args(&["bob", "whoami"]), "bob-password").await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("user bob (id 2)"));
     let out = run(args(&["alice", "whoami"]), "wrong").await.unwrap();
