@@ -188,74 +188,19 @@ pub async fn run(args: CallArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let password = match read_password() {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("tether call: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut store: BufferStore<4096, 1024> = BufferStore::new();
-    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
     let timeout = secs(args.timeout);
-    let config = DeviceConfig::default()
-        .with_min_iterations(args.min_iterations)
-        .with_call_timeout(timeout)
-        .with_handshake_timeout(timeout);
-    let addr = with_default_port(&args.server, tether_core::frame::DEFAULT_PORT);
-    let stream = match connect(&addr, timeout).await {
+    let mut store: BufferStore<4096, 1024> = BufferStore::new();
+    let login = LoginArgs {
+        who: "tether call",
+        server: &args.server,
+        user: &args.user,
+        min_iterations: args.min_iterations,
+        timeout,
+    };
+    let mut session = match log_in(&login, store.buffers()).await {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("tether call: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
-    let login = match tether_firmware::Session::login(
-        tether_firmware::host::transport(stream),
-        store.buffers(),
-        tether_firmware::TokioClock::new(),
-        &args.user,
-        ClientCredentials::Password(&password),
-        &mut rng,
-        &config,
-    )
-    .await
-    {
-        Ok(login) => login,
-        Err(DeviceError::Refused {
-            code,
-            retry_after_secs,
-        }) => {
-            let why = match code {
-                RefusalCode::Unauthorized => {
-                    "wrong username or password, or the account may not log in"
-                }
-                RefusalCode::Unsupported => "the server runs none of the mechanisms offered",
-                RefusalCode::Throttled => "too many failed logins",
-                RefusalCode::Unavailable => "the server cannot reach its user database",
-                RefusalCode::Version => "the server speaks another protocol version",
-                RefusalCode::Protocol => "the server rejected the handshake",
-                RefusalCode::Busy => "the server is at its limit",
-            };
-            if retry_after_secs > 0 {
-                eprintln!(
-                    "tether call: login refused: {code}: {why} (retry after {retry_after_secs} s)"
-                );
-            } else {
-                eprintln!("tether call: login refused: {code}: {why}");
-            }
-            return ExitCode::from(2);
-        }
-        Err(DeviceError::Transport(e)) => {
-            eprintln!("tether call: the connection to {addr} failed during the login: {e}");
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("tether call: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let mut session = login.session;
     let result = call_raw(&mut session, &args.method, &call_args, timeout).await;
     let _ = session.close().await;
     match result.and_then(|reply| output(&args.method, format, &reply)) {
@@ -320,6 +265,91 @@ fn rfc3339_from_unix_ms(ms: u64) -> String {
         .and_then(|d| time::OffsetDateTime::from_unix_timestamp_nanos(d.as_nanos() as i128).ok())
         .and_then(|t| t.format(format).ok())
         .unwrap_or_else(|| format!("{ms} ms after 1970 (not a date)"))
+}
+
+/// Where and as whom `tether call` and `tether device` log in.
+pub(super) struct LoginArgs<'a> {
+    /// The command, for messages.
+    pub who: &'a str,
+    pub server: &'a str,
+    pub user: &'a str,
+    pub min_iterations: u32,
+    pub timeout: Duration,
+}
+
+/// Logs in (password from `TETHER_PASSWORD` or a prompt); on failure the
+/// reason is printed in one line and the exit code returned: 2 refused, 1
+/// anything else.
+pub(super) async fn log_in<'b>(
+    login: &LoginArgs<'_>,
+    buffers: tether_firmware::Buffers<'b>,
+) -> Result<tether_firmware::host::HostSession<'b>, ExitCode> {
+    let who = login.who;
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
+    let timeout = login.timeout;
+    let config = DeviceConfig::default()
+        .with_min_iterations(login.min_iterations)
+        .with_call_timeout(timeout)
+        .with_handshake_timeout(timeout);
+    let addr = with_default_port(login.server, tether_core::frame::DEFAULT_PORT);
+    let stream = match connect(&addr, timeout).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let login = match tether_firmware::Session::login(
+        tether_firmware::host::transport(stream),
+        buffers,
+        tether_firmware::TokioClock::new(),
+        login.user,
+        ClientCredentials::Password(&password),
+        &mut rng,
+        &config,
+    )
+    .await
+    {
+        Ok(login) => login,
+        Err(DeviceError::Refused {
+            code,
+            retry_after_secs,
+        }) => {
+            let why = match code {
+                RefusalCode::Unauthorized => {
+                    "wrong username or password, or the account may not log in"
+                }
+                RefusalCode::Unsupported => "the server runs none of the mechanisms offered",
+                RefusalCode::Throttled => "too many failed logins",
+                RefusalCode::Unavailable => "the server cannot reach its user database",
+                RefusalCode::Version => "the server speaks another protocol version",
+                RefusalCode::Protocol => "the server rejected the handshake",
+                RefusalCode::Busy => "the server is at its limit",
+            };
+            if retry_after_secs > 0 {
+                eprintln!("{who}: login refused: {code}: {why} (retry after {retry_after_secs} s)");
+            } else {
+                eprintln!("{who}: login refused: {code}: {why}");
+            }
+            return Err(ExitCode::from(2));
+        }
+        Err(DeviceError::Transport(e)) => {
+            eprintln!("{who}: the connection to {addr} failed during the login: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    Ok(login.session)
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use tether_core::message::GoodbyeReason;
+use tether_core::method::builtin::Echo;
 use tether_core::scram::{CachedKeys, Mechanism};
 
 use crate::common::*;
@@ -782,4 +783,87 @@ async fn the_units_exec_start_serves_and_notifies_systemd() {
     let mut serve = serve;
     let status = serve.0.wait().unwrap();
     assert!(status.success());
+}
+
+/// `tether device` as a test device against a real server: it answers
+/// device_info, echoes or refuses other calls, prints what arrives, and
+/// sends a notification per stdin line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_answers_echoes_prints_and_notifies() {
+    use std::io::Write as _;
+    use tether_core::method::builtin::DeviceInfo;
+    use tether_server::realm::CallError;
+    let db = Db::copy(DB);
+    let realm = TestRealm::default();
+    let server = start_with(
+        tether_server::StoreConfig::new(db.url()),
+        test_config(),
+        realm.clone(),
+    )
+    .await;
+    for refuse in [false, true] {
+        let addr = server.addr.to_string();
+        let mut args = vec!["device", "--server", &addr, "--user", "alice"];
+        if refuse {
+            args.push("--refuse-unknown");
+        }
+        let mut child = tether(&args)
+            .env("TETHER_PASSWORD", password(DB, "alice"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let next = || rx.recv_timeout(Duration::from_secs(10)).expect("a line");
+        assert!(next().starts_with("logged in as alice (session "));
+        let mind = realm.minds.lock().unwrap().last().unwrap().clone();
+        let info = mind.call::<DeviceInfo>(&()).await.unwrap();
+        assert_eq!(
+            info.decode().unwrap().firmware,
+            format!("tether-device/{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(next(), "call device_info  -> answered");
+        let r = mind
+            .call_raw("thermostat.set", vec![1, 2, 3], Duration::from_secs(5))
+            .await;
+        if refuse {
+            assert!(matches!(r, Err(CallError::Remote(_))), "{r:?}");
+            assert_eq!(next(), "call thermostat.set 010203 -> refused");
+        } else {
+            assert_eq!(r.unwrap(), vec![1, 2, 3]);
+            assert_eq!(next(), "call thermostat.set 010203 -> echoed");
+        }
+        mind.notify::<Echo>(&"hi").await.unwrap();
+        assert_eq!(next(), "notify echo 026869");
+        stdin.write_all(b"temperature 21.5\n").unwrap();
+        assert_eq!(next(), "sent temperature");
+        for _ in 0..100 {
+            if !realm.notes.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let note = realm.notes.lock().unwrap().pop().unwrap();
+        assert_eq!(note, ("temperature".to_string(), b"\x0421.5".to_vec()));
+        // Stdin closed: it stays connected until the session ends.
+        drop(stdin);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(child.try_wait().unwrap().is_none());
+        mind.close(GoodbyeReason::Kicked);
+        let closed = next();
+        assert!(closed.starts_with("closed: "), "{closed}");
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+    server.handle.shutdown();
 }

@@ -636,6 +636,8 @@ pub struct TestRealm {
     pub hang_in_attached: bool,
     /// "attached ended" and "detached", in the order they happened.
     pub hooks: Arc<Mutex<Vec<&'static str>>>,
+    /// Notifications from devices: method and arguments.
+    pub notes: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
 }
 
 /// `slow(ms) -> ms`.
@@ -675,6 +677,10 @@ impl Avatar for TestAvatar {
             return reply::<Slow>(&ms);
         }
         self.inner.call(call).await
+    }
+
+    async fn notify(&self, method: String, args: Vec<u8>) {
+        self.realm.notes.lock().unwrap().push((method, args));
     }
 
     async fn attached(&self) {
