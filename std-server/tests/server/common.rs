@@ -637,8 +637,11 @@ pub struct TestRealm {
     /// "attached ended" and "detached", in the order they happened.
     pub hooks: Arc<Mutex<Vec<&'static str>>>,
     /// Notifications from devices: method and arguments.
-    pub notes: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub notes: Arc<Mutex<Vec<Note>>>,
 }
+
+/// A notification a device sent: method and postcard arguments.
+pub type Note = (String, Vec<u8>);
 
 /// `slow(ms) -> ms`.
 pub struct Slow;
