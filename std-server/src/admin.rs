@@ -213,6 +213,43 @@ pub struct AdminConfig {
     /// How long a request body may take to arrive, and a response may wait
     /// for the client to read it (default 30 s).
     pub idle_timeout: Duration,
+    /// Serve HTTPS with this certificate and key ([`tls_config`]); `None`:
+    /// plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A TLS configuration (rustls, ring) from PEM files: the certificate chain
+/// (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("admin TLS certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "admin TLS certificate {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("admin TLS key {}: {e}", key.display()))?;
+    // ring, as for forwarding (src/forward): rustls deprecates it for
+    // lacking post-quantum key exchange, which only aws-lc-rs has (cmake,
+    // twice the build).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("admin TLS certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 impl Default for AdminConfig {
@@ -225,6 +262,7 @@ impl Default for AdminConfig {
             max_connections: 128,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -410,7 +448,10 @@ impl AdminServer {
         let addr = self.local_addr();
         info!(
             max_connections = self.config.max_connections,
-            url = %format!("http://{addr}/"),
+            url = %format!(
+                "{}://{addr}/",
+                if self.config.tls.is_some() { "https" } else { "http" }
+            ),
             "admin API listening"
         );
         listener::serve(

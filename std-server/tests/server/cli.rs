@@ -867,3 +867,99 @@ async fn device_answers_echoes_prints_and_notifies() {
     }
     server.handle.shutdown();
 }
+
+/// `--admin-tls-cert/--admin-tls-key`: the admin API speaks HTTPS (a
+/// certificate made by openssl, trusted by the client), and plain HTTP gets
+/// no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_over_tls() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = Db::copy(DB);
+    let dir = db.dir.path();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    let (serve, rx) = spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db.url(),
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-tls-cert",
+            cert.to_str().unwrap(),
+            "--admin-tls-key",
+            key.to_str().unwrap(),
+        ],
+        dir,
+    );
+    let lines = lines_until(&rx, |l| l.contains("admin API listening"));
+    let url = lines
+        .last()
+        .unwrap()
+        .split("url=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("https://")
+        .expect("an https URL")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls_pki_types::pem::PemObject as _;
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("{\"status\":\"alive\"}"), "{answer}");
+    // Plain HTTP on the TLS port: no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut bytes)).await;
+    assert!(!bytes.starts_with(b"HTTP/1.1 200"));
+    stop(serve);
+}
