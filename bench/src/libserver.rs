@@ -32,6 +32,7 @@ impl Method for S2d {
     type Args<'a> = S2dArgs;
     type Reply<'a> = S2dStats;
 }
+impl tether_core::method::ToServer for S2d {}
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct S2dArgs {
@@ -97,7 +98,7 @@ async fn drive_mind(mind: Mind, args: S2dArgs) -> S2dStats {
                 let result = mind.call::<Echo>(&ARG).await;
                 let now = Instant::now();
                 match result {
-                    Ok(r) if r.decode().is_ok_and(|r| r == ARG) => {
+                    Ok(r) if r.get() == ARG => {
                         if window.counts(began, now) {
                             samples.push(now - began);
                         }

@@ -147,6 +147,7 @@ impl<'o> Writer<'o> {
 
 const MECHANISMS: [Mechanism; 2] = [Mechanism::ScramSha256, Mechanism::ScramSha1];
 
+#[cfg(not(feature = "v2"))]
 const REFUSAL_CODES: [RefusalCode; 7] = [
     RefusalCode::Unauthorized,
     RefusalCode::Unsupported,
@@ -155,6 +156,17 @@ const REFUSAL_CODES: [RefusalCode; 7] = [
     RefusalCode::Version,
     RefusalCode::Protocol,
     RefusalCode::Busy,
+];
+#[cfg(feature = "v2")]
+const REFUSAL_CODES: [RefusalCode; 8] = [
+    RefusalCode::Unauthorized,
+    RefusalCode::Unsupported,
+    RefusalCode::Throttled,
+    RefusalCode::Unavailable,
+    RefusalCode::Version,
+    RefusalCode::Protocol,
+    RefusalCode::Busy,
+    RefusalCode::UnknownKey,
 ];
 
 const GOODBYE_REASONS: [GoodbyeReason; 8] = [

@@ -271,6 +271,15 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
         self.filled == 0 && self.len == 0
     }
 
+    /// The body storage, while no frame is partly received
+    /// ([`is_idle`](Self::is_idle)); `None` otherwise. A driver that lends
+    /// buffers only while bytes are in flight takes its storage back here
+    /// between frames (the storage must keep its size: the decoder's
+    /// maximum was capped by it).
+    pub fn idle_storage(&mut self) -> Option<&mut B> {
+        self.is_idle().then_some(&mut self.buf)
+    }
+
     /// True when a whole frame waits for [`take_frame`](Self::take_frame).
     pub fn has_frame(&self) -> bool {
         self.len != 0 && self.filled == self.len
@@ -316,6 +325,19 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> FrameDecoder<B> {
         self.len = 0;
         self.filled = 0;
         self.buf.as_ref().get(..len)
+    }
+
+    /// [`take_frame`](Self::take_frame), mutable: for a body that is
+    /// decrypted in place (protocol v2).
+    #[cfg(feature = "v2")]
+    pub(crate) fn take_frame_mut(&mut self) -> Option<&mut [u8]> {
+        if !self.has_frame() {
+            return None;
+        }
+        let len = self.len;
+        self.len = 0;
+        self.filled = 0;
+        self.buf.as_mut().get_mut(..len)
     }
 
     /// Consumes bytes from `input` up to the end of the next frame. Returns

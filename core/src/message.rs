@@ -14,6 +14,11 @@ use crate::scram::{Mechanism, Mechanisms};
 /// The protocol version this crate speaks.
 pub const PROTOCOL_VERSION: u8 = 1;
 
+/// Protocol version 2 (Noise, then SCRAM bound to it; docs/PROTOCOL.md):
+/// the first byte of a v2 device's first frame, and its `Hello.version`.
+#[cfg(feature = "v2")]
+pub const PROTOCOL_VERSION_2: u8 = 2;
+
 /// Why a message could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeError {
@@ -199,6 +204,11 @@ pub enum RefusalCode {
     Protocol,
     /// The server is at its limit of handshakes or sessions; retry later.
     Busy,
+    /// Protocol v2, NK: the first message decrypts under none of the
+    /// server's static keys (the device pinned a wrong or retired key).
+    /// Sent in the clear; retrying will not help.
+    #[cfg(feature = "v2")]
+    UnknownKey,
 }
 
 impl RefusalCode {
@@ -212,6 +222,8 @@ impl RefusalCode {
             Self::Version => "version",
             Self::Protocol => "protocol",
             Self::Busy => "busy",
+            #[cfg(feature = "v2")]
+            Self::UnknownKey => "unknown_key",
         }
     }
 

@@ -15,6 +15,9 @@
 //!     type Reply<'a> = Reading;
 //! }
 //!
+//! // The device calls it; the server answers.
+//! impl tether_core::method::ToServer for ReadSensor {}
+//!
 //! let mut buf = [0u8; 32];
 //! let args = tether_core::method::encode_args::<ReadSensor>(&"outdoor", &mut buf).unwrap();
 //! assert_eq!(tether_core::method::decode_args::<ReadSensor>(args).unwrap(), "outdoor");
@@ -34,6 +37,20 @@ pub trait Method {
     /// The reply type.
     type Reply<'a>: Serialize + Deserialize<'a>;
 }
+
+/// A method the device calls and the server answers (device -> server).
+///
+/// The direction is part of the type: the device's `Session::call` and
+/// `notify` (tether-firmware) and the server's `IncomingCall::args` and
+/// `reply` (tether-server) take only `ToServer` methods, so a call the
+/// wrong way does not compile. A method both sides answer implements both
+/// [`ToServer`] and [`ToDevice`].
+pub trait ToServer: Method {}
+
+/// A method the server calls and the device answers (server -> device):
+/// the server's `Mind::call` and `notify` and the device's `Request::args`
+/// and `Responder::ok` take only these. See [`ToServer`].
+pub trait ToDevice: Method {}
 
 /// Encodes a method's arguments.
 pub fn encode_args<'o, M: Method>(
@@ -65,13 +82,16 @@ pub fn decode_reply<M: Method>(bytes: &[u8]) -> Result<M::Reply<'_>, DecodeError
 pub mod builtin {
     use super::*;
 
-    /// Returns its argument.
+    /// Returns its argument (both directions: the server answers it, and
+    /// so do devices that serve it).
     pub struct Echo;
     impl Method for Echo {
         const NAME: &'static str = "echo";
         type Args<'a> = &'a str;
         type Reply<'a> = &'a str;
     }
+    impl ToServer for Echo {}
+    impl ToDevice for Echo {}
 
     /// Who the session is logged in as.
     pub struct WhoAmI;
@@ -80,6 +100,7 @@ pub mod builtin {
         type Args<'a> = ();
         type Reply<'a> = Identity<'a>;
     }
+    impl ToServer for WhoAmI {}
 
     /// The authenticated identity of a session.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +122,7 @@ pub mod builtin {
         type Args<'a> = ();
         type Reply<'a> = u64;
     }
+    impl ToServer for ServerTime {}
 
     /// Device -> answers the server: what firmware runs and for how long.
     pub struct DeviceInfo;
@@ -109,6 +131,7 @@ pub mod builtin {
         type Args<'a> = ();
         type Reply<'a> = DeviceStatus<'a>;
     }
+    impl ToDevice for DeviceInfo {}
 
     /// A device's self-description.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

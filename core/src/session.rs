@@ -109,12 +109,12 @@ impl SessionKeys {
         };
         (
             Sealer {
-                mac: HmacSha256::new(send),
+                mac: FrameKey::Mac(HmacSha256::new(send)),
                 seq: 0,
                 closed: false,
             },
             Opener {
-                mac: HmacSha256::new(recv),
+                mac: FrameKey::Mac(HmacSha256::new(recv)),
                 next: 0,
                 closed: false,
             },
@@ -220,9 +220,19 @@ impl From<FrameError> for SessionError {
 /// frame in its direction) it seals nothing more.
 #[derive(Clone)]
 pub struct Sealer {
-    mac: HmacSha256,
+    mac: FrameKey,
     seq: u64,
     closed: bool,
+}
+
+/// How a direction's frames are protected: v1's HMAC tag, or (protocol
+/// v2) ChaCha20-Poly1305 under a Noise transport key, the frame's `seq`
+/// being the nonce.
+#[derive(Clone)]
+enum FrameKey {
+    Mac(HmacSha256),
+    #[cfg(feature = "v2")]
+    Aead(crate::noise::CipherState),
 }
 
 impl fmt::Debug for Sealer {
@@ -304,10 +314,33 @@ impl Sealer {
         let (signed, tag) = out.split_at_mut(end - TAG_LEN);
         signed[..HEADER_LEN].copy_from_slice(&(body_len as u16).to_be_bytes());
         signed[HEADER_LEN..HEADER_LEN + SEQ_LEN].copy_from_slice(&seq.to_be_bytes());
-        let mut mac = self.mac.clone();
-        mac.update(&signed[HEADER_LEN..]);
-        tag.copy_from_slice(&mac.finish()[..TAG_LEN]);
+        match &mut self.mac {
+            FrameKey::Mac(mac) => {
+                let mut mac = mac.clone();
+                mac.update(&signed[HEADER_LEN..]);
+                tag.copy_from_slice(&mac.finish()[..TAG_LEN]);
+            }
+            #[cfg(feature = "v2")]
+            FrameKey::Aead(cipher) => {
+                // Nonce = seq (below 2^64 - 1: checked above).
+                cipher.set_nonce(seq);
+                cipher
+                    .encrypt_with_ad(&[], &mut out[HEADER_LEN + SEQ_LEN..], n)
+                    .ok()?;
+            }
+        }
         Some(out)
+    }
+
+    /// A v2 sealer: ChaCha20-Poly1305 under a Noise transport
+    /// `CipherState`, its next nonce the next `seq`.
+    #[cfg(feature = "v2")]
+    pub(crate) fn v2(cipher: crate::noise::CipherState) -> Self {
+        Self {
+            seq: cipher.nonce(),
+            mac: FrameKey::Aead(cipher),
+            closed: false,
+        }
     }
 
     /// The sequence number of the next frame.
@@ -325,7 +358,7 @@ impl Sealer {
 /// after a `Goodbye`, it opens nothing more ([`SessionError::Closed`]).
 #[derive(Clone)]
 pub struct Opener {
-    mac: HmacSha256,
+    mac: FrameKey,
     next: u64,
     closed: bool,
 }
@@ -342,6 +375,9 @@ impl Opener {
     /// Authenticates a frame body and decodes its message, which borrows
     /// from `body`. Any error means the session must close, and closes this
     /// opener: every later frame fails with [`SessionError::Closed`].
+    ///
+    /// A v2 opener (inside the connection machine) decrypts in place and
+    /// opens nothing through this method ([`SessionError::Closed`]).
     pub fn open<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
         if self.closed {
             return Err(SessionError::Closed);
@@ -353,17 +389,65 @@ impl Opener {
         Ok(msg)
     }
 
-    fn check<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
+    /// [`open`](Self::open) a body that may be decrypted in place (v2).
+    #[cfg(feature = "v2")]
+    pub(crate) fn open_in_place<'b>(
+        &mut self,
+        body: &'b mut [u8],
+    ) -> Result<Message<'b>, SessionError> {
+        if let FrameKey::Aead(_) = self.mac {
+            if self.closed {
+                return Err(SessionError::Closed);
+            }
+            self.closed = true;
+            let plain = self.open_v2(body)?;
+            let msg = Message::decode(plain).map_err(SessionError::Decode)?;
+            self.closed = matches!(msg, Message::Goodbye { .. });
+            return Ok(msg);
+        }
+        self.open(body)
+    }
+
+    /// Authenticates and decrypts a v2 body in place, checks its `seq`,
+    /// and returns the plaintext message bytes (not decoded: the login's
+    /// frames carry handshake messages). A failure leaves the opener closed.
+    #[cfg(feature = "v2")]
+    pub(crate) fn open_v2<'b>(&mut self, body: &'b mut [u8]) -> Result<&'b [u8], SessionError> {
+        let FrameKey::Aead(cipher) = &mut self.mac else {
+            return Err(SessionError::Closed);
+        };
+        self.closed = true;
         if body.len() < OVERHEAD + 1 {
             return Err(SessionError::TooShort { len: body.len() });
         }
-        let (signed, tag) = body.split_at(body.len() - TAG_LEN);
-        let mut mac = self.mac.clone();
-        mac.update(signed);
-        if !bool::from(mac.finish()[..TAG_LEN].ct_eq(tag)) {
-            return Err(SessionError::BadTag);
+        let (seq, sealed) = body.split_at_mut(SEQ_LEN);
+        let seq = u64::from_be_bytes((&*seq).try_into().expect("8 bytes"));
+        cipher.set_nonce(seq);
+        let plain = cipher
+            .decrypt_with_ad(&[], sealed)
+            .map_err(|_| SessionError::BadTag)?;
+        self.sequence(seq)?;
+        self.next = self
+            .next
+            .checked_add(1)
+            .ok_or(SessionError::SequenceExhausted)?;
+        self.closed = false;
+        Ok(plain)
+    }
+
+    /// A v2 opener: ChaCha20-Poly1305 under a Noise transport
+    /// `CipherState`, expecting its next nonce as the next `seq`.
+    #[cfg(feature = "v2")]
+    pub(crate) fn v2(cipher: crate::noise::CipherState) -> Self {
+        Self {
+            next: cipher.nonce(),
+            mac: FrameKey::Aead(cipher),
+            closed: false,
         }
-        let seq = u64::from_be_bytes(signed[..SEQ_LEN].try_into().expect("8 bytes"));
+    }
+
+    /// Checks that an authentic frame's `seq` is the next one.
+    fn sequence(&mut self, seq: u64) -> Result<(), SessionError> {
         if seq < self.next {
             return Err(SessionError::Replayed {
                 seq,
@@ -376,6 +460,27 @@ impl Opener {
                 expected: self.next,
             });
         }
+        Ok(())
+    }
+
+    fn check<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
+        if body.len() < OVERHEAD + 1 {
+            return Err(SessionError::TooShort { len: body.len() });
+        }
+        #[allow(clippy::infallible_destructuring_match)] // one variant without v2
+        let mac = match &self.mac {
+            FrameKey::Mac(mac) => mac,
+            #[cfg(feature = "v2")]
+            FrameKey::Aead(_) => return Err(SessionError::Closed),
+        };
+        let (signed, tag) = body.split_at(body.len() - TAG_LEN);
+        let mut mac = mac.clone();
+        mac.update(signed);
+        if !bool::from(mac.finish()[..TAG_LEN].ct_eq(tag)) {
+            return Err(SessionError::BadTag);
+        }
+        let seq = u64::from_be_bytes(signed[..SEQ_LEN].try_into().expect("8 bytes"));
+        self.sequence(seq)?;
         let msg = Message::decode(&signed[SEQ_LEN..]).map_err(SessionError::Decode)?;
         self.next = self
             .next

@@ -1412,14 +1412,12 @@ fn replies_to_calls_never_made_or_answered_already_are_protocol_errors() {
         let mut down = Wire::new();
         server.inbox.extend(raw.seal(&msg));
         server.run(at(0), &mut down);
-        let id = match msg {
-            Message::Reply { id, .. } | Message::Error { id, .. } => id,
+        let violation = match msg {
+            Message::Reply { id, .. } => Violation::UnknownReply(id),
+            Message::Error { id, .. } => Violation::UnknownError(id),
             _ => unreachable!(),
         };
-        assert_eq!(
-            server.error,
-            Some(ConnectionError::Protocol(Violation::UnknownReply(id)))
-        );
+        assert_eq!(server.error, Some(ConnectionError::Protocol(violation)));
         assert_eq!(
             raw.open_all(&mut down),
             [Message::Goodbye {

@@ -221,8 +221,8 @@ mod v2_draft {
     const CLIENT_FIRST: &str = "p=tether-noise,,n=user,r=rOprNGfwEbeRWgbNEkqO";
     const SERVER_FIRST: &str =
         "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096";
-    /// SCRAM with channel binding is not in tether-core yet: these two come
-    /// from the doc (computed by noise_vectors.py with hashlib).
+    /// From the doc (computed by noise_vectors.py with hashlib); tether-core's
+    /// bound SCRAM reproduces them (`scram_bound_to_the_nk_handshake_hash`).
     const CLIENT_FINAL: &str = "c=cD10ZXRoZXItbm9pc2UsLIOJqNIGrydOcuXPOvpeURGvo/ydh4QARWQGmzg2KP2J,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=ECFWLJ3iB7b2F+zcnhw7UBWX05A+hrx0ot0poqjO2tQ=";
     const SERVER_FINAL: &str = "v=HZHPnr8lGZ/sRuoL9t8EoprQCQcZJPxqh+fQV3t8KMo=";
 
@@ -399,5 +399,72 @@ mod v2_draft {
             transport(&mut server, &challenge),
             "00710000000000000000c26b1ae7545755041409b94fe8c3873c87a5a846b3f3a85ad6b91ce40029a8455f35298d618e20a34abe172fb91d172347fb37abe783f53b6bbf010550d8d5a6901568ae52dfc90ba82fef4666f6b0bbac61d76aa8cd6b7a2998d2ae1f7fd4d9c4e38a65bfeea7564b"
         );
+    }
+
+    /// tether-core's SCRAM with the `tether-noise` channel binding, both
+    /// sides, against the doc's NK vectors.
+    #[test]
+    fn scram_bound_to_the_nk_handshake_hash() {
+        use tether_core::scram::{
+            CachedKeys, ClientConfig, ClientCredentials, ClientLogin, ScramError,
+            ServerCredentials, ServerLogin,
+        };
+        let h: [u8; 32] =
+            super::hex("8389a8d206af274e72e5cf3afa5e5111afa3fc9d8784004564069b383628fd89")
+                .try_into()
+                .unwrap();
+        let client = ClientLogin::<256>::bound_with_nonce(
+            "user",
+            ClientCredentials::Password("pencil"),
+            ClientConfig::default(),
+            "rOprNGfwEbeRWgbNEkqO",
+        )
+        .unwrap();
+        assert_eq!(client.client_first(), CLIENT_FIRST);
+        let salt = base64_decode("W22ZaJ0SNY7soEsUEjb6gQ==");
+        let keys = CachedKeys::derive(Mechanism::ScramSha256, "pencil", &salt, 4096).unwrap();
+        let creds = ServerCredentials::from_cached_keys(&keys).unwrap();
+        let server = ServerLogin::<512>::new_bound(CLIENT_FIRST)
+            .unwrap()
+            .challenge_with_nonce(&creds, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
+            .unwrap();
+        assert_eq!(server.server_first(), SERVER_FIRST);
+        let proof = client
+            .handle_challenge_bound(Mechanism::ScramSha256, SERVER_FIRST, &h)
+            .unwrap();
+        assert_eq!(proof.client_final(), CLIENT_FINAL);
+        let done = server.verify_bound(CLIENT_FINAL, &h).unwrap();
+        assert_eq!(done.server_final(), SERVER_FINAL);
+        proof.handle_server_final(SERVER_FINAL).unwrap();
+
+        // Another handshake hash (a relay's other session): refused.
+        let server = ServerLogin::<512>::new_bound(CLIENT_FIRST)
+            .unwrap()
+            .challenge_with_nonce(&creds, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
+            .unwrap();
+        let mut other = h;
+        other[0] ^= 1;
+        assert_eq!(
+            server.verify_bound(CLIENT_FINAL, &other).err(),
+            Some(ScramError::ChannelBindingMismatch)
+        );
+        // A bound login is never accepted unbound, nor the reverse.
+        let server = ServerLogin::<512>::new_bound(CLIENT_FIRST)
+            .unwrap()
+            .challenge_with_nonce(&creds, "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0")
+            .unwrap();
+        assert_eq!(
+            server.verify(CLIENT_FINAL).err(),
+            Some(ScramError::ChannelBindingMismatch)
+        );
+        assert_eq!(
+            ServerLogin::<512>::new_bound("n,,n=user,r=abc").err(),
+            Some(ScramError::ChannelBindingUnsupported)
+        );
+    }
+
+    fn base64_decode(s: &str) -> Vec<u8> {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.decode(s).unwrap()
     }
 }

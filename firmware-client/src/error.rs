@@ -309,3 +309,124 @@ impl<E: fmt::Debug> fmt::Display for CallError<'_, E> {
 }
 
 impl<E: fmt::Debug> core::error::Error for CallError<'_, E> {}
+
+impl<'a, E> CallError<'a, E> {
+    /// The same error owning its message, free of the receive buffer's
+    /// borrow (feature `alloc`, on by `std`): what `?` into `anyhow` or
+    /// `Box<dyn Error>` needs.
+    ///
+    /// ```
+    /// # #[cfg(feature = "std")] {
+    /// use tether_core::message::ErrorCode;
+    /// use tether_firmware::{CallError, OwnedCallError};
+    ///
+    /// fn app(buffer: &str) -> Result<(), Box<dyn std::error::Error>> {
+    ///     let e: CallError<'_, std::io::Error> =
+    ///         CallError::Remote { code: ErrorCode::FAILED, message: buffer };
+    ///     Err(e.into_owned())?
+    /// }
+    /// let e = app("sensor offline").unwrap_err();
+    /// assert_eq!(e.to_string(), "remote error failed (3): sensor offline");
+    /// # }
+    /// ```
+    #[cfg(feature = "alloc")]
+    pub fn into_owned(self) -> OwnedCallError<E> {
+        self.into()
+    }
+}
+
+/// [`CallError`] owning its remote message (feature `alloc`): `'static`
+/// whenever the transport error is, so it goes into `anyhow`,
+/// `Box<dyn Error>` and across tasks. Made by [`CallError::into_owned`]
+/// or returned by [`Session::call_owned`](crate::Session::call_owned).
+#[cfg(feature = "alloc")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedCallError<E> {
+    /// The server answered with an error.
+    Remote {
+        /// Its code.
+        code: ErrorCode,
+        /// Its human-readable detail.
+        message: alloc::string::String,
+    },
+    /// No answer within the timeout; the session goes on.
+    Timeout,
+    /// The answer does not decode as the method's reply type.
+    BadReply(DecodeError),
+    /// The arguments cannot be encoded (a serde error).
+    Encode(EncodeError),
+    /// The arguments do not fit; nothing was sent.
+    TooLarge {
+        /// The most argument bytes that fit.
+        max: usize,
+    },
+    /// [`MAX_CALLS_IN_FLIGHT`](crate::MAX_CALLS_IN_FLIGHT) calls are already
+    /// waiting for replies.
+    TooManyCalls,
+    /// Earlier [`Session::send_call`](crate::Session::send_call)s wait for
+    /// their replies.
+    CallsPending,
+    /// The session ended.
+    Session(Error<E>),
+}
+
+#[cfg(feature = "alloc")]
+impl<E> OwnedCallError<E> {
+    /// Whether the session is over (reconnect); otherwise only this call
+    /// failed.
+    pub fn ends_session(&self) -> bool {
+        matches!(self, Self::Session(_))
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<E> From<CallError<'_, E>> for OwnedCallError<E> {
+    fn from(e: CallError<'_, E>) -> Self {
+        match e {
+            CallError::Remote { code, message } => Self::Remote {
+                code,
+                message: message.into(),
+            },
+            CallError::Timeout => Self::Timeout,
+            CallError::BadReply(e) => Self::BadReply(e),
+            CallError::Encode(e) => Self::Encode(e),
+            CallError::TooLarge { max } => Self::TooLarge { max },
+            CallError::TooManyCalls => Self::TooManyCalls,
+            CallError::CallsPending => Self::CallsPending,
+            CallError::Session(e) => Self::Session(e),
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<E> From<Error<E>> for OwnedCallError<E> {
+    fn from(e: Error<E>) -> Self {
+        Self::Session(e)
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<E> From<Failure<'_>> for OwnedCallError<E> {
+    fn from(f: Failure<'_>) -> Self {
+        CallError::<E>::from(f).into()
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<E: fmt::Debug> fmt::Display for OwnedCallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Remote { code, message } => write!(f, "remote error {code}: {message}"),
+            Self::Timeout => f.write_str("call timed out"),
+            Self::BadReply(e) => write!(f, "reply does not decode: {e}"),
+            Self::Encode(e) => write!(f, "arguments: {e}"),
+            Self::TooLarge { max } => write!(f, "arguments too large: at most {max} bytes fit"),
+            Self::TooManyCalls => f.write_str("too many calls in flight"),
+            Self::CallsPending => f.write_str("earlier calls still pending"),
+            Self::Session(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+#[cfg(feature = "alloc")]
+impl<E: fmt::Debug> core::error::Error for OwnedCallError<E> {}

@@ -4,7 +4,7 @@ use core::future::Future;
 
 use tether_core::connection::REPLY_TOO_LARGE;
 use tether_core::message::{DecodeError, EncodeError, ErrorCode};
-use tether_core::method::{self, Method};
+use tether_core::method::{self, Method, ToDevice};
 
 /// Answers the server's calls and receives its notifications.
 ///
@@ -113,7 +113,7 @@ impl<'a> Request<'a> {
 
     /// The arguments decoded as `M`'s (on error answer
     /// [`Responder::bad_arguments`]).
-    pub fn args<M: Method>(&self) -> Result<M::Args<'a>, DecodeError> {
+    pub fn args<M: ToDevice>(&self) -> Result<M::Args<'a>, DecodeError> {
         method::decode_args::<M>(self.args)
     }
 }
@@ -142,7 +142,7 @@ pub struct Responded(pub(crate) Outcome);
 impl Responder<'_> {
     /// Answers with `M`'s reply. A reply too large for the server (or the
     /// transmit buffer) becomes the error `FAILED` "reply too large".
-    pub fn ok<M: Method>(self, reply: &M::Reply<'_>) -> Responded {
+    pub fn ok<M: ToDevice>(self, reply: &M::Reply<'_>) -> Responded {
         match method::encode_reply::<M>(reply, self.out) {
             Ok(bytes) => Responded(Outcome {
                 code: None,

@@ -7,20 +7,14 @@
 //! use tether_core::method::builtin::WhoAmI;
 //! use tether_core::scram::ClientCredentials;
 //! use tether_firmware::{BufferStore, Config, host};
-//! # struct Rng;
-//! # impl tether_core::rand_core::TryRng for Rng {
-//! #     type Error = core::convert::Infallible;
-//! #     fn try_next_u32(&mut self) -> Result<u32, Self::Error> { Ok(4) }
-//! #     fn try_next_u64(&mut self) -> Result<u64, Self::Error> { Ok(4) }
-//! #     fn try_fill_bytes(&mut self, d: &mut [u8]) -> Result<(), Self::Error> { d.fill(4); Ok(()) }
-//! # }
-//! # impl tether_core::rand_core::TryCryptoRng for Rng {}
-//! # let mut rng = Rng; // use a real CSPRNG (getrandom's SysRng, rand's ThreadRng)
+//! // A CSPRNG for rand_core 0.10 (tether_core::rand_core): getrandom 0.4's
+//! // SysRng (feature `sys_rng`) behind `UnwrapErr`, or rand 0.10's `rand::rng()`.
+//! let mut rng = tether_core::rand_core::UnwrapErr(getrandom::SysRng);
 //!
 //! let mut store: BufferStore = BufferStore::new();
 //! let mut login = host::connect("127.0.0.1:7420", store.buffers(), "alice",
 //!     ClientCredentials::Password("wonderland"), &mut rng, &Config::default()).await?;
-//! let me = login.session.call::<WhoAmI, _>(&(), &mut ()).await.map_err(|e| e.to_string())?;
+//! let me = login.session.call::<WhoAmI, _>(&(), &mut ()).await.map_err(|e| e.into_owned())?;
 //! println!("logged in as {} (session {})", me.username, me.session_id);
 //! login.session.close().await?;
 //! # Ok(()) }

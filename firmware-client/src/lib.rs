@@ -46,6 +46,7 @@
 //!     type Args<'a> = f32;
 //!     type Reply<'a> = ();
 //! }
+//! impl tether_core::method::ToServer for Temperature {}
 //!
 //! /// The mind: how the device answers the server.
 //! struct Mind;
@@ -186,6 +187,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
@@ -199,6 +202,7 @@ mod buffers;
 mod calls;
 mod clock;
 mod config;
+mod dispatch;
 mod error;
 mod handler;
 mod handshake;
@@ -221,6 +225,9 @@ pub use clock::EmbassyClock;
 #[cfg(feature = "std")]
 pub use clock::TokioClock;
 pub use config::Config;
+pub use dispatch::{Methods, NoRoute, Refusal, Route, Routes};
+#[cfg(feature = "alloc")]
+pub use error::OwnedCallError;
 pub use error::{CallError, Error, Failure, TimeoutKind};
 pub use handler::{Handler, Request, Responded, Responder};
 pub use handshake::Established;

@@ -11,7 +11,7 @@ use embassy_futures::select::{Either3, select3};
 use embedded_io_async::{Read, ReadReady, Write};
 use tether_core::connection::{ClientConnection, ConnectionError, Event, SendError};
 use tether_core::message::GoodbyeReason;
-use tether_core::method::Method;
+use tether_core::method::ToServer;
 
 use crate::calls::{Pending, Reply};
 use crate::clock::Clock;
@@ -110,7 +110,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// For several calls in flight use [`send_call`](Self::send_call) and
     /// [`next_reply`](Self::next_reply); `call` fails with
     /// [`CallError::CallsPending`] while such calls wait.
-    pub async fn call<M: Method, H: Handler + ?Sized>(
+    pub async fn call<M: ToServer, H: Handler + ?Sized>(
         &mut self,
         args: &M::Args<'_>,
         handler: &mut H,
@@ -120,7 +120,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     }
 
     /// [`call`](Self::call) with its own timeout.
-    pub async fn call_with_timeout<M: Method, H: Handler + ?Sized>(
+    pub async fn call_with_timeout<M: ToServer, H: Handler + ?Sized>(
         &mut self,
         args: &M::Args<'_>,
         handler: &mut H,
@@ -138,6 +138,38 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         Ok(reply.decode::<M>()?)
     }
 
+    /// [`call`](Self::call) with the reply decoded into an owned value and
+    /// an [`OwnedCallError`](crate::OwnedCallError) (feature `alloc`): free
+    /// of the session's borrow, for methods whose reply type borrows nothing
+    /// (`u64`, a struct of owned fields). For a borrowing reply (`&str`) use
+    /// [`call`](Self::call) and copy what you keep.
+    ///
+    /// Cancel-safe as [`call`](Self::call) is.
+    #[cfg(feature = "alloc")]
+    pub async fn call_owned<M, H>(
+        &mut self,
+        args: &M::Args<'_>,
+        handler: &mut H,
+    ) -> Result<M::Reply<'static>, crate::OwnedCallError<T::Error>>
+    where
+        M: ToServer,
+        H: Handler + ?Sized,
+        M::Reply<'static>: serde::de::DeserializeOwned,
+    {
+        if self.conn.is_closed() {
+            return Err(Error::Ended.into());
+        }
+        if self.calls_in_flight() > 0 {
+            return Err(CallError::<T::Error>::CallsPending.into());
+        }
+        let timeout = Duration::from_millis(self.call_timeout_ms);
+        let _pending = self.send_call::<M>(args, timeout).await?;
+        let reply = self.next_reply(handler).await?;
+        let bytes = reply.raw()?;
+        tether_core::message::decode::<M::Reply<'static>>(bytes)
+            .map_err(crate::OwnedCallError::BadReply)
+    }
+
     /// Sends a call of `M` without waiting for its reply (collect it with
     /// [`next_reply`](Self::next_reply)); up to [`MAX_CALLS_IN_FLIGHT`] may
     /// wait at once. The reply is due within `timeout`.
@@ -146,7 +178,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// transport's write buffer until the session next waits
     /// ([`next_reply`](Self::next_reply), [`serve`](Self::serve), ...), so
     /// that calls sent back to back leave together.
-    pub async fn send_call<M: Method>(
+    pub async fn send_call<M: ToServer>(
         &mut self,
         args: &M::Args<'_>,
         timeout: Duration,
@@ -225,7 +257,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     }
 
     /// Sends a notification (a one-way message, no reply) of `M`.
-    pub async fn notify<M: Method>(
+    pub async fn notify<M: ToServer>(
         &mut self,
         args: &M::Args<'_>,
     ) -> Result<(), CallError<'static, T::Error>> {

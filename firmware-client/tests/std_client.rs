@@ -540,6 +540,7 @@ async fn server_calls_the_device_while_it_waits_for_its_reply() {
         type Args<'a> = ();
         type Reply<'a> = ();
     }
+    impl tether_core::method::ToServer for Missing {}
     match with_timeout(session.call::<Missing, _>(&(), &mut mind)).await {
         Err(CallError::Remote { code, message }) => {
             assert_eq!(code, ErrorCode::UNKNOWN_METHOD);
@@ -574,6 +575,7 @@ async fn serving_while_idle_and_notifications_to_the_server() {
         type Args<'a> = f32;
         type Reply<'a> = ();
     }
+    impl tether_core::method::ToServer for Temperature {}
     let mut store: BufferStore = BufferStore::new();
     let login = with_timeout(host::connect(
         &addr,

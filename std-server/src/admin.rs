@@ -97,7 +97,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use tether_core::message::GoodbyeReason;
 use tether_core::method::builtin::{DeviceInfo, Echo, ServerTime, WhoAmI};
-use tether_core::method::{self, Method};
+use tether_core::method::{self, Method, ToDevice};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -133,6 +133,14 @@ pub enum AdminError {
          (at least {MIN_TOKEN_LEN} characters), or listen on a loopback address such as 127.0.0.1"
     )]
     NotLoopback(SocketAddr),
+    /// [`Admin::router`] without a token: nested in an application's
+    /// router it would skip [`Admin::bind`]'s loopback check and serve
+    /// anyone who reaches the application.
+    #[error(
+        "refusing to build the admin router without a token: set AdminConfig::token, \
+         or call Admin::allow_unauthenticated when the application authenticates in front of it"
+    )]
+    Unauthenticated,
     /// The address does not resolve or cannot be bound.
     #[error("admin API on {addr}: {error}")]
     Bind {
@@ -301,6 +309,8 @@ struct AdminState {
     metrics: Metrics,
     config: AdminConfig,
     json: HashMap<&'static str, JsonMethod>,
+    /// [`Admin::allow_unauthenticated`] was called.
+    unauthenticated: bool,
 }
 
 /// The admin API of a server.
@@ -338,21 +348,53 @@ impl Admin {
                 store,
                 config,
                 json,
+                unauthenticated: false,
             }),
         }
     }
 
     /// Lets calls of `M` take and return JSON (through `M`'s serde types),
     /// like the built-in methods.
-    pub fn with_json_method<M: Method>(mut self) -> Self {
+    pub fn with_json_method<M: ToDevice>(mut self) -> Self {
         Arc::make_mut(&mut self.state)
             .json
             .insert(M::NAME, json_method::<M>());
         self
     }
 
-    /// The axum router (authentication, logging and body limit included).
-    pub fn router(&self) -> Router {
+    /// Lets [`router`](Self::router) build without a token: the
+    /// application authenticates requests in front of it (its own
+    /// middleware), or serves it only where everyone who reaches it may
+    /// administer the server. Nothing warns afterwards.
+    pub fn allow_unauthenticated(mut self) -> Self {
+        Arc::make_mut(&mut self.state).unauthenticated = true;
+        self
+    }
+
+    /// The axum router (authentication, logging and body limit included),
+    /// to nest in an application's own router:
+    ///
+    /// ```no_run
+    /// # fn f(server: &tether_server::Server<tether_server::DefaultRealm>) -> Result<(), tether_server::admin::AdminError> {
+    /// use tether_server::{Admin, AdminConfig, AdminToken};
+    /// let config = AdminConfig { token: Some(AdminToken::new("a long random admin token")?), ..Default::default() };
+    /// let app = axum::Router::<()>::new().nest("/tether", Admin::new(server, config).router()?);
+    /// # let _ = app; Ok(()) }
+    /// ```
+    ///
+    /// Fails with [`AdminError::Unauthenticated`] when the configuration
+    /// has no token, unless [`allow_unauthenticated`](Self::allow_unauthenticated)
+    /// says so: a nested router is not behind [`bind`](Self::bind)'s
+    /// loopback check.
+    pub fn router(&self) -> Result<Router, AdminError> {
+        if self.state.config.token.is_none() && !self.state.unauthenticated {
+            return Err(AdminError::Unauthenticated);
+        }
+        Ok(self.router_unchecked())
+    }
+
+    /// The router, whatever the token (`bind` checks the address instead).
+    fn router_unchecked(&self) -> Router {
         let state = self.state.clone();
         let authenticated = Router::new()
             .route("/sessions", get(list_sessions))
@@ -394,7 +436,7 @@ impl Admin {
         }
         Ok(AdminServer {
             listener,
-            router: self.router(),
+            router: self.router_unchecked(),
             config: self.state.config.clone(),
             metrics: self.state.metrics.clone(),
         })

@@ -78,6 +78,18 @@ impl Registry {
             .collect()
     }
 
+    /// The mind of the user's newest live session (the highest session id:
+    /// ids grow with each login), skipping sessions already closing: the
+    /// device to call when a user may have reconnected and left an older
+    /// session behind.
+    pub fn newest_of(&self, username: &str) -> Option<Mind> {
+        lock(&self.sessions)
+            .values()
+            .rev()
+            .find(|e| e.info.user.username == username && !e.mind.is_closing())
+            .map(|e| e.mind.clone())
+    }
+
     pub(crate) fn insert(&self, entry: SessionEntry) {
         lock(&self.sessions).insert(entry.info.id, entry);
     }
@@ -296,23 +308,21 @@ impl Avatar for DefaultAvatar {
                 .call_timeout::<DeviceInfo>(&(), Duration::from_secs(10))
                 .await
             {
-                Ok(reply) => match reply.decode() {
-                    Ok(status) => {
-                        info!(
-                            session = info.id,
-                            firmware = %Untrusted(status.firmware),
-                            uptime_secs = status.uptime_secs,
-                            "{}'s device answered device_info",
-                            Untrusted(&info.user.username)
-                        );
-                        self.emit(RealmEvent::DeviceInfo {
-                            session: info.id,
-                            firmware: status.firmware.to_string(),
-                            uptime_secs: status.uptime_secs,
-                        });
-                    }
-                    Err(e) => warn!(session = info.id, error = %e, "bad device_info reply"),
-                },
+                Ok(reply) => {
+                    let status = reply.get();
+                    info!(
+                        session = info.id,
+                        firmware = %Untrusted(status.firmware),
+                        uptime_secs = status.uptime_secs,
+                        "{}'s device answered device_info",
+                        Untrusted(&info.user.username)
+                    );
+                    self.emit(RealmEvent::DeviceInfo {
+                        session: info.id,
+                        firmware: status.firmware.to_string(),
+                        uptime_secs: status.uptime_secs,
+                    });
+                }
                 Err(e) => {
                     // A remote error carries the device's own message.
                     let error = e.to_string();

@@ -26,7 +26,7 @@
 //! | [`per_user`] | how many sessions one account may hold, and what a login beyond that does |
 //! | [`admission`] | which new connections get a handshake slot: per-address share, random early drop, eviction of silent connections |
 //! | [`session`] | per-connection session task (calls both ways, heartbeat) |
-//! | [`wire`] | frames over a byte stream |
+//! | [`dispatch`] | [`dispatch::Methods`]: an avatar's methods as one async closure each |
 //!
 //! The `tether` binary (its command line and `tether demo`) is built on
 //! this API alone; it is not part of it.
@@ -44,8 +44,10 @@ pub mod admin;
 pub mod admission;
 pub mod decoy;
 pub mod default_realm;
+pub mod dispatch;
 pub mod fd_limit;
 pub mod forward;
+mod lease;
 pub mod log_limit;
 mod login;
 pub mod metrics;
@@ -59,14 +61,13 @@ pub mod store;
 pub mod throttle;
 mod timefmt;
 pub mod untrusted;
-pub mod wire;
 
 pub use admin::{Admin, AdminConfig, AdminToken};
 pub use default_realm::{DefaultRealm, Registry};
 pub use metrics::Metrics;
 pub use realm::{
-    Avatar, CallError, CallResult, IncomingCall, Mind, Realm, RemoteError, SessionEnd, SessionInfo,
-    User,
+    Avatar, CallError, CallResult, IncomingCall, Mind, Realm, RemoteError, Reply, SessionEnd,
+    SessionInfo, User,
 };
 pub use secret::ServerSecret;
 pub use server::{Server, ServerConfig, ServerHandle};

@@ -1,4 +1,10 @@
-//! The login handshake, exactly as `docs/CONNECTION.md` orders it.
+//! The login: tether-server's driver of tether-core's
+//! [`ServerHandshake`], which owns the order of the handshake and every
+//! refusal the hello or the proof decides (docs/CONNECTION.md). This file
+//! moves its bytes and makes the server's own decisions where the machine
+//! pauses: throttles, limits, the database lookup, the decoy's shape, the
+//! realm.
+//!
 //!
 //! 1. Read the hello (frames of at most 512 bytes until the welcome).
 //! 2. Refuse, in this order: `version` (other protocol version), `protocol`
@@ -23,28 +29,27 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_handshake};
-use tether_core::message::{
-    Challenge, GoodbyeReason, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome,
+use tether_core::connection::{
+    self, ConnectionError, RefusalCause, ServerHandshake, ServerStep, Violation,
 };
-use tether_core::scram::{ScramError, ServerLogin};
-use tether_core::session::Role;
-use tokio::io::AsyncWriteExt as _;
+use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME};
+use tether_core::message::{GoodbyeReason, RefusalCode};
+use tether_core::scram::Mechanisms;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::admission::Ticket;
 use crate::decoy;
 use crate::default_realm::SessionEntry;
+use crate::lease::RxStorage;
 use crate::log_limit::Noisy;
 use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, CredentialDigest, Mind, Realm, SessionEnd, SessionInfo, User};
 use crate::server::Shared;
-use crate::session::Established;
+use crate::session::{ANSWERS, CALLS, Established, clock};
 use crate::untrusted::Untrusted;
-use crate::wire::{FrameReader, ReadError};
 
 /// How a handshake ended without a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,55 +64,114 @@ pub(crate) enum LoginEnd {
     Evicted,
 }
 
+type Handshake = ServerHandshake<RxStorage, CALLS, ANSWERS>;
+
+/// Where the machine paused, owned (the handshake is borrowed no longer).
+enum Step {
+    /// The hello is in: look the username up.
+    Login {
+        username: String,
+        mechanisms: Mechanisms,
+        max_frame: u16,
+    },
+    /// The proof is good.
+    Verified,
+}
+
+/// The handshake and its socket.
 struct Conn {
-    reader: FrameReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    hs: Handshake,
+    stream: TcpStream,
     peer: SocketAddr,
     metrics: Metrics,
 }
 
 impl Conn {
-    async fn send(&mut self, msg: &Handshake<'_>) -> Result<(), LoginEnd> {
-        let mut buf = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
-        let frame = encode_handshake(msg, &mut buf, MIN_MAX_FRAME as usize).map_err(|e| {
-            warn!(peer = %self.peer, error = %e, "handshake message does not fit a frame");
-            LoginEnd::Closed
-        })?;
-        self.writer
-            .write_all(frame)
-            .await
-            .map_err(|_| LoginEnd::Closed)
+    /// Moves bytes until the machine pauses ([`Step`]) or fails (the
+    /// refusal it owes, if any, is still to be sent).
+    async fn step(&mut self) -> Result<Step, ConnectionError> {
+        let mut out = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
+        loop {
+            match self.hs.poll()? {
+                Some(ServerStep::Login(req)) => {
+                    return Ok(Step::Login {
+                        username: req.username.to_owned(),
+                        mechanisms: req.mechanisms,
+                        max_frame: req.max_frame,
+                    });
+                }
+                Some(ServerStep::Verified(_)) => return Ok(Step::Verified),
+                Some(_) | None => {}
+            }
+            if let Some(frame) = self.hs.poll_transmit(&mut out) {
+                if self.stream.write_all(frame).await.is_err() {
+                    return Err(ConnectionError::Disconnected);
+                }
+                continue;
+            }
+            match self.stream.read(self.hs.receive_buffer()).await {
+                Ok(0) | Err(_) => return Err(self.hs.handle_eof()),
+                Ok(n) => self.hs.commit(n),
+            }
+        }
     }
 
-    /// Sends the refusal, closes our side and lets the peer read it; the
-    /// log line's `reason` is the code's name.
-    async fn refuse(
+    /// The end of a failed step: the machine's refusal is sent (and
+    /// logged with `reason`, the code's name unless given), or the peer
+    /// went away.
+    async fn failed(
         self,
-        code: RefusalCode,
-        retry_after: Duration,
+        e: ConnectionError,
         username: Option<&str>,
+        reason: Option<&'static str>,
         detail: &str,
     ) -> LoginEnd {
-        let reason = code.as_str();
-        self.refuse_because(code, retry_after, username, reason, detail)
-            .await
+        match e {
+            ConnectionError::Rejected { code, cause } => {
+                if let Some(r) = rejection(cause) {
+                    self.metrics.rejected(r);
+                }
+                let detail = if detail.is_empty() {
+                    cause.to_string()
+                } else {
+                    detail.to_string()
+                };
+                let reason = reason.unwrap_or(code.as_str());
+                self.send_refusal(code, username, reason, &detail).await
+            }
+            e => {
+                debug!(peer = %self.peer, error = %e, "closed during the handshake");
+                LoginEnd::Closed
+            }
+        }
     }
 
-    /// [`Conn::refuse`] with the reason logged (server side only: the wire
-    /// carries `code`).
-    async fn refuse_because(
+    /// Refuses the login with the driver's own `code`; the log line's
+    /// `reason` is the code's name.
+    async fn refuse(
         mut self,
         code: RefusalCode,
         retry_after: Duration,
         username: Option<&str>,
+        detail: &str,
+    ) -> LoginEnd {
+        let secs = retry_after.as_secs_f64().ceil().clamp(0.0, u16::MAX as f64) as u16;
+        if self.hs.refuse(code, secs).is_err() {
+            return LoginEnd::Closed;
+        }
+        self.send_refusal(code, username, code.as_str(), detail)
+            .await
+    }
+
+    /// Logs the refusal the machine owes, sends it, closes our side and
+    /// lets the peer read it.
+    async fn send_refusal(
+        mut self,
+        code: RefusalCode,
+        username: Option<&str>,
         reason: &'static str,
         detail: &str,
     ) -> LoginEnd {
-        let retry_after_secs = if code.is_transient() {
-            retry_after.as_secs_f64().ceil().clamp(0.0, u16::MAX as f64) as u16
-        } else {
-            0
-        };
         let user = Untrusted(username.unwrap_or("-"));
         let detail = Untrusted(detail);
         if self.metrics.log_limit().allow(Noisy::LoginRefused) {
@@ -120,40 +184,41 @@ impl Conn {
                 }
             }
         }
-        let refusal = Handshake::Refused(Refusal {
-            code,
-            retry_after_secs,
-        });
-        if self.send(&refusal).await.is_ok() {
-            let _ = self.writer.shutdown().await;
-            let _ = tokio::time::timeout(Duration::from_millis(500), self.reader.drain(64 * 1024))
-                .await;
+        let mut out = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
+        if let Some(frame) = self.hs.poll_transmit(&mut out)
+            && self.stream.write_all(frame).await.is_ok()
+        {
+            let _ = self.stream.shutdown().await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), drain(&mut self.stream)).await;
         }
         LoginEnd::Refused(code)
     }
+}
 
-    /// The next handshake frame, or the refusal to send.
-    async fn next(&mut self) -> Result<&[u8], Result<String, LoginEnd>> {
-        match self.reader.next().await {
-            Ok(body) => Ok(body),
-            Err(ReadError::Frame(e)) => {
-                self.metrics.rejected(Rejection::HandshakeBadFrame);
-                Err(Ok(format!("bad frame: {e}")))
-            }
-            Err(ReadError::Closed) => {
-                debug!(peer = %self.peer, "closed during the handshake");
-                Err(Err(LoginEnd::Closed))
-            }
-            Err(e) => {
-                debug!(peer = %self.peer, error = %e, "handshake read failed");
-                Err(Err(LoginEnd::Closed))
-            }
+/// Reads and discards input until the peer closes or 64 KiB went by: so
+/// that closing does not reset the connection before the peer read the
+/// refusal.
+async fn drain(stream: &mut TcpStream) {
+    let mut buf = [0u8; 1024];
+    let mut seen = 0;
+    while seen < 64 * 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen += n,
         }
     }
 }
 
-fn scram_detail(e: ScramError) -> String {
-    format!("SCRAM: {e}")
+/// The metric counting a refusal the machine decided.
+fn rejection(cause: RefusalCause) -> Option<Rejection> {
+    match cause {
+        RefusalCause::Frame(_) => Some(Rejection::HandshakeBadFrame),
+        RefusalCause::Violation(Violation::UnexpectedMessage) => {
+            Some(Rejection::HandshakeUnexpected)
+        }
+        RefusalCause::Violation(Violation::Undecodable(_)) => Some(Rejection::HandshakeUndecodable),
+        _ => None,
+    }
 }
 
 /// Runs one login. `ticket` is its place among the handshakes (held until
@@ -167,85 +232,44 @@ pub(crate) async fn handshake<R: Realm>(
     busy: Option<&'static str>,
 ) -> Result<(Established<R::Avatar>, OwnedSemaphorePermit), LoginEnd> {
     let config = &shared.config;
-    let (reader, writer) = stream.into_split();
-    let capacity = (config.max_frame as usize).max(MIN_MAX_FRAME as usize);
-    let mut reader = FrameReader::new(reader, capacity);
-    reader.set_max(MIN_MAX_FRAME as usize);
+    let max_frame = config.max_frame.max(MIN_MAX_FRAME);
+    let machine = connection::ServerConfig::default()
+        .with_max_frame(max_frame)
+        .with_heartbeat_secs(config.session.heartbeat_secs())
+        .with_handshake_timeout(config.handshake_timeout)
+        .with_max_calls_in_flight(config.session.max_calls_in_flight);
+    let Ok(hs) = Handshake::new(RxStorage::new(max_frame.into()), machine, clock::now()) else {
+        return Err(LoginEnd::Closed);
+    };
     let mut conn = Conn {
-        reader,
-        writer,
+        hs,
+        stream,
         peer,
         metrics: shared.metrics.clone(),
     };
     let zero = Duration::ZERO;
 
     // 1. Hello, within the hello timeout; a silent connection may lose its
-    // slot to a newcomer meanwhile.
+    // slot to a newcomer meanwhile. The machine refuses what the hello
+    // alone decides.
     let first = tokio::select! {
-        r = tokio::time::timeout(config.hello_timeout, conn.next()) => r,
+        r = tokio::time::timeout(config.hello_timeout, conn.step()) => r,
         _ = ticket.evicted.cancelled() => return Err(LoginEnd::Evicted),
     };
     let Ok(first) = first else {
         return Err(LoginEnd::NoHello);
     };
     ticket.hello_received();
-    let body = match first {
-        Ok(body) => body,
-        Err(Ok(detail)) => {
-            return Err(conn
-                .refuse(RefusalCode::Protocol, zero, None, &detail)
-                .await);
-        }
-        Err(Err(end)) => return Err(end),
+    let (typed, offered, client_max_frame) = match first {
+        Ok(Step::Login {
+            username,
+            mechanisms,
+            max_frame,
+        }) => (username, mechanisms, usize::from(max_frame)),
+        Ok(Step::Verified) => return Err(LoginEnd::Closed),
+        Err(e) => return Err(conn.failed(e, None, None, "").await),
     };
-    let hello = match Handshake::decode(body) {
-        Ok(Handshake::Hello(hello)) => hello,
-        Ok(_) => {
-            conn.metrics.rejected(Rejection::HandshakeUnexpected);
-            return Err(conn
-                .refuse(RefusalCode::Protocol, zero, None, "expected a hello")
-                .await);
-        }
-        Err(e) => {
-            conn.metrics.rejected(Rejection::HandshakeUndecodable);
-            let detail = format!("undecodable hello: {e}");
-            return Err(conn
-                .refuse(RefusalCode::Protocol, zero, None, &detail)
-                .await);
-        }
-    };
-    if hello.version != PROTOCOL_VERSION {
-        let detail = format!("client speaks protocol version {}", hello.version);
-        return Err(conn.refuse(RefusalCode::Version, zero, None, &detail).await);
-    }
-    if hello.max_frame < MIN_MAX_FRAME {
-        let detail = format!("client max frame {} below 512", hello.max_frame);
-        return Err(conn
-            .refuse(RefusalCode::Protocol, zero, None, &detail)
-            .await);
-    }
-    let client_max_frame = hello.max_frame as usize;
-    let offered = hello.mechanisms;
-    let login = match ServerLogin::<512>::new(hello.client_first) {
-        Ok(login) => login,
-        Err(e) => {
-            let detail = scram_detail(e);
-            return Err(conn
-                .refuse(RefusalCode::Protocol, zero, None, &detail)
-                .await);
-        }
-    };
-    let typed = login.username().to_string();
     let user = Some(typed.as_str());
-    if !decoy::runnable(offered) {
-        let detail = format!(
-            "the client offers no mechanism this server runs (bits {:#04x})",
-            offered.bits()
-        );
-        return Err(conn
-            .refuse(RefusalCode::Unsupported, zero, user, &detail)
-            .await);
-    }
 
     // 2. Throttle, limits, lookup.
     // Charged now, given back unless the proof is refused (throttle.rs).
@@ -328,53 +352,26 @@ pub(crate) async fn handshake<R: Realm>(
     }
     let account = if decoy.is_none() { row } else { None };
 
-    // 3. Challenge.
-    let challenge = login.challenge(&credentials, &mut rand::rng());
-    let challenge = match challenge {
-        Ok(c) => c,
-        Err(e) => {
-            let detail = scram_detail(e);
-            return Err(conn
-                .refuse(RefusalCode::Protocol, zero, user, &detail)
-                .await);
-        }
-    };
-    let msg = Handshake::Challenge(Challenge {
-        mechanism: credentials.mechanism,
-        server_first: challenge.server_first(),
-    });
-    conn.send(&msg).await?;
-
-    // 4. Proof.
-    let body = match conn.next().await {
-        Ok(body) => body,
-        Err(Ok(detail)) => {
-            return Err(conn
-                .refuse(RefusalCode::Protocol, zero, user, &detail)
-                .await);
-        }
-        Err(Err(end)) => return Err(end),
-    };
-    let proof = match Handshake::decode(body) {
-        Ok(Handshake::Proof(proof)) => proof,
-        Ok(_) => {
-            conn.metrics.rejected(Rejection::HandshakeUnexpected);
-            return Err(conn
-                .refuse(RefusalCode::Protocol, zero, user, "expected a proof")
-                .await);
-        }
-        Err(e) => {
-            conn.metrics.rejected(Rejection::HandshakeUndecodable);
-            let detail = format!("undecodable proof: {e}");
-            return Err(conn
-                .refuse(RefusalCode::Protocol, zero, user, &detail)
-                .await);
-        }
-    };
-    let verified = challenge.verify(proof.client_final);
-    let (success, account) = match (verified, account) {
-        (Ok(success), Some(account)) => (success, account),
-        (Ok(_), None) | (Err(ScramError::InvalidProof), _) => {
+    // 3. Challenge, 4. proof: the machine's.
+    if let Err(e) = conn
+        .hs
+        .challenge_with(&credentials, decoy.is_some(), &mut rand::rng())
+    {
+        debug!(%peer, error = %e, "challenge failed");
+    }
+    let verified = conn.step().await;
+    let account = match (verified, account) {
+        (Ok(Step::Verified), Some(account)) => account,
+        (Ok(_), _) => return Err(LoginEnd::Closed),
+        (
+            Err(
+                e @ ConnectionError::Rejected {
+                    code: RefusalCode::Unauthorized,
+                    ..
+                },
+            ),
+            _,
+        ) => {
             attempt.failed(stored_name.as_deref());
             // The real reason, for the operator only: the device was told
             // `unauthorized` like any wrong password.
@@ -382,16 +379,9 @@ pub(crate) async fn handshake<R: Realm>(
                 Some(why) => (why.kind(), why.to_string()),
                 None => ("wrong_proof", "wrong password".to_string()),
             };
-            return Err(conn
-                .refuse_because(RefusalCode::Unauthorized, zero, user, reason, &detail)
-                .await);
+            return Err(conn.failed(e, user, Some(reason), &detail).await);
         }
-        (Err(e), _) => {
-            let detail = scram_detail(e);
-            return Err(conn
-                .refuse(RefusalCode::Protocol, zero, user, &detail)
-                .await);
-        }
+        (Err(e), _) => return Err(conn.failed(e, user, None, "").await),
     };
     attempt.succeeded(&account.username);
 
@@ -463,37 +453,37 @@ pub(crate) async fn handshake<R: Realm>(
             return Err(conn.refuse(code, zero, user, "refused by the realm").await);
         }
     };
-    let welcome = Handshake::Welcome(Welcome {
-        server_final: success.server_final(),
-        session_id,
-        max_frame: config.max_frame,
-        heartbeat_secs: config.session.heartbeat_secs(),
-    });
-    if let Err(end) = conn.send(&welcome).await {
+    let mut out = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
+    let Conn {
+        mut hs, mut stream, ..
+    } = conn;
+    let welcomed = match hs.welcome(session_id, clock::now(), &mut out) {
+        Ok((established, frame)) => match stream.write_all(frame).await {
+            Ok(()) => Some(established),
+            Err(_) => None,
+        },
+        Err(e) => {
+            warn!(%peer, error = %e, "the welcome cannot be sent");
+            None
+        }
+    };
+    let Some(established) = welcomed else {
         shared.live.remove(session_id);
         mind.shut();
         // The avatar exists: its life ends with `detached` all the same.
         avatar.detached(SessionEnd::Closed).await;
-        return Err(end);
-    }
+        return Err(LoginEnd::Closed);
+    };
     info!(%peer, user = %Untrusted(&account.username), session = session_id, mechanism = %credentials.mechanism, "login");
     shared.store.record_login(account.id);
-    let Conn {
-        mut reader, writer, ..
-    } = conn;
-    reader.set_max(config.max_frame as usize);
-    let (sealer, opener) = success.session.into_halves(Role::Server);
     Ok((
         Established {
-            reader,
-            writer,
-            sealer,
-            opener,
+            stream,
+            conn: established,
             info,
             avatar,
             mind,
             rx,
-            peer_max_frame: client_max_frame,
             metrics: shared.metrics.clone(),
         },
         session_permit,

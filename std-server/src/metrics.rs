@@ -96,7 +96,7 @@ impl LoginOutcome {
     }
 }
 
-const REFUSAL_CODES: [RefusalCode; 7] = [
+const REFUSAL_CODES: [RefusalCode; 8] = [
     RefusalCode::Unauthorized,
     RefusalCode::Unsupported,
     RefusalCode::Throttled,
@@ -104,6 +104,7 @@ const REFUSAL_CODES: [RefusalCode; 7] = [
     RefusalCode::Version,
     RefusalCode::Protocol,
     RefusalCode::Busy,
+    RefusalCode::UnknownKey,
 ];
 
 fn refusal_index(code: RefusalCode) -> usize {
@@ -115,6 +116,7 @@ fn refusal_index(code: RefusalCode) -> usize {
         RefusalCode::Version => 4,
         RefusalCode::Protocol => 5,
         RefusalCode::Busy => 6,
+        RefusalCode::UnknownKey => 7,
     }
 }
 
@@ -277,7 +279,7 @@ pub(crate) struct ThrottleMetrics {
 struct Inner {
     registry: Registry,
     logins: [Counter; 6],
-    refusals: [Counter; 7],
+    refusals: [Counter; 8],
     handshakes_in_progress: Gauge,
     handshake_success: Histogram,
     handshake_refused: Histogram,

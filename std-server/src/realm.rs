@@ -33,23 +33,23 @@
 //!     }
 //!     async fn attached(&self) {
 //!         if let Ok(status) = self.mind.call::<DeviceInfo>(&()).await {
-//!             println!("device runs {}", status.decode().unwrap().firmware);
+//!             println!("device runs {}", status.get().firmware);
 //!         }
 //!     }
 //! }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use tether_core::connection;
 use tether_core::message::{DecodeError, ErrorCode, GoodbyeReason, RefusalCode};
-use tether_core::method::{self, Method};
+use tether_core::method::{self, Method, ToDevice, ToServer};
 use tether_core::scram::Mechanism;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -163,7 +163,7 @@ impl std::error::Error for RemoteError {}
 pub type CallResult = Result<Vec<u8>, RemoteError>;
 
 /// Encodes a method's reply as a [`CallResult`].
-pub fn reply<M: Method>(value: &M::Reply<'_>) -> CallResult {
+pub fn reply<M: ToServer>(value: &M::Reply<'_>) -> CallResult {
     let mut size = 256;
     loop {
         let mut buf = vec![0u8; size];
@@ -222,7 +222,7 @@ impl IncomingCall {
 
     /// The arguments decoded as `M`'s; `BAD_ARGUMENTS` when they do not
     /// decode.
-    pub fn args<M: Method>(&self) -> Result<M::Args<'_>, RemoteError> {
+    pub fn args<M: ToServer>(&self) -> Result<M::Args<'_>, RemoteError> {
         method::decode_args::<M>(&self.args).map_err(|e| {
             RemoteError::new(
                 ErrorCode::BAD_ARGUMENTS,
@@ -338,17 +338,48 @@ pub enum CallError {
     BadReply(DecodeError),
 }
 
-/// A reply from the device to a typed call, decoded on demand (the reply
-/// type may borrow from its bytes).
+/// A reply from the device to a typed call, checked by [`Mind::call`] to
+/// decode as `M::Reply`: read it borrowed with [`get`](Self::get) (the
+/// reply type may borrow from its bytes, `&str` for instance), or take it
+/// owned with [`into_owned`](Self::into_owned) when the reply type borrows
+/// nothing. Neither can fail: one `Result`, `Mind::call`'s, says how the
+/// call went.
 pub struct Reply<M> {
     bytes: Vec<u8>,
     _method: PhantomData<fn() -> M>,
 }
 
 impl<M: Method> Reply<M> {
-    /// The decoded reply.
-    pub fn decode(&self) -> Result<M::Reply<'_>, DecodeError> {
-        method::decode_reply::<M>(&self.bytes)
+    /// Checks that `bytes` decode as `M`'s reply.
+    fn checked(bytes: Vec<u8>) -> Result<Self, CallError> {
+        method::decode_reply::<M>(&bytes).map_err(CallError::BadReply)?;
+        Ok(Self {
+            bytes,
+            _method: PhantomData,
+        })
+    }
+
+    /// The reply, borrowed from its bytes.
+    pub fn get(&self) -> M::Reply<'_> {
+        match method::decode_reply::<M>(&self.bytes) {
+            Ok(reply) => reply,
+            // Decoding is deterministic and these bytes decoded in
+            // `checked`: this arm is never taken.
+            Err(e) => unreachable!("a checked reply stopped decoding: {e}"),
+        }
+    }
+
+    /// The reply as an owned value (for reply types that borrow nothing:
+    /// numbers, `String`, structs of owned fields).
+    pub fn into_owned(self) -> M::Reply<'static>
+    where
+        M::Reply<'static>: serde::de::DeserializeOwned,
+    {
+        match tether_core::message::decode::<M::Reply<'static>>(&self.bytes) {
+            Ok(reply) => reply,
+            // As in `get`: the same bytes, the same type, checked.
+            Err(e) => unreachable!("a checked reply stopped decoding: {e}"),
+        }
     }
 
     /// The raw postcard bytes.
@@ -363,27 +394,18 @@ impl<M> fmt::Debug for Reply<M> {
     }
 }
 
-/// Most calls to a device kept reserved after their caller timed out.
-const MAX_ABANDONED: usize = 1024;
-
-type PendingReply = Option<oneshot::Sender<Result<Vec<u8>, RemoteError>>>;
-
-pub(crate) struct Pending {
-    /// Calls in flight; `None` marks a call whose caller gave up (its late
-    /// answer is dropped, not a protocol error).
-    calls: HashMap<u32, PendingReply>,
-    next_id: u32,
-}
-
 pub(crate) struct MindShared {
     pub(crate) session_id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) username: String,
     pub(crate) tx: mpsc::Sender<Outbound>,
-    pub(crate) pending: Mutex<Pending>,
+    /// [`Mind`] calls waiting for their outcome.
+    pub(crate) in_flight: AtomicUsize,
     /// Signalled when no call is in flight any more.
     pub(crate) idle: Notify,
     pub(crate) closed: AtomicBool,
+    /// Cancelled when the session has ended ([`Mind::closed`]).
+    pub(crate) ended: CancellationToken,
     pub(crate) close: CancellationToken,
     pub(crate) close_reason: Mutex<Option<GoodbyeReason>>,
     pub(crate) default_timeout: Duration,
@@ -430,12 +452,10 @@ impl Mind {
                 peer,
                 username,
                 tx,
-                pending: Mutex::new(Pending {
-                    calls: HashMap::new(),
-                    next_id: 1,
-                }),
+                in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 closed: AtomicBool::new(false),
+                ended: CancellationToken::new(),
                 close: CancellationToken::new(),
                 close_reason: Mutex::new(None),
                 default_timeout,
@@ -482,6 +502,24 @@ impl Mind {
         self.shared.closed.load(Ordering::Acquire)
     }
 
+    /// Completes when the session has ended (at once if it has): the mind
+    /// then no longer reaches the device. For a task that serves one device
+    /// and should stop with it:
+    ///
+    /// ```no_run
+    /// # async fn f(mind: tether_server::Mind) {
+    /// tokio::select! {
+    ///     _ = mind.closed() => println!("{} went away", mind.username()),
+    ///     _ = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+    /// }
+    /// # }
+    /// ```
+    ///
+    /// Cancel-safe: dropping the future loses nothing.
+    pub async fn closed(&self) {
+        self.shared.ended.cancelled().await
+    }
+
     /// Whether the session has ended or is being closed.
     pub(crate) fn is_closing(&self) -> bool {
         self.is_closed() || self.shared.close.is_cancelled()
@@ -493,29 +531,53 @@ impl Mind {
         self.shared.close.cancel();
     }
 
-    /// Calls `M` on the device with the session's default timeout.
-    pub async fn call<M: Method>(&self, args: &M::Args<'_>) -> Result<Reply<M>, CallError> {
+    /// Calls `M` on the device with the session's default timeout. The one
+    /// `Result` says how the call went; the [`Reply`] is checked to decode:
+    /// `reply.get()` borrows it, `reply.into_owned()` owns it.
+    ///
+    /// `M` is a server -> device method ([`ToDevice`]); calling a device ->
+    /// server method does not compile:
+    ///
+    /// ```compile_fail,E0277
+    /// # async fn f(mind: tether_server::Mind) {
+    /// use tether_core::method::builtin::WhoAmI; // device -> server
+    /// let _ = mind.call::<WhoAmI>(&()).await;
+    /// # }
+    /// ```
+    ///
+    /// ```
+    /// # async fn f(mind: tether_server::Mind) {
+    /// use tether_core::method::builtin::DeviceInfo; // server -> device
+    /// let _ = mind.call::<DeviceInfo>(&()).await;
+    /// # }
+    /// ```
+    ///
+    /// Cancel safety: dropping the future (an HTTP client hung up, a
+    /// `select!` took another branch) gives the call up: its slot is freed
+    /// at once ([`calls_in_flight`](Self::calls_in_flight) no longer counts
+    /// it) and the device's late answer is dropped. The call may already
+    /// have reached the device, which then runs it.
+    pub async fn call<M: ToDevice>(&self, args: &M::Args<'_>) -> Result<Reply<M>, CallError> {
         self.call_timeout::<M>(args, self.shared.default_timeout)
             .await
     }
 
     /// Calls `M` on the device and waits at most `timeout` for the reply,
-    /// which is checked to decode as `M::Reply`.
-    pub async fn call_timeout<M: Method>(
+    /// which is checked to decode as `M::Reply`. Cancel-safe as
+    /// [`call`](Self::call).
+    pub async fn call_timeout<M: ToDevice>(
         &self,
         args: &M::Args<'_>,
         timeout: Duration,
     ) -> Result<Reply<M>, CallError> {
         let args = encode_args::<M>(args)?;
         let bytes = self.call_raw(M::NAME, args, timeout).await?;
-        method::decode_reply::<M>(&bytes).map_err(CallError::BadReply)?;
-        Ok(Reply {
-            bytes,
-            _method: PhantomData,
-        })
+        Reply::checked(bytes)
     }
 
-    /// Calls a method by name with postcard-encoded arguments.
+    /// Calls a method by name with postcard-encoded arguments (no direction
+    /// check: for gateways that forward calls they do not know). Cancel-safe
+    /// as [`call`](Self::call).
     pub async fn call_raw(
         &self,
         method: &str,
@@ -544,68 +606,45 @@ impl Mind {
         if self.is_closed() {
             return Err(CallError::Closed);
         }
-        // Message::Call: variant, id, method and args with their lengths.
-        if method.len() + args.len() + 16 + tether_core::session::OVERHEAD
-            > self.shared.peer_max_frame
-        {
+        // The machine's own rule for what fits the device's frame.
+        if args.len() > connection::max_args_len(self.shared.peer_max_frame, method) {
             return Err(CallError::TooLarge);
         }
         let (tx, rx) = oneshot::channel();
-        let id = {
-            let mut pending = lock(&self.shared.pending);
-            let mut id = pending.next_id;
-            while id == 0 || pending.calls.contains_key(&id) {
-                id = id.wrapping_add(1);
-            }
-            pending.next_id = id.wrapping_add(1);
-            pending.calls.insert(id, Some(tx));
-            id
-        };
+        let _in_flight = InFlight::new(&self.shared);
         let sent = self
             .shared
             .tx
             .send(Outbound::Call {
-                id,
                 method: method.to_string(),
                 args,
+                timeout,
+                reply: tx,
             })
             .await;
         if sent.is_err() {
-            self.forget(id);
             return Err(CallError::Closed);
         }
         self.shared.calls_out.fetch_add(1, Ordering::Relaxed);
+        // The session's machine times the call out too (its late answer is
+        // then dropped); this bounds the wait for a call that waited in
+        // the queue for a slot.
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(Ok(bytes))) => Ok(bytes),
-            Ok(Ok(Err(remote))) => Err(CallError::Remote(remote)),
+            Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(CallError::Closed),
-            Err(_) => {
-                // Keep the id reserved: a late answer is expected, not an error.
-                // A device that leaves this many calls unanswered is far
-                // behind: forget them (their answers then end the session).
-                let mut pending = lock(&self.shared.pending);
-                if let Some(slot) = pending.calls.get_mut(&id) {
-                    *slot = None;
-                }
-                if pending.calls.len() > MAX_ABANDONED {
-                    pending.calls.retain(|_, slot| slot.is_some());
-                }
-                drop(pending);
-                self.shared.idle.notify_waiters();
-                Err(CallError::Timeout)
-            }
+            Err(_) => Err(CallError::Timeout),
         }
     }
 
-    /// Sends a one-way notification `M` to the device.
-    pub async fn notify<M: Method>(&self, args: &M::Args<'_>) -> Result<(), CallError> {
+    /// Sends a one-way notification `M` to the device. Cancel-safe: dropped
+    /// before it completes, the notification was either queued whole or
+    /// not at all.
+    pub async fn notify<M: ToDevice>(&self, args: &M::Args<'_>) -> Result<(), CallError> {
         if self.is_closed() {
             return Err(CallError::Closed);
         }
         let args = encode_args::<M>(args)?;
-        if M::NAME.len() + args.len() + 16 + tether_core::session::OVERHEAD
-            > self.shared.peer_max_frame
-        {
+        if args.len() > connection::max_args_len(self.shared.peer_max_frame, M::NAME) {
             return Err(CallError::TooLarge);
         }
         self.shared
@@ -618,36 +657,10 @@ impl Mind {
             .map_err(|_| CallError::Closed)
     }
 
-    fn forget(&self, id: u32) {
-        let mut pending = lock(&self.shared.pending);
-        pending.calls.remove(&id);
-        self.shared.idle.notify_waiters();
-    }
-
-    /// Delivers a reply from the device. `false`: no call with that id is
-    /// in flight (a protocol error).
-    pub(crate) fn resolve(&self, id: u32, result: Result<Vec<u8>, RemoteError>) -> bool {
-        let mut pending = lock(&self.shared.pending);
-        match pending.calls.remove(&id) {
-            Some(slot) => {
-                if let Some(tx) = slot {
-                    let _ = tx.send(result);
-                }
-                self.shared.idle.notify_waiters();
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Number of calls to the device still awaiting an answer (abandoned
     /// ones excluded).
     pub fn calls_in_flight(&self) -> usize {
-        lock(&self.shared.pending)
-            .calls
-            .values()
-            .filter(|s| s.is_some())
-            .count()
+        self.shared.in_flight.load(Ordering::Acquire)
     }
 
     /// Waits until no call to the device is awaiting an answer.
@@ -663,14 +676,33 @@ impl Mind {
 
     /// Marks the session closed and fails every call in flight.
     pub(crate) fn shut(&self) {
+        // The session drops the calls' senders, which fails their waiters
+        // with `Closed`.
         self.shared.closed.store(true, Ordering::Release);
-        let mut pending = lock(&self.shared.pending);
-        pending.calls.clear(); // dropping the senders fails the waiters with Closed
         self.shared.idle.notify_waiters();
+        self.shared.ended.cancel();
     }
 
     pub(crate) fn close_reason(&self) -> Option<GoodbyeReason> {
         *lock(&self.shared.close_reason)
+    }
+}
+
+/// Counts one [`Mind`] call waiting for its outcome, for as long as it
+/// lives.
+struct InFlight<'a>(&'a MindShared);
+
+impl<'a> InFlight<'a> {
+    fn new(shared: &'a MindShared) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.idle.notify_waiters();
     }
 }
 

@@ -254,17 +254,42 @@ impl<R: Realm> Server<R> {
     /// Binds the listener.
     pub async fn bind(
         addr: impl ToSocketAddrs,
-        mut config: ServerConfig,
+        config: ServerConfig,
         store: Arc<Store>,
         realm: R,
         secret: ServerSecret,
     ) -> std::io::Result<Self> {
-        config.max_frame = config.max_frame.max(tether_core::frame::MIN_MAX_FRAME);
         let listener = TcpListener::bind(addr).await?;
+        Ok(Self::from_listener(listener, config, store, realm, secret))
+    }
+
+    /// A server on a listener the application made (bound to a port its
+    /// own configuration chose, inherited through systemd socket
+    /// activation, or `127.0.0.1:0` in a test): [`run`](Self::run) serves
+    /// it.
+    ///
+    /// ```no_run
+    /// # async fn f(store: std::sync::Arc<tether_server::Store>) -> std::io::Result<()> {
+    /// use tether_server::{DefaultRealm, Server, ServerConfig, ServerSecret};
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    /// let server = Server::from_listener(listener, ServerConfig::default(), store,
+    ///     DefaultRealm::new(), ServerSecret::random());
+    /// println!("devices connect to {}", server.local_addr());
+    /// server.run().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn from_listener(
+        listener: TcpListener,
+        mut config: ServerConfig,
+        store: Arc<Store>,
+        realm: R,
+        secret: ServerSecret,
+    ) -> Self {
+        config.max_frame = config.max_frame.max(tether_core::frame::MIN_MAX_FRAME);
         let metrics = store.metrics().clone();
         let throttle = Arc::new(Throttle::with_metrics(config.throttle, metrics.throttle()));
         metrics.watch_throttle(&throttle);
-        Ok(Self {
+        Self {
             listener,
             shared: Arc::new(Shared {
                 throttle,
@@ -281,7 +306,7 @@ impl<R: Realm> Server<R> {
                 shutdown: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
-        })
+        }
     }
 
     /// The listening address.
@@ -320,6 +345,10 @@ impl<R: Realm> Server<R> {
     /// Serves until [`ServerHandle::shutdown`], then shuts down gracefully:
     /// returns when every session has said goodbye (each within the
     /// session's shutdown deadline).
+    ///
+    /// Cancel safety: dropping this future stops accepting at once but
+    /// leaves the running sessions to their tasks, without the graceful
+    /// goodbye; call [`ServerHandle::shutdown`] and await `run` instead.
     pub async fn run(self) {
         let Self { listener, shared } = self;
         // Decoys follow the rows from the first login on, unless counting

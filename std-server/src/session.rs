@@ -1,76 +1,115 @@
-//! The per-connection session after login: calls both ways with several in
-//! flight, heartbeat and idle timeout, goodbye.
+//! The session after login: tether-server's driver of tether-core's
+//! established [`ServerConnection`], which owns every rule of the session
+//! (docs/CONNECTION.md): frame sizes, call ids and the table of calls in
+//! flight, late replies, `busy` and `shutting_down`, the idle limit, which
+//! error gets which goodbye. This file moves bytes and time to it, and
+//! runs the realm: the avatar's handlers, the [`Mind`]'s calls.
 //!
-//! One task owns the connection: both halves, the [`Opener`] and the
-//! [`Sealer`] (so sequence numbers follow the order of the frames on the
-//! wire). It waits for a frame from the device or a message queued by
-//! other tasks (the [`Mind`]'s calls, the replies of calls that had to
-//! wait), and writes what it has to say only once no whole frame is left
-//! in its read buffer: the replies to a burst of calls leave in one write.
-//! Every hop to another task is a wake-up, often on the other core, and
-//! was most of a call's cost (bench/README.md):
+//! One task owns the connection and its socket, so sequence numbers
+//! follow the order of the frames on the wire. It waits for the socket to
+//! be readable, a message queued by other tasks (the [`Mind`]'s calls, the
+//! answers of calls that had to wait), the machine's next deadline, a kick
+//! or the shutdown; it handles every whole frame it has read before it
+//! writes, so the answers to a burst of calls leave in one write. Every hop
+//! to another task is a wake-up, often on the other core, and was most of
+//! a call's cost (bench/README.md):
 //!
 //! - A device's `Call` is polled once right there: a handler that answers
 //!   at once (echo, whoami) costs no task. One that has to wait goes on in
-//!   a task of its own (at most [`SessionConfig::max_calls_in_flight`] at
-//!   once; more get `BUSY`). A panicking handler answers `FAILED`.
-//! - A `Reply`/`Error` goes to the [`Mind`] call waiting for it; a `Ping`
-//!   is answered with a `Pong`.
-//! - Nothing received for three heartbeat intervals ends the session with
-//!   `Goodbye { IdleTimeout }`. A frame failing authentication, a replay, a
-//!   bad length or an answer to no call ends it at once.
-//! - On graceful shutdown, new calls get `SHUTTING_DOWN`, the calls in
-//!   flight both ways may finish within the deadline, then the server sends
-//!   `Goodbye { Shutdown }`.
+//!   a task of its own, which hands its answer (and the call's
+//!   [`ReplyToken`]) back through the queue. A panicking handler answers
+//!   `FAILED`.
+//! - An idle session holds no read or write buffer: they are lent from a
+//!   per-thread pool ([`crate::lease`]) while bytes are in flight.
+//! - On graceful shutdown the machine answers new calls `SHUTTING_DOWN`;
+//!   the calls in flight both ways may finish within the deadline, then
+//!   the session says `Goodbye { Shutdown }`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tether_core::connection::{
+    CallFailure, ConnectionError, Event, ReplyToken, SendError, ServerConnection, Violation,
+};
 use tether_core::frame::{FrameError, HEADER_LEN};
-use tether_core::message::{ErrorCode, GoodbyeReason, Message};
-use tether_core::session::{Opener, Sealer, SessionError, error_message_that_fits};
-use tokio::io::AsyncWriteExt as _;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::mpsc;
+use tether_core::message::GoodbyeReason;
+use tether_core::session::SessionError;
+use tokio::io::{AsyncWriteExt as _, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument as _, Span, debug, warn};
 
+use crate::lease::{self, RxStorage};
 use crate::log_limit::Noisy;
 use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{
-    Avatar, CallResult, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo, lock,
+    Avatar, CallError, CallResult, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo,
 };
 use crate::untrusted::Untrusted;
-use crate::wire::{FrameReader, ReadError};
+
+/// Size of the server's table of its calls to the device waiting for a
+/// reply; more [`Mind`] calls wait in the session's queue for a slot.
+pub(crate) const CALLS: usize = 32;
+/// Most calls of the device that may be owed an answer at once (the cap
+/// of [`SessionConfig::max_calls_in_flight`]).
+pub(crate) const ANSWERS: usize = 64;
+
+/// The established connection as the server runs it.
+pub(crate) type ServerConn = ServerConnection<RxStorage, CALLS, ANSWERS>;
+
+/// The machine's clock: milliseconds since the first use in this process
+/// (tokio's clock, so that tests with a paused clock drive it).
+pub(crate) mod clock {
+    use std::sync::OnceLock;
+    use std::time::Duration;
+
+    use tether_core::connection::Instant;
+
+    fn origin() -> tokio::time::Instant {
+        static ORIGIN: OnceLock<tokio::time::Instant> = OnceLock::new();
+        *ORIGIN.get_or_init(tokio::time::Instant::now)
+    }
+
+    /// Now, for the machine.
+    pub(crate) fn now() -> Instant {
+        let ms = tokio::time::Instant::now()
+            .saturating_duration_since(origin())
+            .as_millis();
+        Instant::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+    }
+
+    /// The machine's instant on tokio's clock.
+    pub(crate) fn to_tokio(at: Instant) -> tokio::time::Instant {
+        origin() + Duration::from_millis(at.as_millis())
+    }
+}
+
+/// A [`Mind`] call's outcome, sent back to the caller.
+pub(crate) type CallReply = oneshot::Sender<Result<Vec<u8>, CallError>>;
 
 /// A message for the session task to send, queued by other tasks.
 #[derive(Debug)]
 pub(crate) enum Outbound {
+    /// A [`Mind`] call: the machine gives it its id.
     Call {
-        id: u32,
         method: String,
         args: Vec<u8>,
+        timeout: Duration,
+        reply: CallReply,
     },
-    Reply {
-        id: u32,
-        result: Vec<u8>,
+    /// The answer of a device's call whose handler had to wait.
+    Answer {
+        token: ReplyToken,
+        result: CallResult,
     },
-    Error {
-        id: u32,
-        code: ErrorCode,
-        message: String,
-    },
-    Notify {
-        method: String,
-        args: Vec<u8>,
-    },
+    /// A [`Mind`] notification.
+    Notify { method: String, args: Vec<u8> },
 }
 
 /// Session limits and timers.
@@ -116,21 +155,19 @@ impl SessionConfig {
 
 /// A logged-in connection, handed from the login to the session.
 pub(crate) struct Established<A> {
-    pub reader: FrameReader<OwnedReadHalf>,
-    pub writer: OwnedWriteHalf,
-    pub sealer: Sealer,
-    pub opener: Opener,
+    pub stream: TcpStream,
+    pub conn: ServerConn,
     pub info: SessionInfo,
     pub avatar: Arc<A>,
     pub mind: Mind,
     pub rx: mpsc::Receiver<Outbound>,
-    /// Largest frame body the device accepts.
-    pub peer_max_frame: usize,
     pub metrics: Metrics,
 }
 
 struct Ending {
     end: SessionEnd,
+    /// The goodbye to close an open connection with (the machine owes its
+    /// own when it ended the connection).
     goodbye: Option<GoodbyeReason>,
 }
 
@@ -142,6 +179,10 @@ impl Ending {
 
 /// Flush once this much is waiting, even in the middle of a burst.
 const BATCH_LIMIT: usize = 16 * 1024;
+/// Bytes read at once (lent while they are being handled).
+const READ_AHEAD: usize = 16 * 1024;
+/// Room for a frame the machine owes (pong, `busy`, goodbye).
+const OWED_ROOM: usize = 128;
 /// How long the avatar's `attached` may go on after the session ended.
 const ATTACHED_GRACE: Duration = Duration::from_secs(1);
 
@@ -152,15 +193,12 @@ pub(crate) async fn run<A: Avatar>(
     shutdown: CancellationToken,
 ) -> SessionEnd {
     let Established {
-        reader,
-        writer,
-        sealer,
-        opener,
+        stream,
+        conn,
         info,
         avatar,
         mind,
         rx,
-        peer_max_frame,
         metrics,
     } = est;
     let peer = info.peer;
@@ -168,37 +206,41 @@ pub(crate) async fn run<A: Avatar>(
         tracing::info_span!("session", id = info.id, user = %Untrusted(&info.user.username), %peer);
     let attached = Attached::spawn(&avatar, &span);
     let mut session = Session {
-        reader,
-        opener,
-        out: Out::new(writer, sealer, peer_max_frame, peer),
+        io: Io {
+            stream,
+            conn,
+            read: ReadAhead::default(),
+            batch: Batch::default(),
+            waiters: HashMap::new(),
+            parked: VecDeque::new(),
+            metrics: metrics.clone(),
+            broken: false,
+        },
         rx,
         calls: Calls {
             avatar,
             tracker: TaskTracker::new(),
             cancel: CancellationToken::new(),
-            in_flight: Arc::default(),
-            max: config.max_calls_in_flight,
-            shutting_down: AtomicBool::new(false),
             recorded: metrics.calls(Direction::FromDevice),
         },
         mind,
         config,
-        metrics,
     };
     let ending = session.run(&shutdown).instrument(span.clone()).await;
     let Session {
-        reader,
-        mut out,
+        mut io,
         mut rx,
         calls,
         mind,
-        metrics,
         ..
     } = session;
 
     // The mind stops working; calls from the device still running are
-    // cancelled. What was queued before the end is sent, then the goodbye.
+    // cancelled. What they answered before the end is sent, then the
+    // goodbye (unless the machine ended the connection with its own).
     mind.shut();
+    io.waiters.clear();
+    io.parked.clear();
     calls.cancel.cancel();
     calls.tracker.close();
     let closing = async {
@@ -208,23 +250,24 @@ pub(crate) async fn run<A: Avatar>(
             loop {
                 tokio::select! {
                     _ = &mut waiting => break,
-                    Some(o) = rx.recv() => out.push(&o),
+                    Some(o) = rx.recv() => io.queued(o),
                 }
             }
         })
         .await;
         while let Ok(o) = rx.try_recv() {
-            out.push(&o);
+            io.queued(o);
         }
         if let Some(reason) = ending.goodbye {
-            out.push_message(&Message::Goodbye { reason });
+            io.conn.close(reason);
         }
-        if out.flush().await.is_ok() {
-            let _ = out.writer.shutdown().await;
+        io.transmit_owed();
+        if !io.broken && io.flush_now().await.is_ok() {
+            let _ = io.stream.shutdown().await;
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
-    drop(reader);
+    drop(io);
     attached.finish().await;
     let end = ending.end;
     match &end {
@@ -283,21 +326,18 @@ impl Attached {
 
 /// The session task's state.
 struct Session<A> {
-    reader: FrameReader<OwnedReadHalf>,
-    opener: Opener,
-    out: Out,
+    io: Io,
     rx: mpsc::Receiver<Outbound>,
     calls: Calls<A>,
     mind: Mind,
     config: SessionConfig,
-    metrics: Metrics,
 }
 
 /// What woke the session.
-enum Event<'a> {
-    Frame(Result<&'a [u8], ReadError>),
+enum Wake {
+    Readable,
     Queued(Outbound),
-    IdleCheck,
+    Timer,
     Kicked,
     ShutdownStarts,
     Drained(bool),
@@ -305,71 +345,67 @@ enum Event<'a> {
 
 impl<A: Avatar> Session<A> {
     async fn run(&mut self, shutdown: &CancellationToken) -> Ending {
-        let idle_timeout = self.config.idle_timeout();
-        let mut last_frame = Instant::now();
-        // Re-armed only when it fires (re-arming per frame costs a timer
-        // update per call).
-        let idle = tokio::time::sleep(idle_timeout);
-        tokio::pin!(idle);
+        // Re-armed only when it fires or the machine wants an earlier
+        // deadline (re-arming per frame costs a timer update per call).
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<tether_core::connection::Instant> = None;
         let mut drain: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
         let kicked = self.mind.shared.close.clone();
         loop {
-            // Every whole frame already buffered is handled before writing.
-            if !self.reader.has_frame()
-                && self.out.pending()
+            if let Err(ending) = self.io.handle_input(&self.calls, &self.mind) {
+                return ending;
+            }
+            if self.io.batch.pending()
                 && let Err(ending) = self.flush(&kicked).await
             {
                 return ending;
             }
-            let event = tokio::select! {
-                r = self.reader.next() => Event::Frame(r),
-                Some(o) = self.rx.recv() => Event::Queued(o),
-                _ = &mut idle => Event::IdleCheck,
-                _ = kicked.cancelled() => Event::Kicked,
-                _ = shutdown.cancelled(), if drain.is_none() => Event::ShutdownStarts,
+            self.io.release_idle();
+            if let Some(at) = self.io.conn.poll_timeout()
+                && armed.is_none_or(|a| at < a)
+            {
+                timer.as_mut().reset(clock::to_tokio(at));
+                armed = Some(at);
+            }
+            let io = &self.io;
+            let wake = tokio::select! {
+                r = io.stream.ready(Interest::READABLE) => match r {
+                    Ok(_) => Wake::Readable,
+                    Err(e) => return Ending::new(SessionEnd::Io(e.to_string()), None),
+                },
+                Some(o) = self.rx.recv() => Wake::Queued(o),
+                _ = &mut timer, if armed.is_some() => Wake::Timer,
+                _ = kicked.cancelled() => Wake::Kicked,
+                _ = shutdown.cancelled(), if drain.is_none() => Wake::ShutdownStarts,
                 drained = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => {
-                    Event::Drained(drained)
+                    Wake::Drained(drained)
                 }
             };
-            match event {
-                Event::Frame(Ok(body)) => {
-                    last_frame = Instant::now();
-                    if let Some(ending) = on_frame(
-                        body,
-                        &mut self.opener,
-                        &mut self.out,
-                        &self.calls,
-                        &self.mind,
-                        &self.metrics,
-                    ) {
+            match wake {
+                Wake::Readable => {
+                    if let Err(ending) = self.io.read() {
                         return ending;
                     }
                 }
-                Event::Frame(Err(e)) => return read_error(e, &self.metrics),
-                Event::Queued(o) => {
-                    self.out.push(&o);
-                    while self.out.batch.len() < BATCH_LIMIT
+                Wake::Queued(o) => {
+                    self.io.queued(o);
+                    while self.io.batch.used < BATCH_LIMIT
                         && let Ok(o) = self.rx.try_recv()
                     {
-                        self.out.push(&o);
+                        self.io.queued(o);
                     }
                 }
-                Event::IdleCheck => {
-                    let deadline = last_frame + idle_timeout;
-                    if Instant::now() >= deadline {
-                        return Ending::new(
-                            SessionEnd::IdleTimeout,
-                            Some(GoodbyeReason::IdleTimeout),
-                        );
-                    }
-                    idle.as_mut().reset(deadline.into());
+                Wake::Timer => {
+                    armed = None;
+                    self.io.conn.handle_timeout(clock::now());
                 }
-                Event::Kicked => {
+                Wake::Kicked => {
                     let reason = self.kick_reason();
                     return Ending::new(SessionEnd::Kicked(reason), Some(reason));
                 }
-                Event::ShutdownStarts => {
-                    self.calls.shutting_down.store(true, Ordering::Release);
+                Wake::ShutdownStarts => {
+                    self.io.conn.start_shutdown();
                     debug!("shutting down: letting calls in flight finish");
                     let (tracker, mind) = (self.calls.tracker.clone(), self.mind.clone());
                     let deadline = self.config.shutdown_deadline;
@@ -382,17 +418,12 @@ impl<A: Avatar> Session<A> {
                         tokio::time::timeout(deadline, idle).await.is_ok()
                     }));
                 }
-                Event::Drained(finished) => {
+                Wake::Drained(finished) => {
                     if !finished {
                         warn!("calls still in flight at the shutdown deadline; cancelling them");
                     }
                     return Ending::new(SessionEnd::Shutdown, Some(GoodbyeReason::Shutdown));
                 }
-            }
-            if self.out.batch.len() >= BATCH_LIMIT
-                && let Err(ending) = self.flush(&kicked).await
-            {
-                return ending;
             }
         }
     }
@@ -412,7 +443,7 @@ impl<A: Avatar> Session<A> {
         let limit = self.config.idle_timeout();
         let result = tokio::select! {
             biased;
-            r = tokio::time::timeout(limit, self.out.flush()) => match r {
+            r = tokio::time::timeout(limit, self.io.flush_now()) => match r {
                 Ok(r) => r.map_err(|e| SessionEnd::Io(e.to_string())),
                 Err(_) => Err(SessionEnd::Io(format!(
                     "device read nothing for {} s",
@@ -422,93 +453,418 @@ impl<A: Avatar> Session<A> {
             _ = kicked.cancelled() => Err(SessionEnd::Kicked(self.kick_reason())),
         };
         result.map_err(|end| {
-            self.out.broken = true;
+            self.io.broken = true;
+            self.io.conn.abort();
             Ending::new(end, None)
         })
     }
 }
 
-fn read_error(e: ReadError, metrics: &Metrics) -> Ending {
-    match e {
-        ReadError::Closed => Ending::new(SessionEnd::Closed, None),
-        ReadError::Frame(e) => {
-            metrics.rejected(Rejection::BadFrame);
-            Ending::new(
-                SessionEnd::ProtocolError(format!("bad frame: {e}")),
-                Some(GoodbyeReason::ProtocolError),
-            )
+/// The socket, the machine and the buffers lent to them.
+struct Io {
+    stream: TcpStream,
+    conn: ServerConn,
+    read: ReadAhead,
+    batch: Batch,
+    /// The [`Mind`] calls in flight, by the id the machine gave them: where
+    /// their outcome goes.
+    waiters: HashMap<u32, CallReply>,
+    /// [`Mind`] calls waiting for a slot of the machine's table.
+    parked: VecDeque<Outbound>,
+    metrics: Metrics,
+    /// Nothing more may be written (a write failed or was cut).
+    broken: bool,
+}
+
+impl Io {
+    /// Reads what the socket has (without waiting) into the read-ahead.
+    fn read(&mut self) -> Result<(), Ending> {
+        let buf = self.read.room();
+        match self.stream.try_read(buf) {
+            Ok(0) => {
+                // Frames read before the end are handled first.
+                self.read.eof = true;
+                Ok(())
+            }
+            Ok(n) => {
+                self.read.end += n;
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => {
+                self.conn.abort();
+                Err(Ending::new(SessionEnd::Io(e.to_string()), None))
+            }
         }
-        e @ (ReadError::Truncated | ReadError::Io(_)) => {
-            Ending::new(SessionEnd::Io(e.to_string()), None)
+    }
+
+    /// Feeds what was read to the machine and handles every frame, and
+    /// seals what the machine owes into the batch.
+    fn handle_input<A: Avatar>(&mut self, calls: &Calls<A>, mind: &Mind) -> Result<(), Ending> {
+        loop {
+            // Input first: exactly what the current frame still misses.
+            while self.read.start < self.read.end {
+                let dest = self.conn.receive_buffer();
+                if dest.is_empty() {
+                    break;
+                }
+                let k = dest.len().min(self.read.end - self.read.start);
+                dest[..k].copy_from_slice(&self.read.bytes()[..k]);
+                self.read.start += k;
+                self.conn.commit(k);
+            }
+            let now = clock::now();
+            match self.conn.poll_event(now) {
+                Ok(Some(event)) => {
+                    let owned = owned(event, calls);
+                    self.event(owned, calls, mind);
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.transmit_owed();
+                    return Err(self.ended(e));
+                }
+            }
+            if self.transmit_owed() {
+                continue;
+            }
+            if self.read.start < self.read.end && !self.conn.receive_buffer().is_empty() {
+                continue;
+            }
+            if self.read.eof && self.read.start == self.read.end {
+                let e = self.conn.handle_eof();
+                return Err(self.ended(e));
+            }
+            return Ok(());
+        }
+    }
+
+    /// Seals every frame the machine owes into the batch; whether any.
+    fn transmit_owed(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let out = self.batch.room(OWED_ROOM);
+            let Some(n) = self.conn.poll_transmit(clock::now(), out).map(<[u8]>::len) else {
+                return any;
+            };
+            self.batch.used += n;
+            any = true;
+        }
+    }
+
+    /// One event of the machine, no longer borrowing it.
+    fn event<A: Avatar>(&mut self, event: Owned, calls: &Calls<A>, mind: &Mind) {
+        match event {
+            Owned::Call(token, incoming) => {
+                mind.shared
+                    .calls_in
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some((token, result)) = calls.start(token, incoming, mind) {
+                    self.answer(token, result);
+                }
+            }
+            Owned::Reply(id, outcome) => {
+                if let Some(waiter) = self.waiters.remove(&id) {
+                    let _ = waiter.send(outcome);
+                }
+                self.unpark();
+            }
+            Owned::Nothing => {}
+        }
+    }
+
+    /// Seals the answer to a device's call into the batch (a result too
+    /// large for the device is answered `FAILED` by the machine).
+    fn answer(&mut self, token: ReplyToken, result: CallResult) {
+        let now = clock::now();
+        let max = HEADER_LEN + self.conn.peer_max_frame();
+        let sealed = match &result {
+            Ok(bytes) => {
+                let out = self.batch.room((bytes.len() + OWED_ROOM).min(max));
+                self.conn.reply(token, now, out, bytes).map(<[u8]>::len)
+            }
+            Err(RemoteError { code, message }) => {
+                let out = self.batch.room((message.len() + OWED_ROOM).min(max));
+                self.conn
+                    .error(token, now, out, *code, message)
+                    .map(<[u8]>::len)
+            }
+        };
+        match sealed {
+            Ok(n) => self.batch.used += n,
+            Err(SendError::Closed) => {}
+            Err(e) => warn!(error = %e, "answer not sent; the connection answers the call itself"),
+        }
+    }
+
+    /// A message queued by another task.
+    fn queued(&mut self, o: Outbound) {
+        match o {
+            Outbound::Answer { token, result } => self.answer(token, result),
+            Outbound::Notify { method, args } => {
+                let max = HEADER_LEN + self.conn.peer_max_frame();
+                let out = self
+                    .batch
+                    .room((method.len() + args.len() + OWED_ROOM).min(max));
+                let sealed = self
+                    .conn
+                    .notify_with(clock::now(), &method, out, |buf| copy_into(&args, buf));
+                match sealed {
+                    Ok(frame) => self.batch.used += frame.len(),
+                    Err(SendError::Closed) => {}
+                    Err(e) => warn!(error = %e, "notification not sent"),
+                }
+            }
+            call @ Outbound::Call { .. } => {
+                self.parked.push_back(call);
+                self.unpark();
+            }
+        }
+    }
+
+    /// Sends the parked [`Mind`] calls the machine's table has room for.
+    fn unpark(&mut self) {
+        while let Some(Outbound::Call {
+            method,
+            args,
+            timeout,
+            reply,
+        }) = self.parked.pop_front()
+        {
+            if reply.is_closed() {
+                continue; // its caller gave up
+            }
+            let max = HEADER_LEN + self.conn.peer_max_frame();
+            let out = self
+                .batch
+                .room((method.len() + args.len() + OWED_ROOM).min(max));
+            let sealed = self
+                .conn
+                .call_with(clock::now(), &method, timeout, out, |buf| {
+                    copy_into(&args, buf)
+                });
+            match sealed {
+                Ok((id, frame)) => {
+                    self.batch.used += frame.len();
+                    self.waiters.insert(id, reply);
+                }
+                Err(SendError::TooManyCalls) => {
+                    self.parked.push_front(Outbound::Call {
+                        method,
+                        args,
+                        timeout,
+                        reply,
+                    });
+                    return;
+                }
+                Err(SendError::TooLarge { .. }) => {
+                    let _ = reply.send(Err(CallError::TooLarge));
+                }
+                Err(_) => {
+                    let _ = reply.send(Err(CallError::Closed));
+                }
+            }
+        }
+    }
+
+    /// The session's end for a machine's error (the goodbye it owes, if
+    /// any, is in the batch).
+    fn ended(&self, e: ConnectionError) -> Ending {
+        let rejected = |r| self.metrics.rejected(r);
+        let end = match e {
+            ConnectionError::Frame(FrameError::Truncated { .. }) => {
+                SessionEnd::Io("connection closed in the middle of a frame".into())
+            }
+            ConnectionError::Frame(e) => {
+                rejected(Rejection::BadFrame);
+                SessionEnd::ProtocolError(format!("bad frame: {e}"))
+            }
+            ConnectionError::Session(e) => {
+                rejected(match e {
+                    SessionError::BadTag => Rejection::BadTag,
+                    SessionError::Replayed { .. } => Rejection::Replayed,
+                    SessionError::OutOfOrder { .. } => Rejection::OutOfOrder,
+                    SessionError::TooShort { .. } => Rejection::TooShort,
+                    _ => Rejection::Undecodable,
+                });
+                SessionEnd::ProtocolError(e.to_string())
+            }
+            ConnectionError::Protocol(v) => {
+                match v {
+                    Violation::UnknownReply(_) | Violation::UnknownError(_) => {
+                        rejected(Rejection::UnknownReply)
+                    }
+                    Violation::DuplicateCall(_) => rejected(Rejection::DuplicateCall),
+                    _ => {}
+                }
+                SessionEnd::ProtocolError(v.to_string())
+            }
+            ConnectionError::Closed(reason) => {
+                debug!(%reason, "device said goodbye");
+                SessionEnd::Goodbye(reason)
+            }
+            ConnectionError::Disconnected => SessionEnd::Closed,
+            ConnectionError::IdleTimeout => SessionEnd::IdleTimeout,
+            e => SessionEnd::Io(e.to_string()),
+        };
+        Ending::new(end, None)
+    }
+
+    /// Gives the lent buffers back once no bytes are in flight.
+    fn release_idle(&mut self) {
+        if self.read.start == self.read.end {
+            self.read.release();
+        }
+        if self.batch.used == 0 {
+            self.batch.release();
+        }
+        if let Some(storage) = self.conn.idle_receive_storage() {
+            storage.release();
+        }
+    }
+
+    /// Writes the batch.
+    async fn flush_now(&mut self) -> std::io::Result<()> {
+        if self.broken {
+            return Err(std::io::Error::other(
+                "session broken: nothing more may be sent",
+            ));
+        }
+        let used = self.batch.used;
+        if used == 0 {
+            return Ok(());
+        }
+        let written = self.stream.write_all(&self.batch.buf[..used]).await;
+        self.batch.used = 0;
+        written
+    }
+}
+
+/// What an event asks of the driver, owned.
+enum Owned {
+    /// A device's call to run.
+    Call(ReplyToken, IncomingCall),
+    /// The outcome of a [`Mind`] call.
+    Reply(u32, Result<Vec<u8>, CallError>),
+    /// Handled already (a notification).
+    Nothing,
+}
+
+/// Takes what the driver needs out of an event (a notification is handed
+/// to the avatar at once).
+fn owned<A: Avatar>(event: Event<'_>, calls: &Calls<A>) -> Owned {
+    match event {
+        Event::Call(call) => {
+            let incoming = IncomingCall {
+                id: call.id(),
+                method: call.method().to_string(),
+                args: call.args().to_vec(),
+            };
+            Owned::Call(call.into_token(), incoming)
+        }
+        Event::Notify(n) => {
+            calls.notify(n.method, n.args);
+            Owned::Nothing
+        }
+        Event::Reply(reply) => {
+            let outcome = match reply.result {
+                Ok(bytes) => Ok(bytes.to_vec()),
+                Err(CallFailure::Remote { code, message }) => {
+                    Err(CallError::Remote(RemoteError::new(code, message)))
+                }
+                Err(CallFailure::TimedOut) => Err(CallError::Timeout),
+            };
+            Owned::Reply(reply.id, outcome)
+        }
+        _ => Owned::Nothing,
+    }
+}
+
+/// Copies `args` to the start of `buf` (a call's or a notification's
+/// arguments, encoded by the caller's task).
+fn copy_into(args: &[u8], buf: &mut [u8]) -> Result<usize, tether_core::message::EncodeError> {
+    let dest = buf
+        .get_mut(..args.len())
+        .ok_or(tether_core::message::EncodeError::BufferFull)?;
+    dest.copy_from_slice(args);
+    Ok(args.len())
+}
+
+/// Bytes read from the socket and not yet given to the machine; the
+/// buffer is lent only while it holds some.
+#[derive(Default)]
+struct ReadAhead {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The socket read 0 bytes.
+    eof: bool,
+}
+
+impl ReadAhead {
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Where the next read goes.
+    fn room(&mut self) -> &mut [u8] {
+        if self.buf.is_empty() {
+            self.buf = lease::take(READ_AHEAD);
+        }
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.end == self.buf.len() {
+            // Never an empty room: a read into it would look like the end.
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        &mut self.buf[self.end..]
+    }
+
+    fn release(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        if !self.buf.is_empty() {
+            lease::give(std::mem::take(&mut self.buf));
         }
     }
 }
 
-/// Handles one frame from the device; `Some` ends the session.
-fn on_frame<A: Avatar>(
-    body: &[u8],
-    opener: &mut Opener,
-    out: &mut Out,
-    calls: &Calls<A>,
-    mind: &Mind,
-    metrics: &Metrics,
-) -> Option<Ending> {
-    let msg = match opener.open(body) {
-        Ok(msg) => msg,
-        Err(e) => {
-            metrics.rejected(match e {
-                SessionError::BadTag => Rejection::BadTag,
-                SessionError::Replayed { .. } => Rejection::Replayed,
-                SessionError::OutOfOrder { .. } => Rejection::OutOfOrder,
-                SessionError::TooShort { .. } => Rejection::TooShort,
-                _ => Rejection::Undecodable,
-            });
-            let reason = match e {
-                SessionError::BadTag
-                | SessionError::Replayed { .. }
-                | SessionError::OutOfOrder { .. }
-                | SessionError::TooShort { .. } => GoodbyeReason::BadTag,
-                _ => GoodbyeReason::ProtocolError,
-            };
-            return Some(Ending::new(
-                SessionEnd::ProtocolError(e.to_string()),
-                Some(reason),
-            ));
-        }
-    };
-    match msg {
-        Message::Call { id, method, args } => {
-            mind.shared.calls_in.fetch_add(1, Ordering::Relaxed);
-            return calls.start(id, method, args, mind, out, metrics);
-        }
-        Message::Reply { id, result } => {
-            if !mind.resolve(id, Ok(result.to_vec())) {
-                metrics.rejected(Rejection::UnknownReply);
-                return Some(Ending::new(
-                    SessionEnd::ProtocolError(format!("reply to call {id}, not in flight")),
-                    Some(GoodbyeReason::ProtocolError),
-                ));
+/// Sealed frames waiting to be written together; the buffer is lent only
+/// while it holds some.
+#[derive(Default)]
+struct Batch {
+    buf: Vec<u8>,
+    used: usize,
+}
+
+impl Batch {
+    fn pending(&self) -> bool {
+        self.used > 0
+    }
+
+    /// `n` bytes of room after what is batched.
+    fn room(&mut self, n: usize) -> &mut [u8] {
+        let need = self.used + n;
+        if self.buf.len() < need {
+            if self.buf.is_empty() {
+                self.buf = lease::take(need.max(4096));
+            } else {
+                let grown = need.max(self.buf.len() * 2);
+                self.buf.resize(grown, 0);
             }
         }
-        Message::Error { id, code, message } => {
-            let err = RemoteError::new(code, message);
-            if !mind.resolve(id, Err(err)) {
-                metrics.rejected(Rejection::UnknownReply);
-                return Some(Ending::new(
-                    SessionEnd::ProtocolError(format!("error for call {id}, not in flight")),
-                    Some(GoodbyeReason::ProtocolError),
-                ));
-            }
-        }
-        Message::Notify { method, args } => calls.notify(method, args),
-        Message::Ping { nonce } => out.push_message(&Message::Pong { nonce }),
-        Message::Pong { .. } => {}
-        Message::Goodbye { reason } => {
-            debug!(%reason, "device said goodbye");
-            return Some(Ending::new(SessionEnd::Goodbye(reason), None));
+        &mut self.buf[self.used..need]
+    }
+
+    fn release(&mut self) {
+        if !self.buf.is_empty() {
+            lease::give(std::mem::take(&mut self.buf));
         }
     }
-    None
 }
 
 /// The device's calls (and notifications) to the avatar.
@@ -518,68 +874,26 @@ struct Calls<A> {
     tracker: TaskTracker,
     /// Cancels them when the session ends.
     cancel: CancellationToken,
-    in_flight: Arc<Mutex<HashSet<u32>>>,
-    max: usize,
-    shutting_down: AtomicBool,
     recorded: CallMetrics,
 }
 
 impl<A: Avatar> Calls<A> {
-    /// Admits a call and runs it: answered at once if the handler is ready
-    /// on its first poll, else from its own task through the mind's queue.
+    /// Runs a call the machine admitted: its answer at once if the handler
+    /// is ready on its first poll, else later from its own task through
+    /// the mind's queue (`None` here).
     fn start(
         &self,
-        id: u32,
-        method: &str,
-        args: &[u8],
+        token: ReplyToken,
+        call: IncomingCall,
         mind: &Mind,
-        out: &mut Out,
-        metrics: &Metrics,
-    ) -> Option<Ending> {
-        let refused = if self.shutting_down.load(Ordering::Acquire) {
-            Some((ErrorCode::SHUTTING_DOWN, "server is shutting down"))
-        } else {
-            let mut set = lock(&self.in_flight);
-            if set.contains(&id) {
-                drop(set);
-                metrics.rejected(Rejection::DuplicateCall);
-                return Some(Ending::new(
-                    SessionEnd::ProtocolError(format!("call id {id} already in flight")),
-                    Some(GoodbyeReason::ProtocolError),
-                ));
-            }
-            if set.len() >= self.max {
-                Some((ErrorCode::BUSY, "too many calls in flight"))
-            } else {
-                set.insert(id);
-                None
-            }
-        };
-        if let Some((code, message)) = refused {
-            self.recorded.record(CallOutcome::Rejected, Duration::ZERO);
-            out.push_message(&Message::Error { id, code, message });
-            return None;
-        }
-        let call = IncomingCall {
-            id,
-            method: method.to_string(),
-            args: args.to_vec(),
-        };
-        let started = Instant::now();
+    ) -> Option<(ReplyToken, CallResult)> {
+        let started = tokio::time::Instant::now();
         let avatar = self.avatar.clone();
         let mut call = CatchUnwind(Box::pin(async move { avatar.call(call).await }));
         match poll_once(&mut call) {
-            Poll::Ready(result) => {
-                out.push(&finish_call(
-                    id,
-                    result,
-                    &self.in_flight,
-                    &self.recorded,
-                    started,
-                ));
-            }
+            Poll::Ready(result) => Some((token, finish_call(result, &self.recorded, started))),
             Poll::Pending => {
-                let (in_flight, recorded) = (self.in_flight.clone(), self.recorded.clone());
+                let recorded = self.recorded.clone();
                 let (cancel, tx) = (self.cancel.clone(), mind.shared.tx.clone());
                 self.tracker.spawn(
                     async move {
@@ -590,14 +904,14 @@ impl<A: Avatar> Calls<A> {
                                 return;
                             }
                         };
-                        let reply = finish_call(id, result, &in_flight, &recorded, started);
-                        let _ = tx.send(reply).await;
+                        let result = finish_call(result, &recorded, started);
+                        let _ = tx.send(Outbound::Answer { token, result }).await;
                     }
                     .in_current_span(),
                 );
+                None
             }
         }
-        None
     }
 
     /// Hands a notification to the avatar, the same way as a call.
@@ -626,14 +940,12 @@ impl<A: Avatar> Calls<A> {
 
 /// The answer to a finished call, recorded.
 fn finish_call(
-    id: u32,
     result: Result<CallResult, Panicked>,
-    in_flight: &Mutex<HashSet<u32>>,
     recorded: &CallMetrics,
-    started: Instant,
-) -> Outbound {
+    started: tokio::time::Instant,
+) -> CallResult {
     let result = result.unwrap_or_else(|Panicked| {
-        warn!(id, "call handler panicked");
+        warn!("call handler panicked");
         Err(RemoteError::failed("internal error"))
     });
     recorded.record(
@@ -644,14 +956,10 @@ fn finish_call(
         },
         started.elapsed(),
     );
-    lock(in_flight).remove(&id);
-    match result {
-        Ok(result) => Outbound::Reply { id, result },
-        Err(RemoteError { code, message }) => {
-            debug!(id, %code, "call failed");
-            Outbound::Error { id, code, message }
-        }
+    if let Err(RemoteError { code, .. }) = &result {
+        debug!(%code, "call failed");
     }
+    result
 }
 
 /// A handler panicked.
@@ -680,116 +988,4 @@ impl<F: Future> Future for CatchUnwind<F> {
 /// its own task polls it again, which is all a waker promises.
 fn poll_once<F: Future>(f: &mut CatchUnwind<F>) -> Poll<Result<F::Output, Panicked>> {
     Pin::new(f).poll(&mut Context::from_waker(Waker::noop()))
-}
-
-/// The write side: messages are sealed in order into one buffer and written
-/// together by [`Out::flush`].
-struct Out {
-    writer: OwnedWriteHalf,
-    sealer: Sealer,
-    /// One sealed frame (the device's largest).
-    frame: Vec<u8>,
-    /// Sealed frames waiting for the next flush.
-    batch: Vec<u8>,
-    peer_max: usize,
-    peer: SocketAddr,
-    /// Nothing more may be written (a write was cut, or sealing failed).
-    broken: bool,
-}
-
-impl Out {
-    fn new(writer: OwnedWriteHalf, sealer: Sealer, peer_max: usize, peer: SocketAddr) -> Self {
-        Self {
-            writer,
-            sealer,
-            frame: vec![0u8; HEADER_LEN + peer_max],
-            batch: Vec::new(),
-            peer_max,
-            peer,
-            broken: false,
-        }
-    }
-
-    fn pending(&self) -> bool {
-        !self.batch.is_empty() || self.broken
-    }
-
-    fn push(&mut self, out: &Outbound) {
-        let msg = match out {
-            Outbound::Call { id, method, args } => Message::Call {
-                id: *id,
-                method,
-                args,
-            },
-            Outbound::Reply { id, result } => Message::Reply { id: *id, result },
-            Outbound::Error { id, code, message } => Message::Error {
-                id: *id,
-                code: *code,
-                message,
-            },
-            Outbound::Notify { method, args } => Message::Notify { method, args },
-        };
-        self.push_message(&msg);
-    }
-
-    /// Seals a message into the batch. Every call gets an answer: a reply
-    /// too large for the device becomes a `FAILED` error, an error too
-    /// large keeps its code with its text cut to fit
-    /// ([`error_message_that_fits`]). Any other message too large is
-    /// dropped with a warning (calls and notifications are checked against
-    /// the device's frame before they are queued); a message that cannot be
-    /// sealed at all breaks the session (the next flush fails).
-    fn push_message(&mut self, msg: &Message<'_>) {
-        if self.broken {
-            return;
-        }
-        let peer = self.peer;
-        match self.sealer.seal(msg, &mut self.frame, self.peer_max) {
-            Ok(frame) => self.batch.extend_from_slice(frame),
-            Err(SessionError::Frame(
-                FrameError::TooLong { .. } | FrameError::BufferTooSmall { .. },
-            )) => {
-                let (id, code, message) = match *msg {
-                    Message::Reply { id, .. } => (
-                        id,
-                        ErrorCode::FAILED,
-                        "reply larger than the device's max frame",
-                    ),
-                    Message::Error { id, code, message } => (id, code, message),
-                    _ => {
-                        warn!(%peer, "message too large for the device's max frame; dropped");
-                        return;
-                    }
-                };
-                let message = error_message_that_fits(id, code, message, self.peer_max);
-                let error = Message::Error { id, code, message };
-                match self.sealer.seal(&error, &mut self.frame, self.peer_max) {
-                    Ok(frame) => self.batch.extend_from_slice(frame),
-                    Err(e) => {
-                        warn!(%peer, error = %e, "cannot seal error reply; closing");
-                        self.broken = true;
-                    }
-                }
-            }
-            Err(e) => {
-                warn!(%peer, error = %e, "cannot seal message; closing");
-                self.broken = true;
-            }
-        }
-    }
-
-    /// Writes the batch with one `write_all`.
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.broken {
-            return Err(std::io::Error::other(
-                "session broken: nothing more may be sent",
-            ));
-        }
-        if self.batch.is_empty() {
-            return Ok(());
-        }
-        let written = self.writer.write_all(&self.batch).await;
-        self.batch.clear();
-        written
-    }
 }

@@ -4,7 +4,12 @@
 //! - [`TestRng`]: a deterministic splitmix64 generator standing in for a
 //!   device's TRNG, so that a failing test replays exactly;
 //! - [`Msg`]: a session [`Message`] with owned fields, to hold, compare and
-//!   print what a peer received.
+//!   print what a peer received;
+//! - `wire` (feature `tokio`): a test peer's frame reader over a tokio
+//!   stream.
+
+#[cfg(feature = "tokio")]
+pub mod wire;
 
 use tether_core::message::{ErrorCode, GoodbyeReason, Message};
 use tether_core::rand_core::{TryCryptoRng, TryRng};

@@ -45,6 +45,8 @@ impl Method for NoteMethod {
     type Args<'a> = &'a str;
     type Reply<'a> = &'a str;
 }
+impl tether_core::method::ToServer for NoteMethod {}
+impl tether_core::method::ToDevice for NoteMethod {}
 
 /// `received() -> [text]`: the user's notifications as Django stored them.
 struct Received;
@@ -53,6 +55,8 @@ impl Method for Received {
     type Args<'a> = ();
     type Reply<'a> = Vec<&'a str>;
 }
+impl tether_core::method::ToServer for Received {}
+impl tether_core::method::ToDevice for Received {}
 
 /// A view that raises (HTTP 500).
 struct Fail;
@@ -61,6 +65,8 @@ impl Method for Fail {
     type Args<'a> = ();
     type Reply<'a> = ();
 }
+impl tether_core::method::ToServer for Fail {}
+impl tether_core::method::ToDevice for Fail {}
 
 /// A view that answers 409 with the application's code 1001.
 struct AppError;
@@ -69,6 +75,8 @@ impl Method for AppError {
     type Args<'a> = ();
     type Reply<'a> = ();
 }
+impl tether_core::method::ToServer for AppError {}
+impl tether_core::method::ToDevice for AppError {}
 
 /// No view.
 struct Nope;
@@ -77,6 +85,8 @@ impl Method for Nope {
     type Args<'a> = ();
     type Reply<'a> = ();
 }
+impl tether_core::method::ToServer for Nope {}
+impl tether_core::method::ToDevice for Nope {}
 
 /// The device's notification.
 struct Button;
@@ -85,6 +95,8 @@ impl Method for Button {
     type Args<'a> = &'a str;
     type Reply<'a> = ();
 }
+impl tether_core::method::ToServer for Button {}
+impl tether_core::method::ToDevice for Button {}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

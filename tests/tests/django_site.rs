@@ -51,6 +51,7 @@ impl Method for ReportReading {
     type Args<'a> = Reading;
     type Reply<'a> = Setpoint;
 }
+impl tether_core::method::ToServer for ReportReading {}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Reading {
@@ -70,6 +71,7 @@ impl Method for Button {
     type Args<'a> = &'a str;
     type Reply<'a> = ();
 }
+impl tether_core::method::ToServer for Button {}
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -309,7 +309,7 @@ fn embassy_net_device_on_a_tap_logs_in_and_calls_both_ways() {
     rt.block_on(async {
         let mind = server.registry.mind(s1).unwrap();
         let r = mind.call::<Echo>(&"from the server").await.unwrap();
-        assert_eq!(r.decode().unwrap(), "from the server");
+        assert_eq!(r.get(), "from the server");
         mind.notify::<Echo>(&"note").await.unwrap();
         mind.close(GoodbyeReason::Kicked);
     });
@@ -361,7 +361,7 @@ fn embassy_net_device_on_a_tap_logs_in_and_calls_both_ways() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let r = mind.call::<Echo>(&"again").await.unwrap();
-        assert_eq!(r.decode().unwrap(), "again");
+        assert_eq!(r.get(), "again");
         // Graceful shutdown: the device hears Goodbye(Shutdown) and stops.
         server.handle.shutdown();
     });

@@ -142,10 +142,7 @@ async fn postgres_cut_sessions_continue_logins_unavailable_then_back_without_res
     };
     raw.send(&tether_core::message::Message::Reply { id, result: &args })
         .await;
-    assert_eq!(
-        call.await.unwrap().unwrap().decode().unwrap(),
-        "server to device"
-    );
+    assert_eq!(call.await.unwrap().unwrap().get(), "server to device");
 
     // PostgreSQL is back: the same tether process logs devices in again,
     // at once (the pool reconnects by itself).
@@ -526,7 +523,7 @@ async fn sigterm_refuses_new_calls_shutting_down_while_one_drains() {
     // The answer to the server's call is still taken, then: goodbye.
     s.send(&tether_core::message::Message::Reply { id, result: &args })
         .await;
-    assert_eq!(call.await.unwrap().unwrap().decode().unwrap(), "in flight");
+    assert_eq!(call.await.unwrap().unwrap().get(), "in flight");
     assert_eq!(s.goodbye_then_close().await, Some(GoodbyeReason::Shutdown));
     assert_eq!(
         served.events.ended(s.session_id).await,

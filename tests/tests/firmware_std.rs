@@ -27,6 +27,7 @@ impl Method for Reading {
     type Args<'a> = (f32, &'a str);
     type Reply<'a> = ();
 }
+impl tether_core::method::ToServer for Reading {}
 
 fn config() -> Config {
     // Django 5.2 rows use 1,000,000 iterations; henry's old row 260,000.
@@ -128,7 +129,7 @@ async fn device_logs_in_to_tether_server_and_calls_both_ways() {
             async move {
                 let text = format!("from server {i}");
                 let r = d.call::<Echo>(&text.as_str()).await.unwrap();
-                assert_eq!(r.decode().unwrap(), text);
+                assert_eq!(r.get(), text);
             }
         });
         let all: Vec<_> = calls.map(tokio::spawn).collect();
@@ -136,7 +137,7 @@ async fn device_logs_in_to_tether_server_and_calls_both_ways() {
             h.await.unwrap();
         }
         let info = device.call::<DeviceInfo>(&()).await.unwrap();
-        assert_eq!(info.decode().unwrap().uptime_secs, 3);
+        assert_eq!(info.get().uptime_secs, 3);
         device.notify::<Echo>(&"heads up").await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         device.close(GoodbyeReason::Kicked);

@@ -976,7 +976,7 @@ async fn reply_to_an_unknown_id_ends_the_session_with_protocol_error() {
     let call = tokio::spawn(async move {
         mind.call::<tether_core::method::builtin::Echo>(&"ping me")
             .await
-            .map(|r| r.decode().unwrap().to_string())
+            .map(|r| r.get().to_string())
     });
     let Some(Msg::Call { id, args, .. }) = s.recv().await else {
         panic!("the server's call")

@@ -47,6 +47,11 @@ pub enum ConnectionError {
     /// This side closed the connection ([`close`](super::Connection::close),
     /// or the handshake handed over to the established connection).
     Ended,
+    /// Protocol v2, client: the server's Noise message 2 failed (with NK:
+    /// the server does not hold the pinned key, or the message was
+    /// altered). Nothing more is sent.
+    #[cfg(feature = "v2")]
+    Noise(crate::noise::NoiseError),
 }
 
 impl fmt::Display for ConnectionError {
@@ -63,6 +68,8 @@ impl fmt::Display for ConnectionError {
             Self::HandshakeTimeout => f.write_str("handshake timed out"),
             Self::IdleTimeout => f.write_str("nothing received for three heartbeat intervals"),
             Self::Ended => f.write_str("the connection has ended"),
+            #[cfg(feature = "v2")]
+            Self::Noise(e) => write!(f, "Noise handshake: {e}"),
         }
     }
 }
@@ -84,6 +91,9 @@ pub enum Violation {
     /// A `Reply` or `Error` for an id that is not in flight (and was not
     /// abandoned: see the module docs on late replies).
     UnknownReply(u32),
+    /// An `Error` for an id that is not in flight (as
+    /// [`UnknownReply`](Self::UnknownReply), for the other kind of answer).
+    UnknownError(u32),
     /// A `Call` whose id is already in flight.
     DuplicateCall(u32),
 }
@@ -94,6 +104,7 @@ impl fmt::Display for Violation {
             Self::Undecodable(e) => write!(f, "undecodable handshake message: {e}"),
             Self::MaxFrameTooSmall(m) => write!(f, "max_frame {m} below 512"),
             Self::UnknownReply(id) => write!(f, "reply to call {id}, not in flight"),
+            Self::UnknownError(id) => write!(f, "error for call {id}, not in flight"),
             Self::DuplicateCall(id) => write!(f, "call id {id} already in flight"),
             Self::UnexpectedMessage => f.write_str("unexpected handshake message"),
         }
@@ -122,6 +133,16 @@ pub enum RefusalCause {
     /// The driver refused: throttled, busy, database unavailable, the
     /// realm said no.
     Server,
+    /// Protocol v2: Noise message 1 failed (`protocol`; with NK
+    /// `unknown_key` when it decrypts under none of the server's keys).
+    #[cfg(feature = "v2")]
+    Noise(crate::noise::NoiseError),
+    /// Protocol v2: a sealed handshake frame failed to open (`protocol`).
+    #[cfg(feature = "v2")]
+    Session(SessionError),
+    /// `--require-encryption`: a v1 hello (`version`).
+    #[cfg(feature = "v2")]
+    EncryptionRequired,
 }
 
 impl fmt::Display for RefusalCause {
@@ -134,6 +155,12 @@ impl fmt::Display for RefusalCause {
             Self::NoMechanism => f.write_str("no mechanism offered that the server runs"),
             Self::InvalidProof => f.write_str("invalid proof"),
             Self::Server => f.write_str("refused by the server"),
+            #[cfg(feature = "v2")]
+            Self::Noise(e) => write!(f, "Noise: {e}"),
+            #[cfg(feature = "v2")]
+            Self::Session(e) => write!(f, "sealed handshake frame: {e}"),
+            #[cfg(feature = "v2")]
+            Self::EncryptionRequired => f.write_str("v1 login while encryption is required"),
         }
     }
 }

@@ -15,6 +15,13 @@ use crate::session::{Opener, Role, SEQ_LEN, Sealer, SessionError, TAG_LEN};
 /// (code [`ErrorCode::FAILED`]): the call still gets an answer.
 pub const REPLY_TOO_LARGE: &str = "reply too large";
 
+/// A received frame body: decrypted in place with v2.
+#[cfg(feature = "v2")]
+type FrameBody<'c> = &'c mut [u8];
+/// A received frame body.
+#[cfg(not(feature = "v2"))]
+type FrameBody<'c> = &'c [u8];
+
 /// Which owed message `poll_transmit` sealed.
 #[derive(Clone, Copy)]
 enum Owed {
@@ -303,7 +310,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
         if self.core.pong.is_some() || self.core.notice.is_some() {
             return Ok(None);
         }
+        // v1-only builds open frames in place of nothing: the shared
+        // immutable `take_frame` (one copy in a device's flash).
+        #[cfg(not(feature = "v2"))]
         let frame = self.rx.take_frame();
+        #[cfg(feature = "v2")]
+        let frame = self.rx.take_frame_mut();
         self.core.handle(frame, now.as_millis())
     }
 
@@ -531,6 +543,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
         })
     }
 
+    /// The receive buffer's storage, while no frame is partly received or
+    /// waiting to be polled (`None` otherwise): a driver that lends
+    /// buffers only while bytes are in flight (a server holding thousands
+    /// of idle sessions) takes its storage back here, and gives it again
+    /// before the next frame's body arrives. The storage keeps its size.
+    /// [`last_reply`](Self::last_reply) is `None` afterwards.
+    pub fn idle_receive_storage(&mut self) -> Option<&mut B> {
+        self.core.last_reply = None;
+        self.rx.idle_storage()
+    }
+
     /// Gives up waiting for call `id`: its late reply will be dropped.
     /// False when no such call is in flight.
     pub fn cancel(&mut self, id: u32) -> bool {
@@ -598,9 +621,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
     /// (whatever its id): the one rule for "does this call fit", exact up
     /// to the few bytes of the id and length varints.
     pub fn max_args_len(&self, method: &str) -> usize {
-        let head = Head::Call { id: 0, method }.max_len();
-        self.core.peer_max.saturating_sub(SEQ_LEN + head + TAG_LEN)
+        max_args_len(self.core.peer_max, method)
     }
+}
+
+/// The most argument bytes a call (or notification) of `method` can carry
+/// to a peer whose largest frame body is `peer_max_frame`: the rule
+/// [`Connection::max_args_len`] applies, for a driver that checks a call
+/// before it hands it to the task that owns the connection.
+pub fn max_args_len(peer_max_frame: usize, method: &str) -> usize {
+    let head = Head::Call { id: 0, method }.max_len();
+    peer_max_frame.saturating_sub(SEQ_LEN + head + TAG_LEN)
 }
 
 /// The payload room of an answer in `out`, up to `end`.
@@ -636,7 +667,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
 
     fn handle<'c>(
         &'c mut self,
-        frame: Option<&'c [u8]>,
+        frame: Option<FrameBody<'c>>,
         now: u64,
     ) -> Result<Option<Event<'c>>, ConnectionError> {
         let Some(body) = frame else {
@@ -657,7 +688,12 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         // that says so.
         let protocol = Some(GoodbyeReason::ProtocolError);
         let (error, goodbye) = 'failed: {
-            let msg = match self.opener.open(body) {
+            let body_at = body.as_ptr() as usize;
+            #[cfg(not(feature = "v2"))]
+            let opened = self.opener.open(body);
+            #[cfg(feature = "v2")]
+            let opened = self.opener.open_in_place(body);
+            let msg = match opened {
                 Ok(msg) => msg,
                 Err(e) => {
                     // The client says nothing to what may not be the server;
@@ -734,17 +770,18 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
                     self.last_reply = Some(LastReply {
                         id,
                         code: Some(code),
-                        start: (bytes.as_ptr() as usize).wrapping_sub(body.as_ptr() as usize),
+                        start: (bytes.as_ptr() as usize).wrapping_sub(body_at),
                         len: bytes.len(),
                     });
                     return Ok(Some(Event::Reply(Reply { id, result })));
                 }
                 Completion::Late => return Ok(None),
                 Completion::Unknown => {
-                    break 'failed (
-                        ConnectionError::Protocol(Violation::UnknownReply(id)),
-                        protocol,
-                    );
+                    let violation = match result {
+                        Ok(_) => Violation::UnknownReply(id),
+                        Err(_) => Violation::UnknownError(id),
+                    };
+                    break 'failed (ConnectionError::Protocol(violation), protocol);
                 }
             }
         };

@@ -131,21 +131,30 @@
 
 mod calls;
 mod client;
+#[cfg(feature = "v2")]
+mod client_v2;
 mod error;
 mod established;
 mod server;
+#[cfg(feature = "v2")]
+mod server_v2;
 
 use core::time::Duration;
 
 pub use client::{ClientConfig, ClientConnection, ClientHandshake, Established};
+#[cfg(feature = "v2")]
+pub use client_v2::ClientHandshakeV2;
 pub use error::{ConnectionError, RefusalCause, SendError, Violation};
 pub use established::{
     CallFailure, Connection, Event, IncomingCall, Notification, REPLY_TOO_LARGE, Reply, ReplyToken,
+    max_args_len,
 };
 pub use server::{
     Challenged, Decoy, DecoyReason, LoginRequest, ServerConfig, ServerConnection, ServerHandshake,
     ServerStep, Verified,
 };
+#[cfg(feature = "v2")]
+pub use server_v2::{KeyUsed, ServerKeys};
 
 /// Bytes of the client's SCRAM client-first-message buffer
 /// (`n,,n=<user>,r=<nonce>`): usernames up to about 200 bytes (escaped).

@@ -6,7 +6,9 @@ use rand_core::CryptoRng;
 
 use super::established::{Connection, Start};
 use super::{ConnectionError, Instant, RefusalCause, SendError, Violation, millis};
-use crate::frame::{FrameDecoder, FrameError, MIN_MAX_FRAME, encode_handshake};
+#[cfg(not(feature = "v2"))]
+use crate::frame::encode_handshake;
+use crate::frame::{FrameDecoder, FrameError, MIN_MAX_FRAME};
 use crate::message::{Challenge, Handshake, PROTOCOL_VERSION, Refusal, RefusalCode, Welcome};
 use crate::scram::{
     Mechanism, Mechanisms, ScramError, ServerChallengeSent, ServerCredentials, ServerLogin,
@@ -199,6 +201,8 @@ pub struct ServerHandshake<B, const CALLS: usize = 32, const ANSWERS: usize = 32
     owed: Option<Owed>,
     deadline: u64,
     error: Option<ConnectionError>,
+    #[cfg(feature = "v2")]
+    v2: super::server_v2::V2,
 }
 
 impl<B, const CALLS: usize, const ANSWERS: usize> core::fmt::Debug
@@ -235,7 +239,53 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
                 .as_millis()
                 .saturating_add(millis(config.handshake_timeout)),
             error: None,
+            #[cfg(feature = "v2")]
+            v2: super::server_v2::V2::off(),
         })
+    }
+
+    /// A handshake that also speaks protocol v2 (a first byte of 2): Noise
+    /// NN, and NK with `keys`' static keys, then SCRAM bound to the Noise
+    /// session in sealed frames. v1 devices go on as with
+    /// [`new`](Self::new) unless `keys.require_encryption`. `rng` makes the
+    /// server's ephemeral key.
+    #[cfg(feature = "v2")]
+    pub fn new_v2<R: CryptoRng + ?Sized>(
+        rx: B,
+        config: ServerConfig,
+        now: Instant,
+        keys: super::ServerKeys,
+        rng: &mut R,
+    ) -> Result<Self, ConnectionError> {
+        let mut hs = Self::new(rx, config, now)?;
+        hs.v2 = super::server_v2::V2::new(keys, rng);
+        Ok(hs)
+    }
+
+    /// The protocol version the device speaks: 1, or 2 once its first
+    /// frame is read as v2.
+    #[cfg(feature = "v2")]
+    pub fn protocol_version(&self) -> u8 {
+        if self.v2.is_v2() { 2 } else { 1 }
+    }
+
+    /// The Noise pattern of a v2 login.
+    #[cfg(feature = "v2")]
+    pub fn noise_pattern(&self) -> Option<crate::noise::Pattern> {
+        self.v2.pattern()
+    }
+
+    /// Which static key an NK login used (for rotation: count the logins
+    /// still on the previous key).
+    #[cfg(feature = "v2")]
+    pub fn key_used(&self) -> Option<super::KeyUsed> {
+        self.v2.key_used()
+    }
+
+    /// The Noise handshake hash of a v2 login, once message 2 is out.
+    #[cfg(feature = "v2")]
+    pub fn handshake_hash(&self) -> Option<&[u8; 32]> {
+        self.v2.handshake_hash()
     }
 
     /// Where the next received bytes go; then [`commit`](Self::commit).
@@ -290,6 +340,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
             return Err(e);
         }
         match self.state {
+            #[cfg(not(feature = "v2"))]
             State::Hello => {
                 let Some(body) = self.rx.take_frame() else {
                     return Ok(None);
@@ -298,9 +349,45 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
                     return Err(self.reject(code, cause));
                 }
             }
+            #[cfg(feature = "v2")]
+            State::Hello => {
+                if self.v2.owes_reply() {
+                    return Ok(None);
+                }
+                let Some(body) = self.rx.take_frame_mut() else {
+                    return Ok(None);
+                };
+                let read = if self.v2.is_sealed() {
+                    // NN: the hello comes sealed after message 2.
+                    self.v2.open(body).and_then(|plain| hello_v2(plain, true))
+                } else {
+                    match self.v2.first_frame(body) {
+                        Ok(Some(plain)) => hello_v2(plain, self.v2.is_v2()).map(Some),
+                        Ok(None) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                    .map(|next| next.unwrap_or(State::Hello))
+                };
+                match read {
+                    Ok(next) => self.state = next,
+                    Err((code, cause)) => return Err(self.reject(code, cause)),
+                }
+            }
             State::Challenged { .. } if self.owed.is_none() => {
+                #[cfg(not(feature = "v2"))]
                 let Some(body) = self.rx.take_frame() else {
                     return Ok(None);
+                };
+                #[cfg(feature = "v2")]
+                let Some(body) = self.rx.take_frame_mut() else {
+                    return Ok(None);
+                };
+                #[cfg(feature = "v2")]
+                let h = self.v2.handshake_hash().copied();
+                #[cfg(feature = "v2")]
+                let body = match self.v2.open(body) {
+                    Ok(plain) => plain,
+                    Err((code, cause)) => return Err(self.reject(code, cause)),
                 };
                 let State::Challenged {
                     login,
@@ -311,7 +398,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
                 else {
                     unreachable!("matched above")
                 };
-                match proof(body, login, decoy) {
+                #[cfg(not(feature = "v2"))]
+                let checked = proof(body, login, decoy);
+                #[cfg(feature = "v2")]
+                let checked = proof_v2(body, login, decoy, h.as_ref());
+                match checked {
                     Ok(success) => {
                         self.state = State::Verified {
                             success,
@@ -394,22 +485,66 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
                 (c, Challenged::Decoy(reason))
             }
         };
-        match login.challenge(&credentials, rng) {
+        let decoy = challenged != Challenged::Account;
+        self.challenge_sent(login, &credentials, decoy, peer_max, rng)
+            .map(|()| challenged)
+    }
+
+    /// Challenges with `credentials`; the proof is then awaited.
+    fn challenge_sent<R: CryptoRng + ?Sized>(
+        &mut self,
+        login: ServerLogin<CLIENT_FIRST_LEN>,
+        credentials: &ServerCredentials,
+        decoy: bool,
+        peer_max: u16,
+        rng: &mut R,
+    ) -> Result<(), SendError> {
+        match login.challenge(credentials, rng) {
             Ok(login) => {
                 self.state = State::Challenged {
                     login,
                     mechanism: credentials.mechanism,
-                    decoy: challenged != Challenged::Account,
+                    decoy,
                     peer_max,
                 };
                 self.owed = Some(Owed::Challenge);
-                Ok(challenged)
+                Ok(())
             }
             Err(e) => {
                 let _ = self.reject(RefusalCode::Protocol, RefusalCause::Scram(e));
                 Err(SendError::Closed)
             }
         }
+    }
+
+    /// Goes on after [`ServerStep::Login`] with credentials the driver
+    /// planned itself: a server that shapes its decoys from its own rows
+    /// (salt and iteration count of a real row, a mix of mechanisms) passes
+    /// the account's verifier with `decoy: false`, or decoy keys with
+    /// `decoy: true` — then every proof ends `unauthorized`, as with
+    /// [`challenge`](Self::challenge)'s decoys. Credentials in a mechanism
+    /// the hello did not offer are [`SendError::NotExpected`], the handshake
+    /// untouched (a driver's bug: refuse, or challenge again).
+    pub fn challenge_with<R: CryptoRng + ?Sized>(
+        &mut self,
+        credentials: &ServerCredentials,
+        decoy: bool,
+        rng: &mut R,
+    ) -> Result<(), SendError> {
+        if self.error.is_some() {
+            return Err(SendError::Closed);
+        }
+        match &self.state {
+            State::Lookup { offered, .. } if offered.contains(credentials.mechanism) => {}
+            _ => return Err(SendError::NotExpected),
+        }
+        let State::Lookup {
+            login, peer_max, ..
+        } = core::mem::replace(&mut self.state, State::Done)
+        else {
+            unreachable!("checked above")
+        };
+        self.challenge_sent(login, credentials, decoy, peer_max, rng)
     }
 
     /// Refuses the login with `code` (throttled, busy, unavailable, or the
@@ -439,6 +574,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
     /// The challenge or the refusal, written at the start of `out` (512
     /// bytes hold either); `None` when nothing is due.
     pub fn poll_transmit<'o>(&mut self, out: &'o mut [u8]) -> Option<&'o [u8]> {
+        #[cfg(feature = "v2")]
+        if self.v2.owes_reply() {
+            let reply = self.v2.poll_reply(out)?;
+            return match reply {
+                Ok(frame) => Some(frame),
+                Err(e) => {
+                    self.state = State::Done;
+                    self.error.get_or_insert(e);
+                    None
+                }
+            };
+        }
         let owed = self.owed.take()?;
         let msg = match (owed, &self.state) {
             (Owed::Refusal(r), _) => Handshake::Refused(r),
@@ -453,11 +600,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
             }),
             _ => return None,
         };
-        match encode_handshake(&msg, out, MIN_MAX_FRAME as usize) {
+        #[cfg(not(feature = "v2"))]
+        let encoded =
+            encode_handshake(&msg, out, MIN_MAX_FRAME as usize).map_err(ConnectionError::Frame);
+        #[cfg(feature = "v2")]
+        let encoded = self.v2.encode(&msg, out);
+        match encoded {
             Ok(frame) => Some(frame),
             Err(e) => {
                 self.state = State::Done;
-                self.error.get_or_insert(ConnectionError::Frame(e));
+                self.error.get_or_insert(e);
                 None
             }
         }
@@ -492,7 +644,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
         });
         let peer_max = *peer_max;
         let max = out.len();
+        #[cfg(not(feature = "v2"))]
         let frame = encode_handshake(&welcome, out, MIN_MAX_FRAME as usize)
+            .map_err(|_| SendError::TooLarge { max })?;
+        #[cfg(feature = "v2")]
+        let frame = self
+            .v2
+            .encode(&welcome, out)
             .map_err(|_| SendError::TooLarge { max })?;
         let State::Verified { success, .. } = core::mem::replace(&mut self.state, State::Done)
         else {
@@ -500,7 +658,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
         };
         let mut rx = core::mem::replace(&mut self.rx, FrameDecoder::new(B::default(), 0));
         rx.set_max(max_frame.into());
+        #[cfg(not(feature = "v2"))]
         let (sealer, opener) = success.session.into_halves(Role::Server);
+        #[cfg(feature = "v2")]
+        let (sealer, opener) = match self.v2.take_halves() {
+            Some(halves) => halves,
+            None => success.session.into_halves(Role::Server),
+        };
         self.error = Some(ConnectionError::Ended);
         let start = Start {
             role: Role::Server,
@@ -531,21 +695,48 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
 type Refuse = (RefusalCode, RefusalCause);
 
 /// The checks the hello alone decides, in order.
+#[cfg(not(feature = "v2"))]
 fn hello(body: &[u8]) -> Result<State, Refuse> {
+    hello_with(body, PROTOCOL_VERSION, ServerLogin::new)
+}
+
+/// [`hello`] for a server that speaks v2 too: a hello inside a Noise
+/// session (`bound`) says version 2 and carries the GS2 header of the
+/// Noise channel binding; a clear one is v1's.
+#[cfg(feature = "v2")]
+fn hello_v2(body: &[u8], bound: bool) -> Result<State, Refuse> {
+    if bound {
+        hello_with(
+            body,
+            crate::message::PROTOCOL_VERSION_2,
+            ServerLogin::new_bound,
+        )
+    } else {
+        hello_with(body, PROTOCOL_VERSION, ServerLogin::new)
+    }
+}
+
+/// The checks the hello alone decides, in order, for `version` and a
+/// client-first-message parsed by `parse`.
+fn hello_with(
+    body: &[u8],
+    version: u8,
+    parse: fn(&str) -> Result<ServerLogin<CLIENT_FIRST_LEN>, ScramError>,
+) -> Result<State, Refuse> {
     let protocol = |v| (RefusalCode::Protocol, RefusalCause::Violation(v));
     let hello = match Handshake::decode(body) {
         Ok(Handshake::Hello(hello)) => hello,
         Ok(_) => return Err(protocol(Violation::UnexpectedMessage)),
         Err(e) => return Err(protocol(Violation::Undecodable(e))),
     };
-    if hello.version != PROTOCOL_VERSION {
+    if hello.version != version {
         return Err((RefusalCode::Version, RefusalCause::Version(hello.version)));
     }
     if hello.max_frame < MIN_MAX_FRAME {
         return Err(protocol(Violation::MaxFrameTooSmall(hello.max_frame)));
     }
-    let login = ServerLogin::new(hello.client_first)
-        .map_err(|e| (RefusalCode::Protocol, RefusalCause::Scram(e)))?;
+    let login =
+        parse(hello.client_first).map_err(|e| (RefusalCode::Protocol, RefusalCause::Scram(e)))?;
     let offered = Mechanisms::from_bits(hello.mechanisms.bits() & Mechanisms::ENABLED.bits());
     if offered.bits() == 0 {
         return Err((RefusalCode::Unsupported, RefusalCause::NoMechanism));
@@ -555,6 +746,38 @@ fn hello(body: &[u8]) -> Result<State, Refuse> {
         offered,
         peer_max: hello.max_frame,
     })
+}
+
+/// Verifies the proof of a login that may be v2: bound to the Noise
+/// handshake hash `h` when there is one. A `c=` that does not carry `h` (a
+/// relay between two Noise sessions) is `unauthorized`.
+#[cfg(feature = "v2")]
+fn proof_v2(
+    body: &[u8],
+    login: ServerChallengeSent<CLIENT_FIRST_LEN>,
+    decoy: bool,
+    h: Option<&[u8; 32]>,
+) -> Result<ServerSuccess<CLIENT_FIRST_LEN>, Refuse> {
+    let Some(h) = h else {
+        return proof(body, login, decoy);
+    };
+    let protocol = |v| (RefusalCode::Protocol, RefusalCause::Violation(v));
+    let proof = match Handshake::decode(body) {
+        Ok(Handshake::Proof(proof)) => proof,
+        Ok(_) => return Err(protocol(Violation::UnexpectedMessage)),
+        Err(e) => return Err(protocol(Violation::Undecodable(e))),
+    };
+    match login.verify_bound(proof.client_final, h) {
+        Ok(_) if decoy => Err((RefusalCode::Unauthorized, RefusalCause::InvalidProof)),
+        Ok(success) => Ok(success),
+        Err(ScramError::InvalidProof) => {
+            Err((RefusalCode::Unauthorized, RefusalCause::InvalidProof))
+        }
+        Err(e @ ScramError::ChannelBindingMismatch) => {
+            Err((RefusalCode::Unauthorized, RefusalCause::Scram(e)))
+        }
+        Err(e) => Err((RefusalCode::Protocol, RefusalCause::Scram(e))),
+    }
 }
 
 /// Verifies the proof; a decoy never logs in.

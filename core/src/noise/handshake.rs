@@ -105,20 +105,39 @@ impl HandshakeState {
         out: &mut [u8],
         rng: &mut R,
     ) -> Result<(usize, Option<Split>), NoiseError> {
-        let tokens = self.pattern.messages()[self.next];
-        let len = self.pattern.message_len(self.next, payload.len());
+        self.check_len(payload.len(), out.len())?;
+        out[DHLEN..DHLEN + payload.len()].copy_from_slice(payload);
+        self.write_in_place(payload.len(), out, rng)
+    }
+
+    /// The next message's length, if it fits `out_len` bytes and Noise.
+    fn check_len(&self, payload_len: usize, out_len: usize) -> Result<usize, NoiseError> {
+        let len = self.pattern.message_len(self.next, payload_len);
         if len > MAX_MESSAGE_LEN {
             return Err(NoiseError::TooLong {
                 len,
                 max: MAX_MESSAGE_LEN,
             });
         }
-        if out.len() < len {
+        if out_len < len {
             return Err(NoiseError::BufferTooSmall {
                 needed: len,
-                available: out.len(),
+                available: out_len,
             });
         }
+        Ok(len)
+    }
+
+    /// `WriteMessage` with the payload already at `out[DHLEN..][..payload_len]`
+    /// (each message of NN and NK writes one public key, then the payload).
+    pub(crate) fn write_in_place<R: CryptoRng + ?Sized>(
+        &mut self,
+        payload_len: usize,
+        out: &mut [u8],
+        rng: &mut R,
+    ) -> Result<(usize, Option<Split>), NoiseError> {
+        let len = self.check_len(payload_len, out.len())?;
+        let tokens = self.pattern.messages()[self.next];
         let mut at = 0;
         for token in tokens {
             match token {
@@ -133,10 +152,10 @@ impl HandshakeState {
                 Token::Es => self.mix_es(),
             }
         }
-        out[at..at + payload.len()].copy_from_slice(payload);
+        debug_assert_eq!(at, DHLEN);
         at += self
             .symmetric
-            .encrypt_and_hash(&mut out[at..], payload.len())?;
+            .encrypt_and_hash(&mut out[at..], payload_len)?;
         debug_assert_eq!(at, len);
         self.next += 1;
         Ok((at, self.split_if_done()))

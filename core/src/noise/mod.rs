@@ -95,6 +95,10 @@ pub const MAX_MESSAGE_LEN: usize = 65535;
 /// Bytes of the handshake hash (`HASHLEN` of SHA-256).
 pub const HASH_LEN: usize = symmetric::HASHLEN;
 
+/// Where a handshake message's payload starts (after its one public key):
+/// for the `write_message_in_place` methods.
+pub const PAYLOAD_AT: usize = DHLEN;
+
 /// A handshake pattern this module implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Pattern {
@@ -307,6 +311,21 @@ impl Initiator {
         let (n, _) = self.0.write_message(payload, out, rng)?;
         Ok((AwaitingResponse(self.0), &out[..n]))
     }
+
+    /// [`write_message`](Self::write_message) with the payload already in
+    /// place: its `payload_len` bytes at `out[PAYLOAD_AT..]`.
+    ///
+    /// # Errors
+    /// As [`write_message`](Self::write_message).
+    pub fn write_message_in_place<'o, R: CryptoRng + ?Sized>(
+        mut self,
+        payload_len: usize,
+        out: &'o mut [u8],
+        rng: &mut R,
+    ) -> Result<(AwaitingResponse, &'o [u8]), NoiseError> {
+        let (n, _) = self.0.write_in_place(payload_len, out, rng)?;
+        Ok((AwaitingResponse(self.0), &out[..n]))
+    }
 }
 
 impl AwaitingResponse {
@@ -385,6 +404,22 @@ impl ReadyToRespond {
         rng: &mut R,
     ) -> Result<(Transport, &'o [u8]), NoiseError> {
         let (n, split) = self.0.write_message(payload, out, rng)?;
+        let (c1, c2) = split.expect("message 2 is the last");
+        Ok((Transport::new(c2, c1, &self.0), &out[..n]))
+    }
+
+    /// [`write_message`](Self::write_message) with the payload already in
+    /// place: its `payload_len` bytes at `out[PAYLOAD_AT..]`.
+    ///
+    /// # Errors
+    /// As [`write_message`](Self::write_message).
+    pub fn write_message_in_place<'o, R: CryptoRng + ?Sized>(
+        mut self,
+        payload_len: usize,
+        out: &'o mut [u8],
+        rng: &mut R,
+    ) -> Result<(Transport, &'o [u8]), NoiseError> {
+        let (n, split) = self.0.write_in_place(payload_len, out, rng)?;
         let (c1, c2) = split.expect("message 2 is the last");
         Ok((Transport::new(c2, c1, &self.0), &out[..n]))
     }

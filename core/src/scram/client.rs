@@ -13,6 +13,23 @@ use crate::session::SessionKeys;
 const GS2_HEADER: &str = "n,,";
 /// base64("n,,"), the `c=` value of the client-final-message.
 const GS2_HEADER_B64: &str = "biws";
+/// Protocol v2's GS2 header: channel binding of type `tether-noise` (the
+/// Noise handshake hash), no authorization identity.
+#[cfg(feature = "v2")]
+pub const GS2_NOISE: &str = "p=tether-noise,,";
+
+/// The `c=` value of a v2 client-final-message:
+/// base64(`p=tether-noise,,` || `h`), `h` the Noise handshake hash.
+#[cfg(feature = "v2")]
+pub fn noise_binding(h: &[u8; 32]) -> heapless::String<64> {
+    let mut data = [0u8; 48];
+    data[..16].copy_from_slice(GS2_NOISE.as_bytes());
+    data[16..].copy_from_slice(h);
+    let mut out = heapless::String::new();
+    // 48 bytes are 64 characters of base64: always fits.
+    let _ = push_b64(&mut out, &data);
+    out
+}
 
 /// Client settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +95,39 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         let mut nonce = heapless::String::<32>::new();
         push_b64(&mut nonce, &raw)?;
         // Base64 of NONCE_BYTES: printable, and short enough.
-        Self::start(username, credentials, config, &nonce)
+        Self::start(GS2_HEADER, username, credentials, config, &nonce)
+    }
+
+    /// Starts a protocol v2 login, bound to the Noise session: the GS2
+    /// header is [`GS2_NOISE`], and the proof is made with
+    /// [`handle_challenge_bound`](Self::handle_challenge_bound).
+    #[cfg(feature = "v2")]
+    pub fn new_bound<R: CryptoRng + ?Sized>(
+        username: &str,
+        credentials: ClientCredentials<'a>,
+        config: ClientConfig,
+        rng: &mut R,
+    ) -> Result<Self, ScramError> {
+        let mut raw = [0u8; NONCE_BYTES];
+        rng.fill_bytes(&mut raw);
+        let mut nonce = heapless::String::<32>::new();
+        push_b64(&mut nonce, &raw)?;
+        Self::start(GS2_NOISE, username, credentials, config, &nonce)
+    }
+
+    /// [`new_bound`](Self::new_bound) with a given nonce: for test vectors
+    /// and interop tests only.
+    #[cfg(feature = "v2")]
+    pub fn bound_with_nonce(
+        username: &str,
+        credentials: ClientCredentials<'a>,
+        config: ClientConfig,
+        nonce: &str,
+    ) -> Result<Self, ScramError> {
+        if !is_printable(nonce) || nonce.len() > MAX_NONCE_LEN / 2 {
+            return Err(ScramError::Malformed("client nonce"));
+        }
+        Self::start(GS2_NOISE, username, credentials, config, nonce)
     }
 
     /// Starts a login with a given nonce: for test vectors and interop
@@ -92,11 +141,12 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         if !is_printable(nonce) || nonce.len() > MAX_NONCE_LEN / 2 {
             return Err(ScramError::Malformed("client nonce"));
         }
-        Self::start(username, credentials, config, nonce)
+        Self::start(GS2_HEADER, username, credentials, config, nonce)
     }
 
     /// Starts a login with a checked nonce.
     fn start(
+        gs2: &str,
         username: &str,
         credentials: ClientCredentials<'a>,
         config: ClientConfig,
@@ -106,7 +156,7 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
             return Err(ScramError::Malformed("empty username"));
         }
         let mut first = heapless::String::new();
-        push(&mut first, &[GS2_HEADER, "n="])?;
+        push(&mut first, &[gs2, "n="])?;
         push_escaped(&mut first, username)?;
         push(&mut first, &[",r="])?;
         let nonce_at = first.len();
@@ -140,6 +190,38 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         self,
         mechanism: Mechanism,
         server_first: &str,
+    ) -> Result<ClientProofSent, ScramError> {
+        #[cfg(feature = "v2")]
+        if self.first.starts_with(GS2_NOISE) {
+            return Err(ScramError::ChannelBindingMismatch);
+        }
+        self.prove(mechanism, server_first, GS2_HEADER_B64)
+    }
+
+    /// [`handle_challenge`](Self::handle_challenge) for a v2 login
+    /// ([`new_bound`](Self::new_bound)): the proof covers `c=` with the
+    /// Noise handshake hash `h`, so it is good only in this Noise session.
+    #[cfg(feature = "v2")]
+    pub fn handle_challenge_bound(
+        self,
+        mechanism: Mechanism,
+        server_first: &str,
+        h: &[u8; 32],
+    ) -> Result<ClientProofSent, ScramError> {
+        if !self.first.starts_with(GS2_NOISE) {
+            return Err(ScramError::ChannelBindingMismatch);
+        }
+        self.prove(mechanism, server_first, &noise_binding(h))
+    }
+
+    /// Checks the challenge and computes the proof with `cbind` as `c=`
+    /// (inlined into v1's only caller: no call, `c=` a constant).
+    #[cfg_attr(not(feature = "v2"), inline(always))]
+    fn prove(
+        self,
+        mechanism: Mechanism,
+        server_first: &str,
+        cbind: &str,
     ) -> Result<ClientProofSent, ScramError> {
         if !mechanism.is_enabled() {
             return Err(ScramError::MechanismDisabled);
@@ -193,9 +275,9 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
         };
 
         let mut client_final = heapless::String::<256>::new();
-        push(&mut client_final, &["c=", GS2_HEADER_B64, ",r=", nonce])?;
+        push(&mut client_final, &["c=", cbind, ",r=", nonce])?;
         let stored_key = hash(mechanism, keys.client_key.as_bytes());
-        let bare = self.first.strip_prefix(GS2_HEADER).unwrap_or_default();
+        let bare = self.bare();
         let auth = auth_message(bare, server_first, &client_final);
         let client_signature = hmac(mechanism, stored_key.as_bytes(), &auth);
         let server_signature = hmac(mechanism, keys.server_key.as_bytes(), &auth);
@@ -210,6 +292,17 @@ impl<'a, const N: usize> ClientLogin<'a, N> {
             keys,
             derived,
         })
+    }
+}
+
+impl<const N: usize> ClientLogin<'_, N> {
+    /// The client-first-message-bare (without the GS2 header).
+    fn bare(&self) -> &str {
+        #[cfg(feature = "v2")]
+        if let Some(bare) = self.first.strip_prefix(GS2_NOISE) {
+            return bare;
+        }
+        self.first.strip_prefix(GS2_HEADER).unwrap_or_default()
     }
 }
 

@@ -20,6 +20,8 @@ use hmac::{KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 
 pub use client::{ClientConfig, ClientCredentials, ClientLogin, ClientProofSent, ClientSuccess};
+#[cfg(feature = "v2")]
+pub use client::{GS2_NOISE, noise_binding};
 pub use credentials::{CachedKeys, MAX_SALT_LEN, Salt, ServerCredentials};
 pub use server::{ServerChallengeSent, ServerLogin, ServerSuccess};
 

@@ -25,6 +25,21 @@ pub struct ServerLogin<const N: usize = 512> {
 }
 
 impl<const N: usize> ServerLogin<N> {
+    /// Parses a v2 client-first-message, which must carry the GS2 header
+    /// [`GS2_NOISE`](super::GS2_NOISE) (any other is
+    /// [`ScramError::ChannelBindingUnsupported`]); its proof is checked
+    /// with [`ServerChallengeSent::verify_bound`].
+    #[cfg(feature = "v2")]
+    pub fn new_bound(client_first: &str) -> Result<Self, ScramError> {
+        let bare = client_first
+            .strip_prefix(super::GS2_NOISE)
+            .ok_or(ScramError::ChannelBindingUnsupported)?;
+        let mut login = Self::parse(bare)?;
+        // Empty: bound to a Noise session, which `verify` never accepts.
+        login.gs2_b64 = "";
+        Ok(login)
+    }
+
     /// Parses the client-first-message.
     pub fn new(client_first: &str) -> Result<Self, ScramError> {
         let (gs2_b64, rest) = if let Some(rest) = client_first.strip_prefix("n,") {
@@ -44,6 +59,13 @@ impl<const N: usize> ServerLogin<N> {
         } else {
             return Err(ScramError::Malformed("GS2 header"));
         };
+        let mut login = Self::parse(bare)?;
+        login.gs2_b64 = gs2_b64;
+        Ok(login)
+    }
+
+    /// Parses a client-first-message-bare.
+    fn parse(bare: &str) -> Result<Self, ScramError> {
         if bare.starts_with("m=") {
             return Err(ScramError::ExtensionUnsupported);
         }
@@ -64,7 +86,7 @@ impl<const N: usize> ServerLogin<N> {
         Ok(Self {
             bare: owned,
             username,
-            gs2_b64,
+            gs2_b64: "biws",
             nonce: (start, start + nonce.len()),
         })
     }
@@ -145,6 +167,35 @@ impl<const N: usize> ServerChallengeSent<N> {
     /// Checks the client-final-message. On success returns the
     /// server-final-message (the server's proof) and the session keys.
     pub fn verify(self, client_final: &str) -> Result<ServerSuccess<N>, ScramError> {
+        let gs2_b64 = self.login.gs2_b64;
+        #[cfg(feature = "v2")]
+        if gs2_b64.is_empty() {
+            return Err(ScramError::ChannelBindingMismatch);
+        }
+        self.check(client_final, gs2_b64)
+    }
+
+    /// Checks the client-final-message of a v2 login
+    /// ([`ServerLogin::new_bound`]): its `c=` must carry this side's Noise
+    /// handshake hash `h` ([`ScramError::ChannelBindingMismatch`] if not: a
+    /// relay between two Noise sessions), and its proof must be good.
+    #[cfg(feature = "v2")]
+    pub fn verify_bound(
+        self,
+        client_final: &str,
+        h: &[u8; 32],
+    ) -> Result<ServerSuccess<N>, ScramError> {
+        if !self.login.gs2_b64.is_empty() {
+            return Err(ScramError::ChannelBindingMismatch);
+        }
+        self.check(client_final, &super::client::noise_binding(h))
+    }
+
+    fn check(
+        self,
+        client_final: &str,
+        expected_cbind: &str,
+    ) -> Result<ServerSuccess<N>, ScramError> {
         let m = self.credentials.mechanism;
         let split = client_final
             .rfind(",p=")
@@ -154,7 +205,7 @@ impl<const N: usize> ServerChallengeSent<N> {
         let mut rest = without_proof;
         let cbind = attr(&mut rest, b'c', "channel binding")?;
         let nonce = attr(&mut rest, b'r', "nonce")?;
-        if cbind != self.login.gs2_b64 {
+        if cbind != expected_cbind {
             return Err(ScramError::ChannelBindingMismatch);
         }
         if nonce != &self.server_first[2..self.nonce_end] {

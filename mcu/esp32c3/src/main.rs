@@ -85,6 +85,7 @@ impl Method for Button {
     type Args<'a> = Press;
     type Reply<'a> = ();
 }
+impl tether_core::method::ToServer for Button {}
 
 /// The mind: what the server can ask of this board.
 struct Mind;

@@ -190,6 +190,7 @@ mod app {
         type Args<'a> = bool;
         type Reply<'a> = ();
     }
+    impl tether_core::method::ToDevice for SetLed {}
 
     /// Device -> server notification: the user button was pressed.
     pub struct Button;
@@ -203,6 +204,7 @@ mod app {
         type Args<'a> = Press;
         type Reply<'a> = ();
     }
+    impl tether_core::method::ToServer for Button {}
 
     /// The mind: what the server can ask of this board.
     struct Mind {

@@ -332,6 +332,7 @@ pub(super) async fn log_in<'b>(
                 RefusalCode::Version => "the server speaks another protocol version",
                 RefusalCode::Protocol => "the server rejected the handshake",
                 RefusalCode::Busy => "the server is at its limit",
+                RefusalCode::UnknownKey => "the server does not hold the pinned key",
             };
             if retry_after_secs > 0 {
                 eprintln!("{who}: login refused: {code}: {why} (retry after {retry_after_secs} s)");

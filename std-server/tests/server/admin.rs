@@ -209,6 +209,7 @@ impl Method for Sleep {
     type Args<'a> = u64;
     type Reply<'a> = u64;
 }
+impl tether_core::method::ToDevice for Sleep {}
 
 /// The test device: `device_info` (its firmware name), `echo`, `fail`
 /// (FAILED "sensor on fire"), `sleep`, `reverse` (raw bytes reversed).

@@ -827,7 +827,7 @@ async fn device_answers_echoes_prints_and_notifies() {
         let mind = realm.minds.lock().unwrap().last().unwrap().clone();
         let info = mind.call::<DeviceInfo>(&()).await.unwrap();
         assert_eq!(
-            info.decode().unwrap().firmware,
+            info.get().firmware,
             format!("tether-device/{}", env!("CARGO_PKG_VERSION"))
         );
         assert_eq!(next(), "call device_info  -> answered");

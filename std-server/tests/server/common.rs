@@ -21,10 +21,10 @@ use tether_core::scram::{
 };
 use tether_core::session::{Opener, Role, Sealer};
 use tether_server::realm::{Avatar, CallResult, IncomingCall, Mind, Realm, SessionInfo, reply};
-use tether_server::wire::{FrameReader, ReadError};
 use tether_server::{
     DefaultRealm, Server, ServerConfig, ServerHandle, ServerSecret, SessionEnd, Store, StoreConfig,
 };
+use tether_test_support::wire::{FrameReader, ReadError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -650,6 +650,7 @@ impl Method for Slow {
     type Args<'a> = u64;
     type Reply<'a> = u64;
 }
+impl tether_core::method::ToServer for Slow {}
 
 pub struct TestAvatar {
     inner: <DefaultRealm as Realm>::Avatar,
@@ -701,7 +702,7 @@ impl Avatar for TestAvatar {
         if self.realm.ask_device_info {
             let r = self.mind.call::<DeviceInfo>(&()).await;
             let text = match r {
-                Ok(reply) => reply.decode().unwrap().firmware.to_string(),
+                Ok(reply) => reply.get().firmware.to_string(),
                 Err(e) => format!("error: {e}"),
             };
             self.realm.device_info.lock().unwrap().push(text);

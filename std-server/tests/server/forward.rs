@@ -38,6 +38,8 @@ macro_rules! text_method {
             type Args<'a> = &'a str;
             type Reply<'a> = &'a str;
         }
+        impl tether_core::method::ToServer for $ty {}
+        impl tether_core::method::ToDevice for $ty {}
     };
 }
 text_method!(Upper, "upper");

@@ -376,11 +376,11 @@ async fn busy_when_sessions_or_handshakes_are_at_their_limit() {
 
 /// Whether the server closed `r` without sending anything (within 5 s).
 async fn closed_silently(
-    r: &mut tether_server::wire::FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    r: &mut tether_test_support::wire::FrameReader<tokio::net::tcp::OwnedReadHalf>,
 ) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_secs(5), r.next()).await,
-        Ok(Err(tether_server::wire::ReadError::Closed))
+        Ok(Err(tether_test_support::wire::ReadError::Closed))
     )
 }
 

@@ -7,5 +7,6 @@ mod databases;
 mod forward;
 mod login;
 mod revalidate;
+mod rust_api;
 mod session;
 mod store;

@@ -271,8 +271,8 @@ async fn the_server_calls_the_device_through_its_mind() {
     }
     let a = a.await.unwrap().unwrap();
     let b = b.await.unwrap().unwrap();
-    assert_eq!(a.decode().unwrap(), "one");
-    assert_eq!(b.decode().unwrap(), "two");
+    assert_eq!(a.get(), "one");
+    assert_eq!(b.get(), "two");
 
     let m = mind.clone();
     let c = tokio::spawn(async move { m.call::<Echo>(&"x").await });

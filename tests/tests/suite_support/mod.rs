@@ -38,9 +38,9 @@ use tether_core::scram::{CachedKeys, ClientConfig, ClientCredentials, ClientLogi
 use tether_core::session::{Opener, Role};
 use tether_firmware::{BufferStore, Config as DeviceConfig, Error as DeviceError, host};
 use tether_server::default_realm::RealmEvent;
-use tether_server::wire::{FrameReader, ReadError};
 use tether_server::{DefaultRealm, Registry, ServerConfig, ServerHandle, SessionEnd};
 use tether_server::{Store, StoreConfig};
+use tether_test_support::wire::{FrameReader, ReadError};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};

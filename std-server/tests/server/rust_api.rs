@@ -1,0 +1,224 @@
+//! The library's API as a Rust application uses it (issue 18): one
+//! `Result` per call with replies borrowed or owned, the drop guard of a
+//! call whose caller gave up, `Mind::closed`, the newest session of a user.
+
+use std::time::Duration;
+
+use tether_core::message::{GoodbyeReason, Message};
+use tether_core::method::Method;
+use tether_core::method::builtin::Echo;
+use tether_server::StoreConfig;
+
+use crate::common::*;
+
+const DB: &str = "default.sqlite3";
+
+/// A server -> device method whose reply borrows nothing.
+struct Double;
+impl Method for Double {
+    const NAME: &'static str = "double";
+    type Args<'a> = u64;
+    type Reply<'a> = u64;
+}
+impl tether_core::method::ToDevice for Double {}
+
+async fn server(db: &Db) -> TestServer<TestRealm> {
+    start_with(
+        StoreConfig::new(db.url()),
+        test_config(),
+        TestRealm::default(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn replies_are_borrowed_or_owned_from_one_result() {
+    let db = Db::copy(DB);
+    let server = server(&db).await;
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), || {
+        !server.realm.minds.lock().unwrap().is_empty()
+    })
+    .await;
+    let mind = server.realm.minds.lock().unwrap()[0].clone();
+
+    let m = mind.clone();
+    let call = tokio::spawn(async move { m.call::<Double>(&21).await });
+    let Some(Msg::Call { id, method, .. }) = s.recv().await else {
+        panic!()
+    };
+    assert_eq!(method, "double");
+    let mut buf = [0u8; 16];
+    let result = tether_core::method::encode_reply::<Double>(&42, &mut buf).unwrap();
+    s.send(&Message::Reply { id, result }).await;
+    let owned: u64 = call.await.unwrap().unwrap().into_owned();
+    assert_eq!(owned, 42);
+
+    let m = mind.clone();
+    let call = tokio::spawn(async move { m.call::<Echo>(&"borrowed").await });
+    let Some(Msg::Call { id, args, .. }) = s.recv().await else {
+        panic!()
+    };
+    s.send(&Message::Reply { id, result: &args }).await;
+    let reply = call.await.unwrap().unwrap();
+    let text: &str = reply.get();
+    assert_eq!(text, "borrowed");
+
+    // A reply that does not decode fails the call, in the same Result.
+    let m = mind.clone();
+    let call = tokio::spawn(async move { m.call::<Double>(&1).await });
+    let Some(Msg::Call { id, .. }) = s.recv().await else {
+        panic!()
+    };
+    s.send(&Message::Reply { id, result: &[] }).await;
+    assert!(matches!(
+        call.await.unwrap(),
+        Err(tether_server::CallError::BadReply(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_dropped_call_frees_its_slot_and_its_late_answer_is_ignored() {
+    let db = Db::copy(DB);
+    let server = server(&db).await;
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), || {
+        !server.realm.minds.lock().unwrap().is_empty()
+    })
+    .await;
+    let mind = server.realm.minds.lock().unwrap()[0].clone();
+
+    // The caller gives up (an HTTP client hung up): its future is dropped
+    // while the device has not answered.
+    let m = mind.clone();
+    let call = tokio::spawn(async move { m.call::<Echo>(&"given up").await });
+    let Some(Msg::Call { id, args, .. }) = s.recv().await else {
+        panic!()
+    };
+    assert_eq!(mind.calls_in_flight(), 1);
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    assert_eq!(mind.calls_in_flight(), 0);
+
+    // Dropped inside a select! that took another branch.
+    tokio::select! {
+        _ = mind.call::<Echo>(&"raced") => panic!("the device does not answer"),
+        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+    }
+    let Some(Msg::Call { id: raced, .. }) = s.recv().await else {
+        panic!()
+    };
+    assert_eq!(mind.calls_in_flight(), 0);
+
+    // The device answers late: ignored, not a protocol error.
+    s.send(&Message::Reply { id, result: &args }).await;
+    s.send(&Message::Reply {
+        id: raced,
+        result: &args,
+    })
+    .await;
+    assert_eq!(s.echo("still up").await, "still up");
+    assert!(!mind.is_closed());
+}
+
+#[tokio::test]
+async fn mind_closed_completes_when_the_session_ends() {
+    let db = Db::copy(DB);
+    let server = server(&db).await;
+    let mut s = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), || {
+        !server.realm.minds.lock().unwrap().is_empty()
+    })
+    .await;
+    let mind = server.realm.minds.lock().unwrap()[0].clone();
+    let m = mind.clone();
+    let waiter = tokio::spawn(async move { m.closed().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiter.is_finished());
+    s.send(&Message::Goodbye {
+        reason: GoodbyeReason::Normal,
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .expect("closed() completes")
+        .unwrap();
+    assert!(mind.is_closed());
+    // At once once ended.
+    tokio::time::timeout(Duration::from_millis(100), mind.closed())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn newest_of_finds_the_latest_live_session_of_a_user() {
+    let db = Db::copy(DB);
+    let server = server(&db).await;
+    let registry = server.realm.inner.registry();
+    assert!(registry.newest_of("alice").is_none());
+    let _first = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), || registry.len() == 1).await;
+    let first = registry.newest_of("alice").unwrap();
+    let _second = login(server.addr, "alice", password(DB, "alice"))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), || registry.len() == 2).await;
+    let second = registry.newest_of("alice").unwrap();
+    assert!(second.session_id() > first.session_id());
+    // One closing is skipped.
+    second.close(GoodbyeReason::Kicked);
+    assert_eq!(
+        registry.newest_of("alice").unwrap().session_id(),
+        first.session_id()
+    );
+    assert!(registry.newest_of("bob").is_none());
+}
+
+#[tokio::test]
+async fn a_nested_admin_router_needs_a_token_or_an_explicit_opt_out() {
+    use tether_server::admin::AdminError;
+    use tether_server::default_realm::Registry;
+    use tether_server::{Admin, AdminConfig, AdminToken, Store};
+
+    let db = Db::copy(DB);
+    let store = std::sync::Arc::new(Store::open(StoreConfig::new(db.url())).unwrap());
+    let admin = Admin::from_parts(Registry::new(), store.clone(), AdminConfig::default());
+    assert!(matches!(admin.router(), Err(AdminError::Unauthenticated)));
+    assert!(admin.allow_unauthenticated().router().is_ok());
+
+    // With a token, the nested router asks for it.
+    let config = AdminConfig {
+        token: Some(AdminToken::new("a-token-long-enough-for-the-test").unwrap()),
+        ..Default::default()
+    };
+    let router = Admin::from_parts(Registry::new(), store, config)
+        .router()
+        .unwrap();
+    let app = axum::Router::new().nest("/tether", router);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    assert_eq!(get_status(addr, "/tether/sessions", None).await, 401);
+    let token = "a-token-long-enough-for-the-test";
+    assert_eq!(get_status(addr, "/tether/sessions", Some(token)).await, 200);
+}
+
+/// The status code of a `GET` over a fresh HTTP/1.1 connection.
+async fn get_status(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> u16 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).await.unwrap();
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
