@@ -221,6 +221,41 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         Ok(Reply::from_core(reply))
     }
 
+    /// [`send_call`](Self::send_call) by name, with the postcard-encoded
+    /// `args` as they are (host tools that reach any method, such as
+    /// `tether call`); returns the call's id, which [`Reply::id`] matches.
+    pub async fn send_call_raw(
+        &mut self,
+        method: &str,
+        args: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, CallError<'static, T::Error>> {
+        let now = self.io.now();
+        let (id, frame) = self
+            .conn
+            .call_with(now, method, timeout, self.tx, |buf| copy_args(args, buf))
+            .map_err(call_error)?;
+        let len = frame.len();
+        self.send(len, false).await?;
+        Ok(id)
+    }
+
+    /// [`notify`](Self::notify) by name, with the postcard-encoded `args`
+    /// as they are.
+    pub async fn notify_raw(
+        &mut self,
+        method: &str,
+        args: &[u8],
+    ) -> Result<(), CallError<'static, T::Error>> {
+        let now = self.io.now();
+        let len = self
+            .conn
+            .notify_with(now, method, self.tx, |buf| copy_args(args, buf))
+            .map_err(call_error)?
+            .len();
+        Ok(self.send(len, true).await?)
+    }
+
     /// Sends a notification (a one-way message, no reply) of `M`.
     pub async fn notify<M: ToServer>(
         &mut self,
@@ -435,6 +470,14 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
 }
 
 /// The error of a call the connection would not send.
+fn copy_args(args: &[u8], buf: &mut [u8]) -> Result<usize, tether_core::message::EncodeError> {
+    let dst = buf
+        .get_mut(..args.len())
+        .ok_or(tether_core::message::EncodeError::BufferFull)?;
+    dst.copy_from_slice(args);
+    Ok(args.len())
+}
+
 fn call_error<E>(e: SendError) -> CallError<'static, E> {
     match e {
         SendError::TooLarge { max } => CallError::TooLarge { max },

@@ -9,6 +9,7 @@
 //! | `POST /revoke` `{"user_id": 42}` or `{"username": "alice"}` | ends every session of that user with `Goodbye { Revoked }` and forgets cached lookups of it: `200` `{"revoked": [ids]}` (empty when none was live) |
 //! | `GET /livez` | `200` `{"status": "alive"}`: the process answers; the only request that needs no token (for liveness probes) |
 //! | `GET /healthz` | `200` `{"status": "ok", "database": "ok", "sessions": N}` when the database answers the login query, else `503` `{"status": "unavailable", "database": "<error>"}` |
+//! | `GET /openapi.json` | this API as an OpenAPI 3 document ([`OPENAPI`]) |
 //! | `GET /metrics` | `200`, Prometheus text format 0.0.4 ([`crate::metrics`]) |
 //!
 //! **Calls.** The request body is the method's arguments:
@@ -31,7 +32,7 @@
 //! session_closed` (the session ended during the call), `413 too_large`
 //! (the arguments do not fit the device's frame), `415
 //! unsupported_media_type` (JSON for a method without a known type), `400
-//! bad_json` / `bad_arguments` / `bad_body`, `408 body_timeout` (the body
+//! bad_json` / `bad_arguments` / `bad_body` / `bad_query`, `408 body_timeout` (the body
 //! did not arrive within [`AdminConfig::idle_timeout`]), `413 too_large`
 //! (a body over [`MAX_BODY`]).
 //!
@@ -84,6 +85,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -221,6 +223,43 @@ pub struct AdminConfig {
     /// How long a request body may take to arrive, and a response may wait
     /// for the client to read it (default 30 s).
     pub idle_timeout: Duration,
+    /// Serve HTTPS with this certificate and key ([`tls_config`]); `None`:
+    /// plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// A TLS configuration (rustls, ring) from PEM files: the certificate chain
+/// (leaf first) and its private key (PKCS#8, PKCS#1 or SEC1).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<_, _>>())
+        .map_err(|e| format!("admin TLS certificate {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "admin TLS certificate {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("admin TLS key {}: {e}", key.display()))?;
+    // ring, as for forwarding (src/forward): rustls deprecates it for
+    // lacking post-quantum key exchange, which only aws-lc-rs has (cmake,
+    // twice the build).
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("admin TLS certificate and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }
 
 impl Default for AdminConfig {
@@ -233,6 +272,7 @@ impl Default for AdminConfig {
             max_connections: 128,
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -363,6 +403,7 @@ impl Admin {
             .route("/revoke", post(revoke))
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
+            .route("/openapi.json", get(openapi))
             .fallback(not_found)
             .layer(middleware::from_fn_with_state(state.clone(), authenticate));
         Router::new()
@@ -452,7 +493,10 @@ impl AdminServer {
         let addr = self.local_addr();
         info!(
             max_connections = self.config.max_connections,
-            url = %format!("http://{addr}/"),
+            url = %format!(
+                "{}://{addr}/",
+                if self.config.tls.is_some() { "https" } else { "http" }
+            ),
             "admin API listening"
         );
         listener::serve(
@@ -536,6 +580,15 @@ async fn log_request(State(state): St, request: Request, next: Next) -> Response
     response
 }
 
+/// A query string that does not parse: `400 bad_query` in JSON, like
+/// every other error (axum's own answer is plain text). Called once per
+/// request: the size of the error does not matter.
+#[allow(clippy::result_large_err)]
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Response> {
+    q.map(|Query(v)| v)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))
+}
+
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
@@ -576,7 +629,11 @@ struct ListQuery {
     username: Option<String>,
 }
 
-async fn list_sessions(State(state): St, Query(q): Query<ListQuery>) -> Response {
+async fn list_sessions(State(state): St, q: Result<Query<ListQuery>, QueryRejection>) -> Response {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
     let sessions: Vec<SessionView> = state
         .sessions
         .list()
@@ -645,10 +702,14 @@ fn is_json(headers: &HeaderMap) -> bool {
 async fn call(
     State(state): St,
     Path((username, method)): Path<(String, String)>,
-    Query(q): Query<CallQuery>,
+    q: Result<Query<CallQuery>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
     let timeout = match q.timeout {
         None => state.config.call_timeout,
         Some(t) if t.is_finite() && t > 0.0 => {
@@ -828,8 +889,12 @@ struct KickQuery {
 async fn kick(
     State(state): St,
     Path(username): Path<String>,
-    Query(q): Query<KickQuery>,
+    q: Result<Query<KickQuery>, QueryRejection>,
 ) -> Response {
+    let q = match query(q) {
+        Ok(q) => q,
+        Err(r) => return r,
+    };
     let minds = sessions_of(&state, &username, q.session);
     if minds.is_empty() {
         return not_connected(&username, q.session);
@@ -886,6 +951,21 @@ async fn revoke(State(state): St, body: Bytes) -> Response {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Json(json!({ "revoked": ids })).into_response()
+}
+
+/// The API's OpenAPI 3 document (hand-written, checked against the running
+/// server by schemathesis: tests/openapi).
+pub const OPENAPI: &str = include_str!("admin/openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// Liveness, without the token: the process answers HTTP. Nothing else is

@@ -322,7 +322,25 @@ impl Connection {
         let _ = stream.set_nodelay(true);
         let mut io = tokio_io_timeout::TimeoutStream::new(stream);
         io.set_write_timeout(Some(self.config.idle_timeout));
-        let io = TokioIo::new(Box::pin(io));
+        let io: Box<dyn Io> = match &self.config.tls {
+            None => Box::new(Box::pin(io)),
+            Some(tls) => {
+                // The handshake is part of the head's time.
+                let accept = tokio_rustls::TlsAcceptor::from(tls.clone()).accept(Box::pin(io));
+                match tokio::time::timeout(self.config.header_timeout, accept).await {
+                    Ok(Ok(stream)) => Box::new(stream),
+                    Ok(Err(e)) => {
+                        debug!(peer = %self.peer, error = %e, "admin API: TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        debug!(peer = %self.peer, "admin API: TLS handshake timed out");
+                        return;
+                    }
+                }
+            }
+        };
+        let io = TokioIo::new(io);
         let (conns, id, peer, router) = (
             self.places.conns.clone(),
             handle.id,
@@ -371,6 +389,10 @@ impl Connection {
         }
     }
 }
+
+/// A connection's byte stream: TCP, or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
 
 /// hyper's header timeout, or a write blocked for the idle timeout.
 fn is_timeout(e: &hyper::Error) -> bool {

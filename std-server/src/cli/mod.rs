@@ -17,6 +17,7 @@ mod call;
 mod check;
 mod config;
 mod demo;
+mod device;
 mod keys;
 mod serve;
 
@@ -45,6 +46,10 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Log in to a server and call one method; prints the reply.
     Call(call::CallArgs),
+    /// Stay logged in as a test device: answer device_info, echo (or
+    /// refuse) other calls, print what arrives, send a notification per
+    /// stdin line (`METHOD [TEXT]`).
+    Device(device::DeviceArgs),
     /// Derive a device's cached SCRAM keys from its password (provisioning
     /// without storing the password on the device).
     Keys(keys::KeysArgs),
@@ -206,6 +211,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Call(args) => call::run(args).await,
+            Command::Device(args) => device::run(args).await,
             Command::Keys(args) => keys::run(args).await,
             Command::Check(args) => check::run(args).await,
         }

@@ -155,6 +155,13 @@ pub struct ServeArgs {
     /// may ask for another with `?timeout=SECS`).
     #[arg(long, default_value_t = 10.0, value_name = "SECS")]
     pub admin_call_timeout: f64,
+    /// Serve the admin API over TLS with this certificate chain (PEM, leaf
+    /// first); needs --admin-tls-key.
+    #[arg(long, value_name = "PEM", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PEM", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
     /// Re-read the users of live sessions this often (one query for all)
     /// and end with `Goodbye(Revoked)` the sessions of users deactivated,
     /// deleted, whose password changed or who no longer pass
@@ -230,8 +237,17 @@ pub async fn run(args: ServeArgs) -> ExitCode {
     // The admin API's settings are checked before anything starts.
     let admin_config = match &args.admin {
         None => None,
-        Some(_) => match AdminToken::from_env() {
-            Ok(token) => Some(AdminConfig {
+        Some(_) => match AdminToken::from_env()
+            .map_err(|e| e.to_string())
+            .and_then(|token| {
+                let tls = match (&args.admin_tls_cert, &args.admin_tls_key) {
+                    (Some(cert), Some(key)) => Some(tether_server::admin::tls_config(cert, key)?),
+                    _ => None,
+                };
+                Ok((token, tls))
+            }) {
+            Ok((token, tls)) => Some(AdminConfig {
+                tls,
                 token,
                 call_timeout: secs(args.admin_call_timeout).max(Duration::from_millis(1)),
                 max_connections: args.admin_max_connections.max(1),

@@ -582,6 +582,23 @@ async fn every_endpoint_needs_the_token() {
     assert_eq!(get(s.admin, "/sessions").await.status, 200);
     assert_eq!(get(s.admin, "/healthz").await.status, 200);
     assert_eq!(get(s.admin, "/metrics").await.status, 200);
+    // The OpenAPI document: JSON, every route of the router in it.
+    let doc = get(s.admin, "/openapi.json").await;
+    assert_eq!(doc.status, 200);
+    let doc = doc.json();
+    assert_eq!(doc["openapi"], "3.0.3");
+    for path in [
+        "/livez",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/sessions",
+        "/sessions/{username}",
+        "/sessions/{username}/call/{method}",
+        "/revoke",
+    ] {
+        assert!(doc["paths"][path].is_object(), "{path}");
+    }
     let r = http(s.admin, "DELETE", "/sessions/alice", Some(TOKEN), None, b"").await;
     assert_eq!(r.status, 404);
     // The scheme is case-insensitive (RFC 9110).

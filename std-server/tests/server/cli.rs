@@ -6,6 +6,7 @@ use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use tether_core::message::GoodbyeReason;
+use tether_core::method::builtin::Echo;
 use tether_core::scram::{CachedKeys, Mechanism};
 
 use crate::common::*;
@@ -264,6 +265,62 @@ async fn call_prints_replies_and_refusals() {
     assert_eq!(time.len(), "2026-12-07T01:02:03.456Z".len(), "{time}");
     assert!(time.starts_with("20") && time.ends_with('Z'), "{time}");
     assert_eq!(&time[10..11], "T", "{time}");
+    // Any method, with arguments and reply in JSON, hex or a postcard string.
+    let stdout = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
+    let out = run(
+        args(&["alice", "echo", "--json", "\"h\\u00e9\""]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stdout(&out), "\"hé\"\n");
+    let out = run(
+        args(&["alice", "whoami", "--json", "null"]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    let me: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(me["username"], "alice");
+    assert_eq!(me["user_id"], 1);
+    let out = run(
+        args(&["alice", "echo", "--hex", "03616263"]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stdout(&out), "03616263\n");
+    let out = run(
+        args(&["alice", "echo", "--postcard-str", "yo"]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(stdout(&out), "yo\n");
+    let out = run(
+        args(&["alice", "no_such_method", "--hex", ""]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("tether call: the server answered"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("no_such_method") || stderr.contains("unknown"),
+        "{stderr}"
+    );
+    let out = run(
+        args(&["alice", "thermostat.set", "--json", "{}"]),
+        "alice-password",
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no JSON type known for thermostat.set"));
     let out = run(args(&["bob", "whoami"]), "bob-password").await.unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("user bob (id 2)"));
     let out = run(args(&["alice", "whoami"]), "wrong").await.unwrap();
@@ -726,4 +783,183 @@ async fn the_units_exec_start_serves_and_notifies_systemd() {
     let mut serve = serve;
     let status = serve.0.wait().unwrap();
     assert!(status.success());
+}
+
+/// `tether device` as a test device against a real server: it answers
+/// device_info, echoes or refuses other calls, prints what arrives, and
+/// sends a notification per stdin line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_answers_echoes_prints_and_notifies() {
+    use std::io::Write as _;
+    use tether_core::method::builtin::DeviceInfo;
+    use tether_server::realm::CallError;
+    let db = Db::copy(DB);
+    let realm = TestRealm::default();
+    let server = start_with(
+        tether_server::StoreConfig::new(db.url()),
+        test_config(),
+        realm.clone(),
+    )
+    .await;
+    for refuse in [false, true] {
+        let addr = server.addr.to_string();
+        let mut args = vec!["device", "--server", &addr, "--user", "alice"];
+        if refuse {
+            args.push("--refuse-unknown");
+        }
+        let mut child = tether(&args)
+            .env("TETHER_PASSWORD", password(DB, "alice"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let next = || rx.recv_timeout(Duration::from_secs(10)).expect("a line");
+        assert!(next().starts_with("logged in as alice (session "));
+        let mind = realm.minds.lock().unwrap().last().unwrap().clone();
+        let info = mind.call::<DeviceInfo>(&()).await.unwrap();
+        assert_eq!(
+            info.get().firmware,
+            format!("tether-device/{}", env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(next(), "call device_info  -> answered");
+        let r = mind
+            .call_raw("thermostat.set", vec![1, 2, 3], Duration::from_secs(5))
+            .await;
+        if refuse {
+            assert!(matches!(r, Err(CallError::Remote(_))), "{r:?}");
+            assert_eq!(next(), "call thermostat.set 010203 -> refused");
+        } else {
+            assert_eq!(r.unwrap(), vec![1, 2, 3]);
+            assert_eq!(next(), "call thermostat.set 010203 -> echoed");
+        }
+        mind.notify::<Echo>(&"hi").await.unwrap();
+        assert_eq!(next(), "notify echo 026869");
+        stdin.write_all(b"temperature 21.5\n").unwrap();
+        assert_eq!(next(), "sent temperature");
+        for _ in 0..100 {
+            if !realm.notes.lock().unwrap().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let note = realm.notes.lock().unwrap().pop().unwrap();
+        assert_eq!(note, ("temperature".to_string(), b"\x0421.5".to_vec()));
+        // Stdin closed: it stays connected until the session ends.
+        drop(stdin);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(child.try_wait().unwrap().is_none());
+        mind.close(GoodbyeReason::Kicked);
+        let closed = next();
+        assert!(closed.starts_with("closed: "), "{closed}");
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success());
+    }
+    server.handle.shutdown();
+}
+
+/// `--admin-tls-cert/--admin-tls-key`: the admin API speaks HTTPS (a
+/// certificate made by openssl, trusted by the client), and plain HTTP gets
+/// no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_over_tls() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let db = Db::copy(DB);
+    let dir = db.dir.path();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    let (serve, rx) = spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db.url(),
+            "--admin",
+            "127.0.0.1:0",
+            "--admin-tls-cert",
+            cert.to_str().unwrap(),
+            "--admin-tls-key",
+            key.to_str().unwrap(),
+        ],
+        dir,
+    );
+    let lines = lines_until(&rx, |l| l.contains("admin API listening"));
+    let url = lines
+        .last()
+        .unwrap()
+        .split("url=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("https://")
+        .expect("an https URL")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    #[allow(deprecated)]
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    {
+        use rustls_pki_types::pem::PemObject as _;
+        for c in rustls_pki_types::CertificateDer::pem_file_iter(&cert).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+    }
+    let client = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.ends_with("{\"status\":\"alive\"}"), "{answer}");
+    // Plain HTTP on the TLS port: no HTTP answer.
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut bytes)).await;
+    assert!(!bytes.starts_with(b"HTTP/1.1 200"));
+    stop(serve);
 }

@@ -636,7 +636,12 @@ pub struct TestRealm {
     pub hang_in_attached: bool,
     /// "attached ended" and "detached", in the order they happened.
     pub hooks: Arc<Mutex<Vec<&'static str>>>,
+    /// Notifications from devices: method and arguments.
+    pub notes: Arc<Mutex<Vec<Note>>>,
 }
+
+/// A notification a device sent: method and postcard arguments.
+pub type Note = (String, Vec<u8>);
 
 /// `slow(ms) -> ms`.
 pub struct Slow;
@@ -676,6 +681,10 @@ impl Avatar for TestAvatar {
             return reply::<Slow>(&ms);
         }
         self.inner.call(call).await
+    }
+
+    async fn notify(&self, method: String, args: Vec<u8>) {
+        self.realm.notes.lock().unwrap().push((method, args));
     }
 
     async fn attached(&self) {
