@@ -40,8 +40,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "admin")]
 pub mod admin;
 pub mod admission;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod decoy;
 pub mod default_realm;
@@ -63,6 +65,7 @@ pub mod throttle;
 pub mod untrusted;
 pub mod wire;
 
+#[cfg(feature = "admin")]
 pub use admin::{Admin, AdminConfig, AdminToken};
 pub use default_realm::{DefaultRealm, Registry};
 pub use metrics::Metrics;
