@@ -56,6 +56,17 @@ enum Step<U> {
 /// The transport's `read` must be cancel-safe (tether-firmware's
 /// `host::TcpTransport` and embassy-net's `TcpSocket` are): timers and
 /// [`serve_until`](Self::serve_until) interrupt it between reads.
+///
+/// # Cancel safety
+///
+/// Dropping one of the session's futures (a `select` took another branch)
+/// while it **waits for input** loses nothing: what was read stays in the
+/// receive buffer. Dropped while it **writes** a frame, the stream may hold
+/// half a frame: the session is unusable and must be dropped (the next
+/// frame the server reads fails its tag). Each method says which it is;
+/// to wait for something else while staying reachable, use
+/// [`serve_until`](Self::serve_until) rather than a `select` around the
+/// session.
 pub struct Session<'b, T, C> {
     pub(crate) io: Io<T, C>,
     pub(crate) conn: ClientConnection<'b, MAX_CALLS_IN_FLIGHT>,
@@ -110,6 +121,11 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// For several calls in flight use [`send_call`](Self::send_call) and
     /// [`next_reply`](Self::next_reply); `call` fails with
     /// [`CallError::CallsPending`] while such calls wait.
+    ///
+    /// Not cancel-safe while it sends the call (a dropped write leaves half
+    /// a frame); dropped while it waits for the reply, the call stays in
+    /// flight: collect its reply with [`next_reply`](Self::next_reply)
+    /// (until then `call` fails with [`CallError::CallsPending`]).
     pub async fn call<M: ToServer, H: Handler + ?Sized>(
         &mut self,
         args: &M::Args<'_>,
@@ -119,7 +135,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         self.call_with_timeout::<M, H>(args, handler, timeout).await
     }
 
-    /// [`call`](Self::call) with its own timeout.
+    /// [`call`](Self::call) with its own timeout (cancel safety as `call`).
     pub async fn call_with_timeout<M: ToServer, H: Handler + ?Sized>(
         &mut self,
         args: &M::Args<'_>,
@@ -144,7 +160,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// (`u64`, a struct of owned fields). For a borrowing reply (`&str`) use
     /// [`call`](Self::call) and copy what you keep.
     ///
-    /// Cancel-safe as [`call`](Self::call) is.
+    /// Cancel safety as [`call`](Self::call).
     #[cfg(feature = "alloc")]
     pub async fn call_owned<M, H>(
         &mut self,
@@ -174,6 +190,8 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// [`next_reply`](Self::next_reply)); up to [`MAX_CALLS_IN_FLIGHT`] may
     /// wait at once. The reply is due within `timeout`.
     ///
+    /// Not cancel-safe: a dropped write leaves half a frame.
+    ///
     /// When input from the server is already waiting, the call stays in the
     /// transport's write buffer until the session next waits
     /// ([`next_reply`](Self::next_reply), [`serve`](Self::serve), ...), so
@@ -201,6 +219,10 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// timeout: a [`Reply`] whose result is [`Failure::Timeout`](crate::Failure::Timeout)),
     /// serving the server meanwhile. Match it to its call with
     /// [`Pending::take`].
+    ///
+    /// Cancel-safe while it waits for input (nothing is lost: the next
+    /// `next_reply` returns the reply); not while it writes answers to the
+    /// server's calls.
     pub async fn next_reply<H: Handler + ?Sized>(
         &mut self,
         handler: &mut H,
@@ -223,7 +245,8 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
 
     /// [`send_call`](Self::send_call) by name, with the postcard-encoded
     /// `args` as they are (host tools that reach any method, such as
-    /// `tether call`); returns the call's id, which [`Reply::id`] matches.
+    /// `tether call`); returns the call's id, which [`Reply::id`] matches. Not cancel-safe,
+    /// as [`send_call`](Self::send_call).
     pub async fn send_call_raw(
         &mut self,
         method: &str,
@@ -241,7 +264,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     }
 
     /// [`notify`](Self::notify) by name, with the postcard-encoded `args`
-    /// as they are.
+    /// as they are. Not cancel-safe, as [`notify`](Self::notify).
     pub async fn notify_raw(
         &mut self,
         method: &str,
@@ -256,7 +279,8 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         Ok(self.send(len, true).await?)
     }
 
-    /// Sends a notification (a one-way message, no reply) of `M`.
+    /// Sends a notification (a one-way message, no reply) of `M`. Not
+    /// cancel-safe: a dropped write leaves half a frame.
     pub async fn notify<M: ToServer>(
         &mut self,
         args: &M::Args<'_>,
@@ -278,6 +302,10 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     ///
     /// Replies to calls still in flight that arrive meanwhile are dropped;
     /// collect them with [`next_reply`](Self::next_reply) instead.
+    ///
+    /// Cancel-safe while it waits for input; not while it writes (pongs,
+    /// heartbeats, answers): prefer [`serve_until`](Self::serve_until) to
+    /// a `select` around it.
     pub async fn serve<H: Handler + ?Sized>(
         &mut self,
         handler: &mut H,
@@ -288,7 +316,8 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         }
     }
 
-    /// Serves the server for `duration`.
+    /// Serves the server for `duration` (cancel safety as
+    /// [`serve`](Self::serve)).
     pub async fn serve_for<H: Handler + ?Sized>(
         &mut self,
         handler: &mut H,
@@ -316,6 +345,9 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// still arriving, the answers so far leave with the session's next
     /// write (any method here); call [`flush`](Self::flush) if the
     /// application will not use the session again soon.
+    ///
+    /// `until` is polled only while the session waits for input, so its
+    /// completion never cuts a write: the way to stop serving safely.
     pub async fn serve_until<H: Handler + ?Sized, F: Future>(
         &mut self,
         handler: &mut H,
@@ -332,7 +364,7 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     }
 
     /// Sends what the session holds back (answers to a burst of server
-    /// calls still being read), if anything.
+    /// calls still being read), if anything. Not cancel-safe (a write).
     pub async fn flush(&mut self) -> Result<(), Error<T::Error>> {
         if self.conn.is_closed() {
             return Err(Error::Ended);
@@ -343,7 +375,8 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
     /// Says goodbye (`Normal`); the session has ended afterwards. Then
     /// close the transport: drop a tokio stream, or take it back with
     /// [`into_inner`](Self::into_inner) and call `close()` on an embassy-net
-    /// socket.
+    /// socket. Not cancel-safe (a write); dropped, the session has ended
+    /// anyway.
     pub async fn close(&mut self) -> Result<(), Error<T::Error>> {
         if self.conn.is_closed() {
             return Err(Error::Ended);

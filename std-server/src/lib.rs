@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "admin")]
 pub mod admin;
 pub mod admission;
 pub mod decoy;
@@ -63,6 +64,7 @@ pub mod throttle;
 mod timefmt;
 pub mod untrusted;
 
+#[cfg(feature = "admin")]
 pub use admin::{Admin, AdminConfig, AdminToken};
 pub use default_realm::{DefaultRealm, Registry};
 pub use metrics::Metrics;

@@ -296,6 +296,7 @@ struct Inner {
     rejections: [Counter; 11],
     forward: crate::forward::metrics::ForwardMetrics,
     revocations: crate::revalidate::RevocationMetrics,
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     admin_connections: Gauge,
     log_limit: LogLimit,
     /// Throttles whose blocked keys are counted at scrape time.
@@ -598,6 +599,7 @@ impl Metrics {
     }
 
     /// An admin connection opened; the returned guard closes it.
+    #[cfg_attr(not(feature = "admin"), allow(dead_code))]
     pub(crate) fn admin_connection(&self) -> GaugeGuard {
         self.inner.admin_connections.inc();
         GaugeGuard {
@@ -607,6 +609,7 @@ impl Metrics {
 }
 
 /// Decrements a gauge when dropped.
+#[cfg_attr(not(feature = "admin"), allow(dead_code))]
 pub(crate) struct GaugeGuard {
     gauge: Gauge,
 }

@@ -291,6 +291,23 @@ pub trait Realm: Send + Sync + 'static {
 }
 
 /// The device's view of the server: answers its calls.
+///
+/// # When the hooks run, and when they are cancelled
+///
+/// - [`attached`](Self::attached) starts in a task of its own once the
+///   welcome is sent, beside the session. When the session ends it gets one
+///   more second to return, then it is cancelled (dropped at its next
+///   `.await`).
+/// - [`call`](Self::call) and [`notify`](Self::notify) run while the
+///   session is up; when it ends, the calls still running are cancelled
+///   (their answers could not be sent anyway).
+/// - [`detached`](Self::detached) runs once, after `attached` has returned
+///   or been cancelled, with the mind already closed; it is never
+///   cancelled by the session (keep it short: the server's graceful
+///   shutdown waits for it).
+///
+/// Write the hooks so that being dropped at an `.await` leaves nothing
+/// half done that `detached` would not clean up.
 pub trait Avatar: Send + Sync + 'static {
     /// Answers a call from the device. Its first poll runs on the session's
     /// own task, so a handler that answers at once costs no task switch;

@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use reqwest::StatusCode;
 use tracing::{Instrument as _, debug, warn};
 

@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use axum::body::Bytes;
+use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap};
 use reqwest::{StatusCode, Url};
 use tether_core::message::{ErrorCode, GoodbyeReason};
@@ -752,15 +752,18 @@ impl Every {
 
 /// `--forward-secret` as given: checked when the forwarder is built (a
 /// parse error would print it). Never printed.
+#[cfg(feature = "cli")]
 #[derive(Clone)]
 pub struct SecretArg(String);
 
+#[cfg(feature = "cli")]
 impl fmt::Debug for SecretArg {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SecretArg(<redacted>)")
     }
 }
 
+#[cfg(feature = "cli")]
 impl SecretArg {
     fn parse(s: &str) -> Result<Self, std::convert::Infallible> {
         Ok(Self(s.to_string()))
@@ -769,6 +772,7 @@ impl SecretArg {
 
 /// The `tether serve` options of forwarding (flattened into its
 /// arguments).
+#[cfg(feature = "cli")]
 #[derive(Debug, Clone, clap::Args)]
 pub struct ForwardArgs {
     /// Forward every call the server does not answer itself, every device
@@ -803,6 +807,7 @@ pub struct ForwardArgs {
     pub forward_max_calls_per_session: usize,
 }
 
+#[cfg(feature = "cli")]
 impl ForwardArgs {
     /// The forwarder these options ask for (`None` without `--forward`).
     pub fn forwarder(&self, metrics: &Metrics) -> Result<Option<Forwarder>, String> {

@@ -61,8 +61,17 @@ impl Backend {
         let scheme = url.split(':').next().unwrap_or("");
         match scheme {
             "sqlite" => Ok(Self::Sqlite),
-            "postgres" | "postgresql" => Ok(Self::Postgres),
-            "mysql" | "mariadb" => Ok(Self::MySql),
+            "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Self::Postgres),
+            "mysql" | "mariadb" if cfg!(feature = "mysql") => Ok(Self::MySql),
+            "postgres" | "postgresql" | "mysql" | "mariadb" => Err(StoreError::Config(format!(
+                "this build has no {scheme} support: enable tether-server's cargo feature \
+                 `{}`",
+                if scheme.starts_with('p') {
+                    "postgres"
+                } else {
+                    "mysql"
+                }
+            ))),
             _ => Err(StoreError::Config(format!(
                 "unsupported database URL scheme {scheme:?}: use sqlite://, postgres:// or mysql://"
             ))),
@@ -938,7 +947,15 @@ mod tests {
         );
         assert_eq!(redact_url("sqlite://db.sqlite3"), "sqlite://db.sqlite3");
         assert!(Backend::from_url("oracle://x").is_err());
+        #[cfg(feature = "mysql")]
         assert_eq!(Backend::from_url("mariadb://x").unwrap(), Backend::MySql);
+        #[cfg(not(feature = "mysql"))]
+        assert!(
+            Backend::from_url("mariadb://x")
+                .unwrap_err()
+                .to_string()
+                .contains("feature `mysql`")
+        );
     }
 
     #[test]
