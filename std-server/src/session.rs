@@ -115,10 +115,12 @@ pub(crate) enum Outbound {
 /// Session limits and timers.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
-    /// Interval announced to the device; the session ends after three
-    /// intervals without a frame (default 30 s).
+    /// Interval announced to the device, in whole seconds (at least 1);
+    /// the session ends after three announced intervals without a frame
+    /// (default 30 s).
     pub heartbeat: Duration,
-    /// Calls from the device running at once per session (default 32).
+    /// Calls from the device running at once per session (default 32, at
+    /// most 64).
     pub max_calls_in_flight: usize,
     /// Default timeout of [`Mind::call`] (default 30 s).
     pub call_timeout: Duration,
@@ -147,7 +149,9 @@ impl SessionConfig {
         self.heartbeat.as_secs().clamp(1, u16::MAX as u64) as u16
     }
 
-    /// How long a session may stay silent: three heartbeat intervals.
+    /// How long a write to a device that reads nothing may stay blocked
+    /// before the session ends: as long as the machine's idle limit
+    /// (three heartbeat intervals), which ends a silent session.
     pub fn idle_timeout(&self) -> Duration {
         self.heartbeat * 3
     }
