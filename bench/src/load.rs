@@ -288,6 +288,53 @@ pub async fn bare_echo(addr: SocketAddr, window: Window) -> Result<Throughput, S
     Ok(Throughput::from_samples(samples, window.secs()))
 }
 
+/// The floor without a runtime: a blocking 64-byte echo server on a thread
+/// of its own and a blocking client on one thread, sequential round trips
+/// over loopback (each side one thread, one blocking syscall per read and
+/// per write).
+pub fn blocking_echo(window: Window) -> Result<Throughput, String> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let server = std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else {
+            return;
+        };
+        let _ = s.set_nodelay(true);
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let msg = [0x5au8; 64];
+    let mut buf = [0u8; 64];
+    let mut samples = Samples::default();
+    loop {
+        let began = Instant::now();
+        if began >= window.stop {
+            break;
+        }
+        s.write_all(&msg).map_err(|e| e.to_string())?;
+        s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        if window.counts(began, now) {
+            samples.push(now - began);
+        }
+    }
+    drop(s);
+    let _ = server.join();
+    Ok(Throughput::from_samples(samples, window.secs()))
+}
+
 /// A bare tokio echo server (the other half of the floor).
 pub async fn bare_server(listener: tokio::net::TcpListener) {
     loop {

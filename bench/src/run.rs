@@ -454,6 +454,8 @@ async fn logins(addr: SocketAddr, users: &Arc<Users>, clients: usize, w: Window)
 struct Results {
     floor_conn: Option<Throughput>,
     floor_echo: Option<Throughput>,
+    /// The single-threaded blocking echo (no runtime).
+    floor_blocking: Option<Throughput>,
     logins: Vec<(usize, Throughput)>,
     login_variants: Vec<(String, Throughput)>,
     seq: Option<Throughput>,
@@ -644,6 +646,12 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
             let t = load::bare_echo(bare_addr, w).await?;
             t.check("bare echo")?;
             r.floor_echo = Some(merge(r.floor_echo.take(), t));
+            let w = Window::new(plan.round_calls.0, plan.round_calls.1);
+            let t = tokio::task::spawn_blocking(move || load::blocking_echo(w))
+                .await
+                .map_err(|e| e.to_string())??;
+            t.check("blocking echo")?;
+            r.floor_blocking = Some(merge(r.floor_blocking.take(), t));
             let t = load::calls_sequential(addr, &users, plan.round_calls).await?;
             t.check("sequential calls")?;
             r.seq = Some(merge(r.seq.take(), t));
@@ -916,6 +924,20 @@ fn render(
             reference,
             ratio,
             target,
+        );
+    }
+    if let (Some(t), Some(b)) = (&r.seq, &r.floor_blocking) {
+        let x = t.lat.p50.as_secs_f64() / b.lat.p50.as_secs_f64();
+        row(
+            "call device->server, sequential, vs a single-threaded blocking floor",
+            format!("p50 {}", fmt_dur(t.lat.p50)),
+            format!(
+                "blocking 64 B echo, one thread each side: {}, {}/s",
+                lat(b),
+                fmt_rate(b.rate)
+            ),
+            format!("{x:.2}x (p50)"),
+            "diagnostic".into(),
         );
     }
     if let Some(t) = &r.pipe_fw {

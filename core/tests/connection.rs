@@ -409,6 +409,14 @@ fn enc<T: serde::Serialize>(v: &T) -> Vec<u8> {
     buf
 }
 
+/// How a test's server goes on at [`ServerStep::Login`] (the username is
+/// given).
+type Challenger = dyn Fn(
+    &mut ServerHandshake<Vec<u8>, 4, 2>,
+    &str,
+    &mut TestRng,
+) -> tether_core::connection::Challenged;
+
 /// A login between two real machines, and how it ended on each side.
 struct Attempt {
     established: Option<(ClientConnection<'static>, ServerConnection<Vec<u8>, 4, 2>)>,
@@ -428,6 +436,25 @@ impl Attempt {
         start: impl FnOnce(
             ClientCredentials<'static>,
         ) -> Result<ClientHandshake<'static, 'static>, ConnectionError>,
+    ) -> Self {
+        Self::run_planned(
+            username,
+            credentials,
+            config,
+            start,
+            &|server, name, rng| server.challenge(lookup(name), &DECOY, rng).unwrap(),
+        )
+    }
+
+    /// [`run`](Self::run) with the driver's challenge made by `challenger`.
+    fn run_planned(
+        username: &str,
+        credentials: ClientCredentials<'static>,
+        config: ServerConfig,
+        start: impl FnOnce(
+            ClientCredentials<'static>,
+        ) -> Result<ClientHandshake<'static, 'static>, ConnectionError>,
+        challenger: &Challenger,
     ) -> Self {
         let _ = username;
         let mut client = start(credentials).unwrap();
@@ -452,9 +479,8 @@ impl Attempt {
             if result.server_error.is_none() && server_conn.is_none() {
                 match server.poll() {
                     Ok(Some(ServerStep::Login(req))) => {
-                        let account = lookup(req.username);
-                        result.challenged =
-                            Some(server.challenge(account, &DECOY, &mut rng).unwrap());
+                        let name = req.username.to_string();
+                        result.challenged = Some(challenger(&mut server, &name, &mut rng));
                     }
                     Ok(Some(ServerStep::Verified(_))) => {
                         let (conn, frame) = server.welcome(7, at(0), &mut tx).unwrap();
@@ -764,6 +790,116 @@ fn an_account_whose_mechanism_is_not_offered_gets_a_decoy_in_an_offered_one() {
         panic!()
     };
     assert_eq!(c.mechanism, Mechanism::ScramSha1);
+}
+
+#[test]
+fn a_driver_planned_challenge_logs_in_with_the_account_and_never_with_a_decoy() {
+    use tether_core::connection::Challenged;
+    let planned = |user: &'static str, credentials, decoy: bool| {
+        let name = user.to_string();
+        Attempt::run_planned(
+            user,
+            credentials,
+            ServerConfig::default(),
+            move |c| {
+                ClientHandshake::new(
+                    leak(512),
+                    &name,
+                    c,
+                    &ClientConfig::default(),
+                    &mut TestRng(3),
+                )
+            },
+            &move |server, _, rng| {
+                server.challenge_with(&ALICE, decoy, rng).unwrap();
+                if decoy {
+                    Challenged::Decoy(DecoyReason::NoAccount)
+                } else {
+                    Challenged::Account
+                }
+            },
+        )
+    };
+    // The account's own verifier: the right password logs in.
+    let a = planned("alice", ClientCredentials::Password(PASSWORD), false);
+    assert!(a.established.is_some());
+    // The same keys marked a decoy (say, a deactivated row keeping its
+    // salt and count): even the right password ends `unauthorized`.
+    let a = planned("alice", ClientCredentials::Password(PASSWORD), true);
+    assert!(a.established.is_none());
+    assert_eq!(
+        a.server_error,
+        Some(ConnectionError::Rejected {
+            code: RefusalCode::Unauthorized,
+            cause: RefusalCause::InvalidProof
+        })
+    );
+    assert_eq!(a.from_server[1], refusal(RefusalCode::Unauthorized));
+
+    // Credentials in a mechanism the hello did not offer are the driver's
+    // bug: refused with the handshake untouched, which still waits.
+    let mut rng = TestRng(7);
+    let login = ClientLogin::<256>::new(
+        "carol",
+        ClientCredentials::Keys(&ALICE_KEYS),
+        scram::ClientConfig::default(),
+        &mut rng,
+    )
+    .unwrap();
+    let mut server =
+        ServerHandshake::<Vec<u8>>::new(vec![0; 1024], ServerConfig::default(), at(0)).unwrap();
+    let mut wire: Wire =
+        hello_frame(1, login.mechanisms().bits(), 512, login.client_first()).into();
+    feed(&mut server, &mut wire, usize::MAX);
+    assert!(matches!(server.poll(), Ok(Some(ServerStep::Login(_)))));
+    assert_eq!(
+        server.challenge_with(&CAROL, false, &mut rng),
+        Err(SendError::NotExpected)
+    );
+    let mut tx = [0u8; 512];
+    assert!(server.poll_transmit(&mut tx).is_none(), "nothing sent");
+    assert!(matches!(server.poll(), Ok(Some(ServerStep::Login(_)))));
+    assert_eq!(server.challenge_with(&ALICE, true, &mut rng), Ok(()));
+    assert!(server.poll_transmit(&mut tx).is_some(), "the challenge");
+    assert_eq!(
+        server.challenge_with(&ALICE, false, &mut rng),
+        Err(SendError::NotExpected),
+        "once"
+    );
+}
+
+#[test]
+fn receive_storage_can_be_taken_back_between_frames_only() {
+    let (mut raw, mut server) = raw_client_login(ServerConfig::default());
+    let mut down = Wire::new();
+    assert!(server.conn.idle_receive_storage().is_some());
+    let frame = raw.seal(&Message::Ping { nonce: 9 });
+    // Part of a frame is in: the storage stays.
+    server.inbox.extend(&frame[..3]);
+    server.run(at(0), &mut down);
+    assert!(server.conn.idle_receive_storage().is_none());
+    server.inbox.extend(&frame[3..]);
+    server.run(at(0), &mut down);
+    assert_eq!(raw.open_all(&mut down), [Message::Pong { nonce: 9 }]);
+    // Handled: it may go, and other storage of its size takes its place.
+    let storage = server.conn.idle_receive_storage().unwrap();
+    let size = storage.len();
+    *storage = vec![0; size];
+    server.inbox.extend(raw.seal(&Message::Ping { nonce: 10 }));
+    server.run(at(0), &mut down);
+    assert_eq!(raw.open_all(&mut down), [Message::Pong { nonce: 10 }]);
+    assert_eq!(server.error, None);
+}
+
+#[test]
+fn the_call_size_rule_is_the_same_outside_the_connection() {
+    let (_raw, server) = raw_client_login(ServerConfig::default());
+    for method in ["echo", "a_much_longer_method_name"] {
+        assert_eq!(
+            tether_core::connection::max_args_len(server.conn.peer_max_frame(), method),
+            server.conn.max_args_len(method)
+        );
+    }
 }
 
 /// Sends a raw hello (or any bytes) to a server handshake; returns what it

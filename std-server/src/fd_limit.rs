@@ -20,14 +20,17 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME, encode_handshake};
-use tether_core::message::{Handshake, Refusal, RefusalCode};
+use tether_core::connection::{ServerConfig, ServerHandshake};
+use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME};
+use tether_core::message::RefusalCode;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::warn;
 
+use crate::lease::RxStorage;
 use crate::log_limit::Noisy;
 use crate::metrics::{LoginOutcome, Metrics};
+use crate::session::clock;
 
 /// Descriptors the process uses besides connections: standard streams,
 /// listeners, the runtime's epoll and wakers, the signal pipe, the SQLite
@@ -193,11 +196,18 @@ async fn refuse_busy(mut stream: TcpStream, peer: SocketAddr, metrics: Metrics) 
     let started = Instant::now();
     let _ = stream.set_nodelay(true);
     let mut buf = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
-    let refusal = Handshake::Refused(Refusal {
-        code: RefusalCode::Busy,
-        retry_after_secs: RETRY_AFTER_SECS,
-    });
-    let Ok(frame) = encode_handshake(&refusal, &mut buf, MIN_MAX_FRAME as usize) else {
+    // The machine's refusal, before any hello (its receive storage is
+    // never lent: nothing is read into it).
+    let storage = RxStorage::new(MIN_MAX_FRAME.into());
+    let Ok(mut hs) =
+        ServerHandshake::<RxStorage>::new(storage, ServerConfig::default(), clock::now())
+    else {
+        return;
+    };
+    if hs.refuse(RefusalCode::Busy, RETRY_AFTER_SECS).is_err() {
+        return;
+    }
+    let Some(frame) = hs.poll_transmit(&mut buf) else {
         return;
     };
     let sent = tokio::time::timeout(Duration::from_millis(250), stream.write_all(frame)).await;

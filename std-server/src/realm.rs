@@ -55,7 +55,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CallMetrics, CallOutcome};
-use crate::session::Outbound;
+use crate::session::{MindCall, Outbound};
 
 /// The authenticated Django user of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -632,12 +632,12 @@ impl Mind {
         let sent = self
             .shared
             .tx
-            .send(Outbound::Call {
+            .send(Outbound::Call(Box::new(MindCall {
                 method: method.to_string(),
                 args,
                 timeout,
                 reply: tx,
-            })
+            })))
             .await;
         if sent.is_err() {
             return Err(CallError::Closed);
@@ -666,10 +666,7 @@ impl Mind {
         }
         self.shared
             .tx
-            .send(Outbound::Notify {
-                method: M::NAME.to_string(),
-                args,
-            })
+            .send(Outbound::Notify(Box::new((M::NAME.to_string(), args))))
             .await
             .map_err(|_| CallError::Closed)
     }

@@ -93,32 +93,37 @@ pub(crate) mod clock {
 /// A [`Mind`] call's outcome, sent back to the caller.
 pub(crate) type CallReply = oneshot::Sender<Result<Vec<u8>, CallError>>;
 
-/// A message for the session task to send, queued by other tasks.
+/// A message for the session task to send, queued by other tasks. Each
+/// is one pointer: the queue's first block (32 messages) is allocated with
+/// the session, idle or not.
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A [`Mind`] call: the machine gives it its id.
-    Call {
-        method: String,
-        args: Vec<u8>,
-        timeout: Duration,
-        reply: CallReply,
-    },
+    Call(Box<MindCall>),
     /// The answer of a device's call whose handler had to wait.
-    Answer {
-        token: ReplyToken,
-        result: CallResult,
-    },
-    /// A [`Mind`] notification.
-    Notify { method: String, args: Vec<u8> },
+    Answer(Box<(ReplyToken, CallResult)>),
+    /// A [`Mind`] notification: method, arguments.
+    Notify(Box<(String, Vec<u8>)>),
+}
+
+/// A [`Mind`] call on its way to the session.
+#[derive(Debug)]
+pub(crate) struct MindCall {
+    pub(crate) method: String,
+    pub(crate) args: Vec<u8>,
+    pub(crate) timeout: Duration,
+    pub(crate) reply: CallReply,
 }
 
 /// Session limits and timers.
 #[derive(Debug, Clone, Copy)]
 pub struct SessionConfig {
-    /// Interval announced to the device; the session ends after three
-    /// intervals without a frame (default 30 s).
+    /// Interval announced to the device, in whole seconds (at least 1);
+    /// the session ends after three announced intervals without a frame
+    /// (default 30 s).
     pub heartbeat: Duration,
-    /// Calls from the device running at once per session (default 32).
+    /// Calls from the device running at once per session (default 32, at
+    /// most 64).
     pub max_calls_in_flight: usize,
     /// Default timeout of [`Mind::call`] (default 30 s).
     pub call_timeout: Duration,
@@ -147,7 +152,9 @@ impl SessionConfig {
         self.heartbeat.as_secs().clamp(1, u16::MAX as u64) as u16
     }
 
-    /// How long a session may stay silent: three heartbeat intervals.
+    /// How long a write to a device that reads nothing may stay blocked
+    /// before the session ends: as long as the machine's idle limit
+    /// (three heartbeat intervals), which ends a silent session.
     pub fn idle_timeout(&self) -> Duration {
         self.heartbeat * 3
     }
@@ -470,7 +477,7 @@ struct Io {
     /// their outcome goes.
     waiters: HashMap<u32, CallReply>,
     /// [`Mind`] calls waiting for a slot of the machine's table.
-    parked: VecDeque<Outbound>,
+    parked: VecDeque<Box<MindCall>>,
     metrics: Metrics,
     /// Nothing more may be written (a write failed or was cut).
     broken: bool,
@@ -601,22 +608,26 @@ impl Io {
     /// A message queued by another task.
     fn queued(&mut self, o: Outbound) {
         match o {
-            Outbound::Answer { token, result } => self.answer(token, result),
-            Outbound::Notify { method, args } => {
+            Outbound::Answer(answer) => {
+                let (token, result) = *answer;
+                self.answer(token, result);
+            }
+            Outbound::Notify(notify) => {
+                let (method, args) = &*notify;
                 let max = HEADER_LEN + self.conn.peer_max_frame();
                 let out = self
                     .batch
                     .room((method.len() + args.len() + OWED_ROOM).min(max));
                 let sealed = self
                     .conn
-                    .notify_with(clock::now(), &method, out, |buf| copy_into(&args, buf));
+                    .notify_with(clock::now(), method, out, |buf| copy_into(args, buf));
                 match sealed {
                     Ok(frame) => self.batch.used += frame.len(),
                     Err(SendError::Closed) => {}
                     Err(e) => warn!(error = %e, "notification not sent"),
                 }
             }
-            call @ Outbound::Call { .. } => {
+            Outbound::Call(call) => {
                 self.parked.push_back(call);
                 self.unpark();
             }
@@ -625,44 +636,33 @@ impl Io {
 
     /// Sends the parked [`Mind`] calls the machine's table has room for.
     fn unpark(&mut self) {
-        while let Some(Outbound::Call {
-            method,
-            args,
-            timeout,
-            reply,
-        }) = self.parked.pop_front()
-        {
-            if reply.is_closed() {
+        while let Some(call) = self.parked.pop_front() {
+            if call.reply.is_closed() {
                 continue; // its caller gave up
             }
             let max = HEADER_LEN + self.conn.peer_max_frame();
             let out = self
                 .batch
-                .room((method.len() + args.len() + OWED_ROOM).min(max));
-            let sealed = self
-                .conn
-                .call_with(clock::now(), &method, timeout, out, |buf| {
-                    copy_into(&args, buf)
-                });
+                .room((call.method.len() + call.args.len() + OWED_ROOM).min(max));
+            let sealed =
+                self.conn
+                    .call_with(clock::now(), &call.method, call.timeout, out, |buf| {
+                        copy_into(&call.args, buf)
+                    });
             match sealed {
                 Ok((id, frame)) => {
                     self.batch.used += frame.len();
-                    self.waiters.insert(id, reply);
+                    self.waiters.insert(id, call.reply);
                 }
                 Err(SendError::TooManyCalls) => {
-                    self.parked.push_front(Outbound::Call {
-                        method,
-                        args,
-                        timeout,
-                        reply,
-                    });
+                    self.parked.push_front(call);
                     return;
                 }
                 Err(SendError::TooLarge { .. }) => {
-                    let _ = reply.send(Err(CallError::TooLarge));
+                    let _ = call.reply.send(Err(CallError::TooLarge));
                 }
                 Err(_) => {
-                    let _ = reply.send(Err(CallError::Closed));
+                    let _ = call.reply.send(Err(CallError::Closed));
                 }
             }
         }
@@ -905,7 +905,7 @@ impl<A: Avatar> Calls<A> {
                             }
                         };
                         let result = finish_call(result, &recorded, started);
-                        let _ = tx.send(Outbound::Answer { token, result }).await;
+                        let _ = tx.send(Outbound::Answer(Box::new((token, result)))).await;
                     }
                     .in_current_span(),
                 );

@@ -112,7 +112,7 @@ pub struct ServeArgs {
     /// intervals are closed.
     #[arg(long, default_value_t = 30, value_name = "SECS", value_parser = clap::value_parser!(u16).range(1..))]
     pub heartbeat: u16,
-    /// Calls from one device running at once (more get `busy`).
+    /// Calls from one device running at once (more get `busy`; at most 64).
     #[arg(long, default_value_t = 32)]
     pub max_calls_in_flight: usize,
     /// How long calls in flight may take to finish on shutdown.
