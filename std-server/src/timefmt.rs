@@ -7,6 +7,8 @@ use time::OffsetDateTime;
 use time::format_description::FormatItem;
 use time::macros::format_description;
 
+// (Milliseconds only for the admin API.)
+#[cfg(any(feature = "admin", test))]
 const MILLIS: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 const MICROS: &[FormatItem<'static>] =
@@ -29,6 +31,7 @@ fn format(t: SystemTime, items: &[FormatItem<'_>]) -> String {
 }
 
 /// RFC 3339, UTC, milliseconds: `2026-11-29T17:08:34.123Z`.
+#[cfg(any(feature = "admin", test))]
 pub fn rfc3339_millis(t: SystemTime) -> String {
     format(t, MILLIS)
 }
