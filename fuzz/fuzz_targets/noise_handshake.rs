@@ -40,13 +40,15 @@ struct Vectors {
     challenge_nk: Vec<u8>,
 }
 
-static V: LazyLock<Vectors> = LazyLock::new(|| Vectors {
+static V: LazyLock<Vectors> = LazyLock::new(|| {
+    Vectors {
     nk_msg1: unhex("0201358072d6365880d1aeea329adf9121383851ed21a28e3b75e965d0d2cd166254dd1dd0ea0faa292d0dc71d4189680d1e33bd07feeed77782a1a88983c8e48bba87a023923e080a9954a853d908a5460cd7ea37c3a74eb93097c55a8ae1b1f02962c347")[2..].to_vec(),
     nk_msg2: unhex("79a631eede1bf9c98f12032cdeadd0e7a079398fc786b88cc846ec89af85a51a041374329f4b7658aac983201250fd873475cfaba874f747cbe6f2e58fa991b6617d058a99bd74a4bdd08963a120d99d722a591f4e6b76499494b44b01b343e0c7a6f6900b030245d1cd65d2ff784fdb04e8ab45a2b239f03656a29d356c648aa7778e275431be0810"),
     nk_welcome: unhex("000000000000000012a47aea09af5105ab38666f17cfc4d370db436d7c118e0e615489e3c1d7ad3acfb19ff816eb461b60a218aa82ca8250a92904b768d19821dde35759e99510671af498a6"),
     nn_msg2: unhex("79a631eede1bf9c98f12032cdeadd0e7a079398fc786b88cc846ec89af85a51a49da8080bf903935250896ba2bfc6bd6"),
     hello: unhex("00020380042d703d7465746865722d6e6f6973652c2c6e3d757365722c723d724f70724e476677456265525767624e456b714f"),
     challenge_nk: unhex("010056723d724f70724e476677456265525767624e456b714f25687659447057556132526154434166757846496c6a29684e6c46246b302c733d5732325a614a30534e5937736f457355456a623667513d3d2c693d34303936"),
+}
 });
 
 const fn seq32(start: u8) -> [u8; 32] {
@@ -114,7 +116,9 @@ fuzz_target!(|data: &[u8]| {
                 assert!((32..=MAX_MESSAGE_LEN).contains(&input.len()));
                 assert_eq!(payload, &input[32..]);
                 let mut out = vec![0u8; 48 + 16];
-                let (_, m2) = resp.write_message(b"x", &mut out, &mut Fixed(seq32(0x40))).unwrap();
+                let (_, m2) = resp
+                    .write_message(b"x", &mut out, &mut Fixed(seq32(0x40)))
+                    .unwrap();
                 assert_eq!(m2.len(), 32 + 1 + 16);
             }
             Err(e) => {
@@ -141,7 +145,9 @@ fuzz_target!(|data: &[u8]| {
                 Err(e) => {
                     assert!(matches!(
                         e,
-                        NoiseError::Decrypt | NoiseError::TooShort { .. } | NoiseError::TooLong { .. }
+                        NoiseError::Decrypt
+                            | NoiseError::TooShort { .. }
+                            | NoiseError::TooLong { .. }
                     ));
                     assert_eq!(msg, input);
                 }
@@ -162,7 +168,10 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(t.recv.nonce(), 1);
                 }
                 Err(e) => {
-                    assert!(matches!(e, NoiseError::Decrypt | NoiseError::NonceExhausted));
+                    assert!(matches!(
+                        e,
+                        NoiseError::Decrypt | NoiseError::NonceExhausted
+                    ));
                     assert_eq!(msg, input);
                     assert_eq!(t.recv.nonce(), seq, "a failure uses no nonce");
                 }

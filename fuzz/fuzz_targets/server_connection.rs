@@ -47,32 +47,11 @@ use tether_core::connection::{
 };
 use tether_core::frame::{FrameDecoder, encode_message};
 use tether_core::message::{self, ErrorCode, Handshake, Hello, Message, Proof};
-use tether_core::rand_core::{TryCryptoRng, TryRng};
 use tether_core::scram::{
     CachedKeys, ClientConfig, ClientCredentials, ClientLogin, Mechanism, ServerCredentials,
 };
 use tether_core::session::{Opener, Role, Sealer};
-use tether_fuzz::{CLIENT_KEYS, SERVER_CREDENTIALS};
-
-/// Counter "randomness": nonces only need to be printable and fresh.
-struct Counter(u64);
-impl TryRng for Counter {
-    type Error = std::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        Ok(self.0)
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        for b in dst {
-            *b = self.try_next_u64()? as u8;
-        }
-        Ok(())
-    }
-}
-impl TryCryptoRng for Counter {}
+use tether_fuzz::{CLIENT_KEYS, Counter, SERVER_CREDENTIALS};
 
 static SHA1_USER: LazyLock<ServerCredentials> = LazyLock::new(|| {
     let keys = CachedKeys::derive(Mechanism::ScramSha1, "pencil", b"sha1salt", 4096).expect("keys");
@@ -116,9 +95,12 @@ impl Driver {
             .with_max_frame(SERVER_MAX)
             .with_heartbeat_secs(10)
             .with_max_calls_in_flight(3);
-        let handshake =
-            ServerHandshake::new(vec![0; SERVER_MAX as usize], config, Instant::from_millis(0))
-                .expect("buffer");
+        let handshake = ServerHandshake::new(
+            vec![0; SERVER_MAX as usize],
+            config,
+            Instant::from_millis(0),
+        )
+        .expect("buffer");
         Self::with(Some(handshake), None)
     }
 
@@ -147,8 +129,14 @@ impl Driver {
                 self.drain(out);
                 if let Some(conn) = &mut self.conn {
                     // Final: the same error again, nothing more to send.
-                    assert_eq!(conn.poll_event(Instant::from_millis(self.now)).err(), self.error);
-                    assert!(conn.poll_transmit(Instant::from_millis(self.now), &mut self.tx).is_none());
+                    assert_eq!(
+                        conn.poll_event(Instant::from_millis(self.now)).err(),
+                        self.error
+                    );
+                    assert!(
+                        conn.poll_transmit(Instant::from_millis(self.now), &mut self.tx)
+                            .is_none()
+                    );
                 }
                 return;
             }
@@ -356,7 +344,11 @@ impl Client {
     }
 
     fn seal(&mut self, msg: &Message<'_>, server_max: usize) -> Option<Vec<u8>> {
-        let frame = self.sealer.seal(msg, &mut self.out, server_max).ok()?.to_vec();
+        let frame = self
+            .sealer
+            .seal(msg, &mut self.out, server_max)
+            .ok()?
+            .to_vec();
         match msg {
             Message::Call { id, method, .. } => {
                 // A duplicate id ends the session; either way one answer.
@@ -389,7 +381,11 @@ fn login(max: u16, out: &mut Vec<Vec<u8>>) -> (Client, Driver) {
         max_frame: max,
         client_first: login.client_first(),
     });
-    let mut inbox: VecDeque<u8> = encode_message(&hello, &mut wire, 512).expect("hello").iter().copied().collect();
+    let mut inbox: VecDeque<u8> = encode_message(&hello, &mut wire, 512)
+        .expect("hello")
+        .iter()
+        .copied()
+        .collect();
     driver.run(&mut inbox, usize::MAX, out);
     let [challenge] = &out[..] else {
         panic!("a genuine hello gets one challenge: {out:02x?}")
@@ -403,7 +399,11 @@ fn login(max: u16, out: &mut Vec<Vec<u8>>) -> (Client, Driver) {
     let msg = Handshake::Proof(Proof {
         client_final: proof.client_final(),
     });
-    let mut inbox: VecDeque<u8> = encode_message(&msg, &mut wire, 512).expect("proof").iter().copied().collect();
+    let mut inbox: VecDeque<u8> = encode_message(&msg, &mut wire, 512)
+        .expect("proof")
+        .iter()
+        .copied()
+        .collect();
     out.clear();
     driver.run(&mut inbox, usize::MAX, out);
     let [welcome] = &out[..] else {
@@ -443,7 +443,10 @@ fn raw_stream(chunk: usize, stream: &[u8]) {
     let mut refused = false;
     for frame in &out {
         let len = u16::from_be_bytes([frame[0], frame[1]]) as usize;
-        assert!(len == frame.len() - 2 && len <= 512, "handshake frame of {len}");
+        assert!(
+            len == frame.len() - 2 && len <= 512,
+            "handshake frame of {len}"
+        );
         assert!(!refused, "a frame after the refusal");
         match message::decode::<Handshake>(&frame[2..]) {
             Ok(Handshake::Challenge(_)) => {}
@@ -506,17 +509,13 @@ fn session(max: u16, mut rest: &[u8]) {
                                 out.push(frame.to_vec());
                             }
                         }
-                    } else if let Ok((_, frame)) = conn.call_with(
-                        now,
-                        "echo",
-                        Duration::from_secs(1),
-                        &mut driver.tx,
-                        |buf| {
+                    } else if let Ok((_, frame)) =
+                        conn.call_with(now, "echo", Duration::from_secs(1), &mut driver.tx, |buf| {
                             let n = payload.len().min(buf.len());
                             buf[..n].copy_from_slice(&payload[..n]);
                             Ok(n)
-                        },
-                    ) {
+                        })
+                    {
                         out.push(frame.to_vec());
                     }
                 }

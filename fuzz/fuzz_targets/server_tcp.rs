@@ -39,9 +39,9 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use tether_core::frame::{FrameDecoder, encode_message};
 use tether_core::message::{self, ErrorCode, GoodbyeReason, Handshake, Hello, Message, Proof};
-use tether_core::rand_core::{TryCryptoRng, TryRng};
 use tether_core::scram::{CachedKeys, ClientConfig, ClientCredentials, ClientLogin};
 use tether_core::session::{Opener, Role, Sealer};
+use tether_fuzz::Counter;
 
 const CLIENT_MAX: usize = 4096;
 /// How soon after our end of stream the server must close. Its session
@@ -59,26 +59,6 @@ struct Fixture {
     /// The realm's live sessions: empty again after each input.
     registry: tether_server::Registry,
 }
-
-/// Counter "randomness": nonces only need to be printable and fresh.
-struct Counter(u64);
-impl TryRng for Counter {
-    type Error = std::convert::Infallible;
-    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
-        Ok(self.try_next_u64()? as u32)
-    }
-    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        Ok(self.0)
-    }
-    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
-        for b in dst {
-            *b = self.try_next_u64()? as u8;
-        }
-        Ok(())
-    }
-}
-impl TryCryptoRng for Counter {}
 
 static FIXTURE: LazyLock<Fixture> = LazyLock::new(|| {
     let fuzz_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
