@@ -21,7 +21,7 @@
 //! the link probes (a hello, the challenge's salt and iteration count, a
 //! polite close: the server counts it neither as a failure nor against its
 //! throttle), runs PBKDF2 with no connection open, reporting progress to
-//! [`Link::on_derivation`]'s callback, then reconnects and logs in with the
+//! `Link::on_derivation`'s callback, then reconnects and logs in with the
 //! derived keys and hands them to the closure ([`Connected::new_keys`]) to
 //! be stored. The server's handshake timeout is never in the way, however
 //! long PBKDF2 takes. Without the feature the password's PBKDF2 runs inside
