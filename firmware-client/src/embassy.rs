@@ -13,7 +13,20 @@
 //! timeouts, lost sessions and impostor servers retry after the backoff
 //! delay. Cached keys that no longer fit (the account's password was changed
 //! or re-hashed) are dropped and the password is used, if the application
-//! gave one.
+//! gave one; without a password [`Link::run`] returns
+//! `Err(Error::Login(ScramError::CachedKeysMismatch))`: the keys are stale,
+//! provision the device again.
+//!
+//! A first login with a password (no keys yet), with feature `first-login`:
+//! the link probes (a hello, the challenge's salt and iteration count, a
+//! polite close: the server counts it neither as a failure nor against its
+//! throttle), runs PBKDF2 with no connection open, reporting progress to
+//! `Link::on_derivation`'s callback, then reconnects and logs in with the
+//! derived keys and hands them to the closure ([`Connected::new_keys`]) to
+//! be stored. The server's handshake timeout is never in the way, however
+//! long PBKDF2 takes. Without the feature the password's PBKDF2 runs inside
+//! the login, which fits a host, not a microcontroller at Django's
+//! iteration counts.
 //!
 //! ```no_run
 //! use core::ops::ControlFlow;
@@ -61,6 +74,8 @@ use crate::clock::EmbassyClock;
 use crate::config::Config;
 use crate::error::Error;
 use crate::handshake::Established;
+#[cfg(feature = "first-login")]
+use crate::handshake::{derive_keys, probe};
 use crate::session::{Session, ms};
 
 /// The transport error of an embassy-net session.
@@ -128,10 +143,24 @@ pub struct Account<'a> {
 pub struct Connected<'s> {
     /// The session.
     pub session: TcpSession<'s>,
-    /// `Some` after a password login: the keys to persist so that later
-    /// boots log in without PBKDF2.
+    /// `Some` on the first session after the keys were derived from the
+    /// password (a first login, or stale keys replaced): the keys to
+    /// persist (`storage::KeyStore::save`) so that later boots log in
+    /// without PBKDF2.
     pub new_keys: Option<&'s CachedKeys>,
 }
+
+/// Iterations of PBKDF2 run between two progress reports (feature
+/// `first-login`): about 60 ms on a Cortex-M4 at 168 MHz, so that the
+/// executor's other tasks (the network stack, a watchdog) run in between.
+#[cfg(feature = "first-login")]
+pub const DERIVATION_STEP: u32 = 1000;
+
+/// Called during an offline key derivation with `(iterations done,
+/// total)` (feature `first-login`): feed a watchdog, blink a LED, show
+/// progress.
+#[cfg(feature = "first-login")]
+pub type DerivationProgress<'a> = &'a mut dyn FnMut(u32, u32);
 
 /// Connects, logs in and reconnects: one server, one account.
 ///
@@ -147,6 +176,8 @@ pub struct Link<'a, S: Remote = IpEndpoint> {
     config: Config,
     backoff: Backoff,
     connect_timeout: Duration,
+    #[cfg(feature = "first-login")]
+    progress: Option<DerivationProgress<'a>>,
 }
 
 impl<'a, S: Remote> Link<'a, S> {
@@ -174,7 +205,19 @@ impl<'a, S: Remote> Link<'a, S> {
             connect_timeout: config.handshake_timeout,
             config,
             backoff,
+            #[cfg(feature = "first-login")]
+            progress: None,
         }
+    }
+
+    /// Reports the progress of offline key derivations (feature
+    /// `first-login`) to `progress`, called every [`DERIVATION_STEP`]
+    /// iterations with `(done, total)` and once at the end. It is never
+    /// called when the link logs in with keys.
+    #[cfg(feature = "first-login")]
+    pub fn on_derivation(mut self, progress: DerivationProgress<'a>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// The cached keys (after a password login, the derived ones).
@@ -187,7 +230,12 @@ impl<'a, S: Remote> Link<'a, S> {
     /// returns `Continue(error)` (normally the error that ended the
     /// session) the link reconnects; `Break(value)` says goodbye, closes the
     /// socket and returns `Ok(value)`. Returns `Err` only for what retrying
-    /// cannot fix ([`Retry::Never`]).
+    /// cannot fix ([`Retry::Never`]), among them stale keys without a
+    /// password to derive new ones from:
+    /// `Err(Error::Login(ScramError::CachedKeysMismatch))`.
+    ///
+    /// With a password and no keys (feature `first-login`), the link first
+    /// probes and derives the keys offline (see the module docs).
     pub async fn run<R, B, F>(
         &mut self,
         rng: &mut R,
@@ -199,6 +247,8 @@ impl<'a, S: Remote> Link<'a, S> {
     {
         // The backoff floor before the next attempt; `None`: at once.
         let mut retry: Option<Duration> = None;
+        // The keys were derived from the password and not yet handed over.
+        let mut fresh = false;
         loop {
             if let Some(floor) = retry {
                 let delay = self.backoff.next_delay_ms(rng, ms(floor));
@@ -215,6 +265,8 @@ impl<'a, S: Remote> Link<'a, S> {
                 config,
                 backoff,
                 connect_timeout,
+                #[cfg(feature = "first-login")]
+                progress,
             } = self;
             // The server's address: a DNS query for a HostName (which gives
             // up by itself), the endpoint itself otherwise.
@@ -237,14 +289,42 @@ impl<'a, S: Remote> Link<'a, S> {
                     continue;
                 }
             }
-            let credentials = match (&account.keys, account.password) {
-                (Some(keys), _) => ClientCredentials::Keys(keys),
-                (None, Some(password)) => ClientCredentials::Password(password),
-                (None, None) => return Err(Error::Login(ScramError::CachedKeysMismatch)),
-            };
             let session_buffers = Buffers {
                 rx: &mut *buffers.rx,
                 tx: &mut *buffers.tx,
+            };
+            // A first login (or stale keys) with the password: probe for the
+            // salt and iteration count, close, derive the keys offline, and
+            // log in with them on the next connection.
+            #[cfg(feature = "first-login")]
+            if let (None, Some(password)) = (&account.keys, account.password) {
+                let keys = outlined!(first_login(
+                    socket,
+                    session_buffers,
+                    account.username,
+                    password,
+                    progress,
+                    rng,
+                    config,
+                ));
+                match keys {
+                    Ok(keys) => {
+                        account.keys = Some(keys);
+                        fresh = true;
+                        retry = None;
+                    }
+                    Err(e) => match e.retry() {
+                        Retry::Never => return Err(e),
+                        Retry::Later(floor) => retry = Some(floor),
+                    },
+                }
+                continue;
+            }
+            let credentials = match (&account.keys, account.password) {
+                (Some(keys), _) => ClientCredentials::Keys(keys),
+                #[cfg(not(feature = "first-login"))]
+                (None, Some(password)) => ClientCredentials::Password(password),
+                _ => return Err(Error::Login(ScramError::CachedKeysMismatch)),
             };
             // Each block ends its values' storage before the next await: the
             // future (static RAM) holds the largest step, not their sum.
@@ -269,8 +349,9 @@ impl<'a, S: Remote> Link<'a, S> {
                     Err(Error::Login(ScramError::CachedKeysMismatch))
                         if account.keys.is_some() && account.password.is_some() =>
                     {
-                        warn!("tether: cached keys no longer fit; logging in with the password");
+                        warn!("tether: the cached keys are stale; new ones from the password");
                         account.keys = None;
+                        fresh = false;
                         retry = None;
                         continue;
                     }
@@ -286,14 +367,16 @@ impl<'a, S: Remote> Link<'a, S> {
             backoff.reset();
             if derived {
                 account.keys = Some(keys);
+                fresh = true;
             } else {
                 drop(keys);
             }
             let (session, flow) = {
                 let mut connected = Connected {
                     session,
-                    new_keys: if derived { account.keys.as_ref() } else { None },
+                    new_keys: if fresh { account.keys.as_ref() } else { None },
                 };
+                fresh = false;
                 let flow = outlined!(on_session(&mut connected));
                 (connected.session, flow)
             };
@@ -315,4 +398,37 @@ impl<'a, S: Remote> Link<'a, S> {
             retry = Some(Duration::ZERO);
         }
     }
+}
+
+/// A first login's probe and offline derivation (feature `first-login`):
+/// the challenge's salt and iteration count over `socket`, a polite close
+/// (neither a failure nor a throttle hit on the server), then PBKDF2 with
+/// no connection open, `DERIVATION_STEP` iterations at a time with
+/// `progress` reports. Returns the keys to log in with.
+#[cfg(feature = "first-login")]
+async fn first_login<R: CryptoRng + ?Sized>(
+    socket: TcpSocket<'_>,
+    buffers: Buffers<'_>,
+    username: &str,
+    password: &str,
+    progress: &mut Option<DerivationProgress<'_>>,
+    rng: &mut R,
+    config: &Config,
+) -> Result<CachedKeys, Error<TcpError>> {
+    let (probed, mut socket) = probe(socket, buffers, EmbassyClock, username, rng, config).await?;
+    socket.close();
+    let _ = select(socket.flush(), Timer::after_secs(2)).await;
+    drop(socket);
+    info!(
+        "tether: deriving the keys offline ({} iterations)",
+        probed.iterations()
+    );
+    let derivation = probed.derivation(password).map_err(Error::Login)?;
+    derive_keys(derivation, DERIVATION_STEP, |done, total| {
+        if let Some(progress) = progress.as_mut() {
+            progress(done, total);
+        }
+    })
+    .await
+    .map_err(Error::Login)
 }

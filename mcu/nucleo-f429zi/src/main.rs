@@ -6,8 +6,13 @@
 //!   again before every reconnection;
 //! - logs in as the account kept in flash (`KEY_REGION`: username and keys,
 //!   written at the factory by `firmware-client/examples/provision.rs`, or
-//!   saved here after a first password login), so that no reboot repeats
-//!   PBKDF2 and a provisioned device never holds the password;
+//!   saved here after a first login), so that no reboot repeats PBKDF2 and
+//!   a provisioned device never holds the password;
+//! - on a first boot with `PASSWORD` and no keys in flash (feature
+//!   `first-login`, on by default): `Link` probes
+//!   the account's salt and iteration count, runs PBKDF2 with no connection
+//!   open (a minute or more at Django's 1,000,000 iterations; progress is
+//!   logged), logs in with the derived keys, and this example saves them;
 //! - answers the server's calls: `device_info` (firmware, uptime), `echo`,
 //!   and `set_led` (switches LD1, PB0);
 //! - notifies the server `button` when the blue user button (PC13) is
@@ -314,8 +319,11 @@ mod app {
         match fatal {
             Err(Error::Login(ScramError::CachedKeysMismatch)) => {
                 // The password was changed or Django re-hashed it: these
-                // keys will never work again. Drop them (the username
-                // stays) and wait to be provisioned again.
+                // keys will never work again, and there is no password to
+                // derive new ones from (with `PASSWORD`, `Link` derives
+                // them by itself and hands them over to be saved). Drop
+                // them (the username stays) and wait to be provisioned
+                // again.
                 warn!("the stored keys are stale: provision this device again");
                 forget_keys(store).await;
             }
@@ -359,7 +367,15 @@ mod app {
             password: PASSWORD,
             keys,
         };
-        let mut link = Link::new(
+        // A first boot's offline PBKDF2 (a minute or more): a log line
+        // every 10%. Feed a watchdog here if the firmware runs one.
+        #[cfg(all(feature = "first-login", not(feature = "app-minimal")))]
+        let mut progress = |done: u32, total: u32| {
+            if total >= 10 && done % (total / 10) < tether_firmware::embassy::DERIVATION_STEP {
+                info!("deriving keys: {}/{} iterations", done, total);
+            }
+        };
+        let link = Link::new(
             stack,
             server,
             &mut sock_rx,
@@ -369,6 +385,9 @@ mod app {
             Config::default().with_min_iterations(600_000),
             Backoff::default(),
         );
+        #[cfg(all(feature = "first-login", not(feature = "app-minimal")))]
+        let link = link.on_derivation(&mut progress);
+        let mut link = link;
         let mut mind = Mind { led };
         let mut presses = 0u32;
         let fatal = link
