@@ -212,7 +212,9 @@ pub struct DefaultAvatar {
     registry: Registry,
     ask_device_info: bool,
     events: Option<tokio::sync::mpsc::UnboundedSender<RealmEvent>>,
-    forward: Option<(Forwarder, ForwardSession)>,
+    /// Boxed: most servers do not forward, and every idle session would
+    /// carry the room for it (~250 bytes).
+    forward: Option<Box<(Forwarder, ForwardSession)>>,
 }
 
 impl Realm for DefaultRealm {
@@ -234,7 +236,7 @@ impl Realm for DefaultRealm {
         let forward = self
             .forward
             .as_ref()
-            .map(|f| (f.clone(), f.session(session, &mind)));
+            .map(|f| Box::new((f.clone(), f.session(session, &mind))));
         Ok(DefaultAvatar {
             info: session.clone(),
             mind,
@@ -263,7 +265,7 @@ pub fn unix_millis(t: SystemTime) -> u64 {
 
 impl Avatar for DefaultAvatar {
     async fn call(&self, call: IncomingCall) -> CallResult {
-        if let Some((forwarder, session)) = &self.forward
+        if let Some((forwarder, session)) = self.forward.as_deref()
             && (!BUILTINS.contains(&call.method()) || forwarder.forwards_builtin(call.method()))
         {
             return session.call(&call.method, call.args).await;
@@ -289,7 +291,7 @@ impl Avatar for DefaultAvatar {
 
     async fn notify(&self, method: String, args: Vec<u8>) {
         // Queued at once (the session's first poll): the order is kept.
-        if let Some((_, session)) = &self.forward {
+        if let Some((_, session)) = self.forward.as_deref() {
             session.notify(&method, args);
         }
     }
@@ -335,7 +337,7 @@ impl Avatar for DefaultAvatar {
     async fn detached(&self, end: SessionEnd) {
         let info = &self.info;
         self.registry.remove(info.id);
-        if let Some((_, session)) = &self.forward {
+        if let Some((_, session)) = self.forward.as_deref() {
             session.disconnected(&end);
         }
         info!(session = info.id, peer = %info.peer, reason = %end, "{} disconnected", Untrusted(&info.user.username));

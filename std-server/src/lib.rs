@@ -53,6 +53,7 @@ pub mod log_limit;
 mod login;
 pub mod metrics;
 pub mod per_user;
+mod queue;
 pub mod realm;
 pub mod revalidate;
 pub mod secret;

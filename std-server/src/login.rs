@@ -37,7 +37,7 @@ use tether_core::message::{GoodbyeReason, RefusalCode};
 use tether_core::scram::Mechanisms;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::admission::Ticket;
@@ -230,7 +230,7 @@ pub(crate) async fn handshake<R: Realm>(
     peer: SocketAddr,
     ticket: Ticket,
     busy: Option<&'static str>,
-) -> Result<(Established<R::Avatar>, OwnedSemaphorePermit), LoginEnd> {
+) -> Result<(Box<Established<R::Avatar>>, OwnedSemaphorePermit), LoginEnd> {
     let config = &shared.config;
     let max_frame = config.max_frame.max(MIN_MAX_FRAME);
     let machine = connection::ServerConfig::default()
@@ -412,12 +412,11 @@ pub(crate) async fn handshake<R: Realm>(
         started: SystemTime::now(),
         credential: CredentialDigest::of(&account.password),
     };
-    let (tx, rx) = mpsc::channel(config.session.outbound_queue.max(4));
     let mind = Mind::new(
         session_id,
         peer,
         account.username.clone(),
-        tx,
+        config.session.outbound_queue.max(4),
         config.session.call_timeout,
         client_max_frame,
         shared.metrics.calls(Direction::ToDevice),
@@ -490,15 +489,14 @@ pub(crate) async fn handshake<R: Realm>(
     shared.metrics.login_protocol(protocol);
     shared.store.record_login(account.id);
     Ok((
-        Established {
+        Box::new(Established {
             stream,
-            conn: established,
+            conn: Box::new(established),
             info,
             avatar,
             mind,
-            rx,
             metrics: shared.metrics.clone(),
-        },
+        }),
         session_permit,
     ))
 }

@@ -51,10 +51,11 @@ use tether_core::connection;
 use tether_core::message::{DecodeError, ErrorCode, GoodbyeReason, RefusalCode};
 use tether_core::method::{self, Method, ToDevice, ToServer};
 use tether_core::scram::Mechanism;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CallMetrics, CallOutcome};
+use crate::queue::Queue;
 use crate::session::{MindCall, Outbound};
 
 /// The authenticated Django user of a session.
@@ -323,7 +324,11 @@ pub trait Avatar: Send + Sync + 'static {
     }
 
     /// The session is running (after the welcome). Runs alongside the
-    /// session, so it may call the device through its mind.
+    /// session, polled by the session's own task (no task of its own while
+    /// the session is idle), so it may call the device through its mind;
+    /// like a call handler it must not block the thread. When the session
+    /// ends it has one more second to return, then it is dropped, before
+    /// [`detached`](Self::detached).
     fn attached(&self) -> impl Future<Output = ()> + Send {
         async {}
     }
@@ -415,7 +420,8 @@ pub(crate) struct MindShared {
     pub(crate) session_id: u64,
     pub(crate) peer: SocketAddr,
     pub(crate) username: String,
-    pub(crate) tx: mpsc::Sender<Outbound>,
+    /// Messages for the session's task (crate::queue).
+    pub(crate) queue: Queue,
     /// [`Mind`] calls waiting for their outcome.
     pub(crate) in_flight: AtomicUsize,
     /// Signalled when no call is in flight any more.
@@ -458,7 +464,7 @@ impl Mind {
         session_id: u64,
         peer: SocketAddr,
         username: String,
-        tx: mpsc::Sender<Outbound>,
+        queue_capacity: usize,
         default_timeout: Duration,
         peer_max_frame: usize,
         metrics: CallMetrics,
@@ -468,7 +474,7 @@ impl Mind {
                 session_id,
                 peer,
                 username,
-                tx,
+                queue: Queue::new(queue_capacity),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 closed: AtomicBool::new(false),
@@ -631,7 +637,7 @@ impl Mind {
         let _in_flight = InFlight::new(&self.shared);
         let sent = self
             .shared
-            .tx
+            .queue
             .send(Outbound::Call(Box::new(MindCall {
                 method: method.to_string(),
                 args,
@@ -665,7 +671,7 @@ impl Mind {
             return Err(CallError::TooLarge);
         }
         self.shared
-            .tx
+            .queue
             .send(Outbound::Notify(Box::new((M::NAME.to_string(), args))))
             .await
             .map_err(|_| CallError::Closed)

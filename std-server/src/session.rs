@@ -40,10 +40,10 @@ use tether_core::message::GoodbyeReason;
 use tether_core::session::SessionError;
 use tokio::io::{AsyncWriteExt as _, Interest};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument as _, Span, debug, warn};
+use tracing::{Instrument as _, debug, warn};
 
 use crate::lease::{self, RxStorage};
 use crate::log_limit::Noisy;
@@ -93,9 +93,9 @@ pub(crate) mod clock {
 /// A [`Mind`] call's outcome, sent back to the caller.
 pub(crate) type CallReply = oneshot::Sender<Result<Vec<u8>, CallError>>;
 
-/// A message for the session task to send, queued by other tasks. Each
-/// is one pointer: the queue's first block (32 messages) is allocated with
-/// the session, idle or not.
+/// A message for the session task to send, queued by other tasks
+/// ([`crate::queue`]). Each is one pointer, so that the queue's buffer,
+/// allocated while messages wait, stays small.
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A [`Mind`] call: the machine gives it its id.
@@ -154,20 +154,20 @@ impl SessionConfig {
 
     /// How long a write to a device that reads nothing may stay blocked
     /// before the session ends: as long as the machine's idle limit
-    /// (three heartbeat intervals), which ends a silent session.
+    /// ([`tether_core::connection::idle_limit`], three heartbeat intervals),
+    /// which ends a silent session.
     pub fn idle_timeout(&self) -> Duration {
-        self.heartbeat * 3
+        tether_core::connection::idle_limit(self.heartbeat_secs()).unwrap_or(Duration::MAX)
     }
 }
 
 /// A logged-in connection, handed from the login to the session.
 pub(crate) struct Established<A> {
     pub stream: TcpStream,
-    pub conn: ServerConn,
+    pub conn: Box<ServerConn>,
     pub info: SessionInfo,
     pub avatar: Arc<A>,
     pub mind: Mind,
-    pub rx: mpsc::Receiver<Outbound>,
     pub metrics: Metrics,
 }
 
@@ -195,7 +195,7 @@ const ATTACHED_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs a session to its end.
 pub(crate) async fn run<A: Avatar>(
-    est: Established<A>,
+    est: Box<Established<A>>,
     config: SessionConfig,
     shutdown: CancellationToken,
 ) -> SessionEnd {
@@ -205,13 +205,20 @@ pub(crate) async fn run<A: Avatar>(
         info,
         avatar,
         mind,
-        rx,
         metrics,
-    } = est;
+    } = *est;
     let peer = info.peer;
     let span =
         tracing::info_span!("session", id = info.id, user = %Untrusted(&info.user.username), %peer);
-    let attached = Attached::spawn(&avatar, &span);
+    // Closed when the session is done with it, however it ends: what is
+    // still queued is dropped, its senders learn the session closed.
+    let queue = QueueGuard(mind.clone());
+    let attached = {
+        let avatar = avatar.clone();
+        let attached: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(async move { avatar.attached().await });
+        CatchUnwind(attached)
+    };
     let mut session = Session {
         io: Io {
             stream,
@@ -223,22 +230,24 @@ pub(crate) async fn run<A: Avatar>(
             metrics: metrics.clone(),
             broken: false,
         },
-        rx,
         calls: Calls {
             avatar,
             tracker: TaskTracker::new(),
-            cancel: CancellationToken::new(),
+            // The mind's end, which comes at the same moment (one token less
+            // per session).
+            cancel: mind.shared.ended.clone(),
             recorded: metrics.calls(Direction::FromDevice),
         },
         mind,
         config,
+        attached: Some(attached),
     };
     let ending = session.run(&shutdown).instrument(span.clone()).await;
     let Session {
         mut io,
-        mut rx,
         calls,
         mind,
+        attached,
         ..
     } = session;
 
@@ -257,12 +266,12 @@ pub(crate) async fn run<A: Avatar>(
             loop {
                 tokio::select! {
                     _ = &mut waiting => break,
-                    Some(o) = rx.recv() => io.queued(o),
+                    o = queue.0.shared.queue.recv() => io.queued(o),
                 }
             }
         })
         .await;
-        while let Ok(o) = rx.try_recv() {
+        while let Some(o) = queue.0.shared.queue.try_recv() {
             io.queued(o);
         }
         if let Some(reason) = ending.goodbye {
@@ -274,8 +283,18 @@ pub(crate) async fn run<A: Avatar>(
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), closing).await;
+    drop(queue);
     drop(io);
-    attached.finish().await;
+    // `attached` may go on for a moment, then it is cancelled (dropped):
+    // it has ended before `detached`.
+    if let Some(attached) = attached {
+        let finished = tokio::time::timeout(ATTACHED_GRACE, attached)
+            .instrument(span.clone())
+            .await;
+        if let Ok(Err(Panicked)) = finished {
+            warn!(session = info.id, "attached panicked");
+        }
+    }
     let end = ending.end;
     match &end {
         SessionEnd::ProtocolError(e) => {
@@ -291,54 +310,29 @@ pub(crate) async fn run<A: Avatar>(
     end
 }
 
-/// The avatar's `attached`, running beside the session in its own task.
-/// The task is not joined (a finished task kept for its handle would cost
-/// an idle session ~900 bytes); two tokens say when it is done and when it
-/// must stop.
-struct Attached {
-    done: CancellationToken,
-    stop: CancellationToken,
-}
+/// Closes the mind's queue when dropped.
+struct QueueGuard(Mind);
 
-impl Attached {
-    fn spawn<A: Avatar>(avatar: &Arc<A>, span: &Span) -> Self {
-        let (done, stop) = (CancellationToken::new(), CancellationToken::new());
-        let avatar = avatar.clone();
-        let (finished, stopped) = (done.clone().drop_guard(), stop.clone());
-        tokio::spawn(
-            async move {
-                let _finished = finished;
-                tokio::select! {
-                    _ = avatar.attached() => {}
-                    _ = stopped.cancelled() => {}
-                }
-            }
-            .instrument(span.clone()),
-        );
-        Self { done, stop }
-    }
-
-    /// Gives `attached` [`ATTACHED_GRACE`] to return, then cancels it; it
-    /// has ended when this returns, so `detached` always comes after it.
-    async fn finish(self) {
-        if tokio::time::timeout(ATTACHED_GRACE, self.done.cancelled())
-            .await
-            .is_err()
-        {
-            self.stop.cancel();
-            self.done.cancelled().await;
-        }
+impl Drop for QueueGuard {
+    fn drop(&mut self) {
+        self.0.shared.queue.close();
     }
 }
 
 /// The session task's state.
 struct Session<A> {
     io: Io,
-    rx: mpsc::Receiver<Outbound>,
     calls: Calls<A>,
     mind: Mind,
     config: SessionConfig,
+    /// The avatar's `attached`, run by the session's task until it returns
+    /// (a task of its own would cost an idle session its task, two
+    /// cancellation tokens and its span's copy).
+    attached: Option<AttachedFuture>,
 }
+
+/// The avatar's `attached`, boxed: it holds its memory only while it runs.
+type AttachedFuture = CatchUnwind<dyn Future<Output = ()> + Send>;
 
 /// What woke the session.
 enum Wake {
@@ -348,6 +342,7 @@ enum Wake {
     Kicked,
     ShutdownStarts,
     Drained(bool),
+    Attached(Result<(), Panicked>),
 }
 
 impl<A: Avatar> Session<A> {
@@ -376,17 +371,21 @@ impl<A: Avatar> Session<A> {
                 armed = Some(at);
             }
             let io = &self.io;
+            let attached = &mut self.attached;
             let wake = tokio::select! {
                 r = io.stream.ready(Interest::READABLE) => match r {
                     Ok(_) => Wake::Readable,
                     Err(e) => return Ending::new(SessionEnd::Io(e.to_string()), None),
                 },
-                Some(o) = self.rx.recv() => Wake::Queued(o),
+                o = self.mind.shared.queue.recv() => Wake::Queued(o),
                 _ = &mut timer, if armed.is_some() => Wake::Timer,
                 _ = kicked.cancelled() => Wake::Kicked,
                 _ = shutdown.cancelled(), if drain.is_none() => Wake::ShutdownStarts,
                 drained = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => {
                     Wake::Drained(drained)
+                }
+                r = async { attached.as_mut().expect("guarded").await }, if attached.is_some() => {
+                    Wake::Attached(r)
                 }
             };
             match wake {
@@ -398,7 +397,7 @@ impl<A: Avatar> Session<A> {
                 Wake::Queued(o) => {
                     self.io.queued(o);
                     while self.io.batch.used < BATCH_LIMIT
-                        && let Ok(o) = self.rx.try_recv()
+                        && let Some(o) = self.mind.shared.queue.try_recv()
                     {
                         self.io.queued(o);
                     }
@@ -424,6 +423,12 @@ impl<A: Avatar> Session<A> {
                         };
                         tokio::time::timeout(deadline, idle).await.is_ok()
                     }));
+                }
+                Wake::Attached(r) => {
+                    self.attached = None;
+                    if r.is_err() {
+                        warn!("attached panicked");
+                    }
                 }
                 Wake::Drained(finished) => {
                     if !finished {
@@ -470,7 +475,9 @@ impl<A: Avatar> Session<A> {
 /// The socket, the machine and the buffers lent to them.
 struct Io {
     stream: TcpStream,
-    conn: ServerConn,
+    /// Boxed: the machine's fixed tables (~1.3 KiB) exist once, never
+    /// copied into the several states of the session's future.
+    conn: Box<ServerConn>,
     read: ReadAhead,
     batch: Batch,
     /// The [`Mind`] calls in flight, by the id the machine gave them: where
@@ -894,7 +901,7 @@ impl<A: Avatar> Calls<A> {
             Poll::Ready(result) => Some((token, finish_call(result, &self.recorded, started))),
             Poll::Pending => {
                 let recorded = self.recorded.clone();
-                let (cancel, tx) = (self.cancel.clone(), mind.shared.tx.clone());
+                let (cancel, mind) = (self.cancel.clone(), mind.clone());
                 self.tracker.spawn(
                     async move {
                         let result = tokio::select! {
@@ -905,7 +912,8 @@ impl<A: Avatar> Calls<A> {
                             }
                         };
                         let result = finish_call(result, &recorded, started);
-                        let _ = tx.send(Outbound::Answer(Box::new((token, result)))).await;
+                        let answer = Outbound::Answer(Box::new((token, result)));
+                        let _ = mind.shared.queue.send(answer).await;
                     }
                     .in_current_span(),
                 );
@@ -968,9 +976,9 @@ struct Panicked;
 
 /// A handler's future, with a panic in its `poll` turned into
 /// [`Panicked`] (the caller drops the future then, never polls it again).
-struct CatchUnwind<F>(Pin<Box<F>>);
+struct CatchUnwind<F: ?Sized>(Pin<Box<F>>);
 
-impl<F: Future> Future for CatchUnwind<F> {
+impl<F: Future + ?Sized> Future for CatchUnwind<F> {
     type Output = Result<F::Output, Panicked>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {

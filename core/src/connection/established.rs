@@ -4,7 +4,7 @@
 use core::time::Duration;
 
 use super::calls::{Admission, Answers, Calls, Completion, notice_text};
-use super::{ConnectionError, Instant, SendError, Violation, millis};
+use super::{ConnectionError, IDLE_HEARTBEATS, Instant, SendError, Violation, millis};
 use crate::codec::{Head, small};
 use crate::frame::{FrameDecoder, HEADER_LEN};
 use crate::message::{EncodeError, ErrorCode, GoodbyeReason, Message};
@@ -869,7 +869,7 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         } else {
             u64::MAX
         };
-        (ping, self.last_recv + 3 * h)
+        (ping, self.last_recv + u64::from(IDLE_HEARTBEATS) * h)
     }
 
     fn poll_timeout(&self) -> Option<u64> {

@@ -156,6 +156,24 @@ pub use server::{
 #[cfg(feature = "v2")]
 pub use server_v2::{KeyUsed, ServerKeys};
 
+/// Heartbeat intervals without a frame after which either side ends the
+/// connection (the idle limit, [`ConnectionError::IdleTimeout`]).
+pub const IDLE_HEARTBEATS: u16 = 3;
+
+/// The idle limit of a connection whose heartbeat is `heartbeat_secs`
+/// ([`IDLE_HEARTBEATS`] intervals); `None` when the heartbeat is off (0).
+/// The machine's own rule, for a driver that bounds something else by it
+/// (tether-server: how long a write to a device that reads nothing may
+/// stay blocked).
+pub const fn idle_limit(heartbeat_secs: u16) -> Option<Duration> {
+    if heartbeat_secs == 0 {
+        return None;
+    }
+    Some(Duration::from_secs(
+        IDLE_HEARTBEATS as u64 * heartbeat_secs as u64,
+    ))
+}
+
 /// Bytes of the client's SCRAM client-first-message buffer
 /// (`n,,n=<user>,r=<nonce>`): usernames up to about 200 bytes (escaped).
 pub const LOGIN_MESSAGE_LEN: usize = 256;
