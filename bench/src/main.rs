@@ -17,6 +17,7 @@ mod libserver;
 mod load;
 mod raw;
 mod run;
+mod v2;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

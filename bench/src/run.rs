@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use crate::common::{Manifest, Users, Window, cpu_time, fmt_dur, fmt_rate, loadavg, rss};
 use crate::idle::Clients;
 use crate::load::{self, Throughput};
-use crate::{flood, forward, hostile, libserver, raw};
+use crate::{flood, forward, hostile, libserver, raw, v2};
 
 /// What `run` needs (see `tether-bench run --help`).
 #[derive(Debug, Clone, clap::Args)]
@@ -49,7 +49,7 @@ pub struct RunArgs {
     /// Write the table (Markdown) here too.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Only these stages (comma-separated: login,variants,calls,forward,s2d,idle,hostile,flood,django); default all.
+    /// Only these stages (comma-separated: login,variants,calls,v2,forward,s2d,idle,hostile,flood,django); default all.
     #[arg(long)]
     pub only: Option<String>,
     /// Python of the forwarding test project's venv (tests/django-forward/setup).
@@ -279,7 +279,7 @@ pub async fn spawn_tether(
 }
 
 /// Starts this binary as a helper server that prints `listening PORT`.
-async fn helper_server(args: &[&str], name: &str) -> Result<(Proc, SocketAddr), String> {
+pub(crate) async fn helper_server(args: &[&str], name: &str) -> Result<(Proc, SocketAddr), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
         .args(args)
@@ -468,6 +468,8 @@ struct Results {
     hostile: Vec<hostile::Row>,
     flood: Vec<flood::Round>,
     django: Option<Django>,
+    /// Protocol v2 next to v1 (the `v2` stage).
+    v2: Option<v2::Results>,
 }
 
 /// The forwarded-call rows (the `forward` stage).
@@ -676,6 +678,20 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
         t.check("pipelined calls")?;
         r.pipe_raw = Some(t);
         drop(server);
+    }
+
+    if want("v2") {
+        r.v2 = Some(
+            v2::measure(
+                &a,
+                &users,
+                plan.rounds,
+                plan.round_login,
+                plan.round_calls,
+                &LOAD_LIMITS,
+            )
+            .await?,
+        );
     }
 
     if want("forward") {
@@ -960,6 +976,11 @@ fn render(
             String::new(),
             format!(">= 300,000/s: {}", mark(t.rate >= 300_000.0)),
         );
+    }
+    if let Some(v) = &r.v2 {
+        for [m, t, reference, ratio, target] in v2::rows(v, mark) {
+            row(&m, t, reference, ratio, target);
+        }
     }
     if let Some(f) = &r.fwd {
         let p50 = |t: &Throughput| t.lat.p50.as_secs_f64();

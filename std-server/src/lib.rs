@@ -74,7 +74,7 @@ pub use realm::{
     SessionInfo, User,
 };
 pub use secret::ServerSecret;
-pub use server::{Server, ServerConfig, ServerHandle};
+pub use server::{NoiseKeys, Server, ServerConfig, ServerHandle};
 pub use session::SessionConfig;
 pub use store::{Store, StoreConfig, StoreError};
 pub use throttle::ThrottleConfig;

@@ -239,9 +239,9 @@ pub(crate) async fn handshake<R: Realm>(
         .with_handshake_timeout(config.handshake_timeout)
         .with_max_calls_in_flight(config.session.max_calls_in_flight);
     let rx = RxStorage::new(max_frame.into());
-    let hs = match &shared.noise {
+    let hs = match shared.noise.get() {
         // Protocol v2 beside v1 (the first byte tells them apart).
-        Some(keys) => Handshake::new_v2(rx, machine, clock::now(), keys.clone(), &mut rand::rng()),
+        Some(keys) => Handshake::new_v2(rx, machine, clock::now(), keys, &mut rand::rng()),
         None => Handshake::new(rx, machine, clock::now()),
     };
     let Ok(hs) = hs else {
@@ -467,6 +467,13 @@ pub(crate) async fn handshake<R: Realm>(
         tether_core::noise::Pattern::Nn => "NN",
         tether_core::noise::Pattern::Nk => "NK",
     });
+    // Which static key an NK device pinned: during a rotation, the
+    // operator retires the previous key once no login says `previous`.
+    let hs_key_used = hs.key_used();
+    let server_key = hs_key_used.map_or("none", |k| match k {
+        tether_core::connection::KeyUsed::Current => "current",
+        tether_core::connection::KeyUsed::Previous => "previous",
+    });
     let welcomed = match hs.welcome(session_id, clock::now(), &mut out) {
         Ok((established, frame)) => match stream.write_all(frame).await {
             Ok(()) => Some(established),
@@ -485,8 +492,13 @@ pub(crate) async fn handshake<R: Realm>(
         return Err(LoginEnd::Closed);
     };
     info!(%peer, user = %Untrusted(&account.username), session = session_id, mechanism = %credentials.mechanism,
-        protocol, noise = pattern, "login");
+        protocol, noise = pattern, server_key, "login");
     shared.metrics.login_protocol(protocol);
+    if let Some(key) = hs_key_used {
+        shared
+            .metrics
+            .login_server_key(key == tether_core::connection::KeyUsed::Previous);
+    }
     shared.store.record_login(account.id);
     Ok((
         Box::new(Established {

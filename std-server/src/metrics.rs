@@ -17,6 +17,7 @@
 //! |---|---|---|---|
 //! | `tether_logins_total` | counter | `outcome` = `success`, `refused`, `timeout`, `closed`, `dropped`, `evicted` | handshakes by how they ended (`timeout`: the handshake or hello timeout; `closed`: the peer went away; `dropped`: closed at once, random early drop or too many connections waiting; `evicted`: a connection that had sent nothing gave its slot to a newcomer) |
 //! | `tether_logins_by_protocol_total` | counter | `version` = `1`, `2` | successful logins by protocol version (2: Noise, encrypted) |
+//! | `tether_logins_by_server_key_total` | counter | `key` = `current`, `previous` | successful v2 NK logins by the server key the device pinned (during a key rotation: retire the previous key once `previous` stops rising) |
 //! | `tether_login_refusals_total` | counter | `code` = `unauthorized`, `unsupported`, `throttled`, `unavailable`, `version`, `protocol`, `busy`, `unknown_key` | refusals by code |
 //! | `tether_handshakes_in_progress` | gauge | | connections between accept and welcome or refusal |
 //! | `tether_handshake_duration_seconds` | histogram | `outcome` = `success`, `refused` | accept to welcome or refusal |
@@ -281,6 +282,7 @@ struct Inner {
     registry: Registry,
     logins: [Counter; 6],
     logins_by_protocol: [Counter; 2],
+    logins_by_server_key: [Counter; 2],
     refusals: [Counter; 8],
     handshakes_in_progress: Gauge,
     handshake_success: Histogram,
@@ -356,6 +358,15 @@ impl Metrics {
         );
         let logins_by_protocol =
             ["1", "2"].map(|v| by_protocol.get_or_create_owned(&[("version", v)]));
+
+        let by_key = Family::<Labels1, Counter>::default();
+        registry.register(
+            "logins_by_server_key",
+            "Successful v2 NK logins by the server key the device pinned",
+            by_key.clone(),
+        );
+        let logins_by_server_key =
+            ["current", "previous"].map(|k| by_key.get_or_create_owned(&[("key", k)]));
 
         let refusals = Family::<Labels1, Counter>::default();
         registry.register("login_refusals", "Login refusals by code", refusals.clone());
@@ -474,6 +485,7 @@ impl Metrics {
         Self {
             inner: Arc::new(Inner {
                 logins_by_protocol,
+                logins_by_server_key,
                 registry,
                 logins,
                 refusals,
@@ -578,6 +590,12 @@ impl Metrics {
     pub(crate) fn login_protocol(&self, version: u8) {
         let i = usize::from(version == 2);
         self.inner.logins_by_protocol[i].inc();
+    }
+
+    /// A v2 NK login succeeded with the device pinning the server's
+    /// previous key (`true`) or its current one.
+    pub(crate) fn login_server_key(&self, previous: bool) {
+        self.inner.logins_by_server_key[usize::from(previous)].inc();
     }
 
     /// A session started; the returned guard ends it.

@@ -155,9 +155,9 @@ pub(crate) struct Shared<R> {
     /// Every live session, whatever the realm.
     pub live: Registry,
     pub secret: ServerSecret,
-    /// Protocol v2: the static keys (NK) and whether v1 is refused; `None`
+    /// Protocol v2: the static keys (NK) and whether v1 is refused; none
     /// serves v1 only.
-    pub noise: Option<tether_core::connection::ServerKeys>,
+    pub noise: NoiseKeys,
     /// The shares decoys are drawn from (refreshed by [`census`]).
     pub mix: RwLock<Arc<DecoyMix>>,
     pub realm: R,
@@ -216,6 +216,39 @@ async fn census<R>(shared: Arc<Shared<R>>, first: tokio::sync::oneshot::Sender<(
 
 /// The longest a census may take (a grouped scan of the user table).
 const CENSUS_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The protocol v2 keys of a server ([`Server::with_noise_keys`]), shared
+/// by its logins and changeable while it runs ([`Server::noise_keys`]):
+/// each login takes the keys of the moment it starts.
+#[derive(Clone, Default)]
+pub struct NoiseKeys(Arc<RwLock<Option<tether_core::connection::ServerKeys>>>);
+
+impl std::fmt::Debug for NoiseKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The keys themselves never go into a log.
+        let keys = self.get();
+        f.debug_struct("NoiseKeys")
+            .field("v2", &keys.is_some())
+            .field(
+                "previous",
+                &keys.as_ref().is_some_and(|k| k.previous.is_some()),
+            )
+            .finish()
+    }
+}
+
+impl NoiseKeys {
+    /// From now on, logins use `keys` (v2 beside v1, or v2 only when
+    /// `keys.require_encryption`).
+    pub fn replace(&self, keys: tether_core::connection::ServerKeys) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(keys);
+    }
+
+    /// The keys now, if the server speaks v2.
+    pub fn get(&self) -> Option<tether_core::connection::ServerKeys> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
 
 /// A bound server, ready to run.
 pub struct Server<R: Realm> {
@@ -303,7 +336,7 @@ impl<R: Realm> Server<R> {
                 config,
                 store,
                 secret,
-                noise: None,
+                noise: NoiseKeys::default(),
                 mix: RwLock::new(Arc::new(DecoyMix::only(config.decoy_iterations))),
                 realm,
                 next_session_id: AtomicU64::new(1),
@@ -314,14 +347,16 @@ impl<R: Realm> Server<R> {
     }
 
     /// Speaks protocol v2 too (Noise NN, and NK with `keys`' static keys;
-    /// `keys.require_encryption` refuses v1 logins `version`). Before
-    /// [`run`](Self::run): returns the server unchanged once connections
-    /// share its state.
-    pub fn with_noise_keys(mut self, keys: tether_core::connection::ServerKeys) -> Self {
-        if let Some(shared) = Arc::get_mut(&mut self.shared) {
-            shared.noise = Some(keys);
-        }
+    /// `keys.require_encryption` refuses v1 logins `version`).
+    pub fn with_noise_keys(self, keys: tether_core::connection::ServerKeys) -> Self {
+        self.shared.noise.replace(keys);
         self
+    }
+
+    /// The server's v2 keys, to change while it runs (a key rotation):
+    /// logins that start afterwards use the new keys.
+    pub fn noise_keys(&self) -> NoiseKeys {
+        self.shared.noise.clone()
     }
 
     /// The listening address.

@@ -99,7 +99,9 @@ pub fn load_or_create(path: &Path) -> std::io::Result<(ServerKeys, KeyOrigin)> {
 }
 
 /// Rotation: a fresh current key; the current one becomes the previous
-/// (the one before is dropped). Returns the new keys.
+/// (the one before is dropped). Returns the new keys. A server reading the
+/// file (at start, on SIGHUP) then serves both, so that devices pinning
+/// the old key still log in until [`retire_previous`].
 pub fn rotate(path: &Path) -> std::io::Result<ServerKeys> {
     let old = load(path)?;
     let keys = ServerKeys {
@@ -107,12 +109,29 @@ pub fn rotate(path: &Path) -> std::io::Result<ServerKeys> {
         previous: old.current,
         require_encryption: false,
     };
-    // Written beside, then renamed over: never a half-written key file.
+    replace(path, &keys)?;
+    Ok(keys)
+}
+
+/// The end of a rotation: drops the previous key, so that devices still
+/// pinning it are refused `unknown_key`. Returns the remaining keys and
+/// whether there was a previous key to drop.
+pub fn retire_previous(path: &Path) -> std::io::Result<(ServerKeys, bool)> {
+    let mut keys = load(path)?;
+    let dropped = keys.previous.take().is_some();
+    if dropped {
+        replace(path, &keys)?;
+    }
+    Ok((keys, dropped))
+}
+
+/// Writes `keys` beside `path`, then renames over it: never a half-written
+/// key file.
+fn replace(path: &Path, keys: &ServerKeys) -> std::io::Result<()> {
     let tmp = path.with_extension("new");
     let _ = std::fs::remove_file(&tmp);
-    write(&tmp, &keys, true)?;
-    std::fs::rename(&tmp, path)?;
-    Ok(keys)
+    write(&tmp, keys, true)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn write(path: &Path, keys: &ServerKeys, create_new: bool) -> std::io::Result<()> {
@@ -139,6 +158,11 @@ fn write(path: &Path, keys: &ServerKeys, create_new: bool) -> std::io::Result<()
 /// The public half of the current key, in hex: what devices pin.
 pub fn public_hex(keys: &ServerKeys) -> Option<String> {
     keys.current.as_ref().map(|k| to_hex(k.public()))
+}
+
+/// The public half of the previous key, in hex, if the file holds one.
+pub fn previous_public_hex(keys: &ServerKeys) -> Option<String> {
+    keys.previous.as_ref().map(|k| to_hex(k.public()))
 }
 
 #[cfg(test)]
@@ -180,6 +204,16 @@ mod tests {
             let mode = std::fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+
+        let (e, dropped) = retire_previous(&path).unwrap();
+        assert!(dropped);
+        assert!(e.previous.is_none());
+        assert_eq!(public_hex(&e), public_hex(&c));
+        let f = load(&path).unwrap();
+        assert!(f.previous.is_none());
+        assert_eq!(public_hex(&f), public_hex(&c));
+        let (_, dropped) = retire_previous(&path).unwrap();
+        assert!(!dropped, "nothing left to retire");
 
         std::fs::write(&path, "current 00\n").unwrap();
         assert!(load(&path).is_err());

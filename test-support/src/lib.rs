@@ -6,8 +6,12 @@
 //! - [`Msg`]: a session [`Message`] with owned fields, to hold, compare and
 //!   print what a peer received;
 //! - `wire` (feature `tokio`): a test peer's frame reader over a tokio
-//!   stream.
+//!   stream;
+//! - `client` (feature `client`): a device over a tokio stream driven by
+//!   tether-core's v1 and v2 client machines.
 
+#[cfg(feature = "client")]
+pub mod client;
 #[cfg(feature = "tokio")]
 pub mod wire;
 

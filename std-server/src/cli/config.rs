@@ -120,8 +120,9 @@ fn unknown_key(path: &Path, key: &str, keys: &[&Arg]) -> String {
     }
 }
 
-/// The effective configuration as TOML, secrets redacted, each line saying
-/// where its value came from.
+/// The effective configuration as TOML, each line saying where its value
+/// came from; secrets redacted in comment lines, so that the output is a
+/// configuration file that gives the same settings but the secrets.
 pub fn print(serve: &Command, matches: &ArgMatches, from_file: &[String]) -> String {
     let mut out = String::from("# tether serve: effective configuration\n");
     for arg in keys(serve) {
@@ -136,14 +137,17 @@ pub fn print(serve: &Command, matches: &ArgMatches, from_file: &[String]) -> Str
                 continue;
             }
         };
+        if SECRETS.contains(&id) {
+            // A comment: a file made from this output does not set the
+            // secret to the text `<redacted>`.
+            let _ = writeln!(out, "# {id} = \"<redacted>\"  # {source}");
+            continue;
+        }
         let raw: Vec<String> = matches
             .get_raw(id)
             .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         let value = |s: &str| -> toml::Value {
-            if SECRETS.contains(&id) {
-                return toml::Value::String("<redacted>".into());
-            }
             if id == "database" {
                 return toml::Value::String(tether_server::store::redact_url(s));
             }
@@ -196,6 +200,25 @@ mod tests {
     fn every_flag_of_serve_is_a_key() {
         let serve = serve();
         let keys: Vec<&str> = keys(&serve).iter().map(|a| a.get_id().as_str()).collect();
+        // Every argument of `serve` is a key, but the few that say how to
+        // read the configuration rather than what it is: a flag added
+        // without a key (no long name, or listed in NOT_KEYS by mistake)
+        // fails here.
+        for arg in serve.get_arguments() {
+            let id = arg.get_id().as_str();
+            if NOT_KEYS.contains(&id) {
+                continue;
+            }
+            assert!(
+                keys.contains(&id),
+                "`tether serve` argument {id} has no configuration key"
+            );
+        }
+        assert_eq!(
+            NOT_KEYS,
+            ["config", "print_config", "help", "version", "verbose"],
+            "a new exception needs a reason"
+        );
         for k in [
             "database",
             "listen",
@@ -205,10 +228,62 @@ mod tests {
             "forward_builtin",
             "no_last_login",
             "log_format",
+            // Protocol v2.
+            "server_key_file",
+            "require_encryption",
         ] {
             assert!(keys.contains(&k), "{k}: {keys:?}");
         }
         assert!(!keys.contains(&"config"));
+    }
+
+    #[test]
+    fn print_config_has_a_line_for_every_key_and_reads_back() {
+        let serve = serve();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.toml");
+        std::fs::write(
+            &path,
+            "require_encryption = true\nserver_key_file = \"/var/lib/tether/key\"\n\
+             secret = \"0123456789abcdef-secret\"\n",
+        )
+        .unwrap();
+        let given = serve.clone().get_matches_from(["serve"]);
+        let file = file_args(&path, &serve, &given).unwrap();
+        let mut argv: Vec<OsString> = vec!["serve".into()];
+        argv.extend(file.args);
+        let matches = serve.clone().get_matches_from(argv);
+        let printed = print(&serve, &matches, &file.keys);
+        for key in keys(&serve) {
+            let id = key.get_id().as_str();
+            assert!(
+                printed
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{id} = "))
+                        || l.starts_with(&format!("# {id} = "))),
+                "{id} not in --print-config:\n{printed}"
+            );
+        }
+        for line in [
+            "require_encryption = true  # file",
+            "server_key_file = \"/var/lib/tether/key\"  # file",
+            "# secret = \"<redacted>\"  # file",
+        ] {
+            assert!(printed.lines().any(|l| l == line), "{line}:\n{printed}");
+        }
+        assert!(!printed.contains("0123456789abcdef"));
+        // What it prints is a configuration file that gives the same.
+        std::fs::write(&path, &printed).unwrap();
+        let again = file_args(&path, &serve, &given).unwrap();
+        let mut argv: Vec<OsString> = vec!["serve".into()];
+        argv.extend(again.args);
+        let matches = serve.clone().get_matches_from(argv);
+        assert!(matches.get_flag("require_encryption"));
+        assert_eq!(
+            matches.get_one::<std::path::PathBuf>("server_key_file"),
+            Some(&"/var/lib/tether/key".into())
+        );
+        assert_eq!(matches.value_source("secret"), None, "never `<redacted>`");
     }
 
     #[test]

@@ -35,6 +35,18 @@ pub struct KeysArgs {
     /// (mode 0600) if missing; no user keys.
     #[arg(long, conflicts_with_all = ["user", "database"])]
     pub server: bool,
+    /// With --server: key rotation, step 1. Makes a fresh current key and
+    /// keeps the current one as the previous (the one before is dropped),
+    /// then prints the new public key. `tether serve` picks the file up on
+    /// SIGHUP (or restart) and serves both keys: devices pinning either log
+    /// in. Provision the new key, then --retire-previous.
+    #[arg(long, requires = "server", conflicts_with = "retire_previous")]
+    pub rotate: bool,
+    /// With --server: key rotation, step 2. Drops the previous key; after
+    /// SIGHUP (or restart) devices still pinning it are refused
+    /// `unknown_key`. Prints the current public key.
+    #[arg(long, requires = "server")]
+    pub retire_previous: bool,
     /// The server's static key file (with --server).
     #[arg(long, default_value = tether_server::server_key::DEFAULT_SERVER_KEY_FILE)]
     pub server_key_file: std::path::PathBuf,
@@ -65,6 +77,46 @@ pub struct KeysArgs {
     pub format: KeysFormat,
 }
 
+/// `tether keys --server [--rotate | --retire-previous]`: the public key
+/// devices pin on stdout, what to do next on stderr.
+fn server_keys(args: &KeysArgs) -> Result<(), String> {
+    use tether_server::server_key::{
+        load_or_create, previous_public_hex, public_hex, retire_previous, rotate,
+    };
+    let path = &args.server_key_file;
+    let failed = |e: std::io::Error| format!("{}: {e}", path.display());
+    let keys = if args.rotate {
+        let keys = rotate(path).map_err(failed)?;
+        eprintln!(
+            "tether keys: {}: new current key (printed); the old one is kept as the \
+             previous key. Send SIGHUP to `tether serve` (or restart it): it then \
+             accepts both. Provision devices with the new key, then run \
+             `tether keys --server --retire-previous`.",
+            path.display()
+        );
+        keys
+    } else if args.retire_previous {
+        let (keys, dropped) = retire_previous(path).map_err(failed)?;
+        if dropped {
+            eprintln!(
+                "tether keys: {}: previous key dropped. After SIGHUP (or a restart) \
+                 `tether serve` refuses devices still pinning it `unknown_key`.",
+                path.display()
+            );
+        } else {
+            eprintln!("tether keys: {}: no previous key to drop", path.display());
+        }
+        keys
+    } else {
+        load_or_create(path).map_err(failed)?.0
+    };
+    if let Some(previous) = previous_public_hex(&keys) {
+        eprintln!("tether keys: previous key (still accepted): {previous}");
+    }
+    println!("{}", public_hex(&keys).unwrap_or_default());
+    Ok(())
+}
+
 pub async fn run(args: KeysArgs) -> ExitCode {
     match keys_inner(args).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,12 +129,7 @@ pub async fn run(args: KeysArgs) -> ExitCode {
 
 async fn keys_inner(args: KeysArgs) -> Result<(), String> {
     if args.server {
-        let path = &args.server_key_file;
-        let (keys, _) = tether_server::server_key::load_or_create(path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        let public = tether_server::server_key::public_hex(&keys).unwrap_or_default();
-        println!("{public}");
-        return Ok(());
+        return server_keys(&args);
     }
     let mut mechanism = match args.mechanism {
         MechanismArg::Sha256 => Mechanism::ScramSha256,

@@ -412,6 +412,13 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         }
     };
     let handle = server.handle();
+    #[cfg(unix)]
+    let reload = Reload {
+        store: store_for_reload,
+        noise: server.noise_keys(),
+        server_key_file: args.server_key_file.clone(),
+        require_encryption: args.require_encryption,
+    };
     let admin = match (&args.admin, admin_config) {
         (Some(addr), Some(config)) => match Admin::new(&server, config)
             .bind(&with_default_port(addr, 7421))
@@ -437,7 +444,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         handle.shutdown();
     });
     #[cfg(unix)]
-    tokio::spawn(reload_on_sighup(store_for_reload));
+    tokio::spawn(reload_on_sighup(reload));
     // systemd's Type=notify: listening (and the admin API too) from now on.
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     if let Some(f) = &forwarder {
@@ -478,12 +485,30 @@ fn descriptors(budget: fd_limit::Budget) {
     }
 }
 
+/// What SIGHUP changes in a running server.
+#[cfg(unix)]
+struct Reload {
+    store: Arc<Store>,
+    noise: tether_server::NoiseKeys,
+    server_key_file: PathBuf,
+    require_encryption: bool,
+}
+
 /// SIGHUP: the command line is parsed again with the configuration file
 /// read anew, and what can change without dropping sessions changes: the
 /// log filter (`log_level`) and the log line limits (`log_limit_burst`,
-/// `log_limit_interval`). Other settings need a restart.
+/// `log_limit_interval`). The server key file (its path as at start) is
+/// read again too: a key rotation (`tether keys --server --rotate`,
+/// `--retire-previous`) takes effect for the logins that follow. Other
+/// settings need a restart.
 #[cfg(unix)]
-async fn reload_on_sighup(store: Arc<Store>) {
+async fn reload_on_sighup(reload: Reload) {
+    let Reload {
+        store,
+        noise,
+        server_key_file,
+        require_encryption,
+    } = reload;
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot listen for SIGHUP: no reloading");
@@ -509,6 +534,21 @@ async fn reload_on_sighup(store: Arc<Store>) {
                     "SIGHUP: configuration reloaded (log filter, log line limits)");
             }
             Err(e) => warn!(error = %e, "SIGHUP: configuration not reloaded"),
+        }
+        match tether_server::server_key::load(&server_key_file) {
+            Ok(keys) => {
+                let public = tether_server::server_key::public_hex(&keys).unwrap_or_default();
+                let previous = tether_server::server_key::previous_public_hex(&keys);
+                info!(file = %server_key_file.display(), %public,
+                    previous = previous.as_deref().unwrap_or("none"),
+                    "SIGHUP: server static key (v2) reloaded");
+                noise.replace(tether_core::connection::ServerKeys {
+                    require_encryption,
+                    ..keys
+                });
+            }
+            Err(e) => warn!(file = %server_key_file.display(), error = %e,
+                "SIGHUP: cannot read the server key file; the keys are unchanged"),
         }
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     }

@@ -555,7 +555,7 @@ fn config_file_under_env_under_flags_and_printed_redacted() {
         format!("database = \"{}\"  # environment", db.url()),
         "heartbeat = 9  # flag".into(),
         "max_sessions = 500  # file".into(),
-        "secret = \"<redacted>\"  # file".into(),
+        "# secret = \"<redacted>\"  # file".into(),
         "forward_builtin = [\"echo\", \"whoami\"]  # file".into(),
         "no_last_login = true  # file".into(),
         "max_frame = 16384  # default".into(),
@@ -766,9 +766,15 @@ async fn the_units_exec_start_serves_and_notifies_systemd() {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut s = login(addr, "alice", password(DB, "alice")).await.unwrap();
     assert_eq!(s.echo("unit").await, "unit");
-    let secret = state.path().join("secret");
-    let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
+    // The secret and the v2 server key in the state directory, the
+    // owner's only.
+    for file in ["secret", ".tether-server-key"] {
+        let mode = std::fs::metadata(state.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
     let pid = serve.0.id().to_string();
     assert!(
         Command::new("kill")
@@ -962,4 +968,167 @@ async fn admin_api_over_tls() {
     let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut bytes)).await;
     assert!(!bytes.starts_with(b"HTTP/1.1 200"));
     stop(serve);
+}
+
+/// A v2 login to `addr` as alice (NK towards `pin`, NN without) and one
+/// `echo`; the refusal code if the server refused.
+async fn v2_login_echo(addr: std::net::SocketAddr, pin: Option<[u8; 32]>) -> Result<(), String> {
+    use tether_test_support::client::{self, Protocol};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut rx = vec![0u8; 4096];
+    let mut rng = rand::rng();
+    let mut conn = client::login(
+        &mut stream,
+        &mut rx,
+        "alice",
+        tether_core::scram::ClientCredentials::Password(password(DB, "alice")),
+        Protocol::V2(pin),
+        &mut rng,
+    )
+    .await
+    .map_err(|e| {
+        e.refusal()
+            .map_or_else(|| format!("login: {e}"), str::to_string)
+    })?;
+    let reply =
+        client::call_typed::<Echo, _, _>(&mut stream, &mut conn, &"rotated", |r| r.to_string())
+            .await
+            .map_err(|e| format!("echo: {e}"))?;
+    assert_eq!(reply, "rotated");
+    client::close(&mut stream, &mut conn)
+        .await
+        .map_err(|e| format!("goodbye: {e}"))
+}
+
+/// The public key `tether keys --server ARGS` prints, and its stderr.
+fn server_key_cmd(file: &std::path::Path, more: &[&str]) -> ([u8; 32], String) {
+    let mut args = vec![
+        "keys",
+        "--server",
+        "--server-key-file",
+        file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(more);
+    let out = tether(&args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let key = hex::decode(String::from_utf8_lossy(&out.stdout).trim())
+        .ok()
+        .and_then(|k| k.try_into().ok())
+        .unwrap_or_else(|| panic!("not a key: {:?}", out.stdout));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key file is the owner's only");
+    }
+    (key, stderr)
+}
+
+/// Key rotation as std-server/README.md has the operator do it, against a
+/// running `tether serve`: `--rotate` and SIGHUP, both keys served;
+/// `--retire-previous` and SIGHUP, the old pin refused `unknown_key`.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_serves_both_keys_until_the_previous_is_retired() {
+    let db = Db::copy(DB);
+    let file = db.dir.path().join("server.key");
+    let (old, _) = server_key_cmd(&file, &[]);
+    assert_eq!(
+        server_key_cmd(&file, &[]).0,
+        old,
+        "read again, not made anew"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (child, rx) = spawn_serve(
+        &[
+            "--listen",
+            &listen,
+            "--database",
+            &db.url(),
+            "--server-key-file",
+            file.to_str().unwrap(),
+        ],
+        db.dir.path(),
+    );
+    let hup = |what: &str| {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let lines = lines_until(&rx, |l| {
+            l.contains("server static key (v2) reloaded")
+                || l.contains("cannot read the server key")
+        });
+        let last = lines.last().unwrap();
+        assert!(last.contains("reloaded"), "{what}: {lines:?}");
+        last.clone()
+    };
+    let addr: std::net::SocketAddr = listen.parse().unwrap();
+    lines_until(&rx, |l| l.contains("listening"));
+    let login_line = |key: &str| {
+        let lines = lines_until(&rx, |l| l.contains("protocol=") && l.contains("session="));
+        let last = lines.last().unwrap();
+        assert!(last.contains(&format!("server_key=\"{key}\"")), "{lines:?}");
+    };
+    if let Err(e) = v2_login_echo(addr, Some(old)).await {
+        let lines: Vec<String> = rx.try_iter().collect();
+        panic!("{e}: {lines:#?}");
+    }
+    login_line("current");
+
+    // Step 1: a new current key, the old one kept as previous.
+    let (new, stderr) = server_key_cmd(&file, &["--rotate"]);
+    assert_ne!(new, old);
+    assert!(stderr.contains(&hex::encode(old)), "{stderr}");
+    // Until the server reloads, it holds the old key only.
+    assert_eq!(
+        v2_login_echo(addr, Some(new)).await.unwrap_err(),
+        "unknown_key"
+    );
+    let line = hup("rotated");
+    assert!(
+        line.contains(&hex::encode(new)) && line.contains(&hex::encode(old)),
+        "{line}"
+    );
+    // Devices pinning either key log in; the log says which.
+    v2_login_echo(addr, Some(old)).await.unwrap();
+    login_line("previous");
+    v2_login_echo(addr, Some(new)).await.unwrap();
+    login_line("current");
+    v2_login_echo(addr, None).await.unwrap();
+    login_line("none");
+
+    // Step 2: the previous key retired.
+    let (current, stderr) = server_key_cmd(&file, &["--retire-previous"]);
+    assert_eq!(current, new);
+    assert!(!stderr.contains(&hex::encode(old)), "{stderr}");
+    let line = hup("retired");
+    assert!(line.contains("previous=\"none\""), "{line}");
+    assert_eq!(
+        v2_login_echo(addr, Some(old)).await.unwrap_err(),
+        "unknown_key"
+    );
+    v2_login_echo(addr, Some(new)).await.unwrap();
+    login_line("current");
+    stop(child);
+
+    // Rotating a key file that does not exist is an error, not a new key.
+    let out = tether(&[
+        "keys",
+        "--server",
+        "--rotate",
+        "--server-key-file",
+        db.dir.path().join("none.key").to_str().unwrap(),
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    assert!(!db.dir.path().join("none.key").exists());
 }
