@@ -37,7 +37,7 @@ use tether_core::message::{GoodbyeReason, RefusalCode};
 use tether_core::scram::Mechanisms;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::admission::Ticket;
@@ -47,7 +47,7 @@ use crate::lease::RxStorage;
 use crate::log_limit::Noisy;
 use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, CredentialDigest, Mind, Realm, SessionEnd, SessionInfo, User};
-use crate::server::Shared;
+use crate::server::{ServerConfig, SessionSlot, Shared};
 use crate::session::{ANSWERS, CALLS, Established, clock};
 use crate::untrusted::Untrusted;
 
@@ -230,8 +230,8 @@ pub(crate) async fn handshake<R: Realm>(
     peer: SocketAddr,
     ticket: Ticket,
     busy: Option<&'static str>,
-) -> Result<(Established<R::Avatar>, OwnedSemaphorePermit), LoginEnd> {
-    let config = &shared.config;
+    config: &ServerConfig,
+) -> Result<(Established<R::Avatar>, SessionSlot), LoginEnd> {
     let max_frame = config.max_frame.max(MIN_MAX_FRAME);
     let machine = connection::ServerConfig::default()
         .with_max_frame(max_frame)
@@ -292,7 +292,7 @@ pub(crate) async fn handshake<R: Realm>(
             .refuse(RefusalCode::Busy, Duration::from_secs(1), user, why)
             .await);
     }
-    let Ok(session_permit) = shared.sessions.clone().try_acquire_owned() else {
+    let Some(session_permit) = shared.settings.sessions.try_take() else {
         return Err(conn
             .refuse(
                 RefusalCode::Busy,

@@ -116,7 +116,7 @@ pub(crate) struct MindCall {
 }
 
 /// Session limits and timers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionConfig {
     /// Interval announced to the device, in whole seconds (at least 1);
     /// the session ends after three announced intervals without a frame
