@@ -1055,3 +1055,33 @@ async fn admin_api_over_tls() {
     assert!(!bytes.starts_with(b"HTTP/1.1 200"));
     stop(serve);
 }
+
+/// deploy/run-sandboxed: the unit's ExecStart line under the unit's
+/// restrictions applied by hand (namespaces, read-only mounts, uid 61184,
+/// no capabilities), against a Django SQLite database; a device logs in,
+/// stays connected and is called through the admin API.
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore = "needs root: mount and PID namespaces, setpriv to another uid"]
+fn the_unit_runs_under_its_sandbox_applied_by_hand() {
+    let out = Command::new(repo_root().join("deploy/run-sandboxed"))
+        .env("TETHER_BIN", TETHER)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "uid 61184, NoNewPrivs 1, CapBnd 0000000000000000, CapEff 0000000000000000",
+        "user alice (id 1)",
+        "device_info -> ",
+        "tether-device/",
+        "the unit's ExecStart line serves under its restrictions",
+    ] {
+        assert!(
+            stdout.contains(line),
+            "missing {line:?}\n{stdout}\n{stderr}"
+        );
+    }
+}
