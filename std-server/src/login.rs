@@ -36,7 +36,6 @@ use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME};
 use tether_core::message::{GoodbyeReason, RefusalCode};
 use tether_core::scram::Mechanisms;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -49,6 +48,7 @@ use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, CredentialDigest, Mind, Realm, SessionEnd, SessionInfo, User};
 use crate::server::{ServerConfig, SessionSlot, Shared};
 use crate::session::{ANSWERS, CALLS, Established, clock};
+use crate::stream::Stream;
 use crate::untrusted::Untrusted;
 
 /// How a handshake ended without a session.
@@ -81,7 +81,7 @@ enum Step {
 /// The handshake and its socket.
 struct Conn {
     hs: Handshake,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     metrics: Metrics,
 }
@@ -104,7 +104,8 @@ impl Conn {
                 Some(_) | None => {}
             }
             if let Some(frame) = self.hs.poll_transmit(&mut out) {
-                if self.stream.write_all(frame).await.is_err() {
+                if self.stream.write_all(frame).await.is_err() || self.stream.flush().await.is_err()
+                {
                     return Err(ConnectionError::Disconnected);
                 }
                 continue;
@@ -187,6 +188,7 @@ impl Conn {
         let mut out = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
         if let Some(frame) = self.hs.poll_transmit(&mut out)
             && self.stream.write_all(frame).await.is_ok()
+            && self.stream.flush().await.is_ok()
         {
             let _ = self.stream.shutdown().await;
             let _ = tokio::time::timeout(Duration::from_millis(500), drain(&mut self.stream)).await;
@@ -198,7 +200,7 @@ impl Conn {
 /// Reads and discards input until the peer closes or 64 KiB went by: so
 /// that closing does not reset the connection before the peer read the
 /// refusal.
-async fn drain(stream: &mut TcpStream) {
+async fn drain(stream: &mut Stream) {
     let mut buf = [0u8; 1024];
     let mut seen = 0;
     while seen < 64 * 1024 {
@@ -226,7 +228,7 @@ fn rejection(cause: RefusalCause) -> Option<Rejection> {
 /// slot (admission.rs).
 pub(crate) async fn handshake<R: Realm>(
     shared: &Arc<Shared<R>>,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     ticket: Ticket,
     busy: Option<&'static str>,
@@ -470,8 +472,8 @@ pub(crate) async fn handshake<R: Realm>(
     });
     let welcomed = match hs.welcome(session_id, clock::now(), &mut out) {
         Ok((established, frame)) => match stream.write_all(frame).await {
-            Ok(()) => Some(established),
-            Err(_) => None,
+            Ok(()) if stream.flush().await.is_ok() => Some(established),
+            _ => None,
         },
         Err(e) => {
             warn!(%peer, error = %e, "the welcome cannot be sent");

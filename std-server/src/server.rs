@@ -35,6 +35,7 @@ use crate::realm::Realm;
 use crate::secret::ServerSecret;
 use crate::session::{self, SessionConfig};
 use crate::store::Store;
+use crate::stream::Stream;
 use crate::throttle::{Throttle, ThrottleConfig};
 
 /// Server limits and timers.
@@ -401,6 +402,7 @@ pub struct ServerHandle {
     shutdown: CancellationToken,
     addr: SocketAddr,
     settings: Arc<Settings>,
+    serve: Arc<dyn Fn(Stream, SocketAddr) + Send + Sync>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -436,6 +438,40 @@ impl ServerHandle {
     /// The settings in effect now.
     pub fn config(&self) -> ServerConfig {
         self.settings.config()
+    }
+
+    /// Serves one connection over any byte stream (in-process TLS, a
+    /// tunnel, `tokio::io::duplex` in a test), as if the listener had
+    /// accepted it from `peer`: the same admission, limits, throttle (by
+    /// `peer`'s address), login and session, and the same graceful
+    /// shutdown. Returns at once; the connection runs in a task of the
+    /// server's (call it within the runtime). After shutdown has started
+    /// the stream is dropped (closed) at once.
+    ///
+    /// Each frame the server writes is flushed, so a buffering stream
+    /// (TLS) delivers it. A connection handed in has no socket to look
+    /// at, so it counts as silent until its hello is read: when every
+    /// handshake slot is taken it may give its slot to a newcomer earlier
+    /// than an accepted socket would.
+    ///
+    /// ```no_run
+    /// # async fn f(server: tether_server::Server<tether_server::DefaultRealm>) {
+    /// let handle = server.handle();
+    /// tokio::spawn(server.run());
+    /// // The server's end of an in-process pipe; a device speaks on `device`.
+    /// let (device, server_end) = tokio::io::duplex(16 * 1024);
+    /// handle.serve_connection(server_end, "127.0.0.1:50000".parse().unwrap());
+    /// # drop(device);
+    /// # }
+    /// ```
+    ///
+    /// With TLS in the process (tokio-rustls), each accepted TLS stream is
+    /// handed in the same way: `handle.serve_connection(acceptor.accept(tcp).await?, peer)`.
+    pub fn serve_connection<S>(&self, io: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        (self.serve)(Stream::other(io), peer)
     }
 
     /// Starts the graceful shutdown: stop accepting, let in-flight calls
@@ -566,6 +602,14 @@ impl<R: Realm> Server<R> {
             shutdown: self.shared.shutdown.clone(),
             addr: self.local_addr(),
             settings: self.shared.settings.clone(),
+            serve: {
+                let shared = self.shared.clone();
+                Arc::new(move |stream, peer| {
+                    if !shared.shutdown.is_cancelled() {
+                        connection(&shared, stream, peer, None);
+                    }
+                })
+            },
         }
     }
 
@@ -620,10 +664,22 @@ impl<R: Realm> Server<R> {
 
 fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let probe = socket2::SockRef::from(&stream).try_clone().ok();
+    connection(shared, Stream::Tcp(stream), peer, probe);
+}
+
+/// Admits and serves one connection, accepted or handed in
+/// ([`ServerHandle::serve_connection`]); `probe` tells whether a socket
+/// has sent its hello before its task reads it (admission.rs).
+fn connection<R: Realm>(
+    shared: &Arc<Shared<R>>,
+    stream: Stream,
+    peer: SocketAddr,
+    probe: Option<crate::admission::Probe>,
+) {
     let started = Instant::now();
     // A slot, a wait to be told `busy`, or nothing (admission.rs).
     let key = crate::throttle::address_key(peer.ip());
-    let probe = socket2::SockRef::from(&stream).try_clone().ok();
     let (ticket, busy) = match shared.settings.admission.admit(key, probe) {
         Admitted::Slot(ticket, evicted) => {
             if evicted {

@@ -38,8 +38,7 @@ use tether_core::connection::{
 use tether_core::frame::{FrameError, HEADER_LEN};
 use tether_core::message::GoodbyeReason;
 use tether_core::session::SessionError;
-use tokio::io::{AsyncWriteExt as _, Interest};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,6 +50,7 @@ use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{
     Avatar, CallError, CallResult, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo,
 };
+use crate::stream::Stream;
 use crate::untrusted::Untrusted;
 
 /// Size of the server's table of its calls to the device waiting for a
@@ -162,7 +162,7 @@ impl SessionConfig {
 
 /// A logged-in connection, handed from the login to the session.
 pub(crate) struct Established<A> {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub conn: ServerConn,
     pub info: SessionInfo,
     pub avatar: Arc<A>,
@@ -375,10 +375,9 @@ impl<A: Avatar> Session<A> {
                 timer.as_mut().reset(clock::to_tokio(at));
                 armed = Some(at);
             }
-            let io = &self.io;
             let wake = tokio::select! {
-                r = io.stream.ready(Interest::READABLE) => match r {
-                    Ok(_) => Wake::Readable,
+                r = self.io.stream.readable() => match r {
+                    Ok(()) => Wake::Readable,
                     Err(e) => return Ending::new(SessionEnd::Io(e.to_string()), None),
                 },
                 Some(o) = self.rx.recv() => Wake::Queued(o),
@@ -469,7 +468,7 @@ impl<A: Avatar> Session<A> {
 
 /// The socket, the machine and the buffers lent to them.
 struct Io {
-    stream: TcpStream,
+    stream: Stream,
     conn: ServerConn,
     read: ReadAhead,
     batch: Batch,
@@ -737,7 +736,8 @@ impl Io {
         }
         let written = self.stream.write_all(&self.batch.buf[..used]).await;
         self.batch.used = 0;
-        written
+        written?;
+        self.stream.flush().await
     }
 }
 
