@@ -161,7 +161,8 @@ const EVICTION_TRIES: usize = 8;
 
 /// The handshake slots of a server.
 pub(crate) struct Admission {
-    limits: Limits,
+    /// Read at each admission: a reload changes them for the next one.
+    limits: Mutex<Limits>,
     state: Mutex<State>,
 }
 
@@ -188,15 +189,23 @@ pub(crate) enum Admitted {
 impl Admission {
     pub(crate) fn new(limits: Limits) -> Self {
         Self {
-            limits,
+            limits: Mutex::new(limits),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// New limits, for the connections that arrive from now on; the slots
+    /// and waits already given are kept (a lower limit admits no one
+    /// until enough of them have ended).
+    pub(crate) fn set_limits(&self, limits: Limits) {
+        *self.limits.lock().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     /// Admits a connection from `key` (the address key); `probe` sees
     /// whether it has spoken.
     pub(crate) fn admit(self: &Arc<Self>, key: IpAddr, probe: Option<Probe>) -> Admitted {
         let roll = rand::random_range(0..100u32);
+        let limits = *self.limits.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let of = st.addresses.get(&key);
         let counts = Counts {
@@ -206,14 +215,14 @@ impl Admission {
             waiting: st.waiting,
             waiting_of_address: of.map_or(0, |a| a.waiting),
         };
-        let mut decision = decide(&self.limits, counts, roll);
+        let mut decision = decide(&limits, counts, roll);
         if decision == Admit::Evict && !evict_one(&mut st.silent) {
             // Every one looked at had spoken: decide as if none were silent.
             let counts = Counts {
                 silent: 0,
                 ..counts
             };
-            decision = decide(&self.limits, counts, roll);
+            decision = decide(&limits, counts, roll);
         }
         let (slot, evicted) = match decision {
             Admit::Drop(why) => return Admitted::Drop(why),

@@ -61,6 +61,7 @@ pub mod server;
 pub mod server_key;
 pub mod session;
 pub mod store;
+mod stream;
 pub mod throttle;
 mod timefmt;
 pub mod untrusted;

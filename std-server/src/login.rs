@@ -36,8 +36,6 @@ use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME};
 use tether_core::message::{GoodbyeReason, RefusalCode};
 use tether_core::scram::Mechanisms;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info, warn};
 
 use crate::admission::Ticket;
@@ -47,8 +45,9 @@ use crate::lease::RxStorage;
 use crate::log_limit::Noisy;
 use crate::metrics::{Direction, Metrics, Rejection};
 use crate::realm::{Avatar as _, CredentialDigest, Mind, Realm, SessionEnd, SessionInfo, User};
-use crate::server::Shared;
+use crate::server::{ServerConfig, SessionSlot, Shared};
 use crate::session::{ANSWERS, CALLS, Established, clock};
+use crate::stream::Stream;
 use crate::untrusted::Untrusted;
 
 /// How a handshake ended without a session.
@@ -81,7 +80,7 @@ enum Step {
 /// The handshake and its socket.
 struct Conn {
     hs: Handshake,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     metrics: Metrics,
 }
@@ -104,7 +103,8 @@ impl Conn {
                 Some(_) | None => {}
             }
             if let Some(frame) = self.hs.poll_transmit(&mut out) {
-                if self.stream.write_all(frame).await.is_err() {
+                if self.stream.write_all(frame).await.is_err() || self.stream.flush().await.is_err()
+                {
                     return Err(ConnectionError::Disconnected);
                 }
                 continue;
@@ -187,6 +187,7 @@ impl Conn {
         let mut out = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
         if let Some(frame) = self.hs.poll_transmit(&mut out)
             && self.stream.write_all(frame).await.is_ok()
+            && self.stream.flush().await.is_ok()
         {
             let _ = self.stream.shutdown().await;
             let _ = tokio::time::timeout(Duration::from_millis(500), drain(&mut self.stream)).await;
@@ -198,7 +199,7 @@ impl Conn {
 /// Reads and discards input until the peer closes or 64 KiB went by: so
 /// that closing does not reset the connection before the peer read the
 /// refusal.
-async fn drain(stream: &mut TcpStream) {
+async fn drain(stream: &mut Stream) {
     let mut buf = [0u8; 1024];
     let mut seen = 0;
     while seen < 64 * 1024 {
@@ -226,12 +227,12 @@ fn rejection(cause: RefusalCause) -> Option<Rejection> {
 /// slot (admission.rs).
 pub(crate) async fn handshake<R: Realm>(
     shared: &Arc<Shared<R>>,
-    stream: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     ticket: Ticket,
     busy: Option<&'static str>,
-) -> Result<(Box<Established<R::Avatar>>, OwnedSemaphorePermit), LoginEnd> {
-    let config = &shared.config;
+    config: &ServerConfig,
+) -> Result<(Box<Established<R::Avatar>>, SessionSlot), LoginEnd> {
     let max_frame = config.max_frame.max(MIN_MAX_FRAME);
     let machine = connection::ServerConfig::default()
         .with_max_frame(max_frame)
@@ -292,7 +293,7 @@ pub(crate) async fn handshake<R: Realm>(
             .refuse(RefusalCode::Busy, Duration::from_secs(1), user, why)
             .await);
     }
-    let Ok(session_permit) = shared.sessions.clone().try_acquire_owned() else {
+    let Some(session_permit) = shared.settings.sessions.try_take() else {
         return Err(conn
             .refuse(
                 RefusalCode::Busy,
@@ -476,8 +477,8 @@ pub(crate) async fn handshake<R: Realm>(
     });
     let welcomed = match hs.welcome(session_id, clock::now(), &mut out) {
         Ok((established, frame)) => match stream.write_all(frame).await {
-            Ok(()) => Some(established),
-            Err(_) => None,
+            Ok(()) if stream.flush().await.is_ok() => Some(established),
+            _ => None,
         },
         Err(e) => {
             warn!(%peer, error = %e, "the welcome cannot be sent");

@@ -15,12 +15,11 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream, ToSocketAddrs};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -36,10 +35,21 @@ use crate::realm::Realm;
 use crate::secret::ServerSecret;
 use crate::session::{self, SessionConfig};
 use crate::store::Store;
+use crate::stream::Stream;
 use crate::throttle::{Throttle, ThrottleConfig};
 
 /// Server limits and timers.
-#[derive(Debug, Clone, Copy)]
+///
+/// [`ServerHandle::reload`] changes a running server's settings without
+/// dropping a session: the connection and handshake limits
+/// (`max_handshakes`, `early_drop_start`, `early_drop_rate`,
+/// `max_handshakes_per_address`, `max_pending`), `max_sessions`,
+/// `max_sessions_per_user` and its policy, and `throttle` apply to the
+/// next connection or login; `handshake_timeout`, `hello_timeout`,
+/// `max_frame` and `session` to the connections accepted from then on
+/// (a session keeps the settings it started with). `decoy_iterations`,
+/// `decoy_census_interval` and `revalidate` need a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Longest a login may take from connect to welcome (default 10 s).
     pub handshake_timeout: Duration,
@@ -146,9 +156,169 @@ impl ServerConfig {
     }
 }
 
+/// What [`ServerHandle::reload`] did: the names of the [`ServerConfig`]
+/// fields that changed, by whether they took effect.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reloaded {
+    /// Changed, and in effect from now on (for the connections accepted
+    /// from now on, where [`ServerConfig`] says so).
+    pub applied: Vec<&'static str>,
+    /// Changed, but kept at their old value until a restart.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// The fields of [`ServerConfig`] that a reload applies, and those it
+/// cannot.
+fn config_changes(old: &ServerConfig, new: &ServerConfig) -> Reloaded {
+    let mut r = Reloaded::default();
+    let mut field = |name, changed: bool, live: bool| {
+        if changed {
+            if live {
+                &mut r.applied
+            } else {
+                &mut r.needs_restart
+            }
+            .push(name);
+        }
+    };
+    field(
+        "handshake_timeout",
+        old.handshake_timeout != new.handshake_timeout,
+        true,
+    );
+    field(
+        "hello_timeout",
+        old.hello_timeout != new.hello_timeout,
+        true,
+    );
+    field(
+        "max_handshakes",
+        old.max_handshakes != new.max_handshakes,
+        true,
+    );
+    field(
+        "early_drop_start",
+        old.early_drop_start != new.early_drop_start,
+        true,
+    );
+    field(
+        "early_drop_rate",
+        old.early_drop_rate != new.early_drop_rate,
+        true,
+    );
+    field(
+        "max_handshakes_per_address",
+        old.max_handshakes_per_address != new.max_handshakes_per_address,
+        true,
+    );
+    field("max_pending", old.max_pending != new.max_pending, true);
+    field("max_sessions", old.max_sessions != new.max_sessions, true);
+    field(
+        "max_sessions_per_user",
+        old.max_sessions_per_user != new.max_sessions_per_user,
+        true,
+    );
+    field(
+        "sessions_per_user_policy",
+        old.sessions_per_user_policy != new.sessions_per_user_policy,
+        true,
+    );
+    field("max_frame", old.max_frame != new.max_frame, true);
+    field("session", old.session != new.session, true);
+    field("throttle", old.throttle != new.throttle, true);
+    field(
+        "decoy_iterations",
+        old.decoy_iterations != new.decoy_iterations,
+        false,
+    );
+    field(
+        "decoy_census_interval",
+        old.decoy_census_interval != new.decoy_census_interval,
+        false,
+    );
+    field("revalidate", old.revalidate != new.revalidate, false);
+    r
+}
+
+/// The settings a reload changes, shared by the server and its handles.
+pub(crate) struct Settings {
+    /// The settings in effect (restart-only fields keep their first value).
+    config: RwLock<ServerConfig>,
+    pub admission: Arc<Admission>,
+    pub sessions: Arc<SessionSlots>,
+    pub throttle: Arc<Throttle>,
+}
+
+impl Settings {
+    /// The settings in effect now.
+    pub fn config(&self) -> ServerConfig {
+        *self.config.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn reload(&self, new: ServerConfig) -> Reloaded {
+        let mut config = self.config.write().unwrap_or_else(|p| p.into_inner());
+        let mut new = new;
+        new.max_frame = new.max_frame.max(tether_core::frame::MIN_MAX_FRAME);
+        // What needs a restart keeps its value.
+        new.decoy_iterations = config.decoy_iterations;
+        new.decoy_census_interval = config.decoy_census_interval;
+        new.revalidate = config.revalidate;
+        let changes = config_changes(&config, &new);
+        self.admission.set_limits(new.admission_limits());
+        self.sessions.set_limit(new.max_sessions);
+        if new.throttle != config.throttle {
+            self.throttle.reconfigure(new.throttle);
+        }
+        *config = new;
+        changes
+    }
+}
+
+/// The live-session places: taken at login (after the throttle), given
+/// back when the session ends. The limit may change while sessions hold
+/// places: a lower one admits no login until enough have ended.
+pub(crate) struct SessionSlots {
+    used: AtomicUsize,
+    limit: AtomicUsize,
+}
+
+/// A live session's place, given back when dropped.
+pub(crate) struct SessionSlot(Arc<SessionSlots>);
+
+impl SessionSlots {
+    fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            used: AtomicUsize::new(0),
+            limit: AtomicUsize::new(limit.max(1)),
+        })
+    }
+
+    fn set_limit(&self, limit: usize) {
+        self.limit.store(limit.max(1), Ordering::Release);
+    }
+
+    /// A place, if fewer than the limit are taken.
+    pub fn try_take(self: &Arc<Self>) -> Option<SessionSlot> {
+        let limit = self.limit.load(Ordering::Acquire);
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SessionSlot(self.clone()))
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.used.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// State shared by all connections.
 pub(crate) struct Shared<R> {
-    pub config: ServerConfig,
+    /// What a reload changes.
+    pub settings: Arc<Settings>,
     pub store: Arc<Store>,
     pub throttle: Arc<Throttle>,
     pub metrics: Metrics,
@@ -162,13 +332,16 @@ pub(crate) struct Shared<R> {
     pub mix: RwLock<Arc<DecoyMix>>,
     pub realm: R,
     pub next_session_id: AtomicU64,
-    pub admission: Arc<Admission>,
-    pub sessions: Arc<Semaphore>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
 
 impl<R> Shared<R> {
+    /// The settings in effect now.
+    pub fn config(&self) -> ServerConfig {
+        self.settings.config()
+    }
+
     /// The shares decoys are drawn from now.
     pub fn decoy_mix(&self) -> Arc<DecoyMix> {
         self.mix.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -186,7 +359,7 @@ async fn census<R>(shared: Arc<Shared<R>>, first: tokio::sync::oneshot::Sender<(
         let retry = match shared.store.census(timeout).await {
             Ok(counts) => {
                 let mix = DecoyMix::from_counts(&counts)
-                    .unwrap_or_else(|| DecoyMix::only(shared.config.decoy_iterations));
+                    .unwrap_or_else(|| DecoyMix::only(shared.config().decoy_iterations));
                 if last.as_ref() != Some(&mix) {
                     info!(shares = %mix, "decoy challenges follow the rows");
                     *shared.mix.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(mix.clone());
@@ -202,7 +375,7 @@ async fn census<R>(shared: Arc<Shared<R>>, first: tokio::sync::oneshot::Sender<(
         if let Some(tx) = first.take() {
             let _ = tx.send(());
         }
-        let wait = match (retry, shared.config.decoy_census_interval) {
+        let wait = match (retry, shared.config().decoy_census_interval) {
             (Some(retry), interval) if interval.is_zero() || retry < interval => retry,
             (_, interval) if interval.is_zero() => return,
             (_, interval) => interval,
@@ -256,14 +429,84 @@ pub struct Server<R: Realm> {
     shared: Arc<Shared<R>>,
 }
 
-/// Stops a running server from any task.
-#[derive(Debug, Clone)]
+/// Stops a running server, or changes its settings, from any task.
+#[derive(Clone)]
 pub struct ServerHandle {
     shutdown: CancellationToken,
     addr: SocketAddr,
+    settings: Arc<Settings>,
+    serve: Arc<dyn Fn(Stream, SocketAddr) + Send + Sync>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("addr", &self.addr)
+            .field("shutting_down", &self.is_shutting_down())
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerHandle {
+    /// Changes the running server's settings without dropping a session:
+    /// the limits, the throttle and the timers [`ServerConfig`] lists as
+    /// reloadable take effect for what arrives from now on; the others
+    /// keep their value and are named in [`Reloaded::needs_restart`].
+    /// Sessions already above a lowered limit stay; new logins wait for
+    /// room.
+    ///
+    /// ```no_run
+    /// # fn f(handle: tether_server::ServerHandle) {
+    /// let mut config = handle.config();
+    /// config.max_sessions = 20_000;
+    /// config.throttle.addr_free_failures = 100;
+    /// let reloaded = handle.reload(config);
+    /// assert_eq!(reloaded.applied, ["max_sessions", "throttle"]);
+    /// # }
+    /// ```
+    pub fn reload(&self, config: ServerConfig) -> Reloaded {
+        self.settings.reload(config)
+    }
+
+    /// The settings in effect now.
+    pub fn config(&self) -> ServerConfig {
+        self.settings.config()
+    }
+
+    /// Serves one connection over any byte stream (in-process TLS, a
+    /// tunnel, `tokio::io::duplex` in a test), as if the listener had
+    /// accepted it from `peer`: the same admission, limits, throttle (by
+    /// `peer`'s address), login and session, and the same graceful
+    /// shutdown. Returns at once; the connection runs in a task of the
+    /// server's (call it within the runtime). After shutdown has started
+    /// the stream is dropped (closed) at once.
+    ///
+    /// Each frame the server writes is flushed, so a buffering stream
+    /// (TLS) delivers it. A connection handed in has no socket to look
+    /// at, so it counts as silent until its hello is read: when every
+    /// handshake slot is taken it may give its slot to a newcomer earlier
+    /// than an accepted socket would.
+    ///
+    /// ```no_run
+    /// # async fn f(server: tether_server::Server<tether_server::DefaultRealm>) {
+    /// let handle = server.handle();
+    /// tokio::spawn(server.run());
+    /// // The server's end of an in-process pipe; a device speaks on `device`.
+    /// let (device, server_end) = tokio::io::duplex(16 * 1024);
+    /// handle.serve_connection(server_end, "127.0.0.1:50000".parse().unwrap());
+    /// # drop(device);
+    /// # }
+    /// ```
+    ///
+    /// With TLS in the process (tokio-rustls), each accepted TLS stream is
+    /// handed in the same way: `handle.serve_connection(acceptor.accept(tcp).await?, peer)`.
+    pub fn serve_connection<S>(&self, io: S, peer: SocketAddr)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        (self.serve)(Stream::other(io), peer)
+    }
+
     /// Starts the graceful shutdown: stop accepting, let in-flight calls
     /// finish within the deadline, say goodbye, close.
     pub fn shutdown(&self) {
@@ -325,15 +568,19 @@ impl<R: Realm> Server<R> {
         let metrics = store.metrics().clone();
         let throttle = Arc::new(Throttle::with_metrics(config.throttle, metrics.throttle()));
         metrics.watch_throttle(&throttle);
+        let settings = Arc::new(Settings {
+            admission: Arc::new(Admission::new(config.admission_limits())),
+            sessions: SessionSlots::new(config.max_sessions),
+            throttle: throttle.clone(),
+            config: RwLock::new(config),
+        });
         Self {
             listener,
             shared: Arc::new(Shared {
+                settings,
                 throttle,
                 metrics,
                 live: Registry::new(),
-                admission: Arc::new(Admission::new(config.admission_limits())),
-                sessions: Arc::new(Semaphore::new(config.max_sessions.max(1))),
-                config,
                 store,
                 secret,
                 noise: NoiseKeys::default(),
@@ -389,6 +636,15 @@ impl<R: Realm> Server<R> {
         ServerHandle {
             shutdown: self.shared.shutdown.clone(),
             addr: self.local_addr(),
+            settings: self.shared.settings.clone(),
+            serve: {
+                let shared = self.shared.clone();
+                Arc::new(move |stream, peer| {
+                    if !shared.shutdown.is_cancelled() {
+                        connection(&shared, stream, peer, None);
+                    }
+                })
+            },
         }
     }
 
@@ -407,7 +663,7 @@ impl<R: Realm> Server<R> {
         tokio::spawn(census(shared.clone(), counted));
         let _ = tokio::time::timeout(shared.store.config().lookup_timeout, first).await;
         info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "listening");
-        if let Some(every) = shared.config.revalidate.filter(|d| !d.is_zero()) {
+        if let Some(every) = shared.config().revalidate.filter(|d| !d.is_zero()) {
             tokio::spawn(crate::revalidate::run(
                 shared.live.clone(),
                 shared.store.clone(),
@@ -429,7 +685,7 @@ impl<R: Realm> Server<R> {
         drop(listener);
         info!("shutting down: no new connections; waiting for sessions to finish");
         shared.tracker.close();
-        let deadline = shared.config.session.shutdown_deadline + Duration::from_secs(5);
+        let deadline = shared.config().session.shutdown_deadline + Duration::from_secs(5);
         if tokio::time::timeout(deadline, shared.tracker.wait())
             .await
             .is_err()
@@ -443,11 +699,23 @@ impl<R: Realm> Server<R> {
 
 fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
+    let probe = socket2::SockRef::from(&stream).try_clone().ok();
+    connection(shared, Stream::Tcp(stream), peer, probe);
+}
+
+/// Admits and serves one connection, accepted or handed in
+/// ([`ServerHandle::serve_connection`]); `probe` tells whether a socket
+/// has sent its hello before its task reads it (admission.rs).
+fn connection<R: Realm>(
+    shared: &Arc<Shared<R>>,
+    stream: Stream,
+    peer: SocketAddr,
+    probe: Option<crate::admission::Probe>,
+) {
     let started = Instant::now();
     // A slot, a wait to be told `busy`, or nothing (admission.rs).
     let key = crate::throttle::address_key(peer.ip());
-    let probe = socket2::SockRef::from(&stream).try_clone().ok();
-    let (ticket, busy) = match shared.admission.admit(key, probe) {
+    let (ticket, busy) = match shared.settings.admission.admit(key, probe) {
         Admitted::Slot(ticket, evicted) => {
             if evicted {
                 debug!(%peer, "every handshake slot taken: a silent connection gave its slot");
@@ -467,6 +735,9 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
             return;
         }
     };
+    // The settings of this connection and its session, whatever a reload
+    // changes meanwhile.
+    let config = shared.config();
     let in_handshake = shared.metrics.handshake_started();
     let task_shared = shared.clone();
     shared.tracker.spawn(async move {
@@ -475,8 +746,10 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         // Boxed, so that the login's state (SCRAM, handshake buffers) is
         // freed when the login ends instead of living in this task's
         // future for the whole session.
-        let login = Box::pin(login::handshake(&shared, stream, peer, ticket, busy));
-        let timeout = shared.config.handshake_timeout;
+        let login = Box::pin(login::handshake(
+            &shared, stream, peer, ticket, busy, &config,
+        ));
+        let timeout = config.handshake_timeout;
         let result = tokio::select! {
             r = tokio::time::timeout(timeout, login) => r,
             _ = shared.shutdown.cancelled() => {
@@ -517,7 +790,7 @@ fn accept<R: Realm>(shared: &Arc<Shared<R>>, stream: TcpStream, peer: SocketAddr
         metrics.login(LoginOutcome::Success, None, started.elapsed());
         let live = metrics.session_started();
         let session_id = established.info.id;
-        let end = session::run(established, shared.config.session, shared.shutdown.clone()).await;
+        let end = session::run(established, config.session, shared.shutdown.clone()).await;
         shared.live.remove(session_id);
         live.ended(&end);
         drop(live);

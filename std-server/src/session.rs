@@ -38,8 +38,7 @@ use tether_core::connection::{
 use tether_core::frame::{FrameError, HEADER_LEN};
 use tether_core::message::GoodbyeReason;
 use tether_core::session::SessionError;
-use tokio::io::{AsyncWriteExt as _, Interest};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt as _;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -51,6 +50,7 @@ use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{
     Avatar, CallError, CallResult, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo,
 };
+use crate::stream::Stream;
 use crate::untrusted::Untrusted;
 
 /// Size of the server's table of its calls to the device waiting for a
@@ -116,7 +116,7 @@ pub(crate) struct MindCall {
 }
 
 /// Session limits and timers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionConfig {
     /// Interval announced to the device, in whole seconds (at least 1);
     /// the session ends after three announced intervals without a frame
@@ -163,7 +163,7 @@ impl SessionConfig {
 
 /// A logged-in connection, handed from the login to the session.
 pub(crate) struct Established<A> {
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub conn: Box<ServerConn>,
     pub info: SessionInfo,
     pub avatar: Arc<A>,
@@ -370,11 +370,11 @@ impl<A: Avatar> Session<A> {
                 timer.as_mut().reset(clock::to_tokio(at));
                 armed = Some(at);
             }
-            let io = &self.io;
+            let io = &mut self.io;
             let attached = &mut self.attached;
             let wake = tokio::select! {
-                r = io.stream.ready(Interest::READABLE) => match r {
-                    Ok(_) => Wake::Readable,
+                r = io.stream.readable() => match r {
+                    Ok(()) => Wake::Readable,
                     Err(e) => return Ending::new(SessionEnd::Io(e.to_string()), None),
                 },
                 o = self.mind.shared.queue.recv() => Wake::Queued(o),
@@ -474,7 +474,7 @@ impl<A: Avatar> Session<A> {
 
 /// The socket, the machine and the buffers lent to them.
 struct Io {
-    stream: TcpStream,
+    stream: Stream,
     /// Boxed: the machine's fixed tables (~1.3 KiB) exist once, never
     /// copied into the several states of the session's future.
     conn: Box<ServerConn>,
@@ -744,7 +744,8 @@ impl Io {
         }
         let written = self.stream.write_all(&self.batch.buf[..used]).await;
         self.batch.used = 0;
-        written
+        written?;
+        self.stream.flush().await
     }
 }
 

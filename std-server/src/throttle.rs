@@ -218,6 +218,7 @@ impl<K: Hash + Eq + Clone> Table<K> {
 type Pair = (String, IpAddr);
 
 struct Tables {
+    config: ThrottleConfig,
     users: Table<String>,
     addrs: Table<IpAddr>,
     pairs: Table<Pair>,
@@ -227,7 +228,6 @@ struct Tables {
 
 /// The throttle state shared by all connections.
 pub struct Throttle {
-    config: ThrottleConfig,
     tables: Mutex<Tables>,
     metrics: ThrottleMetrics,
 }
@@ -235,9 +235,19 @@ pub struct Throttle {
 impl std::fmt::Debug for Throttle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Throttle")
-            .field("config", &self.config)
+            .field("config", &self.config())
             .finish_non_exhaustive()
     }
+}
+
+/// The rates of the user, address and pair tables.
+fn rates(c: &ThrottleConfig) -> [Rate; 3] {
+    let rate = |burst, every| Rate { burst, every };
+    [
+        rate(c.user_free_failures, c.refill),
+        rate(c.addr_free_failures, c.addr_refill),
+        rate(c.pair_free_failures, c.refill),
+    ]
 }
 
 /// The key of a source address: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by
@@ -280,23 +290,41 @@ impl Throttle {
     }
 
     pub(crate) fn with_metrics(config: ThrottleConfig, metrics: ThrottleMetrics) -> Self {
-        let (n, c) = (config.max_entries, &config);
-        let rate = |burst, every| Rate { burst, every };
+        let n = config.max_entries;
+        let [users, addrs, pairs] = rates(&config);
         Self {
             tables: Mutex::new(Tables {
-                users: Table::new(rate(c.user_free_failures, c.refill), n),
-                addrs: Table::new(rate(c.addr_free_failures, c.addr_refill), n),
-                pairs: Table::new(rate(c.pair_free_failures, c.refill), n),
+                config,
+                users: Table::new(users, n),
+                addrs: Table::new(addrs, n),
+                pairs: Table::new(pairs, n),
                 known: LruCache::new(n.max(1)),
             }),
-            config,
             metrics,
         }
     }
 
     /// The settings.
-    pub fn config(&self) -> &ThrottleConfig {
-        &self.config
+    pub fn config(&self) -> ThrottleConfig {
+        self.lock().config
+    }
+
+    /// New settings, keeping what the tables hold: each key's failures
+    /// are measured against the new free failures and refill intervals
+    /// from now on, and the tables shrink (least recently charged keys
+    /// first) or grow to the new `max_entries`.
+    pub fn reconfigure(&self, config: ThrottleConfig) {
+        let [users, addrs, pairs] = rates(&config);
+        let n = config.max_entries.max(1);
+        let mut t = self.lock();
+        t.config = config;
+        t.users.rate = users;
+        t.addrs.rate = addrs;
+        t.pairs.rate = pairs;
+        t.users.buckets.set_capacity(n);
+        t.addrs.buckets.set_capacity(n);
+        t.pairs.buckets.set_capacity(n);
+        t.known.set_capacity(n);
     }
 
     /// How many usernames and how many addresses are blocked now (a scan
@@ -321,7 +349,10 @@ impl Throttle {
         let (user, addr) = (user_key(username), address_key(addr));
         let pair = (user, addr);
         let mut t = self.lock();
-        let known = is_known(&mut t.known, &pair, now, self.config.remember_logins);
+        let known = {
+            let remember = t.config.remember_logins;
+            is_known(&mut t.known, &pair, now, remember)
+        };
         let wait = [
             t.pairs.wait(&pair, now),
             t.addrs.wait(&addr, now),
@@ -358,7 +389,10 @@ impl Throttle {
         let now = Instant::now();
         let pair = (user_key(username), address_key(addr));
         let mut t = self.lock();
-        let known = is_known(&mut t.known, &pair, now, self.config.remember_logins);
+        let known = {
+            let remember = t.config.remember_logins;
+            is_known(&mut t.known, &pair, now, remember)
+        };
         let user = if known {
             None
         } else {
@@ -504,6 +538,38 @@ mod tests {
             .succeeded("alice");
         assert!(t.begin("bob", ip("192.0.2.9")).is_ok());
         assert_eq!(t.blocked_counts(), (1, 0));
+    }
+
+    #[test]
+    fn reconfigure_keeps_the_failures_and_applies_the_new_rates() {
+        let t = Throttle::new(cfg());
+        let addr = "192.0.2.1";
+        assert_eq!(fail(&t, "alice", addr), Ok(()));
+        assert_eq!(fail(&t, "bob", addr), Ok(()));
+        // Fewer free failures: the pair's one failure is all it has now.
+        t.reconfigure(ThrottleConfig {
+            pair_free_failures: 1,
+            ..cfg()
+        });
+        assert_eq!(t.config().pair_free_failures, 1);
+        assert!(fail(&t, "alice", addr).is_err());
+        // More: bob, who had failed once, has three more.
+        t.reconfigure(ThrottleConfig {
+            pair_free_failures: 4,
+            user_free_failures: 10,
+            addr_free_failures: 10,
+            ..cfg()
+        });
+        for _ in 0..3 {
+            assert_eq!(fail(&t, "bob", addr), Ok(()));
+        }
+        assert!(fail(&t, "bob", addr).is_err());
+        // A smaller table forgets the least recently charged keys.
+        t.reconfigure(ThrottleConfig {
+            max_entries: 1,
+            ..cfg()
+        });
+        assert!(t.lock().pairs.buckets.len() <= 1);
     }
 
     #[test]

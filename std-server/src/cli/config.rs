@@ -120,6 +120,33 @@ fn unknown_key(path: &Path, key: &str, keys: &[&Arg]) -> String {
     }
 }
 
+/// Each key's effective value(s) as given (flag, environment, file or
+/// default): what a reload compares to tell which settings changed.
+pub type Values = std::collections::BTreeMap<String, Vec<OsString>>;
+
+/// The effective values of `serve`'s keys in `matches`.
+pub fn values(serve: &Command, matches: &ArgMatches) -> Values {
+    keys(serve)
+        .into_iter()
+        .map(|arg| {
+            let id = arg.get_id().as_str();
+            let raw = matches
+                .get_raw(id)
+                .map(|v| v.map(|s| s.to_os_string()).collect())
+                .unwrap_or_default();
+            (id.to_string(), raw)
+        })
+        .collect()
+}
+
+/// The keys whose values differ between `old` and `new`.
+pub fn changed<'a>(old: &'a Values, new: &'a Values) -> Vec<&'a str> {
+    new.iter()
+        .filter(|(k, v)| old.get(*k) != Some(v))
+        .map(|(k, _)| k.as_str())
+        .collect()
+}
+
 /// The effective configuration as TOML, each line saying where its value
 /// came from; secrets redacted in comment lines, so that the output is a
 /// configuration file that gives the same settings but the secrets.

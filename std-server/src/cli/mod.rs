@@ -248,7 +248,11 @@ fn parse(argv: Vec<OsString>) -> Result<Cli, ExitCode> {
         print!("{}", config::print(serve, m, &from_file));
         return Err(ExitCode::SUCCESS);
     }
-    Cli::from_arg_matches(&matches).map_err(|e| e.exit())
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Serve(args), Some(("serve", m))) = (&mut cli.command, matches.subcommand()) {
+        args.values = config::values(serve, m);
+    }
+    Ok(cli)
 }
 
 /// `serve`'s arguments parsed again, the configuration file read anew
@@ -275,11 +279,15 @@ fn reparse_serve() -> Result<serve::ServeArgs, String> {
         }
         None => matches,
     };
+    let values = match matches.subcommand() {
+        Some(("serve", m)) => config::values(serve, m),
+        _ => return Err("not serving".into()),
+    };
     match Cli::from_arg_matches(&matches)
         .map_err(|e| e.to_string())?
         .command
     {
-        Command::Serve(args) => Ok(*args),
+        Command::Serve(args) => Ok(serve::ServeArgs { values, ..*args }),
         _ => Err("not serving".into()),
     }
 }

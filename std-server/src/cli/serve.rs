@@ -204,16 +204,47 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
     /// Read settings from this TOML file: one key per flag, named as the
     /// flag with _ for - (`max_sessions = 10000`). Flags override
-    /// environment variables, which override the file. SIGHUP re-reads it
-    /// (the log filter and the log line limits change; the rest needs a
-    /// restart).
+    /// environment variables, which override the file. SIGHUP re-reads it:
+    /// the log filter and line limits, the handshake, connection and
+    /// session limits, the throttle and the timers of new connections
+    /// change without dropping a session; any other key that changed is
+    /// logged as needing a restart (std-server/README.md, "Reload").
     #[arg(long, env = "TETHER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Print the effective configuration (flags, environment, file and
     /// defaults; secrets redacted) as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Every key's effective value as given: a reload compares them.
+    #[arg(skip)]
+    pub values: super::config::Values,
 }
+
+/// The keys SIGHUP applies without a restart (std-server/README.md lists
+/// them): the log filter and line limits, the connection, handshake and
+/// session limits, the throttle, and the timers of new connections.
+pub const RELOADABLE: &[&str] = &[
+    "log_level",
+    "log_limit_burst",
+    "log_limit_interval",
+    "handshake_timeout",
+    "hello_timeout",
+    "max_handshakes",
+    "max_startups",
+    "max_handshakes_per_address",
+    "max_sessions",
+    "max_sessions_per_user",
+    "sessions_per_user_policy",
+    "max_frame",
+    "heartbeat",
+    "max_calls_in_flight",
+    "shutdown_deadline",
+    "throttle_pair_failures",
+    "throttle_user_failures",
+    "throttle_addr_failures",
+    "throttle_refill",
+    "throttle_addr_refill",
+];
 
 /// The format of log lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -233,7 +264,7 @@ pub enum PerUserPolicy {
     Refuse,
 }
 
-pub async fn run(args: ServeArgs) -> ExitCode {
+pub async fn run(mut args: ServeArgs) -> ExitCode {
     // The admin API's settings are checked before anything starts.
     let admin_config = match &args.admin {
         None => None,
@@ -346,11 +377,95 @@ pub async fn run(args: ServeArgs) -> ExitCode {
         require_encryption: args.require_encryption,
         ..noise_keys
     };
+    let config = server_config(&args);
+    descriptors(fd_limit::Budget {
+        sessions: config.max_sessions as u64,
+        handshakes: config.max_handshakes as u64,
+        pending: config.max_pending as u64,
+        admin: admin_config.as_ref().map_or(0, |c| {
+            tether_server::admin::listener::descriptors(c.max_connections) as u64
+        }),
+        database: db_connections,
+    });
+    let listen = with_default_port(&args.listen, tether_core::frame::DEFAULT_PORT);
+    let server = match Server::bind(
+        listen.as_str(),
+        config,
+        store,
+        match &forwarder {
+            Some(f) => DefaultRealm::new().forward_to(f.clone()),
+            None => DefaultRealm::new(),
+        },
+        secret,
+    )
+    .await
+    {
+        Ok(s) => s.with_noise_keys(noise_keys),
+        Err(e) => {
+            eprintln!("tether serve: cannot listen on {listen}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let handle = server.handle();
+    let handle_for_reload = handle.clone();
+    let admin = match (&args.admin, admin_config) {
+        (Some(addr), Some(config)) => match Admin::new(&server, config)
+            .bind(&with_default_port(addr, 7421))
+            .await
+        {
+            Ok(admin) => {
+                let handle = handle.clone();
+                Some(tokio::spawn(
+                    admin.run(async move { handle.shutting_down().await }),
+                ))
+            }
+            Err(e) => {
+                eprintln!("tether serve: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("signal received: shutting down gracefully");
+        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+        handle.shutdown();
+    });
+    #[cfg(unix)]
+    tokio::spawn(reload_on_sighup(
+        store_for_reload,
+        handle_for_reload,
+        std::mem::take(&mut args.values),
+        ServerKeyFile {
+            noise: server.noise_keys(),
+            path: args.server_key_file.clone(),
+            require_encryption: args.require_encryption,
+        },
+    ));
+    // systemd's Type=notify: listening (and the admin API too) from now on.
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    if let Some(f) = &forwarder {
+        tether_server::forward::log_start(f);
+    }
+    server.run().await;
+    if let Some(f) = forwarder {
+        // The sessions' last events (`disconnected`) are queued by now.
+        f.close(tether_server::forward::CLOSE_GRACE).await;
+    }
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
+    }
+    ExitCode::SUCCESS
+}
+
+/// The server's settings from `serve`'s arguments.
+fn server_config(args: &ServeArgs) -> ServerConfig {
     let (early_drop_start, early_drop_rate, max_handshakes) = match args.max_startups {
         Some((start, rate, full)) => (Some(start), rate, full),
         None => (None, 30, args.max_handshakes.unwrap_or(64)),
     };
-    let config = ServerConfig {
+    ServerConfig {
         handshake_timeout: secs(args.handshake_timeout),
         hello_timeout: secs(args.hello_timeout),
         max_handshakes: max_handshakes.max(1),
@@ -382,83 +497,7 @@ pub async fn run(args: ServeArgs) -> ExitCode {
             ..ThrottleConfig::default()
         },
         revalidate: Some(secs(args.revalidate)).filter(|d| !d.is_zero()),
-    };
-    descriptors(fd_limit::Budget {
-        sessions: config.max_sessions as u64,
-        handshakes: config.max_handshakes as u64,
-        pending: config.max_pending as u64,
-        admin: admin_config.as_ref().map_or(0, |c| {
-            tether_server::admin::listener::descriptors(c.max_connections) as u64
-        }),
-        database: db_connections,
-    });
-    let listen = with_default_port(&args.listen, tether_core::frame::DEFAULT_PORT);
-    let server = match Server::bind(
-        listen.as_str(),
-        config,
-        store,
-        match &forwarder {
-            Some(f) => DefaultRealm::new().forward_to(f.clone()),
-            None => DefaultRealm::new(),
-        },
-        secret,
-    )
-    .await
-    {
-        Ok(s) => s.with_noise_keys(noise_keys),
-        Err(e) => {
-            eprintln!("tether serve: cannot listen on {listen}: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let handle = server.handle();
-    #[cfg(unix)]
-    let reload = Reload {
-        store: store_for_reload,
-        noise: server.noise_keys(),
-        server_key_file: args.server_key_file.clone(),
-        require_encryption: args.require_encryption,
-    };
-    let admin = match (&args.admin, admin_config) {
-        (Some(addr), Some(config)) => match Admin::new(&server, config)
-            .bind(&with_default_port(addr, 7421))
-            .await
-        {
-            Ok(admin) => {
-                let handle = handle.clone();
-                Some(tokio::spawn(
-                    admin.run(async move { handle.shutting_down().await }),
-                ))
-            }
-            Err(e) => {
-                eprintln!("tether serve: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        _ => None,
-    };
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        info!("signal received: shutting down gracefully");
-        let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-        handle.shutdown();
-    });
-    #[cfg(unix)]
-    tokio::spawn(reload_on_sighup(reload));
-    // systemd's Type=notify: listening (and the admin API too) from now on.
-    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    if let Some(f) = &forwarder {
-        tether_server::forward::log_start(f);
     }
-    server.run().await;
-    if let Some(f) = forwarder {
-        // The sessions' last events (`disconnected`) are queued by now.
-        f.close(tether_server::forward::CLOSE_GRACE).await;
-    }
-    if let Some(admin) = admin {
-        let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
-    }
-    ExitCode::SUCCESS
 }
 
 /// Raises the soft file descriptor limit to the hard one and warns when the
@@ -485,30 +524,52 @@ fn descriptors(budget: fd_limit::Budget) {
     }
 }
 
-/// What SIGHUP changes in a running server.
+/// The server key file SIGHUP reads again (at the path the server started
+/// with): a key rotation takes effect for the logins that follow.
 #[cfg(unix)]
-struct Reload {
-    store: Arc<Store>,
+struct ServerKeyFile {
     noise: tether_server::NoiseKeys,
-    server_key_file: PathBuf,
+    path: PathBuf,
     require_encryption: bool,
 }
 
-/// SIGHUP: the command line is parsed again with the configuration file
-/// read anew, and what can change without dropping sessions changes: the
-/// log filter (`log_level`) and the log line limits (`log_limit_burst`,
-/// `log_limit_interval`). The server key file (its path as at start) is
-/// read again too: a key rotation (`tether keys --server --rotate`,
-/// `--retire-previous`) takes effect for the logins that follow. Other
-/// settings need a restart.
 #[cfg(unix)]
-async fn reload_on_sighup(reload: Reload) {
-    let Reload {
-        store,
-        noise,
-        server_key_file,
-        require_encryption,
-    } = reload;
+impl ServerKeyFile {
+    /// Reads the file and hands its keys to the server; a file that cannot
+    /// be read leaves the keys as they are.
+    fn reload(&self) {
+        let path = self.path.display();
+        match tether_server::server_key::load(&self.path) {
+            Ok(keys) => {
+                let public = tether_server::server_key::public_hex(&keys).unwrap_or_default();
+                let previous = tether_server::server_key::previous_public_hex(&keys);
+                info!(file = %path, %public, previous = previous.as_deref().unwrap_or("none"),
+                    "SIGHUP: server static key (v2) reloaded");
+                self.noise.replace(tether_core::connection::ServerKeys {
+                    require_encryption: self.require_encryption,
+                    ..keys
+                });
+            }
+            Err(e) => warn!(file = %path, error = %e,
+                "SIGHUP: cannot read the server key file; the keys are unchanged"),
+        }
+    }
+}
+
+/// SIGHUP: the command line is parsed again with the configuration file
+/// read anew, and the keys in [`RELOADABLE`] that changed take effect
+/// without dropping a session (the log filter and line limits at once; the
+/// server's through [`ServerHandle::reload`]). Any other key that changed
+/// is logged as needing a restart and keeps its value. The server key file
+/// is read again too (a rotation: `tether keys --server --rotate`,
+/// `--retire-previous`).
+#[cfg(unix)]
+async fn reload_on_sighup(
+    store: Arc<Store>,
+    server: tether_server::ServerHandle,
+    mut current: super::config::Values,
+    key_file: ServerKeyFile,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         warn!("cannot listen for SIGHUP: no reloading");
@@ -517,39 +578,49 @@ async fn reload_on_sighup(reload: Reload) {
     while hup.recv().await.is_some() {
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
         match super::reparse_serve() {
-            Ok(args) => {
-                let filter = match super::set_log_filter(args.log_level.as_deref()) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        warn!(error = %e, "SIGHUP: log filter unchanged");
-                        String::from("(unchanged)")
-                    }
-                };
-                store.metrics().log_limit().configure(LogLimitConfig {
-                    burst: args.log_limit_burst,
-                    interval: secs(args.log_limit_interval),
-                });
-                info!(log_level = %filter, log_limit_burst = args.log_limit_burst,
-                    log_limit_interval = args.log_limit_interval,
-                    "SIGHUP: configuration reloaded (log filter, log line limits)");
-            }
+            Ok(args) => reload(&store, &server, &mut current, args),
             Err(e) => warn!(error = %e, "SIGHUP: configuration not reloaded"),
         }
-        match tether_server::server_key::load(&server_key_file) {
-            Ok(keys) => {
-                let public = tether_server::server_key::public_hex(&keys).unwrap_or_default();
-                let previous = tether_server::server_key::previous_public_hex(&keys);
-                info!(file = %server_key_file.display(), %public,
-                    previous = previous.as_deref().unwrap_or("none"),
-                    "SIGHUP: server static key (v2) reloaded");
-                noise.replace(tether_core::connection::ServerKeys {
-                    require_encryption,
-                    ..keys
-                });
-            }
-            Err(e) => warn!(file = %server_key_file.display(), error = %e,
-                "SIGHUP: cannot read the server key file; the keys are unchanged"),
-        }
+        key_file.reload();
         let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+    }
+}
+
+/// Applies what `args` changes that can change live; `current` becomes
+/// the values in effect.
+#[cfg(unix)]
+fn reload(
+    store: &Store,
+    server: &tether_server::ServerHandle,
+    current: &mut super::config::Values,
+    args: ServeArgs,
+) {
+    let changed = super::config::changed(current, &args.values);
+    let (live, restart): (Vec<&str>, Vec<&str>) =
+        changed.into_iter().partition(|k| RELOADABLE.contains(k));
+    let (live, restart) = (live.join(","), restart.join(","));
+    let filter = match super::set_log_filter(args.log_level.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            warn!(error = %e, "SIGHUP: log filter unchanged");
+            String::from("(unchanged)")
+        }
+    };
+    store.metrics().log_limit().configure(LogLimitConfig {
+        burst: args.log_limit_burst,
+        interval: secs(args.log_limit_interval),
+    });
+    let reloaded = server.reload(server_config(&args));
+    info!(changed = %live, log_level = %filter, server = ?reloaded.applied,
+        "SIGHUP: configuration reloaded");
+    if !restart.is_empty() {
+        warn!(keys = %restart,
+            "SIGHUP: these settings changed but need a restart; they keep their value until then");
+    }
+    // What needs a restart stays as it was started.
+    for (key, value) in args.values {
+        if RELOADABLE.contains(&key.as_str()) {
+            current.insert(key, value);
+        }
     }
 }

@@ -703,6 +703,98 @@ async fn sighup_rereads_the_log_filter() {
     stop(child);
 }
 
+/// SIGHUP applies a changed session limit and throttle to the next logins
+/// while a session stays up, and names what needs a restart.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_limits_and_throttle_without_dropping_sessions() {
+    use tether_core::message::RefusalCode;
+    let db = Db::copy(DB);
+    let file = db.dir.path().join("tether.toml");
+    std::fs::write(&file, "max_sessions = 1\nthrottle_pair_failures = 5\n").unwrap();
+    let (child, rx) = spawn_serve(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--database",
+            &db.url(),
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        db.dir.path(),
+    );
+    let listening = lines_until(&rx, |l| l.contains("listening"));
+    let addr: std::net::SocketAddr = listening
+        .last()
+        .unwrap()
+        .rsplit("addr=")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Two wrong passwords: within the 5 free failures.
+    for _ in 0..2 {
+        let e = login(addr, "nobody", "wrong").await.unwrap_err();
+        assert_eq!(e.code(), Some(RefusalCode::Unauthorized));
+    }
+    let alice = password(DB, "alice");
+    let mut first = login(addr, "alice", alice).await.unwrap();
+    assert_eq!(first.echo("one").await, "one");
+    // One session at most: a second login is refused `busy`.
+    let e = login(addr, "alice", alice).await.unwrap_err();
+    assert_eq!(e.code(), Some(RefusalCode::Busy));
+    std::fs::write(
+        &file,
+        "max_sessions = 2\nthrottle_pair_failures = 2\nrevalidate = 5\n",
+    )
+    .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lines = lines_until(&rx, |l| l.contains("need a restart"));
+    let reloaded = lines
+        .iter()
+        .find(|l| l.contains("configuration reloaded"))
+        .unwrap_or_else(|| panic!("{lines:?}"));
+    assert!(
+        reloaded.contains("changed=max_sessions,throttle_pair_failures"),
+        "{reloaded}"
+    );
+    assert!(
+        lines.last().unwrap().contains("keys=revalidate"),
+        "{lines:?}"
+    );
+    // The new limit: a second session; the first is still up.
+    let mut second = login(addr, "alice", alice).await.unwrap();
+    assert_eq!(second.echo("two").await, "two");
+    assert_eq!(first.echo("still up").await, "still up");
+    // A third is beyond the new limit.
+    let e = login(addr, "alice", alice).await.unwrap_err();
+    assert_eq!(e.code(), Some(RefusalCode::Busy));
+    // The new throttle: the pair's two failures are its free ones now.
+    let e = login(addr, "nobody", "wrong").await.unwrap_err();
+    assert_eq!(e.code(), Some(RefusalCode::Throttled));
+    // A second SIGHUP with nothing new changes nothing, and still says
+    // what waits for a restart.
+    let status = Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let lines = lines_until(&rx, |l| l.contains("need a restart"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("configuration reloaded") && l.contains("server=[]")),
+        "{lines:?}"
+    );
+    assert_eq!(first.echo("after").await, "after");
+    drop((first, second));
+    stop(child);
+}
+
 /// deploy/tether.service's ExecStart line, run as systemd would run it
 /// (its paths pointed at this build and a temporary state directory):
 /// it serves, says READY=1 on NOTIFY_SOCKET once listening, STOPPING=1 on
@@ -1131,4 +1223,34 @@ async fn key_rotation_serves_both_keys_until_the_previous_is_retired() {
     .unwrap();
     assert!(!out.status.success());
     assert!(!db.dir.path().join("none.key").exists());
+}
+
+/// deploy/run-sandboxed: the unit's ExecStart line under the unit's
+/// restrictions applied by hand (namespaces, read-only mounts, uid 61184,
+/// no capabilities), against a Django SQLite database; a device logs in,
+/// stays connected and is called through the admin API.
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore = "needs root: mount and PID namespaces, setpriv to another uid"]
+fn the_unit_runs_under_its_sandbox_applied_by_hand() {
+    let out = Command::new(repo_root().join("deploy/run-sandboxed"))
+        .env("TETHER_BIN", TETHER)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for line in [
+        "uid 61184, NoNewPrivs 1, CapBnd 0000000000000000, CapEff 0000000000000000",
+        "user alice (id 1)",
+        "device_info -> ",
+        "tether-device/",
+        "the unit's ExecStart line serves under its restrictions",
+    ] {
+        assert!(
+            stdout.contains(line),
+            "missing {line:?}\n{stdout}\n{stderr}"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use tether_core::message::{GoodbyeReason, Message};
+use tether_core::message::{GoodbyeReason, Message, RefusalCode};
 use tether_core::method::Method;
 use tether_core::method::builtin::Echo;
 use tether_server::StoreConfig;
@@ -221,4 +221,148 @@ async fn get_status(addr: std::net::SocketAddr, path: &str, token: Option<&str>)
     let mut response = String::new();
     s.read_to_string(&mut response).await.unwrap();
     response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// A tokio byte stream as the device client's transport (embedded-io-async).
+struct DuplexTransport(tokio::io::BufReader<tokio::io::DuplexStream>);
+
+impl tether_firmware::embedded_io_async::ErrorType for DuplexTransport {
+    type Error = std::io::Error;
+}
+
+impl tether_firmware::embedded_io_async::Read for DuplexTransport {
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        tokio::io::AsyncReadExt::read(&mut self.0, buf).await
+    }
+}
+
+impl tether_firmware::embedded_io_async::ReadReady for DuplexTransport {
+    fn read_ready(&mut self) -> std::io::Result<bool> {
+        Ok(!self.0.buffer().is_empty())
+    }
+}
+
+impl tether_firmware::embedded_io_async::Write for DuplexTransport {
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        tokio::io::AsyncWriteExt::write(&mut self.0, buf).await
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        tokio::io::AsyncWriteExt::flush(&mut self.0).await
+    }
+}
+
+/// Logs `username` in over a `tokio::io::duplex` pipe whose server end is
+/// handed to the server as a connection from `peer`.
+async fn login_over_duplex<'b>(
+    handle: &tether_server::ServerHandle,
+    peer: std::net::SocketAddr,
+    buffers: tether_firmware::Buffers<'b>,
+    username: &str,
+    password: &str,
+) -> Result<
+    tether_firmware::Established<'b, DuplexTransport, tether_firmware::TokioClock>,
+    tether_firmware::Error<std::io::Error>,
+> {
+    let (device_end, server_end) = tokio::io::duplex(8 * 1024);
+    handle.serve_connection(server_end, peer);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
+    tether_firmware::Session::login(
+        DuplexTransport(tokio::io::BufReader::new(device_end)),
+        buffers,
+        tether_firmware::TokioClock::new(),
+        username,
+        tether_core::scram::ClientCredentials::Password(password),
+        &mut rng,
+        &tether_firmware::Config::default(),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_connection_over_any_byte_stream_logs_in_and_calls_both_ways() {
+    let db = Db::copy(DB);
+    let server = start_with(
+        StoreConfig::new(db.url()),
+        tether_server::ServerConfig {
+            throttle: tether_server::ThrottleConfig {
+                pair_free_failures: 1,
+                ..tether_server::ThrottleConfig::default()
+            },
+            ..test_config()
+        },
+        TestRealm::default(),
+    )
+    .await;
+    let peer: std::net::SocketAddr = "192.0.2.7:40000".parse().unwrap();
+    let mut store: tether_firmware::BufferStore = tether_firmware::BufferStore::new();
+    let mut login = login_over_duplex(
+        &server.handle,
+        peer,
+        store.buffers(),
+        "alice",
+        password(DB, "alice"),
+    )
+    .await
+    .unwrap();
+    // Device -> server.
+    let echoed = login
+        .session
+        .call::<Echo, _>(&"over a pipe", &mut ())
+        .await
+        .map(|s| s.to_string())
+        .map_err(|e| e.into_owned())
+        .unwrap();
+    assert_eq!(echoed, "over a pipe");
+    // The server sees the peer it was given.
+    let registry = server.realm.inner.registry();
+    let mind = registry.newest_of("alice").unwrap();
+    assert_eq!(mind.peer(), peer);
+    // Server -> device: the device answers while it serves.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let device = async {
+        let mut double = tether_firmware::Methods::new(()).method::<Double>(|_, n| Ok(n * 2));
+        let r = login.session.serve_until(&mut double, stop_rx).await;
+        (r.is_ok(), login)
+    };
+    let server_side = async {
+        let reply = mind.call::<Double>(&21).await.unwrap();
+        assert_eq!(reply.into_owned(), 42);
+        let _ = stop_tx.send(());
+    };
+    let ((served, mut login), ()) = tokio::join!(device, server_side);
+    assert!(served);
+    // The throttle keys on the peer given: one wrong password from it, and
+    // the next is throttled; another peer is not.
+    let mut other: tether_firmware::BufferStore = tether_firmware::BufferStore::new();
+    let bad = "192.0.2.8:40000".parse().unwrap();
+    for expected in [RefusalCode::Unauthorized, RefusalCode::Throttled] {
+        match login_over_duplex(&server.handle, bad, other.buffers(), "bob", "wrong").await {
+            Err(tether_firmware::Error::Refused { code, .. }) => assert_eq!(code, expected),
+            other => panic!("{other:?}"),
+        }
+    }
+    // Graceful shutdown waits for the connection handed in, and ends it.
+    server.handle.shutdown();
+    tokio::time::timeout(Duration::from_secs(15), server.join)
+        .await
+        .unwrap()
+        .unwrap();
+    let end = login
+        .session
+        .call::<Echo, _>(&"late", &mut ())
+        .await
+        .map(|s| s.to_string())
+        .map_err(|e| e.into_owned());
+    assert!(end.is_err(), "{end:?}");
+    // Handed in after shutdown: closed at once.
+    let (mut device_end, server_end) = tokio::io::duplex(1024);
+    server.handle.serve_connection(server_end, peer);
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        tokio::io::AsyncReadExt::read(&mut device_end, &mut byte)
+            .await
+            .unwrap(),
+        0
+    );
 }
