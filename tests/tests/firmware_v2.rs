@@ -402,6 +402,5 @@ async fn an_impostor_answering_the_noise_handshake_fails_it_and_the_device_sends
         "{e:?}"
     );
     assert!(e.to_string().contains("does not hold it"), "{e}");
-    drop(store);
     assert!(impostor.await.unwrap().is_empty());
 }
