@@ -26,6 +26,45 @@ pub struct Config {
     /// How long writing one frame may take before the session is given up
     /// (default 10 s).
     pub write_timeout: Duration,
+    /// The protocol a login speaks (feature `v2`): v1 unless configured
+    /// ([`with_server_key`](Self::with_server_key) or
+    /// [`with_unpinned_v2`](Self::with_unpinned_v2)).
+    #[cfg(feature = "v2")]
+    pub protocol: Protocol,
+}
+
+/// The protocol a login speaks (feature `v2`; docs/PROTOCOL.md, "Protocol
+/// version 2"). A v2 login never falls back to v1, nor from
+/// [`Pinned`](Self::Pinned) to [`Unpinned`](Self::Unpinned): a refusal
+/// ends it.
+#[cfg(feature = "v2")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// Protocol v1: SCRAM and authenticated (not encrypted) frames; the
+    /// username, method names, arguments and replies are readable on the
+    /// wire. The default, so that turning the feature on changes nothing
+    /// until a login is configured for v2.
+    #[default]
+    V1,
+    /// Protocol v2 over `Noise_NK`, towards the server's static public key
+    /// (32 bytes, `tether keys --server` prints it), pinned in the
+    /// firmware: everything after the device's ephemeral key is encrypted,
+    /// the username included, and only the holder of the key's private
+    /// half can answer. A server holding another key refuses
+    /// `unknown_key` ([`Error::Refused`](crate::Error::Refused), not
+    /// transient); an impostor's answer fails
+    /// ([`Error::Noise`](crate::Error::Noise)).
+    Pinned([u8; 32]),
+    /// Protocol v2 over `Noise_NN`: encrypted against an eavesdropper, but
+    /// the server is **not authenticated before SCRAM**. An active
+    /// attacker who answers the Noise handshake himself reads the hello
+    /// (the username) and the proof, with which he can run an offline
+    /// dictionary attack on the password; he still cannot complete the
+    /// login (the server's signature needs the account's Django row), so
+    /// the device stops there. Use it only until the server's key can be
+    /// pinned.
+    Unpinned,
 }
 
 impl Default for Config {
@@ -35,6 +74,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
+            #[cfg(feature = "v2")]
+            protocol: Protocol::V1,
         }
     }
 }
@@ -68,6 +109,28 @@ impl Config {
             write_timeout,
             ..self
         }
+    }
+
+    /// These settings with protocol v2 over `Noise_NK` towards
+    /// `server_key`, the server's static public key (feature `v2`; see
+    /// [`Protocol::Pinned`]).
+    #[cfg(feature = "v2")]
+    pub fn with_server_key(self, server_key: [u8; 32]) -> Self {
+        self.with_protocol(Protocol::Pinned(server_key))
+    }
+
+    /// These settings with protocol v2 over `Noise_NN`, which does not
+    /// authenticate the server before SCRAM (feature `v2`; see
+    /// [`Protocol::Unpinned`]).
+    #[cfg(feature = "v2")]
+    pub fn with_unpinned_v2(self) -> Self {
+        self.with_protocol(Protocol::Unpinned)
+    }
+
+    /// These settings with another protocol (feature `v2`).
+    #[cfg(feature = "v2")]
+    pub fn with_protocol(self, protocol: Protocol) -> Self {
+        Self { protocol, ..self }
     }
 
     /// The connection machine's part of these settings.

@@ -87,6 +87,13 @@ pub enum Error<E> {
     NoCallInFlight,
     /// The session already ended (an earlier error or goodbye); log in again.
     Ended,
+    /// Protocol v2 (feature `v2`): the server's Noise answer failed. With
+    /// a pinned key ([`Protocol::Pinned`](crate::Protocol::Pinned)),
+    /// [`NoiseError::Decrypt`](tether_core::noise::NoiseError::Decrypt)
+    /// means that whoever answered does not hold that key (an impostor) or
+    /// altered the answer. Nothing more was sent.
+    #[cfg(feature = "v2")]
+    Noise(tether_core::noise::NoiseError),
 }
 
 impl<E> Error<E> {
@@ -134,6 +141,8 @@ impl<E> Error<E> {
             Self::Buffer(d) => Error::Buffer(d),
             Self::NoCallInFlight => Error::NoCallInFlight,
             Self::Ended => Error::Ended,
+            #[cfg(feature = "v2")]
+            Self::Noise(e) => Error::Noise(e),
         }
     }
 }
@@ -159,6 +168,8 @@ impl<E> From<ConnectionError> for Error<E> {
             ConnectionError::Disconnected => Self::Disconnected,
             ConnectionError::HandshakeTimeout => Self::Timeout(TimeoutKind::Handshake),
             ConnectionError::IdleTimeout => Self::Timeout(TimeoutKind::Heartbeat),
+            #[cfg(feature = "v2")]
+            ConnectionError::Noise(e) => Self::Noise(e),
             _ => Self::Ended,
         }
     }
@@ -167,6 +178,13 @@ impl<E> From<ConnectionError> for Error<E> {
 impl<E: fmt::Debug> fmt::Display for Error<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            #[cfg(feature = "v2")]
+            Self::Refused {
+                code: RefusalCode::UnknownKey,
+                ..
+            } => f.write_str(
+                "login refused: unknown_key (the server holds no key matching the pinned server key: wrong or retired)",
+            ),
             Self::Refused {
                 code,
                 retry_after_secs: 0,
@@ -201,6 +219,12 @@ impl<E: fmt::Debug> fmt::Display for Error<E> {
             Self::Buffer(what) => write!(f, "buffer: {what}"),
             Self::NoCallInFlight => f.write_str("no call in flight"),
             Self::Ended => f.write_str("the session has ended"),
+            #[cfg(feature = "v2")]
+            Self::Noise(tether_core::noise::NoiseError::Decrypt) => f.write_str(
+                "Noise handshake failed: the server's answer does not authenticate (with a pinned key: whoever answered does not hold it)",
+            ),
+            #[cfg(feature = "v2")]
+            Self::Noise(e) => write!(f, "Noise handshake failed: {e}"),
         }
     }
 }

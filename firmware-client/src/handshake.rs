@@ -35,47 +35,16 @@ impl<T, C> core::fmt::Debug for Established<'_, T, C> {
     }
 }
 
-impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
-    /// Logs in over `transport` (connected) as `username`.
-    ///
-    /// Follows docs/CONNECTION.md: hello, challenge (nonce, iteration floor
-    /// and cached keys checked; with a password this runs PBKDF2 once),
-    /// proof, welcome (the server's signature checked: a server that cannot
-    /// prove itself is refused with [`Error::Login`] and nothing more is
-    /// sent). A refusal is [`Error::Refused`] with its code.
-    ///
-    /// `rng` provides the SCRAM nonce; it must be a real CSPRNG (the MCU's
-    /// TRNG, `getrandom` on a host).
-    pub async fn login<R: CryptoRng + ?Sized>(
-        transport: T,
-        buffers: Buffers<'b>,
-        clock: C,
-        username: &str,
-        credentials: ClientCredentials<'_>,
-        rng: &mut R,
-        config: &Config,
-    ) -> Result<Established<'b, T, C>, Error<T::Error>> {
-        let Buffers { rx, tx } = buffers;
-        let mut handshake = ClientHandshake::<MAX_CALLS_IN_FLIGHT>::new(
-            rx,
-            username,
-            credentials,
-            &config.connection(),
-            rng,
-        )
-        .map_err(|e| match e {
-            ConnectionError::Frame(_) => Error::Buffer("rx must hold at least 512 bytes"),
-            e => Error::from(e),
-        })?;
-        let mut io = Io {
-            transport,
-            clock,
-            write_timeout_ms: ms(config.write_timeout),
-            unflushed: false,
-        };
+/// Runs a login machine (v1's `ClientHandshake`, or with the feature `v2`
+/// the `Machine` of either version) to its end over `$io`
+/// (docs/CONNECTION.md): what it owes is written, the server's answers
+/// read, its deadline kept. Evaluates to the login's result. A macro, so
+/// that the probe's loop and the v1 build stay as they were.
+macro_rules! drive {
+    ($handshake:ident, $io:ident, $tx:ident, $config:ident) => {{
         let established = loop {
-            let now = io.now();
-            match handshake.poll(now) {
+            let now = $io.now();
+            match $handshake.poll(now) {
                 Ok(Some(established)) => break established,
                 Ok(None) => {}
                 Err(e) => {
@@ -85,16 +54,18 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
                     return Err(e.into());
                 }
             }
-            if let Some(frame) = handshake.poll_transmit(now, tx) {
-                io.send(frame, true).await?;
+            if let Some(frame) = $handshake.poll_transmit(now, $tx) {
+                $io.send(frame, true).await?;
             }
-            let wake = handshake.poll_timeout().map_or(u64::MAX, |t| t.as_millis());
-            let read = io.transport.read(handshake.receive_buffer());
-            match select(read, io.clock.sleep_until_ms(wake)).await {
-                Either::First(Ok(0)) => return Err(handshake.handle_eof().into()),
-                Either::First(Ok(n)) => handshake.commit(n),
+            let wake = $handshake
+                .poll_timeout()
+                .map_or(u64::MAX, |t| t.as_millis());
+            let read = $io.transport.read($handshake.receive_buffer());
+            match select(read, $io.clock.sleep_until_ms(wake)).await {
+                Either::First(Ok(0)) => return Err($handshake.handle_eof().into()),
+                Either::First(Ok(n)) => $handshake.commit(n),
                 Either::First(Err(e)) => return Err(Error::Transport(e)),
-                Either::Second(()) => handshake.handle_timeout(io.now()),
+                Either::Second(()) => $handshake.handle_timeout($io.now()),
             }
         };
         let conn = established.connection;
@@ -105,14 +76,180 @@ impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
         );
         Ok(Established {
             session: Session {
-                io,
+                io: $io,
                 conn,
-                tx,
-                call_timeout_ms: ms(config.call_timeout),
+                tx: $tx,
+                call_timeout_ms: ms($config.call_timeout),
             },
             keys: established.keys,
             derived: established.derived,
         })
+    }};
+}
+
+impl<'b, T: Read + Write + ReadReady, C: Clock> Session<'b, T, C> {
+    /// Logs in over `transport` (connected) as `username`.
+    ///
+    /// Follows docs/CONNECTION.md: hello, challenge (nonce, iteration floor
+    /// and cached keys checked; with a password this runs PBKDF2 once),
+    /// proof, welcome (the server's signature checked: a server that cannot
+    /// prove itself is refused with [`Error::Login`] and nothing more is
+    /// sent). A refusal is [`Error::Refused`] with its code.
+    ///
+    /// With the feature `v2` and `Config::protocol` set to v2 (see
+    /// `Config::with_server_key`), the login is protocol v2's: a Noise
+    /// handshake (`Noise_NK` towards the pinned key, or `Noise_NN`), then
+    /// the same SCRAM exchange bound to it in sealed frames; the session is
+    /// sealed. A server that does not hold the pinned key refuses
+    /// `unknown_key` ([`Error::Refused`]); an answer that fails the Noise
+    /// handshake is `Error::Noise`. It never falls back to v1.
+    ///
+    /// `rng` provides the SCRAM nonce (and with v2 the ephemeral key); it
+    /// must be a real CSPRNG (the MCU's TRNG, `getrandom` on a host).
+    pub async fn login<R: CryptoRng + ?Sized>(
+        transport: T,
+        buffers: Buffers<'b>,
+        clock: C,
+        username: &str,
+        credentials: ClientCredentials<'_>,
+        rng: &mut R,
+        config: &Config,
+    ) -> Result<Established<'b, T, C>, Error<T::Error>> {
+        let Buffers { rx, tx } = buffers;
+        // v1's machine alone without the feature, so that the v1 build is
+        // what it was; with it, either machine in one local (an enum: the
+        // login's state holds the larger, not both).
+        #[cfg(feature = "v2")]
+        let mut handshake = match v2_server_key(&config.protocol) {
+            Some(server_key) => Machine::V2(
+                tether_core::connection::ClientHandshakeV2::<MAX_CALLS_IN_FLIGHT>::new(
+                    rx,
+                    username,
+                    credentials,
+                    server_key,
+                    &config.connection(),
+                    rng,
+                )
+                .map_err(buffer_error)?,
+            ),
+            None => Machine::V1(
+                ClientHandshake::<MAX_CALLS_IN_FLIGHT>::new(
+                    rx,
+                    username,
+                    credentials,
+                    &config.connection(),
+                    rng,
+                )
+                .map_err(buffer_error)?,
+            ),
+        };
+        #[cfg(not(feature = "v2"))]
+        let mut handshake = ClientHandshake::<MAX_CALLS_IN_FLIGHT>::new(
+            rx,
+            username,
+            credentials,
+            &config.connection(),
+            rng,
+        )
+        .map_err(buffer_error)?;
+        let mut io = Io {
+            transport,
+            clock,
+            write_timeout_ms: ms(config.write_timeout),
+            unflushed: false,
+        };
+        drive!(handshake, io, tx, config)
+    }
+}
+
+/// The login machine of a `v2` build: v1's or v2's (the same methods).
+#[cfg(feature = "v2")]
+#[allow(clippy::large_enum_variant)]
+enum Machine<'b, 'c> {
+    V1(ClientHandshake<'b, 'c, MAX_CALLS_IN_FLIGHT>),
+    V2(tether_core::connection::ClientHandshakeV2<'b, 'c, MAX_CALLS_IN_FLIGHT>),
+}
+
+/// Forwards each method the login uses to the machine.
+#[cfg(feature = "v2")]
+impl<'b> Machine<'b, '_> {
+    fn poll(
+        &mut self,
+        now: tether_core::connection::Instant,
+    ) -> Result<
+        Option<tether_core::connection::Established<'b, MAX_CALLS_IN_FLIGHT>>,
+        ConnectionError,
+    > {
+        match self {
+            Self::V1(h) => h.poll(now),
+            Self::V2(h) => h.poll(now),
+        }
+    }
+
+    fn poll_transmit<'o>(
+        &mut self,
+        now: tether_core::connection::Instant,
+        out: &'o mut [u8],
+    ) -> Option<&'o [u8]> {
+        match self {
+            Self::V1(h) => h.poll_transmit(now, out),
+            Self::V2(h) => h.poll_transmit(now, out),
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<tether_core::connection::Instant> {
+        match self {
+            Self::V1(h) => h.poll_timeout(),
+            Self::V2(h) => h.poll_timeout(),
+        }
+    }
+
+    fn receive_buffer(&mut self) -> &mut [u8] {
+        match self {
+            Self::V1(h) => h.receive_buffer(),
+            Self::V2(h) => h.receive_buffer(),
+        }
+    }
+
+    fn commit(&mut self, n: usize) {
+        match self {
+            Self::V1(h) => h.commit(n),
+            Self::V2(h) => h.commit(n),
+        }
+    }
+
+    fn handle_eof(&mut self) -> ConnectionError {
+        match self {
+            Self::V1(h) => h.handle_eof(),
+            Self::V2(h) => h.handle_eof(),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: tether_core::connection::Instant) {
+        match self {
+            Self::V1(h) => h.handle_timeout(now),
+            Self::V2(h) => h.handle_timeout(now),
+        }
+    }
+}
+
+/// A v2 login's server key: `Some(Some(key))` for NK, `Some(None)` for NN,
+/// `None` for v1.
+#[cfg(feature = "v2")]
+fn v2_server_key(protocol: &crate::config::Protocol) -> Option<Option<&[u8; 32]>> {
+    use crate::config::Protocol;
+    match protocol {
+        Protocol::V1 => None,
+        Protocol::Pinned(key) => Some(Some(key)),
+        Protocol::Unpinned => Some(None),
+    }
+}
+
+/// The login machine's error for a receive buffer it cannot use.
+fn buffer_error<E>(e: ConnectionError) -> Error<E> {
+    match e {
+        ConnectionError::Frame(_) => Error::Buffer("rx must hold at least 512 bytes"),
+        e => Error::from(e),
     }
 }
 
@@ -176,10 +313,7 @@ where
         &config.connection(),
         rng,
     )
-    .map_err(|e| match e {
-        ConnectionError::Frame(_) => Error::Buffer("rx must hold at least 512 bytes"),
-        e => Error::from(e),
-    })?;
+    .map_err(buffer_error)?;
     let mut io = Io {
         transport,
         clock,

@@ -14,7 +14,7 @@
 //!
 //! | piece | what |
 //! |---|---|
-//! | [`Session::login`] | password or cached-keys login; returns the keys to persist |
+//! | [`Session::login`] | password or cached-keys login (v1, or v2 with the feature `v2`); returns the keys to persist |
 //! | [`Session::call`], [`Session::send_call`] + [`Session::next_reply`] | typed calls ([`Method`](tether_core::method::Method)) with timeouts, several in flight |
 //! | [`Session::notify`], [`Handler::on_notify`] | notifications both ways |
 //! | [`Handler`] | the mind: answers the server's calls, served while idle and while the device waits for its own replies |
@@ -162,7 +162,34 @@
 //! `std` (host adapter over tokio, `TokioClock`), `embassy-time`
 //! (`EmbassyClock`), `embassy-net` (the reconnecting TcpSocket helper),
 //! `dns` (the server by name), `storage` (username and keys in NOR flash),
-//! `defmt` / `log` (logging; silent without them).
+//! `v2` (protocol v2: encrypted sessions, see below), `defmt` / `log`
+//! (logging; silent without them).
+//!
+//! ## Protocol v2 (feature `v2`)
+//!
+//! v1 authenticates both ends and every frame, but what a device sends is
+//! readable on the wire, its username included. With the feature `v2`, a
+//! login configured for it runs a Noise handshake first, SCRAM bound to it,
+//! and every frame after is sealed with ChaCha20-Poly1305
+//! (docs/PROTOCOL.md, "Protocol version 2"); calls, notifications and
+//! heartbeats are the same API.
+//!
+//! - `Config::with_server_key(key)` (`Protocol::Pinned`): `Noise_NK`
+//!   towards the server's static public key (`tether keys --server` prints
+//!   it), pinned in the firmware. Nothing after the device's ephemeral key
+//!   is readable, the username included, and only the key's holder can
+//!   answer; a server holding another key refuses `unknown_key`.
+//! - `Config::with_unpinned_v2()` (`Protocol::Unpinned`): `Noise_NN`,
+//!   only when asked: encrypted, but **the server is not authenticated
+//!   before SCRAM**, so an active attacker can read the username and the
+//!   proof (and attack the password offline), though not complete the
+//!   login.
+//! - Otherwise the login is v1, feature or not. A v2 login never falls
+//!   back to v1.
+//!
+//! Without the feature none of the v2 code is compiled (the v1 flash
+//! budget); with it, both patterns and v1 are in the build. Its flash,
+//! stack and the handshake's time on a Cortex-M4 are in the README.
 //!
 //! ## Caveat
 //!
@@ -219,6 +246,8 @@ pub use clock::EmbassyClock;
 #[cfg(feature = "std")]
 pub use clock::TokioClock;
 pub use config::Config;
+#[cfg(feature = "v2")]
+pub use config::Protocol;
 pub use dispatch::{Methods, NoRoute, Refusal, Route, Routes};
 #[cfg(feature = "alloc")]
 pub use error::OwnedCallError;

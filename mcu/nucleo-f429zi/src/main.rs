@@ -62,6 +62,14 @@ const USERNAME: &str = "sensor-7";
 /// a device provisioned at the factory (the password never reaches it).
 #[cfg_attr(feature = "baseline", allow(dead_code))]
 const PASSWORD: Option<&str> = Some("change me");
+/// Protocol v2 (feature `v2`): the server's static public key, pinned
+/// (`tether keys --server` prints it): the login runs Noise_NK and every
+/// frame is encrypted. Replace it with your server's.
+#[cfg(feature = "v2")]
+const SERVER_KEY: [u8; 32] = [
+    0x8f, 0x40, 0xc5, 0xad, 0xb6, 0x8f, 0x25, 0x62, 0x4a, 0xe5, 0xb2, 0x14, 0xea, 0x76, 0x7a, 0x6e,
+    0xc9, 0x4d, 0x82, 0x9d, 0x3d, 0x7b, 0x5e, 0x1a, 0xd1, 0xba, 0x6f, 0x3e, 0x21, 0x38, 0x28, 0x5f,
+];
 const MAC_ADDR: [u8; 6] = [0x02, 0x00, 0x54, 0x45, 0x54, 0x48];
 
 /// The key store's region, as offsets into flash bank 2's 128 KiB sectors
@@ -185,6 +193,15 @@ mod app {
     use tether_firmware::embassy::{Account, HostName, Link};
     use tether_firmware::storage::{KeyStore, StorageError, Stored};
     use tether_firmware::{Backoff, BufferStore, Config, Error, Handler, Request, Responded, Responder};
+
+    /// The client's settings: Django 4.2's iteration floor; with feature
+    /// `v2`, protocol v2 towards the pinned server key.
+    fn config() -> Config {
+        let config = Config::default().with_min_iterations(600_000);
+        #[cfg(feature = "v2")]
+        let config = config.with_server_key(super::SERVER_KEY);
+        config
+    }
 
     use super::*;
 
@@ -382,7 +399,7 @@ mod app {
             &mut sock_tx,
             store_buf.buffers(),
             account,
-            Config::default().with_min_iterations(600_000),
+            config(),
             Backoff::default(),
         );
         #[cfg(all(feature = "first-login", not(feature = "app-minimal")))]

@@ -68,9 +68,21 @@ pub struct RealServer {
     pub registry: Registry,
     pub events: tokio::sync::mpsc::UnboundedReceiver<RealmEvent>,
     pub join: tokio::task::JoinHandle<()>,
+    pub store: Arc<Store>,
 }
 
 pub async fn start_server(db: &Db, bind: &str, heartbeat: Duration) -> RealServer {
+    start_server_with(db, bind, heartbeat, None).await
+}
+
+/// [`start_server`] speaking protocol v2 too with `noise` (its static keys,
+/// and whether v1 is refused, as `tether serve --require-encryption`).
+pub async fn start_server_with(
+    db: &Db,
+    bind: &str,
+    heartbeat: Duration,
+    noise: Option<tether_core::connection::ServerKeys>,
+) -> RealServer {
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
     let realm = DefaultRealm::new().ask_device_info(true).with_events(tx);
     let registry = realm.registry();
@@ -87,15 +99,18 @@ pub async fn start_server(db: &Db, bind: &str, heartbeat: Duration) -> RealServe
         codename: "connect".into(),
     });
     let store = Arc::new(Store::open(store).unwrap());
-    let server = Server::bind(
+    let mut server = Server::bind(
         bind,
         config,
-        store,
+        store.clone(),
         realm,
         ServerSecret::from_value("firmware end-to-end test secret").unwrap(),
     )
     .await
     .unwrap();
+    if let Some(keys) = noise {
+        server = server.with_noise_keys(keys);
+    }
     let addr = server.local_addr();
     let handle = server.handle();
     let join = tokio::spawn(server.run());
@@ -105,10 +120,20 @@ pub async fn start_server(db: &Db, bind: &str, heartbeat: Duration) -> RealServe
         registry,
         events,
         join,
+        store,
     }
 }
 
 impl RealServer {
+    /// One series of the server's Prometheus metrics, e.g.
+    /// `tether_logins_by_protocol_total{version="2"}`; 0 when absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.store.metrics().render();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// The next realm event, within 30 s.
     pub async fn event(&mut self) -> RealmEvent {
         tokio::time::timeout(Duration::from_secs(30), self.events.recv())
