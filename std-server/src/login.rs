@@ -83,6 +83,10 @@ struct Conn {
     stream: Stream,
     peer: SocketAddr,
     metrics: Metrics,
+    /// The session place this login holds once it asked for one: given
+    /// back before a refusal is written, so that a device retrying at once
+    /// does not find it still taken.
+    slot: Option<SessionSlot>,
 }
 
 impl Conn {
@@ -172,6 +176,7 @@ impl Conn {
         reason: &'static str,
         detail: &str,
     ) -> LoginEnd {
+        self.slot = None;
         let user = Untrusted(username.unwrap_or("-"));
         let detail = Untrusted(detail);
         if self.metrics.log_limit().allow(Noisy::LoginRefused) {
@@ -253,6 +258,7 @@ pub(crate) async fn handshake<R: Realm>(
         stream,
         peer,
         metrics: shared.metrics.clone(),
+        slot: None,
     };
     let zero = Duration::ZERO;
 
@@ -293,7 +299,8 @@ pub(crate) async fn handshake<R: Realm>(
             .refuse(RefusalCode::Busy, Duration::from_secs(1), user, why)
             .await);
     }
-    let Some(session_permit) = shared.settings.sessions.try_take() else {
+    conn.slot = shared.settings.sessions.try_take();
+    if conn.slot.is_none() {
         return Err(conn
             .refuse(
                 RefusalCode::Busy,
@@ -302,7 +309,7 @@ pub(crate) async fn handshake<R: Realm>(
                 "too many sessions",
             )
             .await);
-    };
+    }
     let row = match shared.store.lookup(&typed).await {
         Ok(row) => row,
         Err(e) => {
@@ -461,8 +468,15 @@ pub(crate) async fn handshake<R: Realm>(
     };
     let mut out = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
     let Conn {
-        mut hs, mut stream, ..
+        mut hs,
+        mut stream,
+        slot,
+        ..
     } = conn;
+    let Some(session_permit) = slot else {
+        // Taken above, before any step that returns without a refusal.
+        return Err(LoginEnd::Closed);
+    };
     let protocol = hs.protocol_version();
     let pattern = hs.noise_pattern().map_or("none", |p| match p {
         tether_core::noise::Pattern::Nn => "NN",
