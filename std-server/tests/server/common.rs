@@ -29,6 +29,14 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+/// Held by the ignored tests that share one PostgreSQL or MariaDB database
+/// and change its users (a temporary row, `last_login`), so that a test
+/// counting the rows (`Store::census`) never sees another test's row.
+pub async fn shared_database() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

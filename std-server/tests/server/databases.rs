@@ -51,6 +51,7 @@ async fn code(addr: SocketAddr, name: &str, password: &str) -> Result<(), Refusa
 }
 
 async fn django_semantics(url: &str) {
+    let _shared = shared_database().await;
     sql(url, "UPDATE auth_user SET last_login = NULL").await;
     let server = start_with(StoreConfig::new(url), test_config(), DefaultRealm::new()).await;
     let addr = server.addr;

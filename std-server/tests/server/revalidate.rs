@@ -243,6 +243,7 @@ async fn the_admin_api_revokes_a_user_at_once_and_forgets_its_cached_row() {
 /// On a shared database (the other ignored tests use its users): a user
 /// of its own, a copy of alice's row.
 async fn revoked_on(url: &str) {
+    let _shared = shared_database().await;
     let db_sql = |statement: &'static str| {
         let url = url.to_string();
         async move {
