@@ -55,6 +55,10 @@ enum Cmd {
         clients: usize,
         #[arg(long, default_value_t = 5.0)]
         secs: f64,
+        /// The server's key file (`tether serve --server-key-file`): for
+        /// `login-nk`.
+        #[arg(long)]
+        server_key_file: Option<PathBuf>,
     },
     /// Floods `tether serve --admin` with half-open HTTP requests, repeatedly,
     /// while a device logs in and `/healthz` is asked (issue 13, item 2).
@@ -114,6 +118,12 @@ enum Workload {
     S2dSeq,
     /// server->device calls, 64 in flight (against `lib-server`)
     S2dPipe64,
+    /// the `v2` stage's login (tether-core client) over v1
+    LoginCoreV1,
+    /// the `v2` stage's login over v2 NK (needs `--server-key-file`)
+    LoginNk,
+    /// the `v2` stage's login over v2 NN
+    LoginNn,
     /// bare connection + two 120-byte round trips (against `bare-server`)
     BareConn,
     /// bare sequential 64-byte echo (against `bare-server`)
@@ -138,7 +148,8 @@ fn main() -> ExitCode {
                 what,
                 clients,
                 secs,
-            } => load_one(addr, &manifest, what, clients, secs).await,
+                server_key_file,
+            } => load_one(addr, &manifest, what, clients, secs, server_key_file).await,
             Cmd::AdminFlood(args) => flood::admin_flood(args).await,
             Cmd::FloodClient {
                 addr,
@@ -194,6 +205,7 @@ async fn load_one(
     what: Workload,
     clients: usize,
     secs: f64,
+    server_key_file: Option<PathBuf>,
 ) -> Result<(), String> {
     let users = Arc::new(Users::derive(&Manifest::load(manifest)?)?);
     let (warmup, measure) = (Duration::from_millis(200), Duration::from_secs_f64(secs));
@@ -222,6 +234,23 @@ async fn load_one(
         Workload::S2dSeq => libserver::server_to_device(addr, &users, 1, warmup, measure).await?,
         Workload::S2dPipe64 => {
             libserver::server_to_device(addr, &users, 64, warmup, measure).await?
+        }
+        Workload::LoginCoreV1 | Workload::LoginNk | Workload::LoginNn => {
+            use tether_test_support::client::Protocol;
+            let protocol = match what {
+                Workload::LoginCoreV1 => Protocol::V1,
+                Workload::LoginNn => Protocol::V2(None),
+                _ => {
+                    let file = server_key_file.ok_or("login-nk needs --server-key-file")?;
+                    Protocol::V2(Some(v2::public_key(&file)?))
+                }
+            };
+            let u = users.clone();
+            load::drive(clients, w, move |i| {
+                let u = u.clone();
+                async move { v2::login(addr, &u, i, protocol).await }
+            })
+            .await
         }
         Workload::BareConn => load::drive(clients, w, move |_| load::bare_connection(addr)).await,
         Workload::BareEcho => load::bare_echo(addr, w).await?,

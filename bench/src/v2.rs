@@ -27,8 +27,11 @@ const RX: usize = 4096;
 pub struct Results {
     /// Bare connection + two 120-byte round trips, 64 clients.
     pub floor: Throughput,
-    /// Logins at 64 clients by protocol: v1, v2 NK, v2 NN.
-    pub logins: Vec<(&'static str, Throughput)>,
+    /// The floor's CPU over its windows: the bare server's, the clients'.
+    pub floor_cpu: Cpu,
+    /// Logins at 64 clients by protocol: v1, v2 NK, v2 NN, with the CPU
+    /// `tether serve` and the clients used over their windows.
+    pub logins: Vec<(&'static str, Throughput, Cpu)>,
     /// Sequential calls over v1.
     pub calls_v1: Throughput,
     /// Sequential calls over v2 (NK).
@@ -147,6 +150,56 @@ pub async fn calls_sequential(
     Ok(Throughput::from_samples(samples, window.secs()))
 }
 
+/// CPU time (user + system) over a stage's windows: the server's process
+/// and the clients' (this process: the load runs here), read from
+/// /proc/PID/stat as the hostile stage does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cpu {
+    pub server: Duration,
+    pub clients: Duration,
+}
+
+impl Cpu {
+    fn add(self, other: Self) -> Self {
+        Self {
+            server: self.server + other.server,
+            clients: self.clients + other.clients,
+        }
+    }
+
+    /// How many cores the server and the clients kept busy together over
+    /// `t`'s windows.
+    pub fn cores(&self, t: &Throughput) -> f64 {
+        (self.server + self.clients).as_secs_f64() / t.secs.max(1e-9)
+    }
+
+    /// `server + clients`, each per operation of `t`.
+    pub fn per_op(&self, t: &Throughput) -> (Duration, Duration) {
+        let n = t.count.max(1) as u32;
+        (self.server / n, self.clients / n)
+    }
+}
+
+/// Runs `drive` while reading the CPU `server` and this process use in
+/// `w`.
+async fn measured<D>(server: u32, w: Window, drive: D) -> Result<(Throughput, Cpu), String>
+where
+    D: Future<Output = Throughput>,
+{
+    let (t, cpu) = tokio::join!(
+        drive,
+        crate::forward::cpu_in(vec![server, std::process::id()], w)
+    );
+    let cpu = cpu?;
+    Ok((
+        t,
+        Cpu {
+            server: cpu[0],
+            clients: cpu[1],
+        },
+    ))
+}
+
 fn merge(a: Option<Throughput>, b: Throughput) -> Throughput {
     match a {
         Some(a) => a.merge(b),
@@ -156,7 +209,7 @@ fn merge(a: Option<Throughput>, b: Throughput) -> Throughput {
 
 /// The server's current public key, from the key file `tether serve`
 /// made.
-fn public_key(file: &Path) -> Result<[u8; 32], String> {
+pub fn public_key(file: &Path) -> Result<[u8; 32], String> {
     let keys = tether_server::server_key::load(file)
         .map_err(|e| format!("server key {}: {e}", file.display()))?;
     keys.current
@@ -183,41 +236,67 @@ pub async fn measure(
     let (server, addr) = tether_serve(a, "serve-v2-logins.log", &extra).await?;
     let key = public_key(&key_file)?;
     let mut floor = None::<Throughput>;
-    let mut logins: Vec<(&'static str, Option<Throughput>)> =
-        protocols(key).iter().map(|(l, _)| (*l, None)).collect();
+    let mut floor_cpu = Cpu::default();
+    let mut logins: Vec<(&'static str, Option<Throughput>, Cpu)> = protocols(key)
+        .iter()
+        .map(|(l, _)| (*l, None, Cpu::default()))
+        .collect();
     for round in 1..=rounds {
         say(&format!(
             "v2 round {round}/{rounds}: bare connections vs logins v1, v2 NK, v2 NN, 64 clients"
         ));
         let w = Window::new(login_window.0, login_window.1);
-        let t = load::drive(64, w, move |_| load::bare_connection(bare_addr)).await;
+        let (t, cpu) = measured(
+            bare.pid(),
+            w,
+            load::drive(64, w, move |_| load::bare_connection(bare_addr)),
+        )
+        .await?;
         t.check("bare connection + 2 round trips, 64 clients")?;
         floor = Some(merge(floor.take(), t));
+        floor_cpu = floor_cpu.add(cpu);
         for (slot, (label, protocol)) in logins.iter_mut().zip(protocols(key)) {
             let w = Window::new(login_window.0, login_window.1);
             let u = users.clone();
-            let t = load::drive(64, w, move |i| {
-                let u = u.clone();
-                async move { login(addr, &u, i, protocol).await }
-            })
-            .await;
+            let (t, cpu) = measured(
+                server.pid(),
+                w,
+                load::drive(64, w, move |i| {
+                    let u = u.clone();
+                    async move { login(addr, &u, i, protocol).await }
+                }),
+            )
+            .await?;
             t.check(&format!("{label} logins at 64 clients"))?;
             slot.1 = Some(merge(slot.1.take(), t));
+            slot.2 = slot.2.add(cpu);
         }
     }
     drop(server);
     drop(bare);
     let floor = floor.ok_or("no round")?;
-    let logins: Vec<(&'static str, Throughput)> = logins
+    let logins: Vec<(&'static str, Throughput, Cpu)> = logins
         .into_iter()
-        .map(|(l, t)| (l, t.unwrap_or_default()))
+        .map(|(l, t, c)| (l, t.unwrap_or_default(), c))
         .collect();
-    for (label, t) in &logins {
+    let (fs, fc) = floor_cpu.per_op(&floor);
+    say(&format!(
+        "  bare floor: {}/s, CPU per connection: server {}, clients {}; cores busy {:.2}",
+        fmt_rate(floor.rate),
+        fmt_dur(fs),
+        fmt_dur(fc),
+        floor_cpu.cores(&floor)
+    ));
+    for (label, t, cpu) in &logins {
+        let (s, c) = cpu.per_op(t);
         say(&format!(
-            "  {label}: {}/s ({:.2} of the bare floor {}/s)",
+            "  {label}: {}/s ({:.2} of the bare floor {}/s), CPU per login: server {}, clients {}; cores busy {:.2}",
             fmt_rate(t.rate),
             t.rate / floor.rate,
-            fmt_rate(floor.rate)
+            fmt_rate(floor.rate),
+            fmt_dur(s),
+            fmt_dur(c),
+            cpu.cores(t)
         ));
     }
 
@@ -246,10 +325,17 @@ pub async fn measure(
     ));
     Ok(Results {
         floor,
+        floor_cpu,
         logins,
         calls_v1,
         calls_v2,
     })
+}
+
+/// Seconds of CPU per operation, both sides.
+fn cpu_total(cpu: &Cpu, t: &Throughput) -> f64 {
+    let (s, c) = cpu.per_op(t);
+    (s + c).as_secs_f64()
 }
 
 /// The stage's rows: `[measurement, Tether, reference, ratio, target]`.
@@ -271,8 +357,13 @@ pub fn rows(r: &Results, mark: fn(bool) -> &'static str) -> Vec<[String; 5]> {
         "bare connect + 2x120 B round trips, 64 clients: {}/s",
         fmt_rate(r.floor.rate)
     );
+    let per = |cpu: &Cpu, t: &Throughput| {
+        let (s, c) = cpu.per_op(t);
+        format!("server {} + clients {}", fmt_dur(s), fmt_dur(c))
+    };
+    let floor_cpu = per(&r.floor_cpu, &r.floor);
     let mut rows = Vec::new();
-    for (label, t) in &r.logins {
+    for (label, t, cpu) in &r.logins {
         let x = t.rate / r.floor.rate;
         let target = if label.starts_with("v2") {
             format!(">= 0.5: {}", mark(x >= 0.5))
@@ -288,6 +379,16 @@ pub fn rows(r: &Results, mark: fn(bool) -> &'static str) -> Vec<[String; 5]> {
             floor.clone(),
             format!("{x:.2}"),
             target,
+        ]);
+        rows.push([
+            format!("CPU per login {label} (user + system, /proc/PID/stat over the windows)"),
+            per(cpu, t),
+            format!("bare floor: {floor_cpu}"),
+            format!(
+                "{:.2}x",
+                cpu_total(cpu, t) / cpu_total(&r.floor_cpu, &r.floor)
+            ),
+            "diagnostic".into(),
         ]);
     }
     let x = r.calls_v2.lat.p50.as_secs_f64() / r.calls_v1.lat.p50.as_secs_f64();

@@ -95,5 +95,109 @@ fn session_tags(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, framing, server_verify, session_tags);
+/// Protocol v2's costs (issue 15): one X25519 (the Montgomery ladder, what
+/// `es` and `ee` cost each side), a key generation by the ladder
+/// `X25519(k, 9)` (firmware) and from the precomputed basepoint table
+/// (feature `precomputed-tables`, servers), then whole Noise handshakes as
+/// each side runs them, and a sealed frame.
+fn noise(c: &mut Criterion) {
+    use curve25519_dalek::MontgomeryPoint;
+    use tether_core::noise::{Initiator, Responder, StaticKeypair};
+    use x25519_dalek::{X25519_BASEPOINT_BYTES, x25519};
+
+    let k = [0x42u8; 32];
+    let peer = x25519([7u8; 32], X25519_BASEPOINT_BYTES);
+    c.bench_function("x25519/dh_ladder", |b| {
+        b.iter(|| x25519(black_box(k), black_box(peer)))
+    });
+    c.bench_function("x25519/keygen_ladder", |b| {
+        b.iter(|| x25519(black_box(k), X25519_BASEPOINT_BYTES))
+    });
+    c.bench_function("x25519/keygen_table", |b| {
+        b.iter(|| MontgomeryPoint::mul_base_clamped(black_box(k)).to_bytes())
+    });
+    assert_eq!(
+        MontgomeryPoint::mul_base_clamped(k).to_bytes(),
+        x25519(k, X25519_BASEPOINT_BYTES)
+    );
+
+    let mut rng = common::TestRng(9);
+    let server = StaticKeypair::generate(&mut rng);
+    let pinned = *server.public();
+    let payload = [0x2au8; 100];
+    for nk in [true, false] {
+        let name = if nk { "nk" } else { "nn" };
+        let initiator = || {
+            if nk {
+                Initiator::nk(b"prologue", &pinned)
+            } else {
+                Initiator::nn(b"prologue")
+            }
+        };
+        let responder = || {
+            if nk {
+                Responder::nk(b"prologue", &server)
+            } else {
+                Responder::nn(b"prologue")
+            }
+        };
+        let first: &[u8] = if nk { &payload } else { &[] };
+        // One message 1, read by a fresh responder in each iteration.
+        let mut m1 = [0u8; 256];
+        let n1 = initiator()
+            .write_message(first, &mut m1, &mut rng)
+            .unwrap()
+            .1
+            .len();
+        c.bench_function(
+            &format!("noise/{name}_responder (server: read 1, write 2)"),
+            |b| {
+                let mut out = [0u8; 256];
+                b.iter(|| {
+                    let mut buf = [0u8; 256];
+                    buf[..n1].copy_from_slice(&m1[..n1]);
+                    let (ready, _) = responder().read_message(&mut buf[..n1]).unwrap();
+                    let (t, m) = ready.write_message(&payload, &mut out, &mut rng).unwrap();
+                    (t.handshake_hash()[0], m.len())
+                })
+            },
+        );
+        c.bench_function(&format!("noise/{name}_initiator_write_1 (device)"), |b| {
+            let mut out = [0u8; 256];
+            b.iter(|| {
+                initiator()
+                    .write_message(black_box(first), &mut out, &mut rng)
+                    .unwrap()
+                    .1
+                    .len()
+            })
+        });
+    }
+
+    // A 100-byte frame sealed and opened with the transport keys.
+    let mut m1 = [0u8; 256];
+    let (waiting, m) = Initiator::nn(b"p")
+        .write_message(&[], &mut m1, &mut rng)
+        .unwrap();
+    let n1 = m.len();
+    let (ready, _) = Responder::nn(b"p").read_message(&mut m1[..n1]).unwrap();
+    let mut m2 = [0u8; 256];
+    let (mut server_t, m) = ready.write_message(&[], &mut m2, &mut rng).unwrap();
+    let n2 = m.len();
+    let (mut device_t, _) = waiting.read_message(&mut m2[..n2]).unwrap();
+    c.bench_function("noise/seal_open_100b", |b| {
+        let mut frame = [0u8; 128];
+        b.iter(|| {
+            frame[..100].copy_from_slice(&payload);
+            let n = device_t.send.encrypt_with_ad(&[], &mut frame, 100).unwrap();
+            server_t
+                .recv
+                .decrypt_with_ad(&[], &mut frame[..n])
+                .unwrap()
+                .len()
+        })
+    });
+}
+
+criterion_group!(benches, framing, server_verify, session_tags, noise);
 criterion_main!(benches);

@@ -3,7 +3,7 @@
 //! `WriteMessage` and `ReadMessage` do.
 
 use rand_core::CryptoRng;
-use x25519_dalek::{X25519_BASEPOINT_BYTES, x25519};
+use x25519_dalek::x25519;
 use zeroize::Zeroize;
 
 use super::cipher::CipherState;
@@ -143,7 +143,7 @@ impl HandshakeState {
             match token {
                 Token::E => {
                     rng.fill_bytes(&mut self.e);
-                    let public = x25519(self.e, X25519_BASEPOINT_BYTES);
+                    let public = super::public_key(self.e);
                     out[at..at + DHLEN].copy_from_slice(&public);
                     at += DHLEN;
                     self.symmetric.mix_hash(&public);
