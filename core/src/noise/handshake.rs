@@ -3,6 +3,8 @@
 //! `WriteMessage` and `ReadMessage` do.
 
 use rand_core::CryptoRng;
+#[cfg(not(feature = "precomputed-tables"))]
+use x25519_dalek::X25519_BASEPOINT_BYTES;
 use x25519_dalek::x25519;
 use zeroize::Zeroize;
 
@@ -143,6 +145,11 @@ impl HandshakeState {
             match token {
                 Token::E => {
                     rng.fill_bytes(&mut self.e);
+                    // The firmware's line is the ladder as it always was
+                    // (no table in flash); servers use the table.
+                    #[cfg(not(feature = "precomputed-tables"))]
+                    let public = x25519(self.e, X25519_BASEPOINT_BYTES);
+                    #[cfg(feature = "precomputed-tables")]
                     let public = super::public_key(self.e);
                     out[at..at + DHLEN].copy_from_slice(&public);
                     at += DHLEN;
