@@ -22,7 +22,7 @@
 //! - Every connection must send its hello within the hello timeout
 //!   (`--hello-timeout`, 5 s by default), slot or not.
 //!
-//! [`decide`] is the rule, a plain function of the counts; [`Admission`]
+//! [`decide`] is the rule, a plain function of the counts; `Admission`
 //! holds the counts and the silent connections that may be evicted.
 
 use std::collections::HashMap;

@@ -20,7 +20,7 @@
 //!   [`ReplyToken`]) back through the queue. A panicking handler answers
 //!   `FAILED`.
 //! - An idle session holds no read or write buffer: they are lent from a
-//!   per-thread pool ([`crate::lease`]) while bytes are in flight.
+//!   per-thread pool (`lease.rs`) while bytes are in flight.
 //! - On graceful shutdown the machine answers new calls `SHUTTING_DOWN`;
 //!   the calls in flight both ways may finish within the deadline, then
 //!   the session says `Goodbye { Shutdown }`.

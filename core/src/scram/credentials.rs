@@ -84,7 +84,7 @@ impl CachedKeys {
 }
 
 /// PBKDF2 in steps, with no connection open: a device's first login
-/// fetches the salt and iteration count ([`ClientCredentials::Probe`](super::ClientCredentials::Probe)),
+/// fetches the salt and iteration count (`ClientCredentials::Probe`, feature `probe`),
 /// derives its keys with this a few iterations at a time (reporting
 /// progress, feeding a watchdog, letting its network stack run), then logs
 /// in with [`ClientCredentials::Keys`](super::ClientCredentials::Keys).

@@ -559,7 +559,7 @@ impl ServerKeyFile {
 /// SIGHUP: the command line is parsed again with the configuration file
 /// read anew, and the keys in [`RELOADABLE`] that changed take effect
 /// without dropping a session (the log filter and line limits at once; the
-/// server's through [`ServerHandle::reload`]). Any other key that changed
+/// server's through `tether_server::ServerHandle::reload`). Any other key that changed
 /// is logged as needing a restart and keeps its value. The server key file
 /// is read again too (a rotation: `tether keys --server --rotate`,
 /// `--retire-previous`).

@@ -14,7 +14,7 @@
 //!
 //! A failed write keeps its logins queued for the next round (at most
 //! [`MAX_QUEUED`]; beyond that, new logins are counted and dropped, with a
-//! warning). [`LastLoginWriter::close`] writes what is left.
+//! warning). `LastLoginWriter::close` writes what is left.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -14,7 +14,7 @@
 //! time). A connection that fails is dropped and reopened on the next
 //! lookup (a database file that is missing or being restored comes back by
 //! itself), so is one opened before the file was replaced by rename
-//! ([`FileWatch`], checked before each batch), and none is kept longer than
+//! (`FileWatch`, checked before each batch), and none is kept longer than
 //! [`MAX_LIFETIME`].
 
 use std::collections::VecDeque;
