@@ -303,10 +303,20 @@ impl Sealer {
         n: usize,
         max: usize,
     ) -> Option<&'o [u8]> {
+        if self.closed {
+            return None;
+        }
+        #[cfg(feature = "v2")]
+        if let FrameKey::Aead(cipher) = &mut self.mac {
+            // The cipher's nonce is this sealer's `seq`.
+            let frame = seal_v2(cipher, out, n, max)?;
+            self.seq = cipher.nonce();
+            return Some(frame);
+        }
         let body_len = SEQ_LEN + n + TAG_LEN;
         let end = HEADER_LEN + body_len;
         let out = out.get_mut(..end)?;
-        if self.closed || body_len > max.min(u16::MAX as usize) {
+        if body_len > max.min(u16::MAX as usize) {
             return None;
         }
         // (Split by chunks: no index can fail, so no panic path is
@@ -318,28 +328,22 @@ impl Sealer {
         self.seq = seq.checked_add(1)?;
         *prefix = (body_len as u16).to_be_bytes();
         *seq_bytes = seq.to_be_bytes();
-        match &mut self.mac {
-            FrameKey::Mac(mac) => {
-                let mut mac = mac.clone();
-                mac.update(body);
-                if let Some(digest) = mac.finish().first_chunk::<TAG_LEN>() {
-                    *tag = *digest;
-                }
-            }
+        #[allow(clippy::infallible_destructuring_match)] // one variant without v2
+        let mac = match &self.mac {
+            FrameKey::Mac(mac) => mac,
             #[cfg(feature = "v2")]
-            FrameKey::Aead(cipher) => {
-                // Nonce = seq (below 2^64 - 1: checked above).
-                cipher.set_nonce(seq);
-                cipher
-                    .encrypt_with_ad(&[], &mut out[HEADER_LEN + SEQ_LEN..], n)
-                    .ok()?;
-            }
+            FrameKey::Aead(_) => return None,
+        };
+        let mut mac = mac.clone();
+        mac.update(body);
+        if let Some(digest) = mac.finish().first_chunk::<TAG_LEN>() {
+            *tag = *digest;
         }
         Some(out)
     }
 
     /// A v2 sealer: ChaCha20-Poly1305 under a Noise transport
-    /// `CipherState`, its next nonce the next `seq`.
+    /// `CipherState`, its nonce the next `seq` (kept in step with it).
     #[cfg(feature = "v2")]
     pub(crate) fn v2(cipher: crate::noise::CipherState) -> Self {
         Self {
@@ -423,20 +427,9 @@ impl Opener {
             return Err(SessionError::Closed);
         };
         self.closed = true;
-        if body.len() < OVERHEAD + 1 {
-            return Err(SessionError::TooShort { len: body.len() });
-        }
-        let (seq, sealed) = body.split_at_mut(SEQ_LEN);
-        let seq = u64::from_be_bytes((&*seq).try_into().expect("8 bytes"));
-        cipher.set_nonce(seq);
-        let plain = cipher
-            .decrypt_with_ad(&[], sealed)
-            .map_err(|_| SessionError::BadTag)?;
-        self.sequence(seq)?;
-        self.next = self
-            .next
-            .checked_add(1)
-            .ok_or(SessionError::SequenceExhausted)?;
+        // The cipher's nonce is this opener's `next`.
+        let plain = open_v2(cipher, body)?;
+        self.next = cipher.nonce();
         self.closed = false;
         Ok(plain)
     }
@@ -454,19 +447,7 @@ impl Opener {
 
     /// Checks that an authentic frame's `seq` is the next one.
     fn sequence(&mut self, seq: u64) -> Result<(), SessionError> {
-        if seq < self.next {
-            return Err(SessionError::Replayed {
-                seq,
-                expected: self.next,
-            });
-        }
-        if seq > self.next {
-            return Err(SessionError::OutOfOrder {
-                seq,
-                expected: self.next,
-            });
-        }
-        Ok(())
+        sequence(seq, self.next)
     }
 
     fn check<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
@@ -503,4 +484,66 @@ impl Opener {
     pub fn next_seq(&self) -> u64 {
         self.next
     }
+}
+
+/// Checks that an authentic frame's `seq` is the `expected` one.
+fn sequence(seq: u64, expected: u64) -> Result<(), SessionError> {
+    if seq < expected {
+        return Err(SessionError::Replayed { seq, expected });
+    }
+    if seq > expected {
+        return Err(SessionError::OutOfOrder { seq, expected });
+    }
+    Ok(())
+}
+
+/// Seals the `n`-byte message at `out[HEADER_LEN + SEQ_LEN..]` as a v2
+/// frame under `cipher`, its nonce the frame's `seq` (the sealer's, and
+/// the login's frames before there is a sealer); returns the whole frame.
+/// `None` when it is too long for `max` or for `out`, or the nonces are
+/// exhausted.
+#[cfg(feature = "v2")]
+pub(crate) fn seal_v2<'o>(
+    cipher: &mut crate::noise::CipherState,
+    out: &'o mut [u8],
+    n: usize,
+    max: usize,
+) -> Option<&'o [u8]> {
+    let body_len = SEQ_LEN + n + TAG_LEN;
+    if body_len > max.min(u16::MAX as usize) {
+        return None;
+    }
+    let out = out.get_mut(..HEADER_LEN + body_len)?;
+    // (Split by chunks: no index can fail, so no panic path is flashed.)
+    let (prefix, body) = out.split_first_chunk_mut::<HEADER_LEN>()?;
+    let (seq_bytes, sealed) = body.split_first_chunk_mut::<SEQ_LEN>()?;
+    *prefix = (body_len as u16).to_be_bytes();
+    *seq_bytes = cipher.nonce().to_be_bytes();
+    // Fails at nonce 2^64 - 1 (nothing more can be sealed).
+    cipher.encrypt_with_ad(&[], sealed, n).ok()?;
+    Some(out)
+}
+
+/// Authenticates and decrypts a v2 frame body in place under `cipher`:
+/// the tag first, then that its `seq` is the cipher's next nonce. Returns
+/// the plaintext message bytes. After a failure `cipher` is not to be
+/// used again (its nonce may have moved).
+#[cfg(feature = "v2")]
+pub(crate) fn open_v2<'b>(
+    cipher: &mut crate::noise::CipherState,
+    body: &'b mut [u8],
+) -> Result<&'b [u8], SessionError> {
+    let len = body.len();
+    let expected = cipher.nonce();
+    let (seq, sealed) = match body.split_first_chunk_mut::<SEQ_LEN>() {
+        Some(split) if len > OVERHEAD => split,
+        _ => return Err(SessionError::TooShort { len }),
+    };
+    let seq = u64::from_be_bytes(*seq);
+    cipher.set_nonce(seq);
+    let plain = cipher
+        .decrypt_with_ad(&[], sealed)
+        .map_err(|_| SessionError::BadTag)?;
+    sequence(seq, expected)?;
+    Ok(plain)
 }

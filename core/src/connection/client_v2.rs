@@ -9,9 +9,9 @@ use super::established::{Connection, Start};
 use super::{ConnectionError, Instant, LOGIN_MESSAGE_LEN, Violation, millis};
 use crate::frame::{FrameDecoder, FrameError, HEADER_LEN, MIN_MAX_FRAME, finish_frame};
 use crate::message::{Handshake, Hello, PROTOCOL_VERSION_2, Proof};
-use crate::noise::{AwaitingResponse, DHLEN, Initiator, PAYLOAD_AT, Pattern, TAG_LEN};
+use crate::noise::{AwaitingResponse, CipherState, DHLEN, Initiator, PAYLOAD_AT, Pattern, TAG_LEN};
 use crate::scram::{CachedKeys, ClientCredentials, ClientLogin, ClientProofSent};
-use crate::session::{Opener, Role, SEQ_LEN, Sealer};
+use crate::session::{self, Opener, Role, SEQ_LEN, Sealer};
 
 /// The first 8 bytes of every v2 prologue.
 pub(crate) const PROLOGUE_LABEL: &[u8; 8] = b"tether/2";
@@ -98,10 +98,15 @@ enum Step<'c> {
     Done,
 }
 
-/// The Noise session's two frame halves and its handshake hash.
+/// The Noise session's transport keys and its handshake hash. The login
+/// seals and opens its frames with the two `CipherState`s (48 bytes each
+/// on a Cortex-M4) and turns them into the session's [`Sealer`] and
+/// [`Opener`] (160 bytes each, sized for v1's HMAC state) only at the
+/// welcome: the login's state, which a device holds in a static, stays
+/// within v1's.
 struct Sealed {
-    sealer: Sealer,
-    opener: Opener,
+    send: CipherState,
+    recv: CipherState,
     h: [u8; 32],
 }
 
@@ -253,7 +258,7 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                     Ok(n) => n,
                     Err(e) => return self.failed(e),
                 };
-                let frame = sealed.sealer.seal_in_place(out, n, max);
+                let frame = session::seal_v2(&mut sealed.send, out, n, max);
                 self.step = Step::Hello { sealed, login };
                 frame.ok_or(FrameError::Encode)
             }
@@ -264,7 +269,7 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                 }
                 .encode(body);
                 let frame = match encoded {
-                    Ok(n) => sealed.sealer.seal_in_place(out, n, max),
+                    Ok(n) => session::seal_v2(&mut sealed.send, out, n, max),
                     Err(_) => None,
                 };
                 self.step = Step::Proof { sealed, proof };
@@ -337,11 +342,7 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                 };
                 let h = *transport.handshake_hash();
                 let crate::noise::Transport { send, recv, .. } = transport;
-                let sealed = Sealed {
-                    sealer: Sealer::v2(send),
-                    opener: Opener::v2(recv),
-                    h,
-                };
+                let sealed = Sealed { send, recv, h };
                 match self.pattern {
                     Pattern::Nn if payload.is_empty() => {
                         self.owed = true;
@@ -351,12 +352,12 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                     Pattern::Nk => challenged(payload, sealed, login).inspect(|_| self.owed = true),
                 }
             }
-            Step::Hello { mut sealed, login } => match sealed.opener.open_v2(body) {
+            Step::Hello { mut sealed, login } => match session::open_v2(&mut sealed.recv, body) {
                 Ok(plain) => challenged(plain, sealed, login).inspect(|_| self.owed = true),
                 Err(e) => Err(ConnectionError::Session(e)),
             },
             Step::Proof { mut sealed, proof } => 'welcome: {
-                let plain = match sealed.opener.open_v2(body) {
+                let plain = match session::open_v2(&mut sealed.recv, body) {
                     Ok(plain) => plain,
                     Err(e) => break 'welcome Err(ConnectionError::Session(e)),
                 };
@@ -377,8 +378,8 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                 }
                 let start = Start {
                     role: Role::Client,
-                    sealer: sealed.sealer,
-                    opener: sealed.opener,
+                    sealer: Sealer::v2(sealed.send),
+                    opener: Opener::v2(sealed.recv),
                     peer_max: welcome.max_frame,
                     session_id: welcome.session_id,
                     heartbeat_secs: welcome.heartbeat_secs,
