@@ -11,7 +11,7 @@ use super::symmetric::SymmetricState;
 use super::{DHLEN, MAX_MESSAGE_LEN, NoiseError, Pattern, StaticKeypair};
 
 /// A message pattern token (only those of NN and NK).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
     E,
     Ee,
@@ -19,9 +19,15 @@ enum Token {
 }
 
 impl Pattern {
-    /// The tokens of message `index` (none past the last).
+    /// The tokens of message `index` (0 or 1): [`messages`](Self::messages)
+    /// without indexing (so no panic path is flashed).
     fn tokens(self, index: usize) -> &'static [Token] {
-        self.messages().get(index).copied().unwrap_or_default()
+        use Token::*;
+        match (self, index) {
+            (Self::Nn, 0) => &[E],
+            (Self::Nk, 0) => &[E, Es],
+            _ => &[E, Ee],
+        }
     }
 
     /// The message patterns, after the pre-messages.
@@ -251,5 +257,21 @@ impl Pattern {
     pub const fn message_len(self, index: usize, payload_len: usize) -> usize {
         let encrypted = !matches!((self, index), (Self::Nn, 0));
         DHLEN + payload_len + if encrypted { super::TAG_LEN } else { 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_the_message_patterns() {
+        for pattern in [Pattern::Nn, Pattern::Nk] {
+            let messages = pattern.messages();
+            assert_eq!(messages.len(), 2);
+            for (index, tokens) in messages.iter().enumerate() {
+                assert_eq!(pattern.tokens(index), *tokens, "{pattern:?} message {index}");
+            }
+        }
     }
 }
