@@ -86,6 +86,8 @@ enum Step<'c> {
     /// NN: the sealed hello is to be sent, then the challenge awaited.
     Hello {
         sealed: Sealed,
+        /// The handshake hash, which the proof will be bound to.
+        h: [u8; 32],
         login: ClientLogin<'c, LOGIN_MESSAGE_LEN>,
     },
     /// The sealed proof is to be sent, then the welcome awaited.
@@ -97,16 +99,15 @@ enum Step<'c> {
     Done,
 }
 
-/// The Noise session's transport keys and its handshake hash. The login
-/// seals and opens its frames with the two `CipherState`s (48 bytes each
-/// on a Cortex-M4) and turns them into the session's [`Sealer`] and
-/// [`Opener`] (160 bytes each, sized for v1's HMAC state) only at the
-/// welcome: the login's state, which a device holds in a static, stays
-/// within v1's.
+/// The Noise session's transport keys. The login seals and opens its
+/// frames with the two `CipherState`s (48 bytes each on a Cortex-M4) and
+/// turns them into the session's [`Sealer`] and [`Opener`] (152 bytes
+/// each, sized for v1's HMAC state) only at the welcome; the handshake
+/// hash is kept only until the proof is bound to it. So the login's state,
+/// which a device holds in a static, stays within the session's.
 struct Sealed {
     send: CipherState,
     recv: CipherState,
-    h: [u8; 32],
 }
 
 /// The device's side of a protocol v2 login: the same entry points and
@@ -251,14 +252,18 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                     Err(_) => return self.failed(FrameError::Encode),
                 }
             }
-            Step::Hello { mut sealed, login } => {
+            Step::Hello {
+                mut sealed,
+                h,
+                login,
+            } => {
                 let body = out.get_mut(HEADER_LEN + SEQ_LEN..).unwrap_or_default();
                 let n = match hello(&login, max_frame, body) {
                     Ok(n) => n,
                     Err(e) => return self.failed(e),
                 };
                 let frame = session::seal_v2(&mut sealed.send, out, n, max);
-                self.step = Step::Hello { sealed, login };
+                self.step = Step::Hello { sealed, h, login };
                 frame.ok_or(FrameError::Encode)
             }
             Step::Proof { mut sealed, proof } => {
@@ -337,15 +342,19 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                 };
                 let h = *transport.handshake_hash();
                 let crate::noise::Transport { send, recv, .. } = transport;
-                let sealed = Sealed { send, recv, h };
+                let sealed = Sealed { send, recv };
                 match self.pattern {
-                    Pattern::Nn if payload.is_empty() => Ok(Step::Hello { sealed, login }),
+                    Pattern::Nn if payload.is_empty() => Ok(Step::Hello { sealed, h, login }),
                     Pattern::Nn => Err(unexpected),
-                    Pattern::Nk => challenged(payload, sealed, login),
+                    Pattern::Nk => challenged(payload, sealed, &h, login),
                 }
             }
-            Step::Hello { mut sealed, login } => match session::open_v2(&mut sealed.recv, body) {
-                Ok(plain) => challenged(plain, sealed, login),
+            Step::Hello {
+                mut sealed,
+                h,
+                login,
+            } => match session::open_v2(&mut sealed.recv, body) {
+                Ok(plain) => challenged(plain, sealed, &h, login),
                 Err(e) => Err(ConnectionError::Session(e)),
             },
             Step::Proof { sealed, proof } => {
@@ -385,11 +394,12 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
         }
     }
 
-    /// The Noise handshake hash, once message 2 is read: what the SCRAM
-    /// proof is bound to.
+    /// The Noise handshake hash, from message 2 until the SCRAM proof is
+    /// bound to it: NN's sealed hello step (with NK the proof is made as
+    /// message 2 is read, and the hash not kept).
     pub fn handshake_hash(&self) -> Option<&[u8; 32]> {
         match &self.step {
-            Step::Hello { sealed, .. } | Step::Proof { sealed, .. } => Some(&sealed.h),
+            Step::Hello { h, .. } => Some(h),
             _ => None,
         }
     }
@@ -430,11 +440,12 @@ fn hello(
 fn challenged<'c>(
     plain: &[u8],
     sealed: Sealed,
+    h: &[u8; 32],
     login: ClientLogin<'c, LOGIN_MESSAGE_LEN>,
 ) -> Result<Step<'c>, ConnectionError> {
     match server_message(plain)? {
         Handshake::Challenge(c) => login
-            .handle_challenge_bound(c.mechanism, c.server_first, &sealed.h)
+            .handle_challenge_bound(c.mechanism, c.server_first, h)
             .map(|proof| Step::Proof { sealed, proof })
             .map_err(ConnectionError::Scram),
         _ => Err(ConnectionError::Protocol(Violation::UnexpectedMessage)),
