@@ -111,16 +111,22 @@ impl SessionKeys {
             Sealer {
                 mac: FrameKey::Mac {
                     mac: HmacSha256::new(send),
+                    #[cfg(feature = "v2")]
                     closed: false,
                 },
                 seq: 0,
+                #[cfg(not(feature = "v2"))]
+                closed: false,
             },
             Opener {
                 mac: FrameKey::Mac {
                     mac: HmacSha256::new(recv),
+                    #[cfg(feature = "v2")]
                     closed: false,
                 },
                 next: 0,
+                #[cfg(not(feature = "v2"))]
+                closed: false,
             },
         )
     }
@@ -226,18 +232,23 @@ impl From<FrameError> for SessionError {
 pub struct Sealer {
     mac: FrameKey,
     seq: u64,
+    /// (With `v2`, in [`FrameKey`]'s variants.)
+    #[cfg(not(feature = "v2"))]
+    closed: bool,
 }
 
 /// How a direction's frames are protected: v1's HMAC tag, or (protocol
 /// v2) ChaCha20-Poly1305 under a Noise transport key, the frame's `seq`
-/// being the nonce; and whether the half is closed. (`closed` sits in
-/// each variant: a `bool`'s unused values then serve as the enum's tag,
-/// so a Sealer or Opener of a v2 build is no larger than v1's: 152 bytes
-/// on a Cortex-M4, where a separate tag would add 8.)
+/// being the nonce. With `v2` each variant also holds the half's `closed`
+/// flag: a `bool`'s unused values then serve as the enum's tag, so a
+/// Sealer or Opener of a v2 build is no larger than v1's (152 bytes on a
+/// Cortex-M4, where a separate tag would add 8). A v1-only build keeps
+/// the flag beside the key, as its code is 12 bytes smaller that way.
 #[derive(Clone)]
 enum FrameKey {
     Mac {
         mac: HmacSha256,
+        #[cfg(feature = "v2")]
         closed: bool,
     },
     #[cfg(feature = "v2")]
@@ -247,16 +258,23 @@ enum FrameKey {
     },
 }
 
-impl FrameKey {
-    /// Whether the half is closed (see [`Sealer`], [`Opener`]).
-    fn closed(&mut self) -> &mut bool {
-        match self {
-            Self::Mac { closed, .. } => closed,
-            #[cfg(feature = "v2")]
-            Self::Aead { closed, .. } => closed,
+/// `closed()`: the half's closed flag, wherever the build keeps it.
+macro_rules! closed_flag {
+    ($half:ty) => {
+        impl $half {
+            fn closed(&mut self) -> &mut bool {
+                #[cfg(not(feature = "v2"))]
+                return &mut self.closed;
+                #[cfg(feature = "v2")]
+                match &mut self.mac {
+                    FrameKey::Mac { closed, .. } | FrameKey::Aead { closed, .. } => closed,
+                }
+            }
         }
-    }
+    };
 }
+closed_flag!(Sealer);
+closed_flag!(Opener);
 
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -291,7 +309,7 @@ impl Sealer {
             }
             Err(EncodeError::Unencodable) => return Err(FrameError::Encode.into()),
         };
-        if *self.mac.closed() {
+        if *self.closed() {
             return Err(SessionError::Closed);
         }
         let body_len = SEQ_LEN + n + TAG_LEN;
@@ -309,7 +327,7 @@ impl Sealer {
                 available,
             })?;
         if matches!(msg, Message::Goodbye { .. }) {
-            *self.mac.closed() = true;
+            *self.closed() = true;
         }
         Ok(frame)
     }
@@ -326,7 +344,7 @@ impl Sealer {
         n: usize,
         max: usize,
     ) -> Option<&'o [u8]> {
-        if *self.mac.closed() {
+        if *self.closed() {
             return None;
         }
         #[cfg(feature = "v2")]
@@ -385,7 +403,7 @@ impl Sealer {
 
     /// Seals nothing more (a goodbye was sealed in place).
     pub(crate) fn close(&mut self) {
-        *self.mac.closed() = true;
+        *self.closed() = true;
     }
 }
 
@@ -395,6 +413,9 @@ impl Sealer {
 pub struct Opener {
     mac: FrameKey,
     next: u64,
+    /// (With `v2`, in [`FrameKey`]'s variants.)
+    #[cfg(not(feature = "v2"))]
+    closed: bool,
 }
 
 impl fmt::Debug for Opener {
@@ -413,13 +434,13 @@ impl Opener {
     /// A v2 opener (inside the connection machine) decrypts in place and
     /// opens nothing through this method ([`SessionError::Closed`]).
     pub fn open<'b>(&mut self, body: &'b [u8]) -> Result<Message<'b>, SessionError> {
-        if *self.mac.closed() {
+        if *self.closed() {
             return Err(SessionError::Closed);
         }
         // Closed until the frame proves good.
-        *self.mac.closed() = true;
+        *self.closed() = true;
         let msg = self.check(body)?;
-        *self.mac.closed() = matches!(msg, Message::Goodbye { .. });
+        *self.closed() = matches!(msg, Message::Goodbye { .. });
         Ok(msg)
     }
 
@@ -436,7 +457,7 @@ impl Opener {
             *closed = true;
             let plain = self.open_v2(body)?;
             let msg = Message::decode(plain).map_err(SessionError::Decode)?;
-            *self.mac.closed() = matches!(msg, Message::Goodbye { .. });
+            *self.closed() = matches!(msg, Message::Goodbye { .. });
             return Ok(msg);
         }
         self.open(body)

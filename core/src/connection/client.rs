@@ -288,7 +288,10 @@ pub(super) struct Welcomed {
 /// The welcome, after the proof: checks the server's signature and the
 /// welcome's `max_frame`. One copy for the v1 and v2 logins (a v1-only
 /// build inlines it into its one caller), as [`established`].
-pub(super) fn welcomed(proof: ClientProofSent, w: &Welcome<'_>) -> Result<Welcomed, ConnectionError> {
+pub(super) fn welcomed(
+    proof: ClientProofSent,
+    w: &Welcome<'_>,
+) -> Result<Welcomed, ConnectionError> {
     let done = proof
         .handle_server_final(w.server_final)
         .map_err(ConnectionError::Scram)?;

@@ -270,7 +270,11 @@ mod tests {
             let messages = pattern.messages();
             assert_eq!(messages.len(), 2);
             for (index, tokens) in messages.iter().enumerate() {
-                assert_eq!(pattern.tokens(index), *tokens, "{pattern:?} message {index}");
+                assert_eq!(
+                    pattern.tokens(index),
+                    *tokens,
+                    "{pattern:?} message {index}"
+                );
             }
         }
     }

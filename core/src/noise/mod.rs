@@ -405,7 +405,10 @@ impl ReadyToRespond {
     ) -> Result<(Transport, &'o [u8]), NoiseError> {
         let n = self.0.write_message(payload, out, rng)?;
         let (c1, c2) = self.0.split();
-        Ok((Transport::new(c2, c1, &self.0), out.get(..n).unwrap_or_default()))
+        Ok((
+            Transport::new(c2, c1, &self.0),
+            out.get(..n).unwrap_or_default(),
+        ))
     }
 
     /// [`write_message`](Self::write_message) with the payload already in
@@ -421,7 +424,10 @@ impl ReadyToRespond {
     ) -> Result<(Transport, &'o [u8]), NoiseError> {
         let n = self.0.write_in_place(payload_len, out, rng)?;
         let (c1, c2) = self.0.split();
-        Ok((Transport::new(c2, c1, &self.0), out.get(..n).unwrap_or_default()))
+        Ok((
+            Transport::new(c2, c1, &self.0),
+            out.get(..n).unwrap_or_default(),
+        ))
     }
 }
 
