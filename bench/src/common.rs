@@ -104,6 +104,13 @@ impl Users {
     }
 }
 
+/// The firmware client's settings for the v1 rows (logins, calls, idle,
+/// hostile): a host logs in over v2 by default, and these rows stay
+/// comparable with earlier runs; the `v2` stage measures v2.
+pub fn v1_config() -> tether_firmware::Config {
+    tether_firmware::Config::default().with_protocol(tether_firmware::Protocol::V1)
+}
+
 /// A CSPRNG a task can own (Send).
 pub fn rng() -> rand::rngs::StdRng {
     rand::rngs::StdRng::from_rng(&mut rand::rng())

@@ -27,7 +27,7 @@ use tether_core::scram::{ClientCredentials, Mechanism, Mechanisms};
 use tether_firmware::{BufferStore, Config, Session, TokioClock, host};
 use tokio::io::AsyncReadExt as _;
 
-use crate::common::{Samples, Users, cpu_time, fmt_dur, fmt_rate, rng, rss};
+use crate::common::{Samples, Users, cpu_time, fmt_dur, fmt_rate, rng, rss, v1_config};
 use crate::load::{ARG, connect};
 use crate::raw::{read_frame, send_handshake};
 use crate::run::{Proc, RunArgs, say, tether_serve};
@@ -157,7 +157,7 @@ async fn fail_once(addr: SocketAddr, source: IpAddr, username: &str) -> Result<O
 }
 
 fn device_config() -> Config {
-    Config::default()
+    v1_config()
         .with_handshake_timeout(Duration::from_secs(15))
         .with_call_timeout(Duration::from_secs(15))
 }

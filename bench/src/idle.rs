@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tether_core::scram::ClientCredentials;
-use tether_firmware::{BufferStore, Config, Session, TokioClock, host};
+use tether_firmware::{BufferStore, Session, TokioClock, host};
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::common::{Users, rng};
+use crate::common::{Users, rng, v1_config};
 use crate::load::connect;
 
 /// One client process: logs in `count` sessions (users `first..`) from
@@ -59,7 +59,7 @@ pub async fn client(
                     name,
                     ClientCredentials::Keys(keys),
                     &mut rng,
-                    &Config::default().with_handshake_timeout(Duration::from_secs(60)),
+                    &v1_config().with_handshake_timeout(Duration::from_secs(60)),
                 )
                 .await
                 .map_err(|e| format!("login as {name}: {e}"))

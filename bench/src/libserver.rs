@@ -14,14 +14,14 @@ use tether_core::message::RefusalCode;
 use tether_core::method::Method;
 use tether_core::method::builtin::Echo;
 use tether_core::scram::ClientCredentials;
-use tether_firmware::{BufferStore, Config, Handler, Request, Responded, Responder, host};
+use tether_firmware::{BufferStore, Handler, Request, Responded, Responder, host};
 use tether_server::realm::reply;
 use tether_server::{
     Avatar, CallResult, IncomingCall, Mind, Realm, Server, ServerConfig, ServerSecret, SessionInfo,
     Store, StoreConfig,
 };
 
-use crate::common::{Samples, Users, Window, rng};
+use crate::common::{Samples, Users, Window, rng, v1_config};
 use crate::load::{ARG, Throughput};
 
 /// Device -> server: "call my `echo` for a while and tell me how it went".
@@ -184,7 +184,7 @@ pub async fn server_to_device(
         name,
         ClientCredentials::Keys(keys),
         &mut rng,
-        &Config::default(),
+        &v1_config(),
     )
     .await
     .map_err(|e| format!("login as {name}: {e}"))?;

@@ -13,7 +13,7 @@ use tether_firmware::{BufferStore, Config, MAX_CALLS_IN_FLIGHT, Session, TokioCl
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::common::{Samples, Summary, Users, Window, rng};
+use crate::common::{Samples, Summary, Users, Window, rng, v1_config};
 
 /// The argument of every benchmark `echo` call (20 bytes: a call frame is
 /// then about 60 bytes on the wire, like the bare 64-byte echo).
@@ -193,7 +193,7 @@ where
 }
 
 fn device_config() -> Config {
-    Config::default()
+    v1_config()
         .with_handshake_timeout(Duration::from_secs(30))
         .with_call_timeout(Duration::from_secs(30))
 }

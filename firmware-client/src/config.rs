@@ -26,9 +26,10 @@ pub struct Config {
     /// How long writing one frame may take before the session is given up
     /// (default 10 s).
     pub write_timeout: Duration,
-    /// The protocol a login speaks (feature `v2`): v1 unless configured
-    /// ([`with_server_key`](Self::with_server_key) or
-    /// [`with_unpinned_v2`](Self::with_unpinned_v2)).
+    /// The protocol a login speaks (feature `v2`; [`Protocol`]'s default:
+    /// v1 on a device, v2 over `Noise_NN` on a host), or as configured
+    /// with [`with_server_key`](Self::with_server_key) or
+    /// [`with_unpinned_v2`](Self::with_unpinned_v2).
     #[cfg(feature = "v2")]
     pub protocol: Protocol,
 }
@@ -37,15 +38,21 @@ pub struct Config {
 /// version 2"). A v2 login never falls back to v1, nor from
 /// [`Pinned`](Self::Pinned) to [`Unpinned`](Self::Unpinned): a refusal
 /// ends it.
+///
+/// The default depends on the build. On a device (no feature `std`) it is
+/// [`V1`](Self::V1), so that turning the feature `v2` on changes nothing
+/// until a login is configured for v2 (the server's key is provisioned
+/// with the firmware). On a host (feature `std`, which turns `v2` on:
+/// `host::connect`, `tether call`) it is [`Unpinned`](Self::Unpinned):
+/// encrypted unless configured otherwise, and
+/// [`Pinned`](Self::Pinned) as soon as the server's key is known.
 #[cfg(feature = "v2")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Protocol {
     /// Protocol v1: SCRAM and authenticated (not encrypted) frames; the
     /// username, method names, arguments and replies are readable on the
-    /// wire. The default, so that turning the feature on changes nothing
-    /// until a login is configured for v2.
-    #[default]
+    /// wire. The default on a device.
     V1,
     /// Protocol v2 over `Noise_NK`, towards the server's static public key
     /// (32 bytes, `tether keys --server` prints it), pinned in the
@@ -63,8 +70,19 @@ pub enum Protocol {
     /// dictionary attack on the password; he still cannot complete the
     /// login (the server's signature needs the account's Django row), so
     /// the device stops there. Use it only until the server's key can be
-    /// pinned.
+    /// pinned. The default on a host.
     Unpinned,
+}
+
+#[cfg(feature = "v2")]
+impl Default for Protocol {
+    fn default() -> Self {
+        if cfg!(feature = "std") {
+            Self::Unpinned
+        } else {
+            Self::V1
+        }
+    }
 }
 
 impl Default for Config {
@@ -89,7 +107,7 @@ impl Config {
             call_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             #[cfg(feature = "v2")]
-            protocol: Protocol::V1,
+            protocol: Protocol::default(),
         }
     }
 

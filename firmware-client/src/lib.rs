@@ -159,7 +159,8 @@
 //!
 //! ## Features
 //!
-//! `std` (host adapter over tokio, `TokioClock`), `embassy-time`
+//! `std` (host adapter over tokio, `TokioClock`; implies `v2`, and a
+//! host's logins are v2 by default), `embassy-time`
 //! (`EmbassyClock`), `embassy-net` (the reconnecting TcpSocket helper),
 //! `dns` (the server by name), `storage` (username and keys in NOR flash),
 //! `v2` (protocol v2: encrypted sessions, see below), `defmt` / `log`
@@ -179,13 +180,14 @@
 //!   it), pinned in the firmware. Nothing after the device's ephemeral key
 //!   is readable, the username included, and only the key's holder can
 //!   answer; a server holding another key refuses `unknown_key`.
-//! - `Config::with_unpinned_v2()` (`Protocol::Unpinned`): `Noise_NN`,
-//!   only when asked: encrypted, but **the server is not authenticated
-//!   before SCRAM**, so an active attacker can read the username and the
-//!   proof (and attack the password offline), though not complete the
-//!   login.
-//! - Otherwise the login is v1, feature or not. A v2 login never falls
-//!   back to v1.
+//! - `Config::with_unpinned_v2()` (`Protocol::Unpinned`): `Noise_NN`:
+//!   encrypted, but **the server is not authenticated before SCRAM**, so
+//!   an active attacker can read the username and the proof (and attack
+//!   the password offline, as a passive one can in v1), though not
+//!   complete the login. The default on a host (feature `std`, which turns
+//!   `v2` on).
+//! - Otherwise, on a device, the login is v1, feature or not. A v2 login
+//!   never falls back to v1.
 //!
 //! Without the feature none of the v2 code is compiled (the v1 flash
 //! budget); with it, both patterns and v1 are in the build. Its flash,

@@ -47,8 +47,9 @@ impl Handler for Mind {
     }
 }
 
+/// The scripted server speaks v1 (a host's default is v2).
 fn config() -> Config {
-    Config::default()
+    Config::default().with_protocol(tether_firmware::Protocol::V1)
 }
 
 fn identity(session_id: u64) -> Vec<u8> {

@@ -10,7 +10,7 @@
 //! | `GET /livez` | `200` `{"status": "alive"}`: the process answers; the only request that needs no token (for liveness probes) |
 //! | `GET /healthz` | `200` `{"status": "ok", "database": "ok", "sessions": N}` when the database answers the login query, else `503` `{"status": "unavailable", "database": "<error>"}` |
 //! | `GET /openapi.json` | this API as an OpenAPI 3 document ([`OPENAPI`]) |
-//! | `GET /metrics` | `200`, Prometheus text format 0.0.4 ([`crate::metrics`]) |
+//! | `GET /metrics` | `200`, Prometheus text format 0.0.4 ([`crate::metrics`]); in a build without the cargo feature `metrics`, `404` `{"error": "no_metrics", "message": ...}` naming the feature |
 //!
 //! **Calls.** The request body is the method's arguments:
 //! - `Content-Type: application/json` for the typed methods the API knows
@@ -990,6 +990,7 @@ async fn healthz(State(state): St) -> Response {
     }
 }
 
+#[cfg(feature = "metrics")]
 async fn metrics(State(state): St) -> Response {
     (
         [(
@@ -1000,6 +1001,18 @@ async fn metrics(State(state): St) -> Response {
     )
         .into_response()
 }
+
+/// `GET /metrics` in a build without metrics: a scraper sees the target
+/// down, and whoever reads the answer sees why.
+#[cfg(not(feature = "metrics"))]
+async fn metrics() -> Response {
+    error(StatusCode::NOT_FOUND, "no_metrics", NO_METRICS)
+}
+
+/// The message of `GET /metrics` in a build without metrics.
+#[cfg(not(feature = "metrics"))]
+const NO_METRICS: &str =
+    "this build has no metrics: enable tether-server's cargo feature `metrics`";
 
 #[cfg(test)]
 mod tests {
@@ -1043,5 +1056,28 @@ mod tests {
         assert!((echo.args)(&json!(3)).is_err());
         let info = json_method::<DeviceInfo>();
         assert!((info.args)(&Value::Null).unwrap().is_empty());
+    }
+
+    /// A build without the `metrics` feature answers `GET /metrics` with a
+    /// JSON 404 that names the feature (the OpenAPI document lists it).
+    #[cfg(not(feature = "metrics"))]
+    #[tokio::test]
+    async fn metrics_without_the_feature_is_a_404_naming_it() {
+        let response = metrics().await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "error": "no_metrics",
+                "message": "this build has no metrics: enable tether-server's cargo feature `metrics`",
+            })
+        );
+        let doc: Value = serde_json::from_str(OPENAPI).unwrap();
+        assert!(doc["paths"]["/metrics"]["get"]["responses"]["404"].is_object());
     }
 }

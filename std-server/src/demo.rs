@@ -262,7 +262,11 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         .ask_device_info(true)
         .with_events(events_tx);
     let registry = realm.registry();
-    // A demo secret only lives as long as the process.
+    // A demo secret and server key only live as long as the process. The
+    // device pins the key: protocol v2 over Noise_NK, as a provisioned
+    // device logs in.
+    let server_key = tether_core::noise::StaticKeypair::generate(&mut rand::rng());
+    let pinned = *server_key.public();
     let server = Server::bind(
         options.listen.as_str(),
         ServerConfig::default(),
@@ -271,7 +275,11 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         ServerSecret::random(),
     )
     .await
-    .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    .map_err(|e| format!("cannot listen on {}: {e}", options.listen))?
+    .with_noise_keys(tether_core::connection::ServerKeys {
+        current: Some(server_key),
+        ..Default::default()
+    });
     let addr = server.local_addr();
     let handle = server.handle();
     say(&format!("server: listening on {addr}"));
@@ -304,7 +312,7 @@ pub async fn run(options: DemoOptions) -> Result<(), String> {
         }
     });
 
-    let device = run_device(addr).await;
+    let device = run_device(addr, pinned).await;
     // Let the server see the device's goodbye before anything else.
     let waited = tokio::time::timeout(Duration::from_secs(2), async {
         while !registry.is_empty() {
@@ -337,12 +345,15 @@ async fn handle_wait(handle: &tether_server::server::ServerHandle) {
 }
 
 /// The simulated device: the tether-firmware client over a std socket.
-async fn run_device(addr: SocketAddr) -> Result<(), String> {
+async fn run_device(addr: SocketAddr, server_key: [u8; 32]) -> Result<(), String> {
     let mut store: BufferStore = BufferStore::new();
     let mut rng = rand::rngs::StdRng::from_rng(&mut rand::rng());
-    let config = DeviceConfig::default().with_min_iterations(DJANGO_DEFAULT_ITERATIONS);
+    let config = DeviceConfig::default()
+        .with_min_iterations(DJANGO_DEFAULT_ITERATIONS)
+        .with_server_key(server_key);
     say(&format!(
-        "device: connecting to {addr} as {DEMO_USER} (PBKDF2 runs once on the device)"
+        "device: connecting to {addr} as {DEMO_USER} over protocol v2 (Noise_NK, server key {}...; PBKDF2 runs once on the device)",
+        hex::encode(&server_key[..4])
     ));
     let t = Instant::now();
     let login = tether_firmware::host::connect(
@@ -356,7 +367,7 @@ async fn run_device(addr: SocketAddr) -> Result<(), String> {
     .await
     .map_err(|e| format!("device: {e}"))?;
     say(&format!(
-        "device: logged in, server verified (session {}, {} ms, keys derived: {})",
+        "device: logged in, server verified, session encrypted (session {}, {} ms, keys derived: {})",
         login.session.session_id(),
         t.elapsed().as_millis(),
         login.derived

@@ -10,11 +10,11 @@
 //! | module | owns |
 //! |---|---|
 //! | [`admin`] | the admin HTTP API (axum): sessions, calls to devices, kick, health, metrics |
-//! | [`metrics`] | Prometheus metrics (logins, sessions, calls, database, throttle, frames) |
+//! | [`metrics`] | Prometheus metrics (logins, sessions, calls, database, throttle, frames); feature `metrics` |
 //! | [`fd_limit`] | the file descriptor limit: raised at start, checked against the limits, a spare to refuse `busy` when none is left |
 //! | [`log_limit`] | rate-limited log lines for what an outsider can cause at will |
 //! | [`untrusted`] | text from outside made safe to log ([`untrusted::Untrusted`]) |
-//! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB), permission and group gates, `last_login`, TTL cache |
+//! | [`store`] | Django credential store (SQLite, PostgreSQL, MySQL/MariaDB: features `sqlite`, `postgres`, `mysql`), permission and group gates, `last_login`, TTL cache |
 //! | [`throttle`] | failed-login backoff per username and per address |
 //! | [`secret`] | the server secret behind decoy challenges |
 //! | [`decoy`] | which challenge a login gets: the account's verifier or a decoy shaped like the rows |
@@ -30,6 +30,17 @@
 //!
 //! The `tether` binary (its command line and `tether demo`) is built on
 //! this API alone; it is not part of it.
+//!
+//! **Cargo features**, all in the default features: `cli` (the `tether`
+//! binary: clap, rpassword; implies `admin`, `sqlite` and `metrics`),
+//! `admin` (the admin API: axum, hyper), `sqlite`, `postgres`, `mysql` (the
+//! database drivers: a URL of one left out is refused with
+//! [`StoreError::Config`] naming its feature), `metrics` (prometheus-client:
+//! without it nothing is recorded and the admin API's `/metrics` answers
+//! `404`). The smallest build that serves devices is
+//! `default-features = false, features = ["sqlite"]` (or `postgres`, or
+//! `mysql`). With no database feature the crate compiles, but
+//! [`Store::open`] refuses every URL, so no server starts.
 //!
 //! The login itself (`login`, private) follows `docs/CONNECTION.md` step by
 //! step.

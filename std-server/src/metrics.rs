@@ -1,5 +1,13 @@
 //! Prometheus metrics of a server (prometheus-client, text format 0.0.4).
 //!
+//! **Cargo feature `metrics`** (in the default features, and implied by
+//! `cli`). Without it, prometheus-client is not built: [`Metrics`] and
+//! everything that records into it stay, but every series is a zero-sized
+//! stand-in whose recording methods are empty, so recording compiles to
+//! nothing; [`Metrics::render`] and [`CONTENT_TYPE`] do not exist, and the
+//! admin API's `GET /metrics` answers `404` `{"error": "no_metrics"}`
+//! naming the feature.
+//!
 //! Every [`Store`](crate::Store) owns a [`Metrics`]; the [`Server`](crate::Server)
 //! bound on that store records into the same one, so one scrape shows the
 //! logins, sessions, calls and database lookups of that server. Give several
@@ -49,17 +57,23 @@ use std::fmt;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+#[cfg(feature = "metrics")]
+pub(crate) use prometheus_client::{
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
 use tether_core::message::RefusalCode;
+
+#[cfg(not(feature = "metrics"))]
+mod disabled;
+#[cfg(not(feature = "metrics"))]
+pub(crate) use disabled::{Counter, Family, Gauge, Histogram, Registry};
 
 use crate::log_limit::LogLimit;
 use crate::throttle::Throttle;
 
 /// The `Content-Type` of [`Metrics::render`]'s output.
+#[cfg(feature = "metrics")]
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 type Labels1 = [(&'static str, &'static str); 1];
@@ -278,7 +292,9 @@ pub(crate) struct ThrottleMetrics {
     pub(crate) pair_blocks: Counter,
 }
 
+// Without the `metrics` feature, what only a scrape reads is never read.
 struct Inner {
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     registry: Registry,
     logins: [Counter; 6],
     logins_by_protocol: [Counter; 2],
@@ -288,7 +304,9 @@ struct Inner {
     handshake_success: Histogram,
     handshake_refused: Histogram,
     throttle: ThrottleMetrics,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     throttled_users: Gauge,
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     throttled_addresses: Gauge,
     sessions_active: Gauge,
     session_ends: [Counter; 7],
@@ -302,6 +320,7 @@ struct Inner {
     admin_connections: Gauge,
     log_limit: LogLimit,
     /// Throttles whose blocked keys are counted at scrape time.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     throttles: Mutex<Vec<Weak<Throttle>>>,
 }
 
@@ -511,7 +530,8 @@ impl Metrics {
     }
 
     /// The metrics in the Prometheus text format (version 0.0.4; serve it
-    /// with [`CONTENT_TYPE`]).
+    /// with [`CONTENT_TYPE`]). Only with the `metrics` feature.
+    #[cfg(feature = "metrics")]
     pub fn render(&self) -> String {
         let (mut users, mut addresses) = (0, 0);
         {
@@ -534,7 +554,10 @@ impl Metrics {
 
     /// Counts this throttle's blocked keys at each scrape.
     pub(crate) fn watch_throttle(&self, throttle: &Arc<Throttle>) {
+        #[cfg(feature = "metrics")]
         crate::realm::lock(&self.inner.throttles).push(Arc::downgrade(throttle));
+        #[cfg(not(feature = "metrics"))]
+        let _ = throttle;
     }
 
     pub(crate) fn throttle(&self) -> ThrottleMetrics {
@@ -677,7 +700,7 @@ impl Drop for SessionGuard {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "metrics"))]
 mod tests {
     use super::*;
 

@@ -28,14 +28,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::registry::Registry as MetricsRegistry;
 use tether_core::message::GoodbyeReason;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::default_realm::{Registry, SessionEntry};
+use crate::metrics::{Counter, Family, Registry as MetricsRegistry};
 use crate::realm::CredentialDigest;
 use crate::store::{Store, UserRecord};
 

@@ -393,7 +393,12 @@ const CENSUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// The protocol v2 keys of a server ([`Server::with_noise_keys`]), shared
 /// by its logins and changeable while it runs ([`Server::noise_keys`]):
 /// each login takes the keys of the moment it starts.
-#[derive(Clone, Default)]
+///
+/// By default a server speaks v2 over `Noise_NN` beside v1, with no
+/// static key (a device that pins one is refused `unknown_key`): hosts
+/// log in over v2 by default (tether-firmware's `std` feature), and a
+/// server embedded in a program meets them without a key file.
+#[derive(Clone)]
 pub struct NoiseKeys(Arc<RwLock<Option<tether_core::connection::ServerKeys>>>);
 
 impl std::fmt::Debug for NoiseKeys {
@@ -407,6 +412,14 @@ impl std::fmt::Debug for NoiseKeys {
                 &keys.as_ref().is_some_and(|k| k.previous.is_some()),
             )
             .finish()
+    }
+}
+
+impl Default for NoiseKeys {
+    fn default() -> Self {
+        Self(Arc::new(RwLock::new(Some(
+            tether_core::connection::ServerKeys::default(),
+        ))))
     }
 }
 
@@ -593,10 +606,24 @@ impl<R: Realm> Server<R> {
         }
     }
 
-    /// Speaks protocol v2 too (Noise NN, and NK with `keys`' static keys;
-    /// `keys.require_encryption` refuses v1 logins `version`).
+    /// Speaks protocol v2 with these keys: Noise NN, and NK with `keys`'
+    /// static keys; `keys.require_encryption` refuses v1 logins `version`.
+    /// Without it, v2 over NN only ([`NoiseKeys`]'s default).
     pub fn with_noise_keys(self, keys: tether_core::connection::ServerKeys) -> Self {
         self.shared.noise.replace(keys);
+        self
+    }
+
+    /// Speaks protocol v1 only, as servers did before v2: v2 logins are
+    /// refused `protocol` (e.g. to test that devices do not fall back).
+    /// [`NoiseKeys::replace`] turns v2 back on.
+    pub fn v1_only(self) -> Self {
+        *self
+            .shared
+            .noise
+            .0
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = None;
         self
     }
 

@@ -199,9 +199,11 @@ async fn a_v2_device_pinning_the_server_key_logs_in_calls_and_is_called_and_noth
         );
     }
 
-    // The same session in v1 (the default, feature or not) is readable, by
-    // design: this is what v2 is for, and proves the search finds them.
-    let (wire, _) = session_on_the_wire(&mut server, &config(), Some(&keys)).await;
+    // The same session in v1 (a device's default; a host asks for it) is
+    // readable, by design: this is what v2 is for, and proves the search
+    // finds them.
+    let v1 = config().with_protocol(Protocol::V1);
+    let (wire, _) = session_on_the_wire(&mut server, &v1, Some(&keys)).await;
     assert_eq!(
         server.metric("tether_logins_by_protocol_total{version=\"1\"}"),
         1.0
@@ -290,7 +292,7 @@ async fn a_server_requiring_encryption_refuses_a_v1_device_and_admits_v2() {
         "alice",
         ClientCredentials::Password(password(DB, "alice")),
         &mut TestRng(4),
-        &config(),
+        &config().with_protocol(Protocol::V1),
     )
     .await
     .unwrap_err();
@@ -328,9 +330,68 @@ async fn a_server_requiring_encryption_refuses_a_v1_device_and_admits_v2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_v2_device_does_not_fall_back_to_v1_on_a_v1_only_server() {
+async fn a_host_logs_in_over_v2_nn_by_default_to_a_server_with_no_key_file() {
+    // A host's default (feature std) is v2 over NN, and a server embedded
+    // with no keys configured speaks it: the two meet encrypted.
+    assert_eq!(Config::default().protocol, Protocol::Unpinned);
     let db = Db::copy(DB);
     let server = start_server(&db, "127.0.0.1:0", Duration::from_secs(30)).await;
+    let mut store: BufferStore = BufferStore::new();
+    let mut login = host::connect(
+        server.addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(password(DB, "alice")),
+        &mut TestRng(7),
+        &Config::default().with_min_iterations(200_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        login
+            .session
+            .call::<Echo, _>(&"sealed", &mut ())
+            .await
+            .unwrap(),
+        "sealed"
+    );
+    login.session.close().await.unwrap();
+    assert_eq!(
+        server.metric("tether_logins_by_protocol_total{version=\"2\"}"),
+        1.0
+    );
+    assert_eq!(
+        server.metric("tether_logins_by_protocol_total{version=\"1\"}"),
+        0.0
+    );
+    // A device that pins a key this server does not hold is refused.
+    let e = host::connect(
+        server.addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(password(DB, "alice")),
+        &mut TestRng(8),
+        &config().with_server_key([9; 32]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Refused {
+                code: RefusalCode::UnknownKey,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    server.handle.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_device_does_not_fall_back_to_v1_on_a_v1_only_server() {
+    let db = Db::copy(DB);
+    let server = start_v1_only_server(&db, "127.0.0.1:0", Duration::from_secs(30)).await;
     let mut store: BufferStore = BufferStore::new();
     for config in [
         config().with_server_key([9; 32]),

@@ -29,6 +29,9 @@ pub struct CallArgs {
     /// server asking for fewer).
     #[arg(long, default_value_t = tether_core::scram::DEFAULT_MIN_ITERATIONS)]
     pub min_iterations: u32,
+    /// The protocol.
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
     /// Seconds to wait for the reply.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
@@ -195,6 +198,7 @@ pub async fn run(args: CallArgs) -> ExitCode {
         server: &args.server,
         user: &args.user,
         min_iterations: args.min_iterations,
+        protocol: &args.protocol,
         timeout,
     };
     let mut session = match log_in(&login, store.buffers()).await {
@@ -267,6 +271,48 @@ fn rfc3339_from_unix_ms(ms: u64) -> String {
         .unwrap_or_else(|| format!("{ms} ms after 1970 (not a date)"))
 }
 
+/// Which protocol `tether call` and `tether device` speak: v2 unless told
+/// otherwise, over `Noise_NK` when the server's key is given.
+#[derive(Debug, Args)]
+pub struct ProtocolArgs {
+    /// The protocol version: 2 (encrypted: Noise, then SCRAM bound to it)
+    /// or 1 (authenticated frames, readable on the wire).
+    #[arg(long, default_value = "2", value_parser = ["1", "2"])]
+    pub protocol: String,
+    /// The server's static public key, 64 hex digits (`tether keys
+    /// --server` prints it): protocol v2 over Noise_NK, the server
+    /// authenticated before anything else is sent. Without it, v2 runs
+    /// Noise_NN (encrypted, the server authenticated by SCRAM only).
+    #[arg(long, env = "TETHER_SERVER_KEY", value_name = "HEX")]
+    pub server_key: Option<String>,
+}
+
+impl ProtocolArgs {
+    /// The device's protocol setting, or why these options are wrong.
+    fn protocol(&self) -> Result<tether_firmware::Protocol, String> {
+        use tether_firmware::Protocol;
+        match (self.protocol.as_str(), &self.server_key) {
+            ("1", Some(_)) => Err(
+                "--server-key is for protocol v2 (Noise_NK); protocol v1 has no server key".into(),
+            ),
+            ("1", None) => Ok(Protocol::V1),
+            (_, None) => Ok(Protocol::Unpinned),
+            (_, Some(text)) => {
+                let bytes = hex::decode(text.trim()).map_err(|e| {
+                    format!("--server-key: not hex ({e}); `tether keys --server` prints the key")
+                })?;
+                let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+                    format!(
+                        "--server-key: {} bytes, a server key is 32 (64 hex digits)",
+                        b.len()
+                    )
+                })?;
+                Ok(Protocol::Pinned(key))
+            }
+        }
+    }
+}
+
 /// Where and as whom `tether call` and `tether device` log in.
 pub(super) struct LoginArgs<'a> {
     /// The command, for messages.
@@ -274,6 +320,7 @@ pub(super) struct LoginArgs<'a> {
     pub server: &'a str,
     pub user: &'a str,
     pub min_iterations: u32,
+    pub protocol: &'a ProtocolArgs,
     pub timeout: Duration,
 }
 
@@ -285,6 +332,13 @@ pub(super) async fn log_in<'b>(
     buffers: tether_firmware::Buffers<'b>,
 ) -> Result<tether_firmware::host::HostSession<'b>, ExitCode> {
     let who = login.who;
+    let protocol = match login.protocol.protocol() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("{who}: {e}");
+            return Err(ExitCode::from(2));
+        }
+    };
     let password = match read_password() {
         Ok(p) => p,
         Err(e) => {
@@ -297,7 +351,8 @@ pub(super) async fn log_in<'b>(
     let config = DeviceConfig::default()
         .with_min_iterations(login.min_iterations)
         .with_call_timeout(timeout)
-        .with_handshake_timeout(timeout);
+        .with_handshake_timeout(timeout)
+        .with_protocol(protocol);
     let addr = with_default_port(login.server, tether_core::frame::DEFAULT_PORT);
     let stream = match connect(&addr, timeout).await {
         Ok(s) => s,
@@ -329,10 +384,14 @@ pub(super) async fn log_in<'b>(
                 RefusalCode::Unsupported => "the server runs none of the mechanisms offered",
                 RefusalCode::Throttled => "too many failed logins",
                 RefusalCode::Unavailable => "the server cannot reach its user database",
-                RefusalCode::Version => "the server speaks another protocol version",
+                RefusalCode::Version => {
+                    "the server does not speak this protocol version (--protocol 1 or 2)"
+                }
                 RefusalCode::Protocol => "the server rejected the handshake",
                 RefusalCode::Busy => "the server is at its limit",
-                RefusalCode::UnknownKey => "the server does not hold the pinned key",
+                RefusalCode::UnknownKey => {
+                    "the server does not hold the key given with --server-key (see `tether keys --server` on the server)"
+                }
             };
             if retry_after_secs > 0 {
                 eprintln!("{who}: login refused: {code}: {why} (retry after {retry_after_secs} s)");

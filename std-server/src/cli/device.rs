@@ -20,7 +20,7 @@ use tether_core::method::builtin::{DeviceInfo, DeviceStatus, Echo};
 use tether_firmware::{BufferStore, Handler, Request, Responded, Responder};
 use tokio::io::AsyncBufReadExt as _;
 
-use super::call::{LoginArgs, log_in, typed};
+use super::call::{LoginArgs, ProtocolArgs, log_in, typed};
 use super::secs;
 
 /// `tether device`.
@@ -35,6 +35,9 @@ pub struct DeviceArgs {
     /// The fewest PBKDF2 iterations to accept from the server.
     #[arg(long, default_value_t = tether_core::scram::DEFAULT_MIN_ITERATIONS)]
     pub min_iterations: u32,
+    /// The protocol.
+    #[command(flatten)]
+    pub protocol: ProtocolArgs,
     /// Seconds the login may take.
     #[arg(long, default_value_t = 10.0)]
     pub timeout: f64,
@@ -92,6 +95,7 @@ pub async fn run(args: DeviceArgs) -> ExitCode {
         server: &args.server,
         user: &args.user,
         min_iterations: args.min_iterations,
+        protocol: &args.protocol,
         timeout: secs(args.timeout),
     };
     let mut session = match log_in(&login, store.buffers()).await {

@@ -9,11 +9,7 @@
 //! | `tether_forward_delivery_retries_total` | counter | | attempts that failed with 408, 429, 5xx, a timeout or no connection (retried) |
 //! | `tether_forward_queue_depth` | gauge | | notifications and events waiting, all sessions |
 
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use crate::metrics::{Counter, Family, Gauge, Histogram, Registry};
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];

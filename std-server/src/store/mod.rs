@@ -21,6 +21,12 @@
 //! down or locked turns into [`StoreError::Unavailable`] within that time,
 //! and the pool reconnects by itself when the database returns.
 //!
+//! Each database needs its cargo feature (`sqlite`, `postgres`, `mysql`;
+//! all in the default features): [`Store::open`] refuses the URL of a
+//! database left out of the build with [`StoreError::Config`] naming the
+//! feature to enable. A build with none of them compiles, but no store
+//! opens, so no server starts.
+//!
 //! The optional cache ([`StoreConfig::cache_ttl`], off by default) keeps a
 //! lookup result for at most its TTL, never longer: a user deactivated or
 //! whose password changed can keep logging in for at most that long.
@@ -37,14 +43,19 @@ use tether_core::scram::Mechanism;
 use crate::metrics::{Metrics, StoreMetrics};
 
 pub mod last_login;
+#[cfg(feature = "sqlite")]
 mod sqlite_file;
+#[cfg(feature = "sqlite")]
 pub mod sqlite_reader;
 
 use last_login::LastLoginWriter;
+#[cfg(feature = "sqlite")]
 use sqlite_file::FileWatch;
+#[cfg(feature = "sqlite")]
 use sqlite_reader::SqliteReader;
 
-/// Which SQL dialect a database URL speaks.
+/// Which SQL dialect a database URL speaks. Every variant exists in every
+/// build; a store opens only those whose cargo feature is enabled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     /// SQLite (`sqlite://path`).
@@ -56,25 +67,48 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The backend of a database URL, from its scheme.
+    /// The backend of a database URL, from its scheme. A backend whose
+    /// cargo feature this build lacks is an error naming the feature.
     pub fn from_url(url: &str) -> Result<Self, StoreError> {
         let scheme = url.split(':').next().unwrap_or("");
-        match scheme {
-            "sqlite" => Ok(Self::Sqlite),
-            "postgres" | "postgresql" if cfg!(feature = "postgres") => Ok(Self::Postgres),
-            "mysql" | "mariadb" if cfg!(feature = "mysql") => Ok(Self::MySql),
-            "postgres" | "postgresql" | "mysql" | "mariadb" => Err(StoreError::Config(format!(
-                "this build has no {scheme} support: enable tether-server's cargo feature \
-                 `{}`",
-                if scheme.starts_with('p') {
-                    "postgres"
-                } else {
-                    "mysql"
-                }
-            ))),
-            _ => Err(StoreError::Config(format!(
-                "unsupported database URL scheme {scheme:?}: use sqlite://, postgres:// or mysql://"
-            ))),
+        let backend = match scheme {
+            "sqlite" => Self::Sqlite,
+            "postgres" | "postgresql" => Self::Postgres,
+            "mysql" | "mariadb" => Self::MySql,
+            _ => {
+                return Err(StoreError::Config(format!(
+                    "unsupported database URL scheme {scheme:?}: use sqlite://, postgres:// or \
+                     mysql://"
+                )));
+            }
+        };
+        if backend.is_compiled() {
+            Ok(backend)
+        } else {
+            Err(StoreError::Config(format!(
+                "this build has no {scheme} support: enable tether-server's cargo feature `{}`",
+                backend.feature()
+            )))
+        }
+    }
+
+    /// The cargo feature of tether-server that compiles this backend's
+    /// driver in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+            Self::MySql => "mysql",
+        }
+    }
+
+    /// Whether this build has the backend's driver (its
+    /// [`feature`](Self::feature) is enabled).
+    pub fn is_compiled(self) -> bool {
+        match self {
+            Self::Sqlite => cfg!(feature = "sqlite"),
+            Self::Postgres => cfg!(feature = "postgres"),
+            Self::MySql => cfg!(feature = "mysql"),
         }
     }
 
@@ -131,7 +165,7 @@ pub fn missing_sqlite_file(url: &str) -> Option<String> {
     if Backend::from_url(url).ok()? != Backend::Sqlite {
         return None;
     }
-    let path = SqliteReader::file_of(url)?;
+    let path = sqlite_file_of(url)?;
     if path.exists() {
         return None;
     }
@@ -144,6 +178,19 @@ pub fn missing_sqlite_file(url: &str) -> Option<String> {
          write four, sqlite:////srv/site/db.sqlite3, for an absolute path in both)",
         absolute.display()
     ))
+}
+
+/// The database file of a `sqlite:` URL, when the lookup threads can open
+/// it. Always `None` without the `sqlite` feature (whose
+/// URLs [`Backend::from_url`] refuses anyway).
+fn sqlite_file_of(url: &str) -> Option<std::path::PathBuf> {
+    #[cfg(feature = "sqlite")]
+    return SqliteReader::file_of(url);
+    #[cfg(not(feature = "sqlite"))]
+    {
+        let _ = url;
+        None
+    }
 }
 
 /// The URL with any password replaced by `***`, for logs.
@@ -391,6 +438,7 @@ pub struct Store {
     lookup_sql: Arc<str>,
     lookup_binds: Vec<String>,
     /// SQLite files: lookups on dedicated threads instead of the pool.
+    #[cfg(feature = "sqlite")]
     reader: Option<SqliteReader>,
     last_login: LastLoginWriter,
     cache: Option<Cache>,
@@ -520,12 +568,14 @@ impl Store {
         let mut lookup_binds = b.binds;
         lookup_binds.pop(); // the username, bound per lookup
         let timeout = config.lookup_timeout;
+        #[cfg(feature = "sqlite")]
         let file = match SqliteReader::file_of(&url) {
             Some(path) if backend == Backend::Sqlite => {
                 Some((path.clone(), Arc::new(FileWatch::new(path))))
             }
             _ => None,
         };
+        #[cfg(feature = "sqlite")]
         let watch = file.as_ref().map(|(_, w)| w.clone());
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections.max(1))
@@ -544,20 +594,22 @@ impl Store {
                     }
                     Ok(())
                 })
-            })
-            // A connection to a SQLite file that was since replaced by
-            // rename reads the old file: take another. sqlx dates a
-            // connection once it is connected, so a replacement during the
-            // connect (under 100 ms) counts too.
-            .before_acquire(move |_conn, meta| {
-                let stale = watch.as_ref().is_some_and(|w| {
-                    let opened = Instant::now()
-                        .checked_sub(meta.age + Duration::from_millis(100))
-                        .unwrap_or_else(Instant::now);
-                    w.is_stale(opened)
-                });
-                Box::pin(async move { Ok(!stale) })
-            })
+            });
+        // A connection to a SQLite file that was since replaced by rename
+        // reads the old file: take another. sqlx dates a connection once it
+        // is connected, so a replacement during the connect (under 100 ms)
+        // counts too.
+        #[cfg(feature = "sqlite")]
+        let pool = pool.before_acquire(move |_conn, meta| {
+            let stale = watch.as_ref().is_some_and(|w| {
+                let opened = Instant::now()
+                    .checked_sub(meta.age + Duration::from_millis(100))
+                    .unwrap_or_else(Instant::now);
+                w.is_stale(opened)
+            });
+            Box::pin(async move { Ok(!stale) })
+        });
+        let pool = pool
             .connect_lazy(&url)
             .map_err(|e| StoreError::Config(e.to_string()))?;
         let cache = (!config.cache_ttl.is_zero()).then(|| Cache {
@@ -567,6 +619,7 @@ impl Store {
         });
         let metrics = Metrics::new();
         let lookup_sql: Arc<str> = lookup_sql.into();
+        #[cfg(feature = "sqlite")]
         let reader = match file {
             Some((path, watch)) => Some(
                 SqliteReader::start(
@@ -590,6 +643,7 @@ impl Store {
             gate_binds,
             lookup_sql,
             lookup_binds,
+            #[cfg(feature = "sqlite")]
             reader,
             last_login,
             cache,
@@ -678,6 +732,7 @@ impl Store {
                 self.config.lookup_timeout.as_millis()
             ))
         };
+        #[cfg(feature = "sqlite")]
         if let Some(reader) = &self.reader {
             return tokio::time::timeout(self.config.lookup_timeout, reader.lookup(username))
                 .await
@@ -845,6 +900,7 @@ impl Store {
         if let Err(e) = self.last_login.close().await {
             tracing::warn!(error = %e, "could not write the last logins before closing");
         }
+        #[cfg(feature = "sqlite")]
         if let Some(reader) = &self.reader {
             reader.close();
         }
@@ -958,7 +1014,43 @@ mod tests {
         );
     }
 
+    /// A URL of a database whose cargo feature is off is refused, by
+    /// `Backend::from_url` and `Store::open`, with the feature's name; one
+    /// whose feature is on is accepted. CI runs this with every database
+    /// feature on (the default) and with none.
     #[test]
+    fn a_database_left_out_of_the_build_is_refused_with_its_feature() {
+        assert_eq!(Backend::Sqlite.is_compiled(), cfg!(feature = "sqlite"));
+        assert_eq!(Backend::Postgres.is_compiled(), cfg!(feature = "postgres"));
+        assert_eq!(Backend::MySql.is_compiled(), cfg!(feature = "mysql"));
+        for (url, backend, scheme) in [
+            ("sqlite://db.sqlite3", Backend::Sqlite, "sqlite"),
+            ("sqlite:///srv/site/db.sqlite3", Backend::Sqlite, "sqlite"),
+            ("postgres://u@h/db", Backend::Postgres, "postgres"),
+            ("postgresql://u@h/db", Backend::Postgres, "postgresql"),
+            ("mysql://u@h/db", Backend::MySql, "mysql"),
+            ("mariadb://u@h/db", Backend::MySql, "mariadb"),
+        ] {
+            if backend.is_compiled() {
+                assert_eq!(Backend::from_url(url).unwrap(), backend, "{url}");
+                continue;
+            }
+            let expected = format!(
+                "configuration: this build has no {scheme} support: enable tether-server's \
+                 cargo feature `{}`",
+                backend.feature()
+            );
+            let err = Backend::from_url(url).unwrap_err();
+            assert_eq!(err.to_string(), expected, "{url}");
+            let err = Store::open(StoreConfig::new(url)).unwrap_err();
+            assert!(matches!(err, StoreError::Config(_)), "{url}: {err:?}");
+            assert_eq!(err.to_string(), expected, "{url}");
+            assert_eq!(missing_sqlite_file(url), None);
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "sqlite")]
     fn a_missing_sqlite_file_is_explained() {
         let dir = tempfile::tempdir().unwrap();
         let there = dir.path().join("db.sqlite3");

@@ -41,7 +41,8 @@ fn demo_runs_end_to_end_and_reuses_its_database() {
         "demo: credentials: username alice, password wonderland",
         "server: listening on 127.0.0.1:",
         "device: connecting",
-        "device: logged in, server verified",
+        "over protocol v2 (Noise_NK, server key ",
+        "device: logged in, server verified, session encrypted",
         "device: echo(\"hello from the device\") -> \"hello from the device\"",
         "device: whoami() -> user alice (id 1)",
         "device: goodbye",
@@ -1092,6 +1093,101 @@ async fn v2_login_echo(addr: std::net::SocketAddr, pin: Option<[u8; 32]>) -> Res
     client::close(&mut stream, &mut conn)
         .await
         .map_err(|e| format!("goodbye: {e}"))
+}
+
+/// `tether call` against `tether serve` speaks v2 by default: NN without
+/// the server's key, NK with it (`--server-key` or `TETHER_SERVER_KEY`),
+/// v1 only with `--protocol 1`; a wrong key is one sentence and exit 2.
+#[test]
+fn call_speaks_v2_by_default_and_pins_the_server_key_when_given() {
+    let db = Db::copy(DB);
+    let file = db.dir.path().join("server.key");
+    let (key, _) = server_key_cmd(&file, &[]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (child, rx) = spawn_serve(
+        &[
+            "--listen",
+            &listen,
+            "--database",
+            &db.url(),
+            "--server-key-file",
+            file.to_str().unwrap(),
+        ],
+        db.dir.path(),
+    );
+    lines_until(&rx, |l| l.contains("listening"));
+    let call = |more: &[&str], env_key: Option<&str>| {
+        let mut args = vec!["call", "--server", &listen, "--user", "alice"];
+        args.extend_from_slice(more);
+        args.extend_from_slice(&["echo", "over the wire"]);
+        let mut cmd = tether(&args);
+        cmd.env("TETHER_PASSWORD", "alice-password")
+            .env_remove("TETHER_SERVER_KEY");
+        if let Some(k) = env_key {
+            cmd.env("TETHER_SERVER_KEY", k);
+        }
+        cmd.output().unwrap()
+    };
+    let logged_in_as = |rx: &Receiver<String>| {
+        let lines = lines_until(rx, |l| l.contains("protocol=") && l.contains("session="));
+        let line = lines.last().unwrap().clone();
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .map(|v| v.trim_matches('"').to_string())
+                .unwrap_or_default()
+        };
+        (field("protocol"), field("noise"))
+    };
+    let hex_key = hex::encode(key);
+    for (more, env_key, protocol, noise) in [
+        (vec![], None, "2", "NN"),
+        (vec!["--server-key", hex_key.as_str()], None, "2", "NK"),
+        (vec![], Some(hex_key.as_str()), "2", "NK"),
+        (vec!["--protocol", "1"], None, "1", "none"),
+    ] {
+        let out = call(&more, env_key);
+        assert!(
+            out.status.success(),
+            "{more:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "over the wire\n");
+        assert_eq!(
+            logged_in_as(&rx),
+            (protocol.to_string(), noise.to_string()),
+            "{more:?} {env_key:?}"
+        );
+    }
+    // A key the server does not hold: refused, said in one sentence.
+    let out = call(&["--server-key", &"ab".repeat(32)], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("login refused: unknown_key") && stderr.contains("--server-key"),
+        "{stderr}"
+    );
+    // Options that cannot work are refused before connecting.
+    for (more, says) in [
+        (vec!["--server-key", "abcd"], "2 bytes, a server key is 32"),
+        (vec!["--server-key", "not hex"], "not hex"),
+        (
+            vec!["--protocol", "1", "--server-key", hex_key.as_str()],
+            "protocol v1 has no server key",
+        ),
+    ] {
+        let out = call(&more, None);
+        assert_eq!(out.status.code(), Some(2), "{more:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{more:?}: {stderr}");
+    }
+    stop(child);
 }
 
 /// The public key `tether keys --server ARGS` prints, and its stderr.

@@ -75,13 +75,32 @@ pub async fn start_server(db: &Db, bind: &str, heartbeat: Duration) -> RealServe
     start_server_with(db, bind, heartbeat, None).await
 }
 
-/// [`start_server`] speaking protocol v2 too with `noise` (its static keys,
-/// and whether v1 is refused, as `tether serve --require-encryption`).
+/// [`start_server`] speaking protocol v1 only, as servers did before v2.
+pub async fn start_v1_only_server(db: &Db, bind: &str, heartbeat: Duration) -> RealServer {
+    start(db, bind, heartbeat, Server::v1_only).await
+}
+
+/// [`start_server`] with `noise`, its protocol v2 keys (static keys for
+/// NK, and whether v1 is refused, as `tether serve --require-encryption`);
+/// without, v2 over NN only (a server's default).
 pub async fn start_server_with(
     db: &Db,
     bind: &str,
     heartbeat: Duration,
     noise: Option<tether_core::connection::ServerKeys>,
+) -> RealServer {
+    start(db, bind, heartbeat, |server| match noise {
+        Some(keys) => server.with_noise_keys(keys),
+        None => server,
+    })
+    .await
+}
+
+async fn start(
+    db: &Db,
+    bind: &str,
+    heartbeat: Duration,
+    setup: impl FnOnce(Server<DefaultRealm>) -> Server<DefaultRealm>,
 ) -> RealServer {
     let (tx, events) = tokio::sync::mpsc::unbounded_channel();
     let realm = DefaultRealm::new().ask_device_info(true).with_events(tx);
@@ -99,7 +118,7 @@ pub async fn start_server_with(
         codename: "connect".into(),
     });
     let store = Arc::new(Store::open(store).unwrap());
-    let mut server = Server::bind(
+    let server = Server::bind(
         bind,
         config,
         store.clone(),
@@ -108,9 +127,7 @@ pub async fn start_server_with(
     )
     .await
     .unwrap();
-    if let Some(keys) = noise {
-        server = server.with_noise_keys(keys);
-    }
+    let server = setup(server);
     let addr = server.local_addr();
     let handle = server.handle();
     let join = tokio::spawn(server.run());
