@@ -77,6 +77,14 @@ pub enum Protocol {
 #[cfg(feature = "v2")]
 impl Default for Protocol {
     fn default() -> Self {
+        Self::build_default()
+    }
+}
+
+#[cfg(feature = "v2")]
+impl Protocol {
+    /// The default of this build (for [`Config::new`], a `const fn`).
+    const fn build_default() -> Self {
         if cfg!(feature = "std") {
             Self::Unpinned
         } else {
@@ -107,7 +115,7 @@ impl Config {
             call_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
             #[cfg(feature = "v2")]
-            protocol: Protocol::default(),
+            protocol: Protocol::build_default(),
         }
     }
 
