@@ -444,10 +444,12 @@ fn challenged<'c>(
     login: ClientLogin<'c, LOGIN_MESSAGE_LEN>,
 ) -> Result<Step<'c>, ConnectionError> {
     match server_message(plain)? {
-        Handshake::Challenge(c) => login
-            .handle_challenge_bound(c.mechanism, c.server_first, h)
-            .map(|proof| Step::Proof { sealed, proof })
-            .map_err(ConnectionError::Scram),
+        Handshake::Challenge(c) => {
+            match login.handle_challenge_bound(c.mechanism, c.server_first, h) {
+                Ok(proof) => Ok(Step::Proof { sealed, proof }),
+                Err(e) => Err(ConnectionError::Scram(e)),
+            }
+        }
         _ => Err(ConnectionError::Protocol(Violation::UnexpectedMessage)),
     }
 }
