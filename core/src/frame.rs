@@ -166,8 +166,12 @@ pub(crate) fn finish_frame(out: &mut [u8], len: usize, max: usize) -> Result<&[u
     if len > max {
         return Err(FrameError::TooLong { len, max });
     }
-    out[..HEADER_LEN].copy_from_slice(&(len as u16).to_be_bytes());
-    Ok(&out[..HEADER_LEN + len])
+    // (Checked: no panic path is flashed.)
+    let frame = out.get_mut(..HEADER_LEN + len).ok_or(FrameError::Encode)?;
+    if let Some(prefix) = frame.first_chunk_mut::<HEADER_LEN>() {
+        *prefix = (len as u16).to_be_bytes();
+    }
+    Ok(frame)
 }
 
 /// Incremental frame decoder over a caller-provided body buffer: the one

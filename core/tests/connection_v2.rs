@@ -759,7 +759,7 @@ fn replays_fail_in_the_session_and_across_sessions() {
         fresh.poll(),
         Err(ConnectionError::Rejected {
             code: RefusalCode::Protocol,
-            cause: RefusalCause::Session(SessionError::BadTag)
+            cause: RefusalCause::Noise(tether_core::noise::NoiseError::Decrypt)
         })
     ));
 }

@@ -77,6 +77,14 @@ pub enum Protocol {
 #[cfg(feature = "v2")]
 impl Default for Protocol {
     fn default() -> Self {
+        Self::build_default()
+    }
+}
+
+#[cfg(feature = "v2")]
+impl Protocol {
+    /// The default of this build (for [`Config::new`], a `const fn`).
+    const fn build_default() -> Self {
         if cfg!(feature = "std") {
             Self::Unpinned
         } else {
@@ -87,26 +95,38 @@ impl Default for Protocol {
 
 impl Default for Config {
     fn default() -> Self {
-        Self {
-            scram: scram::ClientConfig::default(),
-            handshake_timeout: Duration::from_secs(10),
-            call_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(10),
-            #[cfg(feature = "v2")]
-            protocol: Protocol::default(),
-        }
+        Self::new()
     }
 }
 
 impl Config {
+    /// The default settings, as a `const fn` (as are the `with_` methods):
+    /// a device can keep its settings in flash, `static CONFIG: Config =
+    /// Config::new().with_min_iterations(600_000);`, and lend them to
+    /// [`Link`](crate::embassy::Link) (no copy in RAM, the pinned server
+    /// key included).
+    pub const fn new() -> Self {
+        Self {
+            scram: scram::ClientConfig {
+                min_iterations: scram::DEFAULT_MIN_ITERATIONS,
+                max_iterations: scram::DEFAULT_MAX_ITERATIONS,
+            },
+            handshake_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            #[cfg(feature = "v2")]
+            protocol: Protocol::build_default(),
+        }
+    }
+
     /// These settings with another iteration floor.
-    pub fn with_min_iterations(mut self, min_iterations: u32) -> Self {
+    pub const fn with_min_iterations(mut self, min_iterations: u32) -> Self {
         self.scram.min_iterations = min_iterations;
         self
     }
 
     /// These settings with another handshake timeout.
-    pub fn with_handshake_timeout(self, handshake_timeout: Duration) -> Self {
+    pub const fn with_handshake_timeout(self, handshake_timeout: Duration) -> Self {
         Self {
             handshake_timeout,
             ..self
@@ -114,7 +134,7 @@ impl Config {
     }
 
     /// These settings with another call timeout.
-    pub fn with_call_timeout(self, call_timeout: Duration) -> Self {
+    pub const fn with_call_timeout(self, call_timeout: Duration) -> Self {
         Self {
             call_timeout,
             ..self
@@ -122,7 +142,7 @@ impl Config {
     }
 
     /// These settings with another write timeout.
-    pub fn with_write_timeout(self, write_timeout: Duration) -> Self {
+    pub const fn with_write_timeout(self, write_timeout: Duration) -> Self {
         Self {
             write_timeout,
             ..self
@@ -133,7 +153,7 @@ impl Config {
     /// `server_key`, the server's static public key (feature `v2`; see
     /// [`Protocol::Pinned`]).
     #[cfg(feature = "v2")]
-    pub fn with_server_key(self, server_key: [u8; 32]) -> Self {
+    pub const fn with_server_key(self, server_key: [u8; 32]) -> Self {
         self.with_protocol(Protocol::Pinned(server_key))
     }
 
@@ -141,13 +161,13 @@ impl Config {
     /// authenticate the server before SCRAM (feature `v2`; see
     /// [`Protocol::Unpinned`]).
     #[cfg(feature = "v2")]
-    pub fn with_unpinned_v2(self) -> Self {
+    pub const fn with_unpinned_v2(self) -> Self {
         self.with_protocol(Protocol::Unpinned)
     }
 
     /// These settings with another protocol (feature `v2`).
     #[cfg(feature = "v2")]
-    pub fn with_protocol(self, protocol: Protocol) -> Self {
+    pub const fn with_protocol(self, protocol: Protocol) -> Self {
         Self { protocol, ..self }
     }
 

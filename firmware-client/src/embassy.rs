@@ -40,8 +40,11 @@
 //!     let mut store: BufferStore = BufferStore::new();
 //!     let server = IpEndpoint::new(Ipv4Address::new(10, 0, 0, 1).into(), 7420);
 //!     let account = Account { username: "sensor-7", password: Some("wonderland"), keys: None };
+//!     // (Settings known at build time can be a `static` in flash:
+//!     // `static CONFIG: Config = Config::new()...;`.)
+//!     let config = Config::default();
 //!     let mut link = Link::new(stack, server, &mut sock_rx, &mut sock_tx, store.buffers(),
-//!         account, Config::default(), Backoff::default());
+//!         account, &config, Backoff::default());
 //!     let fatal = link
 //!         .run(rng, async |connected| {
 //!             if let Some(keys) = connected.new_keys {
@@ -173,9 +176,8 @@ pub struct Link<'a, S: Remote = IpEndpoint> {
     socket_tx: &'a mut [u8],
     buffers: Buffers<'a>,
     account: Account<'a>,
-    config: Config,
+    config: &'a Config,
     backoff: Backoff,
-    connect_timeout: Duration,
     #[cfg(feature = "first-login")]
     progress: Option<DerivationProgress<'a>>,
 }
@@ -184,6 +186,9 @@ impl<'a, S: Remote> Link<'a, S> {
     /// A link to `remote` (an [`IpEndpoint`], or a `HostName` with the
     /// `dns` feature) through `stack`. `socket_rx`/`socket_tx` are the
     /// `TcpSocket`'s buffers (1 KiB each is plenty for 512-byte frames).
+    /// `config` is borrowed: settings fixed at build time can be a
+    /// `static` in flash ([`Config::new`] and its `with_` methods are
+    /// `const`), which no RAM holds a copy of.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         stack: Stack<'a>,
@@ -192,7 +197,7 @@ impl<'a, S: Remote> Link<'a, S> {
         socket_tx: &'a mut [u8],
         buffers: Buffers<'a>,
         account: Account<'a>,
-        config: Config,
+        config: &'a Config,
         backoff: Backoff,
     ) -> Self {
         Self {
@@ -202,7 +207,6 @@ impl<'a, S: Remote> Link<'a, S> {
             socket_tx,
             buffers,
             account,
-            connect_timeout: config.handshake_timeout,
             config,
             backoff,
             #[cfg(feature = "first-login")]
@@ -264,7 +268,6 @@ impl<'a, S: Remote> Link<'a, S> {
                 account,
                 config,
                 backoff,
-                connect_timeout,
                 #[cfg(feature = "first-login")]
                 progress,
             } = self;
@@ -277,7 +280,8 @@ impl<'a, S: Remote> Link<'a, S> {
             let mut socket = TcpSocket::new(*stack, socket_rx, socket_tx);
             let connect = select(
                 socket.connect(endpoint),
-                Timer::after_millis(ms(*connect_timeout)),
+                // (A connection attempt waits as long as a handshake step.)
+                Timer::after_millis(ms(config.handshake_timeout)),
             )
             .await;
             match connect {

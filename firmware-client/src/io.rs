@@ -42,7 +42,8 @@ impl<T: Write + ReadReady, C: Clock> Io<T, C> {
             while !frame.is_empty() {
                 match transport.write(frame).await {
                     Ok(0) => return Err(Error::Disconnected),
-                    Ok(n) => frame = &frame[n..],
+                    // (`n` <= `frame.len()`; `get` flashes no panic path.)
+                    Ok(n) => frame = frame.get(n..).unwrap_or_default(),
                     Err(e) => return Err(Error::Transport(e)),
                 }
             }

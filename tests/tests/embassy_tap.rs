@@ -53,6 +53,8 @@ const DEVICE_IP: [u8; 4] = [10, 42, 0, 2];
 const PORT: u16 = 7420;
 /// The server's name, as the namespace's DNS server knows it.
 const SERVER_NAME: &str = "tether.test";
+/// The device's settings (a `static`, as a device keeps them in flash).
+static DEVICE_CONFIG: Config = Config::new().with_min_iterations(600_000);
 
 /// A DNS server for the namespace: answers an A query for `SERVER_NAME`
 /// with `SERVER_IP` and any other name with NXDOMAIN; counts the queries
@@ -149,7 +151,7 @@ async fn device_task(
         &mut sock_tx,
         store.buffers(),
         account,
-        Config::default().with_min_iterations(600_000),
+        &DEVICE_CONFIG,
         Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
     );
     let mind_reports = reports.clone();
@@ -467,7 +469,7 @@ async fn first_login_device(
         &mut sock_tx,
         buffers.buffers(),
         account,
-        Config::default().with_min_iterations(600_000),
+        &DEVICE_CONFIG,
         Backoff::new(Duration::from_millis(100), Duration::from_secs(2)),
     )
     .on_derivation(&mut on_progress);

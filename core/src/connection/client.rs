@@ -7,9 +7,9 @@ use rand_core::CryptoRng;
 use super::established::{Connection, Start};
 use super::{ConnectionError, Instant, LOGIN_MESSAGE_LEN, Violation, millis};
 use crate::frame::{FrameDecoder, FrameError, HEADER_LEN, MIN_MAX_FRAME, finish_frame};
-use crate::message::{Handshake, Hello, PROTOCOL_VERSION, Proof};
+use crate::message::{Handshake, Hello, PROTOCOL_VERSION, Proof, Welcome};
 use crate::scram::{self, CachedKeys, ClientCredentials, ClientLogin, ClientProofSent};
-use crate::session::Role;
+use crate::session::{Opener, Role, Sealer};
 
 /// A client's established connection: `CALLS` of its own calls may wait
 /// for replies at once (each slot 16 bytes); the server's calls are
@@ -246,37 +246,12 @@ impl<'b, 'c, const CALLS: usize> ClientHandshake<'b, 'c, CALLS> {
                     Err(e) => Err(ConnectionError::Scram(e)),
                 }
             }
-            (Step::Proof(proof), Some(Handshake::Welcome(w))) => {
-                match proof.handle_server_final(w.server_final) {
-                    Err(e) => Err(ConnectionError::Scram(e)),
-                    Ok(_) if w.max_frame < MIN_MAX_FRAME => Err(ConnectionError::Protocol(
-                        Violation::MaxFrameTooSmall(w.max_frame),
-                    )),
-                    Ok(done) => Ok((done, w.max_frame, w.session_id, w.heartbeat_secs)),
-                }
-            }
+            (Step::Proof(proof), Some(Handshake::Welcome(w))) => welcomed(proof, &w),
             _ => Err(ConnectionError::Protocol(Violation::UnexpectedMessage)),
         };
-        let (done, peer_max, session_id, heartbeat_secs) = welcomed.map_err(|e| self.end(e))?;
-        let mut rx = core::mem::replace(&mut self.rx, FrameDecoder::new(&mut [], 0));
-        rx.set_max(u16::MAX.into());
-        let (sealer, opener) = done.session.into_halves(Role::Client);
+        let welcomed = welcomed.map_err(|e| self.end(e))?;
         self.error = Some(ConnectionError::Ended);
-        let start = Start {
-            role: Role::Client,
-            sealer,
-            opener,
-            peer_max,
-            session_id,
-            heartbeat_secs,
-            max_answers: 1,
-            now,
-        };
-        Ok(Some(Established {
-            connection: Connection::new(rx, start),
-            keys: done.keys,
-            derived: done.derived,
-        }))
+        Ok(Some(established(&mut self.rx, welcomed, None, now)))
     }
 
     /// The keys the proof was made with, once it is (after the challenge):
@@ -298,5 +273,75 @@ impl<'b, 'c, const CALLS: usize> ClientHandshake<'b, 'c, CALLS> {
 
     fn fail(&mut self, e: ConnectionError) -> ConnectionError {
         *self.error.get_or_insert(e)
+    }
+}
+
+/// A welcome that passed [`welcomed`]'s checks: what the connection
+/// starts with.
+pub(super) struct Welcomed {
+    done: scram::ClientSuccess,
+    peer_max: u16,
+    session_id: u64,
+    heartbeat_secs: u16,
+}
+
+/// The welcome, after the proof: checks the server's signature and the
+/// welcome's `max_frame`. One copy for the v1 and v2 logins (a v1-only
+/// build inlines it into its one caller), as [`established`].
+pub(super) fn welcomed(
+    proof: ClientProofSent,
+    w: &Welcome<'_>,
+) -> Result<Welcomed, ConnectionError> {
+    let done = proof
+        .handle_server_final(w.server_final)
+        .map_err(ConnectionError::Scram)?;
+    if w.max_frame < MIN_MAX_FRAME {
+        return Err(ConnectionError::Protocol(Violation::MaxFrameTooSmall(
+            w.max_frame,
+        )));
+    }
+    Ok(Welcomed {
+        done,
+        peer_max: w.max_frame,
+        session_id: w.session_id,
+        heartbeat_secs: w.heartbeat_secs,
+    })
+}
+
+/// The connection a [`welcomed`] login starts, over the login's receive
+/// buffer (`rx` is left empty). `halves` are protocol v2's sealed frame
+/// halves; v1's come from the SCRAM session key.
+pub(super) fn established<'b, const CALLS: usize>(
+    rx: &mut FrameDecoder<&'b mut [u8]>,
+    welcomed: Welcomed,
+    halves: Option<(Sealer, Opener)>,
+    now: Instant,
+) -> Established<'b, CALLS> {
+    let Welcomed {
+        done,
+        peer_max,
+        session_id,
+        heartbeat_secs,
+    } = welcomed;
+    let mut rx = core::mem::replace(rx, FrameDecoder::new(&mut [], 0));
+    rx.set_max(u16::MAX.into());
+    let (sealer, opener) = match halves {
+        Some(halves) => halves,
+        None => done.session.into_halves(Role::Client),
+    };
+    let start = Start {
+        role: Role::Client,
+        sealer,
+        opener,
+        peer_max,
+        session_id,
+        heartbeat_secs,
+        max_answers: 1,
+        now,
+    };
+    Established {
+        connection: Connection::new(rx, start),
+        keys: done.keys,
+        derived: done.derived,
     }
 }

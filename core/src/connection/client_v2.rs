@@ -4,14 +4,13 @@
 
 use rand_core::CryptoRng;
 
-use super::client::{ClientConfig, Established};
-use super::established::{Connection, Start};
+use super::client::{ClientConfig, Established, established, welcomed};
 use super::{ConnectionError, Instant, LOGIN_MESSAGE_LEN, Violation, millis};
 use crate::frame::{FrameDecoder, FrameError, HEADER_LEN, MIN_MAX_FRAME, finish_frame};
 use crate::message::{Handshake, Hello, PROTOCOL_VERSION_2, Proof};
-use crate::noise::{AwaitingResponse, DHLEN, Initiator, PAYLOAD_AT, Pattern, TAG_LEN};
+use crate::noise::{AwaitingResponse, CipherState, DHLEN, Initiator, PAYLOAD_AT, Pattern, TAG_LEN};
 use crate::scram::{CachedKeys, ClientCredentials, ClientLogin, ClientProofSent};
-use crate::session::{Opener, Role, SEQ_LEN, Sealer};
+use crate::session::{self, Opener, SEQ_LEN, Sealer};
 
 /// The first 8 bytes of every v2 prologue.
 pub(crate) const PROLOGUE_LABEL: &[u8; 8] = b"tether/2";
@@ -87,6 +86,8 @@ enum Step<'c> {
     /// NN: the sealed hello is to be sent, then the challenge awaited.
     Hello {
         sealed: Sealed,
+        /// The handshake hash, which the proof will be bound to.
+        h: [u8; 32],
         login: ClientLogin<'c, LOGIN_MESSAGE_LEN>,
     },
     /// The sealed proof is to be sent, then the welcome awaited.
@@ -98,11 +99,15 @@ enum Step<'c> {
     Done,
 }
 
-/// The Noise session's two frame halves and its handshake hash.
+/// The Noise session's transport keys. The login seals and opens its
+/// frames with the two `CipherState`s (48 bytes each on a Cortex-M4) and
+/// turns them into the session's [`Sealer`] and [`Opener`] (152 bytes
+/// each, sized for v1's HMAC state) only at the welcome; the handshake
+/// hash is kept only until the proof is bound to it. So the login's state,
+/// which a device holds in a static, stays within the session's.
 struct Sealed {
-    sealer: Sealer,
-    opener: Opener,
-    h: [u8; 32],
+    send: CipherState,
+    recv: CipherState,
 }
 
 /// The device's side of a protocol v2 login: the same entry points and
@@ -247,14 +252,18 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                     Err(_) => return self.failed(FrameError::Encode),
                 }
             }
-            Step::Hello { mut sealed, login } => {
+            Step::Hello {
+                mut sealed,
+                h,
+                login,
+            } => {
                 let body = out.get_mut(HEADER_LEN + SEQ_LEN..).unwrap_or_default();
                 let n = match hello(&login, max_frame, body) {
                     Ok(n) => n,
                     Err(e) => return self.failed(e),
                 };
-                let frame = sealed.sealer.seal_in_place(out, n, max);
-                self.step = Step::Hello { sealed, login };
+                let frame = session::seal_v2(&mut sealed.send, out, n, max);
+                self.step = Step::Hello { sealed, h, login };
                 frame.ok_or(FrameError::Encode)
             }
             Step::Proof { mut sealed, proof } => {
@@ -264,7 +273,7 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                 }
                 .encode(body);
                 let frame = match encoded {
-                    Ok(n) => sealed.sealer.seal_in_place(out, n, max),
+                    Ok(n) => session::seal_v2(&mut sealed.send, out, n, max),
                     Err(_) => None,
                 };
                 self.step = Step::Proof { sealed, proof };
@@ -318,18 +327,14 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
             return Ok(None);
         };
         self.deadline = u64::MAX;
-        let protocol = |v| ConnectionError::Protocol(v);
+        let unexpected = ConnectionError::Protocol(Violation::UnexpectedMessage);
         let step = core::mem::replace(&mut self.step, Step::Done);
         let next = match step {
             Step::Responded { noise, login } => 'm2: {
                 // Shorter than a key and a tag: a clear-text refusal (or
                 // nothing this device accepts).
                 if body.len() < DHLEN + TAG_LEN {
-                    break 'm2 Err(match Handshake::decode_from_server(body) {
-                        Ok(Some(Handshake::Refused(r))) => ConnectionError::Refused(r),
-                        Ok(_) => protocol(Violation::UnexpectedMessage),
-                        Err(e) => protocol(Violation::Undecodable(e)),
-                    });
+                    break 'm2 server_message(body).and(Err(unexpected));
                 }
                 let (transport, payload) = match noise.read_message(body) {
                     Ok(read) => read,
@@ -337,68 +342,43 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
                 };
                 let h = *transport.handshake_hash();
                 let crate::noise::Transport { send, recv, .. } = transport;
-                let sealed = Sealed {
-                    sealer: Sealer::v2(send),
-                    opener: Opener::v2(recv),
-                    h,
-                };
+                let sealed = Sealed { send, recv };
                 match self.pattern {
-                    Pattern::Nn if payload.is_empty() => {
-                        self.owed = true;
-                        Ok(Step::Hello { sealed, login })
-                    }
-                    Pattern::Nn => Err(protocol(Violation::UnexpectedMessage)),
-                    Pattern::Nk => challenged(payload, sealed, login).inspect(|_| self.owed = true),
+                    Pattern::Nn if payload.is_empty() => Ok(Step::Hello { sealed, h, login }),
+                    Pattern::Nn => Err(unexpected),
+                    Pattern::Nk => challenged(payload, sealed, &h, login),
                 }
             }
-            Step::Hello { mut sealed, login } => match sealed.opener.open_v2(body) {
-                Ok(plain) => challenged(plain, sealed, login).inspect(|_| self.owed = true),
+            Step::Hello {
+                mut sealed,
+                h,
+                login,
+            } => match session::open_v2(&mut sealed.recv, body) {
+                Ok(plain) => challenged(plain, sealed, &h, login),
                 Err(e) => Err(ConnectionError::Session(e)),
             },
-            Step::Proof { mut sealed, proof } => 'welcome: {
-                let plain = match sealed.opener.open_v2(body) {
-                    Ok(plain) => plain,
-                    Err(e) => break 'welcome Err(ConnectionError::Session(e)),
+            Step::Proof { sealed, proof } => {
+                let Sealed { send, mut recv, .. } = sealed;
+                let welcomed = match session::open_v2(&mut recv, body) {
+                    Ok(plain) => match server_message(plain) {
+                        Ok(Handshake::Welcome(w)) => welcomed(proof, &w),
+                        Ok(_) => Err(unexpected),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(ConnectionError::Session(e)),
                 };
-                let welcome = match Handshake::decode_from_server(plain) {
-                    Ok(Some(Handshake::Welcome(w))) => w,
-                    Ok(Some(Handshake::Refused(r))) => {
-                        break 'welcome Err(ConnectionError::Refused(r));
-                    }
-                    Ok(_) => break 'welcome Err(protocol(Violation::UnexpectedMessage)),
-                    Err(e) => break 'welcome Err(protocol(Violation::Undecodable(e))),
-                };
-                let done = match proof.handle_server_final(welcome.server_final) {
-                    Ok(done) => done,
-                    Err(e) => break 'welcome Err(ConnectionError::Scram(e)),
-                };
-                if welcome.max_frame < MIN_MAX_FRAME {
-                    break 'welcome Err(protocol(Violation::MaxFrameTooSmall(welcome.max_frame)));
-                }
-                let start = Start {
-                    role: Role::Client,
-                    sealer: sealed.sealer,
-                    opener: sealed.opener,
-                    peer_max: welcome.max_frame,
-                    session_id: welcome.session_id,
-                    heartbeat_secs: welcome.heartbeat_secs,
-                    max_answers: 1,
-                    now,
-                };
-                let mut rx = core::mem::replace(&mut self.rx, FrameDecoder::new(&mut [], 0));
-                rx.set_max(u16::MAX.into());
+                let welcomed = welcomed.map_err(|e| self.end(e))?;
                 self.error = Some(ConnectionError::Ended);
-                return Ok(Some(Established {
-                    connection: Connection::new(rx, start),
-                    keys: done.keys,
-                    derived: done.derived,
-                }));
+                let halves = (Sealer::v2(send), Opener::v2(recv));
+                return Ok(Some(established(&mut self.rx, welcomed, Some(halves), now)));
             }
-            Step::Start { .. } | Step::Done => Err(protocol(Violation::UnexpectedMessage)),
+            Step::Start { .. } | Step::Done => Err(unexpected),
         };
         match next {
             Ok(step) => {
+                // The sealed hello (NN) or the proof is due.
                 self.step = step;
+                self.owed = true;
                 Ok(None)
             }
             Err(e) => Err(self.end(e)),
@@ -414,11 +394,12 @@ impl<'b, 'c, const CALLS: usize> ClientHandshakeV2<'b, 'c, CALLS> {
         }
     }
 
-    /// The Noise handshake hash, once message 2 is read: what the SCRAM
-    /// proof is bound to.
+    /// The Noise handshake hash, from message 2 until the SCRAM proof is
+    /// bound to it: NN's sealed hello step (with NK the proof is made as
+    /// message 2 is read, and the hash not kept).
     pub fn handshake_hash(&self) -> Option<&[u8; 32]> {
         match &self.step {
-            Step::Hello { sealed, .. } | Step::Proof { sealed, .. } => Some(&sealed.h),
+            Step::Hello { h, .. } => Some(h),
             _ => None,
         }
     }
@@ -459,17 +440,28 @@ fn hello(
 fn challenged<'c>(
     plain: &[u8],
     sealed: Sealed,
+    h: &[u8; 32],
     login: ClientLogin<'c, LOGIN_MESSAGE_LEN>,
 ) -> Result<Step<'c>, ConnectionError> {
-    match Handshake::decode_from_server(plain) {
-        Ok(Some(Handshake::Challenge(c))) => {
-            match login.handle_challenge_bound(c.mechanism, c.server_first, &sealed.h) {
+    match server_message(plain)? {
+        Handshake::Challenge(c) => {
+            match login.handle_challenge_bound(c.mechanism, c.server_first, h) {
                 Ok(proof) => Ok(Step::Proof { sealed, proof }),
                 Err(e) => Err(ConnectionError::Scram(e)),
             }
         }
+        _ => Err(ConnectionError::Protocol(Violation::UnexpectedMessage)),
+    }
+}
+
+/// A message from the server: a refusal is [`ConnectionError::Refused`],
+/// a body that does not decode (or that a server does not send) a
+/// protocol error.
+fn server_message(body: &[u8]) -> Result<Handshake<'_>, ConnectionError> {
+    match Handshake::decode_from_server(body) {
         Ok(Some(Handshake::Refused(r))) => Err(ConnectionError::Refused(r)),
-        Ok(_) => Err(ConnectionError::Protocol(Violation::UnexpectedMessage)),
+        Ok(Some(msg)) => Ok(msg),
+        Ok(None) => Err(ConnectionError::Protocol(Violation::UnexpectedMessage)),
         Err(e) => Err(ConnectionError::Protocol(Violation::Undecodable(e))),
     }
 }

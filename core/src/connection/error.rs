@@ -134,12 +134,16 @@ pub enum RefusalCause {
     /// realm said no.
     Server,
     /// Protocol v2: Noise message 1 failed (`protocol`; with NK
-    /// `unknown_key` when it decrypts under none of the server's keys).
+    /// `unknown_key` when it decrypts under none of the server's keys),
+    /// or a sealed handshake frame failed to open (`protocol`): too short
+    /// ([`NoiseError::TooShort`](crate::noise::NoiseError::TooShort)), or
+    /// not the authentic next Noise transport message (altered, forged,
+    /// replayed, reordered: [`NoiseError::Decrypt`](crate::noise::NoiseError::Decrypt)).
+    /// (Not the frame's [`SessionError`]: its two sequence numbers would
+    /// make every `ConnectionError` 8 bytes larger, which a device holds
+    /// in its session.)
     #[cfg(feature = "v2")]
     Noise(crate::noise::NoiseError),
-    /// Protocol v2: a sealed handshake frame failed to open (`protocol`).
-    #[cfg(feature = "v2")]
-    Session(SessionError),
     /// `--require-encryption`: a v1 hello (`version`).
     #[cfg(feature = "v2")]
     EncryptionRequired,
@@ -157,8 +161,6 @@ impl fmt::Display for RefusalCause {
             Self::Server => f.write_str("refused by the server"),
             #[cfg(feature = "v2")]
             Self::Noise(e) => write!(f, "Noise: {e}"),
-            #[cfg(feature = "v2")]
-            Self::Session(e) => write!(f, "sealed handshake frame: {e}"),
             #[cfg(feature = "v2")]
             Self::EncryptionRequired => f.write_str("v1 login while encryption is required"),
         }

@@ -999,7 +999,14 @@ impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
         let h = head
             .encode(n, out.get_mut(start..at).unwrap_or_default())
             .map_err(|_| too_large)?;
-        out.copy_within(at..at + n, start + h);
+        // (Bounds checked here, where the compiler sees them: no panic path
+        // is flashed for copy_within.)
+        let end = at.checked_add(n).filter(|&end| end <= out.len());
+        let dest = start + h;
+        match end {
+            Some(end) if dest <= at => out.copy_within(at..end, dest),
+            _ => return Err(too_large),
+        }
         let frame = self.sealer.seal_in_place(out, h + n, self.peer_max);
         if frame.is_some() {
             self.last_sent = now;

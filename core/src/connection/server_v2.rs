@@ -9,7 +9,7 @@ use super::{ConnectionError, RefusalCause};
 use crate::frame::{FrameError, HEADER_LEN, MIN_MAX_FRAME, encode_handshake, finish_frame};
 use crate::message::{Handshake, PROTOCOL_VERSION_2, RefusalCode};
 use crate::noise::{NoiseError, PAYLOAD_AT, Pattern, ReadyToRespond, Responder, StaticKeypair};
-use crate::session::{Opener, SEQ_LEN, Sealer};
+use crate::session::{OVERHEAD, Opener, SEQ_LEN, Sealer, SessionError};
 
 /// The server's static Noise keys and its v2 policy. A server without a
 /// static key still serves `Noise_NN`; an NK device then gets
@@ -189,9 +189,16 @@ impl V2 {
     /// a clear one as it is.
     pub(crate) fn open<'b>(&mut self, body: &'b mut [u8]) -> Result<&'b [u8], Refuse> {
         match &mut self.noise {
-            Noise::Sealed { opener, .. } => opener
-                .open_v2(body)
-                .map_err(|e| (RefusalCode::Protocol, RefusalCause::Session(e))),
+            Noise::Sealed { opener, .. } => opener.open_v2(body).map_err(|e| {
+                let noise = match e {
+                    SessionError::TooShort { len } => NoiseError::TooShort {
+                        len,
+                        min: OVERHEAD + 1,
+                    },
+                    _ => NoiseError::Decrypt,
+                };
+                (RefusalCode::Protocol, RefusalCause::Noise(noise))
+            }),
             _ => Ok(body),
         }
     }

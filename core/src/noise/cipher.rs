@@ -82,14 +82,18 @@ impl CipherState {
             return Ok(len);
         };
         let needed = len + TAG_LEN;
-        if buf.len() < needed {
-            return Err(NoiseError::BufferTooSmall {
-                needed,
-                available: buf.len(),
-            });
-        }
+        let too_small = NoiseError::BufferTooSmall {
+            needed,
+            available: buf.len(),
+        };
+        // (Checked splits: no panic path is flashed.)
+        let Some((text, tag_out)) = buf
+            .get_mut(..needed)
+            .and_then(|b| b.split_last_chunk_mut::<TAG_LEN>())
+        else {
+            return Err(too_small);
+        };
         let n = self.next_nonce()?;
-        let (text, rest) = buf.split_at_mut(len);
         let tag = aead(k)
             .encrypt_inout_detached(&nonce(n), ad, text.into())
             // Only for plaintexts over 256 GiB, which no buffer here holds.
@@ -97,7 +101,7 @@ impl CipherState {
                 len,
                 max: super::MAX_MESSAGE_LEN,
             })?;
-        rest[..TAG_LEN].copy_from_slice(&tag);
+        *tag_out = tag.into();
         self.n = n + 1;
         Ok(needed)
     }
@@ -121,11 +125,10 @@ impl CipherState {
             return Ok(buf);
         };
         let n = self.next_nonce()?;
-        let Some(len) = buf.len().checked_sub(TAG_LEN) else {
+        let Some((text, tag)) = buf.split_last_chunk_mut::<TAG_LEN>() else {
             return Err(NoiseError::Decrypt);
         };
-        let (text, tag) = buf.split_at_mut(len);
-        let tag: &[u8; TAG_LEN] = (&*tag).try_into().expect("16 bytes");
+        let tag: &[u8; TAG_LEN] = tag;
         aead(k)
             .decrypt_inout_detached(&nonce(n), ad, (&mut *text).into(), tag.into())
             .map_err(|_| NoiseError::Decrypt)?;

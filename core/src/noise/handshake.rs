@@ -13,7 +13,7 @@ use super::symmetric::SymmetricState;
 use super::{DHLEN, MAX_MESSAGE_LEN, NoiseError, Pattern, StaticKeypair};
 
 /// A message pattern token (only those of NN and NK).
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
     E,
     Ee,
@@ -21,6 +21,17 @@ enum Token {
 }
 
 impl Pattern {
+    /// The tokens of message `index` (0 or 1): [`messages`](Self::messages)
+    /// without indexing (so no panic path is flashed).
+    fn tokens(self, index: usize) -> &'static [Token] {
+        use Token::*;
+        match (self, index) {
+            (Self::Nn, 0) => &[E],
+            (Self::Nk, 0) => &[E, Es],
+            _ => &[E, Ee],
+        }
+    }
+
     /// The message patterns, after the pre-messages.
     fn messages(self) -> &'static [&'static [Token]] {
         use Token::*;
@@ -77,13 +88,10 @@ impl HandshakeState {
     ) -> Self {
         let mut symmetric = SymmetricState::new(pattern.protocol_name().as_bytes());
         symmetric.mix_hash(prologue);
-        // NK's pre-message `<- s`: the responder's static public key.
-        if pattern == Pattern::Nk {
-            let responder_static = match (s, rs) {
-                (Some(s), _) => s.public(),
-                (None, Some(rs)) => rs,
-                (None, None) => unreachable!("NK needs the responder's static key"),
-            };
+        // NK's pre-message `<- s`: the responder's static public key (its
+        // own for the responder, the pinned copy for the initiator; NN's
+        // constructors pass neither).
+        if let Some(responder_static) = s.map(StaticKeypair::public).or(rs) {
             symmetric.mix_hash(responder_static);
         }
         Self {
@@ -99,16 +107,18 @@ impl HandshakeState {
     }
 
     /// `WriteMessage(payload, message_buffer)`: writes the next message to
-    /// `out` and returns its length, and the transport states after the
-    /// last message.
+    /// `out` and returns its length. After the last message the caller
+    /// takes the transport states with [`split`](Self::split).
     pub(crate) fn write_message<R: CryptoRng + ?Sized>(
         &mut self,
         payload: &[u8],
         out: &mut [u8],
         rng: &mut R,
-    ) -> Result<(usize, Option<Split>), NoiseError> {
+    ) -> Result<usize, NoiseError> {
         self.check_len(payload.len(), out.len())?;
-        out[DHLEN..DHLEN + payload.len()].copy_from_slice(payload);
+        if let Some(dest) = out.get_mut(DHLEN..DHLEN + payload.len()) {
+            dest.copy_from_slice(payload);
+        }
         self.write_in_place(payload.len(), out, rng)
     }
 
@@ -137,67 +147,74 @@ impl HandshakeState {
         payload_len: usize,
         out: &mut [u8],
         rng: &mut R,
-    ) -> Result<(usize, Option<Split>), NoiseError> {
+    ) -> Result<usize, NoiseError> {
         let len = self.check_len(payload_len, out.len())?;
-        let tokens = self.pattern.messages()[self.next];
-        let mut at = 0;
-        for token in tokens {
+        // Each message of NN and NK starts with `e` (its one public key),
+        // then its DH tokens. (`out` holds `len` bytes, checked above: the
+        // splits cannot fail, and no panic path is flashed for them.)
+        let Some((public, rest)) = out.split_first_chunk_mut::<DHLEN>() else {
+            return Err(NoiseError::BufferTooSmall {
+                needed: len,
+                available: 0,
+            });
+        };
+        for token in self.pattern.tokens(self.next) {
             match token {
                 Token::E => {
                     rng.fill_bytes(&mut self.e);
                     // The firmware's line is the ladder as it always was
                     // (no table in flash); servers use the table.
                     #[cfg(not(feature = "precomputed-tables"))]
-                    let public = x25519(self.e, X25519_BASEPOINT_BYTES);
+                    {
+                        *public = x25519(self.e, X25519_BASEPOINT_BYTES);
+                    }
                     #[cfg(feature = "precomputed-tables")]
-                    let public = super::public_key(self.e);
-                    out[at..at + DHLEN].copy_from_slice(&public);
-                    at += DHLEN;
-                    self.symmetric.mix_hash(&public);
+                    {
+                        *public = super::public_key(self.e);
+                    }
+                    self.symmetric.mix_hash(public);
                 }
                 Token::Ee => self.mix_dh(self.e, self.re),
                 Token::Es => self.mix_es(),
             }
         }
-        debug_assert_eq!(at, DHLEN);
-        at += self
-            .symmetric
-            .encrypt_and_hash(&mut out[at..], payload_len)?;
-        debug_assert_eq!(at, len);
+        let n = DHLEN + self.symmetric.encrypt_and_hash(rest, payload_len)?;
+        debug_assert_eq!(n, len);
         self.next += 1;
-        Ok((at, self.split_if_done()))
+        Ok(n)
     }
 
     /// `ReadMessage(message, payload_buffer)`, decrypting the payload in
-    /// place: returns the payload (a suffix of `message`), and the
-    /// transport states after the last message. On failure nothing in
-    /// `message` has changed.
+    /// place: returns the payload (a suffix of `message`). After the last
+    /// message the caller takes the transport states with
+    /// [`split`](Self::split). On failure nothing in `message` has changed.
     pub(crate) fn read_message<'m>(
         &mut self,
         message: &'m mut [u8],
-    ) -> Result<(&'m [u8], Option<Split>), NoiseError> {
+    ) -> Result<&'m [u8], NoiseError> {
         if message.len() > MAX_MESSAGE_LEN {
             return Err(NoiseError::TooLong {
                 len: message.len(),
                 max: MAX_MESSAGE_LEN,
             });
         }
-        let tokens = self.pattern.messages()[self.next];
         let min = self.pattern.message_len(self.next, 0);
+        let too_short = NoiseError::TooShort {
+            len: message.len(),
+            min,
+        };
         if message.len() < min {
-            return Err(NoiseError::TooShort {
-                len: message.len(),
-                min,
-            });
+            return Err(too_short);
         }
-        let mut rest = message;
-        for token in tokens {
+        // Each message of NN and NK starts with `e`.
+        let Some((re, rest)) = message.split_first_chunk_mut::<DHLEN>() else {
+            return Err(too_short);
+        };
+        for token in self.pattern.tokens(self.next) {
             match token {
                 Token::E => {
-                    let (re, tail) = rest.split_at_mut(DHLEN);
-                    self.re.copy_from_slice(re);
-                    rest = tail;
-                    self.symmetric.mix_hash(&self.re);
+                    self.re = *re;
+                    self.symmetric.mix_hash(re);
                 }
                 Token::Ee => self.mix_dh(self.e, self.re),
                 Token::Es => self.mix_es(),
@@ -205,7 +222,7 @@ impl HandshakeState {
         }
         let payload = self.symmetric.decrypt_and_hash(rest)?;
         self.next += 1;
-        Ok((payload, self.split_if_done()))
+        Ok(payload)
     }
 
     /// The pattern being run.
@@ -236,8 +253,11 @@ impl HandshakeState {
         private.zeroize();
     }
 
-    fn split_if_done(&self) -> Option<Split> {
-        (self.next == self.pattern.messages().len()).then(|| self.symmetric.split())
+    /// `Split()`, once the last message is written or read (the typed
+    /// steps of `noise` call it only then).
+    pub(crate) fn split(&self) -> Split {
+        debug_assert_eq!(self.next, self.pattern.messages().len());
+        self.symmetric.split()
     }
 }
 
@@ -248,5 +268,25 @@ impl Pattern {
     pub const fn message_len(self, index: usize, payload_len: usize) -> usize {
         let encrypted = !matches!((self, index), (Self::Nn, 0));
         DHLEN + payload_len + if encrypted { super::TAG_LEN } else { 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_the_message_patterns() {
+        for pattern in [Pattern::Nn, Pattern::Nk] {
+            let messages = pattern.messages();
+            assert_eq!(messages.len(), 2);
+            for (index, tokens) in messages.iter().enumerate() {
+                assert_eq!(
+                    pattern.tokens(index),
+                    *tokens,
+                    "{pattern:?} message {index}"
+                );
+            }
+        }
     }
 }

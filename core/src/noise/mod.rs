@@ -323,8 +323,8 @@ impl Initiator {
         out: &'o mut [u8],
         rng: &mut R,
     ) -> Result<(AwaitingResponse, &'o [u8]), NoiseError> {
-        let (n, _) = self.0.write_message(payload, out, rng)?;
-        Ok((AwaitingResponse(self.0), &out[..n]))
+        let n = self.0.write_message(payload, out, rng)?;
+        Ok((AwaitingResponse(self.0), out.get(..n).unwrap_or_default()))
     }
 
     /// [`write_message`](Self::write_message) with the payload already in
@@ -338,8 +338,8 @@ impl Initiator {
         out: &'o mut [u8],
         rng: &mut R,
     ) -> Result<(AwaitingResponse, &'o [u8]), NoiseError> {
-        let (n, _) = self.0.write_in_place(payload_len, out, rng)?;
-        Ok((AwaitingResponse(self.0), &out[..n]))
+        let n = self.0.write_in_place(payload_len, out, rng)?;
+        Ok((AwaitingResponse(self.0), out.get(..n).unwrap_or_default()))
     }
 }
 
@@ -352,8 +352,8 @@ impl AwaitingResponse {
     /// [`NoiseError::Decrypt`] (altered message, a responder without the
     /// pinned key, a different prologue).
     pub fn read_message(mut self, message: &mut [u8]) -> Result<(Transport, &[u8]), NoiseError> {
-        let (payload, split) = self.0.read_message(message)?;
-        let (c1, c2) = split.expect("message 2 is the last");
+        let payload = self.0.read_message(message)?;
+        let (c1, c2) = self.0.split();
         Ok((Transport::new(c1, c2, &self.0), payload))
     }
 }
@@ -401,7 +401,7 @@ impl Responder {
         mut self,
         message: &mut [u8],
     ) -> Result<(ReadyToRespond, &[u8]), NoiseError> {
-        let (payload, _) = self.0.read_message(message)?;
+        let payload = self.0.read_message(message)?;
         Ok((ReadyToRespond(self.0), payload))
     }
 }
@@ -418,9 +418,12 @@ impl ReadyToRespond {
         out: &'o mut [u8],
         rng: &mut R,
     ) -> Result<(Transport, &'o [u8]), NoiseError> {
-        let (n, split) = self.0.write_message(payload, out, rng)?;
-        let (c1, c2) = split.expect("message 2 is the last");
-        Ok((Transport::new(c2, c1, &self.0), &out[..n]))
+        let n = self.0.write_message(payload, out, rng)?;
+        let (c1, c2) = self.0.split();
+        Ok((
+            Transport::new(c2, c1, &self.0),
+            out.get(..n).unwrap_or_default(),
+        ))
     }
 
     /// [`write_message`](Self::write_message) with the payload already in
@@ -434,9 +437,12 @@ impl ReadyToRespond {
         out: &'o mut [u8],
         rng: &mut R,
     ) -> Result<(Transport, &'o [u8]), NoiseError> {
-        let (n, split) = self.0.write_in_place(payload_len, out, rng)?;
-        let (c1, c2) = split.expect("message 2 is the last");
-        Ok((Transport::new(c2, c1, &self.0), &out[..n]))
+        let n = self.0.write_in_place(payload_len, out, rng)?;
+        let (c1, c2) = self.0.split();
+        Ok((
+            Transport::new(c2, c1, &self.0),
+            out.get(..n).unwrap_or_default(),
+        ))
     }
 }
 

@@ -401,7 +401,10 @@ impl ClientProofSent {
         let v = attr(&mut rest, b'v', "server signature")?;
         let mut sig = [0u8; 48];
         let n = decode_b64(v, &mut sig, "server signature")?;
-        let got = Key::from_slice(&sig[..n]).ok_or(ScramError::Malformed("server signature"))?;
+        let got = sig
+            .get(..n)
+            .and_then(Key::from_slice)
+            .ok_or(ScramError::Malformed("server signature"))?;
         if !got.ct_eq(&self.server_signature) {
             return Err(ScramError::InvalidServerSignature);
         }

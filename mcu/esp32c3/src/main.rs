@@ -216,6 +216,8 @@ async fn device_main(
     );
     let (mut sock_rx, mut sock_tx) = ([0u8; 1024], [0u8; 1024]);
     let mut buffers: BufferStore<512, 512> = BufferStore::new();
+    // The client's settings, in flash.
+    static CONFIG: Config = Config::new().with_min_iterations(600_000);
     let mut link = Link::new(
         stack,
         HostName {
@@ -230,7 +232,7 @@ async fn device_main(
             password: PASSWORD,
             keys,
         },
-        Config::default().with_min_iterations(600_000),
+        &CONFIG,
         Backoff::default(),
     );
     let mut mind = Mind;

@@ -194,14 +194,14 @@ mod app {
     use tether_firmware::storage::{KeyStore, StorageError, Stored};
     use tether_firmware::{Backoff, BufferStore, Config, Error, Handler, Request, Responded, Responder};
 
-    /// The client's settings: Django 4.2's iteration floor; with feature
-    /// `v2`, protocol v2 towards the pinned server key.
-    fn config() -> Config {
-        let config = Config::default().with_min_iterations(600_000);
-        #[cfg(feature = "v2")]
-        let config = config.with_server_key(super::SERVER_KEY);
-        config
-    }
+    /// The client's settings, in flash: Django 4.2's iteration floor;
+    /// with feature `v2`, protocol v2 towards the pinned server key.
+    #[cfg(not(feature = "v2"))]
+    static CONFIG: Config = Config::new().with_min_iterations(600_000);
+    #[cfg(feature = "v2")]
+    static CONFIG: Config = Config::new()
+        .with_min_iterations(600_000)
+        .with_server_key(super::SERVER_KEY);
 
     use super::*;
 
@@ -399,7 +399,7 @@ mod app {
             &mut sock_tx,
             store_buf.buffers(),
             account,
-            config(),
+            &CONFIG,
             Backoff::default(),
         );
         #[cfg(all(feature = "first-login", not(feature = "app-minimal")))]
