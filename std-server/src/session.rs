@@ -33,7 +33,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tether_core::connection::{
-    CallFailure, ConnectionError, Event, ReplyToken, SendError, ServerConnection, Violation,
+    CallFailure, ConnectionError, Event, Growable, ReplyToken, SendError, ServerConnection,
+    Violation,
 };
 use tether_core::frame::{FrameError, HEADER_LEN};
 use tether_core::message::GoodbyeReason;
@@ -53,15 +54,17 @@ use crate::realm::{
 use crate::stream::Stream;
 use crate::untrusted::Untrusted;
 
-/// Size of the server's table of its calls to the device waiting for a
+/// Bound of the server's table of its calls to the device waiting for a
 /// reply; more [`Mind`] calls wait in the session's queue for a slot.
 pub(crate) const CALLS: usize = 32;
 /// Most calls of the device that may be owed an answer at once (the cap
 /// of [`SessionConfig::max_calls_in_flight`]).
 pub(crate) const ANSWERS: usize = 64;
 
-/// The established connection as the server runs it.
-pub(crate) type ServerConn = ServerConnection<RxStorage, CALLS, ANSWERS>;
+/// The established connection as the server runs it: both call tables
+/// grow on demand up to their bounds and are freed when empty (an idle
+/// session holds none; fixed, they were 768 bytes).
+pub(crate) type ServerConn = ServerConnection<RxStorage, CALLS, ANSWERS, Growable>;
 
 /// The machine's clock: milliseconds since the first use in this process
 /// (tokio's clock, so that tests with a paused clock drive it).
