@@ -28,7 +28,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -49,7 +49,7 @@ use crate::lease::{self, RxStorage};
 use crate::log_limit::Noisy;
 use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{
-    Avatar, CallError, CallResult, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo,
+    Avatar, CallError, CallResult, IncomingCall, Latch, Mind, RemoteError, SessionEnd, SessionInfo,
 };
 use crate::stream::Stream;
 use crate::untrusted::Untrusted;
@@ -210,9 +210,11 @@ pub(crate) async fn run<A: Avatar>(
         mind,
         metrics,
     } = *est;
-    let peer = info.peer;
-    let span =
-        tracing::info_span!("session", id = info.id, user = %Untrusted(&info.user.username), %peer);
+    // The session keeps its id only: the username and the peer are the
+    // mind's (a whole `SessionInfo` is ~180 bytes and a string).
+    let session_id = info.id;
+    let span = tracing::info_span!("session", id = info.id, user = %Untrusted(&info.user.username), peer = %info.peer);
+    drop(info);
     // Closed when the session is done with it, however it ends: what is
     // still queued is dropped, its senders learn the session closed.
     let queue = QueueGuard(mind.clone());
@@ -235,10 +237,7 @@ pub(crate) async fn run<A: Avatar>(
         },
         calls: Calls {
             avatar,
-            tracker: TaskTracker::new(),
-            // The mind's end, which comes at the same moment (one token less
-            // per session).
-            cancel: mind.shared.ended.clone(),
+            tracker: OnceLock::new(),
             recorded: metrics.calls(Direction::FromDevice),
         },
         mind,
@@ -260,10 +259,10 @@ pub(crate) async fn run<A: Avatar>(
     mind.shut();
     io.waiters.clear();
     io.parked.clear();
-    calls.cancel.cancel();
-    calls.tracker.close();
+    let tracker = calls.tracker();
+    tracker.close();
     let closing = async {
-        let waiting = calls.tracker.wait();
+        let waiting = tracker.wait();
         tokio::pin!(waiting);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             loop {
@@ -295,18 +294,18 @@ pub(crate) async fn run<A: Avatar>(
             .instrument(span.clone())
             .await;
         if let Ok(Err(Panicked)) = finished {
-            warn!(session = info.id, "attached panicked");
+            warn!(session = session_id, "attached panicked");
         }
     }
     let end = ending.end;
     match &end {
         SessionEnd::ProtocolError(e) => {
             if metrics.log_limit().allow(Noisy::SessionProtocolError) {
-                warn!(session = info.id, user = %Untrusted(&info.user.username), %peer, error = %e, "session closed: protocol error")
+                warn!(session = session_id, user = %Untrusted(mind.username()), peer = %mind.peer(), error = %e, "session closed: protocol error")
             }
         }
         other => {
-            debug!(session = info.id, user = %Untrusted(&info.user.username), %peer, end = %other, "session ended")
+            debug!(session = session_id, user = %Untrusted(mind.username()), peer = %mind.peer(), end = %other, "session ended")
         }
     }
     calls.avatar.detached(end.clone()).instrument(span).await;
@@ -356,13 +355,15 @@ impl<A: Avatar> Session<A> {
         tokio::pin!(timer);
         let mut armed: Option<tether_core::connection::Instant> = None;
         let mut drain: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
-        let kicked = self.mind.shared.close.clone();
+        // (Its own handle on the mind: `self` is borrowed mutably below.)
+        let mind = self.mind.clone();
+        let kicked = &mind.shared.close;
         loop {
             if let Err(ending) = self.io.handle_input(&self.calls, &self.mind) {
                 return ending;
             }
             if self.io.batch.pending()
-                && let Err(ending) = self.flush(&kicked).await
+                && let Err(ending) = self.flush(kicked).await
             {
                 return ending;
             }
@@ -382,7 +383,7 @@ impl<A: Avatar> Session<A> {
                 },
                 o = self.mind.shared.queue.recv() => Wake::Queued(o),
                 _ = &mut timer, if armed.is_some() => Wake::Timer,
-                _ = kicked.cancelled() => Wake::Kicked,
+                _ = kicked.wait() => Wake::Kicked,
                 _ = shutdown.cancelled(), if drain.is_none() => Wake::ShutdownStarts,
                 drained = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => {
                     Wake::Drained(drained)
@@ -416,7 +417,7 @@ impl<A: Avatar> Session<A> {
                 Wake::ShutdownStarts => {
                     self.io.conn.start_shutdown();
                     debug!("shutting down: letting calls in flight finish");
-                    let (tracker, mind) = (self.calls.tracker.clone(), self.mind.clone());
+                    let (tracker, mind) = (self.calls.tracker().clone(), self.mind.clone());
                     let deadline = self.config.shutdown_deadline;
                     drain = Some(Box::pin(async move {
                         tracker.close();
@@ -454,7 +455,7 @@ impl<A: Avatar> Session<A> {
     /// stream may then be cut in the middle of a frame and nothing more may
     /// be written to it (no goodbye). A kick never pre-empts a write that
     /// can go through: the write is polled first.
-    async fn flush(&mut self, kicked: &CancellationToken) -> Result<(), Ending> {
+    async fn flush(&mut self, kicked: &Latch) -> Result<(), Ending> {
         let limit = self.config.idle_timeout();
         let result = tokio::select! {
             biased;
@@ -465,7 +466,7 @@ impl<A: Avatar> Session<A> {
                     limit.as_secs()
                 ))),
             },
-            _ = kicked.cancelled() => Err(SessionEnd::Kicked(self.kick_reason())),
+            _ = kicked.wait() => Err(SessionEnd::Kicked(self.kick_reason())),
         };
         result.map_err(|end| {
             self.io.broken = true;
@@ -533,7 +534,7 @@ impl Io {
             let now = clock::now();
             match self.conn.poll_event(now) {
                 Ok(Some(event)) => {
-                    let owned = owned(event, calls);
+                    let owned = owned(event, calls, mind);
                     self.event(owned, calls, mind);
                     continue;
                 }
@@ -764,7 +765,7 @@ enum Owned {
 
 /// Takes what the driver needs out of an event (a notification is handed
 /// to the avatar at once).
-fn owned<A: Avatar>(event: Event<'_>, calls: &Calls<A>) -> Owned {
+fn owned<A: Avatar>(event: Event<'_>, calls: &Calls<A>, mind: &Mind) -> Owned {
     match event {
         Event::Call(call) => {
             let incoming = IncomingCall {
@@ -775,7 +776,7 @@ fn owned<A: Avatar>(event: Event<'_>, calls: &Calls<A>) -> Owned {
             Owned::Call(call.into_token(), incoming)
         }
         Event::Notify(n) => {
-            calls.notify(n.method, n.args);
+            calls.notify(n.method, n.args, mind);
             Owned::Nothing
         }
         Event::Reply(reply) => {
@@ -881,14 +882,18 @@ impl Batch {
 /// The device's calls (and notifications) to the avatar.
 struct Calls<A> {
     avatar: Arc<A>,
-    /// Calls and notifications that had to wait, each in its own task.
-    tracker: TaskTracker,
-    /// Cancels them when the session ends.
-    cancel: CancellationToken,
+    /// Calls and notifications that had to wait, each in its own task
+    /// (made by the first: most sessions never need one). They end with
+    /// the mind ([`Mind::closed`]).
+    tracker: OnceLock<TaskTracker>,
     recorded: CallMetrics,
 }
 
 impl<A: Avatar> Calls<A> {
+    fn tracker(&self) -> &TaskTracker {
+        self.tracker.get_or_init(TaskTracker::new)
+    }
+
     /// Runs a call the machine admitted: its answer at once if the handler
     /// is ready on its first poll, else later from its own task through
     /// the mind's queue (`None` here).
@@ -905,12 +910,12 @@ impl<A: Avatar> Calls<A> {
             Poll::Ready(result) => Some((token, finish_call(result, &self.recorded, started))),
             Poll::Pending => {
                 let recorded = self.recorded.clone();
-                let (cancel, mind) = (self.cancel.clone(), mind.clone());
-                self.tracker.spawn(
+                let mind = mind.clone();
+                self.tracker().spawn(
                     async move {
                         let result = tokio::select! {
                             r = call => r,
-                            _ = cancel.cancelled() => {
+                            _ = mind.closed() => {
                                 recorded.record(CallOutcome::Closed, started.elapsed());
                                 return;
                             }
@@ -927,7 +932,7 @@ impl<A: Avatar> Calls<A> {
     }
 
     /// Hands a notification to the avatar, the same way as a call.
-    fn notify(&self, method: &str, args: &[u8]) {
+    fn notify(&self, method: &str, args: &[u8], mind: &Mind) {
         let avatar = self.avatar.clone();
         let (method, args) = (method.to_string(), args.to_vec());
         let mut notify = CatchUnwind(Box::pin(async move { avatar.notify(method, args).await }));
@@ -935,12 +940,12 @@ impl<A: Avatar> Calls<A> {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(Panicked)) => warn!("notification handler panicked"),
             Poll::Pending => {
-                let cancel = self.cancel.clone();
-                self.tracker.spawn(
+                let mind = mind.clone();
+                self.tracker().spawn(
                     async move {
                         tokio::select! {
                             r = notify => if r.is_err() { warn!("notification handler panicked") },
-                            _ = cancel.cancelled() => {}
+                            _ = mind.closed() => {}
                         }
                     }
                     .in_current_span(),
