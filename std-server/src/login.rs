@@ -523,6 +523,7 @@ pub(crate) async fn handshake<R: Realm>(
             avatar,
             mind,
             metrics: shared.metrics.clone(),
+            config: config.session,
         }),
         session_permit,
     ))

@@ -172,6 +172,7 @@ pub(crate) struct Established<A> {
     pub avatar: Arc<A>,
     pub mind: Mind,
     pub metrics: Metrics,
+    pub config: SessionConfig,
 }
 
 struct Ending {
@@ -199,7 +200,6 @@ const ATTACHED_GRACE: Duration = Duration::from_secs(1);
 /// Runs a session to its end.
 pub(crate) async fn run<A: Avatar>(
     est: Box<Established<A>>,
-    config: SessionConfig,
     shutdown: CancellationToken,
 ) -> SessionEnd {
     let Established {
@@ -209,19 +209,20 @@ pub(crate) async fn run<A: Avatar>(
         avatar,
         mind,
         metrics,
+        config,
     } = *est;
     // The session keeps its id only: the username and the peer are the
     // mind's (a whole `SessionInfo` is ~180 bytes and a string).
     let session_id = info.id;
-    let span = tracing::info_span!("session", id = info.id, user = %Untrusted(&info.user.username), peer = %info.peer);
     drop(info);
+    let span = session_span(session_id, &mind);
     // Closed when the session is done with it, however it ends: what is
     // still queued is dropped, its senders learn the session closed.
     let queue = QueueGuard(mind.clone());
     let attached = {
         let avatar = avatar.clone();
         let attached: Pin<Box<dyn Future<Output = ()> + Send>> =
-            Box::pin(async move { avatar.attached().await });
+            Box::pin(async move { avatar.attached().await }.instrument(span.clone()));
         CatchUnwind(attached)
     };
     let mut session = Session {
@@ -234,6 +235,7 @@ pub(crate) async fn run<A: Avatar>(
             parked: VecDeque::new(),
             metrics: metrics.clone(),
             broken: false,
+            events: 0,
         },
         calls: Calls {
             avatar,
@@ -243,15 +245,19 @@ pub(crate) async fn run<A: Avatar>(
         mind,
         config,
         attached: Some(attached),
+        id: session_id,
+        span: Some(span),
     };
-    let ending = session.run(&shutdown).instrument(span.clone()).await;
+    let ending = session.run(&shutdown).await;
     let Session {
         mut io,
         calls,
         mind,
         attached,
+        span,
         ..
     } = session;
+    let span = span.unwrap_or_else(|| session_span(session_id, &mind));
 
     // The mind stops working; calls from the device still running are
     // cancelled. What they answered before the end is sent, then the
@@ -312,6 +318,16 @@ pub(crate) async fn run<A: Avatar>(
     end
 }
 
+/// The span of a session's log lines (`session{id user peer}`; its fields
+/// are a stable part of the JSON log format, std-server/README.md).
+fn session_span(id: u64, mind: &Mind) -> tracing::Span {
+    tracing::info_span!("session", id, user = %Untrusted(mind.username()), peer = %mind.peer())
+}
+
+/// How long a session must have handled no message before it gives its
+/// span back while it sleeps (made again at the next wake-up).
+const SPAN_QUIET: Duration = Duration::from_secs(1);
+
 /// Closes the mind's queue when dropped.
 struct QueueGuard(Mind);
 
@@ -331,6 +347,12 @@ struct Session<A> {
     /// (a task of its own would cost an idle session its task, two
     /// cancellation tokens and its span's copy).
     attached: Option<AttachedFuture>,
+    id: u64,
+    /// The session's span, entered while the task handles what woke it.
+    /// A session that has been quiet for [`SPAN_QUIET`] sleeps without
+    /// one: a span costs ~370 bytes in four allocations (the registry's
+    /// slot, the map and box of its extensions, its formatted fields).
+    span: Option<tracing::Span>,
 }
 
 /// The avatar's `attached`, boxed: it holds its memory only while it runs.
@@ -358,8 +380,13 @@ impl<A: Avatar> Session<A> {
         // (Its own handle on the mind: `self` is borrowed mutably below.)
         let mind = self.mind.clone();
         let kicked = &mind.shared.close;
+        let (mut seen, mut quiet_since) = (0, tokio::time::Instant::now());
         loop {
-            if let Err(ending) = self.io.handle_input(&self.calls, &self.mind) {
+            self.make_span();
+            let entered = self.span.as_ref().map(tracing::Span::enter);
+            let handled = self.io.handle_input(&self.calls, &self.mind);
+            drop(entered);
+            if let Err(ending) = handled {
                 return ending;
             }
             if self.io.batch.pending()
@@ -373,6 +400,14 @@ impl<A: Avatar> Session<A> {
             {
                 timer.as_mut().reset(clock::to_tokio(at));
                 armed = Some(at);
+            }
+            if self.io.events != seen {
+                (seen, quiet_since) = (self.io.events, tokio::time::Instant::now());
+            } else if self.attached.is_none()
+                && drain.is_none()
+                && quiet_since.elapsed() >= SPAN_QUIET
+            {
+                self.span = None;
             }
             let io = &mut self.io;
             let attached = &mut self.attached;
@@ -392,6 +427,8 @@ impl<A: Avatar> Session<A> {
                     Wake::Attached(r)
                 }
             };
+            self.make_span();
+            let _entered = self.span.as_ref().map(tracing::Span::enter);
             match wake {
                 Wake::Readable => {
                     if let Err(ending) = self.io.read() {
@@ -444,6 +481,13 @@ impl<A: Avatar> Session<A> {
         }
     }
 
+    /// Makes the session's span again if it was given back.
+    fn make_span(&mut self) {
+        if self.span.is_none() {
+            self.span = Some(session_span(self.id, &self.mind));
+        }
+    }
+
     /// Why the session was closed through its mind (`Kicked` unless the
     /// closer said otherwise).
     fn kick_reason(&self) -> GoodbyeReason {
@@ -492,6 +536,9 @@ struct Io {
     metrics: Metrics,
     /// Nothing more may be written (a write failed or was cut).
     broken: bool,
+    /// Messages handled (events of the machine, queued messages): whether
+    /// the session has been quiet.
+    events: u64,
 }
 
 impl Io {
@@ -573,6 +620,7 @@ impl Io {
 
     /// One event of the machine, no longer borrowing it.
     fn event<A: Avatar>(&mut self, event: Owned, calls: &Calls<A>, mind: &Mind) {
+        self.events += 1;
         match event {
             Owned::Call(token, incoming) => {
                 mind.shared
@@ -618,6 +666,7 @@ impl Io {
 
     /// A message queued by another task.
     fn queued(&mut self, o: Outbound) {
+        self.events += 1;
         match o {
             Outbound::Answer(answer) => {
                 let (token, result) = *answer;
