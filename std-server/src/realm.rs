@@ -428,8 +428,8 @@ pub(crate) struct MindShared {
     /// Set when the session has ended ([`Mind::closed`]).
     pub(crate) ended: Latch,
     /// Set when the session is asked to close ([`Mind::close`]), with
-    /// `close_reason`.
-    pub(crate) close: Latch,
+    /// `close_reason`; the session is woken through its queue.
+    pub(crate) close: AtomicBool,
     pub(crate) close_reason: Mutex<Option<GoodbyeReason>>,
     pub(crate) default_timeout: Duration,
     /// Largest frame body the device accepts.
@@ -478,7 +478,7 @@ impl Mind {
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
                 ended: Latch::new(),
-                close: Latch::new(),
+                close: AtomicBool::new(false),
                 close_reason: Mutex::new(None),
                 default_timeout,
                 peer_max_frame,
@@ -544,13 +544,14 @@ impl Mind {
 
     /// Whether the session has ended or is being closed.
     pub(crate) fn is_closing(&self) -> bool {
-        self.is_closed() || self.shared.close.is_set()
+        self.is_closed() || self.shared.close.load(Ordering::Acquire)
     }
 
     /// Ends the session: the server sends `Goodbye { reason }` and closes.
     pub fn close(&self, reason: GoodbyeReason) {
         *lock(&self.shared.close_reason) = Some(reason);
-        self.shared.close.set();
+        self.shared.close.store(true, Ordering::Release);
+        self.shared.queue.wake();
     }
 
     /// Calls `M` on the device with the session's default timeout. The one

@@ -49,7 +49,8 @@ use crate::lease::{self, RxStorage};
 use crate::log_limit::Noisy;
 use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{
-    Avatar, CallError, CallResult, IncomingCall, Latch, Mind, RemoteError, SessionEnd, SessionInfo,
+    Avatar, CallError, CallResult, IncomingCall, Mind, MindShared, RemoteError, SessionEnd,
+    SessionInfo,
 };
 use crate::stream::Stream;
 use crate::untrusted::Untrusted;
@@ -249,12 +250,26 @@ pub(crate) async fn run<A: Avatar>(
         span: Some(span),
     };
     let ending = session.run(&shutdown).await;
+    // The end, boxed: its timers and futures (~500 bytes) exist only while
+    // the session closes, not in every idle session's task.
+    Box::pin(finish(session, queue, metrics, ending)).await
+}
+
+/// Closes a session that has ended: what is owed is sent, the avatar is
+/// detached.
+async fn finish<A: Avatar>(
+    session: Session<A>,
+    queue: QueueGuard,
+    metrics: Metrics,
+    ending: Ending,
+) -> SessionEnd {
     let Session {
         mut io,
         calls,
         mind,
         attached,
         span,
+        id: session_id,
         ..
     } = session;
     let span = span.unwrap_or_else(|| session_span(session_id, &mind));
@@ -328,6 +343,21 @@ fn session_span(id: u64, mind: &Mind) -> tracing::Span {
 /// span back while it sleeps (made again at the next wake-up).
 const SPAN_QUIET: Duration = Duration::from_secs(1);
 
+/// Completes once the session is asked to close ([`Mind::close`]): the
+/// closer wakes the session through its queue, so waiting holds no waiter
+/// of its own.
+fn kick(mind: &MindShared) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        // Registered before the check: a close after it wakes this task.
+        mind.queue.register(cx);
+        if mind.close.load(std::sync::atomic::Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+}
+
 /// Closes the mind's queue when dropped.
 struct QueueGuard(Mind);
 
@@ -379,7 +409,7 @@ impl<A: Avatar> Session<A> {
         let mut drain: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
         // (Its own handle on the mind: `self` is borrowed mutably below.)
         let mind = self.mind.clone();
-        let kicked = &mind.shared.close;
+        let kicked = &*mind.shared;
         let (mut seen, mut quiet_since) = (0, tokio::time::Instant::now());
         loop {
             self.make_span();
@@ -418,7 +448,7 @@ impl<A: Avatar> Session<A> {
                 },
                 o = self.mind.shared.queue.recv() => Wake::Queued(o),
                 _ = &mut timer, if armed.is_some() => Wake::Timer,
-                _ = kicked.wait() => Wake::Kicked,
+                _ = kick(kicked) => Wake::Kicked,
                 _ = shutdown.cancelled(), if drain.is_none() => Wake::ShutdownStarts,
                 drained = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => {
                     Wake::Drained(drained)
@@ -499,7 +529,7 @@ impl<A: Avatar> Session<A> {
     /// stream may then be cut in the middle of a frame and nothing more may
     /// be written to it (no goodbye). A kick never pre-empts a write that
     /// can go through: the write is polled first.
-    async fn flush(&mut self, kicked: &Latch) -> Result<(), Ending> {
+    async fn flush(&mut self, kicked: &MindShared) -> Result<(), Ending> {
         let limit = self.config.idle_timeout();
         let result = tokio::select! {
             biased;
@@ -510,7 +540,7 @@ impl<A: Avatar> Session<A> {
                     limit.as_secs()
                 ))),
             },
-            _ = kicked.wait() => Err(SessionEnd::Kicked(self.kick_reason())),
+            _ = kick(kicked) => Err(SessionEnd::Kicked(self.kick_reason())),
         };
         result.map_err(|end| {
             self.io.broken = true;
