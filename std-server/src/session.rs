@@ -25,7 +25,7 @@
 //!   the calls in flight both ways may finish within the deadline, then
 //!   the session says `Goodbye { Shutdown }`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -203,6 +203,16 @@ pub(crate) async fn run<A: Avatar>(
     est: Box<Established<A>>,
     shutdown: CancellationToken,
 ) -> SessionEnd {
+    // (Made by a plain function: its locals are not kept in this future.)
+    let (mut session, queue, metrics) = start(est);
+    let ending = session.run(&shutdown).await;
+    // The end, boxed: its timers and futures (~500 bytes) exist only while
+    // the session closes, not in every idle session's task.
+    Box::pin(finish(session, queue, metrics, ending)).await
+}
+
+/// The session's state, from the login's.
+fn start<A: Avatar>(est: Box<Established<A>>) -> (Session<A>, QueueGuard, Metrics) {
     let Established {
         stream,
         conn,
@@ -226,13 +236,13 @@ pub(crate) async fn run<A: Avatar>(
             Box::pin(async move { avatar.attached().await }.instrument(span.clone()));
         CatchUnwind(attached)
     };
-    let mut session = Session {
+    let session = Session {
         io: Io {
             stream,
             conn,
             read: ReadAhead::default(),
             batch: Batch::default(),
-            waiters: HashMap::new(),
+            waiters: Vec::new(),
             parked: VecDeque::new(),
             metrics: metrics.clone(),
             broken: false,
@@ -244,15 +254,13 @@ pub(crate) async fn run<A: Avatar>(
             recorded: metrics.calls(Direction::FromDevice),
         },
         mind,
-        config,
+        shutdown_deadline: config.shutdown_deadline,
+        write_limit: config.idle_timeout(),
         attached: Some(attached),
         id: session_id,
         span: Some(span),
     };
-    let ending = session.run(&shutdown).await;
-    // The end, boxed: its timers and futures (~500 bytes) exist only while
-    // the session closes, not in every idle session's task.
-    Box::pin(finish(session, queue, metrics, ending)).await
+    (session, queue, metrics)
 }
 
 /// Closes a session that has ended: what is owed is sent, the avatar is
@@ -372,7 +380,10 @@ struct Session<A> {
     io: Io,
     calls: Calls<A>,
     mind: Mind,
-    config: SessionConfig,
+    /// How long calls in flight may take to finish on graceful shutdown.
+    shutdown_deadline: Duration,
+    /// How long a write may stay blocked ([`SessionConfig::idle_timeout`]).
+    write_limit: Duration,
     /// The avatar's `attached`, run by the session's task until it returns
     /// (a task of its own would cost an idle session its task, two
     /// cancellation tokens and its span's copy).
@@ -410,14 +421,17 @@ impl<A: Avatar> Session<A> {
         // (Its own handle on the mind: `self` is borrowed mutably below.)
         let mind = self.mind.clone();
         let kicked = &*mind.shared;
-        let (mut seen, mut quiet_since) = (0, tokio::time::Instant::now());
+        let (mut seen, mut quiet_since) = (0, clock::now());
         loop {
             self.make_span();
             let entered = self.span.as_ref().map(tracing::Span::enter);
-            let handled = self.io.handle_input(&self.calls, &self.mind);
-            drop(entered);
-            if let Err(ending) = handled {
-                return ending;
+            // (In a block: the result is not kept in the future.)
+            {
+                let handled = self.io.handle_input(&self.calls, &self.mind);
+                drop(entered);
+                if let Err(ending) = handled {
+                    return ending;
+                }
             }
             if self.io.batch.pending()
                 && let Err(ending) = self.flush(kicked).await
@@ -432,10 +446,10 @@ impl<A: Avatar> Session<A> {
                 armed = Some(at);
             }
             if self.io.events != seen {
-                (seen, quiet_since) = (self.io.events, tokio::time::Instant::now());
+                (seen, quiet_since) = (self.io.events, clock::now());
             } else if self.attached.is_none()
                 && drain.is_none()
-                && quiet_since.elapsed() >= SPAN_QUIET
+                && clock::now().saturating_duration_since(quiet_since) >= SPAN_QUIET
             {
                 self.span = None;
             }
@@ -485,7 +499,7 @@ impl<A: Avatar> Session<A> {
                     self.io.conn.start_shutdown();
                     debug!("shutting down: letting calls in flight finish");
                     let (tracker, mind) = (self.calls.tracker().clone(), self.mind.clone());
-                    let deadline = self.config.shutdown_deadline;
+                    let deadline = self.shutdown_deadline;
                     drain = Some(Box::pin(async move {
                         tracker.close();
                         let idle = async {
@@ -530,7 +544,7 @@ impl<A: Avatar> Session<A> {
     /// be written to it (no goodbye). A kick never pre-empts a write that
     /// can go through: the write is polled first.
     async fn flush(&mut self, kicked: &MindShared) -> Result<(), Ending> {
-        let limit = self.config.idle_timeout();
+        let limit = self.write_limit;
         let result = tokio::select! {
             biased;
             r = tokio::time::timeout(limit, self.io.flush_now()) => match r {
@@ -560,7 +574,8 @@ struct Io {
     batch: Batch,
     /// The [`Mind`] calls in flight, by the id the machine gave them: where
     /// their outcome goes.
-    waiters: HashMap<u32, CallReply>,
+    /// (At most the machine's `CALLS`: a short list, searched in order.)
+    waiters: Vec<(u32, CallReply)>,
     /// [`Mind`] calls waiting for a slot of the machine's table.
     parked: VecDeque<Box<MindCall>>,
     metrics: Metrics,
@@ -661,7 +676,8 @@ impl Io {
                 }
             }
             Owned::Reply(id, outcome) => {
-                if let Some(waiter) = self.waiters.remove(&id) {
+                if let Some(i) = self.waiters.iter().position(|(w, _)| *w == id) {
+                    let (_, waiter) = self.waiters.swap_remove(i);
                     let _ = waiter.send(outcome);
                 }
                 self.unpark();
@@ -742,7 +758,7 @@ impl Io {
             match sealed {
                 Ok((id, frame)) => {
                     self.batch.used += frame.len();
-                    self.waiters.insert(id, call.reply);
+                    self.waiters.push((id, call.reply));
                 }
                 Err(SendError::TooManyCalls) => {
                     self.parked.push_front(call);
