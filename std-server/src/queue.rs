@@ -14,8 +14,7 @@
 //! when the session takes it); [`close`](Queue::close) fails every sender,
 //! waiting or later, and drops what was queued. The consumer waits by
 //! polling ([`poll_recv`](Queue::poll_recv)): its waker is kept beside the
-//! messages, so a session waiting for one holds no waiter in its future,
-//! and [`wake`](Queue::wake) wakes it for other news (a kick).
+//! messages, so a session waiting for one holds no waiter in its future.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -106,18 +105,11 @@ impl Queue {
         }
     }
 
-    /// Keeps the consumer's waker for [`wake`](Self::wake), as a pending
-    /// [`poll_recv`](Self::poll_recv) does.
-    pub(crate) fn register(&self, cx: &mut Context<'_>) {
-        lock(&self.items).register(cx);
-    }
-
-    /// Wakes the consumer if it waits (for news other than a message).
-    pub(crate) fn wake(&self) {
+    /// Forgets the consumer's waker: it is awake, and polls again before
+    /// it waits.
+    pub(crate) fn unregister(&self) {
         let consumer = lock(&self.items).consumer.take();
-        if let Some(waker) = consumer {
-            waker.wake();
-        }
+        drop(consumer);
     }
 
     /// Fails every sender from now on and drops what is queued (a

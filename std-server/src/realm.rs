@@ -428,8 +428,9 @@ pub(crate) struct MindShared {
     /// Set when the session has ended ([`Mind::closed`]).
     pub(crate) ended: Latch,
     /// Set when the session is asked to close ([`Mind::close`]), with
-    /// `close_reason`; the session is woken through its queue.
+    /// `close_reason`; the session's waker for it is `kick_waker`.
     pub(crate) close: AtomicBool,
+    pub(crate) kick_waker: Mutex<Option<std::task::Waker>>,
     pub(crate) close_reason: Mutex<Option<GoodbyeReason>>,
     pub(crate) default_timeout: Duration,
     /// Largest frame body the device accepts.
@@ -479,6 +480,7 @@ impl Mind {
                 idle: Notify::new(),
                 ended: Latch::new(),
                 close: AtomicBool::new(false),
+                kick_waker: Mutex::new(None),
                 close_reason: Mutex::new(None),
                 default_timeout,
                 peer_max_frame,
@@ -551,7 +553,10 @@ impl Mind {
     pub fn close(&self, reason: GoodbyeReason) {
         *lock(&self.shared.close_reason) = Some(reason);
         self.shared.close.store(true, Ordering::Release);
-        self.shared.queue.wake();
+        let waker = lock(&self.shared.kick_waker).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Calls `M` on the device with the session's default timeout. The one

@@ -352,12 +352,18 @@ fn session_span(id: u64, mind: &Mind) -> tracing::Span {
 const SPAN_QUIET: Duration = Duration::from_secs(1);
 
 /// Completes once the session is asked to close ([`Mind::close`]): the
-/// closer wakes the session through its queue, so waiting holds no waiter
-/// of its own.
+/// closer wakes the waker it finds beside the flag, so waiting holds no
+/// waiter of its own.
 fn kick(mind: &MindShared) -> impl Future<Output = ()> + '_ {
     std::future::poll_fn(move |cx| {
         // Registered before the check: a close after it wakes this task.
-        mind.queue.register(cx);
+        {
+            let mut waker = crate::realm::lock(&mind.kick_waker);
+            match &mut *waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+        }
         if mind.close.load(std::sync::atomic::Ordering::Acquire) {
             Poll::Ready(())
         } else {
@@ -473,6 +479,9 @@ impl<A: Avatar> Session<A> {
             };
             self.make_span();
             let _entered = self.span.as_ref().map(tracing::Span::enter);
+            // Awake: senders need not wake it again until it waits (as a
+            // dropped `Notified` no longer wanted waking).
+            self.mind.shared.queue.unregister();
             match wake {
                 Wake::Readable => {
                     if let Err(ending) = self.io.read() {
