@@ -63,8 +63,8 @@ pub(crate) const CALLS: usize = 32;
 pub(crate) const ANSWERS: usize = 64;
 
 /// The established connection as the server runs it: both call tables
-/// grow on demand up to their bounds and are freed when empty (an idle
-/// session holds none; fixed, they were 768 bytes).
+/// grow on demand up to their bounds and are released when the session is
+/// quiet (an idle session holds none; fixed, they were 768 bytes).
 pub(crate) type ServerConn = ServerConnection<RxStorage, CALLS, ANSWERS, Growable>;
 
 /// The machine's clock: milliseconds since the first use in this process
@@ -457,7 +457,10 @@ impl<A: Avatar> Session<A> {
                 && drain.is_none()
                 && clock::now().saturating_duration_since(quiet_since) >= SPAN_QUIET
             {
+                // Quiet: the span and the call tables' storage go while it
+                // sleeps (kept while busy: no allocation per call).
                 self.span = None;
+                self.io.conn.release_tables();
             }
             let io = &mut self.io;
             let attached = &mut self.attached;

@@ -3,8 +3,9 @@
 //! ([`Answers`]). Each is bounded by a const generic; where its slots live
 //! is the connection's [`Tables`]: a fixed array ([`Fixed`], the default,
 //! no allocation) or, with the `alloc` feature, a vector that grows on
-//! demand up to the same bound and is freed when the table empties
-//! (`Growable`, for a server holding many idle sessions).
+//! demand up to the same bound, whose storage the driver frees when the
+//! connection is quiet (`Growable`, for a server holding many idle
+//! sessions; `Connection::release_tables`).
 //!
 //! Policy (module docs of [`super`] say it for users):
 //! - Ids are issued in order from 1 (0 is never used), wrapping.
@@ -58,9 +59,11 @@ impl Tables for Fixed {
 }
 
 /// Call tables that grow on demand, one slot at a time, up to the same
-/// bound as [`Fixed`] (the connection's `CALLS` and `ANSWERS`), and are
-/// freed when they empty: a connection with no call in flight holds no
-/// table (feature `alloc`; for a server holding many idle sessions).
+/// bound as [`Fixed`] (the connection's `CALLS` and `ANSWERS`); their
+/// storage is freed by
+/// [`Connection::release_tables`](super::Connection::release_tables) when
+/// no call is in flight, so a quiet connection holds no table (feature
+/// `alloc`; for a server holding many idle sessions).
 #[cfg(feature = "alloc")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Growable;
@@ -230,9 +233,6 @@ impl<S: Store<Slot>, const N: usize> Calls<S, N> {
             }
         }
         if let Some(done) = done {
-            if S::GROWS && self.slots.slots().iter().all(|s| *s == Slot::Free) {
-                self.slots.release();
-            }
             return done;
         }
         let age = self.age(id);
@@ -279,6 +279,13 @@ impl<S: Store<Slot>, const N: usize> Calls<S, N> {
             }
         }
         next
+    }
+
+    /// Frees the slots' storage if every slot is free (growable tables).
+    pub(crate) fn release_if_empty(&mut self) {
+        if S::GROWS && self.slots.slots().iter().all(|s| *s == Slot::Free) {
+            self.slots.release();
+        }
     }
 
     /// Calls waiting for a reply (those past their deadline and not yet
@@ -353,9 +360,6 @@ impl<S: Store<u32>, const N: usize> Answers<S, N> {
                 self.len -= 1;
                 let ids = self.ids.slots_mut();
                 ids[i] = ids[self.len];
-                if S::GROWS && self.len == 0 {
-                    self.ids.release();
-                }
                 true
             }
             None => false,
@@ -364,6 +368,13 @@ impl<S: Store<u32>, const N: usize> Answers<S, N> {
 
     pub(crate) fn len(&self) -> usize {
         self.len
+    }
+
+    /// Frees the ids' storage if none is owed (growable tables).
+    pub(crate) fn release_if_empty(&mut self) {
+        if S::GROWS && self.len == 0 {
+            self.ids.release();
+        }
     }
 }
 
@@ -462,6 +473,8 @@ mod tests {
         for id in [ids[1], ids[2], i] {
             assert_eq!(calls.complete(id), Completion::Delivered);
         }
+        assert_eq!(calls.slots.slots().len(), 3, "kept while busy");
+        calls.release_if_empty();
         assert!(calls.slots.slots().is_empty(), "freed once empty");
         assert_eq!(calls.reserve().map(|(s, _)| s), Some(0));
 
@@ -476,6 +489,7 @@ mod tests {
             assert!(answers.remove(id));
         }
         assert_eq!(answers.len(), 0);
+        answers.release_if_empty();
         assert!(answers.ids.slots().is_empty(), "freed once empty");
     }
 }

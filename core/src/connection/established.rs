@@ -172,7 +172,8 @@ impl core::error::Error for CallFailure<'_> {}
 /// the peer's calls it may owe an answer at once; `T` says where the two
 /// tables live: [`Fixed`] arrays of those sizes (the default, no
 /// allocation), or with the `alloc` feature `Growable` vectors that grow
-/// to those bounds on demand and are freed when empty.
+/// to those bounds on demand and are freed by
+/// [`release_tables`](Self::release_tables).
 #[derive(Debug)]
 // Fuzzing starts many inputs from one logged-in connection; elsewhere a
 // copy would send frames the peer takes for replays.
@@ -342,6 +343,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize, T: 
     /// with [`ConnectionError::IdleTimeout`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.core.handle_timeout(now.as_millis());
+    }
+
+    /// Frees the storage of `Growable` call tables (feature `alloc`)
+    /// where no call is in flight: a driver calls it when the connection
+    /// has gone quiet. Until then a growable table keeps what it grew to
+    /// (at most its bound), so that a busy connection does not allocate
+    /// per call. Nothing to free with [`Fixed`] tables.
+    pub fn release_tables(&mut self) {
+        self.core.calls.release_if_empty();
+        self.core.answers.release_if_empty();
     }
 
     /// Calls `M` on the peer: seals the call into `out`, its arguments

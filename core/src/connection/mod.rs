@@ -104,8 +104,9 @@
 //! never answers. The tables are bounded by the connection's `CALLS` and
 //! `ANSWERS`, and live where its [`Tables`] says: [`Fixed`] arrays (the
 //! default; a device's), or with the `alloc` feature `Growable` vectors
-//! that grow to the bound on demand and are freed when empty (a server's). A reply to an
-//! id not in flight is a protocol error, unless the id is no newer than the
+//! that grow to the bound on demand and whose storage the driver frees
+//! when the connection is quiet ([`Connection::release_tables`]; a
+//! server's). A reply to an id not in flight is a protocol error, unless the id is no newer than the
 //! newest forgotten one (then it is dropped as late: the table can no
 //! longer tell). The peer's calls are owed an answer each: a call beyond
 //! the limit of calls running is answered `busy`, during shutdown

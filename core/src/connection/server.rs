@@ -20,7 +20,8 @@ use crate::session::Role;
 /// A server's established connection: `CALLS` of its calls to the device
 /// may wait at once, and the device may have `ANSWERS` calls running; `T`
 /// is where those two tables live ([`Fixed`], or with the `alloc` feature
-/// `Growable`, which holds no table while no call is in flight).
+/// `Growable`, which holds no table once released while no call is in
+/// flight).
 pub type ServerConnection<B, const CALLS: usize = 32, const ANSWERS: usize = 32, T = Fixed> =
     Connection<B, CALLS, ANSWERS, T>;
 
