@@ -255,7 +255,7 @@ fn start<A: Avatar>(est: Box<Established<A>>) -> (Session<A>, QueueGuard, Metric
         },
         mind,
         shutdown_deadline: config.shutdown_deadline,
-        write_limit: config.idle_timeout(),
+        heartbeat_secs: config.heartbeat_secs(),
         attached: Some(attached),
         id: session_id,
         span: Some(span),
@@ -388,8 +388,9 @@ struct Session<A> {
     mind: Mind,
     /// How long calls in flight may take to finish on graceful shutdown.
     shutdown_deadline: Duration,
-    /// How long a write may stay blocked ([`SessionConfig::idle_timeout`]).
-    write_limit: Duration,
+    /// The announced heartbeat: a write may stay blocked for the idle
+    /// limit ([`SessionConfig::idle_timeout`]).
+    heartbeat_secs: u16,
     /// The avatar's `attached`, run by the session's task until it returns
     /// (a task of its own would cost an idle session its task, two
     /// cancellation tokens and its span's copy).
@@ -422,7 +423,9 @@ impl<A: Avatar> Session<A> {
         // deadline (re-arming per frame costs a timer update per call).
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
-        let mut armed: Option<tether_core::connection::Instant> = None;
+        // When it is armed for (`u64::MAX`: not armed; one word, not an
+        // `Option` of two).
+        let mut armed = u64::MAX;
         let mut drain: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
         // (Its own handle on the mind: `self` is borrowed mutably below.)
         let mind = self.mind.clone();
@@ -446,10 +449,10 @@ impl<A: Avatar> Session<A> {
             }
             self.io.release_idle();
             if let Some(at) = self.io.conn.poll_timeout()
-                && armed.is_none_or(|a| at < a)
+                && at.as_millis() < armed
             {
                 timer.as_mut().reset(clock::to_tokio(at));
-                armed = Some(at);
+                armed = at.as_millis();
             }
             if self.io.events != seen {
                 (seen, quiet_since) = (self.io.events, clock::now());
@@ -470,7 +473,7 @@ impl<A: Avatar> Session<A> {
                     Err(e) => return Ending::new(SessionEnd::Io(e.to_string()), None),
                 },
                 o = self.mind.shared.queue.recv() => Wake::Queued(o),
-                _ = &mut timer, if armed.is_some() => Wake::Timer,
+                _ = &mut timer, if armed != u64::MAX => Wake::Timer,
                 _ = kick(kicked) => Wake::Kicked,
                 _ = shutdown.cancelled(), if drain.is_none() => Wake::ShutdownStarts,
                 drained = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => {
@@ -500,7 +503,7 @@ impl<A: Avatar> Session<A> {
                     }
                 }
                 Wake::Timer => {
-                    armed = None;
+                    armed = u64::MAX;
                     self.io.conn.handle_timeout(clock::now());
                 }
                 Wake::Kicked => {
@@ -556,7 +559,8 @@ impl<A: Avatar> Session<A> {
     /// be written to it (no goodbye). A kick never pre-empts a write that
     /// can go through: the write is polled first.
     async fn flush(&mut self, kicked: &MindShared) -> Result<(), Ending> {
-        let limit = self.write_limit;
+        let limit =
+            tether_core::connection::idle_limit(self.heartbeat_secs).unwrap_or(Duration::MAX);
         let result = tokio::select! {
             biased;
             r = tokio::time::timeout(limit, self.io.flush_now()) => match r {
@@ -595,7 +599,7 @@ struct Io {
     broken: bool,
     /// Messages handled (events of the machine, queued messages): whether
     /// the session has been quiet.
-    events: u64,
+    events: u32,
 }
 
 impl Io {
@@ -677,7 +681,7 @@ impl Io {
 
     /// One event of the machine, no longer borrowing it.
     fn event<A: Avatar>(&mut self, event: Owned, calls: &Calls<A>, mind: &Mind) {
-        self.events += 1;
+        self.events = self.events.wrapping_add(1);
         match event {
             Owned::Call(token, incoming) => {
                 mind.shared
@@ -724,7 +728,7 @@ impl Io {
 
     /// A message queued by another task.
     fn queued(&mut self, o: Outbound) {
-        self.events += 1;
+        self.events = self.events.wrapping_add(1);
         match o {
             Outbound::Answer(answer) => {
                 let (token, result) = *answer;
