@@ -4,7 +4,8 @@
 //! Django user database with SCRAM (the password never crosses the wire and
 //! the server never runs PBKDF2), then exchange authenticated calls both ways.
 //!
-//! `no_std`, no allocator, no unsafe, no I/O: callers feed bytes in and get
+//! `no_std`, no allocator (but for the `alloc` feature's growable call
+//! tables, for servers), no unsafe, no I/O: callers feed bytes in and get
 //! bytes and values out. The server (tether-server) and the firmware client
 //! (tether-firmware) only move these bytes.
 //!
@@ -107,6 +108,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(test)]
 #[macro_use]
 extern crate std;

@@ -30,7 +30,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tether_core::connection::{
-    self, ConnectionError, RefusalCause, ServerHandshake, ServerStep, Violation,
+    self, ConnectionError, Growable, RefusalCause, ServerHandshake, ServerStep, Violation,
 };
 use tether_core::frame::{HEADER_LEN, MIN_MAX_FRAME};
 use tether_core::message::{GoodbyeReason, RefusalCode};
@@ -63,7 +63,7 @@ pub(crate) enum LoginEnd {
     Evicted,
 }
 
-type Handshake = ServerHandshake<RxStorage, CALLS, ANSWERS>;
+type Handshake = ServerHandshake<RxStorage, CALLS, ANSWERS, Growable>;
 
 /// Where the machine paused, owned (the handshake is borrowed no longer).
 enum Step {
@@ -523,6 +523,7 @@ pub(crate) async fn handshake<R: Realm>(
             avatar,
             mind,
             metrics: shared.metrics.clone(),
+            config: config.session,
         }),
         session_permit,
     ))

@@ -12,12 +12,15 @@
 //!
 //! Senders wait for room (a semaphore permit per queued message, given back
 //! when the session takes it); [`close`](Queue::close) fails every sender,
-//! waiting or later, and drops what was queued.
+//! waiting or later, and drops what was queued. The consumer waits by
+//! polling ([`poll_recv`](Queue::poll_recv)): its waker is kept beside the
+//! messages, so a session waiting for one holds no waiter in its future.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::realm::lock;
 use crate::session::Outbound;
@@ -26,13 +29,18 @@ use crate::session::Outbound;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Closed;
 
+/// The messages, and the consumer's waker when it waits.
+#[derive(Debug, Default)]
+struct Items {
+    queued: VecDeque<Outbound>,
+    consumer: Option<Waker>,
+}
+
 /// A bounded queue of [`Outbound`] messages with one consumer, the
 /// session's task.
 #[derive(Debug)]
 pub(crate) struct Queue {
-    items: Mutex<VecDeque<Outbound>>,
-    /// Wakes the consumer (a stored permit when it is not waiting).
-    ready: Notify,
+    items: Mutex<Items>,
     /// Room left; closed with the queue.
     room: Semaphore,
 }
@@ -41,8 +49,7 @@ impl Queue {
     /// A queue of `capacity` messages (at least 1).
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            items: Mutex::new(VecDeque::new()),
-            ready: Notify::new(),
+            items: Mutex::new(Items::default()),
             room: Semaphore::new(capacity.max(1)),
         }
     }
@@ -51,6 +58,7 @@ impl Queue {
     /// Cancel-safe: dropped before it completes, `o` was not queued.
     pub(crate) async fn send(&self, o: Outbound) -> Result<(), Closed> {
         let permit = self.room.acquire().await.map_err(|_| Closed)?;
+        let consumer;
         {
             let mut items = lock(&self.items);
             // Checked under the lock that `close` drains under: nothing is
@@ -58,37 +66,67 @@ impl Queue {
             if self.room.is_closed() {
                 return Err(Closed);
             }
-            items.push_back(o);
+            items.queued.push_back(o);
+            consumer = items.consumer.take();
         }
         permit.forget();
-        self.ready.notify_one();
+        if let Some(waker) = consumer {
+            waker.wake();
+        }
         Ok(())
     }
 
     /// The next message, without waiting.
     pub(crate) fn try_recv(&self) -> Option<Outbound> {
-        let o = lock(&self.items).pop_front()?;
+        let o = lock(&self.items).queued.pop_front()?;
         self.room.add_permits(1);
         Some(o)
     }
 
     /// The next message, waiting for one (for the consumer only; cancel-safe).
     pub(crate) async fn recv(&self) -> Outbound {
-        loop {
-            let notified = self.ready.notified();
-            if let Some(o) = self.try_recv() {
-                return o;
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// The next message, or `Pending` with the consumer's waker kept until
+    /// a message comes or [`wake`](Self::wake) (for the consumer only).
+    pub(crate) fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        let mut items = lock(&self.items);
+        match items.queued.pop_front() {
+            Some(o) => {
+                drop(items);
+                self.room.add_permits(1);
+                Poll::Ready(o)
             }
-            notified.await;
+            None => {
+                items.register(cx);
+                Poll::Pending
+            }
         }
+    }
+
+    /// Forgets the consumer's waker: it is awake, and polls again before
+    /// it waits.
+    pub(crate) fn unregister(&self) {
+        let consumer = lock(&self.items).consumer.take();
+        drop(consumer);
     }
 
     /// Fails every sender from now on and drops what is queued (a
     /// [`Mind`](crate::Mind) call's waiter then learns the session closed).
     pub(crate) fn close(&self) {
         self.room.close();
-        let dropped = std::mem::take(&mut *lock(&self.items));
+        let dropped = std::mem::take(&mut lock(&self.items).queued);
         drop(dropped);
+    }
+}
+
+impl Items {
+    fn register(&mut self, cx: &mut Context<'_>) {
+        match &mut self.consumer {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            slot => *slot = Some(cx.waker().clone()),
+        }
     }
 }
 

@@ -52,7 +52,6 @@ use tether_core::message::{DecodeError, ErrorCode, GoodbyeReason, RefusalCode};
 use tether_core::method::{self, Method, ToDevice, ToServer};
 use tether_core::scram::Mechanism;
 use tokio::sync::{Notify, oneshot};
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{CallMetrics, CallOutcome};
 use crate::queue::Queue;
@@ -426,10 +425,12 @@ pub(crate) struct MindShared {
     pub(crate) in_flight: AtomicUsize,
     /// Signalled when no call is in flight any more.
     pub(crate) idle: Notify,
-    pub(crate) closed: AtomicBool,
-    /// Cancelled when the session has ended ([`Mind::closed`]).
-    pub(crate) ended: CancellationToken,
-    pub(crate) close: CancellationToken,
+    /// Set when the session has ended ([`Mind::closed`]).
+    pub(crate) ended: Latch,
+    /// Set when the session is asked to close ([`Mind::close`]), with
+    /// `close_reason`; the session's waker for it is `kick_waker`.
+    pub(crate) close: AtomicBool,
+    pub(crate) kick_waker: Mutex<Option<std::task::Waker>>,
     pub(crate) close_reason: Mutex<Option<GoodbyeReason>>,
     pub(crate) default_timeout: Duration,
     /// Largest frame body the device accepts.
@@ -477,9 +478,9 @@ impl Mind {
                 queue: Queue::new(queue_capacity),
                 in_flight: AtomicUsize::new(0),
                 idle: Notify::new(),
-                closed: AtomicBool::new(false),
-                ended: CancellationToken::new(),
-                close: CancellationToken::new(),
+                ended: Latch::new(),
+                close: AtomicBool::new(false),
+                kick_waker: Mutex::new(None),
                 close_reason: Mutex::new(None),
                 default_timeout,
                 peer_max_frame,
@@ -522,7 +523,7 @@ impl Mind {
 
     /// Whether the session has ended.
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.load(Ordering::Acquire)
+        self.shared.ended.is_set()
     }
 
     /// Completes when the session has ended (at once if it has): the mind
@@ -540,18 +541,22 @@ impl Mind {
     ///
     /// Cancel-safe: dropping the future loses nothing.
     pub async fn closed(&self) {
-        self.shared.ended.cancelled().await
+        self.shared.ended.wait().await
     }
 
     /// Whether the session has ended or is being closed.
     pub(crate) fn is_closing(&self) -> bool {
-        self.is_closed() || self.shared.close.is_cancelled()
+        self.is_closed() || self.shared.close.load(Ordering::Acquire)
     }
 
     /// Ends the session: the server sends `Goodbye { reason }` and closes.
     pub fn close(&self, reason: GoodbyeReason) {
         *lock(&self.shared.close_reason) = Some(reason);
-        self.shared.close.cancel();
+        self.shared.close.store(true, Ordering::Release);
+        let waker = lock(&self.shared.kick_waker).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Calls `M` on the device with the session's default timeout. The one
@@ -698,13 +703,51 @@ impl Mind {
     pub(crate) fn shut(&self) {
         // The session drops the calls' senders, which fails their waiters
         // with `Closed`.
-        self.shared.closed.store(true, Ordering::Release);
+        self.shared.ended.set();
         self.shared.idle.notify_waiters();
-        self.shared.ended.cancel();
     }
 
     pub(crate) fn close_reason(&self) -> Option<GoodbyeReason> {
         *lock(&self.shared.close_reason)
+    }
+}
+
+/// A flag set once, which tasks can wait for: what a `CancellationToken`
+/// does for a session, kept inside the mind's shared state (a token is an
+/// allocation of its own, ~110 bytes per session).
+pub(crate) struct Latch {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Latch {
+    pub(crate) const fn new() -> Self {
+        Self {
+            set: AtomicBool::new(false),
+            notify: Notify::const_new(),
+        }
+    }
+
+    /// Sets it and wakes every waiter.
+    pub(crate) fn set(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
+    /// Completes once it is set (at once if it is). Cancel-safe.
+    pub(crate) async fn wait(&self) {
+        loop {
+            // Registered before the check: a `set` after it wakes this.
+            let notified = self.notify.notified();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
     }
 }
 

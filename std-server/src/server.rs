@@ -766,63 +766,86 @@ fn connection<R: Realm>(
     // changes meanwhile.
     let config = shared.config();
     let in_handshake = shared.metrics.handshake_started();
+    // The login and everything it needs, boxed: freed when the login ends
+    // instead of staying in the task's future (as its captures would) for
+    // the whole session.
+    let login = Box::pin(login_phase(
+        shared.clone(),
+        stream,
+        peer,
+        ticket,
+        busy,
+        config,
+        started,
+        in_handshake,
+    ));
     let task_shared = shared.clone();
     shared.tracker.spawn(async move {
+        let Some((established, session_permit)) = login.await else {
+            return;
+        };
         let shared = task_shared;
-        let metrics = &shared.metrics;
-        // Boxed, so that the login's state (SCRAM, handshake buffers) is
-        // freed when the login ends instead of living in this task's
-        // future for the whole session.
-        let login = Box::pin(login::handshake(
-            &shared, stream, peer, ticket, busy, &config,
-        ));
-        let timeout = config.handshake_timeout;
-        let result = tokio::select! {
-            r = tokio::time::timeout(timeout, login) => r,
-            _ = shared.shutdown.cancelled() => {
-                debug!(%peer, "handshake abandoned: shutting down");
-                metrics.login(LoginOutcome::Closed, None, started.elapsed());
-                return;
-            }
-        };
-        drop(in_handshake);
-        let (established, session_permit) = match result {
-            Err(_) => {
-                if metrics.log_limit().allow(Noisy::LoginTimedOut) {
-                    info!(%peer, "login timed out; connection closed");
-                }
-                metrics.login(LoginOutcome::Timeout, None, started.elapsed());
-                return;
-            }
-            Ok(Err(LoginEnd::Refused(code))) => {
-                metrics.login(LoginOutcome::Refused, Some(code), started.elapsed());
-                return;
-            }
-            Ok(Err(LoginEnd::NoHello)) => {
-                debug!(%peer, "no hello within the hello timeout; connection closed");
-                metrics.login(LoginOutcome::Timeout, None, started.elapsed());
-                return;
-            }
-            Ok(Err(LoginEnd::Evicted)) => {
-                debug!(%peer, "silent connection closed: its slot went to a newcomer");
-                metrics.login(LoginOutcome::Evicted, None, started.elapsed());
-                return;
-            }
-            Ok(Err(LoginEnd::Closed)) => {
-                metrics.login(LoginOutcome::Closed, None, started.elapsed());
-                return;
-            }
-            Ok(Ok(ok)) => ok,
-        };
-        metrics.login(LoginOutcome::Success, None, started.elapsed());
-        let live = metrics.session_started();
+        let live = shared.metrics.session_started();
         let session_id = established.info.id;
-        let end = session::run(established, config.session, shared.shutdown.clone()).await;
+        let end = session::run(established, shared.shutdown.clone()).await;
         shared.live.remove(session_id);
         live.ended(&end);
         drop(live);
         drop(session_permit);
     });
+}
+
+/// A connection's login, to its session or its end (counted and logged).
+#[allow(clippy::too_many_arguments)]
+async fn login_phase<R: Realm>(
+    shared: Arc<Shared<R>>,
+    stream: Stream,
+    peer: SocketAddr,
+    ticket: crate::admission::Ticket,
+    busy: Option<&'static str>,
+    config: ServerConfig,
+    started: Instant,
+    in_handshake: crate::metrics::HandshakeGuard,
+) -> Option<(Box<session::Established<R::Avatar>>, SessionSlot)> {
+    let metrics = &shared.metrics;
+    let login = login::handshake(&shared, stream, peer, ticket, busy, &config);
+    let timeout = config.handshake_timeout;
+    let result = tokio::select! {
+        r = tokio::time::timeout(timeout, login) => r,
+        _ = shared.shutdown.cancelled() => {
+            debug!(%peer, "handshake abandoned: shutting down");
+            metrics.login(LoginOutcome::Closed, None, started.elapsed());
+            return None;
+        }
+    };
+    drop(in_handshake);
+    let outcome = match result {
+        Err(_) => {
+            if metrics.log_limit().allow(Noisy::LoginTimedOut) {
+                info!(%peer, "login timed out; connection closed");
+            }
+            LoginOutcome::Timeout
+        }
+        Ok(Err(LoginEnd::Refused(code))) => {
+            metrics.login(LoginOutcome::Refused, Some(code), started.elapsed());
+            return None;
+        }
+        Ok(Err(LoginEnd::NoHello)) => {
+            debug!(%peer, "no hello within the hello timeout; connection closed");
+            LoginOutcome::Timeout
+        }
+        Ok(Err(LoginEnd::Evicted)) => {
+            debug!(%peer, "silent connection closed: its slot went to a newcomer");
+            LoginOutcome::Evicted
+        }
+        Ok(Err(LoginEnd::Closed)) => LoginOutcome::Closed,
+        Ok(Ok(ok)) => {
+            metrics.login(LoginOutcome::Success, None, started.elapsed());
+            return Some(ok);
+        }
+    };
+    metrics.login(outcome, None, started.elapsed());
+    None
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -25,15 +25,16 @@
 //!   the calls in flight both ways may finish within the deadline, then
 //!   the session says `Goodbye { Shutdown }`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tether_core::connection::{
-    CallFailure, ConnectionError, Event, ReplyToken, SendError, ServerConnection, Violation,
+    CallFailure, ConnectionError, Event, Growable, ReplyToken, SendError, ServerConnection,
+    Violation,
 };
 use tether_core::frame::{FrameError, HEADER_LEN};
 use tether_core::message::GoodbyeReason;
@@ -48,20 +49,23 @@ use crate::lease::{self, RxStorage};
 use crate::log_limit::Noisy;
 use crate::metrics::{CallMetrics, CallOutcome, Direction, Metrics, Rejection};
 use crate::realm::{
-    Avatar, CallError, CallResult, IncomingCall, Mind, RemoteError, SessionEnd, SessionInfo,
+    Avatar, CallError, CallResult, IncomingCall, Mind, MindShared, RemoteError, SessionEnd,
+    SessionInfo,
 };
 use crate::stream::Stream;
 use crate::untrusted::Untrusted;
 
-/// Size of the server's table of its calls to the device waiting for a
+/// Bound of the server's table of its calls to the device waiting for a
 /// reply; more [`Mind`] calls wait in the session's queue for a slot.
 pub(crate) const CALLS: usize = 32;
 /// Most calls of the device that may be owed an answer at once (the cap
 /// of [`SessionConfig::max_calls_in_flight`]).
 pub(crate) const ANSWERS: usize = 64;
 
-/// The established connection as the server runs it.
-pub(crate) type ServerConn = ServerConnection<RxStorage, CALLS, ANSWERS>;
+/// The established connection as the server runs it: both call tables
+/// grow on demand up to their bounds and are released when the session is
+/// quiet (an idle session holds none; fixed, they were 768 bytes).
+pub(crate) type ServerConn = ServerConnection<RxStorage, CALLS, ANSWERS, Growable>;
 
 /// The machine's clock: milliseconds since the first use in this process
 /// (tokio's clock, so that tests with a paused clock drive it).
@@ -169,6 +173,7 @@ pub(crate) struct Established<A> {
     pub avatar: Arc<A>,
     pub mind: Mind,
     pub metrics: Metrics,
+    pub config: SessionConfig,
 }
 
 struct Ending {
@@ -196,9 +201,18 @@ const ATTACHED_GRACE: Duration = Duration::from_secs(1);
 /// Runs a session to its end.
 pub(crate) async fn run<A: Avatar>(
     est: Box<Established<A>>,
-    config: SessionConfig,
     shutdown: CancellationToken,
 ) -> SessionEnd {
+    // (Made by a plain function: its locals are not kept in this future.)
+    let (mut session, queue, metrics) = start(est);
+    let ending = session.run(&shutdown).await;
+    // The end, boxed: its timers and futures (~500 bytes) exist only while
+    // the session closes, not in every idle session's task.
+    Box::pin(finish(session, queue, metrics, ending)).await
+}
+
+/// The session's state, from the login's.
+fn start<A: Avatar>(est: Box<Established<A>>) -> (Session<A>, QueueGuard, Metrics) {
     let Established {
         stream,
         conn,
@@ -206,50 +220,67 @@ pub(crate) async fn run<A: Avatar>(
         avatar,
         mind,
         metrics,
+        config,
     } = *est;
-    let peer = info.peer;
-    let span =
-        tracing::info_span!("session", id = info.id, user = %Untrusted(&info.user.username), %peer);
+    // The session keeps its id only: the username and the peer are the
+    // mind's (a whole `SessionInfo` is ~180 bytes and a string).
+    let session_id = info.id;
+    drop(info);
+    let span = session_span(session_id, &mind);
     // Closed when the session is done with it, however it ends: what is
     // still queued is dropped, its senders learn the session closed.
     let queue = QueueGuard(mind.clone());
     let attached = {
         let avatar = avatar.clone();
         let attached: Pin<Box<dyn Future<Output = ()> + Send>> =
-            Box::pin(async move { avatar.attached().await });
+            Box::pin(async move { avatar.attached().await }.instrument(span.clone()));
         CatchUnwind(attached)
     };
-    let mut session = Session {
+    let session = Session {
         io: Io {
             stream,
             conn,
             read: ReadAhead::default(),
             batch: Batch::default(),
-            waiters: HashMap::new(),
+            waiters: Vec::new(),
             parked: VecDeque::new(),
             metrics: metrics.clone(),
             broken: false,
+            events: 0,
         },
         calls: Calls {
             avatar,
-            tracker: TaskTracker::new(),
-            // The mind's end, which comes at the same moment (one token less
-            // per session).
-            cancel: mind.shared.ended.clone(),
+            tracker: OnceLock::new(),
             recorded: metrics.calls(Direction::FromDevice),
         },
         mind,
-        config,
+        shutdown_deadline: config.shutdown_deadline,
+        heartbeat_secs: config.heartbeat_secs(),
         attached: Some(attached),
+        id: session_id,
+        span: Some(span),
     };
-    let ending = session.run(&shutdown).instrument(span.clone()).await;
+    (session, queue, metrics)
+}
+
+/// Closes a session that has ended: what is owed is sent, the avatar is
+/// detached.
+async fn finish<A: Avatar>(
+    session: Session<A>,
+    queue: QueueGuard,
+    metrics: Metrics,
+    ending: Ending,
+) -> SessionEnd {
     let Session {
         mut io,
         calls,
         mind,
         attached,
+        span,
+        id: session_id,
         ..
     } = session;
+    let span = span.unwrap_or_else(|| session_span(session_id, &mind));
 
     // The mind stops working; calls from the device still running are
     // cancelled. What they answered before the end is sent, then the
@@ -257,10 +288,10 @@ pub(crate) async fn run<A: Avatar>(
     mind.shut();
     io.waiters.clear();
     io.parked.clear();
-    calls.cancel.cancel();
-    calls.tracker.close();
+    let tracker = calls.tracker();
+    tracker.close();
     let closing = async {
-        let waiting = calls.tracker.wait();
+        let waiting = tracker.wait();
         tokio::pin!(waiting);
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             loop {
@@ -292,22 +323,53 @@ pub(crate) async fn run<A: Avatar>(
             .instrument(span.clone())
             .await;
         if let Ok(Err(Panicked)) = finished {
-            warn!(session = info.id, "attached panicked");
+            warn!(session = session_id, "attached panicked");
         }
     }
     let end = ending.end;
     match &end {
         SessionEnd::ProtocolError(e) => {
             if metrics.log_limit().allow(Noisy::SessionProtocolError) {
-                warn!(session = info.id, user = %Untrusted(&info.user.username), %peer, error = %e, "session closed: protocol error")
+                warn!(session = session_id, user = %Untrusted(mind.username()), peer = %mind.peer(), error = %e, "session closed: protocol error")
             }
         }
         other => {
-            debug!(session = info.id, user = %Untrusted(&info.user.username), %peer, end = %other, "session ended")
+            debug!(session = session_id, user = %Untrusted(mind.username()), peer = %mind.peer(), end = %other, "session ended")
         }
     }
     calls.avatar.detached(end.clone()).instrument(span).await;
     end
+}
+
+/// The span of a session's log lines (`session{id user peer}`; its fields
+/// are a stable part of the JSON log format, std-server/README.md).
+fn session_span(id: u64, mind: &Mind) -> tracing::Span {
+    tracing::info_span!("session", id, user = %Untrusted(mind.username()), peer = %mind.peer())
+}
+
+/// How long a session must have handled no message before it gives its
+/// span back while it sleeps (made again at the next wake-up).
+const SPAN_QUIET: Duration = Duration::from_secs(1);
+
+/// Completes once the session is asked to close ([`Mind::close`]): the
+/// closer wakes the waker it finds beside the flag, so waiting holds no
+/// waiter of its own.
+fn kick(mind: &MindShared) -> impl Future<Output = ()> + '_ {
+    std::future::poll_fn(move |cx| {
+        // Registered before the check: a close after it wakes this task.
+        {
+            let mut waker = crate::realm::lock(&mind.kick_waker);
+            match &mut *waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                slot => *slot = Some(cx.waker().clone()),
+            }
+        }
+        if mind.close.load(std::sync::atomic::Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
 }
 
 /// Closes the mind's queue when dropped.
@@ -324,11 +386,21 @@ struct Session<A> {
     io: Io,
     calls: Calls<A>,
     mind: Mind,
-    config: SessionConfig,
+    /// How long calls in flight may take to finish on graceful shutdown.
+    shutdown_deadline: Duration,
+    /// The announced heartbeat: a write may stay blocked for the idle
+    /// limit ([`SessionConfig::idle_timeout`]).
+    heartbeat_secs: u16,
     /// The avatar's `attached`, run by the session's task until it returns
     /// (a task of its own would cost an idle session its task, two
     /// cancellation tokens and its span's copy).
     attached: Option<AttachedFuture>,
+    id: u64,
+    /// The session's span, entered while the task handles what woke it.
+    /// A session that has been quiet for [`SPAN_QUIET`] sleeps without
+    /// one: a span costs ~370 bytes in four allocations (the registry's
+    /// slot, the map and box of its extensions, its formatted fields).
+    span: Option<tracing::Span>,
 }
 
 /// The avatar's `attached`, boxed: it holds its memory only while it runs.
@@ -351,24 +423,47 @@ impl<A: Avatar> Session<A> {
         // deadline (re-arming per frame costs a timer update per call).
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
-        let mut armed: Option<tether_core::connection::Instant> = None;
+        // When it is armed for (`u64::MAX`: not armed; one word, not an
+        // `Option` of two).
+        let mut armed = u64::MAX;
         let mut drain: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
-        let kicked = self.mind.shared.close.clone();
+        // (Its own handle on the mind: `self` is borrowed mutably below.)
+        let mind = self.mind.clone();
+        let kicked = &*mind.shared;
+        let (mut seen, mut quiet_since) = (0, clock::now());
         loop {
-            if let Err(ending) = self.io.handle_input(&self.calls, &self.mind) {
-                return ending;
+            self.make_span();
+            let entered = self.span.as_ref().map(tracing::Span::enter);
+            // (In a block: the result is not kept in the future.)
+            {
+                let handled = self.io.handle_input(&self.calls, &self.mind);
+                drop(entered);
+                if let Err(ending) = handled {
+                    return ending;
+                }
             }
             if self.io.batch.pending()
-                && let Err(ending) = self.flush(&kicked).await
+                && let Err(ending) = self.flush(kicked).await
             {
                 return ending;
             }
             self.io.release_idle();
             if let Some(at) = self.io.conn.poll_timeout()
-                && armed.is_none_or(|a| at < a)
+                && at.as_millis() < armed
             {
                 timer.as_mut().reset(clock::to_tokio(at));
-                armed = Some(at);
+                armed = at.as_millis();
+            }
+            if self.io.events != seen {
+                (seen, quiet_since) = (self.io.events, clock::now());
+            } else if self.attached.is_none()
+                && drain.is_none()
+                && clock::now().saturating_duration_since(quiet_since) >= SPAN_QUIET
+            {
+                // Quiet: the span and the call tables' storage go while it
+                // sleeps (kept while busy: no allocation per call).
+                self.span = None;
+                self.io.conn.release_tables();
             }
             let io = &mut self.io;
             let attached = &mut self.attached;
@@ -378,8 +473,8 @@ impl<A: Avatar> Session<A> {
                     Err(e) => return Ending::new(SessionEnd::Io(e.to_string()), None),
                 },
                 o = self.mind.shared.queue.recv() => Wake::Queued(o),
-                _ = &mut timer, if armed.is_some() => Wake::Timer,
-                _ = kicked.cancelled() => Wake::Kicked,
+                _ = &mut timer, if armed != u64::MAX => Wake::Timer,
+                _ = kick(kicked) => Wake::Kicked,
                 _ = shutdown.cancelled(), if drain.is_none() => Wake::ShutdownStarts,
                 drained = async { drain.as_mut().expect("guarded").await }, if drain.is_some() => {
                     Wake::Drained(drained)
@@ -388,6 +483,11 @@ impl<A: Avatar> Session<A> {
                     Wake::Attached(r)
                 }
             };
+            self.make_span();
+            let _entered = self.span.as_ref().map(tracing::Span::enter);
+            // Awake: senders need not wake it again until it waits (as a
+            // dropped `Notified` no longer wanted waking).
+            self.mind.shared.queue.unregister();
             match wake {
                 Wake::Readable => {
                     if let Err(ending) = self.io.read() {
@@ -403,7 +503,7 @@ impl<A: Avatar> Session<A> {
                     }
                 }
                 Wake::Timer => {
-                    armed = None;
+                    armed = u64::MAX;
                     self.io.conn.handle_timeout(clock::now());
                 }
                 Wake::Kicked => {
@@ -413,8 +513,8 @@ impl<A: Avatar> Session<A> {
                 Wake::ShutdownStarts => {
                     self.io.conn.start_shutdown();
                     debug!("shutting down: letting calls in flight finish");
-                    let (tracker, mind) = (self.calls.tracker.clone(), self.mind.clone());
-                    let deadline = self.config.shutdown_deadline;
+                    let (tracker, mind) = (self.calls.tracker().clone(), self.mind.clone());
+                    let deadline = self.shutdown_deadline;
                     drain = Some(Box::pin(async move {
                         tracker.close();
                         let idle = async {
@@ -440,6 +540,13 @@ impl<A: Avatar> Session<A> {
         }
     }
 
+    /// Makes the session's span again if it was given back.
+    fn make_span(&mut self) {
+        if self.span.is_none() {
+            self.span = Some(session_span(self.id, &self.mind));
+        }
+    }
+
     /// Why the session was closed through its mind (`Kicked` unless the
     /// closer said otherwise).
     fn kick_reason(&self) -> GoodbyeReason {
@@ -451,8 +558,9 @@ impl<A: Avatar> Session<A> {
     /// stream may then be cut in the middle of a frame and nothing more may
     /// be written to it (no goodbye). A kick never pre-empts a write that
     /// can go through: the write is polled first.
-    async fn flush(&mut self, kicked: &CancellationToken) -> Result<(), Ending> {
-        let limit = self.config.idle_timeout();
+    async fn flush(&mut self, kicked: &MindShared) -> Result<(), Ending> {
+        let limit =
+            tether_core::connection::idle_limit(self.heartbeat_secs).unwrap_or(Duration::MAX);
         let result = tokio::select! {
             biased;
             r = tokio::time::timeout(limit, self.io.flush_now()) => match r {
@@ -462,7 +570,7 @@ impl<A: Avatar> Session<A> {
                     limit.as_secs()
                 ))),
             },
-            _ = kicked.cancelled() => Err(SessionEnd::Kicked(self.kick_reason())),
+            _ = kick(kicked) => Err(SessionEnd::Kicked(self.kick_reason())),
         };
         result.map_err(|end| {
             self.io.broken = true;
@@ -482,12 +590,16 @@ struct Io {
     batch: Batch,
     /// The [`Mind`] calls in flight, by the id the machine gave them: where
     /// their outcome goes.
-    waiters: HashMap<u32, CallReply>,
+    /// (At most the machine's `CALLS`: a short list, searched in order.)
+    waiters: Vec<(u32, CallReply)>,
     /// [`Mind`] calls waiting for a slot of the machine's table.
     parked: VecDeque<Box<MindCall>>,
     metrics: Metrics,
     /// Nothing more may be written (a write failed or was cut).
     broken: bool,
+    /// Messages handled (events of the machine, queued messages): whether
+    /// the session has been quiet.
+    events: u32,
 }
 
 impl Io {
@@ -530,7 +642,7 @@ impl Io {
             let now = clock::now();
             match self.conn.poll_event(now) {
                 Ok(Some(event)) => {
-                    let owned = owned(event, calls);
+                    let owned = owned(event, calls, mind);
                     self.event(owned, calls, mind);
                     continue;
                 }
@@ -569,6 +681,7 @@ impl Io {
 
     /// One event of the machine, no longer borrowing it.
     fn event<A: Avatar>(&mut self, event: Owned, calls: &Calls<A>, mind: &Mind) {
+        self.events = self.events.wrapping_add(1);
         match event {
             Owned::Call(token, incoming) => {
                 mind.shared
@@ -579,7 +692,8 @@ impl Io {
                 }
             }
             Owned::Reply(id, outcome) => {
-                if let Some(waiter) = self.waiters.remove(&id) {
+                if let Some(i) = self.waiters.iter().position(|(w, _)| *w == id) {
+                    let (_, waiter) = self.waiters.swap_remove(i);
                     let _ = waiter.send(outcome);
                 }
                 self.unpark();
@@ -614,6 +728,7 @@ impl Io {
 
     /// A message queued by another task.
     fn queued(&mut self, o: Outbound) {
+        self.events = self.events.wrapping_add(1);
         match o {
             Outbound::Answer(answer) => {
                 let (token, result) = *answer;
@@ -659,7 +774,7 @@ impl Io {
             match sealed {
                 Ok((id, frame)) => {
                     self.batch.used += frame.len();
-                    self.waiters.insert(id, call.reply);
+                    self.waiters.push((id, call.reply));
                 }
                 Err(SendError::TooManyCalls) => {
                     self.parked.push_front(call);
@@ -761,7 +876,7 @@ enum Owned {
 
 /// Takes what the driver needs out of an event (a notification is handed
 /// to the avatar at once).
-fn owned<A: Avatar>(event: Event<'_>, calls: &Calls<A>) -> Owned {
+fn owned<A: Avatar>(event: Event<'_>, calls: &Calls<A>, mind: &Mind) -> Owned {
     match event {
         Event::Call(call) => {
             let incoming = IncomingCall {
@@ -772,7 +887,7 @@ fn owned<A: Avatar>(event: Event<'_>, calls: &Calls<A>) -> Owned {
             Owned::Call(call.into_token(), incoming)
         }
         Event::Notify(n) => {
-            calls.notify(n.method, n.args);
+            calls.notify(n.method, n.args, mind);
             Owned::Nothing
         }
         Event::Reply(reply) => {
@@ -878,14 +993,18 @@ impl Batch {
 /// The device's calls (and notifications) to the avatar.
 struct Calls<A> {
     avatar: Arc<A>,
-    /// Calls and notifications that had to wait, each in its own task.
-    tracker: TaskTracker,
-    /// Cancels them when the session ends.
-    cancel: CancellationToken,
+    /// Calls and notifications that had to wait, each in its own task
+    /// (made by the first: most sessions never need one). They end with
+    /// the mind ([`Mind::closed`]).
+    tracker: OnceLock<TaskTracker>,
     recorded: CallMetrics,
 }
 
 impl<A: Avatar> Calls<A> {
+    fn tracker(&self) -> &TaskTracker {
+        self.tracker.get_or_init(TaskTracker::new)
+    }
+
     /// Runs a call the machine admitted: its answer at once if the handler
     /// is ready on its first poll, else later from its own task through
     /// the mind's queue (`None` here).
@@ -902,12 +1021,12 @@ impl<A: Avatar> Calls<A> {
             Poll::Ready(result) => Some((token, finish_call(result, &self.recorded, started))),
             Poll::Pending => {
                 let recorded = self.recorded.clone();
-                let (cancel, mind) = (self.cancel.clone(), mind.clone());
-                self.tracker.spawn(
+                let mind = mind.clone();
+                self.tracker().spawn(
                     async move {
                         let result = tokio::select! {
                             r = call => r,
-                            _ = cancel.cancelled() => {
+                            _ = mind.closed() => {
                                 recorded.record(CallOutcome::Closed, started.elapsed());
                                 return;
                             }
@@ -924,7 +1043,7 @@ impl<A: Avatar> Calls<A> {
     }
 
     /// Hands a notification to the avatar, the same way as a call.
-    fn notify(&self, method: &str, args: &[u8]) {
+    fn notify(&self, method: &str, args: &[u8], mind: &Mind) {
         let avatar = self.avatar.clone();
         let (method, args) = (method.to_string(), args.to_vec());
         let mut notify = CatchUnwind(Box::pin(async move { avatar.notify(method, args).await }));
@@ -932,12 +1051,12 @@ impl<A: Avatar> Calls<A> {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(Panicked)) => warn!("notification handler panicked"),
             Poll::Pending => {
-                let cancel = self.cancel.clone();
-                self.tracker.spawn(
+                let mind = mind.clone();
+                self.tracker().spawn(
                     async move {
                         tokio::select! {
                             r = notify => if r.is_err() { warn!("notification handler panicked") },
-                            _ = cancel.cancelled() => {}
+                            _ = mind.closed() => {}
                         }
                     }
                     .in_current_span(),

@@ -50,9 +50,17 @@ impl Stream {
     /// Cancel safety: a byte read from a stream other than a socket is
     /// kept in the stream, so dropping this future loses nothing.
     pub(crate) async fn readable(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_readable(cx)).await
+    }
+
+    /// [`readable`](Self::readable) as a poll: a socket's readiness is
+    /// its registration's (the last task to poll is woken), so waiting
+    /// holds no waiter of its own (`TcpStream::readable`'s future is 152
+    /// bytes of every idle session's task).
+    pub(crate) fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Self::Tcp(s) => s.readable().await,
-            Self::Other(o) => std::future::poll_fn(|cx| o.poll_peek(cx)).await,
+            Self::Tcp(s) => s.poll_read_ready(cx),
+            Self::Other(o) => o.poll_peek(cx),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use core::time::Duration;
 
-use super::calls::{Admission, Answers, Calls, Completion, notice_text};
+use super::calls::{Admission, Answers, Calls, Completion, Fixed, Tables, notice_text};
 use super::{ConnectionError, IDLE_HEARTBEATS, Instant, SendError, Violation, millis};
 use crate::codec::{Head, small};
 use crate::frame::{FrameDecoder, HEADER_LEN};
@@ -169,20 +169,24 @@ impl core::error::Error for CallFailure<'_> {}
 ///
 /// `B` is the receive buffer (the largest frame this side accepts),
 /// `CALLS` the size of this side's table of calls in flight, `ANSWERS` of
-/// the peer's calls it may owe an answer at once.
+/// the peer's calls it may owe an answer at once; `T` says where the two
+/// tables live: [`Fixed`] arrays of those sizes (the default, no
+/// allocation), or with the `alloc` feature `Growable` vectors that grow
+/// to those bounds on demand and are freed by
+/// [`release_tables`](Self::release_tables).
 #[derive(Debug)]
 // Fuzzing starts many inputs from one logged-in connection; elsewhere a
 // copy would send frames the peer takes for replays.
 #[cfg_attr(fuzzing, derive(Clone))]
-pub struct Connection<B, const CALLS: usize, const ANSWERS: usize> {
+pub struct Connection<B, const CALLS: usize, const ANSWERS: usize, T: Tables = Fixed> {
     rx: FrameDecoder<B>,
-    core: Core<CALLS, ANSWERS>,
+    core: Core<CALLS, ANSWERS, T>,
 }
 
 /// Everything but the receive buffer: the rules, independent of `B`.
 #[derive(Debug)]
 #[cfg_attr(fuzzing, derive(Clone))]
-struct Core<const CALLS: usize, const ANSWERS: usize> {
+struct Core<const CALLS: usize, const ANSWERS: usize, T: Tables> {
     role: Role,
     sealer: Sealer,
     opener: Opener,
@@ -203,8 +207,8 @@ struct Core<const CALLS: usize, const ANSWERS: usize> {
     goodbye: Option<GoodbyeReason>,
     /// Set once the connection is over; returned by every later poll.
     error: Option<ConnectionError>,
-    calls: Calls<CALLS>,
-    answers: Answers<ANSWERS>,
+    calls: Calls<T::Slots<CALLS>, CALLS>,
+    answers: Answers<T::Ids<ANSWERS>, ANSWERS>,
     /// The reply `poll_event` returned last (its bytes as offsets in the
     /// receive buffer), until the connection is polled or given input.
     last_reply: Option<LastReply>,
@@ -232,8 +236,8 @@ pub(crate) struct Start {
     pub(crate) now: Instant,
 }
 
-impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
-    Connection<B, CALLS, ANSWERS>
+impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize, T: Tables>
+    Connection<B, CALLS, ANSWERS, T>
 {
     pub(crate) fn new(rx: FrameDecoder<B>, s: Start) -> Self {
         let now = s.now.as_millis();
@@ -339,6 +343,16 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize>
     /// with [`ConnectionError::IdleTimeout`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         self.core.handle_timeout(now.as_millis());
+    }
+
+    /// Frees the storage of `Growable` call tables (feature `alloc`)
+    /// where no call is in flight: a driver calls it when the connection
+    /// has gone quiet. Until then a growable table keeps what it grew to
+    /// (at most its bound), so that a busy connection does not allocate
+    /// per call. Nothing to free with [`Fixed`] tables.
+    pub fn release_tables(&mut self) {
+        self.core.calls.release_if_empty();
+        self.core.answers.release_if_empty();
     }
 
     /// Calls `M` on the peer: seals the call into `out`, its arguments
@@ -640,7 +654,7 @@ fn answer_room(out: &mut [u8], end: usize) -> &mut [u8] {
     out.get_mut(ANSWER_AT..end).unwrap_or_default()
 }
 
-impl<const CALLS: usize, const ANSWERS: usize> Core<CALLS, ANSWERS> {
+impl<const CALLS: usize, const ANSWERS: usize, T: Tables> Core<CALLS, ANSWERS, T> {
     /// Ends the connection with `e` (the first error wins) and owes the
     /// goodbye, if any; nothing else is sent any more.
     fn fail(&mut self, e: ConnectionError, goodbye: Option<GoodbyeReason>) -> ConnectionError {

@@ -98,10 +98,15 @@
 //! **Calls and ids**: ids are issued in order from 1 (never 0); every call
 //! has a deadline. A call past its deadline is reported as
 //! [`CallFailure::TimedOut`] and abandoned; its late reply is dropped.
-//! Abandoned calls keep their slot of the fixed table until the late reply
-//! comes or a new call needs the slot (the oldest is reclaimed, its id
-//! forgotten): no slot is lost to a peer that never answers. A reply to an
-//! id not in flight is a protocol error, unless the id is no newer than the
+//! Abandoned calls keep their slot of the table until the late reply
+//! comes or a new call needs the slot and the table is at its bound (the
+//! oldest is reclaimed, its id forgotten): no slot is lost to a peer that
+//! never answers. The tables are bounded by the connection's `CALLS` and
+//! `ANSWERS`, and live where its [`Tables`] says: [`Fixed`] arrays (the
+//! default; a device's), or with the `alloc` feature `Growable` vectors
+//! that grow to the bound on demand and whose storage the driver frees
+//! when the connection is quiet ([`Connection::release_tables`]; a
+//! server's). A reply to an id not in flight is a protocol error, unless the id is no newer than the
 //! newest forgotten one (then it is dropped as late: the table can no
 //! longer tell). The peer's calls are owed an answer each: a call beyond
 //! the limit of calls running is answered `busy`, during shutdown
@@ -141,6 +146,9 @@ mod server_v2;
 
 use core::time::Duration;
 
+#[cfg(feature = "alloc")]
+pub use calls::Growable;
+pub use calls::{Fixed, Tables};
 pub use client::{ClientConfig, ClientConnection, ClientHandshake, Established};
 #[cfg(feature = "v2")]
 pub use client_v2::ClientHandshakeV2;

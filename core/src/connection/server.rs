@@ -4,6 +4,7 @@ use core::time::Duration;
 
 use rand_core::CryptoRng;
 
+use super::calls::{Fixed, Tables};
 use super::established::{Connection, Start};
 use super::{ConnectionError, Instant, RefusalCause, SendError, Violation, millis};
 #[cfg(not(feature = "v2"))]
@@ -17,9 +18,12 @@ use crate::scram::{
 use crate::session::Role;
 
 /// A server's established connection: `CALLS` of its calls to the device
-/// may wait at once, and the device may have `ANSWERS` calls running.
-pub type ServerConnection<B, const CALLS: usize = 32, const ANSWERS: usize = 32> =
-    Connection<B, CALLS, ANSWERS>;
+/// may wait at once, and the device may have `ANSWERS` calls running; `T`
+/// is where those two tables live ([`Fixed`], or with the `alloc` feature
+/// `Growable`, which holds no table once released while no call is in
+/// flight).
+pub type ServerConnection<B, const CALLS: usize = 32, const ANSWERS: usize = 32, T = Fixed> =
+    Connection<B, CALLS, ANSWERS, T>;
 
 /// Bytes of the client-first-message the server accepts (usernames up to
 /// about 450 bytes).
@@ -194,8 +198,10 @@ enum Owed {
 /// decoy, verifies the proof (`unauthorized` for a wrong one or a decoy),
 /// pauses for the driver's admission ([`ServerStep::Verified`]) and becomes
 /// a [`ServerConnection`] with the welcome.
-pub struct ServerHandshake<B, const CALLS: usize = 32, const ANSWERS: usize = 32> {
+pub struct ServerHandshake<B, const CALLS: usize = 32, const ANSWERS: usize = 32, T = Fixed> {
     rx: FrameDecoder<B>,
+    /// The tables of the connection it turns into.
+    tables: core::marker::PhantomData<fn() -> T>,
     config: ServerConfig,
     state: State,
     owed: Option<Owed>,
@@ -205,8 +211,8 @@ pub struct ServerHandshake<B, const CALLS: usize = 32, const ANSWERS: usize = 32
     v2: super::server_v2::V2,
 }
 
-impl<B, const CALLS: usize, const ANSWERS: usize> core::fmt::Debug
-    for ServerHandshake<B, CALLS, ANSWERS>
+impl<B, const CALLS: usize, const ANSWERS: usize, T> core::fmt::Debug
+    for ServerHandshake<B, CALLS, ANSWERS, T>
 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ServerHandshake")
@@ -216,8 +222,8 @@ impl<B, const CALLS: usize, const ANSWERS: usize> core::fmt::Debug
     }
 }
 
-impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: usize>
-    ServerHandshake<B, CALLS, ANSWERS>
+impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: usize, T: Tables>
+    ServerHandshake<B, CALLS, ANSWERS, T>
 {
     /// A handshake for a connection accepted at `now`. `rx` holds one
     /// frame body: at least 512 bytes; its size caps `config.max_frame`.
@@ -232,6 +238,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
         }
         Ok(Self {
             rx: FrameDecoder::new(rx, min),
+            tables: core::marker::PhantomData,
             config,
             state: State::Hello,
             owed: None,
@@ -624,7 +631,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]> + Default, const CALLS: usize, const ANSWERS: 
         session_id: u64,
         now: Instant,
         out: &'o mut [u8],
-    ) -> Result<(ServerConnection<B, CALLS, ANSWERS>, &'o [u8]), SendError> {
+    ) -> Result<(ServerConnection<B, CALLS, ANSWERS, T>, &'o [u8]), SendError> {
         if self.error.is_some() {
             return Err(SendError::Closed);
         }
