@@ -103,8 +103,8 @@ impl Config {
     /// The default settings, as a `const fn` (as are the `with_` methods):
     /// a device can keep its settings in flash, `static CONFIG: Config =
     /// Config::new().with_min_iterations(600_000);`, and lend them to
-    /// [`Link`](crate::embassy::Link) (no copy in RAM, the pinned server
-    /// key included).
+    /// `embassy::Link` (feature `embassy-net`; no copy in RAM, the pinned
+    /// server key included).
     pub const fn new() -> Self {
         Self {
             scram: scram::ClientConfig {
