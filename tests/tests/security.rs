@@ -37,7 +37,7 @@ use tether_core::method::builtin::Echo;
 use tether_core::scram::{
     CachedKeys, ClientConfig, ClientCredentials, ClientLogin, Mechanism, Mechanisms,
 };
-use tether_firmware::{BufferStore, host};
+use tether_firmware::{BufferStore, Protocol, host};
 use tether_server::store::Permission;
 use tether_server::{StoreConfig, ThrottleConfig};
 use tokio::io::AsyncWriteExt as _;
@@ -699,7 +699,10 @@ async fn logins(addr: SocketAddr) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
             pw.as_bytes().to_vec(),
         ));
     }
-    // The device logs in with its cached keys (no password at all).
+    // The device logs in with its cached keys (no password at all), over
+    // v1 like the raw logins above: a host speaks v2 by default, and this
+    // capture shows what v1 leaves readable (the v2 capture test shows
+    // what v2 hides).
     let keys: CachedKeys = fixture_keys("alice");
     let mut store: BufferStore = BufferStore::new();
     let login = host::connect(
@@ -708,7 +711,7 @@ async fn logins(addr: SocketAddr) -> (Vec<(String, Vec<u8>)>, Vec<String>) {
         "alice",
         ClientCredentials::Keys(&keys),
         &mut TestRng(5),
-        &device_config(),
+        &device_config().with_protocol(Protocol::V1),
     )
     .await
     .unwrap();
