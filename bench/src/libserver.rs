@@ -211,3 +211,32 @@ pub async fn server_to_device(
     out.lat.p99 = Duration::from_nanos(stats.p99_ns);
     Ok(out)
 }
+
+/// As [`server_to_device`], with the device on tether-core alone
+/// ([`crate::raw::answer_s2d`]: every read's replies in one write), so the
+/// rate is the server's rather than tether-firmware's, which writes each
+/// reply on its own.
+pub async fn server_to_device_core(
+    addr: SocketAddr,
+    users: &Users,
+    in_flight: u32,
+    warmup: Duration,
+    measure: Duration,
+) -> Result<Throughput, String> {
+    let (name, keys) = users.get(0);
+    let session = crate::raw::login(addr, name, keys).await?;
+    let args = S2dArgs {
+        in_flight,
+        warmup_ms: warmup.as_millis() as u32,
+        measure_ms: measure.as_millis() as u32,
+    };
+    let deadline = Instant::now() + warmup + measure + Duration::from_secs(60);
+    let stats = crate::raw::answer_s2d(session, &args, deadline).await?;
+    if stats.errors > 0 {
+        return Err(format!("{} server-to-device calls failed", stats.errors));
+    }
+    let mut out = Throughput::from_count(stats.calls as usize, stats.secs);
+    out.lat.p50 = Duration::from_nanos(stats.p50_ns);
+    out.lat.p99 = Duration::from_nanos(stats.p99_ns);
+    Ok(out)
+}

@@ -118,6 +118,9 @@ enum Workload {
     S2dSeq,
     /// server->device calls, 64 in flight (against `lib-server`)
     S2dPipe64,
+    /// server->device calls, 64 in flight, the device on tether-core with
+    /// batched replies (against `lib-server`)
+    S2dPipe64Core,
     /// the `v2` stage's login (tether-core client) over v1
     LoginCoreV1,
     /// the `v2` stage's login over v2 NK (needs `--server-key-file`)
@@ -234,6 +237,9 @@ async fn load_one(
         Workload::S2dSeq => libserver::server_to_device(addr, &users, 1, warmup, measure).await?,
         Workload::S2dPipe64 => {
             libserver::server_to_device(addr, &users, 64, warmup, measure).await?
+        }
+        Workload::S2dPipe64Core => {
+            libserver::server_to_device_core(addr, &users, 64, warmup, measure).await?
         }
         Workload::LoginCoreV1 | Workload::LoginNk | Workload::LoginNn => {
             use tether_test_support::client::Protocol;

@@ -215,3 +215,118 @@ pub async fn pipelined(
     out.first_error = first_error;
     Ok(out)
 }
+
+/// The device side of the server-to-device stage, on tether-core alone:
+/// calls the server's `bench_s2d` and answers the `echo` calls the server
+/// then makes, until `bench_s2d`'s reply arrives. Every read is answered
+/// with one write (all the replies it holds sealed into one buffer), so
+/// the device costs one read and one write syscall per batch and the stage
+/// measures the server rather than tether-firmware's one-reply-per-write
+/// client.
+pub async fn answer_s2d(
+    session: RawSession,
+    args: &crate::libserver::S2dArgs,
+    deadline: Instant,
+) -> Result<crate::libserver::S2dStats, String> {
+    use crate::libserver::S2d;
+    let RawSession {
+        mut stream,
+        mut sealer,
+        mut opener,
+        peer_max,
+    } = session;
+    let mut frame = vec![0u8; HEADER_LEN + peer_max];
+    let mut encoded = [0u8; 64];
+    let encoded_len = method::encode_args::<S2d>(args, &mut encoded)
+        .map_err(|e| e.to_string())?
+        .len();
+    const BENCH_ID: u32 = 1;
+    let call = Message::Call {
+        id: BENCH_ID,
+        method: <S2d as method::Method>::NAME,
+        args: &encoded[..encoded_len],
+    };
+    let f = sealer
+        .seal(&call, &mut frame, peer_max)
+        .map_err(|e| format!("seal: {e}"))?;
+    stream
+        .write_all(f)
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut out = Vec::with_capacity(64 * 128);
+    let mut buf = vec![0u8; 256 * 1024];
+    let (mut start, mut end) = (0usize, 0usize);
+    loop {
+        if start == end {
+            start = 0;
+            end = 0;
+        } else if start > buf.len() / 2 {
+            buf.copy_within(start..end, 0);
+            end -= start;
+            start = 0;
+        }
+        match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf[end..])).await {
+            Err(_) => return Err("bench_s2d did not answer in time".into()),
+            Ok(Ok(0)) => return Err("server closed the session".into()),
+            Ok(Ok(n)) => end += n,
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+        }
+        out.clear();
+        let mut stats = None;
+        while end - start >= HEADER_LEN {
+            let len = parse_header([buf[start], buf[start + 1]], MAX_FRAME as usize)
+                .map_err(|e| format!("frame: {e}"))?;
+            if end - start < HEADER_LEN + len {
+                break;
+            }
+            let body = &buf[start + HEADER_LEN..start + HEADER_LEN + len];
+            let answer = match opener.open(body).map_err(|e| format!("open: {e}"))? {
+                Message::Call {
+                    id,
+                    method: "echo",
+                    args,
+                } => Some(Message::Reply { id, result: args }),
+                Message::Call { id, .. } => Some(Message::Error {
+                    id,
+                    code: tether_core::message::ErrorCode::UNKNOWN_METHOD,
+                    message: "",
+                }),
+                Message::Ping { nonce } => Some(Message::Pong { nonce }),
+                Message::Reply {
+                    id: BENCH_ID,
+                    result,
+                } => {
+                    stats = Some(
+                        method::decode_reply::<S2d>(result)
+                            .map_err(|e| format!("bench_s2d's reply: {e}"))?,
+                    );
+                    None
+                }
+                Message::Pong { .. } => None,
+                other => return Err(format!("unexpected {other:?}")),
+            };
+            if let Some(answer) = answer {
+                let f = sealer
+                    .seal(&answer, &mut frame, peer_max)
+                    .map_err(|e| format!("seal: {e}"))?;
+                out.extend_from_slice(f);
+            }
+            start += HEADER_LEN + len;
+        }
+        if !out.is_empty() {
+            stream
+                .write_all(&out)
+                .await
+                .map_err(|e| format!("write: {e}"))?;
+        }
+        if let Some(stats) = stats {
+            let bye = Message::Goodbye {
+                reason: tether_core::message::GoodbyeReason::Normal,
+            };
+            if let Ok(f) = sealer.seal(&bye, &mut frame, peer_max) {
+                let _ = stream.write_all(f).await;
+            }
+            return Ok(stats);
+        }
+    }
+}
