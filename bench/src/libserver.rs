@@ -42,6 +42,16 @@ pub struct S2dArgs {
     pub measure_ms: u32,
 }
 
+impl S2dArgs {
+    pub fn new(in_flight: u32, warmup: Duration, measure: Duration) -> Self {
+        Self {
+            in_flight,
+            warmup_ms: warmup.as_millis() as u32,
+            measure_ms: measure.as_millis() as u32,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct S2dStats {
     /// Calls completed in the window.
@@ -50,6 +60,20 @@ pub struct S2dStats {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub errors: u64,
+}
+
+impl S2dStats {
+    /// The device's view of the server's measurement; an error if any call
+    /// failed.
+    fn throughput(self) -> Result<Throughput, String> {
+        if self.errors > 0 {
+            return Err(format!("{} server-to-device calls failed", self.errors));
+        }
+        let mut out = Throughput::from_count(self.calls as usize, self.secs);
+        out.lat.p50 = Duration::from_nanos(self.p50_ns);
+        out.lat.p99 = Duration::from_nanos(self.p99_ns);
+        Ok(out)
+    }
 }
 
 struct BenchRealm;
@@ -189,11 +213,7 @@ pub async fn server_to_device(
     .await
     .map_err(|e| format!("login as {name}: {e}"))?;
     let mut session = login.session;
-    let args = S2dArgs {
-        in_flight,
-        warmup_ms: warmup.as_millis() as u32,
-        measure_ms: measure.as_millis() as u32,
-    };
+    let args = S2dArgs::new(in_flight, warmup, measure);
     let stats = session
         .call_with_timeout::<S2d, _>(
             &args,
@@ -203,13 +223,7 @@ pub async fn server_to_device(
         .await
         .map_err(|e| format!("bench_s2d: {e:?}"))?;
     let _ = session.close().await;
-    if stats.errors > 0 {
-        return Err(format!("{} server-to-device calls failed", stats.errors));
-    }
-    let mut out = Throughput::from_count(stats.calls as usize, stats.secs);
-    out.lat.p50 = Duration::from_nanos(stats.p50_ns);
-    out.lat.p99 = Duration::from_nanos(stats.p99_ns);
-    Ok(out)
+    stats.throughput()
 }
 
 /// As [`server_to_device`], with the device on tether-core alone
@@ -225,18 +239,9 @@ pub async fn server_to_device_core(
 ) -> Result<Throughput, String> {
     let (name, keys) = users.get(0);
     let session = crate::raw::login(addr, name, keys).await?;
-    let args = S2dArgs {
-        in_flight,
-        warmup_ms: warmup.as_millis() as u32,
-        measure_ms: measure.as_millis() as u32,
-    };
+    let args = S2dArgs::new(in_flight, warmup, measure);
     let deadline = Instant::now() + warmup + measure + Duration::from_secs(60);
-    let stats = crate::raw::answer_s2d(session, &args, deadline).await?;
-    if stats.errors > 0 {
-        return Err(format!("{} server-to-device calls failed", stats.errors));
-    }
-    let mut out = Throughput::from_count(stats.calls as usize, stats.secs);
-    out.lat.p50 = Duration::from_nanos(stats.p50_ns);
-    out.lat.p99 = Duration::from_nanos(stats.p99_ns);
-    Ok(out)
+    crate::raw::answer_s2d(session, &args, deadline)
+        .await?
+        .throughput()
 }

@@ -100,6 +100,70 @@ pub async fn login(addr: SocketAddr, user: &str, keys: &CachedKeys) -> Result<Ra
     })
 }
 
+/// Received bytes, read in large chunks and cut into frames where they lie:
+/// one read syscall brings many frames, none is copied out.
+struct Inbox {
+    buf: Vec<u8>,
+    /// The next frame's first byte.
+    start: usize,
+    /// End of the bytes received.
+    end: usize,
+}
+
+impl Inbox {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; 256 * 1024],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Reads what has arrived (at least one byte) after the frames taken;
+    /// `late` is the error when nothing comes by `deadline`.
+    async fn fill(
+        &mut self,
+        stream: &mut TcpStream,
+        deadline: Instant,
+        late: &str,
+    ) -> Result<(), String> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.start > self.buf.len() / 2 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        let read = stream.read(&mut self.buf[self.end..]);
+        match tokio::time::timeout_at(deadline.into(), read).await {
+            Err(_) => Err(late.to_string()),
+            Ok(Ok(0)) => Err("server closed the session".into()),
+            Ok(Ok(n)) => {
+                self.end += n;
+                Ok(())
+            }
+            Ok(Err(e)) => Err(format!("read: {e}")),
+        }
+    }
+
+    /// The next whole frame's body, if one has arrived.
+    fn next_frame(&mut self) -> Result<Option<&[u8]>, String> {
+        let (start, end) = (self.start, self.end);
+        if end - start < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = parse_header([self.buf[start], self.buf[start + 1]], MAX_FRAME as usize)
+            .map_err(|e| format!("frame: {e}"))?;
+        if end - start < HEADER_LEN + len {
+            return Ok(None);
+        }
+        self.start += HEADER_LEN + len;
+        Ok(Some(
+            &self.buf[start + HEADER_LEN..start + HEADER_LEN + len],
+        ))
+    }
+}
+
 /// `echo` calls with `in_flight` always outstanding until the window
 /// closes; then waits for the last replies and says goodbye. One task:
 /// whenever replies free slots, the next calls are sealed into one buffer
@@ -121,8 +185,7 @@ pub async fn pipelined(
         .len();
     let mut out = Vec::with_capacity(in_flight * 128);
     let mut frame = vec![0u8; HEADER_LEN + peer_max];
-    let mut buf = vec![0u8; 256 * 1024];
-    let (mut start, mut end) = (0usize, 0usize);
+    let mut inbox = Inbox::new();
     let mut id: u32 = 0;
     let mut outstanding = 0usize;
     let mut counted = 0usize;
@@ -157,28 +220,11 @@ pub async fn pipelined(
         if outstanding == 0 {
             break;
         }
-        if start == end {
-            start = 0;
-            end = 0;
-        } else if start > buf.len() / 2 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-        }
-        match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf[end..])).await {
-            Err(_) => return Err("replies stopped coming".into()),
-            Ok(Ok(0)) => return Err("server closed the session".into()),
-            Ok(Ok(n)) => end += n,
-            Ok(Err(e)) => return Err(format!("read: {e}")),
-        }
+        inbox
+            .fill(&mut stream, deadline, "replies stopped coming")
+            .await?;
         let mut done = 0;
-        while end - start >= HEADER_LEN {
-            let len = parse_header([buf[start], buf[start + 1]], MAX_FRAME as usize)
-                .map_err(|e| format!("frame: {e}"))?;
-            if end - start < HEADER_LEN + len {
-                break;
-            }
-            let body = &buf[start + HEADER_LEN..start + HEADER_LEN + len];
+        while let Some(body) = inbox.next_frame()? {
             match opener.open(body).map_err(|e| format!("open: {e}"))? {
                 Message::Reply { .. } => done += 1,
                 Message::Error { code, message, .. } => {
@@ -189,7 +235,6 @@ pub async fn pipelined(
                 Message::Ping { .. } | Message::Pong { .. } => {}
                 other => return Err(format!("unexpected {other:?}")),
             }
-            start += HEADER_LEN + len;
         }
         outstanding -= done;
         let now = Instant::now();
@@ -254,32 +299,14 @@ pub async fn answer_s2d(
         .await
         .map_err(|e| format!("write: {e}"))?;
     let mut out = Vec::with_capacity(64 * 128);
-    let mut buf = vec![0u8; 256 * 1024];
-    let (mut start, mut end) = (0usize, 0usize);
+    let mut inbox = Inbox::new();
     loop {
-        if start == end {
-            start = 0;
-            end = 0;
-        } else if start > buf.len() / 2 {
-            buf.copy_within(start..end, 0);
-            end -= start;
-            start = 0;
-        }
-        match tokio::time::timeout_at(deadline.into(), stream.read(&mut buf[end..])).await {
-            Err(_) => return Err("bench_s2d did not answer in time".into()),
-            Ok(Ok(0)) => return Err("server closed the session".into()),
-            Ok(Ok(n)) => end += n,
-            Ok(Err(e)) => return Err(format!("read: {e}")),
-        }
+        inbox
+            .fill(&mut stream, deadline, "bench_s2d did not answer in time")
+            .await?;
         out.clear();
         let mut stats = None;
-        while end - start >= HEADER_LEN {
-            let len = parse_header([buf[start], buf[start + 1]], MAX_FRAME as usize)
-                .map_err(|e| format!("frame: {e}"))?;
-            if end - start < HEADER_LEN + len {
-                break;
-            }
-            let body = &buf[start + HEADER_LEN..start + HEADER_LEN + len];
+        while let Some(body) = inbox.next_frame()? {
             let answer = match opener.open(body).map_err(|e| format!("open: {e}"))? {
                 Message::Call {
                     id,
@@ -311,7 +338,6 @@ pub async fn answer_s2d(
                     .map_err(|e| format!("seal: {e}"))?;
                 out.extend_from_slice(f);
             }
-            start += HEADER_LEN + len;
         }
         if !out.is_empty() {
             stream

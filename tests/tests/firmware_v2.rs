@@ -79,6 +79,26 @@ impl<T: Write> Write for Recorder<T> {
     }
 }
 
+/// alice logs in to `addr` with her password (`seed` for the client's
+/// nonce and Noise keys) over what `config` asks for.
+async fn alice_connects<'b>(
+    addr: std::net::SocketAddr,
+    store: &'b mut BufferStore,
+    seed: u64,
+    config: &Config,
+) -> Result<tether_firmware::Established<'b, host::TcpTransport, TokioClock>, Error<std::io::Error>>
+{
+    host::connect(
+        addr,
+        store.buffers(),
+        "alice",
+        ClientCredentials::Password(password(DB, "alice")),
+        &mut TestRng(seed),
+        config,
+    )
+    .await
+}
+
 fn found(wire: &[u8], needle: &str) -> bool {
     wire.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
@@ -236,16 +256,9 @@ async fn a_v2_device_pinning_a_wrong_server_key_is_refused_and_stops() {
     .await;
     let wrong = *StaticKeypair::from_secret([0x17; 32]).public();
     let mut store: BufferStore = BufferStore::new();
-    let e = host::connect(
-        server.addr,
-        store.buffers(),
-        "alice",
-        ClientCredentials::Password(password(DB, "alice")),
-        &mut TestRng(3),
-        &config().with_server_key(wrong),
-    )
-    .await
-    .unwrap_err();
+    let e = alice_connects(server.addr, &mut store, 3, &config().with_server_key(wrong))
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             e,
@@ -286,12 +299,10 @@ async fn a_server_requiring_encryption_refuses_a_v1_device_and_admits_v2() {
     let pinned = public(&keys);
     let server = start_server_with(&db, "127.0.0.1:0", Duration::from_secs(30), Some(keys)).await;
     let mut store: BufferStore = BufferStore::new();
-    let e = host::connect(
+    let e = alice_connects(
         server.addr,
-        store.buffers(),
-        "alice",
-        ClientCredentials::Password(password(DB, "alice")),
-        &mut TestRng(4),
+        &mut store,
+        4,
         &config().with_protocol(Protocol::V1),
     )
     .await
@@ -307,12 +318,10 @@ async fn a_server_requiring_encryption_refuses_a_v1_device_and_admits_v2() {
         "{e:?}"
     );
     assert_eq!(e.retry(), Retry::Never);
-    let mut login = host::connect(
+    let mut login = alice_connects(
         server.addr,
-        store.buffers(),
-        "alice",
-        ClientCredentials::Password(password(DB, "alice")),
-        &mut TestRng(5),
+        &mut store,
+        5,
         &config().with_server_key(pinned),
     )
     .await
@@ -337,12 +346,10 @@ async fn a_host_logs_in_over_v2_nn_by_default_to_a_server_with_no_key_file() {
     let db = Db::copy(DB);
     let server = start_server(&db, "127.0.0.1:0", Duration::from_secs(30)).await;
     let mut store: BufferStore = BufferStore::new();
-    let mut login = host::connect(
+    let mut login = alice_connects(
         server.addr,
-        store.buffers(),
-        "alice",
-        ClientCredentials::Password(password(DB, "alice")),
-        &mut TestRng(7),
+        &mut store,
+        7,
         &Config::default().with_min_iterations(200_000),
     )
     .await
@@ -365,12 +372,10 @@ async fn a_host_logs_in_over_v2_nn_by_default_to_a_server_with_no_key_file() {
         0.0
     );
     // A device that pins a key this server does not hold is refused.
-    let e = host::connect(
+    let e = alice_connects(
         server.addr,
-        store.buffers(),
-        "alice",
-        ClientCredentials::Password(password(DB, "alice")),
-        &mut TestRng(8),
+        &mut store,
+        8,
         &config().with_server_key([9; 32]),
     )
     .await
@@ -397,16 +402,9 @@ async fn a_v2_device_does_not_fall_back_to_v1_on_a_v1_only_server() {
         config().with_server_key([9; 32]),
         config().with_unpinned_v2(),
     ] {
-        let e = host::connect(
-            server.addr,
-            store.buffers(),
-            "alice",
-            ClientCredentials::Password(password(DB, "alice")),
-            &mut TestRng(6),
-            &config,
-        )
-        .await
-        .unwrap_err();
+        let e = alice_connects(server.addr, &mut store, 6, &config)
+            .await
+            .unwrap_err();
         assert!(
             matches!(
                 e,

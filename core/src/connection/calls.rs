@@ -216,24 +216,18 @@ impl<S: Store<Slot>, const N: usize> Calls<S, N> {
 
     /// A reply (or error) for `id` arrived.
     pub(crate) fn complete(&mut self, id: u32) -> Completion {
-        let mut done = None;
         for s in self.slots.slots_mut() {
             match *s {
                 Slot::Waiting { id: i, .. } if i == id => {
                     *s = Slot::Free;
-                    done = Some(Completion::Delivered);
-                    break;
+                    return Completion::Delivered;
                 }
                 Slot::Abandoned { id: i } if i == id => {
                     *s = Slot::Free;
-                    done = Some(Completion::Late);
-                    break;
+                    return Completion::Late;
                 }
                 _ => {}
             }
-        }
-        if let Some(done) = done {
-            return done;
         }
         let age = self.age(id);
         match self.forgotten {

@@ -359,11 +359,7 @@ fn version_names_the_protocol() {
 #[test]
 fn a_refused_connection_is_one_sentence() {
     // A port nobody listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let out = tether(&[
         "call",
         "--server",
@@ -500,6 +496,15 @@ fn spawn_serve(args: &[&str], dir: &std::path::Path) -> (Serve, Receiver<String>
         }
     });
     (Serve(child), rx)
+}
+
+/// A loopback port free a moment ago (nothing listens on it now).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Lines until one satisfies `done` (which is returned last).
@@ -654,11 +659,7 @@ async fn sighup_rereads_the_log_filter() {
     let db = Db::copy(DB);
     let file = db.dir.path().join("tether.toml");
     std::fs::write(&file, "log_level = \"warn\"\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let (child, rx) = spawn_serve(
         &[
@@ -814,11 +815,7 @@ async fn the_units_exec_start_serves_and_notifies_systemd() {
     let db = Db::copy(DB);
     let state = tempfile::tempdir().unwrap();
     let config = state.path().join("tether.toml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     std::fs::write(
         &config,
         format!(
@@ -1103,11 +1100,7 @@ fn call_speaks_v2_by_default_and_pins_the_server_key_when_given() {
     let db = Db::copy(DB);
     let file = db.dir.path().join("server.key");
     let (key, _) = server_key_cmd(&file, &[]);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let (child, rx) = spawn_serve(
         &[
@@ -1229,11 +1222,7 @@ async fn key_rotation_serves_both_keys_until_the_previous_is_retired() {
         old,
         "read again, not made anew"
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let (child, rx) = spawn_serve(
         &[
