@@ -77,6 +77,32 @@ fn lookup(username: &str) -> Option<ServerCredentials> {
     }
 }
 
+/// What the server sent: its frames back to back and where each ends (one
+/// buffer reused for every frame: an allocation per frame under
+/// AddressSanitizer was a large share of an input's time).
+#[derive(Default)]
+struct Sent {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Sent {
+    fn push(&mut self, frame: &[u8]) {
+        self.bytes.extend_from_slice(frame);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn frames(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(a, &b)| &self.bytes[a..b])
+    }
+
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
 /// The server's driver: the handshake, then the connection, with its
 /// application; everything it sends lands in `out`.
 struct Driver {
@@ -84,6 +110,10 @@ struct Driver {
     conn: Option<Server>,
     error: Option<ConnectionError>,
     held: Vec<ReplyToken>,
+    /// The call being answered, copied out of the machine's buffer (kept
+    /// for the next call: no allocation per call).
+    method: String,
+    args: Vec<u8>,
     now: u64,
     rng: Counter,
     tx: Vec<u8>,
@@ -110,6 +140,8 @@ impl Driver {
             conn,
             error: None,
             held: Vec::new(),
+            method: String::new(),
+            args: Vec::new(),
             now: 0,
             rng: Counter(7),
             // The device accepts at most 512 + 255 * 8 bytes.
@@ -123,7 +155,7 @@ impl Driver {
 
     /// Runs until nothing moves without more input, reading `inbox` in
     /// reads of at most `chunk` bytes.
-    fn run(&mut self, inbox: &mut VecDeque<u8>, chunk: usize, out: &mut Vec<Vec<u8>>) {
+    fn run(&mut self, inbox: &mut VecDeque<u8>, chunk: usize, out: &mut Sent) {
         loop {
             if self.error.is_some() {
                 self.drain(out);
@@ -158,7 +190,7 @@ impl Driver {
     }
 
     /// One poll of the handshake; true if something happened.
-    fn step_handshake(&mut self, out: &mut Vec<Vec<u8>>) -> bool {
+    fn step_handshake(&mut self, out: &mut Sent) -> bool {
         let hs = self.handshake.as_mut().expect("handshake");
         match hs.poll() {
             Err(e) => {
@@ -177,7 +209,7 @@ impl Driver {
                 assert!(v.username == "user" || v.username == "sha1user");
                 let now = Instant::from_millis(self.now);
                 let (conn, frame) = hs.welcome(1, now, &mut self.tx).expect("welcome");
-                out.push(frame.to_vec());
+                out.push(frame);
                 self.conn = Some(conn);
                 self.handshake = None;
                 true
@@ -187,7 +219,7 @@ impl Driver {
     }
 
     /// One poll of the connection, with the application's answers.
-    fn step_connection(&mut self, out: &mut Vec<Vec<u8>>) -> bool {
+    fn step_connection(&mut self, out: &mut Sent) -> bool {
         let now = Instant::from_millis(self.now);
         let conn = self.conn.as_mut().expect("connection");
         let event = match conn.poll_event(now) {
@@ -200,11 +232,13 @@ impl Driver {
         };
         match event {
             Event::Call(call) => {
-                let method = call.method().to_string();
-                let args = call.args().to_vec();
+                self.method.clear();
+                self.method.push_str(call.method());
+                self.args.clear();
+                self.args.extend_from_slice(call.args());
                 let token = call.into_token();
-                let frame = match method.as_str() {
-                    "echo" => conn.reply(token, now, &mut self.tx, &args),
+                let frame = match self.method.as_str() {
+                    "echo" => conn.reply(token, now, &mut self.tx, &self.args),
                     "hold" => {
                         self.held.push(token);
                         return true;
@@ -214,10 +248,10 @@ impl Driver {
                         now,
                         &mut self.tx,
                         ErrorCode::UNKNOWN_METHOD,
-                        &format!("no method {method:?}"),
+                        &format!("no method {:?}", self.method),
                     ),
                 };
-                out.push(frame.expect("an answer always fits").to_vec());
+                out.push(frame.expect("an answer always fits"));
             }
             Event::Notify(_) | Event::Reply(_) => {}
             other => panic!("{other:?}"),
@@ -226,17 +260,17 @@ impl Driver {
     }
 
     /// Sends what the machine owes; true if anything.
-    fn drain(&mut self, out: &mut Vec<Vec<u8>>) -> bool {
+    fn drain(&mut self, out: &mut Sent) -> bool {
         let now = Instant::from_millis(self.now);
         let mut sent = false;
         if let Some(conn) = &mut self.conn {
             while let Some(frame) = conn.poll_transmit(now, &mut self.tx) {
-                out.push(frame.to_vec());
+                out.push(frame);
                 sent = true;
             }
         } else if let Some(hs) = &mut self.handshake {
             while let Some(frame) = hs.poll_transmit(&mut self.tx) {
-                out.push(frame.to_vec());
+                out.push(frame);
                 sent = true;
             }
         }
@@ -281,7 +315,7 @@ impl Driver {
     }
 
     /// The stream ended.
-    fn eof(&mut self, out: &mut Vec<Vec<u8>>) {
+    fn eof(&mut self, out: &mut Sent) {
         if let Some(conn) = &mut self.conn {
             conn.handle_eof();
         } else if let Some(hs) = &mut self.handshake {
@@ -315,11 +349,11 @@ struct Client {
 
 impl Client {
     /// Checks and records every frame the server sent.
-    fn receive(&mut self, frames: &mut Vec<Vec<u8>>) {
-        for frame in frames.drain(..) {
+    fn receive(&mut self, frames: &mut Sent) {
+        for frame in frames.frames() {
             let mut decoder = FrameDecoder::new(&mut self.decoder_buf[..], self.max);
             let (used, body) = decoder
-                .push(&frame)
+                .push(frame)
                 .unwrap_or_else(|e| panic!("server sent a bad frame: {e}"));
             assert_eq!(used, frame.len(), "one frame per transmit");
             let body = body.expect("whole frame");
@@ -341,14 +375,15 @@ impl Client {
                 Message::Notify { .. } | Message::Pong { .. } => {}
             }
         }
+        frames.clear();
     }
 
-    fn seal(&mut self, msg: &Message<'_>, server_max: usize) -> Option<Vec<u8>> {
-        let frame = self
-            .sealer
-            .seal(msg, &mut self.out, server_max)
-            .ok()?
-            .to_vec();
+    /// Seals `msg` onto the server's inbox; false if it does not fit.
+    fn seal(&mut self, msg: &Message<'_>, server_max: usize, inbox: &mut VecDeque<u8>) -> bool {
+        let Ok(frame) = self.sealer.seal(msg, &mut self.out, server_max) else {
+            return false;
+        };
+        inbox.extend(frame.iter());
         match msg {
             Message::Call { id, method, .. } => {
                 // A duplicate id ends the session; either way one answer.
@@ -359,12 +394,12 @@ impl Client {
             }
             _ => {}
         }
-        Some(frame)
+        true
     }
 }
 
 /// A genuine login as `user`; returns the client and the driver, logged in.
-fn login(max: u16, out: &mut Vec<Vec<u8>>) -> (Client, Driver) {
+fn login(max: u16, out: &mut Sent) -> (Client, Driver) {
     let mut driver = Driver::new();
     let mut rng = Counter(3);
     let login = ClientLogin::<256>::new(
@@ -387,8 +422,8 @@ fn login(max: u16, out: &mut Vec<Vec<u8>>) -> (Client, Driver) {
         .copied()
         .collect();
     driver.run(&mut inbox, usize::MAX, out);
-    let [challenge] = &out[..] else {
-        panic!("a genuine hello gets one challenge: {out:02x?}")
+    let Some(challenge) = out.frames().next().filter(|_| out.ends.len() == 1) else {
+        panic!("a genuine hello gets one challenge: {:02x?}", out.bytes)
     };
     let Ok(Handshake::Challenge(c)) = message::decode::<Handshake>(&challenge[2..]) else {
         panic!("genuine hello not challenged")
@@ -406,7 +441,7 @@ fn login(max: u16, out: &mut Vec<Vec<u8>>) -> (Client, Driver) {
         .collect();
     out.clear();
     driver.run(&mut inbox, usize::MAX, out);
-    let [welcome] = &out[..] else {
+    let Some(welcome) = out.frames().next().filter(|_| out.ends.len() == 1) else {
         panic!("a genuine proof gets one welcome")
     };
     let Ok(Handshake::Welcome(w)) = message::decode::<Handshake>(&welcome[2..]) else {
@@ -435,13 +470,13 @@ fn login(max: u16, out: &mut Vec<Vec<u8>>) -> (Client, Driver) {
 fn raw_stream(chunk: usize, stream: &[u8]) {
     let mut driver = Driver::new();
     let mut inbox: VecDeque<u8> = stream.iter().copied().collect();
-    let mut out = Vec::new();
+    let mut out = Sent::default();
     driver.run(&mut inbox, chunk, &mut out);
     if driver.error.is_none() {
         driver.eof(&mut out);
     }
     let mut refused = false;
-    for frame in &out {
+    for frame in out.frames() {
         let len = u16::from_be_bytes([frame[0], frame[1]]) as usize;
         assert!(
             len == frame.len() - 2 && len <= 512,
@@ -464,13 +499,13 @@ static LOGINS: LazyLock<Mutex<BTreeMap<u16, (Client, Server)>>> =
     LazyLock::new(|| Mutex::new(BTreeMap::new()));
 
 fn session(max: u16, mut rest: &[u8]) {
-    let mut out = Vec::new();
+    let mut out = Sent::default();
     let (mut client, conn) = LOGINS
         .lock()
         .expect("logins")
         .entry(max)
         .or_insert_with(|| {
-            let (client, driver) = login(max, &mut Vec::new());
+            let (client, driver) = login(max, &mut Sent::default());
             (client, driver.conn.expect("logged in"))
         })
         .clone();
@@ -484,9 +519,7 @@ fn session(max: u16, mut rest: &[u8]) {
         match op % 5 {
             0 => match message::decode::<Message>(payload) {
                 Ok(msg) => {
-                    if let Some(frame) = client.seal(&msg, server_max) {
-                        inbox.extend(frame);
-                    }
+                    client.seal(&msg, server_max, &mut inbox);
                 }
                 Err(_) => {
                     inbox.extend((payload.len() as u16).to_be_bytes());
@@ -506,7 +539,7 @@ fn session(max: u16, mut rest: &[u8]) {
                         if !driver.held.is_empty() {
                             let token = driver.held.remove(0);
                             if let Ok(frame) = conn.reply(token, now, &mut driver.tx, payload) {
-                                out.push(frame.to_vec());
+                                out.push(frame);
                             }
                         }
                     } else if let Ok((_, frame)) =
@@ -516,7 +549,7 @@ fn session(max: u16, mut rest: &[u8]) {
                             Ok(n)
                         })
                     {
-                        out.push(frame.to_vec());
+                        out.push(frame);
                     }
                 }
             }
@@ -534,9 +567,7 @@ fn session(max: u16, mut rest: &[u8]) {
                             message: "fuzz",
                         }
                     };
-                    if let Some(frame) = client.seal(&msg, server_max) {
-                        inbox.extend(frame);
-                    }
+                    client.seal(&msg, server_max, &mut inbox);
                 }
             }
         }
