@@ -169,6 +169,8 @@ struct Side<B, const C: usize, const A: usize> {
     inbox: Wire,
     seen: Vec<Seen>,
     held: Vec<ReplyToken>,
+    /// The calls the machine refused by itself (`Connection::refusing`).
+    refused: Vec<(u32, ErrorCode)>,
     policy: Policy,
     error: Option<ConnectionError>,
     /// Bytes per read.
@@ -182,6 +184,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const C: usize, const A: usize> Side<B, C, A>
             inbox: Wire::new(),
             seen: Vec::new(),
             held: Vec::new(),
+            refused: Vec::new(),
             policy: Policy::Echo,
             error: None,
             chunk: usize::MAX,
@@ -205,7 +208,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const C: usize, const A: usize> Side<B, C, A>
                         self.handle(call, now, out, &mut tx);
                         continue;
                     }
-                    Ok(None) => {}
+                    Ok(None) => self.refused.extend(self.conn.refusing()),
                 }
             }
             let mut sent = false;
@@ -1633,6 +1636,8 @@ fn calls_beyond_the_limit_are_busy_and_duplicates_end_the_session() {
     }
     server.run(at(0), &mut down);
     assert_eq!(server.held.len(), 2);
+    assert_eq!(server.refused, [(3, ErrorCode::BUSY)]);
+    assert_eq!(server.conn.refusing(), None, "sent: no longer refusing");
     assert_eq!(
         raw.open_all(&mut down),
         [Message::Error {
@@ -1695,6 +1700,11 @@ fn every_call_gets_an_answer() {
         }]
     );
     assert_eq!(server.conn.answers_owed(), 0);
+    assert_eq!(
+        server.refused,
+        [],
+        "an unanswered call is failed, not refused"
+    );
     // The device accepts 512 bytes: a reply larger than that, and an error
     // whose message (naming a 480-byte method, issue 13) would not fit.
     server.policy = Policy::Hold;
@@ -1783,6 +1793,7 @@ fn shutting_down_answers_new_calls_and_lets_running_ones_finish() {
         args: &[],
     }));
     server.run(at(0), &mut down);
+    assert_eq!(server.refused, [(2, ErrorCode::SHUTTING_DOWN)]);
     let frame = server.answer_held(1, at(0), &[1]);
     down.extend(frame);
     assert_eq!(server.conn.answers_owed(), 0);

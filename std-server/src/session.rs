@@ -646,7 +646,13 @@ impl Io {
                     self.event(owned, calls, mind);
                     continue;
                 }
-                Ok(None) => {}
+                Ok(None) => {
+                    // A call the machine answers `busy` or `shutting_down`
+                    // itself (no event): counted before the answer goes.
+                    if self.conn.refusing().is_some() {
+                        calls.recorded.record(CallOutcome::Rejected, Duration::ZERO);
+                    }
+                }
                 Err(e) => {
                     self.transmit_owed();
                     return Err(self.ended(e));

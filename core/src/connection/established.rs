@@ -631,6 +631,19 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>, const CALLS: usize, const ANSWERS: usize, T: 
         self.core.answers.len()
     }
 
+    /// The peer's call this side is refusing by itself, without an event:
+    /// its id and [`ErrorCode::BUSY`] (the answer table is full) or
+    /// [`ErrorCode::SHUTTING_DOWN`] (after
+    /// [`start_shutdown`](Self::start_shutdown)). Set by the
+    /// [`poll_event`](Self::poll_event) that returned `Ok(None)` for that
+    /// call, until [`poll_transmit`](Self::poll_transmit) sends the answer:
+    /// a driver that counts refused calls asks after each `Ok(None)`.
+    pub fn refusing(&self) -> Option<(u32, ErrorCode)> {
+        self.core
+            .notice
+            .filter(|&(_, code)| code == ErrorCode::BUSY || code == ErrorCode::SHUTTING_DOWN)
+    }
+
     /// The most argument bytes a call of `method` can carry to the peer
     /// (whatever its id): the one rule for "does this call fit", exact up
     /// to the few bytes of the id and length varints.

@@ -213,7 +213,12 @@ async fn too_many_calls_in_flight_are_busy() {
         Msg::Error { id, code, .. } => assert_eq!((id, code), (third, ErrorCode::BUSY)),
         other => panic!("{other:?}"),
     }
+    // Refused by the machine without running: counted before it is sent.
+    assert_eq!(store_metric(&server.store, REJECTED_FROM_DEVICE), 1.0);
 }
+
+const REJECTED_FROM_DEVICE: &str =
+    r#"tether_calls_total{direction="from_device",outcome="rejected"}"#;
 
 #[tokio::test]
 async fn the_server_calls_the_device_through_its_mind() {
@@ -482,6 +487,7 @@ async fn graceful_shutdown_lets_calls_finish_then_says_goodbye() {
         match s.recv_timeout(Duration::from_secs(5)).await {
             Some(Msg::Error { id, code, .. }) => {
                 assert_eq!((id, code), (late, ErrorCode::SHUTTING_DOWN));
+                assert_eq!(store_metric(&server.store, REJECTED_FROM_DEVICE), 1.0);
                 got.push("refused");
             }
             Some(Msg::Reply { id, .. }) => {
