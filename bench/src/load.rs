@@ -250,15 +250,30 @@ pub async fn tether_login(addr: SocketAddr, users: &Users, i: usize) -> Result<(
 /// The bare floor of a login: new TCP connection and two 120-byte round
 /// trips (a login's hello/challenge and proof/welcome), then close.
 pub async fn bare_connection(addr: SocketAddr) -> Result<(), String> {
+    bare_round_trips(addr, &[120, 120]).await
+}
+
+/// A login's network work without its computation: new TCP connection,
+/// the two 120-byte round trips of [`bare_connection`] and the login's
+/// 64-byte `echo` call, then close. The goodbye is left out, so against
+/// [`bare_connection`] this is an upper bound of what a login can reach.
+pub async fn bare_login_shape(addr: SocketAddr) -> Result<(), String> {
+    bare_round_trips(addr, &[120, 120, 64]).await
+}
+
+/// New TCP connection, one echo round trip of each size, close.
+async fn bare_round_trips(addr: SocketAddr, sizes: &[usize]) -> Result<(), String> {
     let mut s = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     s.set_nodelay(true).map_err(|e| e.to_string())?;
     let msg = [0x5au8; 120];
     let mut buf = [0u8; 120];
-    for _ in 0..2 {
-        s.write_all(&msg).await.map_err(|e| e.to_string())?;
-        s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    for &n in sizes {
+        s.write_all(&msg[..n]).await.map_err(|e| e.to_string())?;
+        s.read_exact(&mut buf[..n])
+            .await
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }

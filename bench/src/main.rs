@@ -129,6 +129,9 @@ enum Workload {
     LoginNn,
     /// bare connection + two 120-byte round trips (against `bare-server`)
     BareConn,
+    /// bare connection + the login's round trips: 2 x 120 B, 64 B (against
+    /// `bare-server`)
+    BareLogin,
     /// bare sequential 64-byte echo (against `bare-server`)
     BareEcho,
 }
@@ -259,6 +262,7 @@ async fn load_one(
             .await
         }
         Workload::BareConn => load::drive(clients, w, move |_| load::bare_connection(addr)).await,
+        Workload::BareLogin => load::drive(clients, w, move |_| load::bare_login_shape(addr)).await,
         Workload::BareEcho => load::bare_echo(addr, w).await?,
     };
     t.check("workload")?;

@@ -453,6 +453,8 @@ async fn logins(addr: SocketAddr, users: &Arc<Users>, clients: usize, w: Window)
 #[derive(Default)]
 struct Results {
     floor_conn: Option<Throughput>,
+    /// Connect + the login's three round trips (no computation).
+    floor_login_shape: Option<Throughput>,
     floor_echo: Option<Throughput>,
     /// The single-threaded blocking echo (no runtime).
     floor_blocking: Option<Throughput>,
@@ -600,14 +602,19 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
             t.check("bare connection + 2 round trips, 64 clients")?;
             r.floor_conn = Some(merge(r.floor_conn.take(), t));
             let w = Window::new(plan.round_login.0, plan.round_login.1);
+            let t = load::drive(64, w, move |_| load::bare_login_shape(bare_addr)).await;
+            t.check("bare connection + a login's 3 round trips, 64 clients")?;
+            r.floor_login_shape = Some(merge(r.floor_login_shape.take(), t));
+            let w = Window::new(plan.round_login.0, plan.round_login.1);
             let t = logins(addr, &users, 64, w).await;
             t.check("logins at 64 clients")?;
             login64 = Some(merge(login64.take(), t));
         }
-        if let (Some(f), Some(l)) = (&r.floor_conn, &login64) {
+        if let (Some(f), Some(s), Some(l)) = (&r.floor_conn, &r.floor_login_shape, &login64) {
             say(&format!(
-                "  bare connections {}/s, logins {}/s",
+                "  bare connections {}/s, with a login's round trips {}/s, logins {}/s",
                 fmt_rate(f.rate),
+                fmt_rate(s.rate),
                 fmt_rate(l.rate)
             ));
         }
@@ -900,8 +907,26 @@ fn render(
                     fmt_rate(f.rate)
                 ),
                 format!("{:.2}", x),
-                format!(">= 0.70: {}", mark(x >= 0.70)),
+                format!(">= 0.90 (issue 14): {}", mark(x >= 0.90)),
             );
+            if let Some(s) = &r.floor_login_shape {
+                // What the network part of a login alone allows: the
+                // ceiling of the row above.
+                row(
+                    "bare connect + a login's round trips (2x120 B, 64 B), 64 clients",
+                    format!("{}/s", fmt_rate(s.rate)),
+                    format!("bare floor {}/s", fmt_rate(f.rate)),
+                    format!("{:.2}", s.rate / f.rate),
+                    "ceiling of the row above".into(),
+                );
+                row(
+                    "login, 64 concurrent, vs the same round trips bare",
+                    logins_cell(t),
+                    format!("{}/s", fmt_rate(s.rate)),
+                    format!("{:.2}", t.rate / s.rate),
+                    "diagnostic: Tether's own cost".into(),
+                );
+            }
         }
     }
     for (label, t) in &r.login_variants {

@@ -634,16 +634,13 @@ async fn list_sessions(State(state): St, q: Result<Query<ListQuery>, QueryReject
         Ok(q) => q,
         Err(r) => return r,
     };
-    let sessions: Vec<SessionView> = state
-        .sessions
-        .list()
+    let entries = match &q.username {
+        Some(username) => state.sessions.list_of(username),
+        None => state.sessions.list(),
+    };
+    let sessions: Vec<SessionView> = entries
         .iter()
         .filter(|e| !e.mind.is_closed())
-        .filter(|e| {
-            q.username
-                .as_ref()
-                .is_none_or(|u| *u == e.info.user.username)
-        })
         .map(view)
         .collect();
     Json(json!({ "sessions": sessions })).into_response()
@@ -651,15 +648,13 @@ async fn list_sessions(State(state): St, q: Result<Query<ListQuery>, QueryReject
 
 /// The live sessions of `username` (only `session` if given), oldest first.
 fn sessions_of(state: &AdminState, username: &str, session: Option<u64>) -> Vec<Mind> {
-    let mut minds: Vec<Mind> = state
+    state
         .sessions
         .minds_of(username)
         .into_iter()
         .filter(|m| !m.is_closed())
         .filter(|m| session.is_none_or(|id| m.session_id() == id))
-        .collect();
-    minds.sort_by_key(Mind::session_id);
-    minds
+        .collect()
 }
 
 fn not_connected(username: &str, session: Option<u64>) -> Response {

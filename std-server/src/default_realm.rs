@@ -9,7 +9,8 @@
 //! (docs/DJANGO.md); without one, other calls get `unknown_method` and
 //! notifications are ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::hash::{BuildHasher as _, RandomState};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -36,12 +37,67 @@ pub struct SessionEntry {
 }
 
 /// The live sessions, by session id. Cheap to clone (shared).
+///
+/// Indexed by account and by username as well, so that a login (the
+/// per-user cap) and the admin API's calls to a user's devices touch that
+/// user's sessions only, not every session under the lock.
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
+    sessions: Arc<Mutex<Sessions>>,
+}
+
+#[derive(Debug, Default)]
+struct Sessions {
     /// Each entry shared (its avatar holds the same one): a map node holds
     /// a pointer per session instead of the whole entry (~200 bytes, in
     /// nodes about half full: 365 bytes per session and registry).
-    sessions: Arc<Mutex<BTreeMap<u64, Arc<SessionEntry>>>>,
+    by_id: BTreeMap<u64, Arc<SessionEntry>>,
+    /// (user id, session id): an account's sessions, oldest first.
+    by_user: BTreeSet<(i64, u64)>,
+    /// (hash of the username, session id): a username's sessions, oldest
+    /// first, with another name's when two hash alike (each checked
+    /// against its entry). A hash instead of the name: 16 bytes per
+    /// session, no allocation.
+    by_name: BTreeSet<(u64, u64)>,
+    /// Keys chosen per process.
+    hasher: RandomState,
+}
+
+impl Sessions {
+    fn name_key(&self, username: &str) -> u64 {
+        self.hasher.hash_one(username)
+    }
+
+    /// The sessions of `username`, oldest first.
+    fn named<'s>(
+        &'s self,
+        username: &'s str,
+    ) -> impl DoubleEndedIterator<Item = &'s Arc<SessionEntry>> {
+        let key = self.name_key(username);
+        self.by_name
+            .range((key, 0)..=(key, u64::MAX))
+            .filter_map(|(_, id)| self.by_id.get(id))
+            .filter(move |e| e.info.user.username == username)
+    }
+
+    fn insert(&mut self, entry: Arc<SessionEntry>) {
+        let id = entry.info.id;
+        // Session ids are never reused; should one be, the old entry goes
+        // whole.
+        self.remove(id);
+        self.by_user.insert((entry.info.user.id, id));
+        self.by_name
+            .insert((self.name_key(&entry.info.user.username), id));
+        self.by_id.insert(id, entry);
+    }
+
+    fn remove(&mut self, session_id: u64) {
+        if let Some(e) = self.by_id.remove(&session_id) {
+            self.by_user.remove(&(e.info.user.id, session_id));
+            let key = self.name_key(&e.info.user.username);
+            self.by_name.remove(&(key, session_id));
+        }
+    }
 }
 
 impl Registry {
@@ -52,7 +108,7 @@ impl Registry {
 
     /// Number of live sessions.
     pub fn len(&self) -> usize {
-        lock(&self.sessions).len()
+        lock(&self.sessions).by_id.len()
     }
 
     /// Whether no session is live.
@@ -63,7 +119,16 @@ impl Registry {
     /// All live sessions, by id.
     pub fn list(&self) -> Vec<SessionEntry> {
         lock(&self.sessions)
+            .by_id
             .values()
+            .map(|e| SessionEntry::clone(e))
+            .collect()
+    }
+
+    /// The live sessions of a user, oldest first.
+    pub fn list_of(&self, username: &str) -> Vec<SessionEntry> {
+        lock(&self.sessions)
+            .named(username)
             .map(|e| SessionEntry::clone(e))
             .collect()
     }
@@ -71,15 +136,15 @@ impl Registry {
     /// The mind of a session.
     pub fn mind(&self, session_id: u64) -> Option<Mind> {
         lock(&self.sessions)
+            .by_id
             .get(&session_id)
             .map(|e| e.mind.clone())
     }
 
-    /// The minds of every session of a user.
+    /// The minds of every session of a user, oldest first.
     pub fn minds_of(&self, username: &str) -> Vec<Mind> {
         lock(&self.sessions)
-            .values()
-            .filter(|e| e.info.user.username == username)
+            .named(username)
             .map(|e| e.mind.clone())
             .collect()
     }
@@ -90,14 +155,14 @@ impl Registry {
     /// session behind.
     pub fn newest_of(&self, username: &str) -> Option<Mind> {
         lock(&self.sessions)
-            .values()
+            .named(username)
             .rev()
-            .find(|e| e.info.user.username == username && !e.mind.is_closing())
+            .find(|e| !e.mind.is_closing())
             .map(|e| e.mind.clone())
     }
 
     pub(crate) fn insert(&self, entry: Arc<SessionEntry>) {
-        lock(&self.sessions).insert(entry.info.id, entry);
+        lock(&self.sessions).insert(entry);
     }
 
     /// Lists a new session unless its account is at `cap` live sessions
@@ -114,24 +179,25 @@ impl Registry {
         let user = entry.info.user.id;
         // By id, so oldest first.
         let live: Vec<u64> = sessions
-            .values()
-            .filter(|e| e.info.user.id == user && !e.mind.is_closing())
-            .map(|e| e.info.id)
+            .by_user
+            .range((user, 0)..=(user, u64::MAX))
+            .filter(|(_, id)| sessions.by_id.get(id).is_some_and(|e| !e.mind.is_closing()))
+            .map(|&(_, id)| id)
             .collect();
         let replaced = match per_user::decide(&live, cap, policy) {
             per_user::Decision::Refuse => return Err(()),
             per_user::Decision::Admit => Vec::new(),
             per_user::Decision::Replace(ids) => ids
                 .iter()
-                .filter_map(|id| sessions.get(id).map(|e| e.mind.clone()))
+                .filter_map(|id| sessions.by_id.get(id).map(|e| e.mind.clone()))
                 .collect(),
         };
-        sessions.insert(entry.info.id, Arc::new(entry));
+        sessions.insert(Arc::new(entry));
         Ok(replaced)
     }
 
     pub(crate) fn remove(&self, session_id: u64) {
-        lock(&self.sessions).remove(&session_id);
+        lock(&self.sessions).remove(session_id);
     }
 }
 
@@ -353,5 +419,119 @@ impl Avatar for DefaultAvatar {
             username: info.user.username.clone(),
             end,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tether_core::message::GoodbyeReason;
+    use tether_core::scram::Mechanism;
+
+    use super::*;
+    use crate::metrics::{Direction, Metrics};
+    use crate::realm::{CredentialDigest, User};
+
+    fn entry(session: u64, user: i64, username: &str) -> SessionEntry {
+        let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let mind = Mind::new(
+            session,
+            peer,
+            username.into(),
+            4,
+            Duration::from_secs(1),
+            512,
+            Metrics::new().calls(Direction::ToDevice),
+        );
+        let info = SessionInfo {
+            id: session,
+            peer,
+            user: User {
+                id: user,
+                username: username.into(),
+                is_superuser: false,
+                permission: None,
+                group: None,
+            },
+            mechanism: Mechanism::ScramSha256,
+            started: SystemTime::now(),
+            credential: CredentialDigest::of(""),
+        };
+        SessionEntry { info, mind }
+    }
+
+    fn ids(minds: &[Mind]) -> Vec<u64> {
+        minds.iter().map(Mind::session_id).collect()
+    }
+
+    /// A registry with alice's sessions 3, 7, 12 among 3,000 of others
+    /// (each their own account, one named like alice's id for the index).
+    fn crowded() -> Registry {
+        let r = Registry::new();
+        for s in 1..=3_000u64 {
+            let (user, name) = match s {
+                3 | 7 | 12 => (1, "alice".to_string()),
+                _ => (s as i64 + 100, format!("user{s}")),
+            };
+            r.insert(Arc::new(entry(s, user, &name)));
+        }
+        r
+    }
+
+    #[test]
+    fn a_users_sessions_are_found_oldest_first_among_many() {
+        let r = crowded();
+        assert_eq!(r.len(), 3_000);
+        assert_eq!(ids(&r.minds_of("alice")), [3, 7, 12]);
+        let listed: Vec<u64> = r.list_of("alice").iter().map(|e| e.info.id).collect();
+        assert_eq!(listed, [3, 7, 12]);
+        assert_eq!(r.newest_of("alice").unwrap().session_id(), 12);
+        assert_eq!(ids(&r.minds_of("user5")), [5]);
+        assert!(r.minds_of("alic").is_empty() && r.newest_of("nobody").is_none());
+        // A session asked to close is skipped by newest_of, still listed.
+        r.mind(12).unwrap().close(GoodbyeReason::Kicked);
+        assert_eq!(r.newest_of("alice").unwrap().session_id(), 7);
+        assert_eq!(ids(&r.minds_of("alice")), [3, 7, 12]);
+        r.remove(7);
+        assert_eq!(ids(&r.minds_of("alice")), [3, 12]);
+        assert_eq!(r.newest_of("alice").unwrap().session_id(), 3);
+    }
+
+    #[test]
+    fn the_per_user_cap_counts_the_accounts_live_sessions_only() {
+        let r = crowded();
+        // Three live: at a cap of 3 the oldest makes room.
+        let replaced =
+            r.insert_capped(entry(3_001, 1, "alice"), 3, per_user::Policy::ReplaceOldest);
+        assert_eq!(ids(&replaced.unwrap()), [3]);
+        // The closing one no longer counts (the realm closes the replaced).
+        r.mind(3).unwrap().close(GoodbyeReason::Replaced);
+        assert!(
+            r.insert_capped(entry(3_002, 1, "alice"), 3, per_user::Policy::Refuse)
+                .is_err()
+        );
+        r.remove(12);
+        assert!(
+            r.insert_capped(entry(3_002, 1, "alice"), 3, per_user::Policy::Refuse)
+                .unwrap()
+                .is_empty()
+        );
+        // Another account is not capped by alice's sessions.
+        assert!(
+            r.insert_capped(entry(3_003, 2, "bob"), 1, per_user::Policy::Refuse)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(ids(&r.minds_of("alice")), [3, 7, 3_001, 3_002]);
+    }
+
+    #[test]
+    fn removing_every_session_empties_the_indexes() {
+        let r = crowded();
+        for s in 1..=3_000 {
+            r.remove(s);
+        }
+        r.remove(5);
+        let inner = lock(&r.sessions);
+        assert!(inner.by_id.is_empty() && inner.by_user.is_empty() && inner.by_name.is_empty());
     }
 }
