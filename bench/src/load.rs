@@ -255,8 +255,8 @@ pub async fn bare_connection(addr: SocketAddr) -> Result<(), String> {
 
 /// A login's network work without its computation: new TCP connection,
 /// the two 120-byte round trips of [`bare_connection`] and the login's
-/// 64-byte `echo` call, then close. The goodbye is left out, so against
-/// [`bare_connection`] this is an upper bound of what a login can reach.
+/// 64-byte `echo` call, then close (the goodbye left out): how much of a
+/// login's cost against [`bare_connection`] is the extra round trip.
 pub async fn bare_login_shape(addr: SocketAddr) -> Result<(), String> {
     bare_round_trips(addr, &[120, 120, 64]).await
 }

@@ -910,14 +910,14 @@ fn render(
                 format!(">= 0.90 (issue 14): {}", mark(x >= 0.90)),
             );
             if let Some(s) = &r.floor_login_shape {
-                // What the network part of a login alone allows: the
-                // ceiling of the row above.
+                // The login's network work without its computation: what
+                // of the gap is Tether's own (bench/README.md).
                 row(
                     "bare connect + a login's round trips (2x120 B, 64 B), 64 clients",
                     format!("{}/s", fmt_rate(s.rate)),
                     format!("bare floor {}/s", fmt_rate(f.rate)),
                     format!("{:.2}", s.rate / f.rate),
-                    "ceiling of the row above".into(),
+                    "diagnostic: a login's round trips, no work".into(),
                 );
                 row(
                     "login, 64 concurrent, vs the same round trips bare",
