@@ -97,6 +97,11 @@ impl Sent {
         starts.zip(&self.ends).map(|(a, &b)| &self.bytes[a..b])
     }
 
+    /// The one frame sent, if exactly one was.
+    fn only(&self) -> Option<&[u8]> {
+        (self.ends.len() == 1).then_some(&self.bytes[..])
+    }
+
     fn clear(&mut self) {
         self.bytes.clear();
         self.ends.clear();
@@ -378,10 +383,11 @@ impl Client {
         frames.clear();
     }
 
-    /// Seals `msg` onto the server's inbox; false if it does not fit.
-    fn seal(&mut self, msg: &Message<'_>, server_max: usize, inbox: &mut VecDeque<u8>) -> bool {
+    /// Seals `msg` onto the server's inbox (not if it is too large for the
+    /// server).
+    fn seal(&mut self, msg: &Message<'_>, server_max: usize, inbox: &mut VecDeque<u8>) {
         let Ok(frame) = self.sealer.seal(msg, &mut self.out, server_max) else {
-            return false;
+            return;
         };
         inbox.extend(frame.iter());
         match msg {
@@ -394,7 +400,6 @@ impl Client {
             }
             _ => {}
         }
-        true
     }
 }
 
@@ -422,7 +427,7 @@ fn login(max: u16, out: &mut Sent) -> (Client, Driver) {
         .copied()
         .collect();
     driver.run(&mut inbox, usize::MAX, out);
-    let Some(challenge) = out.frames().next().filter(|_| out.ends.len() == 1) else {
+    let Some(challenge) = out.only() else {
         panic!("a genuine hello gets one challenge: {:02x?}", out.bytes)
     };
     let Ok(Handshake::Challenge(c)) = message::decode::<Handshake>(&challenge[2..]) else {
@@ -441,7 +446,7 @@ fn login(max: u16, out: &mut Sent) -> (Client, Driver) {
         .collect();
     out.clear();
     driver.run(&mut inbox, usize::MAX, out);
-    let Some(welcome) = out.frames().next().filter(|_| out.ends.len() == 1) else {
+    let Some(welcome) = out.only() else {
         panic!("a genuine proof gets one welcome")
     };
     let Ok(Handshake::Welcome(w)) = message::decode::<Handshake>(&welcome[2..]) else {
@@ -518,9 +523,7 @@ fn session(max: u16, mut rest: &[u8]) {
         rest = after;
         match op % 5 {
             0 => match message::decode::<Message>(payload) {
-                Ok(msg) => {
-                    client.seal(&msg, server_max, &mut inbox);
-                }
+                Ok(msg) => client.seal(&msg, server_max, &mut inbox),
                 Err(_) => {
                     inbox.extend((payload.len() as u16).to_be_bytes());
                     inbox.extend(payload);

@@ -5,6 +5,7 @@
 //!   device's TRNG, so that a failing test replays exactly;
 //! - [`Msg`]: a session [`Message`] with owned fields, to hold, compare and
 //!   print what a peer received;
+//! - [`free_port`]: a loopback port for a server a test starts as a process;
 //! - `wire` (feature `tokio`): a test peer's frame reader over a tokio
 //!   stream;
 //! - `client` (feature `client`): a device over a tokio stream driven by
@@ -17,6 +18,15 @@ pub mod wire;
 
 use tether_core::message::{ErrorCode, GoodbyeReason, Message};
 use tether_core::rand_core::{TryCryptoRng, TryRng};
+
+/// A loopback port free a moment ago (nothing listens on it now): for a
+/// server started as a separate process, told its port up front.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
 
 /// A deterministic RNG (splitmix64) for tests only: it marks itself a
 /// `CryptoRng` because the code under test asks for one, and it is not one.

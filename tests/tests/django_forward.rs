@@ -35,6 +35,7 @@ use tether_core::method::Method;
 use tether_core::method::builtin::Echo;
 use tether_core::scram::{CachedKeys, ClientCredentials};
 use tether_firmware::{BufferStore, CallError, Config as DeviceConfig, Error as DeviceError, host};
+use tether_test_support::free_port;
 
 const SECRET: &str = "the forwarding end-to-end secret";
 
@@ -109,14 +110,6 @@ fn python() -> PathBuf {
     std::env::var_os("TETHER_FORWARD_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".venv-django-forward/bin/python"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The Django project: its database, and gunicorn when started.

@@ -39,6 +39,7 @@ use tether_core::message::{ErrorCode, RefusalCode};
 use tether_core::method::Method;
 use tether_core::scram::{ClientCredentials, Mechanism};
 use tether_firmware::{BufferStore, CallError, Config, Error, host};
+use tether_test_support::free_port;
 
 const FORWARD_SECRET: &str = "the django-site end-to-end forward secret";
 const ADMIN_TOKEN: &str = "django-site-e2e-admin-token-0123456789";
@@ -84,14 +85,6 @@ fn python() -> PathBuf {
     std::env::var_os("TETHER_SITE_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join(".venv-django-tether-5.2/bin/python"))
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// examples/django-site on a fresh database, and gunicorn once started.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tether_core::message::GoodbyeReason;
 use tether_core::method::builtin::Echo;
 use tether_core::scram::{CachedKeys, Mechanism};
+use tether_test_support::free_port;
 
 use crate::common::*;
 
@@ -496,15 +497,6 @@ fn spawn_serve(args: &[&str], dir: &std::path::Path) -> (Serve, Receiver<String>
         }
     });
     (Serve(child), rx)
-}
-
-/// A loopback port free a moment ago (nothing listens on it now).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Lines until one satisfies `done` (which is returned last).
