@@ -441,6 +441,38 @@ fn merge(a: Option<Throughput>, b: Throughput) -> Throughput {
     }
 }
 
+/// The `variants` stage's servers: a label, `tether serve`'s flags (beside
+/// its own copy of the database) and whether its log is quiet
+/// (`RUST_LOG=warn`). A label with `WAL` gets its copy in WAL mode.
+const LOGIN_VARIANTS: [(&str, &[&str], bool); 6] = [
+    (
+        "defaults (Django's rollback journal, `last_login`, `info` log)",
+        &[],
+        false,
+    ),
+    (
+        "database in WAL mode (`PRAGMA journal_mode=WAL`), defaults otherwise",
+        &[],
+        false,
+    ),
+    ("`--no-last-login`", &["--no-last-login"], false),
+    (
+        "`--no-last-login --cache-ttl 600`: no database, log lines as by default",
+        &["--no-last-login", "--cache-ttl", "600"],
+        false,
+    ),
+    (
+        "`RUST_LOG=warn`: no log line, database as by default",
+        &[],
+        true,
+    ),
+    (
+        "`--no-last-login --cache-ttl 600`, `RUST_LOG=warn`: no database, no log line",
+        &["--no-last-login", "--cache-ttl", "600"],
+        true,
+    ),
+];
+
 async fn logins(addr: SocketAddr, users: &Arc<Users>, clients: usize, w: Window) -> Throughput {
     let u = users.clone();
     load::drive(clients, w, move |i| {
@@ -460,6 +492,8 @@ struct Results {
     floor_blocking: Option<Throughput>,
     logins: Vec<(usize, Throughput)>,
     login_variants: Vec<(String, Throughput)>,
+    /// The bare floor measured in the variants' own rounds.
+    variants_floor: Option<Throughput>,
     seq: Option<Throughput>,
     pipe_fw: Option<Throughput>,
     pipe_raw: Option<Throughput>,
@@ -707,49 +741,68 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
     }
 
     if want("variants") {
-        // Where the time of a login goes: the same 64 clients against the
-        // same server with parts of the default turned off or changed.
-        let wal = a.workdir.join("wal.sqlite3");
-        std::fs::copy(&a.database, &wal).map_err(|e| format!("copy database: {e}"))?;
-        let mode = Command::new(&a.python)
-            .args([
-                "-c",
-                "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('pragma journal_mode=wal').fetchone()[0])",
-            ])
-            .arg(&wal)
-            .output()
-            .map_err(|e| format!("python: {e}"))?;
-        if String::from_utf8_lossy(&mode.stdout).trim() != "wal" {
-            return Err("cannot switch the database copy to WAL".into());
-        }
-        let wal_url = format!(
-            "sqlite://{}",
-            std::fs::canonicalize(&wal)
-                .map_err(|e| e.to_string())?
-                .display()
-        );
-        let variants: [(&str, Vec<&str>, bool); 3] = [
-            (
-                "database in WAL mode (`PRAGMA journal_mode=WAL`), defaults otherwise",
-                vec!["--database", &wal_url],
-                false,
-            ),
-            ("`--no-last-login`", vec!["--no-last-login"], false),
-            (
-                "`--no-last-login --cache-ttl 600`, `RUST_LOG=warn`: no database, no log line",
-                vec!["--no-last-login", "--cache-ttl", "600"],
-                true,
-            ),
-        ];
-        for (label, flags, quiet) in variants {
-            say(&format!("logins, 64 clients: {label}"));
+        // Where the time of a login goes: the same 64 clients against
+        // servers with parts of the default turned off or changed, each
+        // with its own copy of the database (a server's `last_login`
+        // writes land after its round), all up at once and measured in
+        // alternating rounds with the bare floor, as the login stage is.
+        let sqlite_url = |path: &Path| -> Result<String, String> {
+            Ok(format!(
+                "sqlite://{}",
+                std::fs::canonicalize(path)
+                    .map_err(|e| e.to_string())?
+                    .display()
+            ))
+        };
+        let mut servers = Vec::new();
+        for (i, (label, flags, quiet)) in LOGIN_VARIANTS.iter().enumerate() {
+            let copy = a.workdir.join(format!("variant-{i}.sqlite3"));
+            std::fs::copy(&a.database, &copy).map_err(|e| format!("copy database: {e}"))?;
+            if label.contains("WAL") {
+                let mode = Command::new(&a.python)
+                    .args([
+                        "-c",
+                        "import sqlite3, sys; print(sqlite3.connect(sys.argv[1]).execute('pragma journal_mode=wal').fetchone()[0])",
+                    ])
+                    .arg(&copy)
+                    .output()
+                    .map_err(|e| format!("python: {e}"))?;
+                if String::from_utf8_lossy(&mode.stdout).trim() != "wal" {
+                    return Err("cannot switch the database copy to WAL".into());
+                }
+            }
+            let url = sqlite_url(&copy)?;
             let mut extra = LOAD_LIMITS.to_vec();
-            extra.extend(flags);
-            let (server, addr) = tether_serve_env(&a, "serve-variant.log", &extra, quiet).await?;
-            let w = Window::new(plan.login.0, plan.login.1);
-            let t = logins(addr, &users, 64, w).await;
-            t.check(&format!("logins ({label})"))?;
-            say(&format!("  {}/s", fmt_rate(t.rate)));
+            extra.extend(["--database", url.as_str()]);
+            extra.extend(flags.iter().copied());
+            let (server, addr) =
+                tether_serve_env(&a, &format!("serve-variant-{i}.log"), &extra, *quiet).await?;
+            servers.push((server, addr, None::<Throughput>));
+        }
+        let (bare, bare_addr) = helper_server(&["bare-server"], "bare server").await?;
+        let mut floor = None::<Throughput>;
+        for round in 1..=plan.rounds {
+            say(&format!(
+                "round {round}/{}: bare connections vs logins on {} servers, 64 clients",
+                plan.rounds,
+                servers.len()
+            ));
+            let w = Window::new(plan.round_login.0, plan.round_login.1);
+            let t = load::drive(64, w, move |_| load::bare_connection(bare_addr)).await;
+            t.check("bare connection + 2 round trips, 64 clients")?;
+            floor = Some(merge(floor.take(), t));
+            for ((label, _, _), (_, addr, sum)) in LOGIN_VARIANTS.iter().zip(&mut servers) {
+                let w = Window::new(plan.round_login.0, plan.round_login.1);
+                let t = logins(*addr, &users, 64, w).await;
+                t.check(&format!("logins ({label})"))?;
+                *sum = Some(merge(sum.take(), t));
+            }
+        }
+        drop(bare);
+        r.variants_floor = floor;
+        for ((label, _, _), (server, _, sum)) in LOGIN_VARIANTS.iter().zip(servers) {
+            let t = sum.expect("measured");
+            say(&format!("  {label}: {}/s", fmt_rate(t.rate)));
             r.login_variants.push((label.to_string(), t));
             drop(server);
         }
@@ -931,7 +984,7 @@ fn render(
     }
     for (label, t) in &r.login_variants {
         let reference = r
-            .floor_conn
+            .variants_floor
             .as_ref()
             .map(|f| {
                 (

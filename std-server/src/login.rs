@@ -65,6 +65,12 @@ pub(crate) enum LoginEnd {
 
 type Handshake = ServerHandshake<RxStorage, CALLS, ANSWERS, Growable>;
 
+/// A refusal being sent, boxed: its future holds the connection, an output
+/// frame and the drain's buffer, and would otherwise be part of every
+/// login's future (20.6 KiB instead of N, and a login moves its future
+/// into the heap once and polls it across threads).
+type Refusal<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = LoginEnd> + Send + 'a>>;
+
 /// Where the machine paused, owned (the handshake is borrowed no longer).
 enum Step {
     /// The hello is in: look the username up.
@@ -123,48 +129,52 @@ impl Conn {
     /// The end of a failed step: the machine's refusal is sent (and
     /// logged with `reason`, the code's name unless given), or the peer
     /// went away.
-    async fn failed(
+    fn failed<'a>(
         self,
         e: ConnectionError,
-        username: Option<&str>,
+        username: Option<&'a str>,
         reason: Option<&'static str>,
-        detail: &str,
-    ) -> LoginEnd {
-        match e {
-            ConnectionError::Rejected { code, cause } => {
-                if let Some(r) = rejection(cause) {
-                    self.metrics.rejected(r);
+        detail: &'a str,
+    ) -> Refusal<'a> {
+        Box::pin(async move {
+            match e {
+                ConnectionError::Rejected { code, cause } => {
+                    if let Some(r) = rejection(cause) {
+                        self.metrics.rejected(r);
+                    }
+                    let detail = if detail.is_empty() {
+                        cause.to_string()
+                    } else {
+                        detail.to_string()
+                    };
+                    let reason = reason.unwrap_or(code.as_str());
+                    self.send_refusal(code, username, reason, &detail).await
                 }
-                let detail = if detail.is_empty() {
-                    cause.to_string()
-                } else {
-                    detail.to_string()
-                };
-                let reason = reason.unwrap_or(code.as_str());
-                self.send_refusal(code, username, reason, &detail).await
+                e => {
+                    debug!(peer = %self.peer, error = %e, "closed during the handshake");
+                    LoginEnd::Closed
+                }
             }
-            e => {
-                debug!(peer = %self.peer, error = %e, "closed during the handshake");
-                LoginEnd::Closed
-            }
-        }
+        })
     }
 
     /// Refuses the login with the driver's own `code`; the log line's
     /// `reason` is the code's name.
-    async fn refuse(
+    fn refuse<'a>(
         mut self,
         code: RefusalCode,
         retry_after: Duration,
-        username: Option<&str>,
-        detail: &str,
-    ) -> LoginEnd {
-        let secs = retry_after.as_secs_f64().ceil().clamp(0.0, u16::MAX as f64) as u16;
-        if self.hs.refuse(code, secs).is_err() {
-            return LoginEnd::Closed;
-        }
-        self.send_refusal(code, username, code.as_str(), detail)
-            .await
+        username: Option<&'a str>,
+        detail: &'a str,
+    ) -> Refusal<'a> {
+        Box::pin(async move {
+            let secs = retry_after.as_secs_f64().ceil().clamp(0.0, u16::MAX as f64) as u16;
+            if self.hs.refuse(code, secs).is_err() {
+                return LoginEnd::Closed;
+            }
+            self.send_refusal(code, username, code.as_str(), detail)
+                .await
+        })
     }
 
     /// Logs the refusal the machine owes, sends it, closes our side and
@@ -245,16 +255,15 @@ pub(crate) async fn handshake<R: Realm>(
         .with_handshake_timeout(config.handshake_timeout)
         .with_max_calls_in_flight(config.session.max_calls_in_flight);
     let rx = RxStorage::new(max_frame.into());
-    let hs = match shared.noise.get() {
-        // Protocol v2 beside v1 (the first byte tells them apart).
-        Some(keys) => Handshake::new_v2(rx, machine, clock::now(), keys, &mut rand::rng()),
-        None => Handshake::new(rx, machine, clock::now()),
-    };
-    let Ok(hs) = hs else {
-        return Err(LoginEnd::Closed);
-    };
+    // Made in place: a local of its own would keep a second copy of the
+    // machine's space in the login's future.
     let mut conn = Conn {
-        hs,
+        hs: match shared.noise.get() {
+            // Protocol v2 beside v1 (the first byte tells them apart).
+            Some(keys) => Handshake::new_v2(rx, machine, clock::now(), keys, &mut rand::rng()),
+            None => Handshake::new(rx, machine, clock::now()),
+        }
+        .map_err(|_| LoginEnd::Closed)?,
         stream,
         peer,
         metrics: shared.metrics.clone(),
@@ -467,16 +476,11 @@ pub(crate) async fn handshake<R: Realm>(
         }
     };
     let mut out = [0u8; HEADER_LEN + MIN_MAX_FRAME as usize];
-    let Conn {
-        mut hs,
-        mut stream,
-        slot,
-        ..
-    } = conn;
-    let Some(session_permit) = slot else {
+    let Some(session_permit) = conn.slot.take() else {
         // Taken above, before any step that returns without a refusal.
         return Err(LoginEnd::Closed);
     };
+    let hs = &conn.hs;
     let protocol = hs.protocol_version();
     let pattern = hs.noise_pattern().map_or("none", |p| match p {
         tether_core::noise::Pattern::Nn => "NN",
@@ -489,7 +493,10 @@ pub(crate) async fn handshake<R: Realm>(
         tether_core::connection::KeyUsed::Current => "current",
         tether_core::connection::KeyUsed::Previous => "previous",
     });
-    let welcomed = match hs.welcome(session_id, clock::now(), &mut out) {
+    // The machine is moved out of `conn` (not into a local of its own,
+    // which would be a second copy of its space in the login's future).
+    let mut stream = conn.stream;
+    let welcomed = match conn.hs.welcome(session_id, clock::now(), &mut out) {
         Ok((established, frame)) => match stream.write_all(frame).await {
             Ok(()) if stream.flush().await.is_ok() => Some(established),
             _ => None,

@@ -7,10 +7,19 @@
 //! the disk's commit rate (about 700/s on the development machine, bench/
 //! README.md). Instead each login queues `(user id, time)`, and one task
 //! writes what is queued every [`FLUSH_INTERVAL`] (sooner once
-//! [`BATCH_ROWS`] are waiting) with one `UPDATE ... WHERE id IN (...)` per
-//! batch. A batch only spans logins less than [`BATCH_SPAN`] apart and
-//! writes the latest of their times, so a stored `last_login` is never more
-//! than that after the real login, even when writes were held up.
+//! [`FLUSH_ROWS`] are waiting) in one transaction, with one `UPDATE ...
+//! WHERE id IN (...)` per [`BATCH_ROWS`] logins. A batch only spans logins
+//! less than [`BATCH_SPAN`] apart and writes the latest of their times, so a
+//! stored `last_login` is never more than that after the real login, even
+//! when writes were held up.
+//!
+//! One commit per flush, and flushes a second apart, because on that same
+//! rollback-journal database a commit also stops the login lookups: while
+//! the writer holds its exclusive lock (taking it, syncing, deleting the
+//! journal: 1-5 ms here) every reader waits, and SQLite's busy handler
+//! sleeps at least a millisecond before it looks again. At 100 ms rounds
+//! (sooner at 500 queued), 64 clients logging in paid about a tenth of
+//! their rate for it (bench/README.md).
 //!
 //! A failed write keeps its logins queued for the next round (at most
 //! [`MAX_QUEUED`]; beyond that, new logins are counted and dropped, with a
@@ -27,9 +36,11 @@ use crate::realm::lock;
 
 use super::{Backend, StoreError, django_timestamp};
 
-/// How often queued logins are written.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
-/// Rows per `UPDATE` (and the queue length that wakes the writer early).
+/// How often queued logins are written (one transaction each time).
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Queued logins that start a flush before [`FLUSH_INTERVAL`] is up.
+pub const FLUSH_ROWS: usize = 20_000;
+/// Rows per `UPDATE` statement.
 pub const BATCH_ROWS: usize = 500;
 /// Logins further apart than this never share one `UPDATE`'s timestamp.
 pub const BATCH_SPAN: Duration = Duration::from_secs(1);
@@ -97,7 +108,7 @@ impl LastLoginWriter {
         if !shared.task_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(run(shared.clone()));
         }
-        if len == BATCH_ROWS {
+        if len == FLUSH_ROWS {
             shared.wake.notify_one();
         }
     }
@@ -154,25 +165,44 @@ impl Shared {
             return Ok(());
         }
         logins.sort_unstable_by_key(|&(_, at)| at);
-        let mut rest = &logins[..];
+        let written = tokio::time::timeout(self.timeout, self.write_all(&logins))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "last_login update: no answer within {} ms",
+                    self.timeout.as_millis()
+                )))
+            });
+        if written.is_err() {
+            // Nothing was committed: keep every login, in front of what
+            // came since.
+            let mut queued = lock(&self.queued);
+            let newer = std::mem::take(&mut *queued);
+            logins.extend(newer);
+            logins.truncate(MAX_QUEUED);
+            *queued = logins;
+        }
+        written
+    }
+
+    /// Every batch of `logins` (sorted by time) in one transaction.
+    async fn write_all(&self, logins: &[(i64, SystemTime)]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let mut rest = logins;
         while !rest.is_empty() {
             let n = batch_len(rest);
-            if let Err(e) = self.write(&rest[..n]).await {
-                // Keep what was not written, in front of what came since.
-                let mut queued = lock(&self.queued);
-                let newer = std::mem::take(&mut *queued);
-                queued.extend_from_slice(rest);
-                queued.extend(newer);
-                queued.truncate(MAX_QUEUED);
-                return Err(e);
-            }
+            self.write(&mut tx, &rest[..n]).await?;
             rest = &rest[n..];
         }
-        Ok(())
+        tx.commit().await.map_err(StoreError::from_sqlx)
     }
 
     /// One `UPDATE` for a batch, at the batch's latest time.
-    async fn write(&self, batch: &[(i64, SystemTime)]) -> Result<(), StoreError> {
+    async fn write(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        batch: &[(i64, SystemTime)],
+    ) -> Result<(), StoreError> {
         let Some(&(_, latest)) = batch.last() else {
             return Ok(());
         };
@@ -197,14 +227,9 @@ impl Shared {
         for id in ids {
             query = query.bind(id);
         }
-        tokio::time::timeout(self.timeout, query.execute(&self.pool))
+        query
+            .execute(&mut **tx)
             .await
-            .map_err(|_| {
-                StoreError::Unavailable(format!(
-                    "last_login update: no answer within {} ms",
-                    self.timeout.as_millis()
-                ))
-            })?
             .map_err(StoreError::from_sqlx)?;
         Ok(())
     }
