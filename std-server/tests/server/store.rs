@@ -321,11 +321,7 @@ async fn database_locked_then_back_while_sessions_live_on() {
 async fn queued_last_logins_are_written_by_close() {
     let db = Db::copy(DB);
     let store = Store::open(StoreConfig::new(db.url())).unwrap();
-    let ids: Vec<i64> = db
-        .sql("SELECT id FROM auth_user ORDER BY id")
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let ids = user_ids(&db);
     assert!(ids.len() >= 3);
     for &id in &ids {
         store.record_login(id);
@@ -344,11 +340,7 @@ async fn a_flush_of_several_batches_writes_every_login() {
     // first and the last statement of the flush's transaction.
     let db = Db::copy(DB);
     let store = Store::open(StoreConfig::new(db.url())).unwrap();
-    let ids: Vec<i64> = db
-        .sql("SELECT id FROM auth_user ORDER BY id")
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
+    let ids = user_ids(&db);
     let (first, last) = ids.split_at(ids.len() / 2);
     for &id in first {
         store.record_login(id);
@@ -433,6 +425,14 @@ async fn census_counts_every_pbkdf2_row_by_mechanism_and_iterations() {
         store.census(Duration::from_secs(5)).await.unwrap(),
         expected_census("custom_user.sqlite3")
     );
+}
+
+/// Every user's id, in order.
+fn user_ids(db: &Db) -> Vec<i64> {
+    db.sql("SELECT id FROM auth_user ORDER BY id")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect()
 }
 
 fn db_id(db: &Db, username: &str) -> i64 {
