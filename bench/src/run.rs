@@ -441,36 +441,54 @@ fn merge(a: Option<Throughput>, b: Throughput) -> Throughput {
     }
 }
 
-/// The `variants` stage's servers: a label, `tether serve`'s flags (beside
-/// its own copy of the database) and whether its log is quiet
-/// (`RUST_LOG=warn`). A label with `WAL` gets its copy in WAL mode.
-const LOGIN_VARIANTS: [(&str, &[&str], bool); 6] = [
-    (
-        "defaults (Django's rollback journal, `last_login`, `info` log)",
-        &[],
-        false,
-    ),
-    (
-        "database in WAL mode (`PRAGMA journal_mode=WAL`), defaults otherwise",
-        &[],
-        false,
-    ),
-    ("`--no-last-login`", &["--no-last-login"], false),
-    (
-        "`--no-last-login --cache-ttl 600`: no database, log lines as by default",
-        &["--no-last-login", "--cache-ttl", "600"],
-        false,
-    ),
-    (
-        "`RUST_LOG=warn`: no log line, database as by default",
-        &[],
-        true,
-    ),
-    (
-        "`--no-last-login --cache-ttl 600`, `RUST_LOG=warn`: no database, no log line",
-        &["--no-last-login", "--cache-ttl", "600"],
-        true,
-    ),
+/// A server of the `variants` stage (beside its own copy of the database).
+struct Variant {
+    label: &'static str,
+    /// `tether serve`'s flags.
+    flags: &'static [&'static str],
+    /// `RUST_LOG=warn`: no log line per login.
+    quiet: bool,
+    /// The database copy in WAL mode.
+    wal: bool,
+}
+
+const LOGIN_VARIANTS: [Variant; 6] = [
+    Variant {
+        label: "defaults (Django's rollback journal, `last_login`, `info` log)",
+        flags: &[],
+        quiet: false,
+        wal: false,
+    },
+    Variant {
+        label: "database in WAL mode (`PRAGMA journal_mode=WAL`), defaults otherwise",
+        flags: &[],
+        quiet: false,
+        wal: true,
+    },
+    Variant {
+        label: "`--no-last-login`",
+        flags: &["--no-last-login"],
+        quiet: false,
+        wal: false,
+    },
+    Variant {
+        label: "`--no-last-login --cache-ttl 600`: no database, log lines as by default",
+        flags: &["--no-last-login", "--cache-ttl", "600"],
+        quiet: false,
+        wal: false,
+    },
+    Variant {
+        label: "`RUST_LOG=warn`: no log line, database as by default",
+        flags: &[],
+        quiet: true,
+        wal: false,
+    },
+    Variant {
+        label: "`--no-last-login --cache-ttl 600`, `RUST_LOG=warn`: no database, no log line",
+        flags: &["--no-last-login", "--cache-ttl", "600"],
+        quiet: true,
+        wal: false,
+    },
 ];
 
 async fn logins(addr: SocketAddr, users: &Arc<Users>, clients: usize, w: Window) -> Throughput {
@@ -746,19 +764,11 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
         // with its own copy of the database (a server's `last_login`
         // writes land after its round), all up at once and measured in
         // alternating rounds with the bare floor, as the login stage is.
-        let sqlite_url = |path: &Path| -> Result<String, String> {
-            Ok(format!(
-                "sqlite://{}",
-                std::fs::canonicalize(path)
-                    .map_err(|e| e.to_string())?
-                    .display()
-            ))
-        };
         let mut servers = Vec::new();
-        for (i, (label, flags, quiet)) in LOGIN_VARIANTS.iter().enumerate() {
+        for (i, v) in LOGIN_VARIANTS.iter().enumerate() {
             let copy = a.workdir.join(format!("variant-{i}.sqlite3"));
             std::fs::copy(&a.database, &copy).map_err(|e| format!("copy database: {e}"))?;
-            if label.contains("WAL") {
+            if v.wal {
                 let mode = Command::new(&a.python)
                     .args([
                         "-c",
@@ -771,12 +781,10 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
                     return Err("cannot switch the database copy to WAL".into());
                 }
             }
-            let url = sqlite_url(&copy)?;
-            let mut extra = LOAD_LIMITS.to_vec();
-            extra.extend(["--database", url.as_str()]);
-            extra.extend(flags.iter().copied());
+            let extra = [&LOAD_LIMITS[..], v.flags].concat();
+            let log = a.workdir.join(format!("serve-variant-{i}.log"));
             let (server, addr) =
-                tether_serve_env(&a, &format!("serve-variant-{i}.log"), &extra, *quiet).await?;
+                spawn_tether(&a.tether, &copy, &a.workdir, &log, &extra, v.quiet).await?;
             servers.push((server, addr, None::<Throughput>));
         }
         let (bare, bare_addr) = helper_server(&["bare-server"], "bare server").await?;
@@ -791,19 +799,19 @@ pub async fn run(a: RunArgs) -> Result<(), String> {
             let t = load::drive(64, w, move |_| load::bare_connection(bare_addr)).await;
             t.check("bare connection + 2 round trips, 64 clients")?;
             floor = Some(merge(floor.take(), t));
-            for ((label, _, _), (_, addr, sum)) in LOGIN_VARIANTS.iter().zip(&mut servers) {
+            for (v, (_, addr, sum)) in LOGIN_VARIANTS.iter().zip(&mut servers) {
                 let w = Window::new(plan.round_login.0, plan.round_login.1);
                 let t = logins(*addr, &users, 64, w).await;
-                t.check(&format!("logins ({label})"))?;
+                t.check(&format!("logins ({})", v.label))?;
                 *sum = Some(merge(sum.take(), t));
             }
         }
         drop(bare);
         r.variants_floor = floor;
-        for ((label, _, _), (server, _, sum)) in LOGIN_VARIANTS.iter().zip(servers) {
+        for (v, (server, _, sum)) in LOGIN_VARIANTS.iter().zip(servers) {
             let t = sum.expect("measured");
-            say(&format!("  {label}: {}/s", fmt_rate(t.rate)));
-            r.login_variants.push((label.to_string(), t));
+            say(&format!("  {}: {}/s", v.label, fmt_rate(t.rate)));
+            r.login_variants.push((v.label.to_string(), t));
             drop(server);
         }
     }

@@ -336,8 +336,9 @@ async fn queued_last_logins_are_written_by_close() {
 
 #[tokio::test]
 async fn a_flush_of_several_batches_writes_every_login() {
-    // More logins than one UPDATE takes (500): the real rows sit in the
-    // first and the last statement of the flush's transaction.
+    // More logins than one UPDATE takes (500): the flush's transaction
+    // has three statements, and the real rows are among the first and
+    // the last logins queued.
     let db = Db::copy(DB);
     let store = Store::open(StoreConfig::new(db.url())).unwrap();
     let ids = user_ids(&db);
@@ -384,7 +385,7 @@ async fn last_logins_wait_out_a_locked_database() {
         assert_eq!(line.trim(), "locked");
     }
     store.record_login(alice);
-    // The writes fail while the lock is held (each within 100 ms).
+    // The writes fail while the lock is held (each gives up within 200 ms).
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(store.flush_last_logins().await.is_err());
     {
