@@ -1,5 +1,6 @@
-//! The `tether` binary's realm: logs `alice connected` / `alice
-//! disconnected` (with session id and peer), answers the built-in methods
+//! The `tether` binary's realm: logs `alice disconnected` (with session id,
+//! peer and reason; the server's own `login` line says when a session
+//! began, so `alice connected` is a debug line), answers the built-in methods
 //! ([`Echo`], [`WhoAmI`], [`ServerTime`]) and keeps a [`Registry`] of live
 //! sessions through which server code can reach any device.
 //!
@@ -18,7 +19,7 @@ use std::time::{Duration, SystemTime};
 use tether_core::message::RefusalCode;
 use tether_core::method::Method;
 use tether_core::method::builtin::{DeviceInfo, Echo, Identity, ServerTime, WhoAmI};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::forward::{BUILTINS, ForwardSession, Forwarder};
 use crate::per_user;
@@ -370,7 +371,9 @@ impl Avatar for DefaultAvatar {
 
     async fn attached(&self) {
         let info = &self.entry.info;
-        info!(session = info.id, peer = %info.peer, "{} connected", Untrusted(&info.user.username));
+        // The server's `login` line (info) already says this, with more:
+        // one info line per login is a measurable share of a login's cost.
+        debug!(session = info.id, peer = %info.peer, "{} connected", Untrusted(&info.user.username));
         self.emit(RealmEvent::Connected {
             session: info.id,
             username: info.user.username.clone(),

@@ -764,8 +764,11 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.0.idle.notify_waiters();
+        // Only the last call wakes `wait_idle`: `notify_waiters` takes a
+        // lock every caller of a busy mind would contend for.
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

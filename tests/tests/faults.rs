@@ -413,7 +413,7 @@ async fn sigterm_drains_a_call_in_flight_then_the_device_gets_goodbye_shutdown()
         let end = session.serve(&mut mind).await.unwrap_err();
         format!("{end:?}")
     });
-    serve.wait_for("alice connected");
+    serve.wait_for("user=alice session="); // the server's login line
     // The device's own call is answered before anything else starts (a
     // call the server reads after SIGTERM is refused `SHUTTING_DOWN`).
     tokio::time::timeout(Duration::from_secs(10), called)

@@ -448,7 +448,13 @@ async fn serve_shuts_down_gracefully_on_sigterm() {
         log.push(line);
     }
     let log = log.join("\n");
-    assert!(log.contains("alice connected"), "{log}");
+    // One info line per login, the server's (the realm's `connected` is debug).
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains(" login ") && l.contains("user=alice")),
+        "{log}"
+    );
+    assert!(!log.contains("alice connected"), "{log}");
     for reason in ["wrong_proof", "inactive", "unknown_user"] {
         assert!(
             log.lines()
@@ -622,8 +628,8 @@ async fn json_logs_are_one_object_per_line() {
     assert!(login(addr, "eve", "eve-password").await.is_err());
     let mut s = login(addr, "alice", password(DB, "alice")).await.unwrap();
     assert_eq!(s.echo("json").await, "json");
-    let more = lines_until(&rx, |l| l.contains("alice connected"));
     drop(s);
+    let more = lines_until(&rx, |l| l.contains("alice disconnected"));
     stop(child);
     let lines: Vec<serde_json::Value> = lines.iter().chain(&more).map(|l| parse(l)).collect();
     for l in &lines {
@@ -640,9 +646,15 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(refused["user"], "eve");
     assert_eq!(refused["code"], "unauthorized");
     assert_eq!(refused["reason"], "inactive");
-    let connected = lines.last().unwrap();
-    assert_eq!(connected["span"]["name"], "session");
-    assert_eq!(connected["span"]["user"], "alice");
+    let login = lines
+        .iter()
+        .find(|l| l["message"] == "login")
+        .expect("a login line");
+    assert_eq!(login["user"], "alice");
+    let disconnected = lines.last().unwrap();
+    assert_eq!(disconnected["span"]["name"], "session");
+    assert_eq!(disconnected["span"]["user"], "alice");
+    assert!(disconnected["reason"].is_string(), "{disconnected}");
 }
 
 #[cfg(unix)]
