@@ -4,9 +4,8 @@
 //! The store reads `auth_user` (or a custom `AUTH_USER_MODEL` table) through
 //! sqlx's runtime-generic driver, so one binary serves SQLite (Django's
 //! default `db.sqlite3`), PostgreSQL and MySQL/MariaDB, chosen by the URL;
-//! lookups in a SQLite file are answered on the caller's thread when that
-//! needs no waiting, by dedicated reader threads otherwise
-//! ([`sqlite_reader`]: sqlx's hand-offs were half of a login's CPU).
+//! lookups in a SQLite file are answered by dedicated reader threads
+//! instead ([`sqlite_reader`]: sqlx's hand-offs were half of a login's CPU).
 //! The only statement it ever writes is Django's `update_last_login`
 //! (`UPDATE <table> SET last_login = now WHERE id IN (...)`), batched by
 //! one background task ([`last_login`]), and only when
@@ -735,9 +734,6 @@ impl Store {
         };
         #[cfg(feature = "sqlite")]
         if let Some(reader) = &self.reader {
-            if let Some(found) = reader.lookup_now(username) {
-                return Ok(found);
-            }
             return tokio::time::timeout(self.config.lookup_timeout, reader.lookup(username))
                 .await
                 .map_err(|_| no_answer())?

@@ -9,13 +9,6 @@
 //! lookup is queued, and a thread that wakes up answers every queued lookup
 //! before it sleeps again, so under load one wake-up serves many logins.
 //!
-//! A lookup that cannot wait is first tried on the caller's own thread
-//! ([`SqliteReader::lookup_now`]): a read of a few hot pages takes less than
-//! the hand-off to a reader thread and back (two wake-ups). It uses one of
-//! [`INLINE_CONNECTIONS`] connections whose busy timeout is zero, so a
-//! writer's lock or an error sends the lookup to the threads instead of
-//! making the runtime's thread sleep.
-//!
 //! Read-only, no statement left open between lookups: the database is
 //! never locked by an idle server (Django must be able to write at any
 //! time). A connection that fails is dropped and reopened on the next
@@ -40,10 +33,6 @@ use super::{StoreError, UserRecord};
 
 /// Threads answering lookups.
 pub const READER_THREADS: usize = 2;
-/// Connections for lookups answered on the caller's thread (one per
-/// runtime worker on a 2-core machine; a caller that finds both taken
-/// queues its lookup).
-pub const INLINE_CONNECTIONS: usize = 2;
 /// Lookups one thread takes from the queue at a time.
 const TAKE: usize = 64;
 /// A connection is reopened after this long (as the sqlx pool's
@@ -79,15 +68,9 @@ struct Lookup {
     busy_timeout: Duration,
 }
 
-/// A connection and when it was opened.
-type Opened = (Connection, Instant);
-
-/// The lookup threads of one store and its inline connections. Dropping it
-/// stops the threads.
+/// The lookup threads of one store. Dropping it stops them.
 pub(super) struct SqliteReader {
     shared: Arc<Shared>,
-    lookup: Lookup,
-    inline: [Mutex<Option<Opened>>; INLINE_CONNECTIONS],
 }
 
 impl SqliteReader {
@@ -130,41 +113,7 @@ impl SqliteReader {
                 .name(format!("tether-sqlite-{n}"))
                 .spawn(move || serve(&shared, &lookup))?;
         }
-        Ok(Self {
-            shared,
-            lookup,
-            inline: Default::default(),
-        })
-    }
-
-    /// Answers a lookup on the caller's thread if that needs no waiting: an
-    /// inline connection is free, the database is not locked by a writer,
-    /// and the read succeeds. `None`: queue it ([`lookup`](Self::lookup)),
-    /// where a locked database is waited for and errors are classified.
-    pub(super) fn lookup_now(&self, username: &str) -> Option<Option<UserRecord>> {
-        let mut slot = self.inline.iter().find_map(|m| m.try_lock().ok())?;
-        if slot.as_ref().is_some_and(|(_, opened)| {
-            opened.elapsed() > MAX_LIFETIME || self.lookup.watch.is_stale(*opened)
-        }) {
-            *slot = None;
-        }
-        if slot.is_none() {
-            // Taken before opening, as the threads do.
-            let opened = Instant::now();
-            let conn = open(&self.lookup, Duration::ZERO).ok()?;
-            *slot = Some((conn, opened));
-        }
-        let (conn, _) = slot.as_ref()?;
-        match query(conn, &self.lookup, username) {
-            Ok(found) => Some(found),
-            Err(e) => {
-                // Busy (a writer holds the lock): the connection is fine.
-                if !is_busy(&e) {
-                    *slot = None;
-                }
-                None
-            }
-        }
+        Ok(Self { shared })
     }
 
     /// Queues a lookup; the answer comes through the returned receiver.
@@ -236,7 +185,7 @@ fn serve(shared: &Shared, lookup: &Lookup) {
                     // Taken before opening: a replacement noticed later
                     // always makes this connection stale.
                     let opened = Instant::now();
-                    match open(lookup, lookup.busy_timeout) {
+                    match open(lookup) {
                         Ok(c) => {
                             let r = query(&c, lookup, &job.username);
                             conn = Some((c, opened));
@@ -256,22 +205,14 @@ fn serve(shared: &Shared, lookup: &Lookup) {
     }
 }
 
-/// A read-only connection that waits at most `busy_timeout` for a
-/// writer's lock (the threads: as long as a lookup may take; inline: not
-/// at all).
-fn open(lookup: &Lookup, busy_timeout: Duration) -> rusqlite::Result<Connection> {
+fn open(lookup: &Lookup) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         &lookup.path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(busy_timeout)?;
+    // Wait for a writer's lock at most as long as a lookup may take.
+    conn.busy_timeout(lookup.busy_timeout)?;
     Ok(conn)
-}
-
-/// A writer holds the lock: worth waiting for.
-fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
 }
 
 fn query(
@@ -345,44 +286,5 @@ mod tests {
         assert_eq!(SqliteReader::file_of("sqlite::memory:"), None);
         assert_eq!(SqliteReader::file_of("sqlite://x.db?mode=memory"), None);
         assert_eq!(SqliteReader::file_of("sqlite://x.db?immutable=1"), None);
-    }
-
-    #[test]
-    fn a_lookup_now_answers_unless_a_writer_holds_the_lock() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite3");
-        let writer = Connection::open(&path).unwrap();
-        writer
-            .execute_batch(
-                "CREATE TABLE auth_user (id INTEGER PRIMARY KEY, username TEXT, password TEXT,
-                     is_active BOOL, is_superuser BOOL);
-                 INSERT INTO auth_user VALUES (7, 'alice', 'pbkdf2_sha256$1$s$h', 1, 0);",
-            )
-            .unwrap();
-        let reader = SqliteReader::start(
-            path.clone(),
-            Arc::new(FileWatch::new(path)),
-            "SELECT id, username, password, is_active, is_superuser, NULL, NULL \
-             FROM auth_user WHERE username = ?"
-                .into(),
-            Vec::new(),
-            Duration::from_millis(100),
-        )
-        .unwrap();
-        let alice = reader
-            .lookup_now("alice")
-            .expect("answered inline")
-            .unwrap();
-        assert_eq!((alice.id, alice.is_active), (7, true));
-        assert_eq!(reader.lookup_now("bob"), Some(None));
-
-        // A writer's exclusive lock: not waited for on the caller's thread.
-        writer.execute_batch("BEGIN EXCLUSIVE").unwrap();
-        let started = Instant::now();
-        assert_eq!(reader.lookup_now("alice"), None);
-        assert!(started.elapsed() < Duration::from_millis(50));
-        writer.execute_batch("COMMIT").unwrap();
-        // The connection was kept and answers again.
-        assert!(reader.lookup_now("alice").unwrap().is_some());
     }
 }
