@@ -86,7 +86,7 @@ pub use realm::{
     SessionInfo, User,
 };
 pub use secret::ServerSecret;
-pub use server::{NoiseKeys, Server, ServerConfig, ServerHandle};
+pub use server::{LISTEN_BACKLOG, NoiseKeys, Server, ServerConfig, ServerHandle, listen};
 pub use session::SessionConfig;
 pub use store::{Store, StoreConfig, StoreError};
 pub use throttle::ThrottleConfig;

@@ -366,3 +366,45 @@ async fn a_connection_over_any_byte_stream_logs_in_and_calls_both_ways() {
         0
     );
 }
+
+/// `tether_server::listen` (what `Server::bind` uses) asks for a listen
+/// queue of `LISTEN_BACKLOG`: 600 connections complete before the first
+/// accept. With std's and tokio's 128 the rest of the SYNs are dropped and
+/// those connects complete only after the client's retry, a second later.
+#[tokio::test]
+async fn a_listener_takes_hundreds_of_connections_before_its_first_accept() {
+    const CONNECTIONS: usize = 600;
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    if somaxconn <= CONNECTIONS {
+        eprintln!("skipped: net.core.somaxconn is {somaxconn}, the kernel caps the queue there");
+        return;
+    }
+    let listener = tether_server::listen("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut connects = tokio::task::JoinSet::new();
+    for _ in 0..CONNECTIONS {
+        connects.spawn(async move {
+            // Kept open until every connect is counted.
+            tokio::time::timeout(
+                Duration::from_millis(700),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+        });
+    }
+    let mut open = Vec::new();
+    while let Some(result) = connects.join_next().await {
+        if let Ok(Ok(stream)) = result.unwrap() {
+            open.push(stream);
+        }
+    }
+    assert_eq!(
+        open.len(),
+        CONNECTIONS,
+        "connects completed before any accept"
+    );
+    drop(listener);
+}
