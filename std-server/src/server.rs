@@ -556,14 +556,8 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 pub async fn listen(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
     let mut last_error = None;
     for addr in tokio::net::lookup_host(addr).await? {
-        let socket = match addr {
-            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        #[cfg(unix)]
-        socket.set_reuseaddr(true)?;
-        match socket.bind(addr) {
-            Ok(()) => return socket.listen(LISTEN_BACKLOG),
+        match listen_on(addr) {
+            Ok(listener) => return Ok(listener),
             Err(e) => last_error = Some(e),
         }
     }
@@ -573,6 +567,18 @@ pub async fn listen(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
             "the address resolved to nothing",
         )
     }))
+}
+
+fn listen_on(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    #[cfg(unix)]
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 impl<R: Realm> Server<R> {
